@@ -1,1 +1,18 @@
-//! tapegrad
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod error;
+mod float;
+mod naive_gemm;
+mod ops;
+mod shape;
+mod tape;
+mod tensor;
+
+pub mod gradcheck;
+
+pub use error::{Error, Result};
+pub use float::Float;
+pub use shape::Shape;
+pub use tape::{BackwardCtx, BackwardFn, BackwardOptions, Gradients, ParentGrads, Tape, Var};
+pub use tensor::Tensor;

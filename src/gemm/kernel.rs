@@ -1,0 +1,180 @@
+//! Micro-kernel abstraction and the portable (plain Rust) micro-kernels.
+//!
+//! A micro-kernel multiplies one packed `MR × kc` panel of A by one
+//! `kc × NR` panel of B and merges the `MR × NR` result into a tile of C:
+//! `C_tile = alpha · (A_panel · B_panel) + beta · C_tile` (with `beta == 0`
+//! meaning "overwrite, never read C").
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::ops::{Add, Mul};
+
+/// Element types the GEMM engine works on (`f32` and `f64`).
+pub(crate) trait Elem:
+    Copy + Send + Sync + PartialEq + Debug + Default + Add<Output = Self> + Mul<Output = Self> + 'static
+{
+    /// Additive identity.
+    const ZERO: Self;
+    /// Multiplicative identity.
+    const ONE: Self;
+}
+
+impl Elem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl Elem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// Cache-blocking parameters of the five-loop GEMM driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Blocking {
+    /// Depth of a packed panel (the `k` extent kept hot in L1 for one B micro-panel).
+    pub kc: usize,
+    /// Rows of A packed at once (the packed A block lives in L2); multiple of `MR`.
+    pub mc: usize,
+    /// Columns of B packed at once (the packed B block lives in L3); multiple of `NR`.
+    pub nc: usize,
+}
+
+/// A register-blocked micro-kernel together with the blocking it is tuned for.
+pub(crate) trait MicroKernel: Copy + Send + Sync {
+    /// Element type.
+    type T: Elem;
+    /// Rows of the register tile (rows per packed A panel).
+    const MR: usize;
+    /// Columns of the register tile (columns per packed B panel).
+    const NR: usize;
+    /// Cache blocking to use with this kernel.
+    const BLOCKING: Blocking;
+
+    /// Computes `c = alpha · a·b + beta · c` on one tile.
+    ///
+    /// * `a`: packed A panel, element `(r, p)` at `a[p * MR + r]`, `a.len() >= kc * MR`.
+    /// * `b`: B panel, element `(p, j)` at `b[p * ldb + j]`,
+    ///   `b.len() >= (kc - 1) * ldb + NR` when `kc > 0`.
+    /// * `c`: the rows of the C tile (`1..=MR` of them), each `1..=NR` long
+    ///   and all of the same length.
+    ///
+    /// `beta == 0` overwrites `c` without reading it.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        self,
+        kc: usize,
+        alpha: Self::T,
+        a: &[Self::T],
+        b: &[Self::T],
+        ldb: usize,
+        beta: Self::T,
+        c: &mut [&mut [Self::T]],
+    );
+}
+
+/// Checks the micro-kernel contract documented on [`MicroKernel::run`];
+/// panics if it is violated. Returns the number of tile columns.
+#[inline(always)]
+pub(crate) fn check_tile<T>(
+    mr: usize,
+    nr: usize,
+    kc: usize,
+    a: &[T],
+    b: &[T],
+    ldb: usize,
+    c: &[&mut [T]],
+) -> usize {
+    let rows = c.len();
+    assert!((1..=mr).contains(&rows), "gemm micro-kernel: bad tile rows");
+    let cols = c[0].len();
+    assert!((1..=nr).contains(&cols), "gemm micro-kernel: bad tile cols");
+    assert!(c.iter().all(|r| r.len() == cols), "gemm micro-kernel: ragged tile");
+    assert!(ldb >= nr, "gemm micro-kernel: ldb < NR");
+    assert!(a.len() >= kc * mr, "gemm micro-kernel: A panel too short");
+    assert!(
+        kc == 0 || b.len() >= (kc - 1) * ldb + nr,
+        "gemm micro-kernel: B panel too short"
+    );
+    cols
+}
+
+/// The portable micro-kernel: plain Rust on fixed-size arrays, which LLVM
+/// turns into SIMD code for whatever vector width the target has.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Portable<T>(PhantomData<T>);
+
+impl<T> Portable<T> {
+    /// The portable kernel is always available.
+    pub(crate) const fn new() -> Self {
+        Portable(PhantomData)
+    }
+}
+
+/// Generic body of the portable kernel for a `MR × NR` register tile.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn portable_kernel<T: Elem, const MR: usize, const NR: usize>(
+    kc: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    ldb: usize,
+    beta: T,
+    c: &mut [&mut [T]],
+) {
+    let cols = check_tile(MR, NR, kc, a, b, ldb, c);
+    let mut acc = [[T::ZERO; NR]; MR];
+    for p in 0..kc {
+        let ap: &[T; MR] = a[p * MR..p * MR + MR].try_into().expect("MR slice");
+        let bp: &[T; NR] = b[p * ldb..p * ldb + NR].try_into().expect("NR slice");
+        for r in 0..MR {
+            let av = ap[r];
+            for j in 0..NR {
+                acc[r][j] = acc[r][j] + av * bp[j];
+            }
+        }
+    }
+    for (row, accr) in c.iter_mut().zip(acc.iter()) {
+        let row = &mut row[..cols];
+        if beta == T::ZERO {
+            for (cv, &x) in row.iter_mut().zip(accr.iter()) {
+                *cv = alpha * x;
+            }
+        } else {
+            for (cv, &x) in row.iter_mut().zip(accr.iter()) {
+                *cv = alpha * x + beta * *cv;
+            }
+        }
+    }
+}
+
+impl MicroKernel for Portable<f32> {
+    type T = f32;
+    const MR: usize = 4;
+    const NR: usize = 8;
+    const BLOCKING: Blocking = Blocking {
+        kc: 256,
+        mc: 64,
+        nc: 4096,
+    };
+    #[inline]
+    fn run(self, kc: usize, alpha: f32, a: &[f32], b: &[f32], ldb: usize, beta: f32, c: &mut [&mut [f32]]) {
+        portable_kernel::<f32, 4, 8>(kc, alpha, a, b, ldb, beta, c)
+    }
+}
+
+impl MicroKernel for Portable<f64> {
+    type T = f64;
+    const MR: usize = 4;
+    const NR: usize = 4;
+    const BLOCKING: Blocking = Blocking {
+        kc: 256,
+        mc: 64,
+        nc: 2048,
+    };
+    #[inline]
+    fn run(self, kc: usize, alpha: f64, a: &[f64], b: &[f64], ldb: usize, beta: f64, c: &mut [&mut [f64]]) {
+        portable_kernel::<f64, 4, 4>(kc, alpha, a, b, ldb, beta, c)
+    }
+}

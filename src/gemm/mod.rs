@@ -1,0 +1,2 @@
+//! gemm
+pub mod peak;

@@ -1,0 +1,119 @@
+//! Peak fused-multiply-add throughput measurement.
+//!
+//! The GEMM benchmark reports its results as a fraction of this number, so it
+//! is measured the same way a micro-kernel would use the machine: many
+//! independent FMA dependency chains (enough to cover the FMA latency on both
+//! FMA ports) on 256-bit `f32` vectors, with no memory traffic at all.
+
+use std::time::Instant;
+
+/// Number of inner-loop iterations per timed run (each iteration issues
+/// `CHAINS` vector FMAs).
+const ITERS: u64 = 20_000_000;
+/// Independent accumulator chains: 12 covers a 4-cycle latency × 2 ports with
+/// room to spare while staying inside the 16 architectural `ymm` registers.
+const CHAINS: usize = 12;
+/// Lanes per vector (`f32` in a 256-bit register).
+const LANES: usize = 8;
+
+/// Measures the peak single-precision FMA throughput of this machine in
+/// GFLOP/s (one FMA counts as two floating-point operations), running the
+/// same register-only FMA loop on `threads` threads at once (`0` is treated
+/// as `1`).
+///
+/// On `x86_64` CPUs with AVX2 and FMA the loop uses 256-bit `vfmadd`
+/// instructions on twelve independent accumulators, which is the throughput
+/// ceiling an AVX2 GEMM micro-kernel can reach. Elsewhere a portable loop with
+/// the same structure is timed instead (whatever the compiler makes of it),
+/// so the number is still a meaningful ceiling for the portable GEMM path.
+///
+/// The measurement takes roughly a tenth of a second per call (best of three
+/// runs).
+///
+/// # Example
+/// ```
+/// let gflops = tapegrad::gemm::peak::peak_fma_gflops(1);
+/// assert!(gflops > 0.0);
+/// ```
+pub fn peak_fma_gflops(threads: usize) -> f64 {
+    let threads = threads.max(1);
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let flops: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(fma_loop)).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        let secs = start.elapsed().as_secs_f64();
+        if secs > 0.0 {
+            best = best.max(flops as f64 / secs / 1e9);
+        }
+    }
+    best
+}
+
+/// Runs the FMA loop once on the current thread and returns the number of
+/// floating-point operations it performed.
+fn fma_loop() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: `fma_loop_avx2` only requires the AVX2 and FMA target
+            // features, whose presence was just checked at run time.
+            let out = unsafe { fma_loop_avx2(ITERS, std::hint::black_box(1e-9)) };
+            std::hint::black_box(out);
+            return ITERS * (CHAINS * LANES * 2) as u64;
+        }
+    }
+    let out = fma_loop_portable(ITERS / 4, std::hint::black_box(1e-9));
+    std::hint::black_box(out);
+    (ITERS / 4) * (CHAINS * LANES * 2) as u64
+}
+
+/// Portable version: twelve arrays of eight lanes, updated with `a*b + c`.
+fn fma_loop_portable(iters: u64, x: f32) -> f32 {
+    let mut acc = [[0.0f32; LANES]; CHAINS];
+    for (i, chain) in acc.iter_mut().enumerate() {
+        for (l, v) in chain.iter_mut().enumerate() {
+            *v = (i * LANES + l) as f32 * 1e-3;
+        }
+    }
+    let m = [std::hint::black_box(0.999_999f32); LANES];
+    let add = [x; LANES];
+    for _ in 0..iters {
+        for chain in acc.iter_mut() {
+            for l in 0..LANES {
+                chain[l] = chain[l] * m[l] + add[l];
+            }
+        }
+    }
+    acc.iter().flatten().sum()
+}
+
+/// AVX2+FMA version: twelve `ymm` accumulators, each updated by one
+/// `vfmadd231ps` per iteration.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop_avx2(iters: u64, x: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let m = _mm256_set1_ps(std::hint::black_box(0.999_999));
+    let add = _mm256_set1_ps(x);
+    let mut acc = [_mm256_setzero_ps(); CHAINS];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = _mm256_set1_ps(i as f32 * 1e-3);
+    }
+    for _ in 0..iters {
+        // Fully unrolled by the compiler (constant trip count): twelve
+        // independent FMAs per iteration, all register to register.
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(*a, m, add);
+        }
+    }
+    let mut sum = _mm256_setzero_ps();
+    for a in acc {
+        sum = _mm256_add_ps(sum, a);
+    }
+    let mut lanes = [0.0f32; LANES];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    lanes.iter().sum()
+}

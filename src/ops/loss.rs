@@ -1,0 +1,86 @@
+//! Losses: mean squared error and softmax cross-entropy over logits, both mean-reduced
+//! as PyTorch's defaults.
+
+use super::softmax::log_softmax_lanes;
+use crate::shape::Shape;
+use crate::tape::one;
+use crate::{Float, Tensor, Var};
+use smallvec::smallvec;
+
+impl<'t, T: Float> Var<'t, T> {
+    /// Mean squared error `L = mean((a − b)²)` between tensors of the same shape.
+    /// ∂L/∂a = 2(a − b)/n, ∂L/∂b = −2(a − b)/n.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let a = tape.leaf(Tensor::from_vec(vec![1.0, 2.0], [2]).unwrap());
+    /// let b = tape.constant(Tensor::from_vec(vec![0.0, 0.0], [2]).unwrap());
+    /// let l = a.mse_loss(b);
+    /// assert_eq!(l.value().item(), 2.5);
+    /// assert_eq!(l.backward()[a].data(), &[1.0, 2.0]);
+    /// ```
+    pub fn mse_loss(self, target: Var<'t, T>) -> Var<'t, T> {
+        let (a, b) = (self.value(), target.value());
+        assert!(
+            a.shape() == b.shape(),
+            "mse_loss: input {} and target {} must have the same shape",
+            a.shape(),
+            b.shape()
+        );
+        let n = T::from_usize(a.numel().max(1));
+        let s: T = a.data().iter().zip(b.data()).map(|(&x, &y)| (x - y) * (x - y)).sum();
+        self.tape.record("mse_loss", Tensor::scalar(s / n), &[self, target], move |ctx| {
+            let k = (ctx.grad.item() + ctx.grad.item()) / n;
+            let d = ctx.inputs[0].zip_map(ctx.inputs[1], "mse_loss", |x, y| k * (x - y));
+            let db = ctx.needs_grad[1].then(|| d.map(|v| -v));
+            smallvec![Some(d), db]
+        })
+    }
+
+    /// Cross-entropy of logits `[N, C]` against integer class targets (length N),
+    /// mean over the batch: `L = (1/N) Σₙ (logsumexp(xₙ) − xₙ[tₙ])`, computed stably.
+    /// ∂L/∂xₙ = (softmax(xₙ) − onehot(tₙ)) / N.
+    ///
+    /// Panics naming the op if the shapes disagree or a target is out of range.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let logits = tape.leaf(Tensor::zeros([2, 4]));
+    /// let loss = logits.cross_entropy(&[1, 3]);
+    /// assert!((loss.value().item() - 4f64.ln()).abs() < 1e-12);
+    /// let g = loss.backward();
+    /// assert_eq!(g[logits].get(&[0, 1]), (0.25 - 1.0) / 2.0);
+    /// ```
+    pub fn cross_entropy(self, targets: &[usize]) -> Var<'t, T> {
+        let x = self.value();
+        let s = x.shape();
+        assert!(s.rank() == 2, "cross_entropy: logits must be [N, C], got {s}");
+        let (n, c) = (s[0], s[1]);
+        assert!(
+            targets.len() == n,
+            "cross_entropy: logits {s} need {n} targets, got {}",
+            targets.len()
+        );
+        if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t >= c) {
+            panic!("cross_entropy: target[{i}] = {t} is out of range for {c} classes (logits {s})");
+        }
+        let logp = log_softmax_lanes(x.data(), n, c, 1);
+        let total: T = targets.iter().enumerate().map(|(i, &t)| -logp[i * c + t]).sum();
+        let inv_n = T::ONE / T::from_usize(n.max(1));
+        let targets = targets.to_vec();
+        self.tape.record("cross_entropy", Tensor::scalar(total * inv_n), &[self], move |ctx| {
+            let x = ctx.inputs[0];
+            let k = ctx.grad.item() * inv_n;
+            let mut d: Vec<T> = log_softmax_lanes(x.data(), n, c, 1);
+            for (i, row) in d.chunks_exact_mut(c).enumerate() {
+                for v in row.iter_mut() {
+                    *v = v.exp() * k;
+                }
+                row[targets[i]] -= k;
+            }
+            one(Tensor::from_parts(d, Shape::from([n, c])))
+        })
+    }
+}

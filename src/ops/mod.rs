@@ -1,0 +1,12 @@
+//! The differentiable ops. Each module adds methods to [`Var`](crate::Var) and holds,
+//! side by side, each op's forward computation, its local-gradient closure and its
+//! derivative (in the doc comment). Adding an op means adding a method here that calls
+//! [`Tape::record`](crate::Tape::record); nothing else in the crate changes.
+
+mod arith;
+mod loss;
+mod matmul;
+mod reduce;
+mod reshape;
+mod softmax;
+mod unary;

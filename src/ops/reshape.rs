@@ -1,0 +1,70 @@
+//! Shape ops: reshape, flatten, transpose, permute. Their backward undoes the
+//! rearrangement on the gradient.
+
+use crate::shape::Shape;
+use crate::tape::one;
+use crate::{Float, Var};
+
+impl<'t, T: Float> Var<'t, T> {
+    /// The same elements with a new shape of equal size (no copy). ∂/∂x = dy reshaped back.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::arange(6));
+    /// assert_eq!(&x.reshape([2, 3]).shape()[..], &[2, 3]);
+    /// ```
+    pub fn reshape(self, shape: impl Into<Shape>) -> Var<'t, T> {
+        let y = self.value().reshape(shape);
+        self.tape.record("reshape", y, &[self], |ctx| one(ctx.grad.reshape(ctx.inputs[0].shape())))
+    }
+
+    /// Keeps the first axis and flattens the rest: `[N, C, H, W]` → `[N, C·H·W]`.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::zeros([2, 3, 4, 5]));
+    /// assert_eq!(&x.flatten().shape()[..], &[2, 60]);
+    /// ```
+    pub fn flatten(self) -> Var<'t, T> {
+        let s = self.shape();
+        assert!(s.rank() >= 1, "flatten: needs at least one axis, got shape {s}");
+        let rest: usize = s[1..].iter().product();
+        let y = self.value().reshape([s[0], rest]);
+        self.tape.record("flatten", y, &[self], |ctx| one(ctx.grad.reshape(ctx.inputs[0].shape())))
+    }
+
+    /// Reorders axes: output axis i is input axis `perm[i]`. ∂/∂x = dy permuted by the inverse.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::zeros([2, 3, 4]));
+    /// assert_eq!(&x.permute(&[2, 0, 1]).shape()[..], &[4, 2, 3]);
+    /// ```
+    pub fn permute(self, perm: &[usize]) -> Var<'t, T> {
+        let y = self.value().permute(perm);
+        let mut inv = vec![0; perm.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            inv[p] = i;
+        }
+        self.tape.record("permute", y, &[self], move |ctx| one(ctx.grad.permute(&inv)))
+    }
+
+    /// Swaps two axes (negative counts from the end).
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::arange(6).reshape([2, 3]));
+    /// assert_eq!(x.transpose(0, 1).value().data(), &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    /// ```
+    pub fn transpose(self, a: isize, b: isize) -> Var<'t, T> {
+        let s = self.shape();
+        let (a, b) = (s.axis(a, "transpose"), s.axis(b, "transpose"));
+        let mut perm: Vec<usize> = (0..s.rank()).collect();
+        perm.swap(a, b);
+        self.permute(&perm)
+    }
+}

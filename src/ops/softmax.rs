@@ -1,0 +1,87 @@
+//! softmax and log_softmax over an axis, numerically stable (the row maximum is
+//! subtracted before exponentiating).
+
+use super::reduce::split_at_axis;
+use crate::tape::one;
+use crate::{Float, Tensor, Var};
+
+/// Calls `f(base, stride)` for every lane along the middle axis of an (outer, n, inner) view.
+#[inline]
+fn lanes(outer: usize, n: usize, inner: usize, mut f: impl FnMut(usize, usize)) {
+    for o in 0..outer {
+        for i in 0..inner {
+            f(o * n * inner + i, inner);
+        }
+    }
+}
+
+/// Writes max and log-sum-exp of each lane: y = x − max − ln Σ exp(x − max).
+pub(crate) fn log_softmax_lanes<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
+    let mut y = vec![T::ZERO; x.len()];
+    lanes(outer, n, inner, |b, s| {
+        let m = (0..n).map(|k| x[b + k * s]).fold(T::NEG_INFINITY, T::max);
+        let lse = (0..n).map(|k| (x[b + k * s] - m).exp()).sum::<T>().ln() + m;
+        for k in 0..n {
+            y[b + k * s] = x[b + k * s] - lse;
+        }
+    });
+    y
+}
+
+impl<'t, T: Float> Var<'t, T> {
+    /// softmax along `axis`: yₖ = exp(xₖ) / Σⱼ exp(xⱼ).
+    /// Backward: dxₖ = yₖ·(gₖ − Σⱼ gⱼyⱼ).
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::zeros([2, 4]));
+    /// assert_eq!(x.softmax(1).value().data(), &[0.25; 8]);
+    /// ```
+    pub fn softmax(self, axis: isize) -> Var<'t, T> {
+        let x = self.value();
+        let ax = x.shape().axis(axis, "softmax");
+        let (outer, n, inner) = split_at_axis(x.shape(), ax);
+        let y: Vec<T> = log_softmax_lanes(x.data(), outer, n, inner).into_iter().map(T::exp).collect();
+        let y = Tensor::from_parts(y, x.shape().clone());
+        self.tape.record("softmax", y, &[self], move |ctx| {
+            let (y, g) = (ctx.output.data(), ctx.grad.data());
+            let mut dx = vec![T::ZERO; y.len()];
+            lanes(outer, n, inner, |b, s| {
+                let dot: T = (0..n).map(|k| g[b + k * s] * y[b + k * s]).sum();
+                for k in 0..n {
+                    dx[b + k * s] = y[b + k * s] * (g[b + k * s] - dot);
+                }
+            });
+            one(Tensor::from_parts(dx, ctx.grad.shape().clone()))
+        })
+    }
+
+    /// log_softmax along `axis`: yₖ = xₖ − log Σⱼ exp(xⱼ).
+    /// Backward: dxₖ = gₖ − exp(yₖ)·Σⱼ gⱼ.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![1000.0, 1000.0], [2]).unwrap());
+    /// let y = x.log_softmax(0).value();
+    /// assert!((y.data()[0] + 2f64.ln()).abs() < 1e-12); // no overflow
+    /// ```
+    pub fn log_softmax(self, axis: isize) -> Var<'t, T> {
+        let x = self.value();
+        let ax = x.shape().axis(axis, "log_softmax");
+        let (outer, n, inner) = split_at_axis(x.shape(), ax);
+        let y = Tensor::from_parts(log_softmax_lanes(x.data(), outer, n, inner), x.shape().clone());
+        self.tape.record("log_softmax", y, &[self], move |ctx| {
+            let (y, g) = (ctx.output.data(), ctx.grad.data());
+            let mut dx = vec![T::ZERO; y.len()];
+            lanes(outer, n, inner, |b, s| {
+                let sum: T = (0..n).map(|k| g[b + k * s]).sum();
+                for k in 0..n {
+                    dx[b + k * s] = g[b + k * s] - y[b + k * s].exp() * sum;
+                }
+            });
+            one(Tensor::from_parts(dx, ctx.grad.shape().clone()))
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! Elementwise functions y = f(x). Each op states f and its derivative f′
+//! together; the backward is `dx = dy · f′(x, y)` (the derivative may read the
+//! input `x` or the output `y`, whichever is cheaper).
+
+use crate::tape::one;
+use crate::{Float, Tensor, Var};
+
+impl<'t, T: Float> Var<'t, T> {
+    /// Records y = f(x) with local derivative `df(x, y)`.
+    fn unary(
+        self,
+        op: &'static str,
+        f: impl Fn(T) -> T,
+        df: impl Fn(T, T) -> T + Copy + 'static,
+    ) -> Var<'t, T> {
+        let y = self.value().map(f);
+        self.tape.record(op, y, &[self], move |ctx| {
+            let (x, y, g) = (ctx.inputs[0].data(), ctx.output.data(), ctx.grad.data());
+            let dx = g.iter().zip(x).zip(y).map(|((&g, &x), &y)| g * df(x, y)).collect();
+            one(Tensor::from_parts(dx, ctx.grad.shape().clone()))
+        })
+    }
+
+    /// eˣ. d/dx = eˣ = y.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::zeros([1]));
+    /// assert_eq!(x.exp().sum().backward()[x].item(), 1.0);
+    /// ```
+    pub fn exp(self) -> Var<'t, T> {
+        self.unary("exp", T::exp, |_, y| y)
+    }
+
+    /// Natural logarithm. d/dx = 1/x.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::full([1], 4.0));
+    /// assert_eq!(x.log().sum().backward()[x].item(), 0.25);
+    /// ```
+    pub fn log(self) -> Var<'t, T> {
+        self.unary("log", T::ln, |x, _| T::ONE / x)
+    }
+
+    /// √x. d/dx = 1/(2√x) = 1/(2y).
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::full([1], 4.0));
+    /// assert_eq!(x.sqrt().sum().backward()[x].item(), 0.25);
+    /// ```
+    pub fn sqrt(self) -> Var<'t, T> {
+        self.unary("sqrt", T::sqrt, |_, y| T::ONE / (y + y))
+    }
+
+    /// xᵖ for a constant exponent p. d/dx = p·xᵖ⁻¹.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::full([1], 3.0));
+    /// assert_eq!(x.powf(2.0).sum().backward()[x].item(), 6.0);
+    /// ```
+    pub fn powf(self, p: T) -> Var<'t, T> {
+        self.unary("powf", move |x| x.powf(p), move |x, _| p * x.powf(p - T::ONE))
+    }
+
+    /// max(x, 0). d/dx = 1 if x > 0, else 0 (so relu′(0) = 0, as PyTorch).
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![-1.0, 0.0, 2.0], [3]).unwrap());
+    /// assert_eq!(x.relu().sum().backward()[x].data(), &[0.0, 0.0, 1.0]);
+    /// ```
+    pub fn relu(self) -> Var<'t, T> {
+        self.unary(
+            "relu",
+            |x| if x > T::ZERO { x } else { T::ZERO },
+            |x, _| if x > T::ZERO { T::ONE } else { T::ZERO },
+        )
+    }
+
+    /// x if x > 0 else slope·x. d/dx = 1 if x > 0, else slope (slope at 0, as PyTorch).
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![-2.0, 3.0], [2]).unwrap());
+    /// assert_eq!(x.leaky_relu(0.1).value().data(), &[-0.2, 3.0]);
+    /// ```
+    pub fn leaky_relu(self, slope: T) -> Var<'t, T> {
+        self.unary(
+            "leaky_relu",
+            move |x| if x > T::ZERO { x } else { slope * x },
+            move |x, _| if x > T::ZERO { T::ONE } else { slope },
+        )
+    }
+
+    /// σ(x) = 1/(1 + e⁻ˣ), computed without overflow. d/dx = y(1 − y).
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::zeros([1]));
+    /// assert_eq!(x.sigmoid().sum().backward()[x].item(), 0.25);
+    /// ```
+    pub fn sigmoid(self) -> Var<'t, T> {
+        self.unary(
+            "sigmoid",
+            |x| {
+                if x >= T::ZERO {
+                    T::ONE / (T::ONE + (-x).exp())
+                } else {
+                    let e = x.exp();
+                    e / (T::ONE + e)
+                }
+            },
+            |_, y| y * (T::ONE - y),
+        )
+    }
+
+    /// tanh(x). d/dx = 1 − y².
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::zeros([1]));
+    /// assert_eq!(x.tanh().sum().backward()[x].item(), 1.0);
+    /// ```
+    pub fn tanh(self) -> Var<'t, T> {
+        self.unary("tanh", T::tanh, |_, y| T::ONE - y * y)
+    }
+}

@@ -1,0 +1,639 @@
+//! The tape (a Wengert list): nodes in creation order, [`Var`] handles, and `backward()`.
+//!
+//! Every op appends one node holding its value, its parents' ids and a
+//! local-gradient closure. Creation order is a topological order, so the
+//! backward pass is one reverse sweep over the nodes — no sort, no recursion,
+//! any depth.
+
+use crate::shape::Shape;
+use crate::{Float, Tensor};
+use smallvec::{smallvec, SmallVec};
+use std::cell::{Cell, Ref, RefCell};
+use std::fmt::Write as _;
+
+/// The gradient of each parent of a node, in parent order (`None`: no contribution).
+pub type ParentGrads<T> = SmallVec<[Option<Tensor<T>>; 2]>;
+
+/// A node's local-gradient closure: maps the output gradient (and the values
+/// read from the tape) to each parent's gradient contribution.
+pub type BackwardFn<T> = Box<dyn Fn(&BackwardCtx<'_, T>) -> ParentGrads<T>>;
+
+/// What a local-gradient closure sees during the backward sweep.
+///
+/// The parents' values are read from the tape at backward time, never copied
+/// into the closure.
+pub struct BackwardCtx<'a, T: Float> {
+    /// ∂loss/∂output: the gradient flowing into this node (same shape as `output`).
+    pub grad: &'a Tensor<T>,
+    /// The parents' values, in the order the op recorded them.
+    pub inputs: &'a [&'a Tensor<T>],
+    /// This node's own value (the op's output).
+    pub output: &'a Tensor<T>,
+    /// Whether each parent wants a gradient; a closure may skip work (return `None`) where false.
+    pub needs_grad: &'a [bool],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Leaf,
+    Constant,
+    Op,
+}
+
+struct Node<T: Float> {
+    value: Tensor<T>,
+    parents: SmallVec<[usize; 2]>,
+    op: &'static str,
+    kind: Kind,
+    requires_grad: bool,
+    backward: Option<BackwardFn<T>>,
+}
+
+/// A recording of tensor operations, for reverse-mode differentiation.
+///
+/// Create one per forward pass (or [`clear`](Tape::clear) it), feed it tensors
+/// with [`leaf`](Tape::leaf) (receives a gradient) and [`constant`](Tape::constant)
+/// (does not), compute with the returned [`Var`]s, and call
+/// [`Var::backward`] on the scalar loss. The tape owns every node; dropping it
+/// frees the whole graph, so nothing is kept alive by accident.
+///
+/// `Tape` (no parameter) is `Tape<f32>`; `Tape::<f64>::new()` records in double precision.
+///
+/// ```
+/// use tapegrad::{Tape, Tensor};
+/// let tape: Tape = Tape::new();
+/// let x = tape.leaf(Tensor::from_vec(vec![1.0, -2.0, 3.0], [3]).unwrap());
+/// let y = (x * x).sum();
+/// let grads = y.backward();
+/// assert_eq!(grads[x].data(), &[2.0, -4.0, 6.0]);
+/// ```
+pub struct Tape<T: Float = f32> {
+    nodes: RefCell<Vec<Node<T>>>,
+    check_finite: Cell<bool>,
+}
+
+impl<T: Float> Default for Tape<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Float> Tape<T> {
+    /// An empty tape.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f64>::new();
+    /// assert!(tape.is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Tape { nodes: RefCell::new(Vec::new()), check_finite: Cell::new(false) }
+    }
+
+    /// An empty tape with room for `n` nodes (avoids regrowth on long graphs).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::with_capacity(1000);
+    /// assert_eq!(tape.len(), 0);
+    /// ```
+    pub fn with_capacity(n: usize) -> Self {
+        Tape { nodes: RefCell::new(Vec::with_capacity(n)), check_finite: Cell::new(false) }
+    }
+
+    /// Number of nodes recorded so far.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// tape.constant(tapegrad::Tensor::scalar(1.0));
+    /// assert_eq!(tape.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.nodes.borrow().len()
+    }
+
+    /// Whether no node has been recorded.
+    ///
+    /// ```
+    /// assert!(tapegrad::Tape::<f32>::new().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes every node so the tape (and its allocation) can record the next step.
+    /// Taking `&mut self` guarantees no [`Var`] of the old graph is still alive.
+    ///
+    /// ```
+    /// let mut tape = tapegrad::Tape::<f32>::new();
+    /// tape.leaf(tapegrad::Tensor::scalar(1.0));
+    /// tape.clear();
+    /// assert!(tape.is_empty());
+    /// ```
+    pub fn clear(&mut self) {
+        self.nodes.get_mut().clear();
+    }
+
+    /// Makes every op check its output, and `backward()` every gradient, for NaN or
+    /// infinity; the first non-finite value panics naming the node and its op.
+    ///
+    /// ```should_panic
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// tape.set_check_finite(true);
+    /// let x = tape.leaf(Tensor::from_vec(vec![-1.0], [1]).unwrap());
+    /// let _ = x.log(); // panics: "check_finite: node 1 (log) produced a non-finite value …"
+    /// ```
+    pub fn set_check_finite(&self, on: bool) {
+        self.check_finite.set(on);
+    }
+
+    /// Records a tensor that receives a gradient (an input or a parameter).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let w = tape.leaf(tapegrad::Tensor::ones([2, 2]));
+    /// assert!(w.requires_grad());
+    /// ```
+    pub fn leaf(&self, value: Tensor<T>) -> Var<'_, T> {
+        self.push(value, SmallVec::new(), "leaf", Kind::Leaf, true, None)
+    }
+
+    /// Records a tensor that never receives a gradient (data, targets, fixed weights).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let c = tape.constant(tapegrad::Tensor::ones([2]));
+    /// assert!(!c.requires_grad());
+    /// ```
+    pub fn constant(&self, value: Tensor<T>) -> Var<'_, T> {
+        self.push(value, SmallVec::new(), "constant", Kind::Constant, false, None)
+    }
+
+    /// Records the result of an op: its label, its value, its parents and its
+    /// local-gradient closure. This is how every op in the crate is written, and
+    /// how you add your own (see `docs/design.md`).
+    ///
+    /// The closure is stored only if some parent requires a gradient.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// use smallvec::smallvec;
+    /// // y = x³, dy/dx = 3x²
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![2.0], [1]).unwrap());
+    /// let y = tape.record("cube", x.value().map(|v| v * v * v), &[x], |ctx| {
+    ///     smallvec![Some(ctx.grad.zip_map(ctx.inputs[0], "cube", |g, x| g * 3.0 * x * x))]
+    /// });
+    /// assert_eq!(y.sum().backward()[x].data(), &[12.0]);
+    /// ```
+    pub fn record<'t>(
+        &'t self,
+        op: &'static str,
+        value: Tensor<T>,
+        parents: &[Var<'t, T>],
+        backward: impl Fn(&BackwardCtx<'_, T>) -> ParentGrads<T> + 'static,
+    ) -> Var<'t, T> {
+        let ids: SmallVec<[usize; 2]> = parents.iter().map(|p| p.id).collect();
+        let requires_grad = {
+            let nodes = self.nodes.borrow();
+            ids.iter().any(|&p| nodes[p].requires_grad)
+        };
+        let bw: Option<BackwardFn<T>> = if requires_grad { Some(Box::new(backward)) } else { None };
+        self.push(value, ids, op, Kind::Op, requires_grad, bw)
+    }
+
+    fn push(
+        &self,
+        value: Tensor<T>,
+        parents: SmallVec<[usize; 2]>,
+        op: &'static str,
+        kind: Kind,
+        requires_grad: bool,
+        backward: Option<BackwardFn<T>>,
+    ) -> Var<'_, T> {
+        let mut nodes = self.nodes.borrow_mut();
+        let id = nodes.len();
+        if self.check_finite.get() && !value.all_finite() {
+            let inputs: Vec<String> =
+                parents.iter().map(|&p| format!("node {p} ({})", nodes[p].op)).collect();
+            panic!(
+                "check_finite: node {id} ({op}) produced a non-finite value in forward \
+                 (shape {}, inputs: [{}])",
+                value.shape(),
+                inputs.join(", ")
+            );
+        }
+        nodes.push(Node { value, parents, op, kind, requires_grad, backward });
+        Var { tape: self, id }
+    }
+
+    /// The value of node `id` (a cheap clone sharing storage).
+    pub(crate) fn value_of(&self, id: usize) -> Tensor<T> {
+        self.nodes.borrow()[id].value.clone()
+    }
+
+    /// Borrow of the node list, for ops that only read values.
+    fn nodes(&self) -> Ref<'_, Vec<Node<T>>> {
+        self.nodes.borrow()
+    }
+
+    /// The graph in Graphviz DOT: one box per node with its id, op and shape,
+    /// and, if `grads` is given, the norm of each node's gradient.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::ones([2]));
+    /// let y = x.exp().sum();
+    /// let g = y.backward();
+    /// let dot = tape.to_dot(Some(&g));
+    /// assert!(dot.starts_with("digraph tape {"));
+    /// assert!(dot.contains("exp"));
+    /// assert!(dot.contains("|grad|"));
+    /// ```
+    pub fn to_dot(&self, grads: Option<&Gradients<T>>) -> String {
+        let nodes = self.nodes();
+        let mut s = String::from("digraph tape {\n  rankdir=BT;\n  node [shape=box, fontname=\"monospace\"];\n");
+        for (i, n) in nodes.iter().enumerate() {
+            let mut label = format!("#{i} {}\\n{}", n.op, n.value.shape());
+            if let Some(g) = grads.and_then(|g| g.by_id(i)) {
+                let _ = write!(label, "\\n|grad| = {:.4e}", g.norm());
+            }
+            let style = match n.kind {
+                Kind::Leaf => ", style=filled, fillcolor=\"#dbeafe\"",
+                Kind::Constant => ", style=dashed",
+                Kind::Op => "",
+            };
+            let _ = writeln!(s, "  n{i} [label=\"{label}\"{style}];");
+            for &p in &n.parents {
+                let _ = writeln!(s, "  n{p} -> n{i};");
+            }
+        }
+        s.push_str("}\n");
+        s
+    }
+
+    /// One line per node: id, op, shape, parents (for debugging and teaching).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let x = tape.leaf(tapegrad::Tensor::ones([2]));
+    /// let _ = x.relu();
+    /// assert!(tape.summary().contains("relu"));
+    /// ```
+    pub fn summary(&self) -> String {
+        let nodes = self.nodes();
+        let mut s = String::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let _ = writeln!(s, "#{i:<4} {:<16} {:<16} parents {:?}", n.op, n.value.shape().to_string(), &n.parents[..]);
+        }
+        s
+    }
+
+    fn backward_from(&self, root: usize, seed: Tensor<T>, keep_intermediate: bool) -> Gradients<T> {
+        let nodes = self.nodes();
+        let check = self.check_finite.get();
+        let root_node = &nodes[root];
+        assert!(
+            seed.shape() == root_node.value.shape(),
+            "backward: seed of shape {} does not match node {root} ({}) of shape {}",
+            seed.shape(),
+            root_node.op,
+            root_node.value.shape()
+        );
+        let mut grads: Vec<Option<Tensor<T>>> = Vec::with_capacity(root + 1);
+        grads.resize_with(root + 1, || None);
+        if root_node.requires_grad || root_node.kind == Kind::Leaf {
+            grads[root] = Some(seed);
+        }
+        for i in (0..=root).rev() {
+            let Some(g) = grads[i].take() else { continue };
+            let node = &nodes[i];
+            if let Some(bw) = &node.backward {
+                let inputs: SmallVec<[&Tensor<T>; 2]> =
+                    node.parents.iter().map(|&p| &nodes[p].value).collect();
+                let needs: SmallVec<[bool; 2]> =
+                    node.parents.iter().map(|&p| nodes[p].requires_grad).collect();
+                let ctx = BackwardCtx { grad: &g, inputs: &inputs, output: &node.value, needs_grad: &needs };
+                let pg = bw(&ctx);
+                assert!(
+                    pg.len() == node.parents.len(),
+                    "backward of node {i} ({}) returned {} gradients for {} parents",
+                    node.op,
+                    pg.len(),
+                    node.parents.len()
+                );
+                for (k, (&p, pgrad)) in node.parents.iter().zip(pg).enumerate() {
+                    let Some(pgrad) = pgrad else { continue };
+                    if !needs[k] {
+                        continue;
+                    }
+                    let pshape = nodes[p].value.shape();
+                    assert!(
+                        pgrad.shape() == pshape,
+                        "backward of node {i} ({}): gradient for input {k} has shape {} but the input has shape {}",
+                        node.op,
+                        pgrad.shape(),
+                        pshape
+                    );
+                    if check && !pgrad.all_finite() {
+                        panic!(
+                            "check_finite: node {i} ({}) produced a non-finite gradient in backward for its input {k} (node {p}, {})",
+                            node.op, nodes[p].op
+                        );
+                    }
+                    accumulate(&mut grads[p], pgrad);
+                }
+            }
+            if keep_intermediate || node.kind == Kind::Leaf {
+                grads[i] = Some(g);
+            }
+        }
+        Gradients { grads }
+    }
+}
+
+/// Adds `g` into a gradient slot (in place when the slot's storage is not shared).
+fn accumulate<T: Float>(slot: &mut Option<Tensor<T>>, g: Tensor<T>) {
+    match slot {
+        None => *slot = Some(g),
+        Some(acc) => {
+            for (a, b) in acc.data_mut().iter_mut().zip(g.data()) {
+                *a += *b;
+            }
+        }
+    }
+}
+
+/// A handle to a node on a [`Tape`]: an index plus a borrow of the tape. `Copy`, so
+/// it can be used any number of times (gradients sum over every use).
+///
+/// ```
+/// use tapegrad::{Tape, Tensor};
+/// let tape = Tape::<f64>::new();
+/// let x = tape.leaf(Tensor::scalar(3.0));
+/// let y = x * x + x; // x used three times
+/// assert_eq!(y.backward()[x].item(), 7.0); // 2x + 1
+/// ```
+pub struct Var<'t, T: Float = f32> {
+    pub(crate) tape: &'t Tape<T>,
+    pub(crate) id: usize,
+}
+
+impl<T: Float> Clone for Var<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: Float> Copy for Var<'_, T> {}
+
+impl<T: Float> std::fmt::Debug for Var<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes = self.tape.nodes();
+        let n = &nodes[self.id];
+        write!(f, "Var(#{} {} {})", self.id, n.op, n.value.shape())
+    }
+}
+
+/// Options for [`Var::backward_with_options`].
+///
+/// ```
+/// use tapegrad::{BackwardOptions, Tape, Tensor};
+/// let tape = Tape::<f32>::new();
+/// let x = tape.leaf(Tensor::ones([3]));
+/// let h = x.exp();
+/// let loss = h.sum();
+/// let g = loss.backward_with_options(BackwardOptions { keep_intermediate: false, ..Default::default() });
+/// assert!(g.get(x).is_some());
+/// assert!(g.get(h).is_none()); // intermediate gradients were dropped as soon as used
+/// ```
+#[derive(Clone, Debug)]
+pub struct BackwardOptions<T: Float> {
+    /// The upstream gradient ∂L/∂output (a vector-Jacobian product); `None` means 1 for a scalar output.
+    pub seed: Option<Tensor<T>>,
+    /// Keep every node's gradient (the default) or only the leaves', to save memory.
+    pub keep_intermediate: bool,
+}
+
+impl<T: Float> Default for BackwardOptions<T> {
+    fn default() -> Self {
+        BackwardOptions { seed: None, keep_intermediate: true }
+    }
+}
+
+impl<'t, T: Float> Var<'t, T> {
+    /// The node's index on its tape.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// assert_eq!(tape.leaf(tapegrad::Tensor::scalar(1.0)).id(), 0);
+    /// ```
+    pub fn id(self) -> usize {
+        self.id
+    }
+
+    /// The tape this node lives on.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let x = tape.leaf(tapegrad::Tensor::scalar(1.0));
+    /// assert!(std::ptr::eq(x.tape(), &tape));
+    /// ```
+    pub fn tape(self) -> &'t Tape<T> {
+        self.tape
+    }
+
+    /// The node's value (shares storage with the tape's copy).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let x = tape.leaf(tapegrad::Tensor::scalar(2.0));
+    /// assert_eq!((x * 3.0).value().item(), 6.0);
+    /// ```
+    pub fn value(self) -> Tensor<T> {
+        self.tape.value_of(self.id)
+    }
+
+    /// The node's shape.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// assert_eq!(&tape.leaf(tapegrad::Tensor::zeros([2, 5])).shape()[..], &[2, 5]);
+    /// ```
+    pub fn shape(self) -> Shape {
+        self.tape.nodes()[self.id].value.shape().clone()
+    }
+
+    /// The op that produced this node (`"leaf"`, `"constant"`, `"matmul"`, …).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let x = tape.leaf(tapegrad::Tensor::scalar(2.0));
+    /// assert_eq!(x.exp().op(), "exp");
+    /// ```
+    pub fn op(self) -> &'static str {
+        self.tape.nodes()[self.id].op
+    }
+
+    /// Whether gradients flow to this node (it is a leaf or depends on one).
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let x = tape.leaf(tapegrad::Tensor::scalar(2.0));
+    /// assert!(x.exp().requires_grad());
+    /// assert!(!x.detach().requires_grad());
+    /// ```
+    pub fn requires_grad(self) -> bool {
+        self.tape.nodes()[self.id].requires_grad
+    }
+
+    /// The same value as a constant: gradients stop here.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::scalar(3.0));
+    /// let y = x * x.detach(); // d/dx = x (the detached factor is a constant)
+    /// assert_eq!(y.backward()[x].item(), 3.0);
+    /// ```
+    pub fn detach(self) -> Var<'t, T> {
+        self.tape.constant(self.value())
+    }
+
+    /// Backpropagates from this scalar node: the gradient of every node with
+    /// respect to it. Each call computes fresh gradients from scratch (nothing
+    /// accumulates across calls), so calling it twice gives the same result.
+    /// Panics if the node is not a one-element tensor; use [`backward_with`](Var::backward_with) then.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![1.0, 2.0], [2]).unwrap());
+    /// let h = x * 2.0;
+    /// let loss = h.sum();
+    /// let g = loss.backward();
+    /// assert_eq!(g[h].data(), &[1.0, 1.0]); // intermediate gradients are kept
+    /// assert_eq!(g[x].data(), &[2.0, 2.0]);
+    /// assert_eq!(loss.backward()[x].data(), g[x].data()); // idempotent
+    /// ```
+    pub fn backward(self) -> Gradients<T> {
+        self.backward_with_options(BackwardOptions::default())
+    }
+
+    /// Backpropagates an explicit upstream gradient `seed` (same shape as this node):
+    /// computes the vector-Jacobian product seedᵀ·J for every node.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![1.0, 2.0], [2]).unwrap());
+    /// let y = x * x;
+    /// let g = y.backward_with(Tensor::from_vec(vec![1.0, 10.0], [2]).unwrap());
+    /// assert_eq!(g[x].data(), &[2.0, 40.0]);
+    /// ```
+    pub fn backward_with(self, seed: Tensor<T>) -> Gradients<T> {
+        self.backward_with_options(BackwardOptions { seed: Some(seed), keep_intermediate: true })
+    }
+
+    /// Backpropagates with explicit [`BackwardOptions`].
+    ///
+    /// ```
+    /// use tapegrad::{BackwardOptions, Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::ones([2]));
+    /// let g = x.sum().backward_with_options(BackwardOptions::default());
+    /// assert_eq!(g[x].data(), &[1.0, 1.0]);
+    /// ```
+    pub fn backward_with_options(self, opts: BackwardOptions<T>) -> Gradients<T> {
+        let seed = match opts.seed {
+            Some(s) => s,
+            None => {
+                let shape = self.shape();
+                assert!(
+                    shape.numel() == 1,
+                    "backward: node {} ({}) has shape {shape}, not a scalar; use backward_with(seed) \
+                     for a vector-Jacobian product",
+                    self.id,
+                    self.op()
+                );
+                Tensor::full(shape, T::ONE)
+            }
+        };
+        self.tape.backward_from(self.id, seed, opts.keep_intermediate)
+    }
+}
+
+/// The gradients computed by one backward pass, indexed by [`Var`].
+///
+/// Indexing panics (naming the node) if the node got no gradient: it does not
+/// require grad, it is not an ancestor of the output, or only leaf gradients were kept.
+/// [`get`](Gradients::get) returns an `Option` instead.
+///
+/// ```
+/// use tapegrad::{Tape, Tensor};
+/// let tape = Tape::<f32>::new();
+/// let x = tape.leaf(Tensor::ones([2]));
+/// let c = tape.constant(Tensor::ones([2]));
+/// let g = (x * c).sum().backward();
+/// assert!(g.get(x).is_some());
+/// assert!(g.get(c).is_none());
+/// ```
+pub struct Gradients<T: Float = f32> {
+    grads: Vec<Option<Tensor<T>>>,
+}
+
+impl<T: Float> Gradients<T> {
+    /// The gradient of `var`, if it got one.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let x = tape.leaf(tapegrad::Tensor::scalar(1.0));
+    /// assert_eq!(x.exp().backward().get(x).unwrap().item(), 1.0f32.exp());
+    /// ```
+    pub fn get(&self, var: Var<'_, T>) -> Option<&Tensor<T>> {
+        self.by_id(var.id)
+    }
+
+    /// The gradient of node `id`, if it got one.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let x = tape.leaf(tapegrad::Tensor::scalar(1.0));
+    /// assert!(x.exp().backward().by_id(x.id()).is_some());
+    /// ```
+    pub fn by_id(&self, id: usize) -> Option<&Tensor<T>> {
+        self.grads.get(id).and_then(|g| g.as_ref())
+    }
+
+    /// Removes and returns the gradient of `var` (no copy), e.g. to hand it to an optimizer.
+    ///
+    /// ```
+    /// let tape = tapegrad::Tape::<f32>::new();
+    /// let x = tape.leaf(tapegrad::Tensor::scalar(1.0));
+    /// let mut g = (x * 2.0).backward();
+    /// assert_eq!(g.take(x).unwrap().item(), 2.0);
+    /// assert!(g.get(x).is_none());
+    /// ```
+    pub fn take(&mut self, var: Var<'_, T>) -> Option<Tensor<T>> {
+        self.grads.get_mut(var.id).and_then(|g| g.take())
+    }
+}
+
+impl<T: Float> std::ops::Index<Var<'_, T>> for Gradients<T> {
+    type Output = Tensor<T>;
+    fn index(&self, var: Var<'_, T>) -> &Tensor<T> {
+        self.get(var).unwrap_or_else(|| {
+            panic!(
+                "gradients: node {} ({}) has no gradient (it does not require grad, is not an \
+                 ancestor of the output, or only leaf gradients were kept)",
+                var.id,
+                var.op()
+            )
+        })
+    }
+}
+
+/// `smallvec![Some(g)]` for single-input ops.
+#[inline]
+pub(crate) fn one<T: Float>(g: Tensor<T>) -> ParentGrads<T> {
+    smallvec![Some(g)]
+}

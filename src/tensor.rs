@@ -1,0 +1,641 @@
+//! [`Tensor`]: an immutable, cheaply clonable, contiguous n-dimensional array.
+
+use crate::shape::Shape;
+use crate::{Error, Float, Result};
+use smallvec::SmallVec;
+use std::fmt;
+use std::sync::Arc;
+
+/// A contiguous row-major n-dimensional array of `f32` or `f64`.
+///
+/// Storage is shared (`Arc`), so `clone()` copies a pointer, not the data:
+/// binding model parameters to a tape every training step costs nothing.
+/// Mutation goes through [`Tensor::data_mut`], which copies only if the
+/// storage is shared (copy-on-write).
+///
+/// ```
+/// use tapegrad::Tensor;
+/// let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3]).unwrap();
+/// assert_eq!(t.shape().to_string(), "[2, 3]");
+/// assert_eq!(t.get(&[1, 2]), 6.0);
+/// let u = t.clone(); // shares storage
+/// assert_eq!(u.data(), t.data());
+/// ```
+#[derive(Clone)]
+pub struct Tensor<T: Float = f32> {
+    data: Arc<Vec<T>>,
+    shape: Shape,
+}
+
+impl<T: Float> Tensor<T> {
+    /// Wraps `data` (row-major) in a tensor of `shape`; errors if the lengths differ.
+    ///
+    /// ```
+    /// use tapegrad::Tensor;
+    /// assert!(Tensor::from_vec(vec![1.0f64; 6], [2, 3]).is_ok());
+    /// assert!(Tensor::from_vec(vec![1.0f64; 5], [2, 3]).is_err());
+    /// ```
+    pub fn from_vec(data: Vec<T>, shape: impl Into<Shape>) -> Result<Self> {
+        let shape = shape.into();
+        if data.len() != shape.numel() {
+            return Err(Error::Shape {
+                op: "from_vec",
+                message: format!(
+                    "{} values do not fill shape {} ({} elements)",
+                    data.len(),
+                    shape,
+                    shape.numel()
+                ),
+            });
+        }
+        Ok(Tensor { data: Arc::new(data), shape })
+    }
+
+    /// Internal constructor for kernels that computed a buffer of the right size.
+    #[inline]
+    pub(crate) fn from_parts(data: Vec<T>, shape: Shape) -> Self {
+        debug_assert_eq!(data.len(), shape.numel());
+        Tensor { data: Arc::new(data), shape }
+    }
+
+    /// A rank-0 tensor holding one value.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::scalar(2.5f32);
+    /// assert_eq!(t.rank(), 0);
+    /// assert_eq!(t.item(), 2.5);
+    /// ```
+    pub fn scalar(v: T) -> Self {
+        Self::from_parts(vec![v], Shape::scalar())
+    }
+
+    /// A tensor filled with `v`.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::full([2, 2], 7.0f64);
+    /// assert_eq!(t.data(), &[7.0; 4]);
+    /// ```
+    pub fn full(shape: impl Into<Shape>, v: T) -> Self {
+        let shape = shape.into();
+        Self::from_parts(vec![v; shape.numel()], shape)
+    }
+
+    /// A tensor of zeros.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Tensor::<f32>::zeros([3]).data(), &[0.0; 3]);
+    /// ```
+    pub fn zeros(shape: impl Into<Shape>) -> Self {
+        Self::full(shape, T::ZERO)
+    }
+
+    /// A tensor of ones.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Tensor::<f32>::ones([2]).data(), &[1.0, 1.0]);
+    /// ```
+    pub fn ones(shape: impl Into<Shape>) -> Self {
+        Self::full(shape, T::ONE)
+    }
+
+    /// `[0, 1, …, n-1]` as a rank-1 tensor.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Tensor::<f64>::arange(4).data(), &[0.0, 1.0, 2.0, 3.0]);
+    /// ```
+    pub fn arange(n: usize) -> Self {
+        Self::from_parts((0..n).map(T::from_usize).collect(), Shape::from([n]))
+    }
+
+    /// Standard normal samples (Box–Muller) drawn from the caller's RNG: same seed, same tensor.
+    ///
+    /// ```
+    /// use rand::SeedableRng;
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// let a = tapegrad::Tensor::<f32>::randn([2, 3], &mut rng);
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// assert_eq!(a.data(), tapegrad::Tensor::<f32>::randn([2, 3], &mut rng).data());
+    /// ```
+    pub fn randn<R: rand::Rng + ?Sized>(shape: impl Into<Shape>, rng: &mut R) -> Self {
+        use rand::RngExt;
+        let shape = shape.into();
+        let n = shape.numel();
+        let mut v = Vec::with_capacity(n + 1);
+        while v.len() < n {
+            // Box–Muller: two uniforms in (0, 1] give two independent normals.
+            let u1: f64 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random::<f64>();
+            let r = (-2.0 * u1.ln()).sqrt();
+            let th = std::f64::consts::TAU * u2;
+            v.push(T::from_f64(r * th.cos()));
+            v.push(T::from_f64(r * th.sin()));
+        }
+        v.truncate(n);
+        Self::from_parts(v, shape)
+    }
+
+    /// Uniform samples in `[lo, hi)` drawn from the caller's RNG.
+    ///
+    /// ```
+    /// use rand::SeedableRng;
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    /// let t = tapegrad::Tensor::<f64>::rand_uniform([100], -1.0, 1.0, &mut rng);
+    /// assert!(t.data().iter().all(|&v| (-1.0..1.0).contains(&v)));
+    /// ```
+    pub fn rand_uniform<R: rand::Rng + ?Sized>(
+        shape: impl Into<Shape>,
+        lo: T,
+        hi: T,
+        rng: &mut R,
+    ) -> Self {
+        use rand::RngExt;
+        let shape = shape.into();
+        let (lo64, hi64) = (lo.to_f64(), hi.to_f64());
+        let v = (0..shape.numel())
+            .map(|_| T::from_f64(lo64 + (hi64 - lo64) * rng.random::<f64>()))
+            .collect();
+        Self::from_parts(v, shape)
+    }
+
+    /// The shape.
+    ///
+    /// ```
+    /// assert_eq!(&tapegrad::Tensor::<f32>::zeros([4, 5]).shape()[..], &[4, 5]);
+    /// ```
+    #[inline]
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// Number of elements.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Tensor::<f32>::zeros([4, 5]).numel(), 20);
+    /// ```
+    #[inline]
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Number of axes.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Tensor::<f32>::zeros([4, 5]).rank(), 2);
+    /// ```
+    #[inline]
+    pub fn rank(&self) -> usize {
+        self.shape.rank()
+    }
+
+    /// The elements, row-major.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Tensor::<f32>::arange(3).data(), &[0.0, 1.0, 2.0]);
+    /// ```
+    #[inline]
+    pub fn data(&self) -> &[T] {
+        &self.data
+    }
+
+    /// Mutable access to the elements; copies the storage first if another tensor shares it.
+    ///
+    /// ```
+    /// let a = tapegrad::Tensor::<f32>::zeros([2]);
+    /// let mut b = a.clone();
+    /// b.data_mut()[0] = 1.0;
+    /// assert_eq!(a.data(), &[0.0, 0.0]); // a is untouched
+    /// assert_eq!(b.data(), &[1.0, 0.0]);
+    /// ```
+    pub fn data_mut(&mut self) -> &mut [T] {
+        Arc::make_mut(&mut self.data).as_mut_slice()
+    }
+
+    /// The elements as an owned `Vec` (copied only if shared).
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Tensor::<f32>::ones([2]).into_vec(), vec![1.0, 1.0]);
+    /// ```
+    pub fn into_vec(self) -> Vec<T> {
+        Arc::try_unwrap(self.data).unwrap_or_else(|a| (*a).clone())
+    }
+
+    /// Whether two tensors share the same storage (no copy was made).
+    ///
+    /// ```
+    /// let a = tapegrad::Tensor::<f32>::zeros([2]);
+    /// assert!(a.shares_storage(&a.clone()));
+    /// ```
+    pub fn shares_storage(&self, other: &Tensor<T>) -> bool {
+        Arc::ptr_eq(&self.data, &other.data)
+    }
+
+    /// The single value of a one-element tensor; panics otherwise.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Tensor::full([1, 1], 3.0f32).item(), 3.0);
+    /// ```
+    pub fn item(&self) -> T {
+        assert!(
+            self.numel() == 1,
+            "item: tensor of shape {} has {} elements, not 1",
+            self.shape,
+            self.numel()
+        );
+        self.data[0]
+    }
+
+    /// The element at a multi-index; panics if the index is out of bounds.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::<f32>::arange(6).reshape([2, 3]);
+    /// assert_eq!(t.get(&[1, 0]), 3.0);
+    /// ```
+    pub fn get(&self, index: &[usize]) -> T {
+        self.data[self.offset(index)]
+    }
+
+    /// Sets the element at a multi-index (copy-on-write).
+    ///
+    /// ```
+    /// let mut t = tapegrad::Tensor::<f32>::zeros([2, 2]);
+    /// t.set(&[0, 1], 5.0);
+    /// assert_eq!(t.data(), &[0.0, 5.0, 0.0, 0.0]);
+    /// ```
+    pub fn set(&mut self, index: &[usize], v: T) {
+        let o = self.offset(index);
+        self.data_mut()[o] = v;
+    }
+
+    fn offset(&self, index: &[usize]) -> usize {
+        assert!(
+            index.len() == self.rank() && index.iter().zip(self.shape.iter()).all(|(i, d)| i < d),
+            "index {index:?} is out of bounds for shape {}",
+            self.shape
+        );
+        index.iter().zip(self.shape.strides()).map(|(i, s)| i * s).sum()
+    }
+
+    /// The same data viewed with another shape of the same size (no copy).
+    /// Panics naming both shapes if the sizes differ.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::<f32>::arange(6);
+    /// let r = t.reshape([3, 2]);
+    /// assert!(r.shares_storage(&t));
+    /// ```
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Tensor<T> {
+        let shape = shape.into();
+        assert!(
+            shape.numel() == self.numel(),
+            "reshape: cannot view {} ({} elements) as {} ({} elements)",
+            self.shape,
+            self.numel(),
+            shape,
+            shape.numel()
+        );
+        Tensor { data: self.data.clone(), shape }
+    }
+
+    /// Applies `f` to every element.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::<f32>::arange(3).map(|v| v * 2.0);
+    /// assert_eq!(t.data(), &[0.0, 2.0, 4.0]);
+    /// ```
+    pub fn map(&self, f: impl Fn(T) -> T) -> Tensor<T> {
+        Self::from_parts(self.data.iter().map(|&v| f(v)).collect(), self.shape.clone())
+    }
+
+    /// Combines two tensors of the same shape elementwise; `op` names the caller in the panic
+    /// message if the shapes differ.
+    ///
+    /// ```
+    /// use tapegrad::Tensor;
+    /// let a = Tensor::<f32>::arange(3);
+    /// let s = a.zip_map(&a, "add", |x, y| x + y);
+    /// assert_eq!(s.data(), &[0.0, 2.0, 4.0]);
+    /// ```
+    pub fn zip_map(&self, other: &Tensor<T>, op: &str, f: impl Fn(T, T) -> T) -> Tensor<T> {
+        assert!(
+            self.shape == other.shape,
+            "{op}: shapes {} and {} differ",
+            self.shape,
+            other.shape
+        );
+        let v = self.data.iter().zip(other.data.iter()).map(|(&a, &b)| f(a, b)).collect();
+        Self::from_parts(v, self.shape.clone())
+    }
+
+    /// Sum of all elements.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Tensor::<f32>::arange(4).sum_all(), 6.0);
+    /// ```
+    pub fn sum_all(&self) -> T {
+        self.data.iter().copied().sum()
+    }
+
+    /// Euclidean norm of all elements, in `f64`.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::from_vec(vec![3.0f32, 4.0], [2]).unwrap();
+    /// assert_eq!(t.norm(), 5.0);
+    /// ```
+    pub fn norm(&self) -> f64 {
+        self.data.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>().sqrt()
+    }
+
+    /// Whether every element is finite.
+    ///
+    /// ```
+    /// assert!(tapegrad::Tensor::<f32>::ones([3]).all_finite());
+    /// ```
+    pub fn all_finite(&self) -> bool {
+        self.data.iter().all(|v| v.is_finite())
+    }
+
+    /// Converts to another float type.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::<f32>::arange(2).cast::<f64>();
+    /// assert_eq!(t.data(), &[0.0f64, 1.0]);
+    /// ```
+    pub fn cast<U: Float>(&self) -> Tensor<U> {
+        Tensor::from_parts(
+            self.data.iter().map(|v| U::from_f64(v.to_f64())).collect(),
+            self.shape.clone(),
+        )
+    }
+
+    /// The largest absolute difference between two tensors of the same shape (in `f64`).
+    ///
+    /// ```
+    /// use tapegrad::Tensor;
+    /// let a = Tensor::from_vec(vec![1.0f64, 2.0], [2]).unwrap();
+    /// let b = Tensor::from_vec(vec![1.0f64, 2.5], [2]).unwrap();
+    /// assert_eq!(a.max_abs_diff(&b), 0.5);
+    /// ```
+    pub fn max_abs_diff(&self, other: &Tensor<T>) -> f64 {
+        assert!(
+            self.shape == other.shape,
+            "max_abs_diff: shapes {} and {} differ",
+            self.shape,
+            other.shape
+        );
+        self.data
+            .iter()
+            .zip(other.data.iter())
+            .map(|(a, b)| (a.to_f64() - b.to_f64()).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// Elementwise `op` with numpy broadcasting; `name` is the op named in the panic message.
+    pub(crate) fn broadcast_zip(
+        &self,
+        other: &Tensor<T>,
+        name: &str,
+        f: impl Fn(T, T) -> T,
+    ) -> Tensor<T> {
+        if self.shape == other.shape {
+            return self.zip_map(other, name, f);
+        }
+        if other.numel() == 1 && other.rank() <= self.rank() {
+            let b = other.data[0];
+            return self.map(|a| f(a, b));
+        }
+        if self.numel() == 1 && self.rank() <= other.rank() {
+            let a = self.data[0];
+            return other.map(|b| f(a, b));
+        }
+        let out = Shape::broadcast(&self.shape, &other.shape).unwrap_or_else(|| {
+            panic!(
+                "{name}: shapes {} and {} cannot be broadcast together",
+                self.shape, other.shape
+            )
+        });
+        let sa = broadcast_strides(&self.shape, &out);
+        let sb = broadcast_strides(&other.shape, &out);
+        let mut v = Vec::with_capacity(out.numel());
+        let (a, b) = (&self.data[..], &other.data[..]);
+        for_each_row(&out, &[&sa, &sb], |offs, len, inner| {
+            let (oa, ob) = (offs[0], offs[1]);
+            let (ia, ib) = (inner[0], inner[1]);
+            for j in 0..len {
+                v.push(f(a[oa + j * ia], b[ob + j * ib]));
+            }
+        });
+        Self::from_parts(v, out)
+    }
+
+    /// Sums this tensor down to `target`, the shape it was broadcast from
+    /// (the backward of broadcasting). Panics if `target` does not broadcast to `self.shape()`.
+    ///
+    /// ```
+    /// use tapegrad::Tensor;
+    /// let g = Tensor::<f32>::ones([2, 3]);
+    /// assert_eq!(g.sum_to([3]).data(), &[2.0, 2.0, 2.0]);
+    /// assert_eq!(g.sum_to([2, 1]).data(), &[3.0, 3.0]);
+    /// ```
+    pub fn sum_to(&self, target: impl Into<Shape>) -> Tensor<T> {
+        let target = target.into();
+        if target == self.shape {
+            return self.clone();
+        }
+        assert!(
+            Shape::broadcast(&target, &self.shape).as_ref() == Some(&self.shape),
+            "sum_to: shape {} does not broadcast to {}",
+            target,
+            self.shape
+        );
+        let st = broadcast_strides(&target, &self.shape);
+        let mut acc = vec![T::ZERO; target.numel()];
+        let g = &self.data[..];
+        let mut k = 0;
+        for_each_row(&self.shape, &[&st], |offs, len, inner| {
+            let o = offs[0];
+            if inner[0] == 0 {
+                let s: T = g[k..k + len].iter().copied().sum();
+                acc[o] += s;
+            } else {
+                for j in 0..len {
+                    acc[o + j] += g[k + j];
+                }
+            }
+            k += len;
+        });
+        Self::from_parts(acc, target)
+    }
+
+    /// Broadcasts this tensor to `shape` (copying). Panics if it does not broadcast.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::<f32>::arange(2).reshape([2, 1]).broadcast_to([2, 3]);
+    /// assert_eq!(t.data(), &[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+    /// ```
+    pub fn broadcast_to(&self, shape: impl Into<Shape>) -> Tensor<T> {
+        let shape = shape.into();
+        if shape == self.shape {
+            return self.clone();
+        }
+        assert!(
+            Shape::broadcast(&self.shape, &shape).as_ref() == Some(&shape),
+            "broadcast_to: shape {} does not broadcast to {}",
+            self.shape,
+            shape
+        );
+        let st = broadcast_strides(&self.shape, &shape);
+        let mut v = Vec::with_capacity(shape.numel());
+        let a = &self.data[..];
+        for_each_row(&shape, &[&st], |offs, len, inner| {
+            for j in 0..len {
+                v.push(a[offs[0] + j * inner[0]]);
+            }
+        });
+        Self::from_parts(v, shape)
+    }
+
+    /// Reorders the axes (copying): output axis `i` is input axis `perm[i]`.
+    ///
+    /// ```
+    /// let t = tapegrad::Tensor::<f32>::arange(6).reshape([2, 3]).permute(&[1, 0]);
+    /// assert_eq!(t.data(), &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    /// ```
+    pub fn permute(&self, perm: &[usize]) -> Tensor<T> {
+        let r = self.rank();
+        let mut seen = [false; 16];
+        assert!(
+            perm.len() == r && r <= 16 && perm.iter().all(|&p| p < r && !std::mem::replace(&mut seen[p], true)),
+            "permute: {perm:?} is not a permutation of the {r} axes of shape {}",
+            self.shape
+        );
+        let in_strides = self.shape.strides();
+        let out_shape = Shape(perm.iter().map(|&p| self.shape[p]).collect());
+        let st: SmallVec<[usize; 4]> = perm.iter().map(|&p| in_strides[p]).collect();
+        let mut v = Vec::with_capacity(self.numel());
+        let a = &self.data[..];
+        for_each_row(&out_shape, &[&st], |offs, len, inner| {
+            for j in 0..len {
+                v.push(a[offs[0] + j * inner[0]]);
+            }
+        });
+        Self::from_parts(v, out_shape)
+    }
+}
+
+/// Strides of `shape` read as if broadcast to `out` (0 along stretched or missing axes).
+pub(crate) fn broadcast_strides(shape: &Shape, out: &Shape) -> SmallVec<[usize; 4]> {
+    let s = shape.strides();
+    let off = out.rank() - shape.rank();
+    (0..out.rank())
+        .map(|i| if i < off || shape[i - off] == 1 { 0 } else { s[i - off] })
+        .collect()
+}
+
+/// Walks `shape` in row-major order one innermost row at a time, calling
+/// `f(offsets, row_len, inner_strides)` with each operand's offset at the row start
+/// (operands described by their strides over `shape`).
+pub(crate) fn for_each_row(
+    shape: &Shape,
+    strides: &[&SmallVec<[usize; 4]>],
+    mut f: impl FnMut(&[usize], usize, &[usize]),
+) {
+    let n = shape.numel();
+    if n == 0 {
+        return;
+    }
+    let r = shape.rank();
+    let k = strides.len();
+    let mut offs: SmallVec<[usize; 4]> = SmallVec::from_elem(0, k);
+    if r == 0 {
+        f(&offs, 1, &offs.clone());
+        return;
+    }
+    let len = shape[r - 1];
+    let inner: SmallVec<[usize; 4]> = strides.iter().map(|s| s[r - 1]).collect();
+    let mut idx: SmallVec<[usize; 4]> = SmallVec::from_elem(0, r);
+    let rows = n / len;
+    for _ in 0..rows {
+        f(&offs, len, &inner);
+        // Advance the multi-index over the outer axes (odometer).
+        let mut ax = r - 1;
+        while ax > 0 {
+            ax -= 1;
+            idx[ax] += 1;
+            for (o, s) in offs.iter_mut().zip(strides) {
+                *o += s[ax];
+            }
+            if idx[ax] < shape[ax] {
+                break;
+            }
+            for (o, s) in offs.iter_mut().zip(strides) {
+                *o -= s[ax] * shape[ax];
+            }
+            idx[ax] = 0;
+        }
+    }
+}
+
+impl<T: Float> fmt::Debug for Tensor<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor<{}>{} ", T::NAME, self.shape)?;
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Prints like numpy/PyTorch: nested brackets, aligned columns, 4 decimals;
+/// axes longer than 6 are summarised as `first 3, ..., last 3` when the tensor
+/// has more than 1000 elements.
+impl<T: Float> fmt::Display for Tensor<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let summarise = self.numel() > 1000;
+        let fmt_v = |v: T| {
+            let x = v.to_f64();
+            if x.is_finite() && x != 0.0 && (x.abs() >= 1e5 || x.abs() < 1e-4) {
+                format!("{x:.4e}")
+            } else {
+                format!("{x:.4}")
+            }
+        };
+        let width = self.data.iter().map(|&v| fmt_v(v).len()).max().unwrap_or(1);
+        fn rec<T: Float>(
+            t: &Tensor<T>,
+            f: &mut fmt::Formatter<'_>,
+            axis: usize,
+            off: usize,
+            strides: &[usize],
+            summarise: bool,
+            width: usize,
+            fmt_v: &dyn Fn(T) -> String,
+        ) -> fmt::Result {
+            if axis == t.rank() {
+                return write!(f, "{:>width$}", fmt_v(t.data[off]));
+            }
+            let n = t.shape[axis];
+            let indent = " ".repeat(axis + 7);
+            write!(f, "[")?;
+            let items: Vec<Option<usize>> = if summarise && n > 6 {
+                (0..3).map(Some).chain([None]).chain((n - 3..n).map(Some)).collect()
+            } else {
+                (0..n).map(Some).collect()
+            };
+            for (j, it) in items.iter().enumerate() {
+                if j > 0 {
+                    if axis + 1 == t.rank() {
+                        write!(f, ", ")?;
+                    } else {
+                        write!(f, ",{}{}", "\n".repeat(t.rank() - axis - 1), indent)?;
+                    }
+                }
+                match it {
+                    Some(i) => rec(t, f, axis + 1, off + i * strides[axis], strides, summarise, width, fmt_v)?,
+                    None => write!(f, "...")?,
+                }
+            }
+            write!(f, "]")
+        }
+        write!(f, "tensor(")?;
+        let strides = self.shape.strides();
+        rec(self, f, 0, 0, &strides, summarise, width, &fmt_v)?;
+        write!(f, ")")
+    }
+}
