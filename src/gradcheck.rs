@@ -43,7 +43,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { eps: 1e-6, atol: 1e-5, rtol: 1e-3, mode: Mode::Full, seed: 0 }
+        Options {
+            eps: 1e-6,
+            atol: 1e-5,
+            rtol: 1e-3,
+            mode: Mode::Full,
+            seed: 0,
+        }
     }
 }
 
@@ -88,7 +94,9 @@ impl Report {
     /// assert!(gradcheck(|_, v| v[0].tanh(), &[x], Options::default()).passed());
     /// ```
     pub fn passed(&self) -> bool {
-        self.worst.as_ref().is_none_or(|w| w.excess(&self.options) <= 1.0)
+        self.worst
+            .as_ref()
+            .is_none_or(|w| w.excess(&self.options) <= 1.0)
     }
 }
 
@@ -161,7 +169,12 @@ where
     let analytic: Vec<Tensor<f64>> = vars
         .iter()
         .zip(inputs)
-        .map(|(&var, x)| grads.get(var).cloned().unwrap_or_else(|| Tensor::zeros(x.shape())))
+        .map(|(&var, x)| {
+            grads
+                .get(var)
+                .cloned()
+                .unwrap_or_else(|| Tensor::zeros(x.shape()))
+        })
         .collect();
     drop(grads);
 
@@ -169,7 +182,10 @@ where
     let mut checked = 0;
     let mut consider = |c: Comparison| {
         checked += 1;
-        if worst.as_ref().is_none_or(|w| c.excess(&options) > w.excess(&options)) {
+        if worst
+            .as_ref()
+            .is_none_or(|w| c.excess(&options) > w.excess(&options))
+        {
             worst = Some(c);
         }
     };
@@ -195,8 +211,10 @@ where
         }
         Mode::RandomDirections(k) => {
             for d in 0..k {
-                let us: Vec<Tensor<f64>> =
-                    inputs.iter().map(|x| Tensor::randn(x.shape(), &mut rng)).collect();
+                let us: Vec<Tensor<f64>> = inputs
+                    .iter()
+                    .map(|x| Tensor::randn(x.shape(), &mut rng))
+                    .collect();
                 let shifted = |sign: f64| -> Vec<Tensor<f64>> {
                     inputs
                         .iter()
@@ -204,17 +222,33 @@ where
                         .map(|(x, u)| x.zip_map(u, "gradcheck", |x, u| x + sign * options.eps * u))
                         .collect()
                 };
-                let numeric = (eval(&shifted(1.0), &v) - eval(&shifted(-1.0), &v)) / (2.0 * options.eps);
+                let numeric =
+                    (eval(&shifted(1.0), &v) - eval(&shifted(-1.0), &v)) / (2.0 * options.eps);
                 let analytic: f64 = analytic
                     .iter()
                     .zip(&us)
-                    .map(|(g, u)| g.data().iter().zip(u.data()).map(|(a, b)| a * b).sum::<f64>())
+                    .map(|(g, u)| {
+                        g.data()
+                            .iter()
+                            .zip(u.data())
+                            .map(|(a, b)| a * b)
+                            .sum::<f64>()
+                    })
                     .sum();
-                consider(Comparison { input: None, index: vec![d], analytic, numeric });
+                consider(Comparison {
+                    input: None,
+                    index: vec![d],
+                    analytic,
+                    numeric,
+                });
             }
         }
     }
-    Report { checked, worst, options }
+    Report {
+        checked,
+        worst,
+        options,
+    }
 }
 
 /// [`gradcheck`] with default options, panicking with the report if it fails.

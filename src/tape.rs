@@ -86,7 +86,10 @@ impl<T: Float> Tape<T> {
     /// assert!(tape.is_empty());
     /// ```
     pub fn new() -> Self {
-        Tape { nodes: RefCell::new(Vec::new()), check_finite: Cell::new(false) }
+        Tape {
+            nodes: RefCell::new(Vec::new()),
+            check_finite: Cell::new(false),
+        }
     }
 
     /// An empty tape with room for `n` nodes (avoids regrowth on long graphs).
@@ -96,7 +99,10 @@ impl<T: Float> Tape<T> {
     /// assert_eq!(tape.len(), 0);
     /// ```
     pub fn with_capacity(n: usize) -> Self {
-        Tape { nodes: RefCell::new(Vec::with_capacity(n)), check_finite: Cell::new(false) }
+        Tape {
+            nodes: RefCell::new(Vec::with_capacity(n)),
+            check_finite: Cell::new(false),
+        }
     }
 
     /// Number of nodes recorded so far.
@@ -165,7 +171,14 @@ impl<T: Float> Tape<T> {
     /// assert!(!c.requires_grad());
     /// ```
     pub fn constant(&self, value: Tensor<T>) -> Var<'_, T> {
-        self.push(value, SmallVec::new(), "constant", Kind::Constant, false, None)
+        self.push(
+            value,
+            SmallVec::new(),
+            "constant",
+            Kind::Constant,
+            false,
+            None,
+        )
     }
 
     /// Records the result of an op: its label, its value, its parents and its
@@ -197,7 +210,11 @@ impl<T: Float> Tape<T> {
             let nodes = self.nodes.borrow();
             ids.iter().any(|&p| nodes[p].requires_grad)
         };
-        let bw: Option<BackwardFn<T>> = if requires_grad { Some(Box::new(backward)) } else { None };
+        let bw: Option<BackwardFn<T>> = if requires_grad {
+            Some(Box::new(backward))
+        } else {
+            None
+        };
         self.push(value, ids, op, Kind::Op, requires_grad, bw)
     }
 
@@ -213,8 +230,10 @@ impl<T: Float> Tape<T> {
         let mut nodes = self.nodes.borrow_mut();
         let id = nodes.len();
         if self.check_finite.get() && !value.all_finite() {
-            let inputs: Vec<String> =
-                parents.iter().map(|&p| format!("node {p} ({})", nodes[p].op)).collect();
+            let inputs: Vec<String> = parents
+                .iter()
+                .map(|&p| format!("node {p} ({})", nodes[p].op))
+                .collect();
             panic!(
                 "check_finite: node {id} ({op}) produced a non-finite value in forward \
                  (shape {}, inputs: [{}])",
@@ -222,7 +241,14 @@ impl<T: Float> Tape<T> {
                 inputs.join(", ")
             );
         }
-        nodes.push(Node { value, parents, op, kind, requires_grad, backward });
+        nodes.push(Node {
+            value,
+            parents,
+            op,
+            kind,
+            requires_grad,
+            backward,
+        });
         Var { tape: self, id }
     }
 
@@ -252,7 +278,9 @@ impl<T: Float> Tape<T> {
     /// ```
     pub fn to_dot(&self, grads: Option<&Gradients<T>>) -> String {
         let nodes = self.nodes();
-        let mut s = String::from("digraph tape {\n  rankdir=BT;\n  node [shape=box, fontname=\"monospace\"];\n");
+        let mut s = String::from(
+            "digraph tape {\n  rankdir=BT;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
         for (i, n) in nodes.iter().enumerate() {
             let mut label = format!("#{i} {}\\n{}", n.op, n.value.shape());
             if let Some(g) = grads.and_then(|g| g.by_id(i)) {
@@ -284,7 +312,13 @@ impl<T: Float> Tape<T> {
         let nodes = self.nodes();
         let mut s = String::new();
         for (i, n) in nodes.iter().enumerate() {
-            let _ = writeln!(s, "#{i:<4} {:<16} {:<16} parents {:?}", n.op, n.value.shape().to_string(), &n.parents[..]);
+            let _ = writeln!(
+                s,
+                "#{i:<4} {:<16} {:<16} parents {:?}",
+                n.op,
+                n.value.shape().to_string(),
+                &n.parents[..]
+            );
         }
         s
     }
@@ -311,9 +345,17 @@ impl<T: Float> Tape<T> {
             if let Some(bw) = &node.backward {
                 let inputs: SmallVec<[&Tensor<T>; 2]> =
                     node.parents.iter().map(|&p| &nodes[p].value).collect();
-                let needs: SmallVec<[bool; 2]> =
-                    node.parents.iter().map(|&p| nodes[p].requires_grad).collect();
-                let ctx = BackwardCtx { grad: &g, inputs: &inputs, output: &node.value, needs_grad: &needs };
+                let needs: SmallVec<[bool; 2]> = node
+                    .parents
+                    .iter()
+                    .map(|&p| nodes[p].requires_grad)
+                    .collect();
+                let ctx = BackwardCtx {
+                    grad: &g,
+                    inputs: &inputs,
+                    output: &node.value,
+                    needs_grad: &needs,
+                };
                 let pg = bw(&ctx);
                 assert!(
                     pg.len() == node.parents.len(),
@@ -416,7 +458,10 @@ pub struct BackwardOptions<T: Float> {
 
 impl<T: Float> Default for BackwardOptions<T> {
     fn default() -> Self {
-        BackwardOptions { seed: None, keep_intermediate: true }
+        BackwardOptions {
+            seed: None,
+            keep_intermediate: true,
+        }
     }
 }
 
@@ -531,7 +576,10 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(g[x].data(), &[2.0, 40.0]);
     /// ```
     pub fn backward_with(self, seed: Tensor<T>) -> Gradients<T> {
-        self.backward_with_options(BackwardOptions { seed: Some(seed), keep_intermediate: true })
+        self.backward_with_options(BackwardOptions {
+            seed: Some(seed),
+            keep_intermediate: true,
+        })
     }
 
     /// Backpropagates with explicit [`BackwardOptions`].
@@ -558,7 +606,8 @@ impl<'t, T: Float> Var<'t, T> {
                 Tensor::full(shape, T::ONE)
             }
         };
-        self.tape.backward_from(self.id, seed, opts.keep_intermediate)
+        self.tape
+            .backward_from(self.id, seed, opts.keep_intermediate)
     }
 }
 

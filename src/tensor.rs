@@ -48,14 +48,20 @@ impl<T: Float> Tensor<T> {
                 ),
             });
         }
-        Ok(Tensor { data: Arc::new(data), shape })
+        Ok(Tensor {
+            data: Arc::new(data),
+            shape,
+        })
     }
 
     /// Internal constructor for kernels that computed a buffer of the right size.
     #[inline]
     pub(crate) fn from_parts(data: Vec<T>, shape: Shape) -> Self {
         debug_assert_eq!(data.len(), shape.numel());
-        Tensor { data: Arc::new(data), shape }
+        Tensor {
+            data: Arc::new(data),
+            shape,
+        }
     }
 
     /// A rank-0 tensor holding one value.
@@ -272,7 +278,11 @@ impl<T: Float> Tensor<T> {
             "index {index:?} is out of bounds for shape {}",
             self.shape
         );
-        index.iter().zip(self.shape.strides()).map(|(i, s)| i * s).sum()
+        index
+            .iter()
+            .zip(self.shape.strides())
+            .map(|(i, s)| i * s)
+            .sum()
     }
 
     /// The same data viewed with another shape of the same size (no copy).
@@ -293,7 +303,10 @@ impl<T: Float> Tensor<T> {
             shape,
             shape.numel()
         );
-        Tensor { data: self.data.clone(), shape }
+        Tensor {
+            data: self.data.clone(),
+            shape,
+        }
     }
 
     /// Applies `f` to every element.
@@ -303,7 +316,10 @@ impl<T: Float> Tensor<T> {
     /// assert_eq!(t.data(), &[0.0, 2.0, 4.0]);
     /// ```
     pub fn map(&self, f: impl Fn(T) -> T) -> Tensor<T> {
-        Self::from_parts(self.data.iter().map(|&v| f(v)).collect(), self.shape.clone())
+        Self::from_parts(
+            self.data.iter().map(|&v| f(v)).collect(),
+            self.shape.clone(),
+        )
     }
 
     /// Combines two tensors of the same shape elementwise; `op` names the caller in the panic
@@ -322,7 +338,12 @@ impl<T: Float> Tensor<T> {
             self.shape,
             other.shape
         );
-        let v = self.data.iter().zip(other.data.iter()).map(|(&a, &b)| f(a, b)).collect();
+        let v = self
+            .data
+            .iter()
+            .zip(other.data.iter())
+            .map(|(&a, &b)| f(a, b))
+            .collect();
         Self::from_parts(v, self.shape.clone())
     }
 
@@ -342,7 +363,11 @@ impl<T: Float> Tensor<T> {
     /// assert_eq!(t.norm(), 5.0);
     /// ```
     pub fn norm(&self) -> f64 {
-        self.data.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>().sqrt()
+        self.data
+            .iter()
+            .map(|v| v.to_f64() * v.to_f64())
+            .sum::<f64>()
+            .sqrt()
     }
 
     /// Whether every element is finite.
@@ -504,7 +529,11 @@ impl<T: Float> Tensor<T> {
         let r = self.rank();
         let mut seen = [false; 16];
         assert!(
-            perm.len() == r && r <= 16 && perm.iter().all(|&p| p < r && !std::mem::replace(&mut seen[p], true)),
+            perm.len() == r
+                && r <= 16
+                && perm
+                    .iter()
+                    .all(|&p| p < r && !std::mem::replace(&mut seen[p], true)),
             "permute: {perm:?} is not a permutation of the {r} axes of shape {}",
             self.shape
         );
@@ -527,7 +556,13 @@ pub(crate) fn broadcast_strides(shape: &Shape, out: &Shape) -> SmallVec<[usize; 
     let s = shape.strides();
     let off = out.rank() - shape.rank();
     (0..out.rank())
-        .map(|i| if i < off || shape[i - off] == 1 { 0 } else { s[i - off] })
+        .map(|i| {
+            if i < off || shape[i - off] == 1 {
+                0
+            } else {
+                s[i - off]
+            }
+        })
         .collect()
 }
 
@@ -597,6 +632,7 @@ impl<T: Float> fmt::Display for Tensor<T> {
             }
         };
         let width = self.data.iter().map(|&v| fmt_v(v).len()).max().unwrap_or(1);
+        #[allow(clippy::too_many_arguments)]
         fn rec<T: Float>(
             t: &Tensor<T>,
             f: &mut fmt::Formatter<'_>,
@@ -614,7 +650,11 @@ impl<T: Float> fmt::Display for Tensor<T> {
             let indent = " ".repeat(axis + 7);
             write!(f, "[")?;
             let items: Vec<Option<usize>> = if summarise && n > 6 {
-                (0..3).map(Some).chain([None]).chain((n - 3..n).map(Some)).collect()
+                (0..3)
+                    .map(Some)
+                    .chain([None])
+                    .chain((n - 3..n).map(Some))
+                    .collect()
             } else {
                 (0..n).map(Some).collect()
             };
@@ -627,7 +667,16 @@ impl<T: Float> fmt::Display for Tensor<T> {
                     }
                 }
                 match it {
-                    Some(i) => rec(t, f, axis + 1, off + i * strides[axis], strides, summarise, width, fmt_v)?,
+                    Some(i) => rec(
+                        t,
+                        f,
+                        axis + 1,
+                        off + i * strides[axis],
+                        strides,
+                        summarise,
+                        width,
+                        fmt_v,
+                    )?,
                     None => write!(f, "...")?,
                 }
             }

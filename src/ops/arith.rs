@@ -21,7 +21,9 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     #[allow(clippy::should_implement_trait)]
     pub fn add(self, other: Var<'t, T>) -> Var<'t, T> {
-        let y = self.value().broadcast_zip(&other.value(), "add", |a, b| a + b);
+        let y = self
+            .value()
+            .broadcast_zip(&other.value(), "add", |a, b| a + b);
         self.tape.record("add", y, &[self, other], |ctx| {
             smallvec![
                 ctx.needs_grad[0].then(|| ctx.grad.sum_to(ctx.inputs[0].shape())),
@@ -41,7 +43,9 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     #[allow(clippy::should_implement_trait)]
     pub fn sub(self, other: Var<'t, T>) -> Var<'t, T> {
-        let y = self.value().broadcast_zip(&other.value(), "sub", |a, b| a - b);
+        let y = self
+            .value()
+            .broadcast_zip(&other.value(), "sub", |a, b| a - b);
         self.tape.record("sub", y, &[self, other], |ctx| {
             smallvec![
                 ctx.needs_grad[0].then(|| ctx.grad.sum_to(ctx.inputs[0].shape())),
@@ -61,12 +65,16 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     #[allow(clippy::should_implement_trait)]
     pub fn mul(self, other: Var<'t, T>) -> Var<'t, T> {
-        let y = self.value().broadcast_zip(&other.value(), "mul", |a, b| a * b);
+        let y = self
+            .value()
+            .broadcast_zip(&other.value(), "mul", |a, b| a * b);
         self.tape.record("mul", y, &[self, other], |ctx| {
             let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
             smallvec![
-                ctx.needs_grad[0].then(|| g.broadcast_zip(b, "mul", |g, b| g * b).sum_to(a.shape())),
-                ctx.needs_grad[1].then(|| g.broadcast_zip(a, "mul", |g, a| g * a).sum_to(b.shape())),
+                ctx.needs_grad[0]
+                    .then(|| g.broadcast_zip(b, "mul", |g, b| g * b).sum_to(a.shape())),
+                ctx.needs_grad[1]
+                    .then(|| g.broadcast_zip(a, "mul", |g, a| g * a).sum_to(b.shape())),
             ]
         })
     }
@@ -83,11 +91,14 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     #[allow(clippy::should_implement_trait)]
     pub fn div(self, other: Var<'t, T>) -> Var<'t, T> {
-        let y = self.value().broadcast_zip(&other.value(), "div", |a, b| a / b);
+        let y = self
+            .value()
+            .broadcast_zip(&other.value(), "div", |a, b| a / b);
         self.tape.record("div", y, &[self, other], |ctx| {
             let (a, b, g, y) = (ctx.inputs[0], ctx.inputs[1], ctx.grad, ctx.output);
             smallvec![
-                ctx.needs_grad[0].then(|| g.broadcast_zip(b, "div", |g, b| g / b).sum_to(a.shape())),
+                ctx.needs_grad[0]
+                    .then(|| g.broadcast_zip(b, "div", |g, b| g / b).sum_to(a.shape())),
                 ctx.needs_grad[1].then(|| {
                     // −a/b² · g = −(y/b) · g, computed on the broadcast output shape.
                     let gy = g.zip_map(y, "div", |g, y| -g * y);
@@ -108,7 +119,8 @@ impl<'t, T: Float> Var<'t, T> {
     #[allow(clippy::should_implement_trait)]
     pub fn neg(self) -> Var<'t, T> {
         let y = self.value().map(|v| -v);
-        self.tape.record("neg", y, &[self], |ctx| one(ctx.grad.map(|g| -g)))
+        self.tape
+            .record("neg", y, &[self], |ctx| one(ctx.grad.map(|g| -g)))
     }
 
     /// `self + c` for a scalar `c`. ∂/∂x = 1.
@@ -121,7 +133,8 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn add_scalar(self, c: T) -> Var<'t, T> {
         let y = self.value().map(|v| v + c);
-        self.tape.record("add_scalar", y, &[self], |ctx| one(ctx.grad.clone()))
+        self.tape
+            .record("add_scalar", y, &[self], |ctx| one(ctx.grad.clone()))
     }
 
     /// `self * c` for a scalar `c`. ∂/∂x = c.
@@ -134,7 +147,9 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn mul_scalar(self, c: T) -> Var<'t, T> {
         let y = self.value().map(|v| v * c);
-        self.tape.record("mul_scalar", y, &[self], move |ctx| one(ctx.grad.map(|g| g * c)))
+        self.tape.record("mul_scalar", y, &[self], move |ctx| {
+            one(ctx.grad.map(|g| g * c))
+        })
     }
 
     /// `c − self` for a scalar `c`. ∂/∂x = −1.
@@ -147,7 +162,8 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn rsub_scalar(self, c: T) -> Var<'t, T> {
         let y = self.value().map(|v| c - v);
-        self.tape.record("rsub_scalar", y, &[self], |ctx| one(ctx.grad.map(|g| -g)))
+        self.tape
+            .record("rsub_scalar", y, &[self], |ctx| one(ctx.grad.map(|g| -g)))
     }
 
     /// `c / self` for a scalar `c`. ∂/∂x = −c/x² = −y/x.

@@ -29,13 +29,23 @@ impl<'t, T: Float> Var<'t, T> {
             b.shape()
         );
         let n = T::from_usize(a.numel().max(1));
-        let s: T = a.data().iter().zip(b.data()).map(|(&x, &y)| (x - y) * (x - y)).sum();
-        self.tape.record("mse_loss", Tensor::scalar(s / n), &[self, target], move |ctx| {
-            let k = (ctx.grad.item() + ctx.grad.item()) / n;
-            let d = ctx.inputs[0].zip_map(ctx.inputs[1], "mse_loss", |x, y| k * (x - y));
-            let db = ctx.needs_grad[1].then(|| d.map(|v| -v));
-            smallvec![Some(d), db]
-        })
+        let s: T = a
+            .data()
+            .iter()
+            .zip(b.data())
+            .map(|(&x, &y)| (x - y) * (x - y))
+            .sum();
+        self.tape.record(
+            "mse_loss",
+            Tensor::scalar(s / n),
+            &[self, target],
+            move |ctx| {
+                let k = (ctx.grad.item() + ctx.grad.item()) / n;
+                let d = ctx.inputs[0].zip_map(ctx.inputs[1], "mse_loss", |x, y| k * (x - y));
+                let db = ctx.needs_grad[1].then(|| d.map(|v| -v));
+                smallvec![Some(d), db]
+            },
+        )
     }
 
     /// Cross-entropy of logits `[N, C]` against integer class targets (length N),
@@ -56,7 +66,10 @@ impl<'t, T: Float> Var<'t, T> {
     pub fn cross_entropy(self, targets: &[usize]) -> Var<'t, T> {
         let x = self.value();
         let s = x.shape();
-        assert!(s.rank() == 2, "cross_entropy: logits must be [N, C], got {s}");
+        assert!(
+            s.rank() == 2,
+            "cross_entropy: logits must be [N, C], got {s}"
+        );
         let (n, c) = (s[0], s[1]);
         assert!(
             targets.len() == n,
@@ -67,20 +80,29 @@ impl<'t, T: Float> Var<'t, T> {
             panic!("cross_entropy: target[{i}] = {t} is out of range for {c} classes (logits {s})");
         }
         let logp = log_softmax_lanes(x.data(), n, c, 1);
-        let total: T = targets.iter().enumerate().map(|(i, &t)| -logp[i * c + t]).sum();
+        let total: T = targets
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| -logp[i * c + t])
+            .sum();
         let inv_n = T::ONE / T::from_usize(n.max(1));
         let targets = targets.to_vec();
-        self.tape.record("cross_entropy", Tensor::scalar(total * inv_n), &[self], move |ctx| {
-            let x = ctx.inputs[0];
-            let k = ctx.grad.item() * inv_n;
-            let mut d: Vec<T> = log_softmax_lanes(x.data(), n, c, 1);
-            for (i, row) in d.chunks_exact_mut(c).enumerate() {
-                for v in row.iter_mut() {
-                    *v = v.exp() * k;
+        self.tape.record(
+            "cross_entropy",
+            Tensor::scalar(total * inv_n),
+            &[self],
+            move |ctx| {
+                let x = ctx.inputs[0];
+                let k = ctx.grad.item() * inv_n;
+                let mut d: Vec<T> = log_softmax_lanes(x.data(), n, c, 1);
+                for (i, row) in d.chunks_exact_mut(c).enumerate() {
+                    for v in row.iter_mut() {
+                        *v = v.exp() * k;
+                    }
+                    row[targets[i]] -= k;
                 }
-                row[targets[i]] -= k;
-            }
-            one(Tensor::from_parts(d, Shape::from([n, c])))
-        })
+                one(Tensor::from_parts(d, Shape::from([n, c])))
+            },
+        )
     }
 }

@@ -54,12 +54,18 @@ impl<'t, T: Float> Var<'t, T> {
     pub fn matmul(self, other: Var<'t, T>) -> Var<'t, T> {
         let (av, bv) = (self.value(), other.value());
         let (batch, m, k, n, b_batched) = matmul_dims(av.shape(), bv.shape());
-        let out_shape: Shape =
-            if av.rank() == 2 { Shape::from([m, n]) } else { Shape::from([batch, m, n]) };
+        let out_shape: Shape = if av.rank() == 2 {
+            Shape::from([m, n])
+        } else {
+            Shape::from([batch, m, n])
+        };
         let mut y = vec![T::ZERO; batch * m * n];
         if b_batched {
             for i in 0..batch {
-                let (a, b) = (&av.data()[i * m * k..][..m * k], &bv.data()[i * k * n..][..k * n]);
+                let (a, b) = (
+                    &av.data()[i * m * k..][..m * k],
+                    &bv.data()[i * k * n..][..k * n],
+                );
                 mm(m, n, k, a, false, b, false, &mut y[i * m * n..][..m * n]);
             }
         } else {
@@ -74,7 +80,16 @@ impl<'t, T: Float> Var<'t, T> {
                 if b_batched {
                     for i in 0..batch {
                         let b = &b.data()[i * k * n..][..k * n];
-                        mm(m, k, n, &g[i * m * n..][..m * n], false, b, true, &mut da[i * m * k..][..m * k]);
+                        mm(
+                            m,
+                            k,
+                            n,
+                            &g[i * m * n..][..m * n],
+                            false,
+                            b,
+                            true,
+                            &mut da[i * m * k..][..m * k],
+                        );
                     }
                 } else {
                     mm(batch * m, k, n, g, false, b.data(), true, &mut da);
@@ -86,7 +101,16 @@ impl<'t, T: Float> Var<'t, T> {
                 if b_batched {
                     for i in 0..batch {
                         let a = &a.data()[i * m * k..][..m * k];
-                        mm(k, n, m, a, true, &g[i * m * n..][..m * n], false, &mut db[i * k * n..][..k * n]);
+                        mm(
+                            k,
+                            n,
+                            m,
+                            a,
+                            true,
+                            &g[i * m * n..][..m * n],
+                            false,
+                            &mut db[i * k * n..][..k * n],
+                        );
                     }
                 } else {
                     mm(k, n, batch * m, a.data(), true, g, false, &mut db);

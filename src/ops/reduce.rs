@@ -15,7 +15,12 @@ fn reduced_shapes(shape: &Shape, axes: &[isize], op: &str) -> (Shape, Shape) {
         hit[a] = true;
         keep.0[a] = 1;
     }
-    let dropped = Shape((0..shape.rank()).filter(|&i| !hit[i]).map(|i| shape[i]).collect());
+    let dropped = Shape(
+        (0..shape.rank())
+            .filter(|&i| !hit[i])
+            .map(|i| shape[i])
+            .collect(),
+    );
     (keep, dropped)
 }
 
@@ -57,7 +62,10 @@ impl<'t, T: Float> Var<'t, T> {
         let n = T::from_usize(v.numel());
         let y = Tensor::scalar(v.sum_all() / n);
         self.tape.record("mean", y, &[self], move |ctx| {
-            one(Tensor::full(ctx.inputs[0].shape().clone(), ctx.grad.item() / n))
+            one(Tensor::full(
+                ctx.inputs[0].shape().clone(),
+                ctx.grad.item() / n,
+            ))
         })
     }
 
@@ -77,7 +85,10 @@ impl<'t, T: Float> Var<'t, T> {
         let s = x.sum_to(keep.clone());
         let y = if keepdim { s } else { s.reshape(dropped) };
         self.tape.record("sum_axes", y, &[self], move |ctx| {
-            one(ctx.grad.reshape(keep.clone()).broadcast_to(ctx.inputs[0].shape()))
+            one(ctx
+                .grad
+                .reshape(keep.clone())
+                .broadcast_to(ctx.inputs[0].shape()))
         })
     }
 
@@ -133,7 +144,9 @@ impl<'t, T: Float> Var<'t, T> {
                 for i in 0..inner {
                     let m = y[o * inner + i];
                     // First index attaining the maximum (recomputed, not stored).
-                    let k = (0..n).find(|&k| x[(o * n + k) * inner + i] == m).unwrap_or(0);
+                    let k = (0..n)
+                        .find(|&k| x[(o * n + k) * inner + i] == m)
+                        .unwrap_or(0);
                     dx[(o * n + k) * inner + i] = g[o * inner + i];
                 }
             }

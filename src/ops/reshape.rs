@@ -16,7 +16,9 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn reshape(self, shape: impl Into<Shape>) -> Var<'t, T> {
         let y = self.value().reshape(shape);
-        self.tape.record("reshape", y, &[self], |ctx| one(ctx.grad.reshape(ctx.inputs[0].shape())))
+        self.tape.record("reshape", y, &[self], |ctx| {
+            one(ctx.grad.reshape(ctx.inputs[0].shape()))
+        })
     }
 
     /// Keeps the first axis and flattens the rest: `[N, C, H, W]` → `[N, C·H·W]`.
@@ -29,10 +31,15 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn flatten(self) -> Var<'t, T> {
         let s = self.shape();
-        assert!(s.rank() >= 1, "flatten: needs at least one axis, got shape {s}");
+        assert!(
+            s.rank() >= 1,
+            "flatten: needs at least one axis, got shape {s}"
+        );
         let rest: usize = s[1..].iter().product();
         let y = self.value().reshape([s[0], rest]);
-        self.tape.record("flatten", y, &[self], |ctx| one(ctx.grad.reshape(ctx.inputs[0].shape())))
+        self.tape.record("flatten", y, &[self], |ctx| {
+            one(ctx.grad.reshape(ctx.inputs[0].shape()))
+        })
     }
 
     /// Reorders axes: output axis i is input axis `perm[i]`. ∂/∂x = dy permuted by the inverse.
@@ -49,7 +56,9 @@ impl<'t, T: Float> Var<'t, T> {
         for (i, &p) in perm.iter().enumerate() {
             inv[p] = i;
         }
-        self.tape.record("permute", y, &[self], move |ctx| one(ctx.grad.permute(&inv)))
+        self.tape.record("permute", y, &[self], move |ctx| {
+            one(ctx.grad.permute(&inv))
+        })
     }
 
     /// Swaps two axes (negative counts from the end).

@@ -42,7 +42,10 @@ impl<'t, T: Float> Var<'t, T> {
         let x = self.value();
         let ax = x.shape().axis(axis, "softmax");
         let (outer, n, inner) = split_at_axis(x.shape(), ax);
-        let y: Vec<T> = log_softmax_lanes(x.data(), outer, n, inner).into_iter().map(T::exp).collect();
+        let y: Vec<T> = log_softmax_lanes(x.data(), outer, n, inner)
+            .into_iter()
+            .map(T::exp)
+            .collect();
         let y = Tensor::from_parts(y, x.shape().clone());
         self.tape.record("softmax", y, &[self], move |ctx| {
             let (y, g) = (ctx.output.data(), ctx.grad.data());
@@ -71,7 +74,10 @@ impl<'t, T: Float> Var<'t, T> {
         let x = self.value();
         let ax = x.shape().axis(axis, "log_softmax");
         let (outer, n, inner) = split_at_axis(x.shape(), ax);
-        let y = Tensor::from_parts(log_softmax_lanes(x.data(), outer, n, inner), x.shape().clone());
+        let y = Tensor::from_parts(
+            log_softmax_lanes(x.data(), outer, n, inner),
+            x.shape().clone(),
+        );
         self.tape.record("log_softmax", y, &[self], move |ctx| {
             let (y, g) = (ctx.output.data(), ctx.grad.data());
             let mut dx = vec![T::ZERO; y.len()];

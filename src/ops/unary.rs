@@ -16,7 +16,12 @@ impl<'t, T: Float> Var<'t, T> {
         let y = self.value().map(f);
         self.tape.record(op, y, &[self], move |ctx| {
             let (x, y, g) = (ctx.inputs[0].data(), ctx.output.data(), ctx.grad.data());
-            let dx = g.iter().zip(x).zip(y).map(|((&g, &x), &y)| g * df(x, y)).collect();
+            let dx = g
+                .iter()
+                .zip(x)
+                .zip(y)
+                .map(|((&g, &x), &y)| g * df(x, y))
+                .collect();
             one(Tensor::from_parts(dx, ctx.grad.shape().clone()))
         })
     }
@@ -66,7 +71,11 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.powf(2.0).sum().backward()[x].item(), 6.0);
     /// ```
     pub fn powf(self, p: T) -> Var<'t, T> {
-        self.unary("powf", move |x| x.powf(p), move |x, _| p * x.powf(p - T::ONE))
+        self.unary(
+            "powf",
+            move |x| x.powf(p),
+            move |x, _| p * x.powf(p - T::ONE),
+        )
     }
 
     /// max(x, 0). d/dx = 1 if x > 0, else 0 (so relu′(0) = 0, as PyTorch).
