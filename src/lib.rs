@@ -16,3 +16,6 @@ pub use float::Float;
 pub use shape::Shape;
 pub use tape::{BackwardCtx, BackwardFn, BackwardOptions, Gradients, ParentGrads, Tape, Var};
 pub use tensor::Tensor;
+
+pub mod nn;
+pub mod optim;

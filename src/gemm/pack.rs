@@ -40,6 +40,28 @@ pub(crate) fn packed_len(rows: usize, r: usize, depth: usize) -> usize {
     rows.div_ceil(r) * r * depth
 }
 
+/// Copies `src` (length `nc`, one step of k across a block) into the `NR`-wide
+/// panels of `out` at depth `p`, zero-filling the tail of the last panel.
+#[inline(always)]
+fn scatter_row<T: Elem, const NR: usize>(src: &[T], p: usize, kc: usize, out: &mut [T]) {
+    let mut panels = out.chunks_exact_mut(NR * kc);
+    let mut chunks = src.chunks_exact(NR);
+    for (panel, s) in (&mut panels).zip(&mut chunks) {
+        let s: &[T; NR] = s.try_into().expect("NR chunk");
+        let d: &mut [T; NR] = (&mut panel[p * NR..p * NR + NR]).try_into().expect("NR chunk");
+        *d = *s;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        if let Some(panel) = panels.next() {
+            let d = &mut panel[p * NR..p * NR + NR];
+            for (j, x) in d.iter_mut().enumerate() {
+                *x = tail.get(j).copied().unwrap_or(T::ZERO);
+            }
+        }
+    }
+}
+
 /// Packs the `mc × kc` block `a` into `MR`-row panels: panel `q` holds rows
 /// `q·MR .. q·MR + MR` with element `(r, p)` at `out[q·MR·kc + p·MR + r]`.
 /// Rows past `mc` in the last panel are zero-filled.
@@ -48,6 +70,14 @@ pub(crate) fn pack_a<T: Elem, const MR: usize>(mc: usize, kc: usize, a: MatRef<'
         return;
     }
     let out = &mut out[..packed_len(mc, MR, kc)];
+    if a.rs == 1 && a.cs != 1 {
+        // Column-major: each step of k is a contiguous run of `mc` values;
+        // stream through them and scatter into all panels.
+        for p in 0..kc {
+            scatter_row::<T, MR>(&a.data[p * a.cs..][..mc], p, kc, out);
+        }
+        return;
+    }
     for (q, dst) in out.chunks_exact_mut(MR * kc).enumerate() {
         let i0 = q * MR;
         let rows = MR.min(mc - i0);
@@ -67,13 +97,6 @@ pub(crate) fn pack_a<T: Elem, const MR: usize>(mc: usize, kc: usize, a: MatRef<'
                         d[r] = if r < rows { srcs[r][p] } else { T::ZERO };
                     }
                 }
-            }
-        } else if a.rs == 1 {
-            // Column-major: the MR values of one step of k are contiguous.
-            for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
-                let src = &a.data[p * a.cs + i0..][..rows];
-                d[..rows].copy_from_slice(src);
-                d[rows..].fill(T::ZERO);
             }
         } else {
             for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
@@ -98,17 +121,20 @@ pub(crate) fn pack_b<T: Elem, const NR: usize>(kc: usize, nc: usize, b: MatRef<'
         return;
     }
     let out = &mut out[..packed_len(nc, NR, kc)];
+    if b.cs == 1 {
+        // Row-major: each step of k is a contiguous run of `nc` values.
+        // Streaming through whole rows (rather than panel by panel, which
+        // would touch one cache line per row of B and defeat the hardware
+        // prefetcher) keeps this bandwidth-bound copy fast.
+        for p in 0..kc {
+            scatter_row::<T, NR>(&b.data[p * b.rs..][..nc], p, kc, out);
+        }
+        return;
+    }
     for (q, dst) in out.chunks_exact_mut(NR * kc).enumerate() {
         let j0 = q * NR;
         let cols = NR.min(nc - j0);
-        if b.cs == 1 {
-            // Row-major: each step of k is a contiguous run of `cols` values.
-            for (p, d) in dst.chunks_exact_mut(NR).enumerate() {
-                let src = &b.data[p * b.rs + j0..][..cols];
-                d[..cols].copy_from_slice(src);
-                d[cols..].fill(T::ZERO);
-            }
-        } else if b.rs == 1 {
+        if b.rs == 1 {
             // Column-major: read each source column contiguously and scatter
             // it down the panel (the panel is small enough to stay in L1).
             for j in 0..NR {

@@ -1,0 +1,92 @@
+//! The convolution and pooling layers.
+
+use super::params::{Bound, ParamId, Params};
+use super::{init_uniform, Module};
+use crate::{Conv2dOptions, Float, Pair, Pool2dOptions, Var};
+
+/// A 2-D convolution layer, weight `[out, in/groups, kh, kw]`, bias `[out]`.
+///
+/// ```
+/// use rand::SeedableRng;
+/// use tapegrad::nn::{Conv2d, Module, Params};
+/// use tapegrad::Conv2dOptions;
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut params = Params::<f32>::new();
+/// let conv = Conv2d::new(&mut params, "conv1", 1, 8, 3, Conv2dOptions::default().padding(1), true, &mut rng);
+/// let tape = tapegrad::Tape::new();
+/// let y = conv.forward(&params.bind(&tape), tape.constant(tapegrad::Tensor::ones([2, 1, 8, 8])));
+/// assert_eq!(&y.shape()[..], &[2, 8, 8, 8]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    /// The weight `[out, in/groups, kh, kw]` (named `<name>.weight`).
+    pub weight: ParamId,
+    /// The bias `[out]` (named `<name>.bias`), if any.
+    pub bias: Option<ParamId>,
+    /// Stride, padding, dilation and groups.
+    pub options: Conv2dOptions,
+}
+
+impl Conv2d {
+    /// Registers `<name>.weight` and `<name>.bias` (PyTorch's default initialisation,
+    /// fan_in = in/groups·kh·kw) for a `kernel` (square `k` or `(kh, kw)`).
+    ///
+    /// ```
+    /// use rand::SeedableRng;
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let c = tapegrad::nn::Conv2d::new(&mut p, "c", 4, 8, (3, 1), Default::default(), false, &mut rng);
+    /// assert_eq!(&p.get(c.weight).shape()[..], &[8, 4, 3, 1]);
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn new<T: Float, R: rand::Rng + ?Sized>(
+        params: &mut Params<T>,
+        name: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: impl Into<Pair>,
+        options: Conv2dOptions,
+        bias: bool,
+        rng: &mut R,
+    ) -> Self {
+        let k = kernel.into();
+        let g = options.groups.max(1);
+        assert!(
+            in_channels % g == 0 && out_channels % g == 0,
+            "Conv2d `{name}`: {in_channels} input and {out_channels} output channels must both be divisible by groups ({g})"
+        );
+        let fan_in = in_channels / g * k.h * k.w;
+        let weight = params.add(
+            format!("{name}.weight"),
+            init_uniform([out_channels, in_channels / g, k.h, k.w], fan_in, rng),
+        );
+        let bias = bias.then(|| params.add(format!("{name}.bias"), init_uniform([out_channels], fan_in, rng)));
+        Conv2d { weight, bias, options }
+    }
+}
+
+impl<T: Float> Module<T> for Conv2d {
+    fn forward<'t>(&self, p: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        x.conv2d(p[self.weight], self.bias.map(|b| p[b]), self.options)
+    }
+}
+
+/// The stateless max-pooling layer; in plain code call `x.max_pool2d(options)`.
+///
+/// ```
+/// use tapegrad::nn::{MaxPool2d, Module, Params};
+/// use tapegrad::Pool2dOptions;
+/// let tape = tapegrad::Tape::<f32>::new();
+/// let p = Params::new().bind(&tape);
+/// let x = tape.constant(tapegrad::Tensor::zeros([1, 1, 4, 4]));
+/// assert_eq!(&MaxPool2d(Pool2dOptions::new(2)).forward(&p, x).shape()[..], &[1, 1, 2, 2]);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct MaxPool2d(pub Pool2dOptions);
+
+impl<T: Float> Module<T> for MaxPool2d {
+    fn forward<'t>(&self, _: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        x.max_pool2d(self.0)
+    }
+}
+

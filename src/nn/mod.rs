@@ -1,0 +1,28 @@
+//! Layers and parameters: [`Params`] (named tensors outside the tape), [`Linear`],
+//! [`Conv2d`], stateless layers, and [`Sequential`] for simple stacks.
+//!
+//! A model is plain Rust: a struct holding layers, with a `forward(&bound, x)`
+//! method. Each training step binds the parameters to a fresh tape:
+//!
+//! ```
+//! use rand::SeedableRng;
+//! use tapegrad::nn::{Linear, Module, Params};
+//! use tapegrad::{Tape, Tensor};
+//! let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+//! let mut params = Params::<f32>::new();
+//! let fc = Linear::new(&mut params, "fc", 4, 3, true, &mut rng);
+//! let tape = Tape::new();
+//! let p = params.bind(&tape);
+//! let x = tape.constant(Tensor::ones([2, 4]));
+//! let loss = fc.forward(&p, x).cross_entropy(&[0, 2]);
+//! let grads = p.grads(loss.backward());
+//! assert!(grads[fc.weight].is_some());
+//! ```
+
+//TEMP mod conv;
+mod layers;
+mod params;
+
+//TEMP pub use conv::{Conv2d, MaxPool2d};
+pub use layers::{init_uniform, Flatten, Linear, Module, ReLU, Sequential};
+pub use params::{Bound, ParamGrads, ParamId, Params};

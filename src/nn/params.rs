@@ -1,0 +1,283 @@
+//! Named parameters that live outside the tape, and their binding to a tape.
+
+use crate::{Float, Gradients, Tape, Tensor, Var};
+use std::ops::Index;
+
+/// The index of a parameter in a [`Params`] store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamId(pub(crate) usize);
+
+/// A model's parameters: named tensors (`"conv1.weight"`, …) in registration order.
+///
+/// Layers register their tensors here and keep the returned [`ParamId`]s. Each
+/// training step binds the store to a fresh tape with [`bind`](Params::bind)
+/// (the tensors are shared, not copied), runs forward and backward, and hands
+/// the gradients to an optimizer.
+///
+/// ```
+/// use tapegrad::nn::Params;
+/// use tapegrad::{Tape, Tensor};
+/// let mut params = Params::<f32>::new();
+/// let w = params.add("w", Tensor::ones([2]));
+/// let tape = Tape::new();
+/// let bound = params.bind(&tape);
+/// let loss = (bound[w] * 3.0).sum();
+/// let grads = bound.grads(loss.backward());
+/// assert_eq!(grads[w].as_ref().unwrap().data(), &[3.0, 3.0]);
+/// ```
+#[derive(Clone, Default)]
+pub struct Params<T: Float = f32> {
+    names: Vec<String>,
+    values: Vec<Tensor<T>>,
+}
+
+impl<T: Float> Params<T> {
+    /// An empty store.
+    ///
+    /// ```
+    /// assert!(tapegrad::nn::Params::<f32>::new().is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Params {
+            names: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    /// Registers a tensor under `name`; panics if the name is taken.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let id = p.add("bias", tapegrad::Tensor::zeros([3]));
+    /// assert_eq!(p.name(id), "bias");
+    /// ```
+    pub fn add(&mut self, name: impl Into<String>, value: Tensor<T>) -> ParamId {
+        let name = name.into();
+        assert!(
+            self.id(&name).is_none(),
+            "params: a parameter named `{name}` already exists"
+        );
+        self.names.push(name);
+        self.values.push(value);
+        ParamId(self.values.len() - 1)
+    }
+
+    /// Number of parameter tensors.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// p.add("a", tapegrad::Tensor::zeros([3]));
+    /// assert_eq!(p.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the store is empty.
+    ///
+    /// ```
+    /// assert!(tapegrad::nn::Params::<f64>::new().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Total number of scalar parameters.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// p.add("a", tapegrad::Tensor::zeros([3, 4]));
+    /// p.add("b", tapegrad::Tensor::zeros([4]));
+    /// assert_eq!(p.num_elements(), 16);
+    /// ```
+    pub fn num_elements(&self) -> usize {
+        self.values.iter().map(Tensor::numel).sum()
+    }
+
+    /// The id of the parameter called `name`.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let id = p.add("a", tapegrad::Tensor::zeros([1]));
+    /// assert_eq!(p.id("a"), Some(id));
+    /// assert_eq!(p.id("b"), None);
+    /// ```
+    pub fn id(&self, name: &str) -> Option<ParamId> {
+        self.names.iter().position(|n| n == name).map(ParamId)
+    }
+
+    /// The name of a parameter.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let id = p.add("fc.weight", tapegrad::Tensor::zeros([1]));
+    /// assert_eq!(p.name(id), "fc.weight");
+    /// ```
+    pub fn name(&self, id: ParamId) -> &str {
+        &self.names[id.0]
+    }
+
+    /// The current value of a parameter.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let id = p.add("a", tapegrad::Tensor::ones([2]));
+    /// assert_eq!(p.get(id).data(), &[1.0, 1.0]);
+    /// ```
+    pub fn get(&self, id: ParamId) -> &Tensor<T> {
+        &self.values[id.0]
+    }
+
+    /// Mutable access to a parameter (used by optimizers; copy-on-write if a tape still shares it).
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let id = p.add("a", tapegrad::Tensor::ones([2]));
+    /// p.get_mut(id).data_mut()[0] = 5.0;
+    /// assert_eq!(p.get(id).data(), &[5.0, 1.0]);
+    /// ```
+    pub fn get_mut(&mut self, id: ParamId) -> &mut Tensor<T> {
+        &mut self.values[id.0]
+    }
+
+    /// Replaces a parameter's value; panics naming it if the shape differs.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let id = p.add("a", tapegrad::Tensor::ones([2]));
+    /// p.set(id, tapegrad::Tensor::zeros([2]));
+    /// assert_eq!(p.get(id).data(), &[0.0, 0.0]);
+    /// ```
+    pub fn set(&mut self, id: ParamId, value: Tensor<T>) {
+        assert!(
+            value.shape() == self.values[id.0].shape(),
+            "params: `{}` has shape {}, cannot set a value of shape {}",
+            self.names[id.0],
+            self.values[id.0].shape(),
+            value.shape()
+        );
+        self.values[id.0] = value;
+    }
+
+    /// `(id, name, value)` for every parameter, in registration order.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// p.add("a", tapegrad::Tensor::ones([2]));
+    /// let names: Vec<&str> = p.iter().map(|(_, n, _)| n).collect();
+    /// assert_eq!(names, ["a"]);
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = (ParamId, &str, &Tensor<T>)> {
+        self.names
+            .iter()
+            .zip(&self.values)
+            .enumerate()
+            .map(|(i, (n, v))| (ParamId(i), n.as_str(), v))
+    }
+
+    /// Records every parameter on `tape` as a leaf (sharing storage, no copy).
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let id = p.add("a", tapegrad::Tensor::ones([2]));
+    /// let tape = tapegrad::Tape::new();
+    /// let b = p.bind(&tape);
+    /// assert!(b[id].value().shares_storage(p.get(id)));
+    /// ```
+    pub fn bind<'t>(&self, tape: &'t Tape<T>) -> Bound<'t, T> {
+        Bound {
+            vars: self.values.iter().map(|v| tape.leaf(v.clone())).collect(),
+        }
+    }
+
+    /// Records every parameter on `tape` as a constant (evaluation: no gradients, no closures kept).
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let id = p.add("a", tapegrad::Tensor::ones([2]));
+    /// let tape = tapegrad::Tape::new();
+    /// assert!(!p.bind_frozen(&tape)[id].requires_grad());
+    /// ```
+    pub fn bind_frozen<'t>(&self, tape: &'t Tape<T>) -> Bound<'t, T> {
+        Bound {
+            vars: self
+                .values
+                .iter()
+                .map(|v| tape.constant(v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// A [`Params`] store bound to one tape: the [`Var`] of each parameter.
+pub struct Bound<'t, T: Float = f32> {
+    vars: Vec<Var<'t, T>>,
+}
+
+impl<'t, T: Float> Bound<'t, T> {
+    /// Extracts the parameters' gradients (moving them, no copy) from a backward pass.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let id = p.add("a", tapegrad::Tensor::ones([2]));
+    /// let tape = tapegrad::Tape::new();
+    /// let b = p.bind(&tape);
+    /// let g = b.grads(b[id].sum().backward());
+    /// assert_eq!(g[id].as_ref().unwrap().data(), &[1.0, 1.0]);
+    /// ```
+    pub fn grads(&self, mut grads: Gradients<T>) -> ParamGrads<T> {
+        ParamGrads(self.vars.iter().map(|&v| grads.take(v)).collect())
+    }
+}
+
+impl<'t, T: Float> Index<ParamId> for Bound<'t, T> {
+    type Output = Var<'t, T>;
+    fn index(&self, id: ParamId) -> &Var<'t, T> {
+        &self.vars[id.0]
+    }
+}
+
+/// The gradient of each parameter after a backward pass (`None`: the loss did not depend on it).
+pub struct ParamGrads<T: Float = f32>(Vec<Option<Tensor<T>>>);
+
+impl<T: Float> ParamGrads<T> {
+    /// Gradients in parameter order.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// p.add("a", tapegrad::Tensor::ones([2]));
+    /// let tape = tapegrad::Tape::new();
+    /// let b = p.bind(&tape);
+    /// let unused = tape.leaf(tapegrad::Tensor::scalar(1.0));
+    /// let g = b.grads(unused.backward());
+    /// assert!(g.as_slice()[0].is_none());
+    /// ```
+    pub fn as_slice(&self) -> &[Option<Tensor<T>>] {
+        &self.0
+    }
+
+    /// The global L2 norm of all gradients (for monitoring or clipping).
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let id = p.add("a", tapegrad::Tensor::ones([4]));
+    /// let tape = tapegrad::Tape::new();
+    /// let b = p.bind(&tape);
+    /// assert_eq!(b.grads(b[id].sum().backward()).norm(), 2.0);
+    /// ```
+    pub fn norm(&self) -> f64 {
+        self.0
+            .iter()
+            .flatten()
+            .map(|g| g.norm().powi(2))
+            .sum::<f64>()
+            .sqrt()
+    }
+}
+
+impl<T: Float> Index<ParamId> for ParamGrads<T> {
+    type Output = Option<Tensor<T>>;
+    fn index(&self, id: ParamId) -> &Option<Tensor<T>> {
+        &self.0[id.0]
+    }
+}
