@@ -493,7 +493,11 @@ fn gemm_serial<K: MicroKernel>(
     K::T: Engine,
 {
     let (mr, nr) = (K::MR, K::NR);
-    let blk = K::BLOCKING;
+    let mut blk = K::BLOCKING;
+    if let Ok(v) = std::env::var("GEMM_TUNE") {
+        let v: Vec<usize> = v.split(',').map(|x| x.parse().unwrap()).collect();
+        blk = kernel::Blocking { kc: v[0], mc: v[1], nc: v[2] };
+    }
     let kc_max = balanced_block(k, blk.kc, 1);
     let mc_max = balanced_block(m, blk.mc, mr);
     let nc_max = balanced_block(n, blk.nc, nr);

@@ -325,22 +325,28 @@ impl<T: Float> Optimizer<T> for Adam<T> {
             );
             let decay = T::from_f64(1.0 - self.lr * self.weight_decay);
             let p = params.get_mut(id).data_mut();
-            for j in 0..n {
-                let mut gj = g.data()[j];
-                if self.decoupled {
-                    p[j] *= decay;
+            let vmax = if self.amsgrad {
+                &mut st.vmax[..]
+            } else {
+                &mut [][..]
+            };
+            for (j, (p, &g)) in p.iter_mut().zip(g.data()).enumerate() {
+                let g = if self.decoupled {
+                    *p *= decay;
+                    g
                 } else {
-                    gj += wd * p[j];
-                }
-                st.m[j] = tb1 * st.m[j] + one_b1 * gj;
-                st.v[j] = tb2 * st.v[j] + one_b2 * gj * gj;
-                let v = if self.amsgrad {
-                    st.vmax[j] = st.vmax[j].max(st.v[j]);
-                    st.vmax[j]
-                } else {
-                    st.v[j]
+                    g + wd * *p
                 };
-                p[j] -= step_size * st.m[j] / (v.sqrt() / bc2s + eps);
+                let (m, v) = (&mut st.m[j], &mut st.v[j]);
+                *m = tb1 * *m + one_b1 * g;
+                *v = tb2 * *v + one_b2 * g * g;
+                let v = if let Some(vm) = vmax.get_mut(j) {
+                    *vm = vm.max(*v);
+                    *vm
+                } else {
+                    *v
+                };
+                *p -= step_size * *m / (v.sqrt() / bc2s + eps);
             }
         }
     }
