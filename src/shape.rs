@@ -15,7 +15,7 @@ use std::ops::Deref;
 /// assert_eq!(s.to_string(), "[2, 3, 4]");
 /// assert_eq!(&s[..], &[2, 3, 4]);
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
+#[derive(PartialEq, Eq, Hash, Default)]
 pub struct Shape(pub(crate) SmallVec<[usize; 4]>);
 
 impl Shape {
@@ -101,6 +101,22 @@ impl Shape {
             "{op}: axis {axis} is out of range for shape {self} (rank {r})"
         );
         a as usize
+    }
+}
+
+impl Clone for Shape {
+    #[inline]
+    fn clone(&self) -> Self {
+        // Shapes are cloned on every op: copy the inline buffer directly rather than
+        // going through SmallVec's generic `extend` (a measurable cost on scalar chains).
+        let n = self.0.len();
+        if n <= 4 {
+            let mut buf = [0usize; 4];
+            buf[..n].copy_from_slice(&self.0);
+            Shape(SmallVec::from_buf_and_len(buf, n))
+        } else {
+            Shape(SmallVec::from_slice(&self.0))
+        }
     }
 }
 

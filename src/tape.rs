@@ -7,7 +7,7 @@
 
 use crate::shape::Shape;
 use crate::{Float, Tensor};
-use smallvec::{smallvec, SmallVec};
+use smallvec::SmallVec;
 use std::cell::{Cell, Ref, RefCell};
 use std::fmt::Write as _;
 
@@ -205,7 +205,10 @@ impl<T: Float> Tape<T> {
         parents: &[Var<'t, T>],
         backward: impl Fn(&BackwardCtx<'_, T>) -> ParentGrads<T> + 'static,
     ) -> Var<'t, T> {
-        let ids: SmallVec<[usize; 2]> = parents.iter().map(|p| p.id).collect();
+        let mut ids: SmallVec<[usize; 2]> = SmallVec::new();
+        for p in parents {
+            ids.push(p.id);
+        }
         let requires_grad = {
             let nodes = self.nodes.borrow();
             ids.iter().any(|&p| nodes[p].requires_grad)
@@ -343,13 +346,13 @@ impl<T: Float> Tape<T> {
             let Some(g) = grads[i].take() else { continue };
             let node = &nodes[i];
             if let Some(bw) = &node.backward {
-                let inputs: SmallVec<[&Tensor<T>; 2]> =
-                    node.parents.iter().map(|&p| &nodes[p].value).collect();
-                let needs: SmallVec<[bool; 2]> = node
-                    .parents
-                    .iter()
-                    .map(|&p| nodes[p].requires_grad)
-                    .collect();
+                // Filled with `push`: SmallVec's `collect` costs more than the rest of a scalar node.
+                let mut inputs: SmallVec<[&Tensor<T>; 2]> = SmallVec::new();
+                let mut needs: SmallVec<[bool; 2]> = SmallVec::new();
+                for &p in &node.parents {
+                    inputs.push(&nodes[p].value);
+                    needs.push(nodes[p].requires_grad);
+                }
                 let ctx = BackwardCtx {
                     grad: &g,
                     inputs: &inputs,
@@ -681,8 +684,20 @@ impl<T: Float> std::ops::Index<Var<'_, T>> for Gradients<T> {
     }
 }
 
-/// `smallvec![Some(g)]` for single-input ops.
+/// The gradient of a single-input op. (Built with `push`: the `smallvec!` macro
+/// goes through a heap `Vec`, an allocation per node on scalar chains.)
 #[inline]
 pub(crate) fn one<T: Float>(g: Tensor<T>) -> ParentGrads<T> {
-    smallvec![Some(g)]
+    let mut v = SmallVec::new();
+    v.push(Some(g));
+    v
+}
+
+/// The gradients of a two-input op (`None` where a parent needs none).
+#[inline]
+pub(crate) fn two<T: Float>(a: Option<Tensor<T>>, b: Option<Tensor<T>>) -> ParentGrads<T> {
+    let mut v = SmallVec::new();
+    v.push(a);
+    v.push(b);
+    v
 }

@@ -23,8 +23,38 @@ use std::sync::Arc;
 /// ```
 #[derive(Clone)]
 pub struct Tensor<T: Float = f32> {
-    data: Arc<Vec<T>>,
+    data: Storage<T>,
     shape: Shape,
+}
+
+/// A tensor's elements: one value inline (scalar-sized tensors never allocate,
+/// which keeps long chains of scalar ops cheap), or shared heap storage.
+#[derive(Clone)]
+enum Storage<T> {
+    One(T),
+    Shared(Arc<Vec<T>>),
+}
+
+impl<T: Float> Storage<T> {
+    #[inline]
+    fn from_vec(v: Vec<T>) -> Self {
+        if v.len() == 1 {
+            Storage::One(v[0])
+        } else {
+            Storage::Shared(Arc::new(v))
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Storage<T> {
+    type Target = [T];
+    #[inline]
+    fn deref(&self) -> &[T] {
+        match self {
+            Storage::One(v) => std::slice::from_ref(v),
+            Storage::Shared(a) => a,
+        }
+    }
 }
 
 impl<T: Float> Tensor<T> {
@@ -49,7 +79,7 @@ impl<T: Float> Tensor<T> {
             });
         }
         Ok(Tensor {
-            data: Arc::new(data),
+            data: Storage::from_vec(data),
             shape,
         })
     }
@@ -59,7 +89,26 @@ impl<T: Float> Tensor<T> {
     pub(crate) fn from_parts(data: Vec<T>, shape: Shape) -> Self {
         debug_assert_eq!(data.len(), shape.numel());
         Tensor {
-            data: Arc::new(data),
+            data: Storage::from_vec(data),
+            shape,
+        }
+    }
+
+    /// Internal constructor from exactly `shape.numel()` values; a one-element
+    /// result is stored inline without allocating.
+    #[inline]
+    pub(crate) fn collect(shape: Shape, mut values: impl Iterator<Item = T>) -> Self {
+        if shape.numel() == 1 {
+            let v = values.next().expect("collect: one value");
+            return Tensor {
+                data: Storage::One(v),
+                shape,
+            };
+        }
+        let v: Vec<T> = values.collect();
+        debug_assert_eq!(v.len(), shape.numel());
+        Tensor {
+            data: Storage::Shared(Arc::new(v)),
             shape,
         }
     }
@@ -72,7 +121,10 @@ impl<T: Float> Tensor<T> {
     /// assert_eq!(t.item(), 2.5);
     /// ```
     pub fn scalar(v: T) -> Self {
-        Self::from_parts(vec![v], Shape::scalar())
+        Tensor {
+            data: Storage::One(v),
+            shape: Shape::scalar(),
+        }
     }
 
     /// A tensor filled with `v`.
@@ -213,7 +265,10 @@ impl<T: Float> Tensor<T> {
     /// assert_eq!(b.data(), &[1.0, 0.0]);
     /// ```
     pub fn data_mut(&mut self) -> &mut [T] {
-        Arc::make_mut(&mut self.data).as_mut_slice()
+        match &mut self.data {
+            Storage::One(v) => std::slice::from_mut(v),
+            Storage::Shared(a) => Arc::make_mut(a).as_mut_slice(),
+        }
     }
 
     /// The elements as an owned `Vec` (copied only if shared).
@@ -222,17 +277,24 @@ impl<T: Float> Tensor<T> {
     /// assert_eq!(tapegrad::Tensor::<f32>::ones([2]).into_vec(), vec![1.0, 1.0]);
     /// ```
     pub fn into_vec(self) -> Vec<T> {
-        Arc::try_unwrap(self.data).unwrap_or_else(|a| (*a).clone())
+        match self.data {
+            Storage::One(v) => vec![v],
+            Storage::Shared(a) => Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone()),
+        }
     }
 
-    /// Whether two tensors share the same storage (no copy was made).
+    /// Whether two tensors share the same heap storage (no copy was made).
+    /// One-element tensors are stored inline, so they never share.
     ///
     /// ```
     /// let a = tapegrad::Tensor::<f32>::zeros([2]);
     /// assert!(a.shares_storage(&a.clone()));
     /// ```
     pub fn shares_storage(&self, other: &Tensor<T>) -> bool {
-        Arc::ptr_eq(&self.data, &other.data)
+        match (&self.data, &other.data) {
+            (Storage::Shared(a), Storage::Shared(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 
     /// The single value of a one-element tensor; panics otherwise.
@@ -316,10 +378,7 @@ impl<T: Float> Tensor<T> {
     /// assert_eq!(t.data(), &[0.0, 2.0, 4.0]);
     /// ```
     pub fn map(&self, f: impl Fn(T) -> T) -> Tensor<T> {
-        Self::from_parts(
-            self.data.iter().map(|&v| f(v)).collect(),
-            self.shape.clone(),
-        )
+        Self::collect(self.shape.clone(), self.data.iter().map(|&v| f(v)))
     }
 
     /// Combines two tensors of the same shape elementwise; `op` names the caller in the panic
@@ -342,9 +401,8 @@ impl<T: Float> Tensor<T> {
             .data
             .iter()
             .zip(other.data.iter())
-            .map(|(&a, &b)| f(a, b))
-            .collect();
-        Self::from_parts(v, self.shape.clone())
+            .map(|(&a, &b)| f(a, b));
+        Self::collect(self.shape.clone(), v)
     }
 
     /// Sum of all elements.

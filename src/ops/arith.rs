@@ -3,9 +3,8 @@
 //! The backward of a broadcast operand sums the gradient over the stretched axes
 //! ([`Tensor::sum_to`]), so every gradient has its operand's shape.
 
-use crate::tape::one;
+use crate::tape::{one, two};
 use crate::{Float, Var};
-use smallvec::smallvec;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
 impl<'t, T: Float> Var<'t, T> {
@@ -25,10 +24,10 @@ impl<'t, T: Float> Var<'t, T> {
             .value()
             .broadcast_zip(&other.value(), "add", |a, b| a + b);
         self.tape.record("add", y, &[self, other], |ctx| {
-            smallvec![
+            two(
                 ctx.needs_grad[0].then(|| ctx.grad.sum_to(ctx.inputs[0].shape())),
                 ctx.needs_grad[1].then(|| ctx.grad.sum_to(ctx.inputs[1].shape())),
-            ]
+            )
         })
     }
 
@@ -47,10 +46,10 @@ impl<'t, T: Float> Var<'t, T> {
             .value()
             .broadcast_zip(&other.value(), "sub", |a, b| a - b);
         self.tape.record("sub", y, &[self, other], |ctx| {
-            smallvec![
+            two(
                 ctx.needs_grad[0].then(|| ctx.grad.sum_to(ctx.inputs[0].shape())),
                 ctx.needs_grad[1].then(|| ctx.grad.map(|g| -g).sum_to(ctx.inputs[1].shape())),
-            ]
+            )
         })
     }
 
@@ -70,12 +69,12 @@ impl<'t, T: Float> Var<'t, T> {
             .broadcast_zip(&other.value(), "mul", |a, b| a * b);
         self.tape.record("mul", y, &[self, other], |ctx| {
             let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
-            smallvec![
+            two(
                 ctx.needs_grad[0]
                     .then(|| g.broadcast_zip(b, "mul", |g, b| g * b).sum_to(a.shape())),
                 ctx.needs_grad[1]
                     .then(|| g.broadcast_zip(a, "mul", |g, a| g * a).sum_to(b.shape())),
-            ]
+            )
         })
     }
 
@@ -96,7 +95,7 @@ impl<'t, T: Float> Var<'t, T> {
             .broadcast_zip(&other.value(), "div", |a, b| a / b);
         self.tape.record("div", y, &[self, other], |ctx| {
             let (a, b, g, y) = (ctx.inputs[0], ctx.inputs[1], ctx.grad, ctx.output);
-            smallvec![
+            two(
                 ctx.needs_grad[0]
                     .then(|| g.broadcast_zip(b, "div", |g, b| g / b).sum_to(a.shape())),
                 ctx.needs_grad[1].then(|| {
@@ -104,7 +103,7 @@ impl<'t, T: Float> Var<'t, T> {
                     let gy = g.zip_map(y, "div", |g, y| -g * y);
                     gy.broadcast_zip(b, "div", |gy, b| gy / b).sum_to(b.shape())
                 }),
-            ]
+            )
         })
     }
 

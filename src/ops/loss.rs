@@ -3,9 +3,8 @@
 
 use super::softmax::log_softmax_lanes;
 use crate::shape::Shape;
-use crate::tape::one;
+use crate::tape::{one, two};
 use crate::{Float, Tensor, Var};
-use smallvec::smallvec;
 
 impl<'t, T: Float> Var<'t, T> {
     /// Mean squared error `L = mean((a − b)²)` between tensors of the same shape.
@@ -43,7 +42,7 @@ impl<'t, T: Float> Var<'t, T> {
                 let k = (ctx.grad.item() + ctx.grad.item()) / n;
                 let d = ctx.inputs[0].zip_map(ctx.inputs[1], "mse_loss", |x, y| k * (x - y));
                 let db = ctx.needs_grad[1].then(|| d.map(|v| -v));
-                smallvec![Some(d), db]
+                two(Some(d), db)
             },
         )
     }

@@ -4,8 +4,8 @@
 //! the GEMM takes strides.
 
 use crate::shape::Shape;
+use crate::tape::two;
 use crate::{Float, Tensor, Var};
-use smallvec::smallvec;
 
 /// `C (m×n) = A (m×k) · B (k×n)` for row-major slices, optionally transposed via strides.
 #[allow(clippy::too_many_arguments)]
@@ -117,7 +117,7 @@ impl<'t, T: Float> Var<'t, T> {
                 }
                 Tensor::from_parts(db, b.shape().clone())
             });
-            smallvec![da, db]
+            two(da, db)
         })
     }
 
@@ -172,7 +172,7 @@ impl<'t, T: Float> Var<'t, T> {
                 mm(outf, inf, n, g, true, x.data(), false, &mut dw);
                 Tensor::from_parts(dw, w.shape().clone())
             });
-            let mut out = smallvec![dx, dw];
+            let mut out = two(dx, dw);
             if ctx.inputs.len() == 3 {
                 out.push(ctx.needs_grad[2].then(|| ctx.grad.sum_to([outf])));
             }
