@@ -63,7 +63,7 @@ fn check_shape<T: Float>(op: &str, params: &Params<T>, i: usize, g: &Tensor<T>) 
 /// ```
 ///
 /// ```
-/// let opt = tapegrad::optim::Sgd::new(0.1).momentum(0.9).nesterov(true).weight_decay(1e-4);
+/// let opt = tapegrad::optim::Sgd::<f32>::new(0.1).momentum(0.9).nesterov(true).weight_decay(1e-4);
 /// assert_eq!(opt.momentum, 0.9);
 /// ```
 #[derive(Clone, Debug)]
