@@ -9,6 +9,7 @@ mod shape;
 mod tape;
 mod tensor;
 
+pub mod data;
 pub mod gradcheck;
 
 pub use error::{Error, Result};
