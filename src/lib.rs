@@ -11,6 +11,7 @@ mod tensor;
 
 pub mod data;
 pub mod gradcheck;
+pub mod io;
 
 pub use error::{Error, Result};
 pub use float::Float;
