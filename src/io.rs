@@ -45,7 +45,10 @@ fn dtype_of<T: Float>() -> Result<Dtype> {
     } else if TypeId::of::<T>() == TypeId::of::<f64>() {
         Ok(Dtype::F64)
     } else {
-        Err(Error::Data(format!("safetensors: element type {} is not supported", T::NAME)))
+        Err(Error::Data(format!(
+            "safetensors: element type {} is not supported",
+            T::NAME
+        )))
     }
 }
 
@@ -75,7 +78,9 @@ fn from_le_bytes<T: Float>(bytes: &[u8], shape: &[usize]) -> Result<Tensor<T>> {
             .collect();
         Box::new(Tensor::<f64>::from_vec(v, shape)?)
     };
-    Ok(*boxed.downcast::<Tensor<T>>().expect("T is f32 or f64 (checked by dtype_of)"))
+    Ok(*boxed
+        .downcast::<Tensor<T>>()
+        .expect("T is f32 or f64 (checked by dtype_of)"))
 }
 
 /// Serialises named tensors to the bytes of a safetensors file (see the [module
@@ -110,14 +115,17 @@ pub fn to_safetensors_bytes<T: Float>(tensors: &[(&str, &Tensor<T>)]) -> Result<
             });
         }
     }
-    let buffers: Vec<Vec<u8>> =
-        tensors.iter().map(|(_, t)| le_bytes(t).expect("T is f32 or f64")).collect();
+    let buffers: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, t)| le_bytes(t).expect("T is f32 or f64"))
+        .collect();
     let mut views = Vec::with_capacity(tensors.len());
     for ((name, t), buf) in tensors.iter().zip(&buffers) {
-        let view = TensorView::new(dtype, t.shape().to_vec(), buf).map_err(|e| Error::Parameter {
-            name: name.to_string(),
-            message: format!("cannot be serialised: {e}"),
-        })?;
+        let view =
+            TensorView::new(dtype, t.shape().to_vec(), buf).map_err(|e| Error::Parameter {
+                name: name.to_string(),
+                message: format!("cannot be serialised: {e}"),
+            })?;
         views.push((*name, view));
     }
     safetensors::serialize(views, None)
@@ -152,7 +160,11 @@ pub fn from_safetensors_bytes<T: Float>(bytes: &[u8]) -> Result<Vec<(String, Ten
         if view.dtype() != want {
             let hint = match view.dtype() {
                 Dtype::F32 | Dtype::F64 => {
-                    let other = if view.dtype() == Dtype::F32 { "f32" } else { "f64" };
+                    let other = if view.dtype() == Dtype::F32 {
+                        "f32"
+                    } else {
+                        "f64"
+                    };
                     format!("; load the file as {other} and convert with Tensor::cast")
                 }
                 _ => String::new(),
@@ -179,9 +191,10 @@ pub fn from_safetensors_bytes<T: Float>(bytes: &[u8]) -> Result<Vec<(String, Ten
 fn in_file(path: &Path, e: Error) -> Error {
     match e {
         Error::Data(m) => Error::Data(format!("{}: {m}", path.display())),
-        Error::Parameter { name, message } => {
-            Error::Parameter { name, message: format!("{message} (in {})", path.display()) }
-        }
+        Error::Parameter { name, message } => Error::Parameter {
+            name,
+            message: format!("{message} (in {})", path.display()),
+        },
         other => other,
     }
 }
@@ -205,7 +218,10 @@ pub fn save_safetensors<T: Float>(
 ) -> Result<()> {
     let path = path.as_ref();
     let bytes = to_safetensors_bytes(tensors).map_err(|e| in_file(path, e))?;
-    let io_err = |p: &Path, source| Error::Io { path: p.display().to_string(), source };
+    let io_err = |p: &Path, source| Error::Io {
+        path: p.display().to_string(),
+        source,
+    };
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
@@ -234,7 +250,9 @@ pub fn save_safetensors<T: Float>(
 /// ```
 pub fn load_safetensors<T: Float>(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor<T>)>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path)
-        .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     from_safetensors_bytes(&bytes).map_err(|e| in_file(path, e))
 }

@@ -41,14 +41,14 @@ fn digits_match_the_csv() {
     let d = data::digits();
     // First and last rows of scikit-learn's digits.csv.
     let first = [
-        0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12,
-        0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0,
-        0, 0, 0, 6, 13, 10, 0, 0, 0,
+        0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0,
+        0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0,
+        0, 6, 13, 10, 0, 0, 0,
     ];
     let last = [
-        0, 0, 10, 14, 8, 1, 0, 0, 0, 2, 16, 14, 6, 1, 0, 0, 0, 0, 15, 15, 8, 15, 0, 0, 0, 0, 5,
-        16, 16, 10, 0, 0, 0, 0, 12, 15, 15, 12, 0, 0, 0, 4, 16, 6, 4, 16, 6, 0, 0, 8, 16, 10, 8,
-        16, 8, 0, 0, 1, 8, 12, 14, 12, 1, 0,
+        0, 0, 10, 14, 8, 1, 0, 0, 0, 2, 16, 14, 6, 1, 0, 0, 0, 0, 15, 15, 8, 15, 0, 0, 0, 0, 5, 16,
+        16, 10, 0, 0, 0, 0, 12, 15, 15, 12, 0, 0, 0, 4, 16, 6, 4, 16, 6, 0, 0, 8, 16, 10, 8, 16, 8,
+        0, 0, 1, 8, 12, 14, 12, 1, 0,
     ];
     assert_eq!(d.image(0), &first);
     assert_eq!(d.label(0), 0);
@@ -77,17 +77,38 @@ fn dataset_debug_is_a_summary() {
 #[test]
 fn dataset_new_rejects_inconsistent_input() {
     let cases: Vec<(Result<Dataset, Error>, &str)> = vec![
-        (Dataset::new(vec![0; 7], vec![0, 1], [1, 2, 2], 2, 1), "2 labels need 2 × 4 = 8 pixel bytes"),
-        (Dataset::new(vec![0; 4], vec![2], [1, 2, 2], 2, 1), "label 2 of image 0 is out of range for 2 classes"),
-        (Dataset::new(vec![0, 0, 0, 0, 0, 9], vec![0, 1], [1, 1, 3], 2, 8), "pixel 2 of image 1 is 9, above max_value 8"),
-        (Dataset::new(vec![], vec![], [1, 0, 2], 2, 1), "invalid image shape [1, 0, 2]"),
-        (Dataset::new(vec![], vec![], [1, 1, 1], 0, 1), "num_classes (0) and max_value (1) must be positive"),
-        (Dataset::new(vec![], vec![], [1, 1, 1], 2, 0), "num_classes (2) and max_value (0) must be positive"),
+        (
+            Dataset::new(vec![0; 7], vec![0, 1], [1, 2, 2], 2, 1),
+            "2 labels need 2 × 4 = 8 pixel bytes",
+        ),
+        (
+            Dataset::new(vec![0; 4], vec![2], [1, 2, 2], 2, 1),
+            "label 2 of image 0 is out of range for 2 classes",
+        ),
+        (
+            Dataset::new(vec![0, 0, 0, 0, 0, 9], vec![0, 1], [1, 1, 3], 2, 8),
+            "pixel 2 of image 1 is 9, above max_value 8",
+        ),
+        (
+            Dataset::new(vec![], vec![], [1, 0, 2], 2, 1),
+            "invalid image shape [1, 0, 2]",
+        ),
+        (
+            Dataset::new(vec![], vec![], [1, 1, 1], 0, 1),
+            "num_classes (0) and max_value (1) must be positive",
+        ),
+        (
+            Dataset::new(vec![], vec![], [1, 1, 1], 2, 0),
+            "num_classes (2) and max_value (0) must be positive",
+        ),
     ];
     for (res, want) in cases {
         let err = res.expect_err(want);
         assert!(matches!(err, Error::Data(_)), "{err:?}");
-        assert!(err.to_string().contains(want), "`{err}` should contain `{want}`");
+        assert!(
+            err.to_string().contains(want),
+            "`{err}` should contain `{want}`"
+        );
     }
 }
 
@@ -100,7 +121,10 @@ fn subset_picks_images_and_labels() {
     assert_eq!(s.image(1), d.image(7));
     assert_eq!(s.image(2), d.image(100));
     assert_eq!(s.labels(), &[d.labels()[7], d.labels()[7], d.labels()[100]]);
-    assert_eq!((s.image_shape(), s.num_classes(), s.max_value()), ([1, 8, 8], 10, 16));
+    assert_eq!(
+        (s.image_shape(), s.num_classes(), s.max_value()),
+        ([1, 8, 8], 10, 16)
+    );
 }
 
 #[test]
@@ -114,7 +138,9 @@ fn image_out_of_range_panics() {
 #[test]
 fn digits_split_is_1437_360_with_36_per_class_and_no_overlap() {
     let d = data::digits();
-    let (train_idx, test_idx) = d.stratified_split_indices(360, data::DIGITS_SPLIT_SEED).unwrap();
+    let (train_idx, test_idx) = d
+        .stratified_split_indices(360, data::DIGITS_SPLIT_SEED)
+        .unwrap();
     assert_eq!((train_idx.len(), test_idx.len()), (1437, 360));
     let train_set: HashSet<usize> = train_idx.iter().copied().collect();
     let test_set: HashSet<usize> = test_idx.iter().copied().collect();
@@ -145,7 +171,10 @@ fn digits_split_is_pinned() {
     let (_, test_idx) = data::digits().stratified_split_indices(360, 0).unwrap();
     assert_eq!(
         (&test_idx[..12], test_idx.iter().sum::<usize>()),
-        (&[2, 7, 13, 17, 23, 33, 38, 53, 55, 59, 64, 66][..], PINNED_TEST_INDEX_SUM),
+        (
+            &[2, 7, 13, 17, 23, 33, 38, 53, 55, 59, 64, 66][..],
+            PINNED_TEST_INDEX_SUM
+        ),
         "the digits split for seed 0 changed"
     );
 }
@@ -168,7 +197,10 @@ fn split_is_deterministic_for_a_seed_and_varies_with_it() {
 #[test]
 fn split_spreads_a_remainder_over_the_first_classes() {
     let (_, test) = data::digits().stratified_split(365, 1).unwrap();
-    assert_eq!(test.class_counts(), vec![37, 37, 37, 37, 37, 36, 36, 36, 36, 36]);
+    assert_eq!(
+        test.class_counts(),
+        vec![37, 37, 37, 37, 37, 36, 36, 36, 36, 36]
+    );
     let (train, test) = data::digits().stratified_split(0, 1).unwrap();
     assert_eq!((train.len(), test.len()), (1797, 0));
 }
@@ -177,10 +209,16 @@ fn split_spreads_a_remainder_over_the_first_classes() {
 fn split_errors_name_the_problem() {
     let d = data::digits();
     let err = d.stratified_split(1798, 0).unwrap_err();
-    assert_eq!(err.to_string(), "stratified_split: test_count 1798 exceeds the 1797 images");
+    assert_eq!(
+        err.to_string(),
+        "stratified_split: test_count 1798 exceeds the 1797 images"
+    );
     // 10 × 175 = 1750: class 8 has only 174 images.
     let err = d.stratified_split(1750, 0).unwrap_err();
-    assert_eq!(err.to_string(), "stratified_split: class 8 needs 175 test images but has only 174");
+    assert_eq!(
+        err.to_string(),
+        "stratified_split: class 8 needs 175 test images but has only 174"
+    );
 }
 
 // ---------------------------------------------------------------- normalisation & batches
@@ -203,7 +241,10 @@ fn normalised_train_set_has_mean_0_std_1() {
     assert!((s - 1.0).abs() < 1e-12, "std {s}");
     // The test set uses the training statistics: close to, but not exactly, 0 and 1.
     let (m, s) = mean_std(&test.to_tensor::<f64>(norm));
-    assert!(m.abs() < 0.05 && (s - 1.0).abs() < 0.05, "test mean {m}, std {s}");
+    assert!(
+        m.abs() < 0.05 && (s - 1.0).abs() < 0.05,
+        "test mean {m}, std {s}"
+    );
     assert_ne!(test.normalization(), norm);
     // The statistics are those of v/16 over all pixels.
     let px: Vec<f64> = train.images().iter().map(|&v| v as f64 / 16.0).collect();
@@ -217,7 +258,10 @@ fn normalisation_formula_and_identity() {
     let x = d.to_tensor::<f32>(Normalize::IDENTITY);
     assert!(x.data().iter().all(|v| (0.0..=1.0).contains(v)));
     assert_eq!(x.get(&[0, 0, 0, 3]), 13.0 / 16.0);
-    let n = Normalize { mean: 0.25, std: 0.5 };
+    let n = Normalize {
+        mean: 0.25,
+        std: 0.5,
+    };
     let y = d.to_tensor::<f32>(n);
     assert_eq!(y.get(&[0, 0, 0, 3]), ((13.0 / 16.0 - 0.25) / 0.5) as f32);
     // f32 and f64 agree up to rounding.
@@ -228,11 +272,20 @@ fn normalisation_formula_and_identity() {
 #[test]
 fn constant_dataset_normalises_with_std_1() {
     let d = Dataset::new(vec![3; 8], vec![0, 1], [1, 2, 2], 2, 4).unwrap();
-    assert_eq!(d.normalization(), Normalize { mean: 0.75, std: 1.0 });
+    assert_eq!(
+        d.normalization(),
+        Normalize {
+            mean: 0.75,
+            std: 1.0
+        }
+    );
     let empty = Dataset::new(vec![], vec![], [1, 2, 2], 2, 4).unwrap();
     assert_eq!(empty.normalization(), Normalize::IDENTITY);
     assert_eq!(empty.batches::<f32>(4, Normalize::IDENTITY).count(), 0);
-    assert_eq!(&empty.to_tensor::<f32>(Normalize::IDENTITY).shape()[..], &[0, 1, 2, 2]);
+    assert_eq!(
+        &empty.to_tensor::<f32>(Normalize::IDENTITY).shape()[..],
+        &[0, 1, 2, 2]
+    );
 }
 
 #[test]
@@ -250,7 +303,10 @@ fn batches_cover_the_dataset_once_with_a_partial_last_batch() {
     let order: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
     assert_eq!(order, (0..1437).collect::<Vec<_>>());
     let whole = train.to_tensor::<f32>(norm);
-    let cat: Vec<f32> = batches.iter().flat_map(|b| b.images.data().to_vec()).collect();
+    let cat: Vec<f32> = batches
+        .iter()
+        .flat_map(|b| b.images.data().to_vec())
+        .collect();
     assert_eq!(cat, whole.data());
     for b in &batches {
         for (&i, &l) in b.indices.iter().zip(&b.labels) {
@@ -258,15 +314,31 @@ fn batches_cover_the_dataset_once_with_a_partial_last_batch() {
         }
     }
     // Exact division: no empty trailing batch.
-    assert_eq!(train.batches::<f64>(479, norm).map(|b| b.len()).collect::<Vec<_>>(), [479; 3]);
-    assert_eq!(train.batches::<f64>(5000, norm).map(|b| b.len()).collect::<Vec<_>>(), [1437]);
+    assert_eq!(
+        train
+            .batches::<f64>(479, norm)
+            .map(|b| b.len())
+            .collect::<Vec<_>>(),
+        [479; 3]
+    );
+    assert_eq!(
+        train
+            .batches::<f64>(5000, norm)
+            .map(|b| b.len())
+            .collect::<Vec<_>>(),
+        [1437]
+    );
 }
 
 #[test]
 fn shuffled_batches_are_a_seeded_permutation() {
     let (train, _) = data::digits_train_test();
     let norm = train.normalization();
-    let run = |seed| -> Vec<_> { train.shuffled_batches::<f32>(100, norm, &mut rng(seed)).collect() };
+    let run = |seed| -> Vec<_> {
+        train
+            .shuffled_batches::<f32>(100, norm, &mut rng(seed))
+            .collect()
+    };
     let (a, b, c) = (run(1), run(1), run(2));
     let idx = |bs: &[tapegrad::data::Batch<f32>]| -> Vec<usize> {
         bs.iter().flat_map(|b| b.indices.clone()).collect()
@@ -290,8 +362,12 @@ fn shuffled_batches_are_a_seeded_permutation() {
     assert_eq!(again.labels, b0.labels);
     // Successive epochs from one RNG differ.
     let mut r = rng(3);
-    let e1 = idx(&train.shuffled_batches::<f32>(100, norm, &mut r).collect::<Vec<_>>());
-    let e2 = idx(&train.shuffled_batches::<f32>(100, norm, &mut r).collect::<Vec<_>>());
+    let e1 = idx(&train
+        .shuffled_batches::<f32>(100, norm, &mut r)
+        .collect::<Vec<_>>());
+    let e2 = idx(&train
+        .shuffled_batches::<f32>(100, norm, &mut r)
+        .collect::<Vec<_>>());
     assert_ne!(e1, e2);
 }
 
@@ -347,12 +423,23 @@ fn idx_round_trip_from_bytes() {
     let labels = mnist::parse_idx_labels(&idx_labels(&[9, 0, 4])).unwrap();
     assert_eq!(labels, vec![9, 0, 4]);
     let d = mnist::to_dataset(im, labels).unwrap();
-    assert_eq!((d.len(), d.image_shape(), d.num_classes(), d.max_value()), (3, [1, 4, 5], 10, 255));
+    assert_eq!(
+        (d.len(), d.image_shape(), d.num_classes(), d.max_value()),
+        (3, [1, 4, 5], 10, 255)
+    );
     assert_eq!(d.image(2), &pixels[40..60]);
     assert_eq!(d.label(0), 9);
     // Empty files are valid.
-    assert_eq!(mnist::parse_idx_images(&idx_images(0, 28, 28, &[])).unwrap().count, 0);
-    assert_eq!(mnist::parse_idx_labels(&idx_labels(&[])).unwrap(), Vec::<u8>::new());
+    assert_eq!(
+        mnist::parse_idx_images(&idx_images(0, 28, 28, &[]))
+            .unwrap()
+            .count,
+        0
+    );
+    assert_eq!(
+        mnist::parse_idx_labels(&idx_labels(&[])).unwrap(),
+        Vec::<u8>::new()
+    );
     // MNIST-like normalisation uses v/255.
     let x = d.to_tensor::<f64>(Normalize::IDENTITY);
     assert_eq!(x.get(&[0, 0, 0, 1]), 7.0 / 255.0);
@@ -374,7 +461,10 @@ fn idx_round_trip_through_files() {
     assert_eq!((train.len(), test.len()), (4, 2));
     assert_eq!(train.labels(), &[1, 2, 3, 4]);
     assert_eq!(test.image(1), &[200; 6]);
-    assert_eq!(mnist::load_idx_labels(dir.0.join(mnist::FILE_NAMES[3])).unwrap(), vec![5, 6]);
+    assert_eq!(
+        mnist::load_idx_labels(dir.0.join(mnist::FILE_NAMES[3])).unwrap(),
+        vec![5, 6]
+    );
 }
 
 #[test]
@@ -408,7 +498,10 @@ fn idx_image_parse_errors_say_what_was_expected_and_found() {
         let msg = err.to_string();
         assert!(msg.starts_with("IDX images: "), "{case}: {msg}");
         for want in wants {
-            assert!(msg.contains(want), "{case}: `{msg}` should contain `{want}`");
+            assert!(
+                msg.contains(want),
+                "{case}: `{msg}` should contain `{want}`"
+            );
         }
     }
 }
@@ -416,12 +509,39 @@ fn idx_image_parse_errors_say_what_was_expected_and_found() {
 #[test]
 fn idx_label_parse_errors_say_what_was_expected_and_found() {
     let table: Vec<(&str, Vec<u8>, &[&str])> = vec![
-        ("image file given as labels", idx_images(1, 1, 1, &[0]), &["expected 0x00000801, found 0x00000803", "image file"]),
-        ("wrong rank", vec![0, 0, 8, 2, 0, 0, 0, 1, 0, 0, 0, 1, 0], &["expected 0x00000801, found 0x00000802", "2 dimensions, expected 1"]),
-        ("header truncated", vec![0, 0, 8, 1, 0, 0], &["header is 8 bytes, the file has 6"]),
-        ("truncated", idx_labels(&[1, 2, 3])[..10].to_vec(), &["3 labels = 3 bytes of data, but only 2 bytes follow"]),
-        ("label out of range", idx_labels(&[1, 9, 10, 3]), &["label 10 at index 2 is out of range (MNIST labels are 0..=9)"]),
-        ("label 255", idx_labels(&[255]), &["label 255 at index 0 is out of range"]),
+        (
+            "image file given as labels",
+            idx_images(1, 1, 1, &[0]),
+            &["expected 0x00000801, found 0x00000803", "image file"],
+        ),
+        (
+            "wrong rank",
+            vec![0, 0, 8, 2, 0, 0, 0, 1, 0, 0, 0, 1, 0],
+            &[
+                "expected 0x00000801, found 0x00000802",
+                "2 dimensions, expected 1",
+            ],
+        ),
+        (
+            "header truncated",
+            vec![0, 0, 8, 1, 0, 0],
+            &["header is 8 bytes, the file has 6"],
+        ),
+        (
+            "truncated",
+            idx_labels(&[1, 2, 3])[..10].to_vec(),
+            &["3 labels = 3 bytes of data, but only 2 bytes follow"],
+        ),
+        (
+            "label out of range",
+            idx_labels(&[1, 9, 10, 3]),
+            &["label 10 at index 2 is out of range (MNIST labels are 0..=9)"],
+        ),
+        (
+            "label 255",
+            idx_labels(&[255]),
+            &["label 255 at index 0 is out of range"],
+        ),
     ];
     for (case, bytes, wants) in table {
         let err = mnist::parse_idx_labels(&bytes).expect_err(case);
@@ -429,7 +549,10 @@ fn idx_label_parse_errors_say_what_was_expected_and_found() {
         let msg = err.to_string();
         assert!(msg.starts_with("IDX labels: "), "{case}: {msg}");
         for want in wants {
-            assert!(msg.contains(want), "{case}: `{msg}` should contain `{want}`");
+            assert!(
+                msg.contains(want),
+                "{case}: `{msg}` should contain `{want}`"
+            );
         }
     }
 }
@@ -479,7 +602,10 @@ fn mnist_load_errors_name_the_file() {
     let msg = err.to_string();
     assert!(msg.starts_with(&path.display().to_string()), "{msg}");
     assert!(msg.contains("t10k-labels-idx1-ubyte.gz exists"), "{msg}");
-    assert!(msg.contains("only uncompressed IDX files are read: run `gunzip"), "{msg}");
+    assert!(
+        msg.contains("only uncompressed IDX files are read: run `gunzip"),
+        "{msg}"
+    );
 
     // Bad contents: the message starts with the file's path.
     let dir = mnist_dir("mnist-bad-label", |f| f[1] = idx_labels(&[0, 11]));
@@ -494,19 +620,31 @@ fn mnist_load_errors_name_the_file() {
     let dir = mnist_dir("mnist-count", |f| f[3] = idx_labels(&[7, 7]));
     let err = mnist::load(&dir.0).unwrap_err().to_string();
     assert!(err.starts_with("MNIST test: "), "{err}");
-    assert!(err.contains("t10k-images-idx3-ubyte has 1 images but"), "{err}");
+    assert!(
+        err.contains("t10k-images-idx3-ubyte has 1 images but"),
+        "{err}"
+    );
     assert!(err.contains("t10k-labels-idx1-ubyte has 2 labels"), "{err}");
 
     // Train and test images of different sizes.
     let dir = mnist_dir("mnist-dims", |f| f[2] = idx_images(1, 1, 4, &[2; 4]));
     let err = mnist::load(&dir.0).unwrap_err().to_string();
-    assert_eq!(err, "MNIST: train images are [1, 2, 2] but test images are [1, 1, 4]");
+    assert_eq!(
+        err,
+        "MNIST: train images are [1, 2, 2] but test images are [1, 1, 4]"
+    );
 
     // Truncated image file.
     let dir = mnist_dir("mnist-trunc", |f| {
         f[0].pop();
     });
     let err = mnist::load(&dir.0).unwrap_err().to_string();
-    assert!(err.contains("train-images-idx3-ubyte: IDX images: truncated"), "{err}");
-    assert!(err.contains("2 images of 2×2 = 8 bytes of data, but only 7 bytes follow"), "{err}");
+    assert!(
+        err.contains("train-images-idx3-ubyte: IDX images: truncated"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 images of 2×2 = 8 bytes of data, but only 7 bytes follow"),
+        "{err}"
+    );
 }

@@ -32,7 +32,10 @@ impl Normalize {
     /// let n = tapegrad::data::Normalize::IDENTITY;
     /// assert_eq!((n.mean, n.std), (0.0, 1.0));
     /// ```
-    pub const IDENTITY: Normalize = Normalize { mean: 0.0, std: 1.0 };
+    pub const IDENTITY: Normalize = Normalize {
+        mean: 0.0,
+        std: 1.0,
+    };
 
     /// The normalised value of pixel `v` from a dataset whose pixels go up to `max_value`.
     ///
@@ -152,7 +155,12 @@ impl Dataset {
             return Normalize::IDENTITY;
         }
         let m = self.max_value() as f64;
-        let mean = hist.iter().enumerate().map(|(v, &c)| c as f64 * (v as f64 / m)).sum::<f64>() / n;
+        let mean = hist
+            .iter()
+            .enumerate()
+            .map(|(v, &c)| c as f64 * (v as f64 / m))
+            .sum::<f64>()
+            / n;
         let var = hist
             .iter()
             .enumerate()
@@ -160,7 +168,10 @@ impl Dataset {
             .sum::<f64>()
             / n;
         let std = var.sqrt();
-        Normalize { mean, std: if std > 0.0 { std } else { 1.0 } }
+        Normalize {
+            mean,
+            std: if std > 0.0 { std } else { 1.0 },
+        }
     }
 
     /// The images at `indices` (in that order) as one normalised [`Batch`].
@@ -246,6 +257,12 @@ impl Dataset {
         norm: Normalize,
     ) -> Batches<'_, T> {
         assert!(batch_size > 0, "batches: batch_size must be at least 1");
-        Batches { dataset: self, order, pos: 0, batch_size, table: norm.table(self.max_value()) }
+        Batches {
+            dataset: self,
+            order,
+            pos: 0,
+            batch_size,
+            table: norm.table(self.max_value()),
+        }
     }
 }

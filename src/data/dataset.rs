@@ -55,7 +55,11 @@ impl Dataset {
         let per = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let per = match per {
             Some(p) if p > 0 => p,
-            _ => return Err(Error::Data(format!("dataset: invalid image shape {shape:?}"))),
+            _ => {
+                return Err(Error::Data(format!(
+                    "dataset: invalid image shape {shape:?}"
+                )))
+            }
         };
         if num_classes == 0 || max_value == 0 {
             return Err(Error::Data(format!(
@@ -71,7 +75,11 @@ impl Dataset {
                 images.len()
             )));
         }
-        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= num_classes) {
+        if let Some((i, &l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= num_classes)
+        {
             return Err(Error::Data(format!(
                 "dataset: label {l} of image {i} is out of range for {num_classes} classes"
             )));
@@ -83,7 +91,13 @@ impl Dataset {
                 k / per
             )));
         }
-        Ok(Dataset { images, labels, shape, num_classes, max_value })
+        Ok(Dataset {
+            images,
+            labels,
+            shape,
+            num_classes,
+            max_value,
+        })
     }
 
     /// Number of images.
@@ -175,7 +189,11 @@ impl Dataset {
     /// assert_eq!(&d.image(0)[..8], &[0, 0, 5, 13, 9, 1, 0, 0]);
     /// ```
     pub fn image(&self, i: usize) -> &[u8] {
-        assert!(i < self.len(), "image {i} is out of range for a dataset of {}", self.len());
+        assert!(
+            i < self.len(),
+            "image {i} is out of range for a dataset of {}",
+            self.len()
+        );
         let n = self.image_len();
         &self.images[i * n..(i + 1) * n]
     }
@@ -186,7 +204,11 @@ impl Dataset {
     /// assert_eq!(tapegrad::data::digits().label(1), 1);
     /// ```
     pub fn label(&self, i: usize) -> usize {
-        assert!(i < self.len(), "label {i} is out of range for a dataset of {}", self.len());
+        assert!(
+            i < self.len(),
+            "label {i} is out of range for a dataset of {}",
+            self.len()
+        );
         self.labels[i] as usize
     }
 
@@ -283,8 +305,9 @@ impl Dataset {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut is_test = vec![false; self.len()];
         for c in 0..k {
-            let mut members: Vec<usize> =
-                (0..self.len()).filter(|&i| self.labels[i] as usize == c).collect();
+            let mut members: Vec<usize> = (0..self.len())
+                .filter(|&i| self.labels[i] as usize == c)
+                .collect();
             members.shuffle(&mut rng);
             for &i in &members[..quota(c)] {
                 is_test[i] = true;

@@ -8,7 +8,7 @@ const PIXELS: usize = 64;
 
 /// 1,797 records of 64 pixel bytes (8×8, row-major, 0..=16) then the label byte (0..=9),
 /// generated from scikit-learn's `digits.csv` by `scripts/pack_digits.py`.
-static DIGITS_BIN: &[u8] = include_bytes!("../../data/digits.bin");
+const DIGITS_BIN: &[u8] = include_bytes!("../../data/digits.bin");
 
 // The length is checked when the crate is compiled; pixel and label ranges at load.
 const _: () = assert!(DIGITS_BIN.len() == COUNT * (PIXELS + 1));

@@ -99,7 +99,10 @@ fn parse_header(bytes: &[u8], what: &str, expected: u32) -> Result<Vec<usize>> {
         } else if bytes[..2] != [0, 0] {
             "not an IDX file".to_string()
         } else if bytes[2] != 0x08 {
-            format!("element type {:#04x}, but only 0x08 (unsigned byte) is supported", bytes[2])
+            format!(
+                "element type {:#04x}, but only 0x08 (unsigned byte) is supported",
+                bytes[2]
+            )
         } else if found == IMAGES_MAGIC {
             "3 dimensions: this looks like an image file, not a label file".to_string()
         } else if found == LABELS_MAGIC {
@@ -168,11 +171,25 @@ pub fn parse_idx_images(bytes: &[u8]) -> Result<IdxImages> {
     let dims = parse_header(bytes, what, IMAGES_MAGIC)?;
     let (count, rows, cols) = (dims[0], dims[1], dims[2]);
     if rows == 0 || cols == 0 {
-        return Err(data_err(what, format!("images of {rows}×{cols} pixels have no pixels")));
+        return Err(data_err(
+            what,
+            format!("images of {rows}×{cols} pixels have no pixels"),
+        ));
     }
     let expected = count as u64 * rows as u64 * cols as u64;
-    check_len(bytes, what, 16, expected, &format!("{count} images of {rows}×{cols}"))?;
-    Ok(IdxImages { count, rows, cols, pixels: bytes[16..].to_vec() })
+    check_len(
+        bytes,
+        what,
+        16,
+        expected,
+        &format!("{count} images of {rows}×{cols}"),
+    )?;
+    Ok(IdxImages {
+        count,
+        rows,
+        cols,
+        pixels: bytes[16..].to_vec(),
+    })
 }
 
 /// Parses an IDX label file (magic `0x00000801`) held in memory.
@@ -192,7 +209,11 @@ pub fn parse_idx_labels(bytes: &[u8]) -> Result<Vec<u8>> {
     let count = parse_header(bytes, what, LABELS_MAGIC)?[0];
     check_len(bytes, what, 8, count as u64, &format!("{count} labels"))?;
     let labels = &bytes[8..];
-    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= NUM_CLASSES) {
+    if let Some((i, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= NUM_CLASSES)
+    {
         return Err(data_err(
             what,
             format!("label {l} at index {i} is out of range (MNIST labels are 0..=9)"),
@@ -220,7 +241,13 @@ pub fn to_dataset(images: IdxImages, labels: Vec<u8>) -> Result<Dataset> {
             labels.len()
         )));
     }
-    Dataset::new(images.pixels, labels, [1, images.rows, images.cols], NUM_CLASSES, 255)
+    Dataset::new(
+        images.pixels,
+        labels,
+        [1, images.rows, images.cols],
+        NUM_CLASSES,
+        255,
+    )
 }
 
 /// Reads a whole file; a missing file is an [`Error::Io`] with the path, which also says
