@@ -491,6 +491,11 @@ fn idx_image_parse_errors_say_what_was_expected_and_found() {
             idx_images(u32::MAX, 28, 28, &[0; 10]),
             &["4294967295 images of 28×28 = 3367254359280 bytes of data, but only 10 bytes follow"],
         ),
+        (
+            "size overflows 64 bits",
+            idx_images(u32::MAX, u32::MAX, u32::MAX, &[]),
+            &["4294967295 images of 4294967295×4294967295 = 79228162458924105385300197375 bytes"],
+        ),
     ];
     for (case, bytes, wants) in table {
         let err = mnist::parse_idx_images(&bytes).expect_err(case);

@@ -129,8 +129,14 @@ fn parse_header(bytes: &[u8], what: &str, expected: u32) -> Result<Vec<usize>> {
 }
 
 /// Checks that exactly `expected` data bytes follow a `header`-byte header.
-fn check_len(bytes: &[u8], what: &str, header: usize, expected: u64, promised: &str) -> Result<()> {
-    let actual = (bytes.len() - header) as u64;
+fn check_len(
+    bytes: &[u8],
+    what: &str,
+    header: usize,
+    expected: u128,
+    promised: &str,
+) -> Result<()> {
+    let actual = (bytes.len() - header) as u128;
     if actual < expected {
         return Err(data_err(
             what,
@@ -176,7 +182,7 @@ pub fn parse_idx_images(bytes: &[u8]) -> Result<IdxImages> {
             format!("images of {rows}×{cols} pixels have no pixels"),
         ));
     }
-    let expected = count as u64 * rows as u64 * cols as u64;
+    let expected = count as u128 * rows as u128 * cols as u128; // < 2^96: cannot overflow
     check_len(
         bytes,
         what,
@@ -207,7 +213,7 @@ pub fn parse_idx_images(bytes: &[u8]) -> Result<IdxImages> {
 pub fn parse_idx_labels(bytes: &[u8]) -> Result<Vec<u8>> {
     let what = "labels";
     let count = parse_header(bytes, what, LABELS_MAGIC)?[0];
-    check_len(bytes, what, 8, count as u64, &format!("{count} labels"))?;
+    check_len(bytes, what, 8, count as u128, &format!("{count} labels"))?;
     let labels = &bytes[8..];
     if let Some((i, &l)) = labels
         .iter()
