@@ -9,7 +9,9 @@ mod shape;
 mod tape;
 mod tensor;
 
+pub mod data;
 pub mod gradcheck;
+pub mod io;
 
 pub use error::{Error, Result};
 pub use float::Float;
