@@ -1,7 +1,8 @@
 //! Named parameters that live outside the tape, and their binding to a tape.
 
-use crate::{Float, Gradients, Tape, Tensor, Var};
+use crate::{Error, Float, Gradients, Result, Tape, Tensor, Var};
 use std::ops::Index;
+use std::path::Path;
 
 /// The index of a parameter in a [`Params`] store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -173,6 +174,80 @@ impl<T: Float> Params<T> {
             .zip(&self.values)
             .enumerate()
             .map(|(i, (n, v))| (ParamId(i), n.as_str(), v))
+    }
+
+    /// Saves every parameter, by name, in the safetensors format (opens in PyTorch with
+    /// `safetensors.torch.load_file`, or in candle).
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// p.add("fc.weight", tapegrad::Tensor::ones([2, 3]));
+    /// let path = std::env::temp_dir().join("tapegrad_params_save_doc.safetensors");
+    /// p.save(&path).unwrap();
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let named: Vec<(&str, &Tensor<T>)> = self.names.iter().map(String::as_str).zip(&self.values).collect();
+        crate::io::save_safetensors(path, &named)
+    }
+
+    /// Loads values saved by [`save`](Params::save) (or by PyTorch) into this model's
+    /// parameters. Every parameter must be in the file with the same shape, and the
+    /// file must hold nothing else; otherwise an [`Error::Parameter`] names the
+    /// offending parameter and nothing is changed.
+    ///
+    /// ```
+    /// use tapegrad::{nn::Params, Tensor};
+    /// let path = std::env::temp_dir().join("tapegrad_params_load_doc.safetensors");
+    /// let mut a = Params::<f32>::new();
+    /// a.add("w", Tensor::full([2], 7.0));
+    /// a.save(&path).unwrap();
+    /// let mut b = Params::<f32>::new();
+    /// let w = b.add("w", Tensor::zeros([2]));
+    /// b.load(&path).unwrap();
+    /// assert_eq!(b.get(w).data(), &[7.0, 7.0]);
+    /// let mut c = Params::<f32>::new();
+    /// c.add("w", Tensor::zeros([3]));
+    /// assert!(c.load(&path).unwrap_err().to_string().contains("`w`"));
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
+    pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let loaded = crate::io::load_safetensors::<T>(path)?;
+        self.assign(loaded)
+    }
+
+    /// Replaces every parameter with the named tensors given (checked as in [`load`](Params::load)).
+    ///
+    /// ```
+    /// use tapegrad::{nn::Params, Tensor};
+    /// let mut p = Params::<f32>::new();
+    /// p.add("w", Tensor::zeros([1]));
+    /// let err = p.assign(vec![("v".to_string(), Tensor::zeros([1]))]).unwrap_err();
+    /// assert!(err.to_string().contains("`w`"));
+    /// ```
+    pub fn assign(&mut self, named: Vec<(String, Tensor<T>)>) -> Result<()> {
+        let mut slots: Vec<Option<Tensor<T>>> = vec![None; self.len()];
+        for (name, t) in named {
+            let Some(id) = self.id(&name) else {
+                return Err(Error::Parameter {
+                    name,
+                    message: format!("is in the file but not in the model (model has: {})", self.names.join(", ")),
+                });
+            };
+            let want = self.values[id.0].shape();
+            if t.shape() != want {
+                return Err(Error::Parameter {
+                    name,
+                    message: format!("has shape {} in the file but {} in the model", t.shape(), want),
+                });
+            }
+            slots[id.0] = Some(t);
+        }
+        if let Some(i) = slots.iter().position(Option::is_none) {
+            return Err(Error::Parameter { name: self.names[i].clone(), message: "is missing from the file".into() });
+        }
+        self.values = slots.into_iter().map(|t| t.expect("checked above")).collect();
+        Ok(())
     }
 
     /// Records every parameter on `tape` as a leaf (sharing storage, no copy).
