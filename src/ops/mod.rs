@@ -4,8 +4,10 @@
 //! [`Tape::record`](crate::Tape::record); nothing else in the crate changes.
 
 mod arith;
+pub mod conv;
 mod loss;
 mod matmul;
+pub mod pool;
 mod reduce;
 mod reshape;
 mod softmax;

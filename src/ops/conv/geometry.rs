@@ -1,0 +1,530 @@
+//! The index math of sliding-window ops, written once.
+//!
+//! [`AxisGeometry`] is one spatial axis of a convolution or a pooling window:
+//! the output size and the mapping between output positions, kernel taps and
+//! input positions. [`Conv2dGeometry`] is two of them plus the batch, channel
+//! and group sizes, validated against the tensor shapes. The naive reference,
+//! the im2col fast path, their backward passes and the pooling ops all read
+//! their indices from here.
+
+use super::{Conv2dOptions, Pair};
+use crate::{Error, Result};
+use std::ops::Range;
+
+/// One spatial axis of a sliding-window op: `output` windows of `kernel` taps,
+/// `dilation` apart, the window moving by `stride` over an input of `input`
+/// positions zero-padded by `padding` on both sides.
+///
+/// Output position `o` and kernel tap `k` read input position
+/// `o·stride + k·dilation − padding` (none when that falls in the padding), and
+/// `output = floor((input + 2·padding − dilation·(kernel − 1) − 1) / stride) + 1`:
+/// when the stride does not divide evenly, the last input positions are read by
+/// no window (and get a zero gradient).
+///
+/// ```
+/// use tapegrad::conv::AxisGeometry;
+/// // 7 inputs, kernel 2, stride 2: floor((7 - 2) / 2) + 1 = 3 windows; input 6 is never read.
+/// let a = AxisGeometry::new(7, 2, 2, 0, 1).unwrap();
+/// assert_eq!(a.output, 3);
+/// assert_eq!(a.input_index(2, 1), Some(5));
+/// assert_eq!(a.valid_outputs(0), 0..3);
+/// // With padding 1, output 0's first tap reads the padding.
+/// let p = AxisGeometry::new(5, 3, 1, 1, 1).unwrap();
+/// assert_eq!(p.input_index(0, 0), None);
+/// assert_eq!(p.valid_taps(0), 1..3);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AxisGeometry {
+    /// Input size along the axis (without padding).
+    pub input: usize,
+    /// Kernel (window) size.
+    pub kernel: usize,
+    /// Step between consecutive windows.
+    pub stride: usize,
+    /// Zeros added at each end of the input.
+    pub padding: usize,
+    /// Step between consecutive kernel taps (1 = dense).
+    pub dilation: usize,
+    /// Number of windows: the output size along the axis.
+    pub output: usize,
+}
+
+impl AxisGeometry {
+    /// The geometry of one axis, or `None` if `kernel`, `stride` or `dilation` is zero
+    /// or the dilated kernel is longer than the padded input.
+    ///
+    /// ```
+    /// use tapegrad::conv::AxisGeometry;
+    /// assert_eq!(AxisGeometry::new(5, 3, 1, 0, 1).unwrap().output, 3);
+    /// assert_eq!(AxisGeometry::new(5, 3, 2, 1, 2).unwrap().output, 2); // span 5 over 7
+    /// assert!(AxisGeometry::new(2, 3, 1, 0, 1).is_none());
+    /// ```
+    pub fn new(
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+    ) -> Option<Self> {
+        if kernel == 0 || stride == 0 || dilation == 0 {
+            return None;
+        }
+        let span = dilation * (kernel - 1) + 1;
+        let padded = input + 2 * padding;
+        if span > padded {
+            return None;
+        }
+        let output = (padded - span) / stride + 1;
+        Some(AxisGeometry {
+            input,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            output,
+        })
+    }
+
+    /// The extent of the dilated kernel, `dilation·(kernel − 1) + 1`.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::conv::AxisGeometry::new(9, 3, 1, 0, 2).unwrap().span(), 5);
+    /// ```
+    pub fn span(&self) -> usize {
+        self.dilation * (self.kernel - 1) + 1
+    }
+
+    /// Position of tap `k` of window `o` in the padded input: `o·stride + k·dilation`.
+    #[inline(always)]
+    fn padded_index(&self, o: usize, k: usize) -> usize {
+        o * self.stride + k * self.dilation
+    }
+
+    /// The input position read by output `o` at kernel tap `k`:
+    /// `o·stride + k·dilation − padding`, or `None` if that is padding.
+    ///
+    /// ```
+    /// use tapegrad::conv::AxisGeometry;
+    /// let a = AxisGeometry::new(4, 3, 1, 1, 1).unwrap();
+    /// assert_eq!(a.input_index(0, 0), None);    // left padding
+    /// assert_eq!(a.input_index(0, 1), Some(0));
+    /// assert_eq!(a.input_index(3, 2), None);    // right padding
+    /// ```
+    #[inline]
+    pub fn input_index(&self, o: usize, k: usize) -> Option<usize> {
+        self.padded_index(o, k)
+            .checked_sub(self.padding)
+            .filter(|&i| i < self.input)
+    }
+
+    /// The outputs `o` whose tap `k` reads inside the input (not padding): a
+    /// contiguous range, along which the input position advances by `stride`.
+    /// This is the input→output direction of [`input_index`](Self::input_index).
+    ///
+    /// ```
+    /// use tapegrad::conv::AxisGeometry;
+    /// let a = AxisGeometry::new(4, 3, 1, 1, 1).unwrap(); // 4 outputs
+    /// assert_eq!(a.valid_outputs(0), 1..4);
+    /// assert_eq!(a.valid_outputs(1), 0..4);
+    /// assert_eq!(a.valid_outputs(2), 0..3);
+    /// ```
+    pub fn valid_outputs(&self, k: usize) -> Range<usize> {
+        let off = k * self.dilation;
+        // Need padding ≤ o·stride + off ≤ input − 1 + padding.
+        let lo = (self.padding.saturating_sub(off)).div_ceil(self.stride);
+        let hi = match (self.input + self.padding).checked_sub(off + 1) {
+            Some(top) => (top / self.stride + 1).min(self.output),
+            None => 0,
+        };
+        lo.min(hi)..hi
+    }
+
+    /// The kernel taps `k` of window `o` that read inside the input (not padding).
+    ///
+    /// ```
+    /// use tapegrad::conv::AxisGeometry;
+    /// let a = AxisGeometry::new(4, 3, 1, 1, 1).unwrap();
+    /// assert_eq!(a.valid_taps(0), 1..3);
+    /// assert_eq!(a.valid_taps(1), 0..3);
+    /// assert_eq!(a.valid_taps(3), 0..2);
+    /// ```
+    pub fn valid_taps(&self, o: usize) -> Range<usize> {
+        let start = self.padded_index(o, 0);
+        // Need padding ≤ start + k·dilation ≤ input − 1 + padding.
+        let lo = (self.padding.saturating_sub(start)).div_ceil(self.dilation);
+        let hi = match (self.input + self.padding).checked_sub(start + 1) {
+            Some(top) => (top / self.dilation + 1).min(self.kernel),
+            None => 0,
+        };
+        lo.min(hi)..hi
+    }
+
+    /// The input positions window `o` reads, in tap order (padding skipped).
+    ///
+    /// ```
+    /// use tapegrad::conv::AxisGeometry;
+    /// let a = AxisGeometry::new(6, 3, 2, 1, 2).unwrap();
+    /// assert_eq!(a.window(0).collect::<Vec<_>>(), vec![1, 3]);
+    /// assert_eq!(a.window(1).collect::<Vec<_>>(), vec![1, 3, 5]);
+    /// ```
+    pub fn window(&self, o: usize) -> impl Iterator<Item = usize> + '_ {
+        self.valid_taps(o)
+            .map(move |k| self.padded_index(o, k) - self.padding)
+    }
+}
+
+/// The full geometry of one `conv2d` call: batch, channel and group sizes, and
+/// the two spatial axes. Built (and validated) from the input, weight and bias
+/// shapes and the [`Conv2dOptions`]; the forward pass, the backward pass, the
+/// naive [`reference`](super::reference) and the im2col fast path all take
+/// their sizes and indices from it.
+///
+/// Layouts: input NCHW `[N, C, H, W]`, weight OIHW `[O, C/groups, kh, kw]`,
+/// bias `[O]`, output `[N, O, out_h, out_w]`. Output channel `o` belongs to
+/// group `o / (O/groups)` and sees input channels
+/// `group·C/groups .. (group + 1)·C/groups`.
+///
+/// ```
+/// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+/// let g = Conv2dGeometry::new(&[2, 4, 7, 9], &[6, 2, 3, 3], None, &Conv2dOptions::default().stride(2).groups(2));
+/// assert_eq!(g.output_shape(), [2, 6, 3, 4]);
+/// assert_eq!((g.in_per_group(), g.out_per_group(), g.patch_len()), (2, 3, 18));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dGeometry {
+    /// Batch size N.
+    pub batch: usize,
+    /// Input channels C.
+    pub in_channels: usize,
+    /// Output channels O.
+    pub out_channels: usize,
+    /// Number of groups (1: dense; C: depthwise).
+    pub groups: usize,
+    /// The height axis (kernel kh, stride, padding, dilation, out_h).
+    pub h: AxisGeometry,
+    /// The width axis (kernel kw, stride, padding, dilation, out_w).
+    pub w: AxisGeometry,
+}
+
+impl Conv2dGeometry {
+    /// Validates the shapes against each other and the options, panicking with a
+    /// message that names `conv2d` and the shapes (see [`try_new`](Self::try_new)
+    /// for the checks).
+    ///
+    /// ```should_panic
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// // panics: "conv2d: input [2, 3, 8, 8] has 3 channels but weight [4, 2, 3, 3] expects 2·groups(1) = 2"
+    /// Conv2dGeometry::new(&[2, 3, 8, 8], &[4, 2, 3, 3], None, &Conv2dOptions::default());
+    /// ```
+    pub fn new(
+        input: &[usize],
+        weight: &[usize],
+        bias: Option<&[usize]>,
+        options: &Conv2dOptions,
+    ) -> Self {
+        Self::try_new(input, weight, bias, options).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`new`](Self::new) but returns the error. Rejects: input or weight not
+    /// rank 4; zero stride or dilation; zero groups; C or O not divisible by
+    /// groups; weight channels ≠ C/groups; an empty kernel; a (dilated) kernel
+    /// larger than the padded input; a bias that is not `[O]`.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let e = Conv2dGeometry::try_new(&[1, 1, 2, 2], &[1, 1, 3, 3], None, &Conv2dOptions::default());
+    /// assert!(e.unwrap_err().to_string().starts_with("conv2d: kernel (3, 3)"));
+    /// ```
+    pub fn try_new(
+        input: &[usize],
+        weight: &[usize],
+        bias: Option<&[usize]>,
+        options: &Conv2dOptions,
+    ) -> Result<Self> {
+        let fail = |message: String| {
+            Err(Error::Shape {
+                op: "conv2d",
+                message,
+            })
+        };
+        let Conv2dOptions {
+            stride,
+            padding,
+            dilation,
+            groups,
+        } = *options;
+        if input.len() != 4 || weight.len() != 4 {
+            return fail(format!(
+                "input {input:?} and weight {weight:?} must be rank 4: \
+                 input [N, C, H, W], weight [O, C/groups, kh, kw]"
+            ));
+        }
+        let (n, c, ih, iw) = (input[0], input[1], input[2], input[3]);
+        let (o, cg, kh, kw) = (weight[0], weight[1], weight[2], weight[3]);
+        if stride.h == 0 || stride.w == 0 {
+            return fail(format!(
+                "stride {stride} must be at least 1 on both axes (input {input:?}, weight {weight:?})"
+            ));
+        }
+        if dilation.h == 0 || dilation.w == 0 {
+            return fail(format!(
+                "dilation {dilation} must be at least 1 on both axes (input {input:?}, weight {weight:?})"
+            ));
+        }
+        if groups == 0 {
+            return fail(format!(
+                "groups must be at least 1 (input {input:?}, weight {weight:?})"
+            ));
+        }
+        if c % groups != 0 {
+            return fail(format!(
+                "input {input:?} has {c} channels, which groups({groups}) does not divide \
+                 (weight {weight:?})"
+            ));
+        }
+        if o % groups != 0 {
+            return fail(format!(
+                "weight {weight:?} has {o} output channels, which groups({groups}) does not \
+                 divide (input {input:?})"
+            ));
+        }
+        if cg * groups != c {
+            return fail(format!(
+                "input {input:?} has {c} channels but weight {weight:?} expects \
+                 {cg}·groups({groups}) = {}",
+                cg * groups
+            ));
+        }
+        if kh == 0 || kw == 0 {
+            return fail(format!(
+                "weight {weight:?} has an empty kernel (input {input:?})"
+            ));
+        }
+        let ah = AxisGeometry::new(ih, kh, stride.h, padding.h, dilation.h);
+        let aw = AxisGeometry::new(iw, kw, stride.w, padding.w, dilation.w);
+        let (Some(h), Some(w)) = (ah, aw) else {
+            let span = Pair::new(dilation.h * (kh - 1) + 1, dilation.w * (kw - 1) + 1);
+            return fail(format!(
+                "kernel ({kh}, {kw}) with dilation {dilation} spans {span}, larger than the \
+                 padded input ({}, {}) (input {input:?} padded by {padding}, weight {weight:?})",
+                ih + 2 * padding.h,
+                iw + 2 * padding.w
+            ));
+        };
+        if let Some(b) = bias {
+            if b != [o] {
+                return fail(format!(
+                    "bias {b:?} does not match weight {weight:?}: expected [{o}] (input {input:?})"
+                ));
+            }
+        }
+        Ok(Conv2dGeometry {
+            batch: n,
+            in_channels: c,
+            out_channels: o,
+            groups,
+            h,
+            w,
+        })
+    }
+
+    /// Output height: `floor((H + 2p − d(kh − 1) − 1) / s) + 1`.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let g = Conv2dGeometry::new(&[1, 1, 7, 9], &[1, 1, 3, 3], None, &Conv2dOptions::default().stride((2, 1)));
+    /// assert_eq!((g.out_h(), g.out_w()), (3, 7));
+    /// ```
+    pub fn out_h(&self) -> usize {
+        self.h.output
+    }
+
+    /// Output width: `floor((W + 2p − d(kw − 1) − 1) / s) + 1`.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let g = Conv2dGeometry::new(&[1, 1, 5, 5], &[1, 1, 3, 3], None, &Conv2dOptions::default().padding(1));
+    /// assert_eq!(g.out_w(), 5);
+    /// ```
+    pub fn out_w(&self) -> usize {
+        self.w.output
+    }
+
+    /// `[N, C, H, W]`.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let g = Conv2dGeometry::new(&[2, 3, 5, 4], &[1, 3, 1, 1], None, &Conv2dOptions::default());
+    /// assert_eq!(g.input_shape(), [2, 3, 5, 4]);
+    /// ```
+    pub fn input_shape(&self) -> [usize; 4] {
+        [self.batch, self.in_channels, self.h.input, self.w.input]
+    }
+
+    /// `[O, C/groups, kh, kw]`.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let g = Conv2dGeometry::new(&[1, 4, 5, 5], &[4, 1, 3, 2], None, &Conv2dOptions::default().groups(4));
+    /// assert_eq!(g.weight_shape(), [4, 1, 3, 2]);
+    /// ```
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.out_channels,
+            self.in_per_group(),
+            self.h.kernel,
+            self.w.kernel,
+        ]
+    }
+
+    /// `[N, O, out_h, out_w]`.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let g = Conv2dGeometry::new(&[2, 1, 4, 4], &[3, 1, 2, 2], None, &Conv2dOptions::default());
+    /// assert_eq!(g.output_shape(), [2, 3, 3, 3]);
+    /// ```
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.batch, self.out_channels, self.out_h(), self.out_w()]
+    }
+
+    /// Input channels per group, C/groups.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let g = Conv2dGeometry::new(&[1, 4, 3, 3], &[2, 2, 1, 1], None, &Conv2dOptions::default().groups(2));
+    /// assert_eq!(g.in_per_group(), 2);
+    /// ```
+    pub fn in_per_group(&self) -> usize {
+        self.in_channels / self.groups
+    }
+
+    /// Output channels per group, O/groups.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let g = Conv2dGeometry::new(&[1, 3, 3, 3], &[6, 1, 1, 1], None, &Conv2dOptions::default().groups(3));
+    /// assert_eq!(g.out_per_group(), 2); // a depthwise conv with channel multiplier 2
+    /// ```
+    pub fn out_per_group(&self) -> usize {
+        self.out_channels / self.groups
+    }
+
+    /// Length of one receptive field of one group, `C/groups · kh · kw`: the rows
+    /// of the im2col matrix and the columns of the weight seen as a matrix.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let g = Conv2dGeometry::new(&[1, 3, 5, 5], &[2, 3, 3, 2], None, &Conv2dOptions::default());
+    /// assert_eq!(g.patch_len(), 18);
+    /// ```
+    pub fn patch_len(&self) -> usize {
+        self.in_per_group() * self.h.kernel * self.w.kernel
+    }
+
+    /// Input pixels per channel, H·W.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let g = Conv2dGeometry::new(&[1, 1, 5, 4], &[1, 1, 3, 3], None, &Conv2dOptions::default());
+    /// assert_eq!((g.in_hw(), g.out_hw()), (20, 6));
+    /// ```
+    pub fn in_hw(&self) -> usize {
+        self.h.input * self.w.input
+    }
+
+    /// Output pixels per channel, out_h·out_w.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let g = Conv2dGeometry::new(&[1, 1, 5, 4], &[1, 1, 1, 1], None, &Conv2dOptions::default().stride(2));
+    /// assert_eq!(g.out_hw(), 6);
+    /// ```
+    pub fn out_hw(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+
+    /// Whether the conv is pointwise (1x1 kernel, stride 1, no padding): each
+    /// sample's input then already is its im2col matrix, and the fast path skips im2col.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let opts = Conv2dOptions::default();
+    /// assert!(Conv2dGeometry::new(&[1, 2, 4, 4], &[3, 2, 1, 1], None, &opts).is_pointwise());
+    /// assert!(!Conv2dGeometry::new(&[1, 2, 4, 4], &[3, 2, 1, 1], None, &opts.padding(1)).is_pointwise());
+    /// ```
+    pub fn is_pointwise(&self) -> bool {
+        let unit = |a: &AxisGeometry| a.kernel == 1 && a.stride == 1 && a.padding == 0;
+        unit(&self.h) && unit(&self.w)
+    }
+
+    /// The input pixel `(row, col)` that output pixel `(i, j)` reads at kernel tap
+    /// `(ki, kj)`, or `None` if that is padding: `(i·sh + ki·dh − ph, j·sw + kj·dw − pw)`.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
+    /// let g = Conv2dGeometry::new(&[1, 1, 5, 5], &[1, 1, 3, 3], None, &Conv2dOptions::default().padding(1));
+    /// assert_eq!(g.input_pixel(0, 0, 0, 0), None);
+    /// assert_eq!(g.input_pixel(2, 3, 1, 2), Some((2, 4)));
+    /// ```
+    #[inline]
+    pub fn input_pixel(&self, i: usize, j: usize, ki: usize, kj: usize) -> Option<(usize, usize)> {
+        Some((self.h.input_index(i, ki)?, self.w.input_index(j, kj)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AxisGeometry;
+
+    /// `valid_outputs`, `valid_taps` and `window` agree with `input_index` on every
+    /// small geometry: the inverse mappings are derived, not re-invented.
+    #[test]
+    fn inverse_mappings_agree_with_input_index() {
+        for input in 1..9 {
+            for kernel in 1..5 {
+                for stride in 1..4 {
+                    for padding in 0..3 {
+                        for dilation in 1..3 {
+                            let Some(a) =
+                                AxisGeometry::new(input, kernel, stride, padding, dilation)
+                            else {
+                                continue;
+                            };
+                            for k in 0..kernel {
+                                let want: Vec<usize> = (0..a.output)
+                                    .filter(|&o| a.input_index(o, k).is_some())
+                                    .collect();
+                                let got: Vec<usize> = a.valid_outputs(k).collect();
+                                assert_eq!(got, want, "{a:?} tap {k}");
+                            }
+                            for o in 0..a.output {
+                                let want: Vec<usize> = (0..kernel)
+                                    .filter(|&k| a.input_index(o, k).is_some())
+                                    .collect();
+                                assert_eq!(
+                                    a.valid_taps(o).collect::<Vec<_>>(),
+                                    want,
+                                    "{a:?} out {o}"
+                                );
+                                let pos: Vec<usize> =
+                                    (0..kernel).filter_map(|k| a.input_index(o, k)).collect();
+                                assert_eq!(a.window(o).collect::<Vec<_>>(), pos, "{a:?} out {o}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn output_size_uses_the_floor() {
+        // (7 + 0 − 1·(3 − 1) − 1) / 3 + 1 = floor(4/3) + 1 = 2
+        assert_eq!(AxisGeometry::new(7, 3, 3, 0, 1).unwrap().output, 2);
+        // (9 + 2 − 2·(2 − 1) − 1) / 2 + 1 = 4 + 1 = 5
+        assert_eq!(AxisGeometry::new(9, 2, 2, 1, 2).unwrap().output, 5);
+        assert!(AxisGeometry::new(3, 2, 1, 0, 3).is_none()); // span 4 > 3
+        assert!(AxisGeometry::new(3, 2, 0, 0, 1).is_none());
+    }
+}

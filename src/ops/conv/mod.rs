@@ -1,0 +1,266 @@
+//! 2-D convolution: [`Var::conv2d`], its options, its geometry and its definition.
+//!
+//! Layouts are PyTorch's: input NCHW `[N, C, H, W]`, weight OIHW
+//! `[O, C/groups, kh, kw]`, bias `[O]`, output `[N, O, out_h, out_w]`.
+//! As in every deep-learning library, "convolution" is a cross-correlation
+//! (the kernel is not flipped):
+//!
+//! ```text
+//! Y[n, o, i, j] = b[o] + Σ_{c, ki, kj} X[n, g·C/G + c, i·sh + ki·dh − ph, j·sw + kj·dw − pw] · W[o, c, ki, kj]
+//! ```
+//!
+//! where `g = o / (O/G)` is the group of output channel `o`, `c < C/G`, and
+//! input positions in the padding read 0. Its gradients, for an upstream
+//! gradient dY:
+//!
+//! - `db[o] = Σ_{n,i,j} dY[n, o, i, j]`;
+//! - `dW[o, c, ki, kj] = Σ_{n,i,j} dY[n, o, i, j] · X[n, g·C/G + c, i·sh + ki·dh − ph, …]`
+//!   (the correlation of X with dY, dY acting as a kernel dilated by the stride);
+//! - `dX[n, g·C/G + c, r, s] = Σ dY[n, o, i, j] · W[o, c, ki, kj]` over every
+//!   `(o, i, j, ki, kj)` that reads `(r, s)` (the full correlation of dY, with
+//!   zeros inserted between its entries by the stride, with W rotated 180°).
+//!
+//! The derivation, with the seed's worked example, is in `docs/conv-backprop.md`.
+//!
+//! - [`reference`] holds the naive loops: the definition, used by tests.
+//! - [`Conv2dGeometry`] (and [`AxisGeometry`]) hold the index math, written once.
+//! - The op itself runs the im2col + GEMM fast path (private module `im2col`).
+
+mod geometry;
+mod im2col;
+pub mod reference;
+
+pub use geometry::{AxisGeometry, Conv2dGeometry};
+
+use crate::shape::Shape;
+use crate::{Float, Tensor, Var};
+use smallvec::smallvec;
+use std::fmt;
+
+/// A per-axis setting `(h, w)` (stride, padding, dilation, kernel). A single
+/// number applies to both axes.
+///
+/// ```
+/// use tapegrad::Pair;
+/// assert_eq!(Pair::from(2), Pair::new(2, 2));
+/// assert_eq!(Pair::from((2, 1)), Pair { h: 2, w: 1 });
+/// assert_eq!(Pair::from([3, 1]).to_string(), "(3, 1)");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Pair {
+    /// The value along the height axis.
+    pub h: usize,
+    /// The value along the width axis.
+    pub w: usize,
+}
+
+impl Pair {
+    /// `(h, w)`.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Pair::new(1, 2).w, 2);
+    /// ```
+    pub const fn new(h: usize, w: usize) -> Self {
+        Pair { h, w }
+    }
+
+    /// The same value on both axes.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Pair::square(3), tapegrad::Pair::new(3, 3));
+    /// ```
+    pub const fn square(v: usize) -> Self {
+        Pair { h: v, w: v }
+    }
+}
+
+impl From<usize> for Pair {
+    fn from(v: usize) -> Self {
+        Pair::square(v)
+    }
+}
+
+impl From<(usize, usize)> for Pair {
+    fn from((h, w): (usize, usize)) -> Self {
+        Pair { h, w }
+    }
+}
+
+impl From<[usize; 2]> for Pair {
+    fn from([h, w]: [usize; 2]) -> Self {
+        Pair { h, w }
+    }
+}
+
+impl fmt::Display for Pair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({}, {})", self.h, self.w)
+    }
+}
+
+/// The options of [`Var::conv2d`]: stride, zero padding and dilation per axis,
+/// and the number of groups. The default is PyTorch's: stride 1, padding 0,
+/// dilation 1, groups 1. Set fields directly or with the builder methods.
+///
+/// ```
+/// use tapegrad::{Conv2dOptions, Pair};
+/// let o = Conv2dOptions::default().stride(2).padding((1, 0)).groups(3);
+/// assert_eq!(o.stride, Pair::new(2, 2));
+/// assert_eq!(o.padding, Pair::new(1, 0));
+/// assert_eq!(o.dilation, Pair::new(1, 1));
+/// let same = Conv2dOptions { stride: 2.into(), padding: (1, 0).into(), groups: 3, ..Default::default() };
+/// assert_eq!(o, same);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dOptions {
+    /// Step between windows (≥ 1).
+    pub stride: Pair,
+    /// Zeros added on each side of the input.
+    pub padding: Pair,
+    /// Step between kernel taps (≥ 1; 1 = dense kernel).
+    pub dilation: Pair,
+    /// Number of groups: input and output channels are split into this many
+    /// groups, each convolved separately (`groups = C` is a depthwise conv).
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions {
+            stride: Pair::square(1),
+            padding: Pair::square(0),
+            dilation: Pair::square(1),
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dOptions {
+    /// The defaults: stride 1, padding 0, dilation 1, groups 1.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Conv2dOptions::new(), tapegrad::Conv2dOptions::default());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the stride (one number or `(h, w)`).
+    ///
+    /// ```
+    /// let o = tapegrad::Conv2dOptions::default().stride((2, 1));
+    /// assert_eq!((o.stride.h, o.stride.w), (2, 1));
+    /// ```
+    pub fn stride(mut self, stride: impl Into<Pair>) -> Self {
+        self.stride = stride.into();
+        self
+    }
+
+    /// Sets the zero padding (one number or `(h, w)`).
+    ///
+    /// ```
+    /// let o = tapegrad::Conv2dOptions::default().padding(1);
+    /// assert_eq!(o.padding, tapegrad::Pair::new(1, 1));
+    /// ```
+    pub fn padding(mut self, padding: impl Into<Pair>) -> Self {
+        self.padding = padding.into();
+        self
+    }
+
+    /// Sets the dilation (one number or `(h, w)`).
+    ///
+    /// ```
+    /// let o = tapegrad::Conv2dOptions::default().dilation((2, 1));
+    /// assert_eq!(o.dilation, tapegrad::Pair::new(2, 1));
+    /// ```
+    pub fn dilation(mut self, dilation: impl Into<Pair>) -> Self {
+        self.dilation = dilation.into();
+        self
+    }
+
+    /// Sets the number of groups.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Conv2dOptions::default().groups(4).groups, 4);
+    /// ```
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+}
+
+impl<'t, T: Float> Var<'t, T> {
+    /// 2-D convolution (cross-correlation) of an NCHW input with an OIHW
+    /// weight, plus an optional bias `[O]`; see the [module docs](crate::conv)
+    /// for the formula and its gradients.
+    ///
+    /// The output is `[N, O, out_h, out_w]` with
+    /// `out = floor((in + 2·padding − dilation·(k − 1) − 1) / stride) + 1` per axis.
+    /// Runs im2col + GEMM (a 1x1, stride-1, unpadded conv skips im2col); the
+    /// backward pass recomputes the column matrix rather than keeping it, and skips
+    /// dX when the input needs no gradient (e.g. the data fed to the first layer).
+    ///
+    /// Panics, naming `conv2d` and the shapes, if they do not fit together
+    /// (see [`Conv2dGeometry::try_new`]).
+    ///
+    /// ```
+    /// use tapegrad::{Conv2dOptions, Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.constant(Tensor::arange(9).reshape([1, 1, 3, 3])); // 0..8
+    /// let w = tape.leaf(Tensor::from_vec(vec![1.0, 0.0, 0.0, -1.0], [1, 1, 2, 2]).unwrap());
+    /// let b = tape.leaf(Tensor::from_vec(vec![10.0], [1]).unwrap());
+    /// let y = x.conv2d(w, Some(b), Conv2dOptions::default());
+    /// assert_eq!(y.value().data(), &[6.0, 6.0, 6.0, 6.0]); // x[i][j] − x[i+1][j+1] + 10
+    /// let g = y.sum().backward();
+    /// assert_eq!(g[b].data(), &[4.0]);
+    /// assert_eq!(g[w].data(), &[8.0, 12.0, 20.0, 24.0]); // sums of the four 2x2 sub-grids
+    /// let strided = x.conv2d(w, None, Conv2dOptions::default().stride(2).padding(1));
+    /// assert_eq!(&strided.shape()[..], &[1, 1, 2, 2]);
+    /// ```
+    pub fn conv2d(
+        self,
+        weight: Var<'t, T>,
+        bias: Option<Var<'t, T>>,
+        options: Conv2dOptions,
+    ) -> Var<'t, T> {
+        let (xv, wv) = (self.value(), weight.value());
+        let bv = bias.map(|b| b.value());
+        let geom = Conv2dGeometry::new(
+            xv.shape(),
+            wv.shape(),
+            bv.as_ref().map(|b| &b.shape()[..]),
+            &options,
+        );
+        let y = im2col::forward(&geom, xv.data(), wv.data(), bv.as_ref().map(|b| b.data()));
+        let y = Tensor::from_parts(y, Shape::from(geom.output_shape()));
+        let mut parents = smallvec::SmallVec::<[Var<'t, T>; 3]>::new();
+        parents.extend([self, weight]);
+        parents.extend(bias);
+        self.tape.record("conv2d", y, &parents, move |ctx| {
+            let (x, w, dy) = (ctx.inputs[0], ctx.inputs[1], ctx.grad.data());
+            let dx = ctx.needs_grad[0].then(|| {
+                Tensor::from_parts(
+                    im2col::backward_input(&geom, w.data(), dy),
+                    x.shape().clone(),
+                )
+            });
+            let dw = ctx.needs_grad[1].then(|| {
+                Tensor::from_parts(
+                    im2col::backward_weight(&geom, x.data(), dy),
+                    w.shape().clone(),
+                )
+            });
+            let mut grads = smallvec![dx, dw];
+            if ctx.inputs.len() == 3 {
+                let db = ctx.needs_grad[2].then(|| {
+                    Tensor::from_parts(
+                        reference::bias_grad(&geom, dy),
+                        Shape::from([geom.out_channels]),
+                    )
+                });
+                grads.push(db);
+            }
+            grads
+        })
+    }
+}

@@ -1,0 +1,257 @@
+//! THE DEFINITION of `conv2d` and of its gradients: naive loops, one output
+//! element (or one multiply-add) at a time, straight from the formulas.
+//!
+//! ```text
+//! forward    Y[n, o, i, j] = b[o] + Σ_{c, ki, kj} X[n, g·C/G + c, i·sh + ki·dh − ph, j·sw + kj·dw − pw] · W[o, c, ki, kj]
+//! backward   for every output element (n, o, i, j), with δ = dY[n, o, i, j]:
+//!              db[o]                  += δ
+//!              dW[o, c, ki, kj]       += δ · X[n, g·C/G + c, r, s]        (the input patch)
+//!              dX[n, g·C/G + c, r, s] += δ · W[o, c, ki, kj]
+//!            over the taps (c, ki, kj) whose (r, s) = (i·sh + ki·dh − ph, j·sw + kj·dw − pw)
+//!            is inside the input (padding reads 0 and receives nothing).
+//! ```
+//!
+//! Here `g = o / (O/G)` is the group of output channel `o`. The op
+//! [`Var::conv2d`](crate::Var::conv2d) runs a much faster im2col + GEMM
+//! implementation; the tests check it against these loops (to rounding) and
+//! these loops against PyTorch (to 1e-9). Indices come from [`Conv2dGeometry`],
+//! the same as the fast path's.
+//!
+//! ```
+//! use tapegrad::conv::reference;
+//! use tapegrad::{Conv2dOptions, Tensor};
+//! let x = Tensor::from_vec((1..=9).map(f64::from).collect(), [1, 1, 3, 3]).unwrap();
+//! let w = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], [1, 1, 2, 2]).unwrap();
+//! let y = reference::conv2d(&x, &w, None, Conv2dOptions::default());
+//! assert_eq!(y.data(), &[37.0, 47.0, 67.0, 77.0]);
+//! let g = reference::conv2d_backward(&x, &w, &Tensor::ones([1, 1, 2, 2]), Conv2dOptions::default());
+//! assert_eq!(g.dw.data(), &[12.0, 16.0, 24.0, 28.0]);
+//! assert_eq!(g.dx.data(), &[1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 3.0, 7.0, 4.0]);
+//! assert_eq!(g.db.data(), &[4.0]);
+//! ```
+
+use super::{Conv2dGeometry, Conv2dOptions};
+use crate::shape::Shape;
+use crate::{Float, Tensor};
+
+/// Offset of `X[n, c, r, s]` (NCHW) or, with the weight's sizes, `W[o, c, ki, kj]` (OIHW).
+#[inline(always)]
+fn at(dims: [usize; 4], a: usize, b: usize, c: usize, d: usize) -> usize {
+    ((a * dims[1] + b) * dims[2] + c) * dims[3] + d
+}
+
+/// Calls `f(n, o, i, j, y_offset)` for every output element, and inside it the
+/// caller walks the taps with [`for_each_tap`].
+fn for_each_output(geom: &Conv2dGeometry, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+    let ys = geom.output_shape();
+    for n in 0..ys[0] {
+        for o in 0..ys[1] {
+            for i in 0..ys[2] {
+                for j in 0..ys[3] {
+                    f(n, o, i, j, at(ys, n, o, i, j));
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f(x_offset, w_offset)` for every in-bounds tap of output element `(n, o, i, j)`.
+fn for_each_tap(
+    geom: &Conv2dGeometry,
+    n: usize,
+    o: usize,
+    i: usize,
+    j: usize,
+    mut f: impl FnMut(usize, usize),
+) {
+    let (xs, ws) = (geom.input_shape(), geom.weight_shape());
+    let group = o / geom.out_per_group();
+    for c in 0..geom.in_per_group() {
+        for ki in 0..geom.h.kernel {
+            for kj in 0..geom.w.kernel {
+                if let Some((r, s)) = geom.input_pixel(i, j, ki, kj) {
+                    f(
+                        at(xs, n, group * geom.in_per_group() + c, r, s),
+                        at(ws, o, c, ki, kj),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The forward pass on plain row-major slices: writes `y` (`[N, O, out_h, out_w]`)
+/// from `x` (NCHW), `w` (OIHW) and an optional bias. Panics if a slice length
+/// does not match the geometry.
+///
+/// ```
+/// use tapegrad::conv::{reference, Conv2dGeometry, Conv2dOptions};
+/// let g = Conv2dGeometry::new(&[1, 1, 2, 2], &[1, 1, 1, 1], Some(&[1]), &Conv2dOptions::default());
+/// let mut y = [0.0f32; 4];
+/// reference::forward(&g, &[1.0, 2.0, 3.0, 4.0], &[2.0], Some(&[0.5]), &mut y);
+/// assert_eq!(y, [2.5, 4.5, 6.5, 8.5]);
+/// ```
+pub fn forward<T: Float>(geom: &Conv2dGeometry, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
+    check_len(geom, x, w, y);
+    for_each_output(geom, |n, o, i, j, yo| {
+        let mut acc = b.map_or(T::ZERO, |b| b[o]);
+        for_each_tap(geom, n, o, i, j, |xo, wo| acc += x[xo] * w[wo]);
+        y[yo] = acc;
+    });
+}
+
+/// The backward pass on plain row-major slices: given `dy` (`[N, O, out_h, out_w]`),
+/// accumulates (`+=`) into `dx` (NCHW), `dw` (OIHW) and `db` (`[O]`, if given).
+/// Zero them first for plain gradients.
+///
+/// ```
+/// use tapegrad::conv::{reference, Conv2dGeometry, Conv2dOptions};
+/// let g = Conv2dGeometry::new(&[1, 1, 2, 2], &[1, 1, 1, 1], None, &Conv2dOptions::default());
+/// let (mut dx, mut dw, mut db) = ([0.0f64; 4], [0.0], [0.0]);
+/// reference::backward(&g, &[1.0, 2.0, 3.0, 4.0], &[2.0], &[1.0; 4], &mut dx, &mut dw, Some(&mut db));
+/// assert_eq!((dx, dw, db), ([2.0; 4], [10.0], [4.0]));
+/// ```
+pub fn backward<T: Float>(
+    geom: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    dw: &mut [T],
+    mut db: Option<&mut [T]>,
+) {
+    check_len(geom, x, w, dy);
+    assert!(
+        dx.len() == x.len() && dw.len() == w.len(),
+        "conv2d reference: dx has {} elements for x's {}, dw {} for w's {}",
+        dx.len(),
+        x.len(),
+        dw.len(),
+        w.len()
+    );
+    for_each_output(geom, |n, o, i, j, yo| {
+        let delta = dy[yo];
+        if let Some(db) = db.as_deref_mut() {
+            db[o] += delta;
+        }
+        for_each_tap(geom, n, o, i, j, |xo, wo| {
+            dw[wo] += delta * x[xo];
+            dx[xo] += delta * w[wo];
+        });
+    });
+}
+
+/// `db[o] = Σ_{n,i,j} dY[n, o, i, j]` (shared by the op: a single pass is already optimal).
+pub(crate) fn bias_grad<T: Float>(geom: &Conv2dGeometry, dy: &[T]) -> Vec<T> {
+    let (o, hw) = (geom.out_channels, geom.out_hw());
+    let mut db = vec![T::ZERO; o];
+    for (p, plane) in dy.chunks_exact(hw).enumerate() {
+        db[p % o] += plane.iter().copied().sum::<T>();
+    }
+    db
+}
+
+fn check_len<T>(geom: &Conv2dGeometry, x: &[T], w: &[T], y: &[T]) {
+    let n = |s: [usize; 4]| s.iter().product::<usize>();
+    assert!(
+        x.len() == n(geom.input_shape()) && w.len() == n(geom.weight_shape()) && y.len() == n(geom.output_shape()),
+        "conv2d reference: slices of {}, {} and {} elements do not match input {:?}, weight {:?}, output {:?}",
+        x.len(),
+        w.len(),
+        y.len(),
+        geom.input_shape(),
+        geom.weight_shape(),
+        geom.output_shape()
+    );
+}
+
+/// The forward pass on tensors: `conv2d(x, w, b)` with the given options, as the
+/// naive loops compute it. Panics like [`Var::conv2d`](crate::Var::conv2d) on bad shapes.
+///
+/// ```
+/// use tapegrad::conv::reference;
+/// use tapegrad::{Conv2dOptions, Tensor};
+/// let x = Tensor::<f32>::ones([1, 2, 3, 3]);
+/// let w = Tensor::<f32>::ones([1, 2, 3, 3]);
+/// let y = reference::conv2d(&x, &w, None, Conv2dOptions::default().padding(1));
+/// assert_eq!(y.get(&[0, 0, 1, 1]), 18.0); // the centre sees all 2·3·3 ones
+/// assert_eq!(y.get(&[0, 0, 0, 0]), 8.0);  // a corner sees 2·2·2
+/// ```
+pub fn conv2d<T: Float>(
+    x: &Tensor<T>,
+    w: &Tensor<T>,
+    b: Option<&Tensor<T>>,
+    options: Conv2dOptions,
+) -> Tensor<T> {
+    let geom = Conv2dGeometry::new(x.shape(), w.shape(), b.map(|b| &b.shape()[..]), &options);
+    let mut y = vec![T::ZERO; geom.output_shape().iter().product()];
+    forward(&geom, x.data(), w.data(), b.map(|b| b.data()), &mut y);
+    Tensor::from_parts(y, Shape::from(geom.output_shape()))
+}
+
+/// The gradients of a conv2d for an upstream gradient dY, from [`conv2d_backward`].
+///
+/// ```
+/// use tapegrad::conv::reference;
+/// use tapegrad::{Conv2dOptions, Tensor};
+/// let g = reference::conv2d_backward(
+///     &Tensor::<f64>::ones([1, 1, 2, 2]), &Tensor::ones([3, 1, 1, 1]),
+///     &Tensor::ones([1, 3, 2, 2]), Conv2dOptions::default());
+/// assert_eq!((g.dx.shape()[..].to_vec(), g.dw.shape()[..].to_vec(), g.db.shape()[..].to_vec()),
+///            (vec![1, 1, 2, 2], vec![3, 1, 1, 1], vec![3]));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Conv2dGrads<T: Float> {
+    /// ∂L/∂X, the input's shape.
+    pub dx: Tensor<T>,
+    /// ∂L/∂W, the weight's shape.
+    pub dw: Tensor<T>,
+    /// ∂L/∂b, `[O]` (meaningful when the conv has a bias).
+    pub db: Tensor<T>,
+}
+
+/// The backward pass on tensors: dX, dW and db of `conv2d(x, w, ·)` for the
+/// upstream gradient `dy`, as the naive loops compute them.
+///
+/// ```
+/// use tapegrad::conv::reference;
+/// use tapegrad::{Conv2dOptions, Tensor};
+/// let x = Tensor::<f64>::arange(4).reshape([1, 1, 2, 2]);
+/// let w = Tensor::<f64>::ones([1, 1, 1, 1]);
+/// let g = reference::conv2d_backward(&x, &w, &Tensor::ones([1, 1, 1, 1]), Conv2dOptions::default().stride(2));
+/// assert_eq!(g.dx.data(), &[1.0, 0.0, 0.0, 0.0]); // the stride skips three pixels
+/// assert_eq!(g.dw.data(), &[0.0]);                // x[0, 0, 0, 0] = 0
+/// ```
+pub fn conv2d_backward<T: Float>(
+    x: &Tensor<T>,
+    w: &Tensor<T>,
+    dy: &Tensor<T>,
+    options: Conv2dOptions,
+) -> Conv2dGrads<T> {
+    let geom = Conv2dGeometry::new(x.shape(), w.shape(), None, &options);
+    assert!(
+        dy.shape()[..] == geom.output_shape(),
+        "conv2d reference: dy {} does not match the output {:?} of input {} and weight {}",
+        dy.shape(),
+        geom.output_shape(),
+        x.shape(),
+        w.shape()
+    );
+    let mut dx = vec![T::ZERO; x.numel()];
+    let mut dw = vec![T::ZERO; w.numel()];
+    let mut db = vec![T::ZERO; geom.out_channels];
+    backward(
+        &geom,
+        x.data(),
+        w.data(),
+        dy.data(),
+        &mut dx,
+        &mut dw,
+        Some(&mut db),
+    );
+    Conv2dGrads {
+        dx: Tensor::from_parts(dx, x.shape().clone()),
+        dw: Tensor::from_parts(dw, w.shape().clone()),
+        db: Tensor::from_parts(db, Shape::from([geom.out_channels])),
+    }
+}

@@ -1,0 +1,332 @@
+//! 2-D pooling over NCHW inputs: [`Var::max_pool2d`] and [`Var::avg_pool2d`].
+//!
+//! Windows follow the same axis geometry as `conv2d` ([`AxisGeometry`], with
+//! dilation 1): output `(i, j)` covers input rows `i·sh − ph .. i·sh − ph + kh`
+//! and columns likewise, and `out = floor((in + 2p − k) / s) + 1`. Padding
+//! never contributes a value: max-pooling treats it as −∞, average-pooling as 0
+//! (counted in the divisor or not, see [`Pool2dOptions::count_include_pad`]).
+//!
+//! Gradients, for an upstream gradient dY (windows may overlap, the stride may
+//! differ from the kernel and need not divide the input; contributions add up):
+//!
+//! - max: `dX[r, s] += dY[i, j]` for the single input `(r, s)` selected by
+//!   window `(i, j)`: the **first** maximal element of the window in row-major
+//!   scan order (top row first, left to right), PyTorch's rule. An element only
+//!   replaces the running maximum if it is strictly greater (or NaN). All
+//!   other elements get 0.
+//! - avg: `dX[r, s] += dY[i, j] / divisor(i, j)` for every in-bounds `(r, s)` in the window.
+
+use super::conv::{AxisGeometry, Pair};
+use crate::shape::Shape;
+use crate::tape::one;
+use crate::{Float, Tensor, Var};
+
+/// Options of [`Var::max_pool2d`] and [`Var::avg_pool2d`]: the window size
+/// (`kernel`), the `stride` (default: the kernel, i.e. non-overlapping windows),
+/// zero `padding` (at most half the kernel, like PyTorch) and, for average
+/// pooling, whether padded positions count in the divisor. Each of kernel,
+/// stride and padding is one number or `(h, w)`.
+///
+/// A plain number or pair converts into the options of a pool with that kernel.
+///
+/// ```
+/// use tapegrad::{Pair, Pool2dOptions};
+/// let o = Pool2dOptions::new(3).stride(2).padding(1);
+/// assert_eq!(o.kernel, Pair::new(3, 3));
+/// assert_eq!(o.stride_or_kernel(), Pair::new(2, 2));
+/// assert!(o.count_include_pad); // PyTorch's default
+/// let p: Pool2dOptions = (2, 1).into();
+/// assert_eq!(p.stride_or_kernel(), Pair::new(2, 1));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Pool2dOptions {
+    /// Window size.
+    pub kernel: Pair,
+    /// Step between windows; `None` means the kernel size.
+    pub stride: Option<Pair>,
+    /// Implicit padding on each side (≤ kernel / 2 on each axis).
+    pub padding: Pair,
+    /// Average pooling only: divide by the full window size `kh·kw` (`true`, the
+    /// default, as PyTorch) or by the number of in-bounds elements (`false`).
+    pub count_include_pad: bool,
+}
+
+impl Pool2dOptions {
+    /// A `kernel`-sized pool with stride = kernel, no padding, `count_include_pad` true.
+    ///
+    /// ```
+    /// let o = tapegrad::Pool2dOptions::new((3, 2));
+    /// assert_eq!(o.stride, None);
+    /// assert_eq!(o.padding, tapegrad::Pair::new(0, 0));
+    /// ```
+    pub fn new(kernel: impl Into<Pair>) -> Self {
+        Pool2dOptions {
+            kernel: kernel.into(),
+            stride: None,
+            padding: Pair::square(0),
+            count_include_pad: true,
+        }
+    }
+
+    /// Sets the stride.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Pool2dOptions::new(3).stride(1).stride, Some(tapegrad::Pair::new(1, 1)));
+    /// ```
+    pub fn stride(mut self, stride: impl Into<Pair>) -> Self {
+        self.stride = Some(stride.into());
+        self
+    }
+
+    /// Sets the padding.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Pool2dOptions::new(3).padding((1, 0)).padding, tapegrad::Pair::new(1, 0));
+    /// ```
+    pub fn padding(mut self, padding: impl Into<Pair>) -> Self {
+        self.padding = padding.into();
+        self
+    }
+
+    /// Sets whether average pooling counts padded positions in the divisor.
+    ///
+    /// ```
+    /// assert!(!tapegrad::Pool2dOptions::new(3).count_include_pad(false).count_include_pad);
+    /// ```
+    pub fn count_include_pad(mut self, include: bool) -> Self {
+        self.count_include_pad = include;
+        self
+    }
+
+    /// The stride in effect: the one set, else the kernel.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::Pool2dOptions::new(2).stride_or_kernel(), tapegrad::Pair::new(2, 2));
+    /// ```
+    pub fn stride_or_kernel(&self) -> Pair {
+        self.stride.unwrap_or(self.kernel)
+    }
+}
+
+impl From<Pair> for Pool2dOptions {
+    fn from(kernel: Pair) -> Self {
+        Pool2dOptions::new(kernel)
+    }
+}
+
+impl From<usize> for Pool2dOptions {
+    fn from(kernel: usize) -> Self {
+        Pool2dOptions::new(kernel)
+    }
+}
+
+impl From<(usize, usize)> for Pool2dOptions {
+    fn from(kernel: (usize, usize)) -> Self {
+        Pool2dOptions::new(kernel)
+    }
+}
+
+/// The validated sizes of one pooling call.
+#[derive(Clone, Copy, Debug)]
+struct PoolGeometry {
+    planes: usize,
+    h: AxisGeometry,
+    w: AxisGeometry,
+}
+
+impl PoolGeometry {
+    /// Validates `input` against the options; panics naming `op` and the shape.
+    fn new(op: &str, input: &Shape, o: &Pool2dOptions) -> Self {
+        let (kernel, stride, padding) = (o.kernel, o.stride_or_kernel(), o.padding);
+        assert!(
+            input.rank() == 4,
+            "{op}: input {input} must be [N, C, H, W] (rank 4)"
+        );
+        assert!(
+            kernel.h >= 1 && kernel.w >= 1,
+            "{op}: kernel {kernel} must be at least 1 on both axes (input {input})"
+        );
+        assert!(
+            stride.h >= 1 && stride.w >= 1,
+            "{op}: stride {stride} must be at least 1 on both axes (input {input})"
+        );
+        assert!(
+            padding.h <= kernel.h / 2 && padding.w <= kernel.w / 2,
+            "{op}: padding {padding} must be at most half the kernel {kernel} (input {input})"
+        );
+        let h = AxisGeometry::new(input[2], kernel.h, stride.h, padding.h, 1);
+        let w = AxisGeometry::new(input[3], kernel.w, stride.w, padding.w, 1);
+        let (Some(h), Some(w)) = (h, w) else {
+            panic!(
+                "{op}: kernel {kernel} is larger than the padded input ({}, {}) (input {input} padded by {padding})",
+                input[2] + 2 * padding.h,
+                input[3] + 2 * padding.w
+            )
+        };
+        PoolGeometry {
+            planes: input[0] * input[1],
+            h,
+            w,
+        }
+    }
+
+    fn output_shape(&self, input: &Shape) -> Shape {
+        Shape::from([input[0], input[1], self.h.output, self.w.output])
+    }
+
+    /// Calls `f(plane, out_offset, window_rows, window_cols)` for every output element.
+    fn for_each_window(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
+        let mut at = 0;
+        for p in 0..self.planes {
+            for i in 0..self.h.output {
+                for j in 0..self.w.output {
+                    f(p, at, i, j);
+                    at += 1;
+                }
+            }
+        }
+    }
+
+    /// The average-pool divisor of window `(i, j)`.
+    fn divisor(&self, i: usize, j: usize, count_include_pad: bool) -> usize {
+        if count_include_pad {
+            // Windows never run past the padded input (the floor in the output size).
+            self.h.kernel * self.w.kernel
+        } else {
+            self.h.valid_taps(i).len() * self.w.valid_taps(j).len()
+        }
+    }
+}
+
+/// NaN test without `Float::is_nan`: NaN is unordered with itself.
+#[inline]
+fn is_nan<T: Float>(v: T) -> bool {
+    v.partial_cmp(&v).is_none()
+}
+
+impl<'t, T: Float> Var<'t, T> {
+    /// Max pooling over each `kh × kw` window of an NCHW input.
+    ///
+    /// Gradient: each window's upstream gradient goes to **the first maximal
+    /// element of the window in row-major scan order** (PyTorch's rule: an
+    /// element replaces the running maximum only if strictly greater), so ties
+    /// never split the gradient. Padding never wins. Overlapping windows add
+    /// their contributions. (A NaN always wins its window, as in PyTorch.)
+    ///
+    /// Panics, naming `max_pool2d` and the input shape, if the input is not rank 4,
+    /// the kernel or stride has a zero, the padding exceeds half the kernel, or the
+    /// window does not fit the padded input.
+    ///
+    /// ```
+    /// use tapegrad::{Pool2dOptions, Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![
+    ///     1.0, 3.0, 0.0, 2.0,
+    ///     3.0, 0.0, 5.0, 5.0,
+    ///     0.0, 1.0, 7.0, 6.0,
+    ///     0.0, 0.0, 8.0, 6.0], [1, 1, 4, 4]).unwrap());
+    /// let y = x.max_pool2d(2); // kernel 2, stride 2
+    /// assert_eq!(y.value().data(), &[3.0, 5.0, 1.0, 8.0]);
+    /// let g = y.sum().backward();
+    /// // Ties (3 and 3, 5 and 5): the first in row-major order takes the gradient.
+    /// assert_eq!(g[x].data(), &[
+    ///     0.0, 1.0, 0.0, 0.0,
+    ///     0.0, 0.0, 1.0, 0.0,
+    ///     0.0, 1.0, 0.0, 0.0,
+    ///     0.0, 0.0, 1.0, 0.0]);
+    /// let overlapping = x.max_pool2d(Pool2dOptions::new(3).stride(1).padding(1));
+    /// assert_eq!(&overlapping.shape()[..], &[1, 1, 4, 4]);
+    /// ```
+    pub fn max_pool2d(self, options: impl Into<Pool2dOptions>) -> Var<'t, T> {
+        let xv = self.value();
+        let geom = PoolGeometry::new("max_pool2d", xv.shape(), &options.into());
+        let (ihw, iw) = (geom.h.input * geom.w.input, geom.w.input);
+        assert!(
+            u32::try_from(ihw).is_ok(),
+            "max_pool2d: input {} has planes too large",
+            xv.shape()
+        );
+        let out_shape = geom.output_shape(xv.shape());
+        let x = xv.data();
+        let mut y = vec![T::ZERO; out_shape.numel()];
+        // The selected element of each window, as an offset within its (n, c) plane.
+        let mut argmax = vec![0u32; out_shape.numel()];
+        geom.for_each_window(|p, at, i, j| {
+            let plane = &x[p * ihw..][..ihw];
+            let mut best: Option<(T, usize)> = None;
+            for r in geom.h.window(i) {
+                for s in geom.w.window(j) {
+                    let v = plane[r * iw + s];
+                    if best.map_or(true, |(m, _)| v > m || is_nan(v)) {
+                        best = Some((v, r * iw + s));
+                    }
+                }
+            }
+            let (m, k) = best.expect("a pooling window always holds an input element");
+            y[at] = m;
+            argmax[at] = k as u32;
+        });
+        let y = Tensor::from_parts(y, out_shape);
+        self.tape.record("max_pool2d", y, &[self], move |ctx| {
+            let mut dx = vec![T::ZERO; ctx.inputs[0].numel()];
+            let g = ctx.grad.data();
+            geom.for_each_window(|p, at, _, _| dx[p * ihw + argmax[at] as usize] += g[at]);
+            one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
+        })
+    }
+
+    /// Average pooling over each `kh × kw` window of an NCHW input. Padded
+    /// positions add 0; the divisor is `kh·kw` with `count_include_pad` (the
+    /// default, as PyTorch) or the number of in-bounds elements without it.
+    ///
+    /// Gradient: `dX[r, s] += dY[i, j] / divisor(i, j)` for every in-bounds
+    /// `(r, s)` of every window `(i, j)` (overlapping windows add up).
+    ///
+    /// Panics like [`max_pool2d`](Var::max_pool2d), naming `avg_pool2d`.
+    ///
+    /// ```
+    /// use tapegrad::{Pool2dOptions, Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::ones([1, 1, 2, 2]));
+    /// let incl = x.avg_pool2d(Pool2dOptions::new(3).stride(1).padding(1));
+    /// assert_eq!(incl.value().data(), &[4.0 / 9.0; 4]); // 4 ones in each 3x3 window, /9
+    /// let excl = x.avg_pool2d(Pool2dOptions::new(3).stride(1).padding(1).count_include_pad(false));
+    /// assert_eq!(excl.value().data(), &[1.0; 4]); // /4
+    /// assert_eq!(excl.sum().backward()[x].data(), &[1.0; 4]); // four windows × 1/4
+    /// ```
+    pub fn avg_pool2d(self, options: impl Into<Pool2dOptions>) -> Var<'t, T> {
+        let options = options.into();
+        let xv = self.value();
+        let geom = PoolGeometry::new("avg_pool2d", xv.shape(), &options);
+        let include = options.count_include_pad;
+        let (ihw, iw) = (geom.h.input * geom.w.input, geom.w.input);
+        let out_shape = geom.output_shape(xv.shape());
+        let x = xv.data();
+        let mut y = vec![T::ZERO; out_shape.numel()];
+        geom.for_each_window(|p, at, i, j| {
+            let plane = &x[p * ihw..][..ihw];
+            let mut sum = T::ZERO;
+            for r in geom.h.window(i) {
+                for s in geom.w.window(j) {
+                    sum += plane[r * iw + s];
+                }
+            }
+            y[at] = sum / T::from_usize(geom.divisor(i, j, include));
+        });
+        let y = Tensor::from_parts(y, out_shape);
+        self.tape.record("avg_pool2d", y, &[self], move |ctx| {
+            let mut dx = vec![T::ZERO; ctx.inputs[0].numel()];
+            let g = ctx.grad.data();
+            geom.for_each_window(|p, at, i, j| {
+                let share = g[at] / T::from_usize(geom.divisor(i, j, include));
+                let plane = &mut dx[p * ihw..][..ihw];
+                for r in geom.h.window(i) {
+                    for s in geom.w.window(j) {
+                        plane[r * iw + s] += share;
+                    }
+                }
+            });
+            one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
+        })
+    }
+}
