@@ -1,0 +1,303 @@
+//! max_pool2d and avg_pool2d: gradients against finite differences, values and
+//! gradients against PyTorch, the max-pool tie rule, and the shape errors.
+
+mod common;
+
+use common::fixtures;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tapegrad::gradcheck::{gradcheck, Options};
+use tapegrad::{Pool2dOptions, Tape, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Max,
+    Avg,
+}
+
+/// Runs the pool through the tape: (y, dx) for upstream gradient `dy` (ones if `None`).
+fn tape_pool(
+    kind: Kind,
+    x: &Tensor<f64>,
+    opts: Pool2dOptions,
+    dy: Option<&Tensor<f64>>,
+) -> (Tensor<f64>, Tensor<f64>) {
+    let tape = Tape::<f64>::new();
+    let xv = tape.leaf(x.clone());
+    let y = match kind {
+        Kind::Max => xv.max_pool2d(opts),
+        Kind::Avg => xv.avg_pool2d(opts),
+    };
+    let dy = dy.cloned().unwrap_or_else(|| Tensor::ones(y.shape()));
+    let g = y.backward_with(dy);
+    (y.value(), g[xv].clone())
+}
+
+/// Distinct values at least 0.1 apart in random order: no near-ties, so max-pool is
+/// differentiable at the point and central differences (ε = 1e-6) are exact.
+fn well_separated(shape: [usize; 4], rng: &mut StdRng) -> Tensor<f64> {
+    let n: usize = shape.iter().product();
+    let mut v: Vec<f64> = (0..n).map(|i| (i as f64 - n as f64 / 2.0) * 0.1).collect();
+    for i in (1..n).rev() {
+        v.swap(i, rng.random_range(0..=i));
+    }
+    Tensor::from_vec(v, shape).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// gradcheck table
+// ---------------------------------------------------------------------------
+
+#[rustfmt::skip]
+const GRADCHECK_CASES: &[([usize; 4], (usize, usize), Option<(usize, usize)>, (usize, usize))] = &[
+    // input [n, c, h, w]  kernel  stride (None = kernel)  padding
+    ([1, 1, 4, 4], (2, 2), None,          (0, 0)),  // 0 non-overlapping
+    ([2, 2, 5, 5], (2, 2), None,          (0, 0)),  // 1 uneven: last row/col unused
+    ([1, 1, 5, 5], (3, 3), Some((1, 1)),  (0, 0)),  // 2 overlapping
+    ([1, 2, 7, 7], (3, 3), Some((2, 2)),  (1, 1)),  // 3 overlapping + padding
+    ([1, 1, 7, 7], (2, 2), Some((3, 3)),  (0, 0)),  // 4 stride > kernel: gaps
+    ([1, 1, 6, 5], (3, 2), Some((2, 1)),  (0, 0)),  // 5 non-square kernel and stride
+    ([2, 1, 5, 6], (2, 3), Some((1, 2)),  (1, 1)),  // 6 per-axis everything
+    ([1, 2, 8, 7], (3, 3), Some((3, 3)),  (1, 1)),  // 7 padding, uneven
+    ([1, 1, 4, 6], (4, 2), Some((1, 2)),  (2, 0)),  // 8 padding (2, 0) = kernel/2
+    ([3, 1, 3, 3], (3, 3), None,          (0, 0)),  // 9 global pool
+    ([1, 1, 5, 4], (1, 1), Some((2, 2)),  (0, 0)),  // 10 1x1 subsampling
+    ([1, 3, 6, 6], (2, 2), Some((1, 1)),  (1, 0)),  // 11 padding on one axis
+];
+
+#[test]
+fn gradcheck_table() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut checked = 0;
+    for (i, &(shape, kernel, stride, padding)) in GRADCHECK_CASES.iter().enumerate() {
+        let mut opts = Pool2dOptions::new(kernel).padding(padding);
+        if let Some(s) = stride {
+            opts = opts.stride(s);
+        }
+        let x = well_separated(shape, &mut rng);
+        let o = Options {
+            seed: i as u64,
+            ..Options::default()
+        };
+        let max = gradcheck(|_, v| v[0].max_pool2d(opts), &[x.clone()], o);
+        assert!(max.passed(), "max case {i} {opts:?}: {max}");
+        for include in [true, false] {
+            let avg = gradcheck(
+                |_, v| v[0].avg_pool2d(opts.count_include_pad(include)),
+                &[x.clone()],
+                o,
+            );
+            assert!(
+                avg.passed(),
+                "avg case {i} {opts:?} include_pad {include}: {avg}"
+            );
+        }
+        checked += 3;
+    }
+    assert_eq!(checked, 3 * GRADCHECK_CASES.len());
+}
+
+// ---------------------------------------------------------------------------
+// PyTorch fixtures
+// ---------------------------------------------------------------------------
+
+fn fixture_tensor(case: &fixtures::Case, name: &str) -> Tensor<f64> {
+    let (shape, data) = case.tensor(name);
+    Tensor::from_vec(data.to_vec(), shape).unwrap()
+}
+
+#[test]
+fn matches_pytorch_fixtures() {
+    let cases = fixtures::load("pool.txt");
+    assert_eq!(cases.len(), 21);
+    for case in &cases {
+        let pair = |k: &str| {
+            let v = case.param_usize(k);
+            (v[0], v[1])
+        };
+        let kind = if case.param_usize("kind")[0] == 0 {
+            Kind::Max
+        } else {
+            Kind::Avg
+        };
+        let mut opts = Pool2dOptions::new(pair("kernel"))
+            .stride(pair("stride"))
+            .padding(pair("padding"));
+        if kind == Kind::Avg {
+            opts = opts.count_include_pad(case.param_bool("count_include_pad"));
+        }
+        let x = fixture_tensor(case, "x");
+        let (y, dx) = tape_pool(kind, &x, opts, Some(&fixture_tensor(case, "dy")));
+        for (what, got) in [("y", &y), ("dx", &dx)] {
+            let want = fixture_tensor(case, what);
+            assert_eq!(got.shape(), want.shape(), "{} {what}", case.name);
+            let diff = got.max_abs_diff(&want);
+            assert!(diff <= 1e-9, "{} {what}: max |diff| {diff:e}", case.name);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the max-pool tie rule
+// ---------------------------------------------------------------------------
+
+#[test]
+fn max_tie_fixture_is_matched_exactly() {
+    // Overlapping padded windows over zeros and a few ones: several windows hold
+    // two or more maxima; PyTorch sends each window's gradient to the first one in
+    // row-major order. Exact equality, not a tolerance.
+    let cases = fixtures::load("pool.txt");
+    let case = fixtures::find(&cases, "max_tie");
+    let opts = Pool2dOptions::new(3).stride(2).padding(1);
+    let (y, dx) = tape_pool(
+        Kind::Max,
+        &fixture_tensor(case, "x"),
+        opts,
+        Some(&fixture_tensor(case, "dy")),
+    );
+    assert_eq!(y.data(), fixture_tensor(case, "y").data());
+    assert_eq!(dx.data(), fixture_tensor(case, "dx").data());
+}
+
+#[test]
+fn ties_go_to_the_first_maximum_in_row_major_order() {
+    // One 3x3 window: maxima 5 at (0, 2), (1, 0) and (2, 1): (0, 2) comes first.
+    #[rustfmt::skip]
+    let x = Tensor::from_vec(vec![
+        1.0, 2.0, 5.0,
+        5.0, 0.0, 4.0,
+        3.0, 5.0, 1.0], [1, 1, 3, 3]).unwrap();
+    let (y, dx) = tape_pool(Kind::Max, &x, Pool2dOptions::new(3), None);
+    assert_eq!(y.data(), &[5.0]);
+    assert_eq!(dx.data(), &[0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    // All-equal windows (overlapping, stride 1): each window's first element.
+    let (_, dx) = tape_pool(
+        Kind::Max,
+        &Tensor::zeros([1, 1, 3, 3]),
+        Pool2dOptions::new(2).stride(1),
+        None,
+    );
+    assert_eq!(dx.data(), &[1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn padding_never_wins_a_max() {
+    let x = Tensor::full([1, 1, 2, 2], -3.0);
+    let (y, dx) = tape_pool(
+        Kind::Max,
+        &x,
+        Pool2dOptions::new(3).stride(1).padding(1),
+        None,
+    );
+    assert_eq!(y.data(), &[-3.0; 4]); // not 0: padding is −∞ for max
+                                      // Every window (all four cover the whole input) picks the first element, (0, 0).
+    assert_eq!(dx.data(), &[4.0, 0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn nan_wins_its_window() {
+    let x = Tensor::from_vec(vec![1.0, f64::NAN, 3.0, 2.0], [1, 1, 2, 2]).unwrap();
+    let (y, dx) = tape_pool(Kind::Max, &x, Pool2dOptions::new(2), None);
+    assert!(y.data()[0].is_nan());
+    assert_eq!(dx.data(), &[0.0, 1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn avg_divisor_conventions() {
+    // 3x3 input of ones, kernel 3, stride 2, padding 1: corner windows hold 4 inputs.
+    let x = Tensor::ones([1, 1, 3, 3]);
+    let opts = Pool2dOptions::new(3).stride(2).padding(1);
+    let (incl, _) = tape_pool(Kind::Avg, &x, opts, None);
+    assert_eq!(incl.data(), &[4.0 / 9.0; 4]);
+    let (excl, dx) = tape_pool(Kind::Avg, &x, opts.count_include_pad(false), None);
+    assert_eq!(excl.data(), &[1.0; 4]);
+    // Centre pixel: in all four windows, 1/4 each.
+    assert_eq!(dx.get(&[0, 0, 1, 1]), 1.0);
+    assert_eq!(dx.get(&[0, 0, 0, 0]), 0.25);
+}
+
+#[test]
+fn options_convert_from_kernel_sizes() {
+    let tape = Tape::<f32>::new();
+    let x = tape.leaf(Tensor::zeros([1, 1, 6, 4]));
+    assert_eq!(&x.max_pool2d(2).shape()[..], &[1, 1, 3, 2]);
+    assert_eq!(&x.avg_pool2d((3, 2)).shape()[..], &[1, 1, 2, 2]);
+    assert_eq!(
+        &x.avg_pool2d(tapegrad::Pair::new(2, 4)).shape()[..],
+        &[1, 1, 3, 1]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// shape errors
+// ---------------------------------------------------------------------------
+
+fn max_pool(shape: &[usize], opts: Pool2dOptions) {
+    let tape = Tape::<f32>::new();
+    let _ = tape.leaf(Tensor::zeros(shape)).max_pool2d(opts);
+}
+
+fn avg_pool(shape: &[usize], opts: Pool2dOptions) {
+    let tape = Tape::<f32>::new();
+    let _ = tape.leaf(Tensor::zeros(shape)).avg_pool2d(opts);
+}
+
+#[test]
+#[should_panic(expected = "max_pool2d: input [2, 3, 8] must be [N, C, H, W] (rank 4)")]
+fn error_rank() {
+    max_pool(&[2, 3, 8], Pool2dOptions::new(2));
+}
+
+#[test]
+#[should_panic(expected = "avg_pool2d: input [8, 8] must be [N, C, H, W] (rank 4)")]
+fn error_rank_avg() {
+    avg_pool(&[8, 8], Pool2dOptions::new(2));
+}
+
+#[test]
+#[should_panic(
+    expected = "max_pool2d: padding (2, 1) must be at most half the kernel (3, 3) (input [1, 1, 8, 8])"
+)]
+fn error_padding_more_than_half_the_kernel() {
+    max_pool(&[1, 1, 8, 8], Pool2dOptions::new(3).padding((2, 1)));
+}
+
+#[test]
+#[should_panic(
+    expected = "avg_pool2d: padding (0, 1) must be at most half the kernel (2, 1) (input [1, 1, 8, 8])"
+)]
+fn error_padding_more_than_half_the_kernel_avg() {
+    avg_pool(&[1, 1, 8, 8], Pool2dOptions::new((2, 1)).padding((0, 1)));
+}
+
+#[test]
+#[should_panic(
+    expected = "max_pool2d: kernel (5, 5) is larger than the padded input (4, 4) (input [1, 1, 4, 4] padded by (0, 0))"
+)]
+fn error_window_does_not_fit() {
+    max_pool(&[1, 1, 4, 4], Pool2dOptions::new(5));
+}
+
+#[test]
+#[should_panic(
+    expected = "avg_pool2d: kernel (3, 5) is larger than the padded input (5, 4) (input [2, 1, 3, 2] padded by (1, 1))"
+)]
+fn error_window_does_not_fit_padded() {
+    avg_pool(&[2, 1, 3, 2], Pool2dOptions::new((3, 5)).padding(1));
+}
+
+#[test]
+#[should_panic(
+    expected = "max_pool2d: stride (0, 2) must be at least 1 on both axes (input [1, 1, 4, 4])"
+)]
+fn error_zero_stride() {
+    max_pool(&[1, 1, 4, 4], Pool2dOptions::new(2).stride((0, 2)));
+}
+
+#[test]
+#[should_panic(
+    expected = "avg_pool2d: kernel (0, 2) must be at least 1 on both axes (input [1, 1, 4, 4])"
+)]
+fn error_zero_kernel() {
+    avg_pool(&[1, 1, 4, 4], Pool2dOptions::new((0, 2)));
+}
