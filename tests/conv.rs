@@ -104,6 +104,8 @@ struct Case {
     bias: bool,
 }
 
+/// A table row (a constructor keeps the table one line per case).
+#[allow(clippy::too_many_arguments)]
 #[rustfmt::skip]
 const fn case(x: [usize; 4], o: usize, k: (usize, usize), stride: (usize, usize), padding: (usize, usize),
               dilation: (usize, usize), groups: usize, bias: bool) -> Case {

@@ -48,8 +48,16 @@ fn well_separated(shape: [usize; 4], rng: &mut StdRng) -> Tensor<f64> {
 // gradcheck table
 // ---------------------------------------------------------------------------
 
+/// Input shape, kernel, stride (`None`: the kernel), padding.
+type PoolCase = (
+    [usize; 4],
+    (usize, usize),
+    Option<(usize, usize)>,
+    (usize, usize),
+);
+
 #[rustfmt::skip]
-const GRADCHECK_CASES: &[([usize; 4], (usize, usize), Option<(usize, usize)>, (usize, usize))] = &[
+const GRADCHECK_CASES: &[PoolCase] = &[
     // input [n, c, h, w]  kernel  stride (None = kernel)  padding
     ([1, 1, 4, 4], (2, 2), None,          (0, 0)),  // 0 non-overlapping
     ([2, 2, 5, 5], (2, 2), None,          (0, 0)),  // 1 uneven: last row/col unused
@@ -79,12 +87,12 @@ fn gradcheck_table() {
             seed: i as u64,
             ..Options::default()
         };
-        let max = gradcheck(|_, v| v[0].max_pool2d(opts), &[x.clone()], o);
+        let max = gradcheck(|_, v| v[0].max_pool2d(opts), std::slice::from_ref(&x), o);
         assert!(max.passed(), "max case {i} {opts:?}: {max}");
         for include in [true, false] {
             let avg = gradcheck(
                 |_, v| v[0].avg_pool2d(opts.count_include_pad(include)),
-                &[x.clone()],
+                std::slice::from_ref(&x),
                 o,
             );
             assert!(
