@@ -176,7 +176,7 @@ impl AxisGeometry {
 /// The full geometry of one `conv2d` call: batch, channel and group sizes, and
 /// the two spatial axes. Built (and validated) from the input, weight and bias
 /// shapes and the [`Conv2dOptions`]; the forward pass, the backward pass, the
-/// naive [`reference`](super::reference) and the im2col fast path all take
+/// naive [`reference`](mod@super::reference) and the im2col fast path all take
 /// their sizes and indices from it.
 ///
 /// Layouts: input NCHW `[N, C, H, W]`, weight OIHW `[O, C/groups, kh, kw]`,

@@ -22,7 +22,17 @@
 //!
 //! The derivation, with the seed's worked example, is in `docs/conv-backprop.md`.
 //!
-//! - [`reference`] holds the naive loops: the definition, used by tests.
+//! ```
+//! use tapegrad::{Conv2dOptions, Tape, Tensor};
+//! let tape = Tape::<f32>::new();
+//! let x = tape.constant(Tensor::ones([2, 3, 16, 16])); // a batch of two RGB images
+//! let w = tape.leaf(Tensor::ones([6, 1, 3, 3])); // depthwise, two 3x3 filters per channel
+//! let y = x.conv2d(w, None, Conv2dOptions::default().padding(1).groups(3));
+//! assert_eq!(&y.shape()[..], &[2, 6, 16, 16]);
+//! assert_eq!(y.value().get(&[0, 0, 5, 5]), 9.0);
+//! ```
+//!
+//! - [`reference`](mod@reference) holds the naive loops: the definition, used by tests.
 //! - [`Conv2dGeometry`] (and [`AxisGeometry`]) hold the index math, written once.
 //! - The op itself runs the im2col + GEMM fast path (private module `im2col`).
 
