@@ -257,7 +257,7 @@ impl<'t, T: Float> Var<'t, T> {
             for r in geom.h.window(i) {
                 for s in geom.w.window(j) {
                     let v = plane[r * iw + s];
-                    if best.map_or(true, |(m, _)| v > m || is_nan(v)) {
+                    if best.is_none_or(|(m, _)| v > m || is_nan(v)) {
                         best = Some((v, r * iw + s));
                     }
                 }
