@@ -19,10 +19,10 @@
 //! assert!(grads[fc.weight].is_some());
 //! ```
 
-//TEMP mod conv;
+mod conv;
 mod layers;
 mod params;
 
-//TEMP pub use conv::{Conv2d, MaxPool2d};
+pub use conv::{Conv2d, MaxPool2d};
 pub use layers::{init_uniform, Flatten, Linear, Module, ReLU, Sequential};
 pub use params::{Bound, ParamGrads, ParamId, Params};
