@@ -60,8 +60,17 @@ impl Conv2d {
             format!("{name}.weight"),
             init_uniform([out_channels, in_channels / g, k.h, k.w], fan_in, rng),
         );
-        let bias = bias.then(|| params.add(format!("{name}.bias"), init_uniform([out_channels], fan_in, rng)));
-        Conv2d { weight, bias, options }
+        let bias = bias.then(|| {
+            params.add(
+                format!("{name}.bias"),
+                init_uniform([out_channels], fan_in, rng),
+            )
+        });
+        Conv2d {
+            weight,
+            bias,
+            options,
+        }
     }
 }
 
@@ -89,4 +98,3 @@ impl<T: Float> Module<T> for MaxPool2d {
         x.max_pool2d(self.0)
     }
 }
-
