@@ -71,6 +71,61 @@ pub(crate) trait MicroKernel: Copy + Send + Sync {
         beta: Self::T,
         c: &mut [&mut [Self::T]],
     );
+
+    /// Rows of A per tile of the dot-product kernel (0: no such kernel).
+    const DOT_ROWS: usize = 0;
+    /// Columns of B per tile of the dot-product kernel.
+    const DOT_COLS: usize = 0;
+
+    /// Dot-product kernel for operands that are both contiguous along `k`
+    /// (A row-major, B column-major — e.g. `X·Wᵀ` or a weight gradient
+    /// `dY·colsᵀ`), which needs no packing at all:
+    /// `c[r][j] = alpha · (a[r] · b[j]) + beta · c[r][j]`.
+    ///
+    /// `a` holds `1..=DOT_ROWS` rows and `b` `1..=DOT_COLS` columns, all of
+    /// the same length; `c` has `a.len()` rows of `b.len()` elements. Only
+    /// called when `DOT_ROWS > 0`.
+    fn dot(
+        self,
+        alpha: Self::T,
+        a: &[&[Self::T]],
+        b: &[&[Self::T]],
+        beta: Self::T,
+        c: &mut [&mut [Self::T]],
+    ) {
+        let _ = (alpha, a, b, beta, c);
+        unreachable!("this micro-kernel has no dot-product variant");
+    }
+}
+
+/// Checks the dot-kernel contract documented on [`MicroKernel::dot`];
+/// panics if it is violated. Returns the common length of the vectors.
+#[inline(always)]
+pub(crate) fn check_dot<T>(
+    rows: usize,
+    cols: usize,
+    a: &[&[T]],
+    b: &[&[T]],
+    c: &[&mut [T]],
+) -> usize {
+    assert!(
+        (1..=rows).contains(&a.len()),
+        "gemm dot kernel: bad row count"
+    );
+    assert!(
+        (1..=cols).contains(&b.len()),
+        "gemm dot kernel: bad column count"
+    );
+    let len = a[0].len();
+    assert!(
+        a.iter().all(|r| r.len() == len) && b.iter().all(|r| r.len() == len),
+        "gemm dot kernel: ragged operands"
+    );
+    assert!(
+        c.len() == a.len() && c.iter().all(|r| r.len() == b.len()),
+        "gemm dot kernel: bad C tile"
+    );
+    len
 }
 
 /// Checks the micro-kernel contract documented on [`MicroKernel::run`];
@@ -89,7 +144,10 @@ pub(crate) fn check_tile<T>(
     assert!((1..=mr).contains(&rows), "gemm micro-kernel: bad tile rows");
     let cols = c[0].len();
     assert!((1..=nr).contains(&cols), "gemm micro-kernel: bad tile cols");
-    assert!(c.iter().all(|r| r.len() == cols), "gemm micro-kernel: ragged tile");
+    assert!(
+        c.iter().all(|r| r.len() == cols),
+        "gemm micro-kernel: ragged tile"
+    );
     assert!(ldb >= nr, "gemm micro-kernel: ldb < NR");
     assert!(a.len() >= kc * mr, "gemm micro-kernel: A panel too short");
     assert!(
@@ -156,10 +214,19 @@ impl MicroKernel for Portable<f32> {
     const BLOCKING: Blocking = Blocking {
         kc: 256,
         mc: 64,
-        nc: 4096,
+        nc: 1024,
     };
     #[inline]
-    fn run(self, kc: usize, alpha: f32, a: &[f32], b: &[f32], ldb: usize, beta: f32, c: &mut [&mut [f32]]) {
+    fn run(
+        self,
+        kc: usize,
+        alpha: f32,
+        a: &[f32],
+        b: &[f32],
+        ldb: usize,
+        beta: f32,
+        c: &mut [&mut [f32]],
+    ) {
         portable_kernel::<f32, 4, 8>(kc, alpha, a, b, ldb, beta, c)
     }
 }
@@ -171,10 +238,19 @@ impl MicroKernel for Portable<f64> {
     const BLOCKING: Blocking = Blocking {
         kc: 256,
         mc: 64,
-        nc: 2048,
+        nc: 512,
     };
     #[inline]
-    fn run(self, kc: usize, alpha: f64, a: &[f64], b: &[f64], ldb: usize, beta: f64, c: &mut [&mut [f64]]) {
+    fn run(
+        self,
+        kc: usize,
+        alpha: f64,
+        a: &[f64],
+        b: &[f64],
+        ldb: usize,
+        beta: f64,
+        c: &mut [&mut [f64]],
+    ) {
         portable_kernel::<f64, 4, 4>(kc, alpha, a, b, ldb, beta, c)
     }
 }

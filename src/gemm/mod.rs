@@ -275,7 +275,9 @@ fn span(what: &str, name: &str, rows: usize, cols: usize, rs: usize, cs: usize) 
         .checked_mul(rs)
         .and_then(|x| (cols - 1).checked_mul(cs).and_then(|y| x.checked_add(y)))
         .and_then(|x| x.checked_add(1))
-        .unwrap_or_else(|| panic!("{name}: index overflow for {what} ({rows}×{cols}, strides {rs}, {cs})"))
+        .unwrap_or_else(|| {
+            panic!("{name}: index overflow for {what} ({rows}×{cols}, strides {rs}, {cs})")
+        })
 }
 
 /// Element types with an engine (kernel selection + thread-local buffers).
@@ -390,7 +392,10 @@ fn gemm_entry<T: Engine>(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(ldc >= n, "{name}: ldc ({ldc}) < n ({n}) for C (m×n = {m}×{n})");
+    assert!(
+        ldc >= n,
+        "{name}: ldc ({ldc}) < n ({n}) for C (m×n = {m}×{n})"
+    );
     let need_c = span("C", name, m, n, ldc, 1);
     assert!(
         c.len() >= need_c,
@@ -402,8 +407,16 @@ fn gemm_entry<T: Engine>(
         scale_c(m, n, beta, c, ldc);
         return;
     }
-    let a = MatRef { data: &a[..need_a], rs: rsa, cs: csa };
-    let b = MatRef { data: &b[..need_b], rs: rsb, cs: csb };
+    let a = MatRef {
+        data: &a[..need_a],
+        rs: rsa,
+        cs: csa,
+    };
+    let b = MatRef {
+        data: &b[..need_b],
+        rs: rsb,
+        cs: csb,
+    };
     T::run(path, threads.max(1), m, n, k, alpha, a, b, beta, c, ldc);
 }
 
@@ -439,7 +452,14 @@ enum CView<'a, T> {
 impl<T> CView<'_, T> {
     /// Fills `out[..rows]` with the rows of the `rows × cols` tile at `(i0, j0)`.
     #[inline]
-    fn tile<'s>(&'s mut self, i0: usize, j0: usize, rows: usize, cols: usize, out: &mut [&'s mut [T]; MAX_MR]) {
+    fn tile<'s>(
+        &'s mut self,
+        i0: usize,
+        j0: usize,
+        rows: usize,
+        cols: usize,
+        out: &mut [&'s mut [T]; MAX_MR],
+    ) {
         match self {
             CView::Contig { data, ldc } => {
                 let ldc = *ldc;
@@ -492,24 +512,21 @@ fn gemm_serial<K: MicroKernel>(
 ) where
     K::T: Engine,
 {
-    let (mr, nr) = (K::MR, K::NR);
-    let mut blk = K::BLOCKING;
-    if let Ok(v) = std::env::var("GEMM_TUNE") {
-        let v: Vec<usize> = v.split(',').map(|x| x.parse().unwrap()).collect();
-        blk = kernel::Blocking { kc: v[0], mc: v[1], nc: v[2] };
+    if use_dot::<K>(m, n, k, &a, &b) {
+        gemm_dot(kern, m, n, k, alpha, a, b, beta, c);
+        return;
     }
+    let (mr, nr) = (K::MR, K::NR);
+    let blk = K::BLOCKING;
     let kc_max = balanced_block(k, blk.kc, 1);
     let mc_max = balanced_block(m, blk.mc, mr);
-    let nc_max = balanced_block(n, blk.nc, nr);
+    // The packed B block (kc × nc) is sized by bytes: a short kc allows a
+    // wider block, whose longer contiguous source runs stream better.
+    let nc_cap = (blk.nc * blk.kc / kc_max).clamp(blk.nc, 8 * blk.nc) / nr * nr;
+    let nc_max = balanced_block(n, nc_cap, nr);
     K::T::with_pack_buffers(|abuf, bbuf| {
-        let need_a = packed_len(mc_max.min(m), mr, kc_max);
-        let need_b = packed_len(nc_max.min(n), nr, kc_max);
-        if abuf.len() < need_a {
-            abuf.resize(need_a, K::T::ZERO);
-        }
-        if bbuf.len() < need_b {
-            bbuf.resize(need_b, K::T::ZERO);
-        }
+        let abuf = aligned(abuf, packed_len(mc_max.min(m), mr, kc_max));
+        let bbuf = aligned(bbuf, packed_len(nc_max.min(n), nr, kc_max));
         for jc in (0..n).step_by(nc_max) {
             let nc = nc_max.min(n - jc);
             for pc in (0..k).step_by(kc_max) {
@@ -519,21 +536,137 @@ fn gemm_serial<K: MicroKernel>(
                 for ic in (0..m).step_by(mc_max) {
                     let mc = mc_max.min(m - ic);
                     pack_a_dispatch::<K>(mc, kc, a.sub(ic, pc), abuf);
-                    for jr in (0..nc).step_by(nr) {
+                    let mut run_tile = |ir: usize, jr: usize| {
+                        let rows = mr.min(mc - ir);
                         let cols = nr.min(nc - jr);
+                        let ap = &abuf[(ir / mr) * kc * mr..][..kc * mr];
                         let bp = &bbuf[(jr / nr) * kc * nr..][..kc * nr];
+                        let mut tile: [&mut [K::T]; MAX_MR] = Default::default();
+                        c.tile(ic + ir, jc + jr, rows, cols, &mut tile);
+                        kern.run(kc, alpha, ap, bp, nr, beta_eff, &mut tile[..rows]);
+                    };
+                    if row_panel_outer(mc, kc, mr) {
                         for ir in (0..mc).step_by(mr) {
-                            let rows = mr.min(mc - ir);
-                            let ap = &abuf[(ir / mr) * kc * mr..][..kc * mr];
-                            let mut tile: [&mut [K::T]; MAX_MR] = Default::default();
-                            c.tile(ic + ir, jc + jr, rows, cols, &mut tile);
-                            kern.run(kc, alpha, ap, bp, nr, beta_eff, &mut tile[..rows]);
+                            for jr in (0..nc).step_by(nr) {
+                                run_tile(ir, jr);
+                            }
+                        }
+                    } else {
+                        for jr in (0..nc).step_by(nr) {
+                            for ir in (0..mc).step_by(mr) {
+                                run_tile(ir, jr);
+                            }
                         }
                     }
                 }
             }
         }
     });
+}
+
+/// Order of the two innermost loops. With the B micro-panel outer (the
+/// classic BLIS order) each B panel is reused from L1 by every A panel, but
+/// the C tiles written in a row are `mc` rows apart; when `kc` is short, C
+/// traffic dominates and writing that many rows at once (often at a
+/// power-of-two stride, so they fight over the same cache sets) is slow.
+/// Then the A panel goes outer, and C is written a few rows at a time,
+/// streaming along them.
+fn row_panel_outer(mc: usize, kc: usize, mr: usize) -> bool {
+    mc > 4 * mr && kc < 128
+}
+
+/// Whether to run the unpacked dot-product kernel: only when both operands
+/// are contiguous along `k` and `C` is small enough that packing (each
+/// packed element feeds only `m` or `n` multiply-adds) would dominate.
+fn use_dot<K: MicroKernel>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &MatRef<'_, K::T>,
+    b: &MatRef<'_, K::T>,
+) -> bool {
+    K::DOT_ROWS > 0 && a.cs == 1 && b.rs == 1 && k >= 32 && (m.min(n) <= 32 || m * n <= 128 * 128)
+}
+
+/// `C = alpha·A·B + beta·C` with the dot-product kernel (A row-major, B
+/// column-major; no packing). Requires `m, n, k > 0`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_dot<K: MicroKernel>(
+    kern: K,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: K::T,
+    a: MatRef<'_, K::T>,
+    b: MatRef<'_, K::T>,
+    beta: K::T,
+    c: &mut CView<'_, K::T>,
+) {
+    let (dr, dcn) = (K::DOT_ROWS, K::DOT_COLS);
+    let size = std::mem::size_of::<K::T>();
+    // A block of k long enough to amortise the final horizontal reductions,
+    // short enough that one tile's A rows stay in L1 while the B columns
+    // stream past; block boundaries stay on 64-byte multiples.
+    let kc_max = balanced_block(k, DOT_KC_BYTES / size, 64 / size);
+    for pc in (0..k).step_by(kc_max) {
+        let kc = kc_max.min(k - pc);
+        let beta_eff = if pc == 0 { beta } else { K::T::ONE };
+        for i0 in (0..m).step_by(dr) {
+            let rows = dr.min(m - i0);
+            let a_rows: [&[K::T]; MAX_MR] = std::array::from_fn(|r| {
+                if r < rows {
+                    &a.data[(i0 + r) * a.rs + pc..][..kc]
+                } else {
+                    &[]
+                }
+            });
+            for j0 in (0..n).step_by(dcn) {
+                let cols = dcn.min(n - j0);
+                let b_cols: [&[K::T]; MAX_MR] = std::array::from_fn(|j| {
+                    if j < cols {
+                        &b.data[(j0 + j) * b.cs + pc..][..kc]
+                    } else {
+                        &[]
+                    }
+                });
+                let mut tile: [&mut [K::T]; MAX_MR] = Default::default();
+                c.tile(i0, j0, rows, cols, &mut tile);
+                kern.dot(
+                    alpha,
+                    &a_rows[..rows],
+                    &b_cols[..cols],
+                    beta_eff,
+                    &mut tile[..rows],
+                );
+            }
+        }
+    }
+}
+
+/// Length in bytes of one row's slice in a block of the dot kernel.
+const DOT_KC_BYTES: usize = 4096;
+
+/// Hints the CPU to bring the cache line holding `x` into cache.
+#[inline(always)]
+fn prefetch<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    x86::prefetch(x);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
+/// Grows `buf` as needed and returns a `len`-element window of it that
+/// starts on a 64-byte boundary, so packed panels never straddle cache
+/// lines (unaligned 32-byte loads that split a line cost a third of the
+/// micro-kernel's speed).
+fn aligned<T: Elem>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    let slack = 64 / std::mem::size_of::<T>();
+    if buf.len() < len + slack {
+        buf.resize(len + slack, T::ZERO);
+    }
+    let off = buf.as_ptr().align_offset(64);
+    let off = if off <= slack { off } else { 0 };
+    &mut buf[off..off + len]
 }
 
 /// `pack_a` with the kernel's `MR` as a compile-time constant.
@@ -575,9 +708,9 @@ enum Split {
 
 /// Cost of packing one element, in multiply-add equivalents.
 const PACK_COST: f64 = 8.0;
-/// Fixed cost of going parallel (task hand-off and wake-up), in
-/// multiply-add equivalents (about 10 µs at full speed).
-const PAR_OVERHEAD: f64 = 300_000.0;
+/// Fixed cost of going parallel (task hand-off and waking a pool thread,
+/// measured at 10–50 µs on a VM), in multiply-add equivalents.
+const PAR_OVERHEAD: f64 = 1_000_000.0;
 
 /// Chooses a split by estimating, for each option, the critical-path work of
 /// the busiest thread: its multiply-adds plus its packing (which is
@@ -611,7 +744,10 @@ fn plan_split(m: usize, n: usize, k: usize, threads: usize, mr: usize, nr: usize
     let d = k.div_ceil(threads);
     if d < k {
         let df = d as f64;
-        let cost = mf * nf * df + PACK_COST * (mf * df + df * nf) + PACK_COST * mf * nf * (t - 1.0) + PAR_OVERHEAD;
+        let cost = mf * nf * df
+            + PACK_COST * (mf * df + df * nf)
+            + PACK_COST * mf * nf * (t - 1.0)
+            + PAR_OVERHEAD;
         if cost < best.0 {
             best = (cost, Split::K(d));
         }
@@ -630,14 +766,23 @@ struct Task<'a, T> {
     c: CView<'a, T>,
 }
 
-/// Runs each task's product on rayon's pool (one task per job).
+/// Runs each task's product in parallel: the first on the calling thread,
+/// the others as jobs on rayon's pool (so a pool that is slow to wake up
+/// delays only part of the work).
 fn run_parallel<K: MicroKernel>(kern: K, alpha: K::T, tasks: Vec<Task<'_, K::T>>)
 where
     K::T: Engine,
 {
-    use rayon::prelude::*;
-    tasks.into_par_iter().with_max_len(1).for_each(|mut t| {
-        gemm_serial(kern, t.m, t.n, t.k, alpha, t.a, t.b, t.beta, &mut t.c);
+    let run = move |mut t: Task<'_, K::T>| {
+        gemm_serial(kern, t.m, t.n, t.k, alpha, t.a, t.b, t.beta, &mut t.c)
+    };
+    let mut tasks = tasks.into_iter();
+    let Some(first) = tasks.next() else { return };
+    rayon::in_place_scope(|s| {
+        for t in tasks {
+            s.spawn(move |_| run(t));
+        }
+        run(first);
     });
 }
 
@@ -686,7 +831,8 @@ fn drive<K: MicroKernel>(
         }
         Split::N(w) => {
             let parts = n.div_ceil(w);
-            let mut rows: Vec<Vec<&mut [K::T]>> = (0..parts).map(|_| Vec::with_capacity(m)).collect();
+            let mut rows: Vec<Vec<&mut [K::T]>> =
+                (0..parts).map(|_| Vec::with_capacity(m)).collect();
             for row in c.chunks_mut(ldc) {
                 let mut rest = &mut row[..n];
                 for part in rows.iter_mut() {
@@ -755,7 +901,6 @@ fn drive<K: MicroKernel>(
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -857,7 +1002,16 @@ mod tests {
     /// Runs one case through `gemm_entry` and compares with a naive f64
     /// triple loop, with an error bound proportional to `k`.
     fn check_case<T: TestElem>(case: Case, path: Path, threads: usize, rng: &mut Rng) {
-        let Case { m, n, k, alpha, beta, la, lb, ldc_pad } = case;
+        let Case {
+            m,
+            n,
+            k,
+            alpha,
+            beta,
+            la,
+            lb,
+            ldc_pad,
+        } = case;
         let av: Vec<f64> = (0..m * k).map(|_| rng.uniform()).collect();
         let bv: Vec<f64> = (0..k * n).map(|_| rng.uniform()).collect();
         let cv: Vec<f64> = (0..m * n).map(|_| rng.uniform()).collect();
@@ -897,13 +1051,21 @@ mod tests {
                 let mut mag = 0.0;
                 for p in 0..k {
                     // Use the values as rounded to T, like the kernel sees them.
-                    let x = T::from_f64(av[i * k + p]).to_f64() * T::from_f64(bv[p * n + j]).to_f64();
+                    let x =
+                        T::from_f64(av[i * k + p]).to_f64() * T::from_f64(bv[p * n + j]).to_f64();
                     dot += x;
                     mag += x.abs();
                 }
-                let c0 = if beta == 0.0 { 0.0 } else { T::from_f64(cv[i * n + j]).to_f64() };
+                let c0 = if beta == 0.0 {
+                    0.0
+                } else {
+                    T::from_f64(cv[i * n + j]).to_f64()
+                };
                 let want = alpha * dot + beta * c0;
-                let bound = T::EPS * (k as f64 + 4.0) * (alpha.abs() * mag + beta.abs() * c0.abs() + 1e-30) * 2.0;
+                let bound = T::EPS
+                    * (k as f64 + 4.0)
+                    * (alpha.abs() * mag + beta.abs() * c0.abs() + 1e-30)
+                    * 2.0;
                 let got = c[i * ldc + j].to_f64();
                 assert!(
                     (got - want).abs() <= bound,
@@ -930,7 +1092,9 @@ mod tests {
 
     fn random_cases<T: TestElem>(path: Path, seed: u64) {
         let mut rng = Rng(seed);
-        let sizes = [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 23, 31, 33, 47, 64, 65, 100];
+        let sizes = [
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 23, 31, 33, 47, 64, 65, 100,
+        ];
         for it in 0..400 {
             let m = sizes[rng.below(sizes.len())];
             let n = sizes[rng.below(sizes.len())];
@@ -941,7 +1105,16 @@ mod tests {
             let beta = [0.0, 1.0, 0.75, -1.0][rng.below(4)];
             let ldc_pad = rng.below(3);
             let threads = 1 + it % 3;
-            let case = Case { m, n, k, alpha, beta, la, lb, ldc_pad };
+            let case = Case {
+                m,
+                n,
+                k,
+                alpha,
+                beta,
+                la,
+                lb,
+                ldc_pad,
+            };
             check_case::<T>(case, path, threads, &mut rng);
         }
     }
@@ -987,7 +1160,16 @@ mod tests {
                 (Layout::ColMajor(1), Layout::ColMajor(1)),
             ] {
                 for beta in [0.0, 1.0, 0.5] {
-                    let case = Case { m, n, k, alpha: 1.5, beta, la, lb, ldc_pad: 1 };
+                    let case = Case {
+                        m,
+                        n,
+                        k,
+                        alpha: 1.5,
+                        beta,
+                        la,
+                        lb,
+                        ldc_pad: 1,
+                    };
                     check_case::<T>(case, path, 1, &mut rng);
                 }
             }
@@ -1039,7 +1221,16 @@ mod tests {
                     (Layout::RowMajor(0), Layout::ColMajor(0)),
                 ] {
                     for beta in [0.0, 0.5] {
-                        let case = Case { m, n, k, alpha: 1.0, beta, la, lb, ldc_pad: 2 };
+                        let case = Case {
+                            m,
+                            n,
+                            k,
+                            alpha: 1.0,
+                            beta,
+                            la,
+                            lb,
+                            ldc_pad: 2,
+                        };
                         check_case::<T>(case, path, threads, &mut rng);
                     }
                 }
@@ -1071,10 +1262,36 @@ mod tests {
     fn k_zero_scales_c() {
         for path in [Path::Auto, Path::Portable] {
             let mut c = vec![1.0f32, 2.0, 3.0, 4.0];
-            gemm_entry("t", path, 1, 2, 2, 0, 5.0f32, (&[], 0, 0), (&[], 0, 0), 2.0, &mut c, 2);
+            gemm_entry(
+                "t",
+                path,
+                1,
+                2,
+                2,
+                0,
+                5.0f32,
+                (&[], 0, 0),
+                (&[], 0, 0),
+                2.0,
+                &mut c,
+                2,
+            );
             assert_eq!(c, [2.0, 4.0, 6.0, 8.0]);
             let mut c = vec![f64::NAN; 4];
-            gemm_entry("t", path, 1, 2, 2, 0, 5.0f64, (&[], 0, 0), (&[], 0, 0), 0.0, &mut c, 2);
+            gemm_entry(
+                "t",
+                path,
+                1,
+                2,
+                2,
+                0,
+                5.0f64,
+                (&[], 0, 0),
+                (&[], 0, 0),
+                0.0,
+                &mut c,
+                2,
+            );
             assert_eq!(c, [0.0; 4]);
         }
     }
@@ -1103,7 +1320,20 @@ mod tests {
             let a = vec![1.0f32; m * k];
             let b = vec![0.5f32; k * n];
             let mut c = vec![f32::NAN; m * n];
-            gemm_entry("t", path, 1, m, n, k, 1.0f32, (&a, k, 1), (&b, n, 1), 0.0, &mut c, n);
+            gemm_entry(
+                "t",
+                path,
+                1,
+                m,
+                n,
+                k,
+                1.0f32,
+                (&a, k, 1),
+                (&b, n, 1),
+                0.0,
+                &mut c,
+                n,
+            );
             assert!(c.iter().all(|&x| x == 4.5), "{path:?}");
         }
     }
@@ -1130,28 +1360,76 @@ mod tests {
     #[should_panic(expected = "sgemm: A (m×k = 4×5")]
     fn short_a_panics() {
         let mut c = [0.0f32; 16];
-        sgemm(4, 4, 5, 1.0, &[0.0; 19], 5, 1, &[0.0; 20], 4, 1, 0.0, &mut c, 4);
+        sgemm(
+            4, 4, 5, 1.0, &[0.0; 19], 5, 1, &[0.0; 20], 4, 1, 0.0, &mut c, 4,
+        );
     }
 
     #[test]
     #[should_panic(expected = "dgemm: B (k×n")]
     fn short_b_panics() {
         let mut c = [0.0f64; 16];
-        dgemm(4, 4, 5, 1.0, &[0.0; 20], 5, 1, &[0.0; 19], 1, 5, 0.0, &mut c, 4);
+        dgemm(
+            4, 4, 5, 1.0, &[0.0; 20], 5, 1, &[0.0; 19], 1, 5, 0.0, &mut c, 4,
+        );
     }
 
     #[test]
     #[should_panic(expected = "sgemm: C (m×n = 4×4, ldc=5)")]
     fn short_c_panics() {
         let mut c = [0.0f32; 18];
-        sgemm(4, 4, 5, 1.0, &[0.0; 20], 5, 1, &[0.0; 20], 4, 1, 0.0, &mut c, 5);
+        sgemm(
+            4, 4, 5, 1.0, &[0.0; 20], 5, 1, &[0.0; 20], 4, 1, 0.0, &mut c, 5,
+        );
     }
 
     #[test]
     #[should_panic(expected = "sgemm: ldc (3) < n (4)")]
     fn small_ldc_panics() {
         let mut c = [0.0f32; 16];
-        sgemm(4, 4, 5, 1.0, &[0.0; 20], 5, 1, &[0.0; 20], 4, 1, 0.0, &mut c, 3);
+        sgemm(
+            4, 4, 5, 1.0, &[0.0; 20], 5, 1, &[0.0; 20], 4, 1, 0.0, &mut c, 3,
+        );
+    }
+
+    /// Many threads (including rayon workers, so splits nest) calling the
+    /// engine at once each get their own packing buffers and correct results.
+    #[test]
+    fn concurrent_and_nested_calls() {
+        use rayon::prelude::*;
+        let (m, n, k) = (37, 300, 200);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
+        let mut want = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        (0..8).into_par_iter().for_each(|t| {
+            let mut c = vec![f32::NAN; m * n];
+            let path = if t % 2 == 0 {
+                Path::Auto
+            } else {
+                Path::Portable
+            };
+            gemm_entry(
+                "t",
+                path,
+                2,
+                m,
+                n,
+                k,
+                1.0f32,
+                (&a, k, 1),
+                (&b, n, 1),
+                0.0,
+                &mut c,
+                n,
+            );
+            // Small integers: every order of summation is exact.
+            assert_eq!(c, want);
+        });
     }
 
     #[test]

@@ -42,13 +42,35 @@ pub(crate) fn packed_len(rows: usize, r: usize, depth: usize) -> usize {
 
 /// Copies `src` (length `nc`, one step of k across a block) into the `NR`-wide
 /// panels of `out` at depth `p`, zero-filling the tail of the last panel.
+/// `ahead`, if given, is a later run of the source that will be packed soon;
+/// its cache lines are prefetched, one per line copied.
 #[inline(always)]
-fn scatter_row<T: Elem, const NR: usize>(src: &[T], p: usize, kc: usize, out: &mut [T]) {
+fn scatter_row<T: Elem, const NR: usize>(
+    src: &[T],
+    ahead: Option<&[T]>,
+    p: usize,
+    kc: usize,
+    out: &mut [T],
+) {
     let mut panels = out.chunks_exact_mut(NR * kc);
     let mut chunks = src.chunks_exact(NR);
-    for (panel, s) in (&mut panels).zip(&mut chunks) {
+    let ahead = ahead.unwrap_or(&[]);
+    let line = (64 / std::mem::size_of::<T>()).max(1);
+    // `chunks` must come first: `zip` polls its left side first, and a
+    // consumed-but-unused panel would be skipped.
+    for (q, (s, panel)) in (&mut chunks).zip(&mut panels).enumerate() {
+        if let Some(x) = ahead.get(q * NR) {
+            super::prefetch(x);
+        }
+        if NR > line {
+            if let Some(x) = ahead.get(q * NR + line) {
+                super::prefetch(x);
+            }
+        }
         let s: &[T; NR] = s.try_into().expect("NR chunk");
-        let d: &mut [T; NR] = (&mut panel[p * NR..p * NR + NR]).try_into().expect("NR chunk");
+        let d: &mut [T; NR] = (&mut panel[p * NR..p * NR + NR])
+            .try_into()
+            .expect("NR chunk");
         *d = *s;
     }
     let tail = chunks.remainder();
@@ -62,10 +84,18 @@ fn scatter_row<T: Elem, const NR: usize>(src: &[T], p: usize, kc: usize, out: &m
     }
 }
 
+/// How many runs ahead of the one being copied `scatter_row` prefetches.
+const PREFETCH_RUNS: usize = 2;
+
 /// Packs the `mc × kc` block `a` into `MR`-row panels: panel `q` holds rows
 /// `q·MR .. q·MR + MR` with element `(r, p)` at `out[q·MR·kc + p·MR + r]`.
 /// Rows past `mc` in the last panel are zero-filled.
-pub(crate) fn pack_a<T: Elem, const MR: usize>(mc: usize, kc: usize, a: MatRef<'_, T>, out: &mut [T]) {
+pub(crate) fn pack_a<T: Elem, const MR: usize>(
+    mc: usize,
+    kc: usize,
+    a: MatRef<'_, T>,
+    out: &mut [T],
+) {
     if mc == 0 || kc == 0 {
         return;
     }
@@ -74,7 +104,12 @@ pub(crate) fn pack_a<T: Elem, const MR: usize>(mc: usize, kc: usize, a: MatRef<'
         // Column-major: each step of k is a contiguous run of `mc` values;
         // stream through them and scatter into all panels.
         for p in 0..kc {
-            scatter_row::<T, MR>(&a.data[p * a.cs..][..mc], p, kc, out);
+            let ahead = if p + PREFETCH_RUNS < kc {
+                Some(&a.data[(p + PREFETCH_RUNS) * a.cs..][..mc])
+            } else {
+                None
+            };
+            scatter_row::<T, MR>(&a.data[p * a.cs..][..mc], ahead, p, kc, out);
         }
         return;
     }
@@ -83,8 +118,13 @@ pub(crate) fn pack_a<T: Elem, const MR: usize>(mc: usize, kc: usize, a: MatRef<'
         let rows = MR.min(mc - i0);
         if a.cs == 1 {
             // Row-major: MR contiguous source rows, interleaved into the panel.
-            let srcs: [&[T]; MR] =
-                std::array::from_fn(|r| if r < rows { &a.data[(i0 + r) * a.rs..][..kc] } else { &[] });
+            let srcs: [&[T]; MR] = std::array::from_fn(|r| {
+                if r < rows {
+                    &a.data[(i0 + r) * a.rs..][..kc]
+                } else {
+                    &[]
+                }
+            });
             if rows == MR {
                 for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
                     for r in 0..MR {
@@ -116,7 +156,12 @@ pub(crate) fn pack_a<T: Elem, const MR: usize>(mc: usize, kc: usize, a: MatRef<'
 /// columns `q·NR .. q·NR + NR` with element `(p, j)` at
 /// `out[q·NR·kc + p·NR + j]`. Columns past `nc` in the last panel are
 /// zero-filled.
-pub(crate) fn pack_b<T: Elem, const NR: usize>(kc: usize, nc: usize, b: MatRef<'_, T>, out: &mut [T]) {
+pub(crate) fn pack_b<T: Elem, const NR: usize>(
+    kc: usize,
+    nc: usize,
+    b: MatRef<'_, T>,
+    out: &mut [T],
+) {
     if nc == 0 || kc == 0 {
         return;
     }
@@ -127,7 +172,12 @@ pub(crate) fn pack_b<T: Elem, const NR: usize>(kc: usize, nc: usize, b: MatRef<'
         // would touch one cache line per row of B and defeat the hardware
         // prefetcher) keeps this bandwidth-bound copy fast.
         for p in 0..kc {
-            scatter_row::<T, NR>(&b.data[p * b.rs..][..nc], p, kc, out);
+            let ahead = if p + PREFETCH_RUNS < kc {
+                Some(&b.data[(p + PREFETCH_RUNS) * b.rs..][..nc])
+            } else {
+                None
+            };
+            scatter_row::<T, NR>(&b.data[p * b.rs..][..nc], ahead, p, kc, out);
         }
         return;
     }

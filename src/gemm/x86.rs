@@ -9,7 +9,7 @@
 //! multiply-adds are wasted on padding rows; columns beyond the tile width
 //! inside the last vector are computed but never stored.
 
-use super::kernel::{check_tile, Blocking, MicroKernel};
+use super::kernel::{check_dot, check_tile, Blocking, MicroKernel};
 use std::arch::x86_64::*;
 
 /// Proof that the running CPU supports AVX2 and FMA.
@@ -35,6 +35,16 @@ impl Avx2Fma {
     }
 }
 
+/// Hints the CPU to bring the cache line holding `x` into cache
+/// (`prefetcht0`).
+#[inline(always)]
+pub(crate) fn prefetch<T>(x: &T) {
+    // SAFETY: `prefetcht0` is part of SSE, which every `x86_64` CPU has; a
+    // prefetch is only a hint and never faults (and `x` is a valid
+    // reference anyway).
+    unsafe { _mm_prefetch::<_MM_HINT_T0>((x as *const T).cast::<i8>()) }
+}
+
 /// AVX2+FMA `f32` micro-kernel (6 × 16).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx2F32(pub(crate) Avx2Fma);
@@ -47,14 +57,25 @@ impl MicroKernel for Avx2F32 {
     type T = f32;
     const MR: usize = 6;
     const NR: usize = 16;
+    const DOT_ROWS: usize = 4;
+    const DOT_COLS: usize = 3;
     const BLOCKING: Blocking = Blocking {
         kc: 256,
         mc: 144,
-        nc: 4096,
+        nc: 1024,
     };
 
     #[inline]
-    fn run(self, kc: usize, alpha: f32, a: &[f32], b: &[f32], ldb: usize, beta: f32, c: &mut [&mut [f32]]) {
+    fn run(
+        self,
+        kc: usize,
+        alpha: f32,
+        a: &[f32],
+        b: &[f32],
+        ldb: usize,
+        beta: f32,
+        c: &mut [&mut [f32]],
+    ) {
         let cols = check_tile(Self::MR, Self::NR, kc, a, b, ldb, c);
         let (a, b) = (a.as_ptr(), b.as_ptr());
         // SAFETY: `self` holds an `Avx2Fma` token, so AVX2 and FMA are
@@ -82,20 +103,62 @@ impl MicroKernel for Avx2F32 {
             }
         }
     }
+
+    #[inline]
+    fn dot(self, alpha: f32, a: &[&[f32]], b: &[&[f32]], beta: f32, c: &mut [&mut [f32]]) {
+        let len = check_dot(4, 3, a, b, c);
+        let ap: [*const f32; 4] =
+            std::array::from_fn(|r| a.get(r).map_or(a[0].as_ptr(), |x| x.as_ptr()));
+        let bp: [*const f32; 3] =
+            std::array::from_fn(|j| b.get(j).map_or(b[0].as_ptr(), |x| x.as_ptr()));
+        // SAFEf32: `self` holds an `Avx2Fma` token, so AVX2 and FMA are
+        // available. `check_dot` verified that every row of `a` and column of
+        // `b` holds `len` elements and that `c` is `a.len() × b.len()`; the
+        // instantiation below reads `len` elements from each of the first
+        // `R` row pointers and `C` column pointers (`R = a.len()`,
+        // `C = b.len()`) and writes `c[r][j]` for `r < R`, `j < C` only.
+        unsafe {
+            match (a.len(), b.len()) {
+                (4, 3) => dot_f32::<4, 3>(len, alpha, ap, bp, beta, c),
+                (4, 2) => dot_f32::<4, 2>(len, alpha, ap, bp, beta, c),
+                (4, 1) => dot_f32::<4, 1>(len, alpha, ap, bp, beta, c),
+                (3, 3) => dot_f32::<3, 3>(len, alpha, ap, bp, beta, c),
+                (3, 2) => dot_f32::<3, 2>(len, alpha, ap, bp, beta, c),
+                (3, 1) => dot_f32::<3, 1>(len, alpha, ap, bp, beta, c),
+                (2, 3) => dot_f32::<2, 3>(len, alpha, ap, bp, beta, c),
+                (2, 2) => dot_f32::<2, 2>(len, alpha, ap, bp, beta, c),
+                (2, 1) => dot_f32::<2, 1>(len, alpha, ap, bp, beta, c),
+                (1, 3) => dot_f32::<1, 3>(len, alpha, ap, bp, beta, c),
+                (1, 2) => dot_f32::<1, 2>(len, alpha, ap, bp, beta, c),
+                _ => dot_f32::<1, 1>(len, alpha, ap, bp, beta, c),
+            }
+        }
+    }
 }
 
 impl MicroKernel for Avx2F64 {
     type T = f64;
     const MR: usize = 6;
     const NR: usize = 8;
+    const DOT_ROWS: usize = 4;
+    const DOT_COLS: usize = 3;
     const BLOCKING: Blocking = Blocking {
         kc: 256,
         mc: 72,
-        nc: 2048,
+        nc: 512,
     };
 
     #[inline]
-    fn run(self, kc: usize, alpha: f64, a: &[f64], b: &[f64], ldb: usize, beta: f64, c: &mut [&mut [f64]]) {
+    fn run(
+        self,
+        kc: usize,
+        alpha: f64,
+        a: &[f64],
+        b: &[f64],
+        ldb: usize,
+        beta: f64,
+        c: &mut [&mut [f64]],
+    ) {
         let cols = check_tile(Self::MR, Self::NR, kc, a, b, ldb, c);
         let (a, b) = (a.as_ptr(), b.as_ptr());
         // SAFETY: as for the `f32` kernel: the token proves AVX2+FMA, and
@@ -117,6 +180,37 @@ impl MicroKernel for Avx2F64 {
                 (3, false) => kernel_f64::<3, 1>(kc, alpha, a, b, ldb, beta, c),
                 (2, false) => kernel_f64::<2, 1>(kc, alpha, a, b, ldb, beta, c),
                 _ => kernel_f64::<1, 1>(kc, alpha, a, b, ldb, beta, c),
+            }
+        }
+    }
+
+    #[inline]
+    fn dot(self, alpha: f64, a: &[&[f64]], b: &[&[f64]], beta: f64, c: &mut [&mut [f64]]) {
+        let len = check_dot(4, 3, a, b, c);
+        let ap: [*const f64; 4] =
+            std::array::from_fn(|r| a.get(r).map_or(a[0].as_ptr(), |x| x.as_ptr()));
+        let bp: [*const f64; 3] =
+            std::array::from_fn(|j| b.get(j).map_or(b[0].as_ptr(), |x| x.as_ptr()));
+        // SAFEf64: `self` holds an `Avx2Fma` token, so AVX2 and FMA are
+        // available. `check_dot` verified that every row of `a` and column of
+        // `b` holds `len` elements and that `c` is `a.len() × b.len()`; the
+        // instantiation below reads `len` elements from each of the first
+        // `R` row pointers and `C` column pointers (`R = a.len()`,
+        // `C = b.len()`) and writes `c[r][j]` for `r < R`, `j < C` only.
+        unsafe {
+            match (a.len(), b.len()) {
+                (4, 3) => dot_f64::<4, 3>(len, alpha, ap, bp, beta, c),
+                (4, 2) => dot_f64::<4, 2>(len, alpha, ap, bp, beta, c),
+                (4, 1) => dot_f64::<4, 1>(len, alpha, ap, bp, beta, c),
+                (3, 3) => dot_f64::<3, 3>(len, alpha, ap, bp, beta, c),
+                (3, 2) => dot_f64::<3, 2>(len, alpha, ap, bp, beta, c),
+                (3, 1) => dot_f64::<3, 1>(len, alpha, ap, bp, beta, c),
+                (2, 3) => dot_f64::<2, 3>(len, alpha, ap, bp, beta, c),
+                (2, 2) => dot_f64::<2, 2>(len, alpha, ap, bp, beta, c),
+                (2, 1) => dot_f64::<2, 1>(len, alpha, ap, bp, beta, c),
+                (1, 3) => dot_f64::<1, 3>(len, alpha, ap, bp, beta, c),
+                (1, 2) => dot_f64::<1, 2>(len, alpha, ap, bp, beta, c),
+                _ => dot_f64::<1, 1>(len, alpha, ap, bp, beta, c),
             }
         }
     }
@@ -184,7 +278,11 @@ unsafe fn kernel_f32<const R: usize, const NV: usize>(
         let cols = row.len();
         let cp = row.as_mut_ptr();
         for (v, &x) in accr.iter().enumerate() {
-            let x = if alpha == 1.0 { x } else { _mm256_mul_ps(x, valpha) };
+            let x = if alpha == 1.0 {
+                x
+            } else {
+                _mm256_mul_ps(x, valpha)
+            };
             let off = 8 * v;
             if off + 8 <= cols {
                 let dst = cp.add(off);
@@ -269,7 +367,11 @@ unsafe fn kernel_f64<const R: usize, const NV: usize>(
         let cols = row.len();
         let cp = row.as_mut_ptr();
         for (v, &x) in accr.iter().enumerate() {
-            let x = if alpha == 1.0 { x } else { _mm256_mul_pd(x, valpha) };
+            let x = if alpha == 1.0 {
+                x
+            } else {
+                _mm256_mul_pd(x, valpha)
+            };
             let off = 4 * v;
             if off + 4 <= cols {
                 let dst = cp.add(off);
@@ -289,6 +391,148 @@ unsafe fn kernel_f64<const R: usize, const NV: usize>(
                     *d = if beta == 0.0 { t } else { t + beta * *d };
                 }
             }
+        }
+    }
+}
+
+/// `R × C` dot-product tile for f32: `c[r][j] = alpha·(a_r · b_j) + beta·c[r][j]`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `a[..R]` and `b[..C]` must each be
+/// valid for reads of `len` elements; `c` must have at least `R` rows of at
+/// least `C` elements.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // the reduction walks acc column-wise
+unsafe fn dot_f32<const R: usize, const C: usize>(
+    len: usize,
+    alpha: f32,
+    a: [*const f32; 4],
+    b: [*const f32; 3],
+    beta: f32,
+    c: &mut [&mut [f32]],
+) {
+    const L: usize = 8;
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    let mut p = 0;
+    while p + L <= len {
+        let mut bv = [_mm256_setzero_ps(); C];
+        for (j, x) in bv.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(b[j].add(p));
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm256_loadu_ps(a[r].add(p));
+            for j in 0..C {
+                accr[j] = _mm256_fmadd_ps(av, bv[j], accr[j]);
+            }
+        }
+        p += L;
+    }
+    if p < len {
+        // Tail: masked loads read only the `len - p` remaining elements
+        // (masked-off lanes are never accessed and read as zero).
+        let rem = (len - p) as i32;
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), idx);
+        let mut bv = [_mm256_setzero_ps(); C];
+        for (j, x) in bv.iter_mut().enumerate() {
+            *x = _mm256_maskload_ps(b[j].add(p), mask);
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm256_maskload_ps(a[r].add(p), mask);
+            for j in 0..C {
+                accr[j] = _mm256_fmadd_ps(av, bv[j], accr[j]);
+            }
+        }
+    }
+    // Reduce each column's (up to) four row accumulators at once: three
+    // horizontal adds and one cross-lane add give the four dot products.
+    for j in 0..C {
+        let v: [__m256; 4] = std::array::from_fn(|r| {
+            if r < R {
+                acc[r][j]
+            } else {
+                _mm256_setzero_ps()
+            }
+        });
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+        let mut out = [0.0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), _mm_mul_ps(sums, _mm_set1_ps(alpha)));
+        for (r, &s) in out.iter().enumerate().take(R) {
+            let d = c.get_unchecked_mut(r).get_unchecked_mut(j);
+            *d = if beta == 0.0 { s } else { s + beta * *d };
+        }
+    }
+}
+
+/// `R × C` dot-product tile for f64: `c[r][j] = alpha·(a_r · b_j) + beta·c[r][j]`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `a[..R]` and `b[..C]` must each be
+/// valid for reads of `len` elements; `c` must have at least `R` rows of at
+/// least `C` elements.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // the reduction walks acc column-wise
+unsafe fn dot_f64<const R: usize, const C: usize>(
+    len: usize,
+    alpha: f64,
+    a: [*const f64; 4],
+    b: [*const f64; 3],
+    beta: f64,
+    c: &mut [&mut [f64]],
+) {
+    const L: usize = 4;
+    let mut acc = [[_mm256_setzero_pd(); C]; R];
+    let mut p = 0;
+    while p + L <= len {
+        let mut bv = [_mm256_setzero_pd(); C];
+        for (j, x) in bv.iter_mut().enumerate() {
+            *x = _mm256_loadu_pd(b[j].add(p));
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm256_loadu_pd(a[r].add(p));
+            for j in 0..C {
+                accr[j] = _mm256_fmadd_pd(av, bv[j], accr[j]);
+            }
+        }
+        p += L;
+    }
+    if p < len {
+        // Tail: masked loads read only the `len - p` remaining elements
+        // (masked-off lanes are never accessed and read as zero).
+        let rem = (len - p) as i64;
+        let idx = _mm256_setr_epi64x(0, 1, 2, 3);
+        let mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(rem), idx);
+        let mut bv = [_mm256_setzero_pd(); C];
+        for (j, x) in bv.iter_mut().enumerate() {
+            *x = _mm256_maskload_pd(b[j].add(p), mask);
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm256_maskload_pd(a[r].add(p), mask);
+            for j in 0..C {
+                accr[j] = _mm256_fmadd_pd(av, bv[j], accr[j]);
+            }
+        }
+    }
+    // Reduce each column's (up to) four row accumulators at once.
+    for j in 0..C {
+        let v: [__m256d; 4] = std::array::from_fn(|r| {
+            if r < R {
+                acc[r][j]
+            } else {
+                _mm256_setzero_pd()
+            }
+        });
+        let h01 = _mm256_hadd_pd(v[0], v[1]); // [v0 lo, v1 lo, v0 hi, v1 hi]
+        let h23 = _mm256_hadd_pd(v[2], v[3]); // [v2 lo, v3 lo, v2 hi, v3 hi]
+        let swapped = _mm256_permute2f128_pd::<0x21>(h01, h23);
+        let blended = _mm256_blend_pd::<0b1100>(h01, h23);
+        let sums = _mm256_mul_pd(_mm256_add_pd(swapped, blended), _mm256_set1_pd(alpha));
+        let mut out = [0.0f64; 4];
+        _mm256_storeu_pd(out.as_mut_ptr(), sums);
+        for (r, &s) in out.iter().enumerate().take(R) {
+            let d = c.get_unchecked_mut(r).get_unchecked_mut(j);
+            *d = if beta == 0.0 { s } else { s + beta * *d };
         }
     }
 }
