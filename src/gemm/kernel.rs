@@ -101,6 +101,7 @@ pub(crate) trait MicroKernel: Copy + Send + Sync {
 /// Checks the dot-kernel contract documented on [`MicroKernel::dot`];
 /// panics if it is violated. Returns the common length of the vectors.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only SIMD kernels have a dot variant
 pub(crate) fn check_dot<T>(
     rows: usize,
     cols: usize,

@@ -11,18 +11,28 @@
 //!
 //! * the `n` dimension is cut into blocks of `NC` columns and `k` into blocks
 //!   of `KC`; each `KC × NC` block of B is packed into `NR`-column
-//!   micro-panels (L3/L2 resident);
+//!   micro-panels (sized to stay in L2);
 //! * `m` is cut into blocks of `MC` rows; each `MC × KC` block of A is packed
-//!   into `MR`-row micro-panels (L2 resident);
+//!   into `MR`-row micro-panels;
 //! * a register-blocked micro-kernel multiplies one A micro-panel by one B
-//!   micro-panel (L1 resident) into an `MR × NR` tile of C.
+//!   micro-panel into an `MR × NR` tile of C. With a long `k` the B panel is
+//!   the outer loop (reused from L1 by every A panel); with a short `k`,
+//!   where writing C dominates, the A panel is, so C is written a few rows at
+//!   a time along the rows rather than down `MC` rows at once.
 //!
 //! Packing absorbs the strides, so every transpose combination runs the same
 //! micro-kernel. On `x86_64` CPUs with AVX2 and FMA (detected at run time)
 //! the micro-kernels are hand-written with `std::arch` intrinsics (`f32`:
-//! 6 × 16, `f64`: 6 × 8); elsewhere a portable plain-Rust kernel that the
-//! compiler auto-vectorises is used. Packing buffers are thread-local and
-//! reused, so steady-state calls do not allocate.
+//! 6 × 16, `f64`: 6 × 8; 12 accumulator registers); elsewhere a portable
+//! plain-Rust kernel that the compiler auto-vectorises is used. Packing
+//! buffers are thread-local, 64-byte aligned and reused, so steady-state
+//! calls do not allocate.
+//!
+//! When both operands are contiguous along `k` (A row-major, B the transpose
+//! of a row-major matrix — a convolution's weight gradient `dY·colsᵀ`, or a
+//! linear layer's `X·Wᵀ`) and `C` is small, packing would cost as much as the
+//! arithmetic, so a 4 × 3 dot-product kernel reads the operands in place
+//! instead.
 //!
 //! Large products are split across threads (see [`set_num_threads`]): along
 //! `n` when it is wide, along `m` when it is tall, or along `k` (with a final
