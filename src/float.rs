@@ -171,5 +171,5 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, crate::naive_gemm::gemm);
-impl_float!(f64, crate::naive_gemm::gemm);
+impl_float!(f32, crate::gemm::sgemm);
+impl_float!(f64, crate::gemm::dgemm);

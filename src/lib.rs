@@ -3,13 +3,13 @@
 
 mod error;
 mod float;
-mod naive_gemm;
 mod ops;
 mod shape;
 mod tape;
 mod tensor;
 
 pub mod data;
+pub mod gemm;
 pub mod gradcheck;
 pub mod io;
 
