@@ -1,0 +1,338 @@
+//! The tapegrad benchmark: `cargo bench --bench tapegrad`.
+//!
+//! Prints one line per measurement, `case<TAB>framework<TAB>threads<TAB>median_ms<TAB>gflops`,
+//! with the machine's own peak FMA throughput (`peak_fma`) measured in the same run, so each
+//! figure also reads as a fraction of the physical limit. Lines starting with `#` are notes
+//! (ns per node for `chain10k`, peak heap for `cnn_step`, fractions of peak).
+//!
+//! Options (after `--`): `--quick` (fewer repetitions), `--threads 1,2`, `--case NAME` (repeatable).
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+use tapegrad::nn::{Conv2d, Linear, Params};
+use tapegrad::optim::{Optimizer, Sgd};
+use tapegrad::{gemm, Conv2dOptions, Pool2dOptions, Tape, Tensor};
+
+/// Counts live and peak heap bytes, for the memory figure of `cnn_step`.
+struct CountingAlloc;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts bytes.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+struct Cfg {
+    reps: usize,
+    threads: Vec<usize>,
+    only: Vec<String>,
+}
+
+fn median_ms(cfg: &Cfg, mut f: impl FnMut()) -> f64 {
+    // Warm up (caches, thread pools, scratch buffers), then time `reps` runs.
+    f();
+    f();
+    let mut t: Vec<f64> = (0..cfg.reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[t.len() / 2]
+}
+
+fn line(case: &str, threads: usize, ms: f64, gflops: Option<f64>) {
+    let g = gflops.map_or("-".to_string(), |g| format!("{g:.1}"));
+    println!("{case}\ttapegrad\t{threads}\t{ms:.3}\t{g}");
+}
+
+struct ConvCase {
+    name: &'static str,
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+const CASES: &[ConvCase] = &[
+    ConvCase {
+        name: "seed",
+        n: 1,
+        c: 1,
+        h: 3,
+        w: 3,
+        o: 1,
+        k: 2,
+        stride: 1,
+        pad: 0,
+    },
+    ConvCase {
+        name: "small",
+        n: 32,
+        c: 3,
+        h: 32,
+        w: 32,
+        o: 16,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    },
+    ConvCase {
+        name: "mid",
+        n: 32,
+        c: 16,
+        h: 32,
+        w: 32,
+        o: 32,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    },
+    ConvCase {
+        name: "deep",
+        n: 16,
+        c: 64,
+        h: 16,
+        w: 16,
+        o: 64,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    },
+    ConvCase {
+        name: "strided",
+        n: 32,
+        c: 32,
+        h: 32,
+        w: 32,
+        o: 64,
+        k: 3,
+        stride: 2,
+        pad: 1,
+    },
+    ConvCase {
+        name: "wide",
+        n: 8,
+        c: 3,
+        h: 128,
+        w: 128,
+        o: 16,
+        k: 5,
+        stride: 1,
+        pad: 2,
+    },
+];
+
+fn conv_case(cfg: &Cfg, cc: &ConvCase, threads: usize, rng: &mut StdRng) {
+    let x = Tensor::<f32>::randn([cc.n, cc.c, cc.h, cc.w], rng);
+    let wt = Tensor::<f32>::randn([cc.o, cc.c, cc.k, cc.k], rng);
+    let b = Tensor::<f32>::randn([cc.o], rng);
+    let opts = Conv2dOptions::default().stride(cc.stride).padding(cc.pad);
+    let out = |s: usize| (s + 2 * cc.pad - cc.k) / cc.stride + 1;
+    let flops = 2.0 * (cc.n * cc.o * out(cc.h) * out(cc.w) * cc.c * cc.k * cc.k) as f64;
+    let fwd = median_ms(cfg, || {
+        let tape = Tape::new();
+        let y = tape.constant(x.clone()).conv2d(
+            tape.constant(wt.clone()),
+            Some(tape.constant(b.clone())),
+            opts,
+        );
+        std::hint::black_box(y.value());
+    });
+    line(
+        &format!("{}_fwd", cc.name),
+        threads,
+        fwd,
+        Some(flops / fwd / 1e6),
+    );
+    let fb = median_ms(cfg, || {
+        let tape = Tape::new();
+        let (xv, wv, bv) = (
+            tape.leaf(x.clone()),
+            tape.leaf(wt.clone()),
+            tape.leaf(b.clone()),
+        );
+        let y = xv.conv2d(wv, Some(bv), opts);
+        let g = y.backward_with(Tensor::ones(y.shape()));
+        std::hint::black_box(&g[wv]);
+    });
+    line(
+        &format!("{}_fwdbwd", cc.name),
+        threads,
+        fb,
+        Some(3.0 * flops / fb / 1e6),
+    );
+}
+
+fn chain10k(cfg: &Cfg) {
+    const N: usize = 10_000;
+    let ms = median_ms(cfg, || {
+        let tape = Tape::<f32>::with_capacity(N + 1);
+        let x = tape.leaf(Tensor::scalar(0.5));
+        let mut y = x;
+        for i in 0..N {
+            y = match i % 3 {
+                0 => y + 0.1,
+                1 => y * 0.9,
+                _ => y.tanh(),
+            };
+        }
+        let g = y.backward();
+        std::hint::black_box(g[x].item());
+    });
+    line("chain10k", 1, ms, None);
+    println!(
+        "# chain10k: {:.0} ns per node (forward + backward + teardown)",
+        ms * 1e6 / N as f64
+    );
+}
+
+struct Cnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    fc: Linear,
+}
+
+fn cnn_step(cfg: &Cfg, threads: usize, rng: &mut StdRng) {
+    let mut params = Params::<f32>::new();
+    let pad1 = Conv2dOptions::default().padding(1);
+    let net = Cnn {
+        conv1: Conv2d::new(&mut params, "conv1", 1, 8, 3, pad1, true, rng),
+        conv2: Conv2d::new(&mut params, "conv2", 8, 16, 3, pad1, true, rng),
+        fc: Linear::new(&mut params, "fc", 16 * 7 * 7, 10, true, rng),
+    };
+    let x = Tensor::<f32>::randn([64, 1, 28, 28], rng);
+    let labels: Vec<usize> = (0..64).map(|i| i % 10).collect();
+    let mut opt = Sgd::new(0.01).momentum(0.9);
+    let pool = Pool2dOptions::new(2);
+    let mut step = || {
+        let grads = {
+            let tape = Tape::new();
+            let p = params.bind(&tape);
+            let h = tape.constant(x.clone());
+            let h = h
+                .conv2d(
+                    p[net.conv1.weight],
+                    net.conv1.bias.map(|b| p[b]),
+                    net.conv1.options,
+                )
+                .relu()
+                .max_pool2d(pool);
+            let h = h
+                .conv2d(
+                    p[net.conv2.weight],
+                    net.conv2.bias.map(|b| p[b]),
+                    net.conv2.options,
+                )
+                .relu()
+                .max_pool2d(pool);
+            let logits = h
+                .flatten()
+                .linear(p[net.fc.weight], net.fc.bias.map(|b| p[b]));
+            p.grads(logits.cross_entropy(&labels).backward())
+        };
+        opt.step(&mut params, &grads);
+    };
+    let ms = median_ms(cfg, &mut step);
+    line("cnn_step", threads, ms, None);
+    if threads == cfg.threads[0] {
+        // Peak heap of one step, above what was live before it.
+        let base = LIVE.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
+        step();
+        let peak = PEAK.load(Ordering::Relaxed) - base;
+        // What a step must hold: parameters, every activation, every gradient (f32).
+        let acts = 64 * (8 * 28 * 28 * 3 + 8 * 14 * 14 + 16 * 14 * 14 * 2 + 16 * 7 * 7 * 2 + 10);
+        let p = params.num_elements();
+        let needed = 4 * (p + 2 * acts + p);
+        println!(
+            "# cnn_step: peak heap {:.2} MB; parameters + activations + gradients {:.2} MB; ratio {:.2}",
+            peak as f64 / 1e6,
+            needed as f64 / 1e6,
+            peak as f64 / needed as f64
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut cfg = Cfg {
+        reps: 15,
+        threads: vec![1, 2],
+        only: vec![],
+    };
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--quick" => cfg.reps = 5,
+            "--threads" => {
+                i += 1;
+                cfg.threads = args[i]
+                    .split(',')
+                    .map(|t| t.parse().expect("--threads 1,2"))
+                    .collect();
+            }
+            "--case" => {
+                i += 1;
+                cfg.only.push(args[i].clone());
+            }
+            "--bench" => {}
+            other => eprintln!("ignoring unknown argument {other}"),
+        }
+        i += 1;
+    }
+    let want = |name: &str| cfg.only.is_empty() || cfg.only.iter().any(|o| o == name);
+    println!(
+        "# tapegrad benchmark; median of {} runs after 2 warm-ups; f32",
+        cfg.reps
+    );
+    println!("case\tframework\tthreads\tmedian_ms\tgflops");
+    let mut peaks = vec![];
+    for &t in &cfg.threads {
+        let peak = gemm::peak::peak_fma_gflops(t);
+        println!("peak_fma\ttapegrad\t{t}\t-\t{peak:.1}");
+        peaks.push((t, peak));
+    }
+    let mut rng = StdRng::seed_from_u64(0);
+    for &t in &cfg.threads {
+        gemm::set_num_threads(t);
+        for cc in CASES.iter().filter(|c| want(c.name)) {
+            conv_case(&cfg, cc, t, &mut rng);
+        }
+        if want("cnn_step") {
+            cnn_step(&cfg, t, &mut rng);
+        }
+    }
+    if want("chain10k") {
+        chain10k(&cfg);
+    }
+    for (t, p) in peaks {
+        println!("# peak_fma at {t} thread(s): {p:.1} GFLOP/s; divide a case's gflops by this for its fraction of peak");
+    }
+}
