@@ -209,16 +209,15 @@ impl<T: Float> Tape<T> {
         for p in parents {
             ids.push(p.id);
         }
-        let requires_grad = {
-            let nodes = self.nodes.borrow();
-            ids.iter().any(|&p| nodes[p].requires_grad)
-        };
+        let mut nodes = self.nodes.borrow_mut();
+        let requires_grad = ids.iter().any(|&p| nodes[p].requires_grad);
         let bw: Option<BackwardFn<T>> = if requires_grad {
             Some(Box::new(backward))
         } else {
             None
         };
-        self.push(value, ids, op, Kind::Op, requires_grad, bw)
+        let id = self.push_locked(&mut nodes, value, ids, op, Kind::Op, requires_grad, bw);
+        Var { tape: self, id }
     }
 
     fn push(
@@ -231,6 +230,31 @@ impl<T: Float> Tape<T> {
         backward: Option<BackwardFn<T>>,
     ) -> Var<'_, T> {
         let mut nodes = self.nodes.borrow_mut();
+        let id = self.push_locked(
+            &mut nodes,
+            value,
+            parents,
+            op,
+            kind,
+            requires_grad,
+            backward,
+        );
+        Var { tape: self, id }
+    }
+
+    /// Appends a node to the (already borrowed) node list; returns its id.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn push_locked(
+        &self,
+        nodes: &mut Vec<Node<T>>,
+        value: Tensor<T>,
+        parents: SmallVec<[usize; 2]>,
+        op: &'static str,
+        kind: Kind,
+        requires_grad: bool,
+        backward: Option<BackwardFn<T>>,
+    ) -> usize {
         let id = nodes.len();
         if self.check_finite.get() && !value.all_finite() {
             let inputs: Vec<String> = parents
@@ -252,7 +276,13 @@ impl<T: Float> Tape<T> {
             requires_grad,
             backward,
         });
-        Var { tape: self, id }
+        id
+    }
+
+    /// Applies `f` to the value of node `id` without cloning it.
+    #[inline]
+    pub(crate) fn with_value<R>(&self, id: usize, f: impl FnOnce(&Tensor<T>) -> R) -> R {
+        f(&self.nodes.borrow()[id].value)
     }
 
     /// The value of node `id` (a cheap clone sharing storage).
@@ -342,16 +372,19 @@ impl<T: Float> Tape<T> {
         if root_node.requires_grad || root_node.kind == Kind::Leaf {
             grads[root] = Some(seed);
         }
+        // Reused across nodes (cleared, never reallocated): per-node allocation-free.
+        let mut inputs: Vec<&Tensor<T>> = Vec::with_capacity(4);
+        let mut needs: Vec<bool> = Vec::with_capacity(4);
         for i in (0..=root).rev() {
             let Some(g) = grads[i].take() else { continue };
             let node = &nodes[i];
             if let Some(bw) = &node.backward {
-                // Filled with `push`: SmallVec's `collect` costs more than the rest of a scalar node.
-                let mut inputs: SmallVec<[&Tensor<T>; 2]> = SmallVec::new();
-                let mut needs: SmallVec<[bool; 2]> = SmallVec::new();
+                inputs.clear();
+                needs.clear();
                 for &p in &node.parents {
-                    inputs.push(&nodes[p].value);
-                    needs.push(nodes[p].requires_grad);
+                    let parent = &nodes[p];
+                    inputs.push(&parent.value);
+                    needs.push(parent.requires_grad);
                 }
                 let ctx = BackwardCtx {
                     grad: &g,
@@ -359,7 +392,7 @@ impl<T: Float> Tape<T> {
                     output: &node.value,
                     needs_grad: &needs,
                 };
-                let pg = bw(&ctx);
+                let mut pg = bw(&ctx);
                 assert!(
                     pg.len() == node.parents.len(),
                     "backward of node {i} ({}) returned {} gradients for {} parents",
@@ -367,12 +400,12 @@ impl<T: Float> Tape<T> {
                     pg.len(),
                     node.parents.len()
                 );
-                for (k, (&p, pgrad)) in node.parents.iter().zip(pg).enumerate() {
-                    let Some(pgrad) = pgrad else { continue };
+                for (k, (&p, slot)) in node.parents.iter().zip(pg.iter_mut()).enumerate() {
+                    let Some(pgrad) = slot.take() else { continue };
                     if !needs[k] {
                         continue;
                     }
-                    let pshape = nodes[p].value.shape();
+                    let pshape = inputs[k].shape();
                     assert!(
                         pgrad.shape() == pshape,
                         "backward of node {i} ({}): gradient for input {k} has shape {} but the input has shape {}",

@@ -117,7 +117,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     #[allow(clippy::should_implement_trait)]
     pub fn neg(self) -> Var<'t, T> {
-        let y = self.value().map(|v| -v);
+        let y = self.tape.with_value(self.id, |x| x.map(|v| -v));
         self.tape
             .record("neg", y, &[self], |ctx| one(ctx.grad.map(|g| -g)))
     }
@@ -131,7 +131,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.add_scalar(2.0).value().data(), &[3.0, 3.0]);
     /// ```
     pub fn add_scalar(self, c: T) -> Var<'t, T> {
-        let y = self.value().map(|v| v + c);
+        let y = self.tape.with_value(self.id, |x| x.map(|v| v + c));
         self.tape
             .record("add_scalar", y, &[self], |ctx| one(ctx.grad.clone()))
     }
@@ -145,7 +145,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.mul_scalar(3.0).sum().backward()[x].data(), &[3.0, 3.0]);
     /// ```
     pub fn mul_scalar(self, c: T) -> Var<'t, T> {
-        let y = self.value().map(|v| v * c);
+        let y = self.tape.with_value(self.id, |x| x.map(|v| v * c));
         self.tape.record("mul_scalar", y, &[self], move |ctx| {
             one(ctx.grad.map(|g| g * c))
         })

@@ -13,7 +13,7 @@ impl<'t, T: Float> Var<'t, T> {
         f: impl Fn(T) -> T,
         df: impl Fn(T, T) -> T + Copy + 'static,
     ) -> Var<'t, T> {
-        let y = self.value().map(f);
+        let y = self.tape.with_value(self.id, |x| x.map(f));
         self.tape.record(op, y, &[self], move |ctx| {
             let (x, y, g) = (ctx.inputs[0].data(), ctx.output.data(), ctx.grad.data());
             let dx = g
