@@ -746,3 +746,59 @@ impl<T: Float> fmt::Display for Tensor<T> {
         write!(f, ")")
     }
 }
+
+/// Approximate equality with the `approx` crate: same shape, and every pair of
+/// elements within `epsilon` (compared in `f64`).
+///
+/// ```
+/// use approx::assert_abs_diff_eq;
+/// use tapegrad::Tensor;
+/// let a = Tensor::from_vec(vec![1.0f32, 2.0], [2]).unwrap();
+/// let b = Tensor::from_vec(vec![1.0f32, 2.0 + 1e-7], [2]).unwrap();
+/// assert_abs_diff_eq!(a, b, epsilon = 1e-6);
+/// assert!(approx::abs_diff_ne!(a, b.reshape([2, 1]), epsilon = 1.0)); // shapes differ
+/// ```
+impl<T: Float> approx::AbsDiffEq for Tensor<T> {
+    type Epsilon = f64;
+    fn default_epsilon() -> f64 {
+        T::EPSILON.to_f64()
+    }
+    fn abs_diff_eq(&self, other: &Self, epsilon: f64) -> bool {
+        self.shape == other.shape
+            && self
+                .data
+                .iter()
+                .zip(other.data.iter())
+                .all(|(a, b)| a.to_f64().abs_diff_eq(&b.to_f64(), epsilon))
+    }
+}
+
+/// Relative approximate equality with the `approx` crate (elementwise, in `f64`).
+///
+/// ```
+/// use approx::assert_relative_eq;
+/// use tapegrad::Tensor;
+/// let a = Tensor::from_vec(vec![1000.0f64, 1e-3], [2]).unwrap();
+/// let b = Tensor::from_vec(vec![1000.001, 1.000001e-3], [2]).unwrap();
+/// assert_relative_eq!(a, b, max_relative = 1e-5);
+/// ```
+impl<T: Float> approx::RelativeEq for Tensor<T> {
+    fn default_max_relative() -> f64 {
+        T::EPSILON.to_f64()
+    }
+    fn relative_eq(&self, other: &Self, epsilon: f64, max_relative: f64) -> bool {
+        self.shape == other.shape
+            && self
+                .data
+                .iter()
+                .zip(other.data.iter())
+                .all(|(a, b)| a.to_f64().relative_eq(&b.to_f64(), epsilon, max_relative))
+    }
+}
+
+impl<T: Float> PartialEq for Tensor<T> {
+    /// Exact equality: same shape and bitwise-equal values (NaN ≠ NaN, as for floats).
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.data[..] == other.data[..]
+    }
+}

@@ -145,7 +145,7 @@ fn f32_and_f64_agree() {
         let y = x.softmax(1).log().mean();
         y.backward()[x].clone()
     };
-    assert!(run32.max_abs_diff(&run64) < 1e-6);
+    approx::assert_abs_diff_eq!(run32, run64, epsilon = 1e-6);
 }
 
 #[test]
