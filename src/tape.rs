@@ -160,7 +160,7 @@ impl<T: Float> Tape<T> {
     /// assert!(w.requires_grad());
     /// ```
     pub fn leaf(&self, value: Tensor<T>) -> Var<'_, T> {
-        self.push(value, SmallVec::new(), "leaf", Kind::Leaf, true, None)
+        self.push_input(value, Kind::Leaf)
     }
 
     /// Records a tensor that never receives a gradient (data, targets, fixed weights).
@@ -171,14 +171,7 @@ impl<T: Float> Tape<T> {
     /// assert!(!c.requires_grad());
     /// ```
     pub fn constant(&self, value: Tensor<T>) -> Var<'_, T> {
-        self.push(
-            value,
-            SmallVec::new(),
-            "constant",
-            Kind::Constant,
-            false,
-            None,
-        )
+        self.push_input(value, Kind::Constant)
     }
 
     /// Records the result of an op: its label, its value, its parents and its
@@ -216,67 +209,57 @@ impl<T: Float> Tape<T> {
         } else {
             None
         };
-        let id = self.push_locked(&mut nodes, value, ids, op, Kind::Op, requires_grad, bw);
-        Var { tape: self, id }
-    }
-
-    fn push(
-        &self,
-        value: Tensor<T>,
-        parents: SmallVec<[usize; 2]>,
-        op: &'static str,
-        kind: Kind,
-        requires_grad: bool,
-        backward: Option<BackwardFn<T>>,
-    ) -> Var<'_, T> {
-        let mut nodes = self.nodes.borrow_mut();
-        let id = self.push_locked(
-            &mut nodes,
+        let node = Node {
             value,
-            parents,
+            parents: ids,
             op,
-            kind,
+            kind: Kind::Op,
             requires_grad,
-            backward,
-        );
+            backward: bw,
+        };
+        let id = self.push_node(&mut nodes, node);
         Var { tape: self, id }
     }
 
-    /// Appends a node to the (already borrowed) node list; returns its id.
-    #[allow(clippy::too_many_arguments)]
+    /// Appends `node` to the (already borrowed) node list and returns its id; with
+    /// check-finite on, a non-finite value panics here, naming the node and its inputs.
     #[inline]
-    fn push_locked(
-        &self,
-        nodes: &mut Vec<Node<T>>,
-        value: Tensor<T>,
-        parents: SmallVec<[usize; 2]>,
-        op: &'static str,
-        kind: Kind,
-        requires_grad: bool,
-        backward: Option<BackwardFn<T>>,
-    ) -> usize {
+    fn push_node(&self, nodes: &mut Vec<Node<T>>, node: Node<T>) -> usize {
         let id = nodes.len();
-        if self.check_finite.get() && !value.all_finite() {
-            let inputs: Vec<String> = parents
+        if self.check_finite.get() && !node.value.all_finite() {
+            let inputs: Vec<String> = node
+                .parents
                 .iter()
                 .map(|&p| format!("node {p} ({})", nodes[p].op))
                 .collect();
             panic!(
-                "check_finite: node {id} ({op}) produced a non-finite value in forward \
+                "check_finite: node {id} ({}) produced a non-finite value in forward \
                  (shape {}, inputs: [{}])",
-                value.shape(),
+                node.op,
+                node.value.shape(),
                 inputs.join(", ")
             );
         }
-        nodes.push(Node {
-            value,
-            parents,
-            op,
-            kind,
-            requires_grad,
-            backward,
-        });
+        nodes.push(node);
         id
+    }
+
+    /// Records a node without parents (a leaf or a constant).
+    fn push_input(&self, value: Tensor<T>, kind: Kind) -> Var<'_, T> {
+        let node = Node {
+            value,
+            parents: SmallVec::new(),
+            op: if kind == Kind::Leaf {
+                "leaf"
+            } else {
+                "constant"
+            },
+            kind,
+            requires_grad: kind == Kind::Leaf,
+            backward: None,
+        };
+        let id = self.push_node(&mut self.nodes.borrow_mut(), node);
+        Var { tape: self, id }
     }
 
     /// Applies `f` to the value of node `id` without cloning it.
