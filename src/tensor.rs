@@ -670,8 +670,8 @@ pub(crate) fn for_each_row(
 
 impl<T: Float> fmt::Debug for Tensor<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor<{}>{} ", T::NAME, self.shape)?;
-        fmt::Display::fmt(self, f)
+        fmt::Display::fmt(self, f)?;
+        write!(f, " ({}, shape {})", T::NAME, self.shape)
     }
 }
 
@@ -705,7 +705,7 @@ impl<T: Float> fmt::Display for Tensor<T> {
                 return write!(f, "{:>width$}", fmt_v(t.data[off]));
             }
             let n = t.shape[axis];
-            let indent = " ".repeat(axis + 7);
+            let indent = " ".repeat(axis + 8);
             write!(f, "[")?;
             let items: Vec<Option<usize>> = if summarise && n > 6 {
                 (0..3)
@@ -800,5 +800,57 @@ impl<T: Float> PartialEq for Tensor<T> {
     /// Exact equality: same shape and bitwise-equal values (NaN ≠ NaN, as for floats).
     fn eq(&self, other: &Self) -> bool {
         self.shape == other.shape && self.data[..] == other.data[..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_matches_pytorch_layout() {
+        let t = Tensor::<f32>::arange(6).reshape([2, 3]);
+        assert_eq!(
+            t.to_string(),
+            "tensor([[0.0000, 1.0000, 2.0000],\n        [3.0000, 4.0000, 5.0000]])"
+        );
+        assert_eq!(Tensor::<f64>::scalar(-2.5).to_string(), "tensor(-2.5000)");
+        let big = Tensor::<f32>::arange(2000).reshape([40, 50]).to_string();
+        assert_eq!(big.matches("...").count(), 7, "{big}"); // 6 rows elided in, plus one elided row
+        assert_eq!(
+            format!("{:?}", Tensor::<f64>::zeros([1])),
+            "tensor([0.0000]) (f64, shape [1])"
+        );
+    }
+
+    #[test]
+    fn broadcast_and_sum_to_are_adjoint() {
+        // <broadcast_to(a), g> = <a, sum_to(g)> for any a, g.
+        let a = Tensor::<f64>::arange(3).reshape([3, 1]);
+        let g = Tensor::<f64>::arange(12).reshape([2, 3, 2]);
+        let lhs: f64 = a
+            .broadcast_to([2, 3, 2])
+            .data()
+            .iter()
+            .zip(g.data())
+            .map(|(x, y)| x * y)
+            .sum();
+        let rhs: f64 = a
+            .data()
+            .iter()
+            .zip(g.sum_to([3, 1]).data())
+            .map(|(x, y)| x * y)
+            .sum();
+        assert_eq!(lhs, rhs);
+    }
+
+    #[test]
+    fn inline_scalars_behave_like_heap_tensors() {
+        let mut s = Tensor::<f32>::from_vec(vec![2.0], [1, 1]).unwrap();
+        let c = s.clone();
+        s.data_mut()[0] = 3.0;
+        assert_eq!((c.item(), s.item()), (2.0, 3.0));
+        assert_eq!(s.clone().into_vec(), vec![3.0]);
+        assert!(!s.shares_storage(&c));
     }
 }
