@@ -31,6 +31,9 @@ pub struct BackwardCtx<'a, T: Float> {
     pub output: &'a Tensor<T>,
     /// Whether each parent wants a gradient; a closure may skip work (return `None`) where false.
     pub needs_grad: &'a [bool],
+    /// The constant saved with [`Tape::record_scalar`] (e.g. the factor of `mul_scalar`);
+    /// zero for ops recorded with [`Tape::record`].
+    pub scalar: T,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -46,6 +49,8 @@ struct Node<T: Float> {
     op: &'static str,
     kind: Kind,
     requires_grad: bool,
+    /// A constant the op saved for its backward (see `record_scalar`).
+    scalar: T,
     backward: Option<BackwardFn<T>>,
 }
 
@@ -198,6 +203,34 @@ impl<T: Float> Tape<T> {
         parents: &[Var<'t, T>],
         backward: impl Fn(&BackwardCtx<'_, T>) -> ParentGrads<T> + 'static,
     ) -> Var<'t, T> {
+        self.record_scalar(op, value, parents, T::ZERO, backward)
+    }
+
+    /// [`record`](Tape::record) with one constant saved on the node and handed to the
+    /// closure as `ctx.scalar`. A closure that captures nothing is zero-sized and is
+    /// stored without a heap allocation, so ops with a constant (`x * c`, `xᵖ`,
+    /// `leaky_relu`) should pass it here rather than capture it.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// use smallvec::smallvec;
+    /// // y = c·x, dy/dx = c
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![1.0, 2.0], [2]).unwrap());
+    /// let c = 3.0;
+    /// let y = tape.record_scalar("scale", x.value().map(|v| c * v), &[x], c, |ctx| {
+    ///     smallvec![Some(ctx.grad.map(|g| g * ctx.scalar))]
+    /// });
+    /// assert_eq!(y.sum().backward()[x].data(), &[3.0, 3.0]);
+    /// ```
+    pub fn record_scalar<'t>(
+        &'t self,
+        op: &'static str,
+        value: Tensor<T>,
+        parents: &[Var<'t, T>],
+        scalar: T,
+        backward: impl Fn(&BackwardCtx<'_, T>) -> ParentGrads<T> + 'static,
+    ) -> Var<'t, T> {
         let mut ids: SmallVec<[usize; 2]> = SmallVec::new();
         for p in parents {
             ids.push(p.id);
@@ -215,6 +248,7 @@ impl<T: Float> Tape<T> {
             op,
             kind: Kind::Op,
             requires_grad,
+            scalar,
             backward: bw,
         };
         let id = self.push_node(&mut nodes, node);
@@ -256,6 +290,7 @@ impl<T: Float> Tape<T> {
             },
             kind,
             requires_grad: kind == Kind::Leaf,
+            scalar: T::ZERO,
             backward: None,
         };
         let id = self.push_node(&mut self.nodes.borrow_mut(), node);
@@ -374,6 +409,7 @@ impl<T: Float> Tape<T> {
                     inputs: &inputs,
                     output: &node.value,
                     needs_grad: &needs,
+                    scalar: node.scalar,
                 };
                 let mut pg = bw(&ctx);
                 assert!(

@@ -146,8 +146,8 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn mul_scalar(self, c: T) -> Var<'t, T> {
         let y = self.tape.with_value(self.id, |x| x.map(|v| v * c));
-        self.tape.record("mul_scalar", y, &[self], move |ctx| {
-            one(ctx.grad.map(|g| g * c))
+        self.tape.record_scalar("mul_scalar", y, &[self], c, |ctx| {
+            one(ctx.grad.map(|g| g * ctx.scalar))
         })
     }
 

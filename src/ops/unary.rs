@@ -13,16 +13,24 @@ impl<'t, T: Float> Var<'t, T> {
         f: impl Fn(T) -> T,
         df: impl Fn(T, T) -> T + Copy + 'static,
     ) -> Var<'t, T> {
-        let y = self.tape.with_value(self.id, |x| x.map(f));
-        self.tape.record(op, y, &[self], move |ctx| {
+        self.unary_with(op, T::ZERO, move |x, _| f(x), move |x, y, _| df(x, y))
+    }
+
+    /// Records y = f(x, c) with local derivative `df(x, y, c)` for a constant `c`,
+    /// which is saved on the node (so `df` need capture nothing and costs no allocation).
+    fn unary_with(
+        self,
+        op: &'static str,
+        c: T,
+        f: impl Fn(T, T) -> T,
+        df: impl Fn(T, T, T) -> T + Copy + 'static,
+    ) -> Var<'t, T> {
+        let y = self.tape.with_value(self.id, |x| x.map(|v| f(v, c)));
+        self.tape.record_scalar(op, y, &[self], c, move |ctx| {
             let (x, y, g) = (ctx.inputs[0].data(), ctx.output.data(), ctx.grad.data());
-            let dx = g
-                .iter()
-                .zip(x)
-                .zip(y)
-                .map(|((&g, &x), &y)| g * df(x, y))
-                .collect();
-            one(Tensor::from_parts(dx, ctx.grad.shape().clone()))
+            let c = ctx.scalar;
+            let dx = g.iter().zip(x).zip(y).map(|((&g, &x), &y)| g * df(x, y, c));
+            one(Tensor::collect(ctx.grad.shape().clone(), dx))
         })
     }
 
@@ -71,10 +79,11 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.powf(2.0).sum().backward()[x].item(), 6.0);
     /// ```
     pub fn powf(self, p: T) -> Var<'t, T> {
-        self.unary(
+        self.unary_with(
             "powf",
-            move |x| x.powf(p),
-            move |x, _| p * x.powf(p - T::ONE),
+            p,
+            |x, p| x.powf(p),
+            |x, _, p| p * x.powf(p - T::ONE),
         )
     }
 
@@ -103,10 +112,11 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.leaky_relu(0.1).value().data(), &[-0.2, 3.0]);
     /// ```
     pub fn leaky_relu(self, slope: T) -> Var<'t, T> {
-        self.unary(
+        self.unary_with(
             "leaky_relu",
-            move |x| if x > T::ZERO { x } else { slope * x },
-            move |x, _| if x > T::ZERO { T::ONE } else { slope },
+            slope,
+            |x, slope| if x > T::ZERO { x } else { slope * x },
+            |x, _, slope| if x > T::ZERO { T::ONE } else { slope },
         )
     }
 
