@@ -378,6 +378,12 @@ impl<T: Float> Tensor<T> {
     /// assert_eq!(t.data(), &[0.0, 2.0, 4.0]);
     /// ```
     pub fn map(&self, f: impl Fn(T) -> T) -> Tensor<T> {
+        if let Storage::One(v) = self.data {
+            return Tensor {
+                data: Storage::One(f(v)),
+                shape: self.shape.clone(),
+            };
+        }
         Self::collect(self.shape.clone(), self.data.iter().map(|&v| f(v)))
     }
 
