@@ -62,4 +62,11 @@ impl std::error::Error for Error {
 }
 
 /// `Result<T, tapegrad::Error>`.
+///
+/// ```
+/// fn load() -> tapegrad::Result<tapegrad::Tensor> {
+///     tapegrad::Tensor::from_vec(vec![1.0], [1])
+/// }
+/// assert!(load().is_ok());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

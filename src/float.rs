@@ -76,6 +76,8 @@ pub trait Float:
     fn min(self, other: Self) -> Self;
     /// Neither NaN nor infinite.
     fn is_finite(self) -> bool;
+    /// Not a number.
+    fn is_nan(self) -> bool;
     /// `C = alpha·A·B + beta·C` for strided row-major matrices; see [`crate::gemm`].
     #[allow(clippy::too_many_arguments)]
     #[doc(hidden)]
@@ -148,6 +150,10 @@ macro_rules! impl_float {
             #[inline(always)]
             fn is_finite(self) -> bool {
                 $t::is_finite(self)
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                $t::is_nan(self)
             }
             #[inline]
             fn gemm(

@@ -12,16 +12,46 @@ use std::cell::{Cell, Ref, RefCell};
 use std::fmt::Write as _;
 
 /// The gradient of each parent of a node, in parent order (`None`: no contribution).
+///
+/// ```
+/// use smallvec::smallvec;
+/// let g: tapegrad::ParentGrads<f32> = smallvec![Some(tapegrad::Tensor::ones([2])), None];
+/// assert_eq!(g.len(), 2);
+/// ```
 pub type ParentGrads<T> = SmallVec<[Option<Tensor<T>>; 2]>;
 
 /// A node's local-gradient closure: maps the output gradient (and the values
 /// read from the tape) to each parent's gradient contribution.
+///
+/// ```
+/// use smallvec::smallvec;
+/// // The local gradient of y = 2x.
+/// let f: tapegrad::BackwardFn<f32> = Box::new(|ctx| smallvec![Some(ctx.grad.map(|g| 2.0 * g))]);
+/// # let _ = f;
+/// ```
 pub type BackwardFn<T> = Box<dyn Fn(&BackwardCtx<'_, T>) -> ParentGrads<T>>;
 
 /// What a local-gradient closure sees during the backward sweep.
 ///
 /// The parents' values are read from the tape at backward time, never copied
 /// into the closure.
+///
+/// ```
+/// use tapegrad::{Tape, Tensor};
+/// use smallvec::smallvec;
+/// // y = a·b elementwise: da = g·b, db = g·a, skipping parents that need no gradient.
+/// let tape = Tape::<f64>::new();
+/// let a = tape.leaf(Tensor::full([2], 3.0));
+/// let b = tape.constant(Tensor::full([2], 5.0));
+/// let y = tape.record("my_mul", Tensor::full([2], 15.0), &[a, b], |ctx| {
+///     let (a, b) = (ctx.inputs[0], ctx.inputs[1]);
+///     smallvec![
+///         ctx.needs_grad[0].then(|| ctx.grad.zip_map(b, "my_mul", |g, b| g * b)),
+///         ctx.needs_grad[1].then(|| ctx.grad.zip_map(a, "my_mul", |g, a| g * a)),
+///     ]
+/// });
+/// assert_eq!(y.sum().backward()[a].data(), &[5.0, 5.0]);
+/// ```
 pub struct BackwardCtx<'a, T: Float> {
     /// ∂loss/∂output: the gradient flowing into this node (same shape as `output`).
     pub grad: &'a Tensor<T>,
@@ -62,7 +92,9 @@ struct Node<T: Float> {
 /// [`Var::backward`] on the scalar loss. The tape owns every node; dropping it
 /// frees the whole graph, so nothing is kept alive by accident.
 ///
-/// `Tape` (no parameter) is `Tape<f32>`; `Tape::<f64>::new()` records in double precision.
+/// `Tape` (no parameter) is `Tape<f32>` in type position (`let tape: Tape = Tape::new();`);
+/// in an expression, `Tape::new()` infers its float type from the tensors fed to it, so
+/// write `Tape::<f32>::new()` or `Tape::<f64>::new()` when nothing else pins it.
 ///
 /// ```
 /// use tapegrad::{Tape, Tensor};
@@ -232,7 +264,15 @@ impl<T: Float> Tape<T> {
         backward: impl Fn(&BackwardCtx<'_, T>) -> ParentGrads<T> + 'static,
     ) -> Var<'t, T> {
         let mut ids: SmallVec<[usize; 2]> = SmallVec::new();
-        for p in parents {
+        for (k, p) in parents.iter().enumerate() {
+            // Two tapes in one scope share the lifetime `'t`, so the type system cannot
+            // stop a Var of another tape from being passed here; its id would silently
+            // name the wrong node.
+            assert!(
+                std::ptr::eq(p.tape, self),
+                "{op}: input {k} (node {}) belongs to another tape",
+                p.id
+            );
             ids.push(p.id);
         }
         let mut nodes = self.nodes.borrow_mut();

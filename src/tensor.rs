@@ -210,7 +210,15 @@ impl<T: Float> Tensor<T> {
         let shape = shape.into();
         let (lo64, hi64) = (lo.to_f64(), hi.to_f64());
         let v = (0..shape.numel())
-            .map(|_| T::from_f64(lo64 + (hi64 - lo64) * rng.random::<f64>()))
+            .map(|_| {
+                let v = T::from_f64(lo64 + (hi64 - lo64) * rng.random::<f64>());
+                // Rounding to f32 can land on `hi`; keep the interval half-open.
+                if v >= hi {
+                    lo.max(hi - (hi - lo) * T::EPSILON)
+                } else {
+                    v
+                }
+            })
             .collect();
         Self::from_parts(v, shape)
     }
@@ -417,7 +425,8 @@ impl<T: Float> Tensor<T> {
     /// assert_eq!(tapegrad::Tensor::<f32>::arange(4).sum_all(), 6.0);
     /// ```
     pub fn sum_all(&self) -> T {
-        self.data.iter().copied().sum()
+        // Folded from +0 (std's float `Sum` starts at −0, so an empty sum would be −0).
+        self.data.iter().fold(T::ZERO, |s, &v| s + v)
     }
 
     /// Euclidean norm of all elements, in `f64`.
@@ -456,7 +465,9 @@ impl<T: Float> Tensor<T> {
         )
     }
 
-    /// The largest absolute difference between two tensors of the same shape (in `f64`).
+    /// The largest absolute difference between two tensors of the same shape (in `f64`);
+    /// NaN if either holds a NaN, so a tolerance check like `d < 1e-9` fails on NaN
+    /// instead of passing silently.
     ///
     /// ```
     /// use tapegrad::Tensor;
@@ -475,7 +486,7 @@ impl<T: Float> Tensor<T> {
             .iter()
             .zip(other.data.iter())
             .map(|(a, b)| (a.to_f64() - b.to_f64()).abs())
-            .fold(0.0, f64::max)
+            .fold(0.0, |m: f64, d| if d.is_nan() || d > m { d } else { m })
     }
 
     /// Elementwise `op` with numpy broadcasting; `name` is the op named in the panic message.
@@ -803,7 +814,7 @@ impl<T: Float> approx::RelativeEq for Tensor<T> {
 }
 
 impl<T: Float> PartialEq for Tensor<T> {
-    /// Exact equality: same shape and bitwise-equal values (NaN ≠ NaN, as for floats).
+    /// Exact equality: same shape and IEEE-equal values (NaN ≠ NaN and 0.0 = −0.0, as for floats).
     fn eq(&self, other: &Self) -> bool {
         self.shape == other.shape && self.data[..] == other.data[..]
     }

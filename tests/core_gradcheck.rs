@@ -293,3 +293,103 @@ fn gradcheck_catches_a_wrong_gradient() {
     );
     assert!(!rd.passed(), "{rd}");
 }
+
+#[test]
+fn more_options_negative_axes_size_one_axes_and_exponents() {
+    let x = randn(&[2, 3, 4], 30);
+    check(
+        "softmax -1",
+        |_, v| v[0].softmax(-1),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "log_softmax -2",
+        |_, v| v[0].log_softmax(-2),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "max_axis -1",
+        |_, v| v[0].max_axis(-1, true),
+        std::slice::from_ref(&x),
+    );
+    let one = randn(&[3, 1], 31);
+    check(
+        "softmax over a size-1 axis",
+        |_, v| v[0].softmax(1),
+        std::slice::from_ref(&one),
+    );
+    check(
+        "log_softmax over a size-1 axis",
+        |_, v| v[0].log_softmax(1),
+        &[one],
+    );
+    let pos = uniform(&[4], 0.5, 2.0, 32);
+    check("powf 0", |_, v| v[0].powf(0.0), std::slice::from_ref(&pos));
+    check("powf 1", |_, v| v[0].powf(1.0), std::slice::from_ref(&pos));
+    check("div_scalar", |_, v| v[0].div_scalar(0.3), &[pos]);
+}
+
+#[test]
+fn edge_values_follow_pytorch() {
+    let tape = Tape::<f64>::new();
+    // powf(0) has derivative 0 even at x = 0 (not 0·0⁻¹ = NaN).
+    let z = tape.leaf(Tensor::zeros([2]));
+    assert_eq!(z.powf(0.0).sum().backward()[z].data(), &[0.0, 0.0]);
+    // relu and max propagate NaN; max takes the first of tied maxima.
+    let n =
+        tape.leaf(Tensor::from_vec(vec![f64::NAN, 1.0, 1.0, f64::NAN, 2.0, 2.0], [3, 2]).unwrap());
+    assert!(n.relu().value().data()[0].is_nan());
+    let m = n.max_axis(1, false);
+    let mv = m.value();
+    assert!(mv.data()[0].is_nan() && mv.data()[1].is_nan());
+    assert_eq!(mv.data()[2], 2.0);
+    let g = m.backward_with(Tensor::ones([3]));
+    assert_eq!(g[n].data(), &[1.0, 0.0, 0.0, 1.0, 1.0, 0.0]);
+    // Mean-reduced losses over nothing are NaN (0/0), like PyTorch and like `mean`.
+    let e = tape.leaf(Tensor::zeros([0]));
+    assert!(e.mse_loss(e).value().item().is_nan());
+    assert!(tape
+        .leaf(Tensor::zeros([0, 3]))
+        .cross_entropy(&[])
+        .value()
+        .item()
+        .is_nan());
+    assert_eq!(e.sum().value().item().to_bits(), 0.0f64.to_bits()); // +0, not −0
+                                                                    // Broadcasting with an empty operand gives an empty result and empty gradients.
+    let a = tape.leaf(Tensor::zeros([0, 3]));
+    let b = tape.leaf(Tensor::ones([3]));
+    let s = (a * b).sum();
+    let g = s.backward();
+    assert_eq!((g[a].numel(), g[b].data()), (0, &[0.0, 0.0, 0.0][..]));
+}
+
+#[test]
+fn division_by_a_scalar_is_correctly_rounded() {
+    let tape = Tape::<f64>::new();
+    let x = tape.leaf(Tensor::full([1], 0.3));
+    assert_eq!((x / 0.1).value().item(), 0.3 / 0.1);
+    assert_eq!((x / 0.1).op(), "div_scalar");
+}
+
+/// A NaN gradient anywhere must fail the check, not only at the first element.
+#[test]
+fn gradcheck_catches_a_nan_gradient() {
+    fn nan_at_1<'t>(_: &'t Tape<f64>, v: &[Var<'t, f64>]) -> Var<'t, f64> {
+        let x = v[0];
+        x.tape().record("nan_grad", x.value(), &[x], |ctx| {
+            let mut g = ctx.grad.clone();
+            g.set(&[1], f64::NAN);
+            smallvec::smallvec![Some(g)]
+        })
+    }
+    let x = Tensor::from_vec(vec![1.0, 2.0, 3.0], [3]).unwrap();
+    let r = gradcheck(nan_at_1, &[x], Options::default());
+    assert!(!r.passed(), "{r}");
+    assert_eq!(r.worst.unwrap().index, vec![1]);
+    let a = Tensor::from_vec(vec![1.0, f64::NAN], [2]).unwrap();
+    let b = Tensor::from_vec(vec![1.0, 2.0], [2]).unwrap();
+    assert!(
+        a.max_abs_diff(&b).is_nan(),
+        "a NaN must not compare as close"
+    );
+}

@@ -237,3 +237,13 @@ fn leaf_binding_shares_storage() {
     let v = tape.leaf(w.clone());
     assert!(v.value().shares_storage(&w));
 }
+
+#[test]
+#[should_panic(expected = "mul: input 1 (node 0) belongs to another tape")]
+fn vars_of_two_tapes_cannot_be_mixed() {
+    let t1 = Tape::<f64>::new();
+    let t2 = Tape::<f64>::new();
+    let a = t1.leaf(Tensor::scalar(2.0));
+    let b = t2.leaf(Tensor::scalar(3.0));
+    let _ = a * b;
+}

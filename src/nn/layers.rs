@@ -23,8 +23,24 @@ pub fn init_uniform<T: Float, R: rand::Rng + ?Sized>(
 }
 
 /// Something that maps one activation to the next, given the bound parameters.
+///
+/// ```
+/// use tapegrad::nn::{Bound, Module, Params};
+/// use tapegrad::Var;
+/// /// A parameter-free layer: y = 2x.
+/// struct Double;
+/// impl Module<f32> for Double {
+///     fn forward<'t>(&self, _: &Bound<'t, f32>, x: Var<'t, f32>) -> Var<'t, f32> {
+///         x * 2.0
+///     }
+/// }
+/// let tape = tapegrad::Tape::new();
+/// let p = Params::new().bind(&tape);
+/// let y = Double.forward(&p, tape.constant(tapegrad::Tensor::ones([2])));
+/// assert_eq!(y.value().data(), &[2.0, 2.0]);
+/// ```
 pub trait Module<T: Float> {
-    /// Applies the layer.
+    /// Applies the layer to `x`, reading parameters from `p`.
     fn forward<'t>(&self, p: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T>;
 }
 

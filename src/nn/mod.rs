@@ -16,7 +16,7 @@
 //! let x = tape.constant(Tensor::ones([2, 4]));
 //! let loss = fc.forward(&p, x).cross_entropy(&[0, 2]);
 //! let grads = p.grads(loss.backward());
-//! assert!(grads[fc.weight].is_some());
+//! assert_eq!(grads[fc.weight].shape(), params.get(fc.weight).shape());
 //! ```
 
 mod conv;

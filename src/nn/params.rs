@@ -5,6 +5,12 @@ use std::ops::Index;
 use std::path::Path;
 
 /// The index of a parameter in a [`Params`] store.
+///
+/// ```
+/// let mut p = tapegrad::nn::Params::<f32>::new();
+/// let id: tapegrad::nn::ParamId = p.add("w", tapegrad::Tensor::zeros([1]));
+/// assert_eq!(p.id("w"), Some(id));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ParamId(pub(crate) usize);
 
@@ -24,7 +30,7 @@ pub struct ParamId(pub(crate) usize);
 /// let bound = params.bind(&tape);
 /// let loss = (bound[w] * 3.0).sum();
 /// let grads = bound.grads(loss.backward());
-/// assert_eq!(grads[w].as_ref().unwrap().data(), &[3.0, 3.0]);
+/// assert_eq!(grads[w].data(), &[3.0, 3.0]);
 /// ```
 #[derive(Clone, Default)]
 pub struct Params<T: Float = f32> {
@@ -302,7 +308,15 @@ impl<T: Float> Params<T> {
     }
 }
 
-/// A [`Params`] store bound to one tape: the [`Var`] of each parameter.
+/// A [`Params`] store bound to one tape: the [`Var`] of each parameter, indexed by [`ParamId`].
+///
+/// ```
+/// let mut p = tapegrad::nn::Params::<f32>::new();
+/// let w = p.add("w", tapegrad::Tensor::ones([3]));
+/// let tape = tapegrad::Tape::new();
+/// let bound = p.bind(&tape);
+/// assert_eq!(bound[w].op(), "leaf");
+/// ```
 pub struct Bound<'t, T: Float = f32> {
     vars: Vec<Var<'t, T>>,
 }
@@ -316,7 +330,7 @@ impl<'t, T: Float> Bound<'t, T> {
     /// let tape = tapegrad::Tape::new();
     /// let b = p.bind(&tape);
     /// let g = b.grads(b[id].sum().backward());
-    /// assert_eq!(g[id].as_ref().unwrap().data(), &[1.0, 1.0]);
+    /// assert_eq!(g[id].data(), &[1.0, 1.0]);
     /// ```
     pub fn grads(&self, mut grads: Gradients<T>) -> ParamGrads<T> {
         ParamGrads(self.vars.iter().map(|&v| grads.take(v)).collect())
@@ -331,6 +345,15 @@ impl<'t, T: Float> Index<ParamId> for Bound<'t, T> {
 }
 
 /// The gradient of each parameter after a backward pass (`None`: the loss did not depend on it).
+///
+/// ```
+/// let mut p = tapegrad::nn::Params::<f32>::new();
+/// let w = p.add("w", tapegrad::Tensor::ones([3]));
+/// let tape = tapegrad::Tape::new();
+/// let bound = p.bind(&tape);
+/// let grads: tapegrad::nn::ParamGrads = bound.grads((bound[w] * 2.0).sum().backward());
+/// assert_eq!(grads[w].data(), &[2.0; 3]);
+/// ```
 pub struct ParamGrads<T: Float = f32>(Vec<Option<Tensor<T>>>);
 
 impl<T: Float> ParamGrads<T> {
@@ -368,9 +391,32 @@ impl<T: Float> ParamGrads<T> {
     }
 }
 
+impl<T: Float> ParamGrads<T> {
+    /// The gradient of one parameter, if the loss depended on it.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let (a, b) = (p.add("a", tapegrad::Tensor::ones([1])), p.add("b", tapegrad::Tensor::ones([1])));
+    /// let tape = tapegrad::Tape::new();
+    /// let bound = p.bind(&tape);
+    /// let g = bound.grads(bound[a].sum().backward());
+    /// assert!(g.get(a).is_some() && g.get(b).is_none());
+    /// ```
+    pub fn get(&self, id: ParamId) -> Option<&Tensor<T>> {
+        self.0[id.0].as_ref()
+    }
+}
+
+/// Indexing panics if the parameter got no gradient (the loss did not depend on it);
+/// use [`ParamGrads::get`] for an `Option`.
 impl<T: Float> Index<ParamId> for ParamGrads<T> {
-    type Output = Option<Tensor<T>>;
-    fn index(&self, id: ParamId) -> &Option<Tensor<T>> {
-        &self.0[id.0]
+    type Output = Tensor<T>;
+    fn index(&self, id: ParamId) -> &Tensor<T> {
+        self.get(id).unwrap_or_else(|| {
+            panic!(
+                "param grads: parameter #{} got no gradient (the loss does not depend on it)",
+                id.0
+            )
+        })
     }
 }

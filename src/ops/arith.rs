@@ -151,6 +151,22 @@ impl<'t, T: Float> Var<'t, T> {
         })
     }
 
+    /// `self / c` for a scalar `c` (correctly rounded, unlike multiplying by 1/c). ∂/∂x = 1/c.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::full([1], 0.3));
+    /// assert_eq!(x.div_scalar(0.1).value().item(), 0.3 / 0.1);
+    /// assert_eq!(x.div_scalar(4.0).sum().backward()[x].item(), 0.25);
+    /// ```
+    pub fn div_scalar(self, c: T) -> Var<'t, T> {
+        let y = self.tape.with_value(self.id, |x| x.map(|v| v / c));
+        self.tape.record_scalar("div_scalar", y, &[self], c, |ctx| {
+            one(ctx.grad.map(|g| g / ctx.scalar))
+        })
+    }
+
     /// `c − self` for a scalar `c`. ∂/∂x = −1.
     ///
     /// ```
@@ -203,7 +219,7 @@ macro_rules! var_binop {
 var_binop!(Add, add, |x, c| x.add_scalar(c));
 var_binop!(Sub, sub, |x, c| x.add_scalar(-c));
 var_binop!(Mul, mul, |x, c| x.mul_scalar(c));
-var_binop!(Div, div, |x, c| x.mul_scalar(T::ONE / c));
+var_binop!(Div, div, |x, c| x.div_scalar(c));
 
 impl<'t, T: Float> Neg for Var<'t, T> {
     type Output = Var<'t, T>;

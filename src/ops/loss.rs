@@ -27,13 +27,13 @@ impl<'t, T: Float> Var<'t, T> {
             a.shape(),
             b.shape()
         );
-        let n = T::from_usize(a.numel().max(1));
+        // Mean over zero elements is 0/0 = NaN, as in PyTorch.
+        let n = T::from_usize(a.numel());
         let s: T = a
             .data()
             .iter()
             .zip(b.data())
-            .map(|(&x, &y)| (x - y) * (x - y))
-            .sum();
+            .fold(T::ZERO, |s, (&x, &y)| s + (x - y) * (x - y));
         self.tape.record(
             "mse_loss",
             Tensor::scalar(s / n),
@@ -78,13 +78,14 @@ impl<'t, T: Float> Var<'t, T> {
         if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t >= c) {
             panic!("cross_entropy: target[{i}] = {t} is out of range for {c} classes (logits {s})");
         }
+        assert!(c > 0, "cross_entropy: logits {s} have no classes");
         let logp = log_softmax_lanes(x.data(), n, c, 1);
         let total: T = targets
             .iter()
             .enumerate()
-            .map(|(i, &t)| -logp[i * c + t])
-            .sum();
-        let inv_n = T::ONE / T::from_usize(n.max(1));
+            .fold(T::ZERO, |s, (i, &t)| s - logp[i * c + t]);
+        // An empty batch gives 0/0 = NaN, as in PyTorch.
+        let inv_n = T::ONE / T::from_usize(n);
         let targets = targets.to_vec();
         self.tape.record(
             "cross_entropy",

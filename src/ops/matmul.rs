@@ -152,7 +152,7 @@ impl<'t, T: Float> Var<'t, T> {
                 "linear: bias {} does not match weight {ws}: expected [{outf}]",
                 bv.shape()
             );
-            for row in y.chunks_exact_mut(outf) {
+            for row in y.chunks_exact_mut(outf.max(1)) {
                 for (v, &bb) in row.iter_mut().zip(bv.data()) {
                     *v += bb;
                 }

@@ -113,9 +113,10 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     /// use tapegrad::{Tape, Tensor};
     /// let tape = Tape::<f32>::new();
-    /// let x = tape.leaf(Tensor::from_vec(vec![1.0, 5.0, 5.0, 0.0], [2, 2]).unwrap());
+    /// let x = tape.leaf(Tensor::from_vec(vec![1.0, 5.0, 4.0, 4.0], [2, 2]).unwrap());
     /// let m = x.max_axis(1, false);
-    /// assert_eq!(m.value().data(), &[5.0, 5.0]);
+    /// assert_eq!(m.value().data(), &[5.0, 4.0]);
+    /// // the second row ties: the gradient goes to the first 4
     /// assert_eq!(m.sum().backward()[x].data(), &[0.0, 1.0, 1.0, 0.0]);
     /// ```
     pub fn max_axis(self, axis: isize, keepdim: bool) -> Var<'t, T> {
@@ -130,7 +131,8 @@ impl<'t, T: Float> Var<'t, T> {
             for k in 0..n {
                 let row = &xd[(o * n + k) * inner..][..inner];
                 for (m, &v) in y[o * inner..][..inner].iter_mut().zip(row) {
-                    if v > *m || (k == 0) {
+                    // NaN propagates (as in PyTorch): once seen, it stays the maximum.
+                    if k == 0 || v > *m || (v.is_nan() && !m.is_nan()) {
                         *m = v;
                     }
                 }
@@ -144,8 +146,9 @@ impl<'t, T: Float> Var<'t, T> {
                 for i in 0..inner {
                     let m = y[o * inner + i];
                     // First index attaining the maximum (recomputed, not stored).
+                    let hit = |v: T| v == m || (v.is_nan() && m.is_nan());
                     let k = (0..n)
-                        .find(|&k| x[(o * n + k) * inner + i] == m)
+                        .find(|&k| hit(x[(o * n + k) * inner + i]))
                         .unwrap_or(0);
                     dx[(o * n + k) * inner + i] = g[o * inner + i];
                 }

@@ -83,7 +83,14 @@ impl<'t, T: Float> Var<'t, T> {
             "powf",
             p,
             |x, p| x.powf(p),
-            |x, _, p| p * x.powf(p - T::ONE),
+            // p = 0: y = 1, derivative 0 everywhere (not 0·x⁻¹ = NaN at x = 0).
+            |x, _, p| {
+                if p == T::ZERO {
+                    T::ZERO
+                } else {
+                    p * x.powf(p - T::ONE)
+                }
+            },
         )
     }
 
@@ -98,7 +105,8 @@ impl<'t, T: Float> Var<'t, T> {
     pub fn relu(self) -> Var<'t, T> {
         self.unary(
             "relu",
-            |x| if x > T::ZERO { x } else { T::ZERO },
+            // Written so that NaN passes through (NaN ≤ 0 is false), as in PyTorch.
+            |x| if x <= T::ZERO { T::ZERO } else { x },
             |x, _| if x > T::ZERO { T::ONE } else { T::ZERO },
         )
     }

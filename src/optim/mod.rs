@@ -23,6 +23,15 @@ use crate::nn::{ParamGrads, Params};
 use crate::{Float, Tensor};
 
 /// An optimizer updates parameters in place from their gradients.
+///
+/// ```
+/// use tapegrad::optim::{Adam, Optimizer, Sgd};
+/// let mut opts: Vec<Box<dyn Optimizer<f32>>> = vec![Box::new(Sgd::new(0.1)), Box::new(Adam::new(1e-3))];
+/// for o in &mut opts {
+///     o.set_lr(o.lr() / 2.0);
+/// }
+/// assert_eq!(opts[0].lr(), 0.05);
+/// ```
 pub trait Optimizer<T: Float> {
     /// One update. Parameters whose gradient is `None` are left untouched (and their state too).
     fn step(&mut self, params: &mut Params<T>, grads: &ParamGrads<T>);
@@ -308,6 +317,9 @@ impl<T: Float> Optimizer<T> for Adam<T> {
                     Vec::new()
                 },
             });
+            if self.amsgrad && st.vmax.len() != n {
+                st.vmax = vec![T::ZERO; n]; // AMSGrad switched on after the first step
+            }
             st.t += 1;
             let bc1 = 1.0 - b1.powi(st.t);
             let bc2_sqrt = (1.0 - b2.powi(st.t)).sqrt();
