@@ -30,9 +30,20 @@ pub struct Tensor<T: Float = f32> {
 /// A tensor's elements: one value inline (scalar-sized tensors never allocate,
 /// which keeps long chains of scalar ops cheap), or shared heap storage.
 #[derive(Clone)]
-enum Storage<T> {
+enum Storage<T: Float> {
     One(T),
     Shared(Arc<Vec<T>>),
+}
+
+/// The last owner of a large buffer hands it to the recycling pool (see `buffer.rs`).
+impl<T: Float> Drop for Storage<T> {
+    fn drop(&mut self) {
+        if let Storage::Shared(a) = self {
+            if let Some(v) = Arc::get_mut(a) {
+                crate::buffer::recycle(std::mem::take(v));
+            }
+        }
+    }
 }
 
 impl<T: Float> Storage<T> {
@@ -46,7 +57,7 @@ impl<T: Float> Storage<T> {
     }
 }
 
-impl<T> std::ops::Deref for Storage<T> {
+impl<T: Float> std::ops::Deref for Storage<T> {
     type Target = [T];
     #[inline]
     fn deref(&self) -> &[T] {
@@ -105,7 +116,8 @@ impl<T: Float> Tensor<T> {
                 shape,
             };
         }
-        let v: Vec<T> = values.collect();
+        let mut v: Vec<T> = crate::buffer::with_capacity(shape.numel());
+        v.extend(values);
         debug_assert_eq!(v.len(), shape.numel());
         Tensor {
             data: Storage::Shared(Arc::new(v)),
@@ -135,7 +147,7 @@ impl<T: Float> Tensor<T> {
     /// ```
     pub fn full(shape: impl Into<Shape>, v: T) -> Self {
         let shape = shape.into();
-        Self::from_parts(vec![v; shape.numel()], shape)
+        Self::from_parts(crate::buffer::full(shape.numel(), v), shape)
     }
 
     /// A tensor of zeros.
@@ -284,10 +296,14 @@ impl<T: Float> Tensor<T> {
     /// ```
     /// assert_eq!(tapegrad::Tensor::<f32>::ones([2]).into_vec(), vec![1.0, 1.0]);
     /// ```
-    pub fn into_vec(self) -> Vec<T> {
-        match self.data {
-            Storage::One(v) => vec![v],
-            Storage::Shared(a) => Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone()),
+    pub fn into_vec(mut self) -> Vec<T> {
+        match &mut self.data {
+            Storage::One(v) => vec![*v],
+            // Take the vector out if we are its only owner (leaving an empty one behind).
+            Storage::Shared(a) => match Arc::get_mut(a) {
+                Some(v) => std::mem::take(v),
+                None => a.to_vec(),
+            },
         }
     }
 
@@ -515,7 +531,7 @@ impl<T: Float> Tensor<T> {
         });
         let sa = broadcast_strides(&self.shape, &out);
         let sb = broadcast_strides(&other.shape, &out);
-        let mut v = Vec::with_capacity(out.numel());
+        let mut v = crate::buffer::with_capacity(out.numel());
         let (a, b) = (&self.data[..], &other.data[..]);
         for_each_row(&out, &[&sa, &sb], |offs, len, inner| {
             let (oa, ob) = (offs[0], offs[1]);
@@ -548,7 +564,7 @@ impl<T: Float> Tensor<T> {
             self.shape
         );
         let st = broadcast_strides(&target, &self.shape);
-        let mut acc = vec![T::ZERO; target.numel()];
+        let mut acc = crate::buffer::full(target.numel(), T::ZERO);
         let g = &self.data[..];
         let mut k = 0;
         for_each_row(&self.shape, &[&st], |offs, len, inner| {
@@ -584,7 +600,7 @@ impl<T: Float> Tensor<T> {
             shape
         );
         let st = broadcast_strides(&self.shape, &shape);
-        let mut v = Vec::with_capacity(shape.numel());
+        let mut v = crate::buffer::with_capacity(shape.numel());
         let a = &self.data[..];
         for_each_row(&shape, &[&st], |offs, len, inner| {
             for j in 0..len {
@@ -615,7 +631,7 @@ impl<T: Float> Tensor<T> {
         let in_strides = self.shape.strides();
         let out_shape = Shape(perm.iter().map(|&p| self.shape[p]).collect());
         let st: SmallVec<[usize; 4]> = perm.iter().map(|&p| in_strides[p]).collect();
-        let mut v = Vec::with_capacity(self.numel());
+        let mut v = crate::buffer::with_capacity(self.numel());
         let a = &self.data[..];
         for_each_row(&out_shape, &[&st], |offs, len, inner| {
             for j in 0..len {

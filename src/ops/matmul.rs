@@ -59,7 +59,7 @@ impl<'t, T: Float> Var<'t, T> {
         } else {
             Shape::from([batch, m, n])
         };
-        let mut y = vec![T::ZERO; batch * m * n];
+        let mut y = crate::buffer::full(batch * m * n, T::ZERO);
         if b_batched {
             for i in 0..batch {
                 let (a, b) = (
@@ -76,7 +76,7 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.record("matmul", y, &[self, other], move |ctx| {
             let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad.data());
             let da = ctx.needs_grad[0].then(|| {
-                let mut da = vec![T::ZERO; batch * m * k];
+                let mut da = crate::buffer::full(batch * m * k, T::ZERO);
                 if b_batched {
                     for i in 0..batch {
                         let b = &b.data()[i * k * n..][..k * n];
@@ -97,7 +97,7 @@ impl<'t, T: Float> Var<'t, T> {
                 Tensor::from_parts(da, a.shape().clone())
             });
             let db = ctx.needs_grad[1].then(|| {
-                let mut db = vec![T::ZERO; b.numel()];
+                let mut db = crate::buffer::full(b.numel(), T::ZERO);
                 if b_batched {
                     for i in 0..batch {
                         let a = &a.data()[i * m * k..][..m * k];
@@ -142,7 +142,7 @@ impl<'t, T: Float> Var<'t, T> {
             "linear: input {xs} and weight {ws} do not fit: expected [N, in] and [out, in]"
         );
         let (n, inf, outf) = (xs[0], xs[1], ws[0]);
-        let mut y = vec![T::ZERO; n * outf];
+        let mut y = crate::buffer::full(n * outf, T::ZERO);
         mm(n, outf, inf, xv.data(), false, wv.data(), true, &mut y);
         let mut parents = vec![self, weight];
         if let Some(b) = bias {
@@ -163,12 +163,12 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.record("linear", y, &parents, move |ctx| {
             let (x, w, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad.data());
             let dx = ctx.needs_grad[0].then(|| {
-                let mut dx = vec![T::ZERO; n * inf];
+                let mut dx = crate::buffer::full(n * inf, T::ZERO);
                 mm(n, inf, outf, g, false, w.data(), false, &mut dx);
                 Tensor::from_parts(dx, x.shape().clone())
             });
             let dw = ctx.needs_grad[1].then(|| {
-                let mut dw = vec![T::ZERO; outf * inf];
+                let mut dw = crate::buffer::full(outf * inf, T::ZERO);
                 mm(outf, inf, n, g, true, x.data(), false, &mut dw);
                 Tensor::from_parts(dw, w.shape().clone())
             });

@@ -126,7 +126,7 @@ impl<'t, T: Float> Var<'t, T> {
         assert!(n > 0, "max_axis: axis {ax} of shape {} is empty", x.shape());
         let (keep, dropped) = reduced_shapes(x.shape(), &[ax as isize], "max_axis");
         let xd = x.data();
-        let mut y = vec![T::NEG_INFINITY; outer * inner];
+        let mut y = crate::buffer::full(outer * inner, T::NEG_INFINITY);
         for o in 0..outer {
             for k in 0..n {
                 let row = &xd[(o * n + k) * inner..][..inner];
@@ -141,7 +141,7 @@ impl<'t, T: Float> Var<'t, T> {
         let y = Tensor::from_parts(y, if keepdim { keep } else { dropped });
         self.tape.record("max_axis", y, &[self], move |ctx| {
             let (x, y, g) = (ctx.inputs[0].data(), ctx.output.data(), ctx.grad.data());
-            let mut dx = vec![T::ZERO; x.len()];
+            let mut dx = crate::buffer::full(x.len(), T::ZERO);
             for o in 0..outer {
                 for i in 0..inner {
                     let m = y[o * inner + i];

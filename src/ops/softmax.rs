@@ -17,7 +17,7 @@ fn lanes(outer: usize, n: usize, inner: usize, mut f: impl FnMut(usize, usize)) 
 
 /// Writes max and log-sum-exp of each lane: y = x − max − ln Σ exp(x − max).
 pub(crate) fn log_softmax_lanes<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
-    let mut y = vec![T::ZERO; x.len()];
+    let mut y = crate::buffer::full(x.len(), T::ZERO);
     lanes(outer, n, inner, |b, s| {
         let m = (0..n).map(|k| x[b + k * s]).fold(T::NEG_INFINITY, T::max);
         let lse = (0..n).map(|k| (x[b + k * s] - m).exp()).sum::<T>().ln() + m;
@@ -49,7 +49,7 @@ impl<'t, T: Float> Var<'t, T> {
         let y = Tensor::from_parts(y, x.shape().clone());
         self.tape.record("softmax", y, &[self], move |ctx| {
             let (y, g) = (ctx.output.data(), ctx.grad.data());
-            let mut dx = vec![T::ZERO; y.len()];
+            let mut dx = crate::buffer::full(y.len(), T::ZERO);
             lanes(outer, n, inner, |b, s| {
                 let dot: T = (0..n).map(|k| g[b + k * s] * y[b + k * s]).sum();
                 for k in 0..n {
@@ -80,7 +80,7 @@ impl<'t, T: Float> Var<'t, T> {
         );
         self.tape.record("log_softmax", y, &[self], move |ctx| {
             let (y, g) = (ctx.output.data(), ctx.grad.data());
-            let mut dx = vec![T::ZERO; y.len()];
+            let mut dx = crate::buffer::full(y.len(), T::ZERO);
             lanes(outer, n, inner, |b, s| {
                 let sum: T = (0..n).map(|k| g[b + k * s]).sum();
                 for k in 0..n {
