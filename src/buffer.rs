@@ -20,8 +20,11 @@ pub(crate) const MAX_BUFFERS: usize = 32;
 /// At most this many bytes are kept per thread and element type.
 pub(crate) const MAX_BYTES: usize = 256 << 20;
 
+/// The free buffers of one element type.
+type Pool<T> = Vec<Vec<T>>;
+
 thread_local! {
-    static POOLS: RefCell<(Vec<Vec<f32>>, Vec<Vec<f64>>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static POOLS: RefCell<(Pool<f32>, Pool<f64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 fn with_pool<T: Float, R>(f: impl FnOnce(&mut Vec<Vec<T>>) -> R) -> Option<R> {
