@@ -344,7 +344,7 @@ trait Engine: Elem {
     #[cfg(target_arch = "x86_64")]
     #[allow(clippy::too_many_arguments)]
     fn run_prepacked_simd(
-        s: prepacked::Shape,
+        s: prepacked::Shape<'_>,
         a: &[Self],
         n: usize,
         b: &[Self],
@@ -394,7 +394,7 @@ macro_rules! impl_engine {
 
             #[cfg(target_arch = "x86_64")]
             fn run_prepacked_simd(
-                s: prepacked::Shape,
+                s: prepacked::Shape<'_>,
                 a: &[Self],
                 n: usize,
                 b: &[Self],

@@ -63,8 +63,8 @@ fn kind_for<T: 'static>() -> (Kind, usize, usize) {
 
 /// An `m × k` matrix packed for [`gemm_prepacked`]: `k` is cut into blocks of
 /// at most `kc`; within a block starting at `pc` of depth `kcb`, micro-panel
-/// `q` holds rows `q·MR .. q·MR + MR` with element `(r, p)` at
-/// `data[panels·MR·pc + q·MR·kcb + p·MR + r]` (rows past `m` are zero).
+/// `q` holds the `rows_q` rows from `start_q` ([`panel_rows`]) with element
+/// `(r, p)` at `data[panels·MR·pc + q·MR·kcb + p·MR + r]` (unused slots are zero).
 #[derive(Clone, Debug)]
 pub(crate) struct PackedA<T> {
     data: Vec<T>,
@@ -73,6 +73,36 @@ pub(crate) struct PackedA<T> {
     mr: usize,
     kc: usize,
     kind: Kind,
+    /// `(start_q, rows_q)` of each micro-panel.
+    panels: Vec<(usize, usize)>,
+}
+
+/// Cuts `m` rows into micro-panels of at most `mr` rows, avoiding panels of one
+/// to three rows where possible: a kernel that short has too few independent
+/// accumulators to cover the FMA latency and runs at half speed or less. So
+/// `32 = 6+6+6+6+4+4` rather than `6+6+6+6+6+2` (`mr = 6`).
+fn panel_rows(m: usize, mr: usize) -> Vec<(usize, usize)> {
+    let (q, r) = (m / mr, m % mr);
+    let mut heights = vec![mr; q];
+    if r > 0 {
+        if q > 0 && 2 * r < mr {
+            // Share the last full panel with the remainder: mr + r = hi + lo.
+            heights.pop();
+            heights.push((mr + r).div_ceil(2));
+            heights.push((mr + r) / 2);
+        } else {
+            heights.push(r);
+        }
+    }
+    let mut start = 0;
+    heights
+        .into_iter()
+        .map(|h| {
+            let p = (start, h);
+            start += h;
+            p
+        })
+        .collect()
 }
 
 impl<T: Copy + Default + 'static> PackedA<T> {
@@ -90,18 +120,16 @@ impl<T: Copy + Default + 'static> PackedA<T> {
         } else {
             balanced_block(k, kc_max, 1)
         };
-        let panels = m.div_ceil(mr);
+        let heights = panel_rows(m, mr);
+        let panels = heights.len();
         let mut data = vec![T::default(); panels * mr * k];
         for pc in (0..k).step_by(kc) {
             let kcb = kc.min(k - pc);
             let block = &mut data[panels * mr * pc..][..panels * mr * kcb];
-            for (q, panel) in block.chunks_exact_mut(mr * kcb).enumerate() {
+            for (panel, &(start, rows)) in block.chunks_exact_mut(mr * kcb).zip(&heights) {
                 for (p, step) in panel.chunks_exact_mut(mr).enumerate() {
-                    for (r, x) in step.iter_mut().enumerate() {
-                        let i = q * mr + r;
-                        if i < m {
-                            *x = at(i, pc + p);
-                        }
+                    for (r, x) in step.iter_mut().enumerate().take(rows) {
+                        *x = at(start + r, pc + p);
                     }
                 }
             }
@@ -113,6 +141,7 @@ impl<T: Copy + Default + 'static> PackedA<T> {
             mr,
             kc,
             kind,
+            panels: heights,
         }
     }
 }
@@ -167,10 +196,10 @@ pub(crate) fn gemm_prepacked<T: Copy + Default + 'static>(
     );
     if let Some(c32) = cast_mut::<T, f32>(c) {
         let (a32, b32) = (cast(&a.data).unwrap(), cast(b).unwrap());
-        run::<f32>(a, a32, n, b32, ldb, beta_zero, c32, ldc);
+        run::<f32, T>(a, a32, n, b32, ldb, beta_zero, c32, ldc);
     } else if let Some(c64) = cast_mut::<T, f64>(c) {
         let (a64, b64) = (cast(&a.data).unwrap(), cast(b).unwrap());
-        run::<f64>(a, a64, n, b64, ldb, beta_zero, c64, ldc);
+        run::<f64, T>(a, a64, n, b64, ldb, beta_zero, c64, ldc);
     } else {
         unreachable!("PackedA::new admits only f32 and f64");
     }
@@ -178,8 +207,8 @@ pub(crate) fn gemm_prepacked<T: Copy + Default + 'static>(
 
 /// [`gemm_prepacked`] for a concrete element type, with the kernel `a` was packed for.
 #[allow(clippy::too_many_arguments)]
-fn run<E: Engine>(
-    a: &PackedA<impl Sized>,
+fn run<E: Engine, X>(
+    a: &PackedA<X>,
     adata: &[E],
     n: usize,
     b: &[E],
@@ -196,6 +225,7 @@ fn run<E: Engine>(
         k: a.k,
         mr: a.mr,
         kc: a.kc,
+        panels: &a.panels,
     };
     match a.kind {
         #[cfg(target_arch = "x86_64")]
@@ -204,13 +234,14 @@ fn run<E: Engine>(
     }
 }
 
-/// The sizes of a packed A.
+/// The sizes and micro-panels of a packed A.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Shape {
+pub(super) struct Shape<'a> {
     m: usize,
     k: usize,
     mr: usize,
     kc: usize,
+    panels: &'a [(usize, usize)],
 }
 
 /// Whether `rows` cache lines `ld` elements apart would crowd L1: 64 sets of
@@ -236,7 +267,7 @@ fn gcd(a: usize, b: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn drive<K: MicroKernel>(
     kern: K,
-    s: Shape,
+    s: Shape<'_>,
     a: &[K::T],
     n: usize,
     b: &[K::T],
@@ -250,7 +281,7 @@ pub(super) fn drive<K: MicroKernel>(
     let (mr, nr) = (K::MR, K::NR);
     assert_eq!(s.mr, mr, "gemm_prepacked: A packed for another kernel");
     let (m, k) = (s.m, s.k);
-    let panels = m.div_ceil(mr);
+    let panels = s.panels.len();
     let mut view = CView::Contig { data: c, ldc };
     if k == 0 {
         if beta == K::T::ZERO {
@@ -262,35 +293,49 @@ pub(super) fn drive<K: MicroKernel>(
         }
         return;
     }
-    let mut copy: Vec<K::T> = Vec::new();
-    for pc in (0..k).step_by(s.kc) {
-        let kcb = s.kc.min(k - pc);
-        let beta_eff = if pc == 0 { beta } else { K::T::ONE };
-        let ablock = &a[panels * mr * pc..][..panels * mr * kcb];
-        let conflicts = crowds_l1::<K::T>(ldb, kcb);
-        for jr in (0..n).step_by(nr) {
-            let cols = nr.min(n - jr);
-            let off = pc * ldb + jr;
-            let in_place = !conflicts && off + (kcb - 1) * ldb + nr <= b.len();
-            let (bp, ldbp): (&[K::T], usize) = if in_place {
-                (&b[off..], ldb)
-            } else {
-                // Copy this panel (zero-padded to NR columns): the kernel reads
-                // NR columns, and rows a multiple of 4 KiB apart would all land
-                // in the same few L1 sets and evict each other.
-                copy.clear();
-                copy.resize(kcb * nr, K::T::ZERO);
-                for (p, row) in copy.chunks_exact_mut(nr).enumerate() {
-                    row[..cols].copy_from_slice(&b[off + p * ldb..][..cols]);
+    K::T::with_pack_buffers(|_, copy| {
+        for pc in (0..k).step_by(s.kc) {
+            let kcb = s.kc.min(k - pc);
+            let beta_eff = if pc == 0 { beta } else { K::T::ONE };
+            let ablock = &a[panels * mr * pc..][..panels * mr * kcb];
+            // Rows a multiple of 4 KiB apart would all land in the same few L1
+            // sets and evict each other between the kernel's passes: copy this
+            // block of B to rows an odd number of cache lines apart first (long
+            // contiguous copies), with room for the last panel's NR columns.
+            let (b, ldb, off0) = if crowds_l1::<K::T>(ldb, kcb) {
+                let line = (64 / std::mem::size_of::<K::T>()).max(1);
+                let ld2 = (n.next_multiple_of(nr).div_ceil(line) | 1) * line;
+                if copy.len() < kcb * ld2 {
+                    copy.resize(kcb * ld2, K::T::ZERO);
                 }
-                (&copy, nr)
+                for (p, row) in copy.chunks_exact_mut(ld2).take(kcb).enumerate() {
+                    row[..n].copy_from_slice(&b[(pc + p) * ldb..][..n]);
+                }
+                (&copy[..kcb * ld2], ld2, 0)
+            } else {
+                (b, ldb, pc * ldb)
             };
-            for (q, ap) in ablock.chunks_exact(mr * kcb).enumerate() {
-                let rows = mr.min(m - q * mr);
-                let mut tile: [&mut [K::T]; MAX_MR] = Default::default();
-                view.tile(q * mr, jr, rows, cols, &mut tile);
-                kern.run(kcb, K::T::ONE, ap, bp, ldbp, beta_eff, &mut tile[..rows]);
+            let mut edge: Vec<K::T> = Vec::new();
+            for jr in (0..n).step_by(nr) {
+                let cols = nr.min(n - jr);
+                let off = off0 + jr;
+                let (bp, ldbp): (&[K::T], usize) = if off + (kcb - 1) * ldb + nr <= b.len() {
+                    (&b[off..], ldb)
+                } else {
+                    // The kernel reads NR columns: copy this last panel, zero-padded.
+                    edge.clear();
+                    edge.resize(kcb * nr, K::T::ZERO);
+                    for (p, row) in edge.chunks_exact_mut(nr).enumerate() {
+                        row[..cols].copy_from_slice(&b[off + p * ldb..][..cols]);
+                    }
+                    (&edge, nr)
+                };
+                for (ap, &(start, rows)) in ablock.chunks_exact(mr * kcb).zip(s.panels) {
+                    let mut tile: [&mut [K::T]; MAX_MR] = Default::default();
+                    view.tile(start, jr, rows, cols, &mut tile);
+                    kern.run(kcb, K::T::ONE, ap, bp, ldbp, beta_eff, &mut tile[..rows]);
+                }
             }
         }
-    }
+    });
 }

@@ -27,8 +27,9 @@
 //! the largest conv seen on the thread and are never zero-filled, since
 //! im2col writes every entry).
 
+use super::parallel::{run_jobs, split_by, split_work};
 use super::Conv2dGeometry;
-use crate::gemm::{self, prepacked::gemm_prepacked, prepacked::PackedA};
+use crate::gemm::{prepacked::gemm_prepacked, prepacked::PackedA};
 use crate::Float;
 use std::any::Any;
 use std::cell::RefCell;
@@ -269,6 +270,21 @@ fn for_each_slice(
     }
 }
 
+/// Zeroes a slice that is usually one or two elements long, without the
+/// call into `memset` that `fill` becomes for a length unknown at compile time.
+#[inline(always)]
+fn zero_few<T: Float>(v: &mut [T]) {
+    match v {
+        [] => {}
+        [a] => *a = T::ZERO,
+        [a, b] => {
+            *a = T::ZERO;
+            *b = T::ZERO;
+        }
+        _ => v.fill(T::ZERO),
+    }
+}
+
 /// Zeroes, in each output row of `span` (whole rows of `ow` entries), the
 /// columns outside `js`.
 #[inline(always)]
@@ -277,8 +293,8 @@ fn zero_edges<T: Float>(entries: &mut [T], span: Range<usize>, ow: usize, js: &R
         return;
     }
     for line in entries[span].chunks_exact_mut(ow) {
-        line[..js.start].fill(T::ZERO);
-        line[js.end..].fill(T::ZERO);
+        zero_few(&mut line[..js.start]);
+        zero_few(&mut line[js.end..]);
     }
 }
 
@@ -436,51 +452,15 @@ fn columns<'a, T: Float>(
 }
 
 // ---------------------------------------------------------------------------
-// Threads: the batch is split between tasks
-// ---------------------------------------------------------------------------
-
-/// Splits the batch into one contiguous range of samples per task: one task
-/// per GEMM thread ([`gemm::num_threads`]), at most one per sample.
-fn batch_ranges(batch: usize) -> Vec<Range<usize>> {
-    let tasks = gemm::num_threads().min(batch).max(1);
-    (0..tasks)
-        .map(|t| batch * t / tasks..batch * (t + 1) / tasks)
-        .collect()
-}
-
-/// Cuts `data` into one chunk per range, `per` elements per index of the range.
-fn split_by<'a, T>(mut data: &'a mut [T], ranges: &[Range<usize>], per: usize) -> Vec<&'a mut [T]> {
-    ranges
-        .iter()
-        .map(|r| {
-            let (head, tail) = std::mem::take(&mut data).split_at_mut(r.len() * per);
-            data = tail;
-            head
-        })
-        .collect()
-}
-
-/// Runs `f` on every job: on the calling thread when there is one job (its
-/// GEMMs may then use every thread), else in parallel on rayon's pool, the
-/// first job on the calling thread, each job's GEMMs kept on its own thread.
-fn run_jobs<J: Send>(jobs: Vec<J>, f: impl Fn(J) + Sync) {
-    let mut jobs = jobs.into_iter();
-    let Some(first) = jobs.next() else { return };
-    if jobs.len() == 0 {
-        return f(first);
-    }
-    let f = &f;
-    rayon::in_place_scope(|s| {
-        for job in jobs {
-            s.spawn(move |_| gemm::on_this_thread(|| f(job)));
-        }
-        gemm::on_this_thread(|| f(first));
-    });
-}
-
-// ---------------------------------------------------------------------------
 // The passes
 // ---------------------------------------------------------------------------
+
+/// The batch split between threads, unless the whole conv is too small to
+/// be worth waking a second thread (then its GEMMs may still split).
+fn batch_split(geom: &Conv2dGeometry) -> Vec<Range<usize>> {
+    let flops_per_sample = 2 * geom.out_channels * geom.out_hw() * geom.patch_len();
+    split_work(geom.batch, flops_per_sample, 1 << 20)
+}
 
 /// Elements per cache line.
 fn line_len<T>() -> usize {
@@ -529,7 +509,7 @@ pub(super) fn forward<T: Float>(
     let stride = block_stride::<T>(max_rows * ow);
     let scratch_len = if pointwise { 0 } else { depth * stride };
     let mut y = vec![T::ZERO; geom.output_shape().iter().product()];
-    let ranges = batch_ranges(geom.batch);
+    let ranges = batch_split(geom);
     let chunks = split_by(&mut y, &ranges, geom.out_channels * ohw);
     let jobs: Vec<_> = ranges.into_iter().zip(chunks).collect();
     run_jobs(jobs, |(samples, y)| {
@@ -614,7 +594,7 @@ pub(super) fn backward<T: Float>(
     } else {
         Vec::new()
     };
-    let ranges = batch_ranges(geom.batch);
+    let ranges = batch_split(geom);
     let tasks = ranges.len();
     let (dw_len, db_len) = (geom.out_channels * ckk, geom.out_channels);
     let mut dx = need_dx.then(|| vec![T::ZERO; geom.input_shape().iter().product()]);

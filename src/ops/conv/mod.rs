@@ -38,6 +38,7 @@
 
 mod geometry;
 mod im2col;
+pub(crate) mod parallel;
 pub mod reference;
 
 pub use geometry::{AxisGeometry, Conv2dGeometry};
