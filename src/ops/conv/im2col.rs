@@ -212,42 +212,140 @@ fn for_each_run(
     }
 }
 
-/// Whether each row of a column block is one slice of an input plane, up to
-/// its edge columns: stride 1 on both axes and `out_w == in_w` ("same"
-/// padding). Then consecutive output rows read consecutive input rows, so the
-/// pixels one kernel tap reads for a block of output rows are contiguous in
-/// the plane, except where a window hangs over the left or right edge: there
-/// the slice holds pixels of the neighbouring row, which must read as padding.
-fn rows_are_slices(geom: &Conv2dGeometry) -> bool {
-    geom.h.stride == 1 && geom.w.stride == 1 && geom.out_w() == geom.w.input
+/// The phase planes of a conv's input, which turn a strided conv into
+/// stride-1 shifts. Input pixel `(u·sh + a, v·sw + b)` is element `(u, v)` of
+/// phase plane `(a, b)`, an `hq × wq` plane (zero past the input's edge), and
+/// output pixel `(i, j)` at tap `(ki, kj)` reads phase plane
+/// `(a, b) = ((ki·dh − ph) mod sh, (kj·dw − pw) mod sw)` at
+/// `(i + ⌊(ki·dh − ph)/sh⌋, j + ⌊(kj·dw − pw)/sw⌋)`. When `wq == out_w`,
+/// consecutive output rows read consecutive phase rows, so each row of a
+/// column block is one slice of a phase plane, up to its edges: where a
+/// window hangs over the left or right edge of the input, the slice holds
+/// pixels of a neighbouring row, which must read as padding. At stride 1 the
+/// input is its own single phase plane ("same" convs: `out_w == in_w`); at
+/// stride 2 the planes are built once per sample (a quarter of the input each)
+/// and every im2col row becomes one copy instead of a strided gather per
+/// output row.
+#[derive(Clone, Copy, Debug)]
+struct Phases {
+    sh: usize,
+    sw: usize,
+    hq: usize,
+    wq: usize,
 }
 
-/// For a "same" conv ([`rows_are_slices`]): calls `visit(row, skip, keep, src, js)`
-/// for each row (kernel tap) of the column block of output rows `rows`. The
-/// row's entries `skip.start..skip.end` (whole output rows whose tap falls in
-/// the top or bottom padding lie outside it) hold the slice `src` of the group
-/// input, offset by offset (`src.len() == skip.len()`, clipped to the plane
-/// so both may be shorter at either end: `keep` is the part of `skip` that
-/// has a source); in every output row of that range, only columns `js` are
-/// genuine, the others must read 0.
+impl Phases {
+    /// The phase layout of `geom`, if its column-block rows are plane slices.
+    fn of(geom: &Conv2dGeometry) -> Option<Phases> {
+        let (sh, sw) = (geom.h.stride, geom.w.stride);
+        let (hq, wq) = (geom.h.input.div_ceil(sh), geom.w.input.div_ceil(sw));
+        (geom.out_w() == wq).then_some(Phases { sh, sw, hq, wq })
+    }
+
+    /// Whether the input is its own (single) phase plane.
+    fn unit(&self) -> bool {
+        self.sh == 1 && self.sw == 1
+    }
+
+    /// Elements of one phase plane.
+    fn plane(&self) -> usize {
+        self.hq * self.wq
+    }
+
+    /// Elements of the phase planes of `channels` channels (0 when unit: none are built).
+    fn len(&self, channels: usize) -> usize {
+        if self.unit() {
+            0
+        } else {
+            channels * self.sh * self.sw * self.plane()
+        }
+    }
+
+    /// Offset of phase plane `(a, b)` of channel `c`.
+    fn offset(&self, c: usize, a: usize, b: usize) -> usize {
+        ((c * self.sh + a) * self.sw + b) * self.plane()
+    }
+
+    /// Splits a group input `x` (`[C/G, H, W]`) into its phase planes.
+    fn split<T: Float>(&self, geom: &Conv2dGeometry, x: &[T], out: &mut [T]) {
+        let (ih, iw) = (geom.h.input, geom.w.input);
+        for c in 0..geom.in_per_group() {
+            for a in 0..self.sh {
+                for b in 0..self.sw {
+                    let plane = &mut out[self.offset(c, a, b)..][..self.plane()];
+                    for (u, line) in plane.chunks_exact_mut(self.wq).enumerate() {
+                        let r = u * self.sh + a;
+                        if r >= ih || b >= iw {
+                            line.fill(T::ZERO);
+                            continue;
+                        }
+                        let src = &x[(c * ih + r) * iw + b..(c * ih + r + 1) * iw];
+                        let n = src.len().div_ceil(self.sw);
+                        match self.sw {
+                            1 => line[..n].copy_from_slice(src),
+                            2 => gather::<T, 2>(&mut line[..n], src),
+                            sw => line[..n]
+                                .iter_mut()
+                                .zip(src.iter().step_by(sw))
+                                .for_each(|(d, &v)| *d = v),
+                        }
+                        line[n..].fill(T::ZERO);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`split`](Self::split) for gradients: writes each input
+    /// pixel's entry of the phase planes `q` into `dx` (`[C/G, H, W]`).
+    fn merge<T: Float>(&self, geom: &Conv2dGeometry, q: &[T], dx: &mut [T]) {
+        let (ih, iw) = (geom.h.input, geom.w.input);
+        for c in 0..geom.in_per_group() {
+            for r in 0..ih {
+                let (a, u) = (r % self.sh, r / self.sh);
+                let dst = &mut dx[(c * ih + r) * iw..][..iw];
+                for b in 0..self.sw.min(iw) {
+                    let src = &q[self.offset(c, a, b) + u * self.wq..][..self.wq];
+                    let dst = &mut dst[b..];
+                    match self.sw {
+                        1 => dst.copy_from_slice(&src[..dst.len()]),
+                        sw => dst
+                            .iter_mut()
+                            .step_by(sw)
+                            .zip(src)
+                            .for_each(|(d, &v)| *d = v),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// For a conv whose column-block rows are phase-plane slices ([`Phases`]):
+/// calls `visit(row, span, keep, src, js)` for each row (kernel tap) of the
+/// column block of output rows `rows`. Entries `span` of the row (the output
+/// rows whose tap is not in the top or bottom padding) hold a slice of a
+/// phase plane; `keep ⊆ span` is the part inside the plane, whose first entry
+/// is element `src` of the phase planes; in every output row of `span`, only
+/// columns `js` are genuine, the others must read 0.
 #[inline(always)]
 fn for_each_slice(
     geom: &Conv2dGeometry,
+    ph: Phases,
     rows: Range<usize>,
     mut visit: impl FnMut(usize, Range<usize>, Range<usize>, usize, Range<usize>),
 ) {
-    let (ow, iw, plane) = (geom.out_w(), geom.w.input, geom.in_hw());
-    let (dh, ph, dw, pw) = (
-        geom.h.dilation,
-        geom.h.padding,
-        geom.w.dilation,
-        geom.w.padding,
-    );
+    let (ow, wq, plane) = (geom.out_w(), ph.wq as isize, ph.plane() as isize);
+    let (dh, pad_h) = (geom.h.dilation as isize, geom.h.padding as isize);
+    let (dw, pad_w) = (geom.w.dilation as isize, geom.w.padding as isize);
+    let (sh, sw) = (ph.sh as isize, ph.sw as isize);
     let mut row = 0;
     for c in 0..geom.in_per_group() {
         for ki in 0..geom.h.kernel {
             let valid = geom.h.valid_outputs(ki);
             let is = valid.start.max(rows.start)..valid.end.min(rows.end);
+            let ti = ki as isize * dh - pad_h;
+            let (a, di) = (ti.rem_euclid(sh) as usize, ti.div_euclid(sh));
             for kj in 0..geom.w.kernel {
                 let js = geom.w.valid_outputs(kj);
                 if is.is_empty() {
@@ -255,14 +353,17 @@ fn for_each_slice(
                     row += 1;
                     continue;
                 }
+                let tj = kj as isize * dw - pad_w;
+                let (b, dj) = (tj.rem_euclid(sw) as usize, tj.div_euclid(sw));
                 let span = (is.start - rows.start) * ow..(is.end - rows.start) * ow;
-                // Plane index of entry `span.start + t`: base + t (row is.start + ki·dh − ph
-                // is inside the plane; the column offset kj·dw − pw may be negative).
-                let base = ((is.start + ki * dh - ph) * iw + kj * dw) as isize - pw as isize;
+                // Plane element of entry `span.start + t`: base + t (output row
+                // is.start reads phase row is.start + di, inside the plane; the
+                // column shift dj may be negative).
+                let base = (is.start as isize + di) * wq + dj;
                 let lo = ((-base).max(0) as usize).min(span.len());
-                let hi = (plane as isize - base).clamp(lo as isize, span.len() as isize) as usize;
+                let hi = (plane - base).clamp(lo as isize, span.len() as isize) as usize;
                 let keep = span.start + lo..span.start + hi;
-                let src = c * plane + (base + lo as isize).max(0) as usize;
+                let src = ph.offset(c, a, b) + (base + lo as isize).max(0) as usize;
                 visit(row, span, keep, src, js);
                 row += 1;
             }
@@ -326,12 +427,13 @@ fn scatter_add<T: Float, const S: usize>(dst: &mut [T], src: &[T]) {
 
 /// Fills the first `rows.len()·out_w` columns of the `patch_len` rows of
 /// `cols` (row stride `ld`) with the column matrix of output rows `rows` of a
-/// group input `x` (`[C/G, H, W]`).
+/// group input: `x` is the group input (`[C/G, H, W]`), or its phase planes
+/// when [`Phases::of`] has a layout that is not the unit one (see [`source`]).
 fn im2col<T: Float>(geom: &Conv2dGeometry, x: &[T], rows: Range<usize>, ld: usize, cols: &mut [T]) {
     let nc = rows.len() * geom.out_w();
-    if rows_are_slices(geom) {
+    if let Some(ph) = Phases::of(geom) {
         let ow = geom.out_w();
-        for_each_slice(geom, rows, |row, span, keep, src, js| {
+        for_each_slice(geom, ph, rows, |row, span, keep, src, js| {
             let dst = &mut cols[row * ld..][..nc];
             if keep.is_empty() {
                 return dst.fill(T::ZERO);
@@ -365,8 +467,10 @@ fn im2col<T: Float>(geom: &Conv2dGeometry, x: &[T], rows: Range<usize>, ld: usiz
 }
 
 /// The adjoint of [`im2col`]: adds each entry of `cols` (row stride `ld`) into
-/// the input pixel it was read from.
-/// `cols` is scratch: a "same" conv zeroes its entries that read padding.
+/// the input pixel it was read from, in `dx` (`[C/G, H, W]`), or in its phase
+/// planes when [`Phases::of`] has a layout that is not the unit one (merged
+/// into the input gradient by [`Phases::merge`] after the last block).
+/// `cols` is scratch: the slice walk zeroes its entries that read padding.
 fn col2im<T: Float>(
     geom: &Conv2dGeometry,
     cols: &mut [T],
@@ -375,9 +479,9 @@ fn col2im<T: Float>(
     dx: &mut [T],
 ) {
     let nc = rows.len() * geom.out_w();
-    if rows_are_slices(geom) {
+    if let Some(ph) = Phases::of(geom) {
         let ow = geom.out_w();
-        for_each_slice(geom, rows, |row, span, keep, dst, js| {
+        for_each_slice(geom, ph, rows, |row, span, keep, dst, js| {
             if keep.is_empty() {
                 return;
             }
@@ -427,6 +531,24 @@ fn sum<T: Float>(v: &[T]) -> T {
         }
     }
     acc[0] + tail
+}
+
+/// Elements of the phase planes of a group input (0 if none are built).
+fn phases_len(geom: &Conv2dGeometry) -> usize {
+    Phases::of(geom).map_or(0, |ph| ph.len(geom.in_per_group()))
+}
+
+/// What im2col reads for a group input `x`: its phase planes (built into
+/// `planes`) for a strided conv with a phase layout, else `x` itself.
+fn source<'a, T: Float>(geom: &Conv2dGeometry, x: &'a [T], planes: &'a mut [T]) -> &'a [T] {
+    match Phases::of(geom) {
+        Some(ph) if !ph.unit() => {
+            let planes = &mut planes[..ph.len(geom.in_per_group())];
+            ph.split(geom, x, planes);
+            planes
+        }
+        _ => x,
+    }
 }
 
 /// The column matrix of output rows `rows` of a group input, as a row-major
@@ -514,32 +636,34 @@ pub(super) fn forward<T: Float>(
     let jobs: Vec<_> = ranges.into_iter().zip(chunks).collect();
     run_jobs(jobs, |(samples, y)| {
         with_scratch(scratch_len, |scratch: &mut [T]| {
-            for (local, n) in samples.enumerate() {
-                for (g, wg) in packed.iter().enumerate() {
-                    let xg = &x[input_block(geom, n, g)];
-                    let yg = &mut y[output_block(geom, local, g)];
-                    for rows in row_blocks::<T>(geom) {
-                        let (j0, nc) = (rows.start * ow, rows.len() * ow);
-                        if pointwise {
-                            gemm_prepacked(wg, nc, &xg[j0..], ohw, true, &mut yg[j0..], ohw);
-                            if let Some(b) = b {
-                                for (o, plane) in yg.chunks_exact_mut(ohw).enumerate() {
-                                    let bias = b[g * og + o];
-                                    plane[j0..j0 + nc].iter_mut().for_each(|v| *v += bias);
+            with_scratch(phases_len(geom), |planes: &mut [T]| {
+                for (local, n) in samples.enumerate() {
+                    for (g, wg) in packed.iter().enumerate() {
+                        let xg = source(geom, &x[input_block(geom, n, g)], planes);
+                        let yg = &mut y[output_block(geom, local, g)];
+                        for rows in row_blocks::<T>(geom) {
+                            let (j0, nc) = (rows.start * ow, rows.len() * ow);
+                            if pointwise {
+                                gemm_prepacked(wg, nc, &xg[j0..], ohw, true, &mut yg[j0..], ohw);
+                                if let Some(b) = b {
+                                    for (o, plane) in yg.chunks_exact_mut(ohw).enumerate() {
+                                        let bias = b[g * og + o];
+                                        plane[j0..j0 + nc].iter_mut().for_each(|v| *v += bias);
+                                    }
                                 }
+                                continue;
                             }
-                            continue;
+                            let ld = block_stride::<T>(nc);
+                            let cols = &mut scratch[..depth * ld];
+                            im2col(geom, xg, rows, ld, cols);
+                            if fused_bias.is_some() {
+                                cols[ckk * ld..][..nc].fill(T::ONE);
+                            }
+                            gemm_prepacked(wg, nc, cols, ld, true, &mut yg[j0..], ohw);
                         }
-                        let ld = block_stride::<T>(nc);
-                        let cols = &mut scratch[..depth * ld];
-                        im2col(geom, xg, rows, ld, cols);
-                        if fused_bias.is_some() {
-                            cols[ckk * ld..][..nc].fill(T::ONE);
-                        }
-                        gemm_prepacked(wg, nc, cols, ld, true, &mut yg[j0..], ohw);
                     }
                 }
-            }
+            })
         })
     });
     y
@@ -630,49 +754,64 @@ pub(super) fn backward<T: Float>(
                 mut db,
             } = job;
             with_scratch(scratch_len::<T>(geom), |scratch: &mut [T]| {
-                for (local, n) in samples.enumerate() {
-                    for g in 0..geom.groups {
-                        let dyg = &dy[output_block(geom, n, g)];
-                        if let Some(db) = db.as_deref_mut() {
-                            for (o, plane) in dyg.chunks_exact(ohw).enumerate() {
-                                db[g * og + o] += sum(plane);
+                with_scratch(phases_len(geom), |planes: &mut [T]| {
+                    for (local, n) in samples.enumerate() {
+                        for g in 0..geom.groups {
+                            let dyg = &dy[output_block(geom, n, g)];
+                            if let Some(db) = db.as_deref_mut() {
+                                for (o, plane) in dyg.chunks_exact(ohw).enumerate() {
+                                    db[g * og + o] += sum(plane);
+                                }
                             }
-                        }
-                        if let Some(dw) = dw.as_deref_mut() {
-                            let xg = &x[input_block(geom, n, g)];
-                            let dwg = &mut dw[g * og * ckk..][..og * ckk];
-                            for rows in row_blocks::<T>(geom) {
-                                let (j0, nc) = (rows.start * ow, rows.len() * ow);
-                                let beta = if local == 0 && j0 == 0 {
-                                    T::ZERO
-                                } else {
-                                    T::ONE
-                                };
-                                let cols = columns(geom, xg, rows, scratch);
-                                let dyb = MatRef {
-                                    data: &dyg[j0..],
-                                    rs: ohw,
-                                    cs: 1,
-                                };
-                                gemm(og, ckk, nc, dyb, cols.t(), beta, dwg, ckk);
+                            if let Some(dw) = dw.as_deref_mut() {
+                                let xg = source(geom, &x[input_block(geom, n, g)], planes);
+                                let dwg = &mut dw[g * og * ckk..][..og * ckk];
+                                for rows in row_blocks::<T>(geom) {
+                                    let (j0, nc) = (rows.start * ow, rows.len() * ow);
+                                    let beta = if local == 0 && j0 == 0 {
+                                        T::ZERO
+                                    } else {
+                                        T::ONE
+                                    };
+                                    let cols = columns(geom, xg, rows, scratch);
+                                    let dyb = MatRef {
+                                        data: &dyg[j0..],
+                                        rs: ohw,
+                                        cs: 1,
+                                    };
+                                    gemm(og, ckk, nc, dyb, cols.t(), beta, dwg, ckk);
+                                }
                             }
-                        }
-                        if let (Some(dx), Some(wt)) = (dx.as_deref_mut(), packed_wt.get(g)) {
-                            let dxg = &mut dx[input_block(geom, local, g)];
-                            for rows in row_blocks::<T>(geom) {
-                                let (j0, nc) = (rows.start * ow, rows.len() * ow);
-                                let dyb = &dyg[j0..];
-                                if geom.is_pointwise() {
-                                    gemm_prepacked(wt, nc, dyb, ohw, true, &mut dxg[j0..], ohw);
-                                } else {
-                                    let dcols = &mut scratch[..ckk * nc];
-                                    gemm_prepacked(wt, nc, dyb, ohw, true, dcols, nc);
-                                    col2im(geom, dcols, rows, nc, dxg);
+                            if let (Some(dx), Some(wt)) = (dx.as_deref_mut(), packed_wt.get(g)) {
+                                let dxg = &mut dx[input_block(geom, local, g)];
+                                // A strided conv with a phase layout gathers dX in phase planes.
+                                let phased = Phases::of(geom).filter(|ph| !ph.unit());
+                                let acc = match phased {
+                                    Some(ph) => {
+                                        let q = &mut planes[..ph.len(geom.in_per_group())];
+                                        q.fill(T::ZERO);
+                                        q
+                                    }
+                                    None => &mut *dxg,
+                                };
+                                for rows in row_blocks::<T>(geom) {
+                                    let (j0, nc) = (rows.start * ow, rows.len() * ow);
+                                    let dyb = &dyg[j0..];
+                                    if geom.is_pointwise() {
+                                        gemm_prepacked(wt, nc, dyb, ohw, true, &mut acc[j0..], ohw);
+                                    } else {
+                                        let dcols = &mut scratch[..ckk * nc];
+                                        gemm_prepacked(wt, nc, dyb, ohw, true, dcols, nc);
+                                        col2im(geom, dcols, rows, nc, acc);
+                                    }
+                                }
+                                if let Some(ph) = phased {
+                                    ph.merge(geom, &planes[..ph.len(geom.in_per_group())], dxg);
                                 }
                             }
                         }
                     }
-                }
+                })
             })
         });
     }
@@ -718,18 +857,19 @@ mod tests {
     }
 
     /// im2col of every block of output rows (both walks: runs, and the plane
-    /// slices of "same" convs) against the definition, and col2im against
-    /// im2col by the adjoint identity, over many small geometries.
+    /// slices of "same" and strided convs with a phase layout) against the
+    /// definition, and col2im against im2col by the adjoint identity, over many
+    /// small geometries.
     #[test]
     fn blocks_match_the_definition() {
-        let mut checked_slices = 0;
-        for (h, w) in [(5, 5), (7, 4), (1, 6), (6, 1)] {
+        let (mut unit, mut phased) = (0, 0);
+        for (h, w) in [(5, 5), (7, 4), (1, 6), (6, 1), (8, 8), (7, 9)] {
             for k in 1..4 {
-                for stride in 1..3 {
+                for (sh, sw) in [(1, 1), (2, 1), (1, 2), (2, 2), (3, 2), (2, 3)] {
                     for pad in 0..3 {
                         for dil in 1..3 {
                             let opts = Conv2dOptions::default()
-                                .stride((stride, 1))
+                                .stride((sh, sw))
                                 .padding(pad)
                                 .dilation((1, dil));
                             let Ok(geom) =
@@ -737,14 +877,18 @@ mod tests {
                             else {
                                 continue;
                             };
-                            checked_slices += rows_are_slices(&geom) as usize;
+                            match Phases::of(&geom) {
+                                Some(ph) if ph.unit() => unit += 1,
+                                Some(_) => phased += 1,
+                                None => {}
+                            }
                             check_blocks(&geom);
                         }
                     }
                 }
             }
         }
-        assert!(checked_slices > 10, "{checked_slices}");
+        assert!(unit > 10 && phased > 10, "{unit} {phased}");
     }
 
     fn check_blocks(geom: &Conv2dGeometry) {
@@ -752,13 +896,15 @@ mod tests {
             .map(|i| i as f64 + 1.0)
             .collect();
         let (ow, ckk) = (geom.out_w(), geom.patch_len());
+        let mut planes = vec![f64::NAN; phases_len(geom)];
+        let src = source(geom, &x, &mut planes).to_vec();
         for bh in 1..=geom.out_h() {
             for i0 in (0..geom.out_h()).step_by(bh) {
                 let rows = i0..(i0 + bh).min(geom.out_h());
                 let nc = rows.len() * ow;
                 let ld = nc + 3;
                 let mut cols = vec![f64::NAN; ckk * ld];
-                im2col(geom, &x, rows.clone(), ld, &mut cols);
+                im2col(geom, &src, rows.clone(), ld, &mut cols);
                 let mut row = 0;
                 for c in 0..geom.in_per_group() {
                     for ki in 0..geom.h.kernel {
@@ -783,7 +929,14 @@ mod tests {
                 // ⟨im2col(x), d⟩ = ⟨x, col2im(d)⟩ with integer values: exact.
                 let d: Vec<f64> = (0..ckk * ld).map(|i| ((i * 7) % 5) as f64 - 2.0).collect();
                 let mut back = vec![0.0; x.len()];
-                col2im(geom, &mut d.clone(), rows.clone(), ld, &mut back);
+                match Phases::of(geom).filter(|ph| !ph.unit()) {
+                    Some(ph) => {
+                        let mut q = vec![0.0; ph.len(geom.in_per_group())];
+                        col2im(geom, &mut d.clone(), rows.clone(), ld, &mut q);
+                        ph.merge(geom, &q, &mut back);
+                    }
+                    None => col2im(geom, &mut d.clone(), rows.clone(), ld, &mut back),
+                }
                 let lhs: f64 = (0..ckk)
                     .flat_map(|r| (0..nc).map(move |j| r * ld + j))
                     .map(|e| cols[e] * d[e])
