@@ -323,6 +323,98 @@ fn fast_path_matches_reference_f32() {
 }
 
 // ---------------------------------------------------------------------------
+// fast path == reference at 1 and 2 threads, and on larger shapes
+// ---------------------------------------------------------------------------
+
+/// Runs `f` at 1 and at 2 GEMM threads. The thread count is process-wide and
+/// other tests run concurrently, so results are compared with the reference,
+/// never with each other's thread count; the default is restored at the end.
+fn at_1_and_2_threads(mut f: impl FnMut(usize)) {
+    for threads in [1, 2] {
+        tapegrad::gemm::set_num_threads(threads);
+        f(threads);
+    }
+    tapegrad::gemm::set_num_threads(0);
+}
+
+/// The whole conv (y, dx, dw, db) through the tape against the reference.
+fn check_against_reference<T: Float>(
+    what: &str,
+    xs: &[usize],
+    ws: &[usize],
+    opts: Conv2dOptions,
+    tol: f64,
+    rng: &mut StdRng,
+) {
+    let x = randn::<T>(xs, rng);
+    let w = randn::<T>(ws, rng);
+    let b = randn::<T>(&[ws[0]], rng);
+    let geom = Conv2dGeometry::new(xs, ws, Some(&[ws[0]]), &opts);
+    let dy = randn::<T>(&geom.output_shape(), rng);
+    let (y, dx, dw, db) = tape_conv(&x, &w, Some(&b), Some(&dy), opts);
+    let what = format!("{} {what}: x {xs:?} w {ws:?} {opts:?}", T::NAME);
+    let r = reference::conv2d_backward(&x, &w, &dy, opts);
+    assert_close(
+        &format!("{what} y"),
+        &y,
+        &reference::conv2d(&x, &w, Some(&b), opts),
+        tol,
+    );
+    assert_close(&format!("{what} dx"), &dx, &r.dx, tol);
+    assert_close(&format!("{what} dw"), &dw, &r.dw, tol);
+    assert_close(&format!("{what} db"), &db.unwrap(), &r.db, tol);
+}
+
+/// Random shapes (groups, dilation, uneven strides and padding, batches of 1
+/// to 7 so the batch splits unevenly between threads), f32 and f64, at 1 and
+/// 2 threads.
+#[test]
+fn fast_path_matches_reference_at_1_and_2_threads() {
+    at_1_and_2_threads(|threads| {
+        let mut rng = StdRng::seed_from_u64(40 + threads as u64);
+        for k in 0..40 {
+            let (mut xs, ws, opts) = random_config(&mut rng, k);
+            xs[0] = rng.random_range(1..8);
+            let what = format!("{threads} threads, config {k}");
+            if k % 2 == 0 {
+                check_against_reference::<f64>(&what, &xs, &ws, opts, 1e-12, &mut rng);
+            } else {
+                check_against_reference::<f32>(&what, &xs, &ws, opts, 1e-5, &mut rng);
+            }
+        }
+    });
+}
+
+/// Shapes large enough that a sample's column matrix is cut into several
+/// blocks of output rows, in both walks of im2col/col2im ("same" padding,
+/// where rows are plane slices; strided, dilated and unpadded ones, where
+/// they are runs), pointwise, grouped, and the benchmark's layer shapes scaled
+/// down, at 1 and 2 threads.
+#[test]
+fn large_shapes_match_reference_at_1_and_2_threads() {
+    let opts = Conv2dOptions::default;
+    #[rustfmt::skip]
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 8] = [
+        ([3, 16, 40, 48], [5, 16, 3, 3], opts().padding(1)),                 // "same": slices
+        ([2, 3, 96, 96], [4, 3, 5, 5], opts().padding(2)),                   // small C, 5x5
+        ([2, 32, 65, 63], [6, 32, 3, 3], opts().stride(2).padding(1)),       // strided, odd sizes
+        ([2, 32, 45, 40], [4, 16, 3, 2], opts().padding((2, 1)).dilation(2).groups(2)),
+        ([2, 16, 60, 60], [4, 16, 3, 3], opts()),                            // unpadded: runs
+        ([3, 12, 70, 66], [4, 12, 1, 1], opts()),                            // pointwise
+        ([2, 9, 41, 47], [6, 3, 3, 3], opts().stride((1, 2)).padding(1).groups(3)),
+        ([5, 1, 28, 28], [8, 1, 3, 3], opts().padding(1)),                   // cnn_step conv1
+    ];
+    at_1_and_2_threads(|threads| {
+        let mut rng = StdRng::seed_from_u64(50 + threads as u64);
+        for (i, (xs, ws, o)) in cases.iter().enumerate() {
+            let what = format!("{threads} threads, large case {i}");
+            check_against_reference::<f64>(&what, xs, ws, *o, 1e-12, &mut rng);
+            check_against_reference::<f32>(&what, xs, ws, *o, 2e-5, &mut rng);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
 // structural identities
 // ---------------------------------------------------------------------------
 

@@ -237,6 +237,162 @@ fn options_convert_from_kernel_sizes() {
 }
 
 // ---------------------------------------------------------------------------
+// large inputs, 1 and 2 threads, against naive loops
+// ---------------------------------------------------------------------------
+
+/// The naive definition: for each window (in-bounds elements, row-major), max
+/// pooling's value and winner (first maximum; a NaN always takes over) and
+/// average pooling's value; then the gradients for upstream `dy`.
+fn naive_pool(
+    kind: Kind,
+    x: &Tensor<f64>,
+    o: Pool2dOptions,
+    dy: &Tensor<f64>,
+) -> (Vec<f64>, Vec<f64>) {
+    let s = x.shape();
+    let (planes, h, w) = (s[0] * s[1], s[2], s[3]);
+    let st = o.stride_or_kernel();
+    let (k, p) = (o.kernel, o.padding);
+    let oh = (h + 2 * p.h - k.h) / st.h + 1;
+    let ow = (w + 2 * p.w - k.w) / st.w + 1;
+    let (mut y, mut dx) = (vec![], vec![0.0; x.numel()]);
+    for pl in 0..planes {
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut cells = vec![];
+                for a in 0..k.h {
+                    for b in 0..k.w {
+                        let (r, c) = (
+                            (i * st.h + a) as isize - p.h as isize,
+                            (j * st.w + b) as isize - p.w as isize,
+                        );
+                        if r >= 0 && c >= 0 && (r as usize) < h && (c as usize) < w {
+                            cells.push(pl * h * w + r as usize * w + c as usize);
+                        }
+                    }
+                }
+                let g = dy.data()[y.len()];
+                match kind {
+                    Kind::Max => {
+                        let mut best = cells[0];
+                        for &e in &cells[1..] {
+                            let v = x.data()[e];
+                            if v > x.data()[best] || v.is_nan() {
+                                best = e;
+                            }
+                        }
+                        y.push(x.data()[best]);
+                        dx[best] += g;
+                    }
+                    Kind::Avg => {
+                        let div = if o.count_include_pad {
+                            k.h * k.w
+                        } else {
+                            cells.len()
+                        } as f64;
+                        y.push(cells.iter().map(|&e| x.data()[e]).sum::<f64>() / div);
+                        for &e in &cells {
+                            dx[e] += g / div;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, dx)
+}
+
+/// Inputs large enough to be split between threads, every option set of the
+/// gradcheck table (and the 2x2 tiling case), with ties and NaNs, at 1 and 2
+/// threads: values and gradients equal the naive loops exactly for max
+/// pooling (same winners), to rounding for average pooling.
+#[test]
+fn large_inputs_match_naive_loops_at_1_and_2_threads() {
+    for threads in [1, 2] {
+        tapegrad::gemm::set_num_threads(threads);
+        let mut rng = StdRng::seed_from_u64(70 + threads as u64);
+        for (i, &(_, kernel, stride, padding)) in GRADCHECK_CASES.iter().enumerate() {
+            let mut opts = Pool2dOptions::new(kernel).padding(padding);
+            if let Some(s) = stride {
+                opts = opts.stride(s);
+            }
+            let shape = [8, 16, 29 + i % 3, 30 - i % 2];
+            let n: usize = shape.iter().product();
+            // Small integers: many ties. A few NaNs for max pooling.
+            let v: Vec<f64> = (0..n).map(|_| rng.random_range(0..4) as f64).collect();
+            let mut with_nan = v.clone();
+            for _ in 0..20 {
+                with_nan[rng.random_range(0..n)] = f64::NAN;
+            }
+            for (kind, data) in [
+                (Kind::Max, with_nan),
+                (Kind::Max, v.clone()),
+                (Kind::Avg, v),
+            ] {
+                let x = Tensor::from_vec(data, shape).unwrap();
+                for include in [true, false] {
+                    let o = opts.count_include_pad(include);
+                    let tape = Tape::<f64>::new();
+                    let y = match kind {
+                        Kind::Max => tape.leaf(x.clone()).max_pool2d(o),
+                        Kind::Avg => tape.leaf(x.clone()).avg_pool2d(o),
+                    };
+                    let dy = Tensor::from_vec(
+                        (0..y.value().numel())
+                            .map(|_| rng.random_range(-2.0..2.0))
+                            .collect(),
+                        y.shape(),
+                    )
+                    .unwrap();
+                    let (y_got, dx_got) = tape_pool(kind, &x, o, Some(&dy));
+                    let (y_want, dx_want) = naive_pool(kind, &x, o, &dy);
+                    let what = format!("{threads} threads, {kind:?} case {i} {o:?}");
+                    let same =
+                        |a: f64, b: f64| (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-12;
+                    assert!(
+                        y_got.data().iter().zip(&y_want).all(|(&a, &b)| same(a, b)),
+                        "{what}: y"
+                    );
+                    assert!(
+                        dx_got
+                            .data()
+                            .iter()
+                            .zip(&dx_want)
+                            .all(|(&a, &b)| same(a, b)),
+                        "{what}: dx"
+                    );
+                    if kind == Kind::Max {
+                        assert!(
+                            dx_got
+                                .data()
+                                .iter()
+                                .zip(&dx_want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{what}: dx not bit-exact"
+                        );
+                        break; // count_include_pad does not apply
+                    }
+                }
+            }
+        }
+        // The 2x2 tiling fast path on a large input.
+        let x = Tensor::from_vec(
+            (0..64 * 8 * 28 * 28)
+                .map(|_| rng.random_range(0..3) as f64)
+                .collect(),
+            [64, 8, 28, 28],
+        )
+        .unwrap();
+        let dy = Tensor::ones([64, 8, 14, 14]);
+        let (y_got, dx_got) = tape_pool(Kind::Max, &x, Pool2dOptions::new(2), Some(&dy));
+        let (y_want, dx_want) = naive_pool(Kind::Max, &x, Pool2dOptions::new(2), &dy);
+        assert_eq!(y_got.data(), &y_want[..]);
+        assert_eq!(dx_got.data(), &dx_want[..]);
+    }
+    tapegrad::gemm::set_num_threads(0);
+}
+
+// ---------------------------------------------------------------------------
 // shape errors
 // ---------------------------------------------------------------------------
 

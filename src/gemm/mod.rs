@@ -55,10 +55,11 @@
 mod kernel;
 mod pack;
 pub mod peak;
+pub(crate) mod prepacked;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -120,7 +121,7 @@ pub fn sgemm(
     gemm_entry(
         "sgemm",
         default_path(),
-        num_threads(),
+        call_threads(),
         m,
         n,
         k,
@@ -168,7 +169,7 @@ pub fn dgemm(
     gemm_entry(
         "dgemm",
         default_path(),
-        num_threads(),
+        call_threads(),
         m,
         n,
         k,
@@ -237,12 +238,42 @@ pub fn force_portable(on: bool) {
     FORCE_PORTABLE.store(on, Ordering::Relaxed);
 }
 
+/// Runs `f` with every [`sgemm`] / [`dgemm`] call it makes on this thread
+/// kept on this thread (no split), whatever [`num_threads`] says. For callers
+/// that already divide their work between threads (a convolution split over
+/// the batch), so that the small per-task products do not split again.
+/// Nests; the previous setting is restored even if `f` panics.
+pub(crate) fn on_this_thread<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
 // ---------------------------------------------------------------------------
 // Configuration state
 // ---------------------------------------------------------------------------
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 static FORCE_PORTABLE: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Set inside [`on_this_thread`]: GEMM calls on this thread run serially.
+    static SERIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The thread count for a GEMM called now on this thread.
+fn call_threads() -> usize {
+    if SERIAL.with(|s| s.get()) {
+        1
+    } else {
+        num_threads()
+    }
+}
 
 fn default_threads() -> usize {
     static DEFAULT: OnceLock<usize> = OnceLock::new();
@@ -308,6 +339,21 @@ trait Engine: Elem {
         ldc: usize,
     );
 
+    /// Runs [`prepacked::drive`] with this type's AVX2+FMA kernel (only
+    /// called after the CPU was found to support it).
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn run_prepacked_simd(
+        s: prepacked::Shape<'_>,
+        a: &[Self],
+        n: usize,
+        b: &[Self],
+        ldb: usize,
+        beta: Self,
+        c: &mut [Self],
+        ldc: usize,
+    );
+
     /// Runs `f` with this thread's reusable (A, B) packing buffers.
     fn with_pack_buffers<R>(f: impl FnOnce(&mut Vec<Self>, &mut Vec<Self>) -> R) -> R;
 
@@ -344,6 +390,21 @@ macro_rules! impl_engine {
                 }
                 let _ = path;
                 drive(Portable::<$t>::new(), threads, m, n, k, alpha, a, b, beta, c, ldc)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            fn run_prepacked_simd(
+                s: prepacked::Shape<'_>,
+                a: &[Self],
+                n: usize,
+                b: &[Self],
+                ldb: usize,
+                beta: Self,
+                c: &mut [Self],
+                ldc: usize,
+            ) {
+                let tok = x86::Avx2Fma::detect().expect("AVX2+FMA was detected when A was packed");
+                prepacked::drive(x86::$simd(tok), s, a, n, b, ldb, beta, c, ldc)
             }
 
             fn with_pack_buffers<R>(f: impl FnOnce(&mut Vec<Self>, &mut Vec<Self>) -> R) -> R {

@@ -16,10 +16,12 @@
 //!   other elements get 0.
 //! - avg: `dX[r, s] += dY[i, j] / divisor(i, j)` for every in-bounds `(r, s)` in the window.
 
+use super::conv::parallel::{run_jobs, split_by, split_work};
 use super::conv::{AxisGeometry, Pair};
 use crate::shape::Shape;
 use crate::tape::one;
 use crate::{Float, Tensor, Var};
+use std::ops::Range;
 
 /// Options of [`Var::max_pool2d`] and [`Var::avg_pool2d`]: the window size
 /// (`kernel`), the `stride` (default: the kernel, i.e. non-overlapping windows),
@@ -174,27 +176,70 @@ impl PoolGeometry {
         Shape::from([input[0], input[1], self.h.output, self.w.output])
     }
 
-    /// Calls `f(plane, out_offset, window_rows, window_cols)` for every output element.
-    fn for_each_window(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
-        let mut at = 0;
-        for p in 0..self.planes {
-            for i in 0..self.h.output {
-                for j in 0..self.w.output {
-                    f(p, at, i, j);
-                    at += 1;
-                }
-            }
+    /// Input pixels per plane.
+    fn in_plane(&self) -> usize {
+        self.h.input * self.w.input
+    }
+
+    /// Output pixels per plane.
+    fn out_plane(&self) -> usize {
+        self.h.output * self.w.output
+    }
+
+    /// The planes split between threads (one task unless the input is large).
+    fn split(&self) -> Vec<Range<usize>> {
+        let window = self.h.kernel * self.w.kernel;
+        split_work(self.planes, self.out_plane() * window, MIN_PARALLEL_WORK)
+    }
+}
+
+/// Below this many window elements visited in all, a pooling op runs on one thread.
+const MIN_PARALLEL_WORK: usize = 1 << 16;
+
+/// The input positions `start..end` covered by each window along an axis
+/// (padding excluded), computed once per call.
+fn spans(a: &AxisGeometry) -> Vec<Range<usize>> {
+    (0..a.output)
+        .map(|o| {
+            let taps = a.valid_taps(o);
+            // Pooling has dilation 1: taps k read o·stride + k − padding.
+            let first = o * a.stride + taps.start - a.padding;
+            first..first + taps.len()
+        })
+        .collect()
+}
+
+/// The windows of one plane: rows and columns of each, and the divisor of
+/// average pooling.
+struct Windows {
+    rows: Vec<Range<usize>>,
+    cols: Vec<Range<usize>>,
+    iw: usize,
+    /// 2x2 windows, stride 2, no padding: the windows tile the plane.
+    tiles_2x2: bool,
+}
+
+impl Windows {
+    fn new(geom: &PoolGeometry) -> Self {
+        Windows {
+            rows: spans(&geom.h),
+            cols: spans(&geom.w),
+            iw: geom.w.input,
+            tiles_2x2: [geom.h, geom.w]
+                .iter()
+                .all(|a| a.kernel == 2 && a.stride == 2 && a.padding == 0),
         }
     }
 
-    /// The average-pool divisor of window `(i, j)`.
-    fn divisor(&self, i: usize, j: usize, count_include_pad: bool) -> usize {
-        if count_include_pad {
-            // Windows never run past the padded input (the floor in the output size).
-            self.h.kernel * self.w.kernel
+    /// Average-pool divisor of window `(i, j)`: the full window with
+    /// `count_include_pad` (windows never run past the padded input, by the
+    /// floor in the output size), else its in-bounds elements.
+    fn divisor<T: Float>(&self, geom: &PoolGeometry, i: usize, j: usize, include: bool) -> T {
+        T::from_usize(if include {
+            geom.h.kernel * geom.w.kernel
         } else {
-            self.h.valid_taps(i).len() * self.w.valid_taps(j).len()
-        }
+            self.rows[i].len() * self.cols[j].len()
+        })
     }
 }
 
@@ -202,6 +247,68 @@ impl PoolGeometry {
 #[inline]
 fn is_nan<T: Float>(v: T) -> bool {
     v.partial_cmp(&v).is_none()
+}
+
+/// Max pooling of one plane: each window's maximum into `y` and its offset in
+/// the plane into `arg`. The first element of the window (row-major) starts
+/// the running maximum; a later one replaces it only if strictly greater or
+/// NaN. Written with selects rather than branches (which element wins is
+/// data-dependent and would mispredict half the time); 2x2 windows with stride
+/// 2 and no padding, the common case, have their own loop.
+fn max_plane<T: Float>(win: &Windows, x: &[T], y: &mut [T], arg: &mut [u32]) {
+    let iw = win.iw;
+    if win.tiles_2x2 {
+        let ow = win.cols.len();
+        for (i, (y, arg)) in y
+            .chunks_exact_mut(ow)
+            .zip(arg.chunks_exact_mut(ow))
+            .enumerate()
+        {
+            let top = &x[2 * i * iw..][..2 * ow];
+            let bottom = &x[(2 * i + 1) * iw..][..2 * ow];
+            let base = (2 * i * iw) as u32;
+            for (j, ((y, arg), (t, b))) in y
+                .iter_mut()
+                .zip(arg.iter_mut())
+                .zip(top.chunks_exact(2).zip(bottom.chunks_exact(2)))
+                .enumerate()
+            {
+                let at = base + 2 * j as u32;
+                let (mut m, mut k) = (t[0], at);
+                (m, k) = pick(m, k, t[1], at + 1);
+                (m, k) = pick(m, k, b[0], at + iw as u32);
+                (m, k) = pick(m, k, b[1], at + iw as u32 + 1);
+                *y = m;
+                *arg = k;
+            }
+        }
+        return;
+    }
+    let mut at = 0;
+    for rows in &win.rows {
+        for cols in &win.cols {
+            let first = rows.start * iw + cols.start;
+            let (mut m, mut k) = (x[first], first as u32);
+            for r in rows.clone() {
+                let line = &x[r * iw..][cols.clone()];
+                let start = (r * iw + cols.start) as u32;
+                for (s, &v) in line.iter().enumerate() {
+                    (m, k) = pick(m, k, v, start + s as u32);
+                }
+            }
+            y[at] = m;
+            arg[at] = k;
+            at += 1;
+        }
+    }
+}
+
+/// The running maximum `(m, k)` after seeing `v` at offset `kv`: `v` wins if
+/// strictly greater or NaN (PyTorch's rule; the first of equal maxima stays).
+#[inline(always)]
+fn pick<T: Float>(m: T, k: u32, v: T, kv: u32) -> (T, u32) {
+    let take = v > m || is_nan(v);
+    (if take { v } else { m }, if take { kv } else { k })
 }
 
 impl<'t, T: Float> Var<'t, T> {
@@ -240,37 +347,58 @@ impl<'t, T: Float> Var<'t, T> {
     pub fn max_pool2d(self, options: impl Into<Pool2dOptions>) -> Var<'t, T> {
         let xv = self.value();
         let geom = PoolGeometry::new("max_pool2d", xv.shape(), &options.into());
-        let (ihw, iw) = (geom.h.input * geom.w.input, geom.w.input);
         assert!(
-            u32::try_from(ihw).is_ok(),
+            u32::try_from(geom.in_plane()).is_ok(),
             "max_pool2d: input {} has planes too large",
             xv.shape()
         );
         let out_shape = geom.output_shape(xv.shape());
         let x = xv.data();
+        let (ip, op) = (geom.in_plane(), geom.out_plane());
+        let win = Windows::new(&geom);
         let mut y = vec![T::ZERO; out_shape.numel()];
         // The selected element of each window, as an offset within its (n, c) plane.
         let mut argmax = vec![0u32; out_shape.numel()];
-        geom.for_each_window(|p, at, i, j| {
-            let plane = &x[p * ihw..][..ihw];
-            let mut best: Option<(T, usize)> = None;
-            for r in geom.h.window(i) {
-                for s in geom.w.window(j) {
-                    let v = plane[r * iw + s];
-                    if best.is_none_or(|(m, _)| v > m || is_nan(v)) {
-                        best = Some((v, r * iw + s));
-                    }
-                }
+        let ranges = geom.split();
+        let jobs: Vec<_> = ranges
+            .iter()
+            .zip(split_by(&mut y, &ranges, op))
+            .zip(split_by(&mut argmax, &ranges, op))
+            .map(|((r, y), a)| (r.clone(), y, a))
+            .collect();
+        run_jobs(jobs, |(planes, y, arg)| {
+            let x = &x[planes.start * ip..planes.end * ip];
+            for ((plane, y), arg) in x
+                .chunks_exact(ip)
+                .zip(y.chunks_exact_mut(op))
+                .zip(arg.chunks_exact_mut(op))
+            {
+                max_plane(&win, plane, y, arg);
             }
-            let (m, k) = best.expect("a pooling window always holds an input element");
-            y[at] = m;
-            argmax[at] = k as u32;
         });
         let y = Tensor::from_parts(y, out_shape);
         self.tape.record("max_pool2d", y, &[self], move |ctx| {
             let mut dx = vec![T::ZERO; ctx.inputs[0].numel()];
             let g = ctx.grad.data();
-            geom.for_each_window(|p, at, _, _| dx[p * ihw + argmax[at] as usize] += g[at]);
+            let ranges = geom.split();
+            let jobs: Vec<_> = ranges
+                .iter()
+                .cloned()
+                .zip(split_by(&mut dx, &ranges, ip))
+                .collect();
+            run_jobs(jobs, |(planes, dx)| {
+                let g = &g[planes.start * op..planes.end * op];
+                let arg = &argmax[planes.start * op..planes.end * op];
+                for ((dx, g), arg) in dx
+                    .chunks_exact_mut(ip)
+                    .zip(g.chunks_exact(op))
+                    .zip(arg.chunks_exact(op))
+                {
+                    for (&gv, &k) in g.iter().zip(arg) {
+                        dx[k as usize] += gv;
+                    }
+                }
+            });
             one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
         })
     }
@@ -299,30 +427,59 @@ impl<'t, T: Float> Var<'t, T> {
         let xv = self.value();
         let geom = PoolGeometry::new("avg_pool2d", xv.shape(), &options);
         let include = options.count_include_pad;
-        let (ihw, iw) = (geom.h.input * geom.w.input, geom.w.input);
         let out_shape = geom.output_shape(xv.shape());
         let x = xv.data();
+        let (ip, op) = (geom.in_plane(), geom.out_plane());
+        let win = Windows::new(&geom);
         let mut y = vec![T::ZERO; out_shape.numel()];
-        geom.for_each_window(|p, at, i, j| {
-            let plane = &x[p * ihw..][..ihw];
-            let mut sum = T::ZERO;
-            for r in geom.h.window(i) {
-                for s in geom.w.window(j) {
-                    sum += plane[r * iw + s];
+        let ranges = geom.split();
+        let jobs: Vec<_> = ranges
+            .iter()
+            .cloned()
+            .zip(split_by(&mut y, &ranges, op))
+            .collect();
+        run_jobs(jobs, |(planes, y)| {
+            let x = &x[planes.start * ip..planes.end * ip];
+            for (plane, y) in x.chunks_exact(ip).zip(y.chunks_exact_mut(op)) {
+                let mut at = 0;
+                for (i, rows) in win.rows.iter().enumerate() {
+                    for (j, cols) in win.cols.iter().enumerate() {
+                        let mut sum = T::ZERO;
+                        for r in rows.clone() {
+                            for &v in &plane[r * win.iw..][cols.clone()] {
+                                sum += v;
+                            }
+                        }
+                        y[at] = sum / win.divisor::<T>(&geom, i, j, include);
+                        at += 1;
+                    }
                 }
             }
-            y[at] = sum / T::from_usize(geom.divisor(i, j, include));
         });
         let y = Tensor::from_parts(y, out_shape);
         self.tape.record("avg_pool2d", y, &[self], move |ctx| {
             let mut dx = vec![T::ZERO; ctx.inputs[0].numel()];
             let g = ctx.grad.data();
-            geom.for_each_window(|p, at, i, j| {
-                let share = g[at] / T::from_usize(geom.divisor(i, j, include));
-                let plane = &mut dx[p * ihw..][..ihw];
-                for r in geom.h.window(i) {
-                    for s in geom.w.window(j) {
-                        plane[r * iw + s] += share;
+            let ranges = geom.split();
+            let jobs: Vec<_> = ranges
+                .iter()
+                .cloned()
+                .zip(split_by(&mut dx, &ranges, ip))
+                .collect();
+            run_jobs(jobs, |(planes, dx)| {
+                let g = &g[planes.start * op..planes.end * op];
+                for (dx, g) in dx.chunks_exact_mut(ip).zip(g.chunks_exact(op)) {
+                    let mut at = 0;
+                    for (i, rows) in win.rows.iter().enumerate() {
+                        for (j, cols) in win.cols.iter().enumerate() {
+                            let share = g[at] / win.divisor::<T>(&geom, i, j, include);
+                            at += 1;
+                            for r in rows.clone() {
+                                for d in &mut dx[r * win.iw..][cols.clone()] {
+                                    *d += share;
+                                }
+                            }
+                        }
                     }
                 }
             });

@@ -27,10 +27,13 @@
 //! the largest conv seen on the thread and are never zero-filled, since
 //! im2col writes every entry).
 
+use super::parallel::{run_jobs, split_by, split_work};
 use super::Conv2dGeometry;
+use crate::gemm::{prepacked::gemm_prepacked, prepacked::PackedA};
 use crate::Float;
 use std::any::Any;
 use std::cell::RefCell;
+use std::ops::Range;
 
 thread_local! {
     /// One reusable buffer per element type (`Vec<f32>`, `Vec<f64>`), boxed as `Any`.
@@ -124,31 +127,63 @@ fn gemm<T: Float>(
 }
 
 /// The input channels of group `g` of sample `n`: `[C/G, H, W]`, contiguous.
-fn input_block(geom: &Conv2dGeometry, n: usize, g: usize) -> std::ops::Range<usize> {
+fn input_block(geom: &Conv2dGeometry, n: usize, g: usize) -> Range<usize> {
     let (cg, hw) = (geom.in_per_group(), geom.in_hw());
     let start = (n * geom.in_channels + g * cg) * hw;
     start..start + cg * hw
 }
 
 /// The output channels of group `g` of sample `n`: `[O/G, out_h, out_w]`, contiguous.
-fn output_block(geom: &Conv2dGeometry, n: usize, g: usize) -> std::ops::Range<usize> {
+fn output_block(geom: &Conv2dGeometry, n: usize, g: usize) -> Range<usize> {
     let (og, hw) = (geom.out_per_group(), geom.out_hw());
     let start = (n * geom.out_channels + g * og) * hw;
     start..start + og * hw
 }
 
-/// The weight rows of group `g` as the `O/G × patch_len` matrix `W_g` (in place).
-fn weight_block<'a, T>(geom: &Conv2dGeometry, w: &'a [T], g: usize) -> MatRef<'a, T> {
-    let (og, ckk) = (geom.out_per_group(), geom.patch_len());
-    MatRef::rows(&w[g * og * ckk..][..og * ckk], ckk)
+/// Target size of the column matrix of one block of output rows: the block
+/// is built, used by the GEMM and (for dX) scattered back while it is still
+/// in the core's L2 cache.
+const COLS_BLOCK_BYTES: usize = 512 << 10;
+
+/// The output rows of a sample, cut into near-equal blocks of whole rows
+/// whose column matrix (`patch_len × rows·out_w`) takes about
+/// [`COLS_BLOCK_BYTES`]. A pointwise conv, which builds no column matrix, takes
+/// all rows at once.
+fn row_blocks<T>(geom: &Conv2dGeometry) -> impl Iterator<Item = Range<usize>> {
+    let oh = geom.out_h();
+    let max_rows = if geom.is_pointwise() {
+        oh
+    } else {
+        let row_bytes = geom.patch_len() * geom.out_w() * std::mem::size_of::<T>();
+        (COLS_BLOCK_BYTES / row_bytes).clamp(1, oh)
+    };
+    let rows = oh.div_ceil(oh.div_ceil(max_rows));
+    (0..oh).step_by(rows).map(move |i| i..(i + rows).min(oh))
 }
 
-/// The one walk over the column matrix of a (sample, group), shared by [`im2col`]
-/// and [`col2im`]. For each row and each output row `i` it reports runs:
-/// `visit(col, len, Some(x))` — entries `col + t` (t < len) read the group input at
-/// `x + t·stride_w`; `visit(col, len, None)` — `len` entries of padding.
-fn for_each_run(geom: &Conv2dGeometry, mut visit: impl FnMut(usize, usize, Option<usize>)) {
-    let (ow, ohw) = (geom.out_w(), geom.out_hw());
+/// Length of the scratch buffer: the column matrix of the largest row block
+/// (none for a pointwise conv).
+fn scratch_len<T>(geom: &Conv2dGeometry) -> usize {
+    if geom.is_pointwise() {
+        return 0;
+    }
+    let rows = row_blocks::<T>(geom).map(|r| r.len()).max().unwrap_or(0);
+    geom.patch_len() * rows * geom.out_w()
+}
+
+/// The one walk over the column matrix of output rows `rows` of a (sample,
+/// group), shared by [`im2col`] and [`col2im`]. The block has one row per
+/// kernel tap and one column per output pixel of those rows; for each of its
+/// rows and each output row the walk reports runs: `visit(row, col, len,
+/// Some(x))` — entries `col + t` (t < len) of row `row` read the group input
+/// at `x + t·stride_w`; `visit(row, col, len, None)` — `len` entries of padding.
+#[inline(always)]
+fn for_each_run(
+    geom: &Conv2dGeometry,
+    rows: Range<usize>,
+    mut visit: impl FnMut(usize, usize, usize, Option<usize>),
+) {
+    let ow = geom.out_w();
     let (ih, iw) = (geom.h.input, geom.w.input);
     let mut row = 0;
     for c in 0..geom.in_per_group() {
@@ -156,19 +191,19 @@ fn for_each_run(geom: &Conv2dGeometry, mut visit: impl FnMut(usize, usize, Optio
             for kj in 0..geom.w.kernel {
                 let js = geom.w.valid_outputs(kj);
                 let first = geom.w.input_index(js.start, kj);
-                for i in 0..geom.out_h() {
-                    let at = row * ohw + i * ow;
+                for (t, i) in rows.clone().enumerate() {
+                    let at = t * ow;
                     match (geom.h.input_index(i, ki), first) {
                         (Some(r), Some(s)) if !js.is_empty() => {
                             if js.start > 0 {
-                                visit(at, js.start, None);
+                                visit(row, at, js.start, None);
                             }
-                            visit(at + js.start, js.len(), Some((c * ih + r) * iw + s));
+                            visit(row, at + js.start, js.len(), Some((c * ih + r) * iw + s));
                             if js.end < ow {
-                                visit(at + js.end, ow - js.end, None);
+                                visit(row, at + js.end, ow - js.end, None);
                             }
                         }
-                        _ => visit(at, ow, None),
+                        _ => visit(row, at, ow, None),
                     }
                 }
                 row += 1;
@@ -177,16 +212,253 @@ fn for_each_run(geom: &Conv2dGeometry, mut visit: impl FnMut(usize, usize, Optio
     }
 }
 
-/// Fills the column matrix `cols` (`patch_len × out_hw`) from a group input `x` (`[C/G, H, W]`).
-fn im2col<T: Float>(geom: &Conv2dGeometry, x: &[T], cols: &mut [T]) {
+/// The phase planes of a conv's input, which turn a strided conv into
+/// stride-1 shifts. Input pixel `(u·sh + a, v·sw + b)` is element `(u, v)` of
+/// phase plane `(a, b)`, an `hq × wq` plane (zero past the input's edge), and
+/// output pixel `(i, j)` at tap `(ki, kj)` reads phase plane
+/// `(a, b) = ((ki·dh − ph) mod sh, (kj·dw − pw) mod sw)` at
+/// `(i + ⌊(ki·dh − ph)/sh⌋, j + ⌊(kj·dw − pw)/sw⌋)`. When `wq == out_w`,
+/// consecutive output rows read consecutive phase rows, so each row of a
+/// column block is one slice of a phase plane, up to its edges: where a
+/// window hangs over the left or right edge of the input, the slice holds
+/// pixels of a neighbouring row, which must read as padding. At stride 1 the
+/// input is its own single phase plane ("same" convs: `out_w == in_w`); at
+/// stride 2 the planes are built once per sample (a quarter of the input each)
+/// and every im2col row becomes one copy instead of a strided gather per
+/// output row.
+#[derive(Clone, Copy, Debug)]
+struct Phases {
+    sh: usize,
+    sw: usize,
+    hq: usize,
+    wq: usize,
+}
+
+impl Phases {
+    /// The phase layout of `geom`, if its column-block rows are plane slices.
+    fn of(geom: &Conv2dGeometry) -> Option<Phases> {
+        let (sh, sw) = (geom.h.stride, geom.w.stride);
+        let (hq, wq) = (geom.h.input.div_ceil(sh), geom.w.input.div_ceil(sw));
+        (geom.out_w() == wq).then_some(Phases { sh, sw, hq, wq })
+    }
+
+    /// Whether the input is its own (single) phase plane.
+    fn unit(&self) -> bool {
+        self.sh == 1 && self.sw == 1
+    }
+
+    /// Elements of one phase plane.
+    fn plane(&self) -> usize {
+        self.hq * self.wq
+    }
+
+    /// Elements of the phase planes of `channels` channels (0 when unit: none are built).
+    fn len(&self, channels: usize) -> usize {
+        if self.unit() {
+            0
+        } else {
+            channels * self.sh * self.sw * self.plane()
+        }
+    }
+
+    /// Offset of phase plane `(a, b)` of channel `c`.
+    fn offset(&self, c: usize, a: usize, b: usize) -> usize {
+        ((c * self.sh + a) * self.sw + b) * self.plane()
+    }
+
+    /// Splits a group input `x` (`[C/G, H, W]`) into its phase planes.
+    fn split<T: Float>(&self, geom: &Conv2dGeometry, x: &[T], out: &mut [T]) {
+        let (ih, iw) = (geom.h.input, geom.w.input);
+        for c in 0..geom.in_per_group() {
+            for a in 0..self.sh {
+                for b in 0..self.sw {
+                    let plane = &mut out[self.offset(c, a, b)..][..self.plane()];
+                    for (u, line) in plane.chunks_exact_mut(self.wq).enumerate() {
+                        let r = u * self.sh + a;
+                        if r >= ih || b >= iw {
+                            line.fill(T::ZERO);
+                            continue;
+                        }
+                        let src = &x[(c * ih + r) * iw + b..(c * ih + r + 1) * iw];
+                        let n = src.len().div_ceil(self.sw);
+                        match self.sw {
+                            1 => line[..n].copy_from_slice(src),
+                            2 => gather::<T, 2>(&mut line[..n], src),
+                            sw => line[..n]
+                                .iter_mut()
+                                .zip(src.iter().step_by(sw))
+                                .for_each(|(d, &v)| *d = v),
+                        }
+                        line[n..].fill(T::ZERO);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`split`](Self::split) for gradients: writes each input
+    /// pixel's entry of the phase planes `q` into `dx` (`[C/G, H, W]`).
+    fn merge<T: Float>(&self, geom: &Conv2dGeometry, q: &[T], dx: &mut [T]) {
+        let (ih, iw) = (geom.h.input, geom.w.input);
+        for c in 0..geom.in_per_group() {
+            for r in 0..ih {
+                let (a, u) = (r % self.sh, r / self.sh);
+                let dst = &mut dx[(c * ih + r) * iw..][..iw];
+                for b in 0..self.sw.min(iw) {
+                    let src = &q[self.offset(c, a, b) + u * self.wq..][..self.wq];
+                    let dst = &mut dst[b..];
+                    match self.sw {
+                        1 => dst.copy_from_slice(&src[..dst.len()]),
+                        sw => dst
+                            .iter_mut()
+                            .step_by(sw)
+                            .zip(src)
+                            .for_each(|(d, &v)| *d = v),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// For a conv whose column-block rows are phase-plane slices ([`Phases`]):
+/// calls `visit(row, span, keep, src, js)` for each row (kernel tap) of the
+/// column block of output rows `rows`. Entries `span` of the row (the output
+/// rows whose tap is not in the top or bottom padding) hold a slice of a
+/// phase plane; `keep ⊆ span` is the part inside the plane, whose first entry
+/// is element `src` of the phase planes; in every output row of `span`, only
+/// columns `js` are genuine, the others must read 0.
+#[inline(always)]
+fn for_each_slice(
+    geom: &Conv2dGeometry,
+    ph: Phases,
+    rows: Range<usize>,
+    mut visit: impl FnMut(usize, Range<usize>, Range<usize>, usize, Range<usize>),
+) {
+    let (ow, wq, plane) = (geom.out_w(), ph.wq as isize, ph.plane() as isize);
+    let (dh, pad_h) = (geom.h.dilation as isize, geom.h.padding as isize);
+    let (dw, pad_w) = (geom.w.dilation as isize, geom.w.padding as isize);
+    let (sh, sw) = (ph.sh as isize, ph.sw as isize);
+    let mut row = 0;
+    for c in 0..geom.in_per_group() {
+        for ki in 0..geom.h.kernel {
+            let valid = geom.h.valid_outputs(ki);
+            let is = valid.start.max(rows.start)..valid.end.min(rows.end);
+            let ti = ki as isize * dh - pad_h;
+            let (a, di) = (ti.rem_euclid(sh) as usize, ti.div_euclid(sh));
+            for kj in 0..geom.w.kernel {
+                let js = geom.w.valid_outputs(kj);
+                if is.is_empty() {
+                    visit(row, 0..0, 0..0, 0, js);
+                    row += 1;
+                    continue;
+                }
+                let tj = kj as isize * dw - pad_w;
+                let (b, dj) = (tj.rem_euclid(sw) as usize, tj.div_euclid(sw));
+                let span = (is.start - rows.start) * ow..(is.end - rows.start) * ow;
+                // Plane element of entry `span.start + t`: base + t (output row
+                // is.start reads phase row is.start + di, inside the plane; the
+                // column shift dj may be negative).
+                let base = (is.start as isize + di) * wq + dj;
+                let lo = ((-base).max(0) as usize).min(span.len());
+                let hi = (plane - base).clamp(lo as isize, span.len() as isize) as usize;
+                let keep = span.start + lo..span.start + hi;
+                let src = ph.offset(c, a, b) + (base + lo as isize).max(0) as usize;
+                visit(row, span, keep, src, js);
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Zeroes a slice that is usually one or two elements long, without the
+/// call into `memset` that `fill` becomes for a length unknown at compile time.
+#[inline(always)]
+fn zero_few<T: Float>(v: &mut [T]) {
+    match v {
+        [] => {}
+        [a] => *a = T::ZERO,
+        [a, b] => {
+            *a = T::ZERO;
+            *b = T::ZERO;
+        }
+        _ => v.fill(T::ZERO),
+    }
+}
+
+/// Zeroes, in each output row of `span` (whole rows of `ow` entries), the
+/// columns outside `js`.
+#[inline(always)]
+fn zero_edges<T: Float>(entries: &mut [T], span: Range<usize>, ow: usize, js: &Range<usize>) {
+    if js.start == 0 && js.end == ow {
+        return;
+    }
+    for line in entries[span].chunks_exact_mut(ow) {
+        zero_few(&mut line[..js.start]);
+        zero_few(&mut line[js.end..]);
+    }
+}
+
+/// `dst[t] = src[t·S]`; `src` holds at least `(dst.len() − 1)·S + 1` elements.
+#[inline(always)]
+fn gather<T: Copy, const S: usize>(dst: &mut [T], src: &[T]) {
+    let n = dst.len();
+    let whole = (src.len() / S).min(n);
+    for (d, c) in dst[..whole].iter_mut().zip(src.chunks_exact(S)) {
+        *d = c[0];
+    }
+    for (t, d) in dst.iter_mut().enumerate().skip(whole) {
+        *d = src[t * S];
+    }
+}
+
+/// `dst[t·S] += src[t]`; `dst` holds at least `(src.len() − 1)·S + 1` elements.
+#[inline(always)]
+fn scatter_add<T: Float, const S: usize>(dst: &mut [T], src: &[T]) {
+    let n = src.len();
+    let whole = (dst.len() / S).min(n);
+    for (c, &v) in dst.chunks_exact_mut(S).zip(&src[..whole]) {
+        c[0] += v;
+    }
+    for (t, &v) in src.iter().enumerate().skip(whole) {
+        dst[t * S] += v;
+    }
+}
+
+/// Fills the first `rows.len()·out_w` columns of the `patch_len` rows of
+/// `cols` (row stride `ld`) with the column matrix of output rows `rows` of a
+/// group input: `x` is the group input (`[C/G, H, W]`), or its phase planes
+/// when [`Phases::of`] has a layout that is not the unit one (see [`source`]).
+fn im2col<T: Float>(geom: &Conv2dGeometry, x: &[T], rows: Range<usize>, ld: usize, cols: &mut [T]) {
+    let nc = rows.len() * geom.out_w();
+    if let Some(ph) = Phases::of(geom) {
+        let ow = geom.out_w();
+        for_each_slice(geom, ph, rows, |row, span, keep, src, js| {
+            let dst = &mut cols[row * ld..][..nc];
+            if keep.is_empty() {
+                return dst.fill(T::ZERO);
+            }
+            dst[..keep.start].fill(T::ZERO);
+            dst[keep.clone()].copy_from_slice(&x[src..src + keep.len()]);
+            dst[keep.end..].fill(T::ZERO);
+            zero_edges(dst, span, ow, &js);
+        });
+        return;
+    }
     let sw = geom.w.stride;
-    for_each_run(geom, |at, len, src| {
-        let dst = &mut cols[at..at + len];
+    for_each_run(geom, rows, |row, col, len, src| {
+        let dst = &mut cols[row * ld + col..][..len];
         match src {
-            Some(s) if sw == 1 => dst.copy_from_slice(&x[s..s + len]),
             Some(s) => {
-                for (t, d) in dst.iter_mut().enumerate() {
-                    *d = x[s + t * sw];
+                let src = &x[s..=s + (len - 1) * sw];
+                match sw {
+                    1 => dst.copy_from_slice(src),
+                    2 => gather::<T, 2>(dst, src),
+                    _ => {
+                        for (d, &v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
+                            *d = v;
+                        }
+                    }
                 }
             }
             None => dst.fill(T::ZERO),
@@ -194,121 +466,366 @@ fn im2col<T: Float>(geom: &Conv2dGeometry, x: &[T], cols: &mut [T]) {
     });
 }
 
-/// The adjoint of [`im2col`]: adds each entry of `cols` into the input pixel it was read from.
-fn col2im<T: Float>(geom: &Conv2dGeometry, cols: &[T], dx: &mut [T]) {
+/// The adjoint of [`im2col`]: adds each entry of `cols` (row stride `ld`) into
+/// the input pixel it was read from, in `dx` (`[C/G, H, W]`), or in its phase
+/// planes when [`Phases::of`] has a layout that is not the unit one (merged
+/// into the input gradient by [`Phases::merge`] after the last block).
+/// `cols` is scratch: the slice walk zeroes its entries that read padding.
+fn col2im<T: Float>(
+    geom: &Conv2dGeometry,
+    cols: &mut [T],
+    rows: Range<usize>,
+    ld: usize,
+    dx: &mut [T],
+) {
+    let nc = rows.len() * geom.out_w();
+    if let Some(ph) = Phases::of(geom) {
+        let ow = geom.out_w();
+        for_each_slice(geom, ph, rows, |row, span, keep, dst, js| {
+            if keep.is_empty() {
+                return;
+            }
+            let src = &mut cols[row * ld..][..nc];
+            zero_edges(src, span, ow, &js);
+            let dst = &mut dx[dst..dst + keep.len()];
+            dst.iter_mut().zip(&src[keep]).for_each(|(d, &v)| *d += v);
+        });
+        return;
+    }
     let sw = geom.w.stride;
-    for_each_run(geom, |at, len, src| {
-        if let Some(s) = src {
-            for (t, &v) in cols[at..at + len].iter().enumerate() {
-                dx[s + t * sw] += v;
+    for_each_run(geom, rows, |row, col, len, dst| {
+        if let Some(d) = dst {
+            let src = &cols[row * ld + col..][..len];
+            let dst = &mut dx[d..=d + (len - 1) * sw];
+            match sw {
+                1 => dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v),
+                2 => scatter_add::<T, 2>(dst, src),
+                _ => {
+                    for (d, &v) in dst.iter_mut().step_by(sw).zip(src) {
+                        *d += v;
+                    }
+                }
             }
         }
     });
 }
 
-/// The column matrix of a group input: the input itself for a pointwise conv,
-/// else im2col into `scratch`.
-fn columns<'a, T: Float>(geom: &Conv2dGeometry, x: &'a [T], scratch: &'a mut [T]) -> &'a [T] {
-    if geom.is_pointwise() {
-        x
-    } else {
-        im2col(geom, x, scratch);
-        scratch
+/// `Σ v`, with independent partial sums so the loop vectorises (a single
+/// running sum is one long chain of dependent additions).
+fn sum<T: Float>(v: &[T]) -> T {
+    const L: usize = 16;
+    let mut acc = [T::ZERO; L];
+    let mut chunks = v.chunks_exact(L);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    let tail = chunks.remainder().iter().fold(T::ZERO, |a, &x| a + x);
+    let mut width = L;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            let upper = acc[i + width];
+            acc[i] += upper;
+        }
+    }
+    acc[0] + tail
+}
+
+/// Elements of the phase planes of a group input (0 if none are built).
+fn phases_len(geom: &Conv2dGeometry) -> usize {
+    Phases::of(geom).map_or(0, |ph| ph.len(geom.in_per_group()))
+}
+
+/// What im2col reads for a group input `x`: its phase planes (built into
+/// `planes`) for a strided conv with a phase layout, else `x` itself.
+fn source<'a, T: Float>(geom: &Conv2dGeometry, x: &'a [T], planes: &'a mut [T]) -> &'a [T] {
+    match Phases::of(geom) {
+        Some(ph) if !ph.unit() => {
+            let planes = &mut planes[..ph.len(geom.in_per_group())];
+            ph.split(geom, x, planes);
+            planes
+        }
+        _ => x,
     }
 }
 
-/// Length of the column scratch buffer (none for a pointwise conv).
-fn cols_len(geom: &Conv2dGeometry) -> usize {
+/// The column matrix of output rows `rows` of a group input, as a row-major
+/// matrix view: the input itself for a pointwise conv, else im2col into `scratch`.
+fn columns<'a, T: Float>(
+    geom: &Conv2dGeometry,
+    x: &'a [T],
+    rows: Range<usize>,
+    scratch: &'a mut [T],
+) -> MatRef<'a, T> {
     if geom.is_pointwise() {
-        0
+        MatRef {
+            data: &x[rows.start * geom.out_w()..],
+            rs: geom.out_hw(),
+            cs: 1,
+        }
     } else {
-        geom.patch_len() * geom.out_hw()
+        let width = rows.len() * geom.out_w();
+        let cols = &mut scratch[..geom.patch_len() * width];
+        im2col(geom, x, rows, width, cols);
+        MatRef::rows(cols, width)
     }
 }
 
-/// Forward: `Y_ng = W_g · cols_ng` for every sample and group, plus the bias.
+// ---------------------------------------------------------------------------
+// The passes
+// ---------------------------------------------------------------------------
+
+/// The batch split between threads, unless the whole conv is too small to
+/// be worth waking a second thread (then its GEMMs may still split).
+fn batch_split(geom: &Conv2dGeometry) -> Vec<Range<usize>> {
+    let flops_per_sample = 2 * geom.out_channels * geom.out_hw() * geom.patch_len();
+    split_work(geom.batch, flops_per_sample, 1 << 20)
+}
+
+/// Elements per cache line.
+fn line_len<T>() -> usize {
+    (64 / std::mem::size_of::<T>()).max(1)
+}
+
+/// Row stride of a column block `width` pixels wide: whole cache lines, an
+/// odd number of them, so the micro-kernel's walk down a block of columns
+/// spreads over every set of the L1 cache instead of a few.
+fn block_stride<T>(width: usize) -> usize {
+    let lines = width.div_ceil(line_len::<T>());
+    (lines | 1) * line_len::<T>()
+}
+
+/// Forward: `Y_ng = W_g · cols_ng + b` for every sample and group, by blocks
+/// of output rows. Each group's weights are packed once for the whole batch;
+/// the column block is read by the micro-kernel in place (no second copy).
+/// The bias is an extra column of the packed weights, against a row of ones
+/// under the column block, so the GEMM writes the finished output.
 pub(super) fn forward<T: Float>(
     geom: &Conv2dGeometry,
     x: &[T],
     w: &[T],
     b: Option<&[T]>,
 ) -> Vec<T> {
-    let (og, ckk, ohw) = (geom.out_per_group(), geom.patch_len(), geom.out_hw());
+    let (og, ckk, ohw, ow) = (
+        geom.out_per_group(),
+        geom.patch_len(),
+        geom.out_hw(),
+        geom.out_w(),
+    );
+    let pointwise = geom.is_pointwise();
+    // With im2col the bias rides along as a row of ones; a pointwise conv reads
+    // its input in place and adds the bias afterwards.
+    let fused_bias = if pointwise { None } else { b };
+    let depth = ckk + fused_bias.is_some() as usize;
+    let packed: Vec<PackedA<T>> = (0..geom.groups)
+        .map(|g| {
+            PackedA::new(og, depth, |o, p| match fused_bias {
+                Some(b) if p == ckk => b[g * og + o],
+                _ => w[(g * og + o) * ckk + p],
+            })
+        })
+        .collect();
+    let max_rows = row_blocks::<T>(geom).map(|r| r.len()).max().unwrap_or(0);
+    let stride = block_stride::<T>(max_rows * ow);
+    let scratch_len = if pointwise { 0 } else { depth * stride };
     let mut y = vec![T::ZERO; geom.output_shape().iter().product()];
-    with_scratch(cols_len(geom), |scratch: &mut [T]| {
-        for n in 0..geom.batch {
-            for g in 0..geom.groups {
-                let cols = columns(geom, &x[input_block(geom, n, g)], scratch);
-                let out = &mut y[output_block(geom, n, g)];
-                gemm(
-                    og,
-                    ohw,
-                    ckk,
-                    weight_block(geom, w, g),
-                    MatRef::rows(cols, ohw),
-                    T::ZERO,
-                    out,
-                    ohw,
-                );
-            }
-        }
+    let ranges = batch_split(geom);
+    let chunks = split_by(&mut y, &ranges, geom.out_channels * ohw);
+    let jobs: Vec<_> = ranges.into_iter().zip(chunks).collect();
+    run_jobs(jobs, |(samples, y)| {
+        with_scratch(scratch_len, |scratch: &mut [T]| {
+            with_scratch(phases_len(geom), |planes: &mut [T]| {
+                for (local, n) in samples.enumerate() {
+                    for (g, wg) in packed.iter().enumerate() {
+                        let xg = source(geom, &x[input_block(geom, n, g)], planes);
+                        let yg = &mut y[output_block(geom, local, g)];
+                        for rows in row_blocks::<T>(geom) {
+                            let (j0, nc) = (rows.start * ow, rows.len() * ow);
+                            if pointwise {
+                                gemm_prepacked(wg, nc, &xg[j0..], ohw, true, &mut yg[j0..], ohw);
+                                if let Some(b) = b {
+                                    for (o, plane) in yg.chunks_exact_mut(ohw).enumerate() {
+                                        let bias = b[g * og + o];
+                                        plane[j0..j0 + nc].iter_mut().for_each(|v| *v += bias);
+                                    }
+                                }
+                                continue;
+                            }
+                            let ld = block_stride::<T>(nc);
+                            let cols = &mut scratch[..depth * ld];
+                            im2col(geom, xg, rows, ld, cols);
+                            if fused_bias.is_some() {
+                                cols[ckk * ld..][..nc].fill(T::ONE);
+                            }
+                            gemm_prepacked(wg, nc, cols, ld, true, &mut yg[j0..], ohw);
+                        }
+                    }
+                }
+            })
+        })
     });
-    if let Some(b) = b {
-        for (p, plane) in y.chunks_exact_mut(ohw).enumerate() {
-            let bias = b[p % geom.out_channels];
-            plane.iter_mut().for_each(|v| *v += bias);
-        }
-    }
     y
 }
 
-/// dW: `dW_g = Σ_n dY_ng · cols_ngᵀ` (the column matrix is rebuilt, not stored by the forward pass).
-pub(super) fn backward_weight<T: Float>(geom: &Conv2dGeometry, x: &[T], dy: &[T]) -> Vec<T> {
-    let (og, ckk, ohw) = (geom.out_per_group(), geom.patch_len(), geom.out_hw());
-    let mut dw = vec![T::ZERO; geom.out_channels * ckk];
-    with_scratch(cols_len(geom), |scratch: &mut [T]| {
-        for n in 0..geom.batch {
-            let beta = if n == 0 { T::ZERO } else { T::ONE };
-            for g in 0..geom.groups {
-                let cols = columns(geom, &x[input_block(geom, n, g)], scratch);
-                let dyg = MatRef::rows(&dy[output_block(geom, n, g)], ohw);
-                let dwg = &mut dw[g * og * ckk..][..og * ckk];
-                gemm(
-                    og,
-                    ckk,
-                    ohw,
-                    dyg,
-                    MatRef::rows(cols, ohw).t(),
-                    beta,
-                    dwg,
-                    ckk,
-                );
-            }
-        }
-    });
-    dw
+/// The gradients of one conv2d call, each computed only if asked for.
+pub(super) struct Grads<T> {
+    /// ∂L/∂X (NCHW).
+    pub dx: Option<Vec<T>>,
+    /// ∂L/∂W (OIHW).
+    pub dw: Option<Vec<T>>,
+    /// ∂L/∂b (`[O]`).
+    pub db: Option<Vec<T>>,
 }
 
-/// dX: `dcols = W_gᵀ · dY_ng`, scattered back by col2im (written directly when pointwise).
-pub(super) fn backward_input<T: Float>(geom: &Conv2dGeometry, w: &[T], dy: &[T]) -> Vec<T> {
-    let (og, ckk, ohw) = (geom.out_per_group(), geom.patch_len(), geom.out_hw());
-    let mut dx = vec![T::ZERO; geom.input_shape().iter().product()];
-    with_scratch(cols_len(geom), |dcols: &mut [T]| {
-        for n in 0..geom.batch {
-            for g in 0..geom.groups {
-                let wgt = weight_block(geom, w, g).t();
-                let dyg = MatRef::rows(&dy[output_block(geom, n, g)], ohw);
-                let dxg = &mut dx[input_block(geom, n, g)];
-                if geom.is_pointwise() {
-                    gemm(ckk, ohw, og, wgt, dyg, T::ZERO, dxg, ohw);
-                } else {
-                    gemm(ckk, ohw, og, wgt, dyg, T::ZERO, dcols, ohw);
-                    col2im(geom, dcols, dxg);
-                }
-            }
+/// One task's share of the backward pass.
+struct BackwardJob<'a, T> {
+    samples: Range<usize>,
+    dx: Option<&'a mut [T]>,
+    dw: Option<&'a mut [T]>,
+    db: Option<&'a mut [T]>,
+}
+
+/// Backward, in one pass over the batch (split between threads):
+///
+/// - `db[o] = Σ dY[n, o, ·]`, summed per sample while dY_n is in cache;
+/// - `dW_g = Σ_n dY_ng · cols_ngᵀ`, by blocks of output rows (the column matrix
+///   is rebuilt, not stored by the forward pass); each task sums its samples
+///   into its own buffer, and the buffers are added at the end;
+/// - `dcols = W_gᵀ · dY_ng` by blocks, scattered into dX by col2im while in
+///   cache (written directly by the GEMM for a pointwise conv).
+pub(super) fn backward<T: Float>(
+    geom: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    need_dx: bool,
+    need_dw: bool,
+    need_db: bool,
+) -> Grads<T> {
+    let (og, ckk, ohw, ow) = (
+        geom.out_per_group(),
+        geom.patch_len(),
+        geom.out_hw(),
+        geom.out_w(),
+    );
+    // Each group's Wᵀ, packed once for the whole batch.
+    let packed_wt: Vec<PackedA<T>> = if need_dx {
+        (0..geom.groups)
+            .map(|g| PackedA::new(ckk, og, |p, o| w[(g * og + o) * ckk + p]))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let ranges = batch_split(geom);
+    let tasks = ranges.len();
+    let (dw_len, db_len) = (geom.out_channels * ckk, geom.out_channels);
+    let mut dx = need_dx.then(|| vec![T::ZERO; geom.input_shape().iter().product()]);
+    // Task 0 writes the final dW and db; the others write partial sums here.
+    let mut dw = need_dw.then(|| vec![T::ZERO; dw_len]);
+    let mut db = need_db.then(|| vec![T::ZERO; db_len]);
+    let mut dw_parts = vec![T::ZERO; if need_dw { (tasks - 1) * dw_len } else { 0 }];
+    let mut db_parts = vec![T::ZERO; if need_db { (tasks - 1) * db_len } else { 0 }];
+    {
+        let mut dx_chunks = dx
+            .as_deref_mut()
+            .map(|d| split_by(d, &ranges, geom.in_channels * geom.in_hw()).into_iter());
+        let mut dw_chunks = dw
+            .as_deref_mut()
+            .map(|first| std::iter::once(first).chain(dw_parts.chunks_mut(dw_len)));
+        let mut db_chunks = db
+            .as_deref_mut()
+            .map(|first| std::iter::once(first).chain(db_parts.chunks_mut(db_len)));
+        let jobs: Vec<BackwardJob<T>> = ranges
+            .iter()
+            .map(|samples| BackwardJob {
+                samples: samples.clone(),
+                dx: dx_chunks.as_mut().and_then(Iterator::next),
+                dw: dw_chunks.as_mut().and_then(Iterator::next),
+                db: db_chunks.as_mut().and_then(Iterator::next),
+            })
+            .collect();
+        run_jobs(jobs, |job| {
+            let BackwardJob {
+                samples,
+                mut dx,
+                mut dw,
+                mut db,
+            } = job;
+            with_scratch(scratch_len::<T>(geom), |scratch: &mut [T]| {
+                with_scratch(phases_len(geom), |planes: &mut [T]| {
+                    for (local, n) in samples.enumerate() {
+                        for g in 0..geom.groups {
+                            let dyg = &dy[output_block(geom, n, g)];
+                            if let Some(db) = db.as_deref_mut() {
+                                for (o, plane) in dyg.chunks_exact(ohw).enumerate() {
+                                    db[g * og + o] += sum(plane);
+                                }
+                            }
+                            if let Some(dw) = dw.as_deref_mut() {
+                                let xg = source(geom, &x[input_block(geom, n, g)], planes);
+                                let dwg = &mut dw[g * og * ckk..][..og * ckk];
+                                for rows in row_blocks::<T>(geom) {
+                                    let (j0, nc) = (rows.start * ow, rows.len() * ow);
+                                    let beta = if local == 0 && j0 == 0 {
+                                        T::ZERO
+                                    } else {
+                                        T::ONE
+                                    };
+                                    let cols = columns(geom, xg, rows, scratch);
+                                    let dyb = MatRef {
+                                        data: &dyg[j0..],
+                                        rs: ohw,
+                                        cs: 1,
+                                    };
+                                    gemm(og, ckk, nc, dyb, cols.t(), beta, dwg, ckk);
+                                }
+                            }
+                            if let (Some(dx), Some(wt)) = (dx.as_deref_mut(), packed_wt.get(g)) {
+                                let dxg = &mut dx[input_block(geom, local, g)];
+                                // A strided conv with a phase layout gathers dX in phase planes.
+                                let phased = Phases::of(geom).filter(|ph| !ph.unit());
+                                let acc = match phased {
+                                    Some(ph) => {
+                                        let q = &mut planes[..ph.len(geom.in_per_group())];
+                                        q.fill(T::ZERO);
+                                        q
+                                    }
+                                    None => &mut *dxg,
+                                };
+                                for rows in row_blocks::<T>(geom) {
+                                    let (j0, nc) = (rows.start * ow, rows.len() * ow);
+                                    let dyb = &dyg[j0..];
+                                    if geom.is_pointwise() {
+                                        gemm_prepacked(wt, nc, dyb, ohw, true, &mut acc[j0..], ohw);
+                                    } else {
+                                        let dcols = &mut scratch[..ckk * nc];
+                                        gemm_prepacked(wt, nc, dyb, ohw, true, dcols, nc);
+                                        col2im(geom, dcols, rows, nc, acc);
+                                    }
+                                }
+                                if let Some(ph) = phased {
+                                    ph.merge(geom, &planes[..ph.len(geom.in_per_group())], dxg);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+        });
+    }
+    if let Some(dw) = dw.as_deref_mut() {
+        for part in dw_parts.chunks_exact(dw_len) {
+            dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
         }
-    });
-    dx
+    }
+    if let Some(db) = db.as_deref_mut() {
+        for part in db_parts.chunks_exact(db_len) {
+            db.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
+        }
+    }
+    Grads { dx, dw, db }
 }
 
 #[cfg(test)]
@@ -327,16 +844,107 @@ mod tests {
         let x: Vec<f64> = (0..2 * 7 * 8)
             .map(|i| ((i * 37) % 11) as f64 - 5.0)
             .collect();
-        let c: Vec<f64> = (0..cols_len(&geom))
-            .map(|i| ((i * 13) % 7) as f64 - 3.0)
-            .collect();
-        let mut cols = vec![f64::NAN; cols_len(&geom)]; // im2col must overwrite everything
-        im2col(&geom, &x, &mut cols);
+        let len = geom.patch_len() * geom.out_hw();
+        let all = 0..geom.out_h();
+        let c: Vec<f64> = (0..len).map(|i| ((i * 13) % 7) as f64 - 3.0).collect();
+        let mut cols = vec![f64::NAN; len]; // im2col must overwrite everything
+        im2col(&geom, &x, all.clone(), geom.out_hw(), &mut cols);
         let mut back = vec![0.0; x.len()];
-        col2im(&geom, &c, &mut back);
+        col2im(&geom, &mut c.clone(), all, geom.out_hw(), &mut back);
         let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| a * b).sum();
         let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
         assert_eq!(lhs, rhs);
+    }
+
+    /// im2col of every block of output rows (both walks: runs, and the plane
+    /// slices of "same" and strided convs with a phase layout) against the
+    /// definition, and col2im against im2col by the adjoint identity, over many
+    /// small geometries.
+    #[test]
+    fn blocks_match_the_definition() {
+        let (mut unit, mut phased) = (0, 0);
+        for (h, w) in [(5, 5), (7, 4), (1, 6), (6, 1), (8, 8), (7, 9)] {
+            for k in 1..4 {
+                for (sh, sw) in [(1, 1), (2, 1), (1, 2), (2, 2), (3, 2), (2, 3)] {
+                    for pad in 0..3 {
+                        for dil in 1..3 {
+                            let opts = Conv2dOptions::default()
+                                .stride((sh, sw))
+                                .padding(pad)
+                                .dilation((1, dil));
+                            let Ok(geom) =
+                                Conv2dGeometry::try_new(&[1, 2, h, w], &[1, 2, k, k], None, &opts)
+                            else {
+                                continue;
+                            };
+                            match Phases::of(&geom) {
+                                Some(ph) if ph.unit() => unit += 1,
+                                Some(_) => phased += 1,
+                                None => {}
+                            }
+                            check_blocks(&geom);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(unit > 10 && phased > 10, "{unit} {phased}");
+    }
+
+    fn check_blocks(geom: &Conv2dGeometry) {
+        let x: Vec<f64> = (0..geom.in_per_group() * geom.in_hw())
+            .map(|i| i as f64 + 1.0)
+            .collect();
+        let (ow, ckk) = (geom.out_w(), geom.patch_len());
+        let mut planes = vec![f64::NAN; phases_len(geom)];
+        let src = source(geom, &x, &mut planes).to_vec();
+        for bh in 1..=geom.out_h() {
+            for i0 in (0..geom.out_h()).step_by(bh) {
+                let rows = i0..(i0 + bh).min(geom.out_h());
+                let nc = rows.len() * ow;
+                let ld = nc + 3;
+                let mut cols = vec![f64::NAN; ckk * ld];
+                im2col(geom, &src, rows.clone(), ld, &mut cols);
+                let mut row = 0;
+                for c in 0..geom.in_per_group() {
+                    for ki in 0..geom.h.kernel {
+                        for kj in 0..geom.w.kernel {
+                            for (t, i) in rows.clone().enumerate() {
+                                for j in 0..ow {
+                                    let want =
+                                        geom.input_pixel(i, j, ki, kj).map_or(0.0, |(r, s)| {
+                                            x[(c * geom.h.input + r) * geom.w.input + s]
+                                        });
+                                    assert_eq!(
+                                        cols[row * ld + t * ow + j],
+                                        want,
+                                        "{geom:?} rows {rows:?}"
+                                    );
+                                }
+                            }
+                            row += 1;
+                        }
+                    }
+                }
+                // ⟨im2col(x), d⟩ = ⟨x, col2im(d)⟩ with integer values: exact.
+                let d: Vec<f64> = (0..ckk * ld).map(|i| ((i * 7) % 5) as f64 - 2.0).collect();
+                let mut back = vec![0.0; x.len()];
+                match Phases::of(geom).filter(|ph| !ph.unit()) {
+                    Some(ph) => {
+                        let mut q = vec![0.0; ph.len(geom.in_per_group())];
+                        col2im(geom, &mut d.clone(), rows.clone(), ld, &mut q);
+                        ph.merge(geom, &q, &mut back);
+                    }
+                    None => col2im(geom, &mut d.clone(), rows.clone(), ld, &mut back),
+                }
+                let lhs: f64 = (0..ckk)
+                    .flat_map(|r| (0..nc).map(move |j| r * ld + j))
+                    .map(|e| cols[e] * d[e])
+                    .sum();
+                let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+                assert_eq!(lhs, rhs, "{geom:?} rows {rows:?}");
+            }
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@
 
 mod geometry;
 mod im2col;
+pub(crate) mod parallel;
 pub mod reference;
 
 pub use geometry::{AxisGeometry, Conv2dGeometry};
@@ -247,27 +248,23 @@ impl<'t, T: Float> Var<'t, T> {
         parents.extend([self, weight]);
         parents.extend(bias);
         self.tape.record("conv2d", y, &parents, move |ctx| {
-            let (x, w, dy) = (ctx.inputs[0], ctx.inputs[1], ctx.grad.data());
-            let dx = ctx.needs_grad[0].then(|| {
-                Tensor::from_parts(
-                    im2col::backward_input(&geom, w.data(), dy),
-                    x.shape().clone(),
-                )
-            });
-            let dw = ctx.needs_grad[1].then(|| {
-                Tensor::from_parts(
-                    im2col::backward_weight(&geom, x.data(), dy),
-                    w.shape().clone(),
-                )
-            });
+            let (x, w) = (ctx.inputs[0], ctx.inputs[1]);
+            let need_db = ctx.inputs.len() == 3 && ctx.needs_grad[2];
+            let g = im2col::backward(
+                &geom,
+                x.data(),
+                w.data(),
+                ctx.grad.data(),
+                ctx.needs_grad[0],
+                ctx.needs_grad[1],
+                need_db,
+            );
+            let dx = g.dx.map(|d| Tensor::from_parts(d, x.shape().clone()));
+            let dw = g.dw.map(|d| Tensor::from_parts(d, w.shape().clone()));
             let mut grads = smallvec![dx, dw];
             if ctx.inputs.len() == 3 {
-                let db = ctx.needs_grad[2].then(|| {
-                    Tensor::from_parts(
-                        reference::bias_grad(&geom, dy),
-                        Shape::from([geom.out_channels]),
-                    )
-                });
+                let db =
+                    g.db.map(|d| Tensor::from_parts(d, Shape::from([geom.out_channels])));
                 grads.push(db);
             }
             grads

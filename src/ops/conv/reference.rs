@@ -141,16 +141,6 @@ pub fn backward<T: Float>(
     });
 }
 
-/// `db[o] = Σ_{n,i,j} dY[n, o, i, j]` (shared by the op: a single pass is already optimal).
-pub(crate) fn bias_grad<T: Float>(geom: &Conv2dGeometry, dy: &[T]) -> Vec<T> {
-    let (o, hw) = (geom.out_channels, geom.out_hw());
-    let mut db = vec![T::ZERO; o];
-    for (p, plane) in dy.chunks_exact(hw).enumerate() {
-        db[p % o] += plane.iter().copied().sum::<T>();
-    }
-    db
-}
-
 fn check_len<T>(geom: &Conv2dGeometry, x: &[T], w: &[T], y: &[T]) {
     let n = |s: [usize; 4]| s.iter().product::<usize>();
     assert!(
