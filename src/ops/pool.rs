@@ -356,7 +356,7 @@ impl<'t, T: Float> Var<'t, T> {
         let x = xv.data();
         let (ip, op) = (geom.in_plane(), geom.out_plane());
         let win = Windows::new(&geom);
-        let mut y = vec![T::ZERO; out_shape.numel()];
+        let mut y = crate::buffer::full(out_shape.numel(), T::ZERO);
         // The selected element of each window, as an offset within its (n, c) plane.
         let mut argmax = vec![0u32; out_shape.numel()];
         let ranges = geom.split();
@@ -378,7 +378,7 @@ impl<'t, T: Float> Var<'t, T> {
         });
         let y = Tensor::from_parts(y, out_shape);
         self.tape.record("max_pool2d", y, &[self], move |ctx| {
-            let mut dx = vec![T::ZERO; ctx.inputs[0].numel()];
+            let mut dx = crate::buffer::full(ctx.inputs[0].numel(), T::ZERO);
             let g = ctx.grad.data();
             let ranges = geom.split();
             let jobs: Vec<_> = ranges
@@ -431,7 +431,7 @@ impl<'t, T: Float> Var<'t, T> {
         let x = xv.data();
         let (ip, op) = (geom.in_plane(), geom.out_plane());
         let win = Windows::new(&geom);
-        let mut y = vec![T::ZERO; out_shape.numel()];
+        let mut y = crate::buffer::full(out_shape.numel(), T::ZERO);
         let ranges = geom.split();
         let jobs: Vec<_> = ranges
             .iter()
@@ -458,7 +458,7 @@ impl<'t, T: Float> Var<'t, T> {
         });
         let y = Tensor::from_parts(y, out_shape);
         self.tape.record("avg_pool2d", y, &[self], move |ctx| {
-            let mut dx = vec![T::ZERO; ctx.inputs[0].numel()];
+            let mut dx = crate::buffer::full(ctx.inputs[0].numel(), T::ZERO);
             let g = ctx.grad.data();
             let ranges = geom.split();
             let jobs: Vec<_> = ranges

@@ -630,7 +630,7 @@ pub(super) fn forward<T: Float>(
     let max_rows = row_blocks::<T>(geom).map(|r| r.len()).max().unwrap_or(0);
     let stride = block_stride::<T>(max_rows * ow);
     let scratch_len = if pointwise { 0 } else { depth * stride };
-    let mut y = vec![T::ZERO; geom.output_shape().iter().product()];
+    let mut y = crate::buffer::full(geom.output_shape().iter().product(), T::ZERO);
     let ranges = batch_split(geom);
     let chunks = split_by(&mut y, &ranges, geom.out_channels * ohw);
     let jobs: Vec<_> = ranges.into_iter().zip(chunks).collect();
@@ -721,7 +721,7 @@ pub(super) fn backward<T: Float>(
     let ranges = batch_split(geom);
     let tasks = ranges.len();
     let (dw_len, db_len) = (geom.out_channels * ckk, geom.out_channels);
-    let mut dx = need_dx.then(|| vec![T::ZERO; geom.input_shape().iter().product()]);
+    let mut dx = need_dx.then(|| crate::buffer::full(geom.input_shape().iter().product(), T::ZERO));
     // Task 0 writes the final dW and db; the others write partial sums here.
     let mut dw = need_dw.then(|| vec![T::ZERO; dw_len]);
     let mut db = need_db.then(|| vec![T::ZERO; db_len]);
