@@ -414,6 +414,34 @@ fn large_shapes_match_reference_at_1_and_2_threads() {
     });
 }
 
+/// 3x3, stride-1 convs with at least 16 channels per group, which conv2d
+/// computes by Winograd F(2x2, 3x3) (forward, dX and dW): paddings 0, 1, 2 and
+/// mixed, odd output sizes (half tiles), one-row outputs, groups, the bench's
+/// mid and deep shapes scaled down, f32 and f64, at 1 and 2 threads.
+#[test]
+fn winograd_shapes_match_reference_at_1_and_2_threads() {
+    let opts = Conv2dOptions::default;
+    #[rustfmt::skip]
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 8] = [
+        ([3, 16, 12, 12], [32, 16, 3, 3], opts().padding(1)),     // mid-like
+        ([2, 64, 8, 8], [64, 64, 3, 3], opts().padding(1)),       // deep-like
+        ([2, 16, 9, 7], [16, 16, 3, 3], opts().padding(1)),       // odd output: half tiles
+        ([2, 16, 9, 10], [17, 16, 3, 3], opts()),                 // no padding, odd channels
+        ([1, 16, 5, 6], [16, 16, 3, 3], opts().padding(2)),       // padding 2
+        ([2, 16, 7, 8], [16, 16, 3, 3], opts().padding((0, 2))),  // mixed padding
+        ([2, 32, 6, 5], [32, 16, 3, 3], opts().padding(1).groups(2)),
+        ([3, 20, 4, 40], [24, 20, 3, 3], opts().padding((0, 1))), // output rows: 2
+    ];
+    at_1_and_2_threads(|threads| {
+        let mut rng = StdRng::seed_from_u64(60 + threads as u64);
+        for (i, (xs, ws, o)) in cases.iter().enumerate() {
+            let what = format!("{threads} threads, winograd case {i}");
+            check_against_reference::<f64>(&what, xs, ws, *o, 1e-12, &mut rng);
+            check_against_reference::<f32>(&what, xs, ws, *o, 2e-5, &mut rng);
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------
 // structural identities
 // ---------------------------------------------------------------------------

@@ -656,7 +656,7 @@ fn use_dot<K: MicroKernel>(
     a: &MatRef<'_, K::T>,
     b: &MatRef<'_, K::T>,
 ) -> bool {
-    K::DOT_ROWS > 0 && a.cs == 1 && b.rs == 1 && k >= 32 && (m.min(n) <= 32 || m * n <= 128 * 128)
+    K::DOT_ROWS > 0 && a.cs == 1 && b.rs == 1 && k >= 128 && (m.min(n) <= 32 || m * n <= 128 * 128)
 }
 
 /// `C = alpha·A·B + beta·C` with the dot-product kernel (A row-major, B

@@ -42,7 +42,7 @@ thread_local! {
 
 /// Runs `f` on a thread-local buffer of `len` elements with unspecified contents.
 /// The buffer is taken out of the cache while in use, so nested calls are fine.
-fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+pub(super) fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     let cached = SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let i = s.iter().position(|b| b.is::<Vec<T>>())?;
@@ -59,10 +59,10 @@ fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
 
 /// A strided read-only matrix view: element (i, j) is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
-struct MatRef<'a, T> {
-    data: &'a [T],
-    rs: usize,
-    cs: usize,
+pub(super) struct MatRef<'a, T> {
+    pub(super) data: &'a [T],
+    pub(super) rs: usize,
+    pub(super) cs: usize,
 }
 
 impl<'a, T> MatRef<'a, T> {
@@ -88,7 +88,7 @@ impl<'a, T> MatRef<'a, T> {
 /// `C (m×n) = A (m×k) · B (k×n) + beta·C`, C row-major with row stride `ldc`.
 /// `beta = 0` overwrites C without reading it.
 #[allow(clippy::too_many_arguments)]
-fn gemm<T: Float>(
+pub(super) fn gemm<T: Float>(
     m: usize,
     n: usize,
     k: usize,
@@ -127,14 +127,14 @@ fn gemm<T: Float>(
 }
 
 /// The input channels of group `g` of sample `n`: `[C/G, H, W]`, contiguous.
-fn input_block(geom: &Conv2dGeometry, n: usize, g: usize) -> Range<usize> {
+pub(super) fn input_block(geom: &Conv2dGeometry, n: usize, g: usize) -> Range<usize> {
     let (cg, hw) = (geom.in_per_group(), geom.in_hw());
     let start = (n * geom.in_channels + g * cg) * hw;
     start..start + cg * hw
 }
 
 /// The output channels of group `g` of sample `n`: `[O/G, out_h, out_w]`, contiguous.
-fn output_block(geom: &Conv2dGeometry, n: usize, g: usize) -> Range<usize> {
+pub(super) fn output_block(geom: &Conv2dGeometry, n: usize, g: usize) -> Range<usize> {
     let (og, hw) = (geom.out_per_group(), geom.out_hw());
     let start = (n * geom.out_channels + g * og) * hw;
     start..start + og * hw
@@ -512,7 +512,7 @@ fn col2im<T: Float>(
 
 /// `Σ v`, with independent partial sums so the loop vectorises (a single
 /// running sum is one long chain of dependent additions).
-fn sum<T: Float>(v: &[T]) -> T {
+pub(super) fn sum<T: Float>(v: &[T]) -> T {
     const L: usize = 16;
     let mut acc = [T::ZERO; L];
     let mut chunks = v.chunks_exact(L);
@@ -579,7 +579,7 @@ fn columns<'a, T: Float>(
 
 /// The batch split between threads, unless the whole conv is too small to
 /// be worth waking a second thread (then its GEMMs may still split).
-fn batch_split(geom: &Conv2dGeometry) -> Vec<Range<usize>> {
+pub(super) fn batch_split(geom: &Conv2dGeometry) -> Vec<Range<usize>> {
     let flops_per_sample = 2 * geom.out_channels * geom.out_hw() * geom.patch_len();
     split_work(geom.batch, flops_per_sample, 1 << 20)
 }
@@ -592,7 +592,7 @@ fn line_len<T>() -> usize {
 /// Row stride of a column block `width` pixels wide: whole cache lines, an
 /// odd number of them, so the micro-kernel's walk down a block of columns
 /// spreads over every set of the L1 cache instead of a few.
-fn block_stride<T>(width: usize) -> usize {
+pub(super) fn block_stride<T>(width: usize) -> usize {
     let lines = width.div_ceil(line_len::<T>());
     (lines | 1) * line_len::<T>()
 }
