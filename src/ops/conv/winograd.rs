@@ -416,58 +416,105 @@ fn pack_transformed<T: Float>(
         .collect()
 }
 
-/// One Winograd conv over a batch: for each sample `n` (of `batch`) and group,
-/// `out_n = Σ_ξ ...` from `input` (`[batch, G·cin, ih, iw]`) with the packed
-/// transformed kernels `u[g][ξ]` (`cout × cin`), plus the bias.
+/// The scratch lengths `(v, m)` of [`conv_one`] for these tiles and channels.
+fn conv_scratch<T>(t: &Tiles, cin: usize, cout: usize) -> (usize, usize) {
+    let ld = t.ld::<T>(cin, cout);
+    (16 * cin * ld, 16 * cout * ld)
+}
+
+/// Rows buffers sized for the blocks of `t`.
+fn rows_for<T: Float>(t: &Tiles, cin: usize, cout: usize) -> Rows<T> {
+    let max_rows = t.blocks::<T>(cin, cout).map(|r| r.len()).max().unwrap_or(0);
+    Rows::new(t.tw, max_rows)
+}
+
+/// One Winograd conv of one sample and group: `y` (`[cout, oh, ow]`) from `x`
+/// (`[cin, ih, iw]`) with the packed transformed kernels `u[ξ]` (`cout × cin`),
+/// plus the bias; `v` and `m` are scratch of [`conv_scratch`] lengths.
 #[allow(clippy::too_many_arguments)]
-fn run_conv<T: Float>(
-    t: Tiles,
-    batch: usize,
-    groups: usize,
+fn conv_one<T: Float>(
+    t: &Tiles,
     cin: usize,
     cout: usize,
-    input: &[T],
-    u: &[Vec<PackedA<T>>],
+    x: &[T],
+    u: &[PackedA<T>],
     bias: Option<&[T]>,
-    ranges: Vec<Range<usize>>,
-    out: &mut [T],
+    y: &mut [T],
+    v: &mut [T],
+    m: &mut [T],
+    buf: &mut Rows<T>,
 ) {
-    let (in_plane, out_plane) = (t.ih * t.iw, t.oh * t.ow);
     let ld = t.ld::<T>(cin, cout);
-    let (v_len, m_len) = (16 * cin * ld, 16 * cout * ld);
-    debug_assert_eq!(out.len(), batch * groups * cout * out_plane);
-    let per_sample = groups * cout * out_plane;
-    let jobs: Vec<_> = ranges
-        .iter()
-        .cloned()
-        .zip(split_by(out, &ranges, per_sample))
-        .collect();
-    run_jobs(jobs, |(samples, out)| {
-        let max_rows = t.blocks::<T>(cin, cout).map(|r| r.len()).max().unwrap_or(0);
-        let mut buf = Rows::new(t.tw, max_rows);
-        with_scratch(v_len, |v: &mut [T]| {
-            with_scratch(m_len, |m: &mut [T]| {
-                for (local, n) in samples.enumerate() {
-                    for (g, ug) in u.iter().enumerate() {
-                        let x = &input[(n * groups + g) * cin * in_plane..][..cin * in_plane];
-                        let y =
-                            &mut out[(local * groups + g) * cout * out_plane..][..cout * out_plane];
-                        let b = bias.map(|b| &b[g * cout..(g + 1) * cout]);
-                        for rows in t.blocks::<T>(cin, cout) {
-                            let nt = rows.len() * t.tw;
-                            input_transform(&t, cin, x, rows.clone(), ld, v, &mut buf);
-                            for (xi, uxi) in ug.iter().enumerate() {
-                                let vx = &v[xi * cin * ld..][..cin * ld];
-                                let mx = &mut m[xi * cout * ld..][..cout * ld];
-                                gemm_prepacked(uxi, nt, vx, ld, true, mx, ld);
-                            }
-                            output_transform(&t, cout, m, rows, ld, b, y, &mut buf);
-                        }
-                    }
-                }
-            })
+    for rows in t.blocks::<T>(cin, cout) {
+        let nt = rows.len() * t.tw;
+        input_transform(t, cin, x, rows.clone(), ld, v, buf);
+        for (xi, uxi) in u.iter().enumerate() {
+            let vx = &v[xi * cin * ld..][..cin * ld];
+            let mx = &mut m[xi * cout * ld..][..cout * ld];
+            gemm_prepacked(uxi, nt, vx, ld, true, mx, ld);
+        }
+        output_transform(t, cout, m, rows, ld, bias, y, buf);
+    }
+}
+
+/// Adds one sample and group's `∂L/∂U_ξ` (`du[ξ]`, `cout × cin`) from its
+/// input `x` (`[cin, ih, iw]`) and output gradient `dy` (`[cout, oh, ow]`);
+/// `v` and `wd` are scratch of [`conv_scratch`] lengths.
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_one<T: Float>(
+    t: &Tiles,
+    cin: usize,
+    cout: usize,
+    x: &[T],
+    dy: &[T],
+    du: &mut [T],
+    v: &mut [T],
+    wd: &mut [T],
+    buf: &mut Rows<T>,
+) {
+    let ld = t.ld::<T>(cin, cout);
+    for rows in t.blocks::<T>(cin, cout) {
+        let nt = rows.len() * t.tw;
+        input_transform(t, cin, x, rows.clone(), ld, v, buf);
+        grad_transform(t, cout, dy, rows, ld, wd, buf);
+        for xi in 0..16 {
+            // dU_ξ (cout × cin) += Wd_ξ (cout × nt) · V_ξᵀ (nt × cin)
+            let a = MatRef {
+                data: &wd[xi * cout * ld..][..cout * ld],
+                rs: ld,
+                cs: 1,
+            };
+            let b = MatRef {
+                data: &v[xi * cin * ld..][..cin * ld],
+                rs: 1,
+                cs: ld,
+            };
+            let c = &mut du[xi * cout * cin..][..cout * cin];
+            gemm(cout, cin, nt, a, b, T::ONE, c, cin);
+        }
+    }
+}
+
+/// The 16 transformed kernels of every group, packed `rows × cols` from
+/// `kernel(g, i, p)`, the 3×3 kernel (row-major) that entry `(i, p)` of group
+/// `g`'s matrices transforms.
+fn transformed_kernels<T: Float>(
+    groups: usize,
+    rows: usize,
+    cols: usize,
+    kernel: impl Fn(usize, usize, usize) -> [T; 9],
+) -> Vec<Vec<PackedA<T>>> {
+    (0..groups)
+        .map(|g| {
+            let us: Vec<[T; 16]> = (0..rows * cols)
+                .map(|ip| {
+                    let k = kernel(g, ip / cols, ip % cols);
+                    filter_transform(|i, j| k[i * 3 + j])
+                })
+                .collect();
+            pack_transformed(rows, cols, |xi, i, p| us[i * cols + p][xi])
         })
-    });
+        .collect()
 }
 
 /// Forward: `Y = conv2d(X, W) + b` by Winograd F(2×2, 3×3); see [`applies`].
@@ -480,36 +527,49 @@ pub(super) fn forward<T: Float>(
     let (cg, og) = (geom.in_per_group(), geom.out_per_group());
     let t = Tiles::new(geom.h.input, geom.w.input, geom.h.padding, geom.w.padding);
     debug_assert_eq!((t.oh, t.ow), (geom.out_h(), geom.out_w()));
-    let u: Vec<Vec<PackedA<T>>> = (0..geom.groups)
-        .map(|g| {
-            let us: Vec<[T; 16]> = (0..og * cg)
-                .map(|oc| {
-                    let k = &w[(g * og * cg + oc) * 9..][..9];
-                    filter_transform(|i, j| k[i * 3 + j])
-                })
-                .collect();
-            pack_transformed(og, cg, |xi, o, c| us[o * cg + c][xi])
-        })
-        .collect();
+    let u = transformed_kernels(geom.groups, og, cg, |g, o, c| {
+        w[(g * og * cg + o * cg + c) * 9..][..9]
+            .try_into()
+            .expect("3x3 kernel")
+    });
     let mut y = vec![T::ZERO; geom.output_shape().iter().product()];
-    run_conv(
-        t,
-        geom.batch,
-        geom.groups,
-        cg,
-        og,
-        x,
-        &u,
-        b,
-        batch_split(geom),
-        &mut y,
-    );
+    let ranges = batch_split(geom);
+    let jobs: Vec<_> = ranges
+        .iter()
+        .cloned()
+        .zip(split_by(&mut y, &ranges, geom.out_channels * geom.out_hw()))
+        .collect();
+    let (v_len, m_len) = conv_scratch::<T>(&t, cg, og);
+    run_jobs(jobs, |(samples, y)| {
+        let mut buf = rows_for(&t, cg, og);
+        with_scratch(v_len, |v: &mut [T]| {
+            with_scratch(m_len, |m: &mut [T]| {
+                for (local, n) in samples.enumerate() {
+                    for (g, ug) in u.iter().enumerate() {
+                        let xg = &x[input_block(geom, n, g)];
+                        let yg = &mut y[output_block(geom, local, g)];
+                        let bg = b.map(|b| &b[g * og..(g + 1) * og]);
+                        conv_one(&t, cg, og, xg, ug, bg, yg, v, m, &mut buf);
+                    }
+                }
+            })
+        })
+    });
     y
 }
 
-/// Backward by Winograd F(2×2, 3×3): dX as a conv of dY (kernels turned 180°,
-/// channels swapped, padding `2 − p`), dW from the transformed input and
-/// output gradient, db as row sums of dY.
+/// One task's share of the backward pass.
+struct Job<'a, T> {
+    samples: Range<usize>,
+    dx: Option<&'a mut [T]>,
+    du: Option<&'a mut [T]>,
+    db: Option<&'a mut [T]>,
+}
+
+/// Backward by Winograd F(2×2, 3×3), in one pass over the batch (split
+/// between threads): dX as a conv of dY (kernels turned 180°, channels
+/// swapped, padding `2 − p`); dW from the transformed input and output
+/// gradient (`∂L/∂U`, summed per task, then `Gᵀ·dU·G`); db as row sums of dY.
 pub(super) fn backward<T: Float>(
     geom: &Conv2dGeometry,
     x: &[T],
@@ -519,50 +579,28 @@ pub(super) fn backward<T: Float>(
     need_dw: bool,
     need_db: bool,
 ) -> Grads<T> {
-    let (cg, og) = (geom.in_per_group(), geom.out_per_group());
-    let ohw = geom.out_hw();
+    let (cg, og, ohw) = (geom.in_per_group(), geom.out_per_group(), geom.out_hw());
     let ranges = batch_split(geom);
-    let dx = need_dx.then(|| {
-        // dX[c] = Σ_o conv(dY[o] padded by 2 − p, g[o, c] turned 180°).
-        let t = Tiles::new(
-            geom.out_h(),
-            geom.out_w(),
-            2 - geom.h.padding,
-            2 - geom.w.padding,
-        );
-        debug_assert_eq!((t.oh, t.ow), (geom.h.input, geom.w.input));
-        let u: Vec<Vec<PackedA<T>>> = (0..geom.groups)
-            .map(|g| {
-                let us: Vec<[T; 16]> = (0..cg * og)
-                    .map(|co| {
-                        let (c, o) = (co / og, co % og);
-                        let k = &w[((g * og + o) * cg + c) * 9..][..9];
-                        filter_transform(|i, j| k[(2 - i) * 3 + (2 - j)])
-                    })
-                    .collect();
-                pack_transformed(cg, og, |xi, c, o| us[c * og + o][xi])
-            })
-            .collect();
-        let mut dx = vec![T::ZERO; geom.input_shape().iter().product()];
-        run_conv(
-            t,
-            geom.batch,
-            geom.groups,
-            og,
-            cg,
-            dy,
-            &u,
-            None,
-            ranges.clone(),
-            &mut dx,
-        );
-        dx
-    });
-    // dW (through dU, the gradient of the transformed kernels) and db, summed
-    // per task and added at the end.
-    let t = Tiles::new(geom.h.input, geom.w.input, geom.h.padding, geom.w.padding);
     let tasks = ranges.len();
+    // dX[c] = Σ_o conv(dY[o] padded by 2 − p, g[o, c] turned 180°).
+    let tx = Tiles::new(
+        geom.out_h(),
+        geom.out_w(),
+        2 - geom.h.padding,
+        2 - geom.w.padding,
+    );
+    debug_assert_eq!((tx.oh, tx.ow), (geom.h.input, geom.w.input));
+    let ux = if need_dx {
+        transformed_kernels(geom.groups, cg, og, |g, c, o| {
+            let k = &w[((g * og + o) * cg + c) * 9..][..9];
+            std::array::from_fn(|e| k[8 - e])
+        })
+    } else {
+        Vec::new()
+    };
+    let tw = Tiles::new(geom.h.input, geom.w.input, geom.h.padding, geom.w.padding);
     let du_len = geom.groups * 16 * og * cg;
+    let mut dx = need_dx.then(|| vec![T::ZERO; geom.input_shape().iter().product()]);
     let mut du = vec![T::ZERO; if need_dw { tasks * du_len } else { 0 }];
     let mut db = vec![
         T::ZERO;
@@ -572,27 +610,35 @@ pub(super) fn backward<T: Float>(
             0
         }
     ];
-    if need_dw || need_db {
-        let ld = t.ld::<T>(cg, og);
-        let (in_plane, out_plane) = (t.ih * t.iw, t.oh * t.ow);
+    {
+        let mut dx_chunks = dx
+            .as_deref_mut()
+            .map(|d| split_by(d, &ranges, geom.in_channels * geom.in_hw()).into_iter());
         let mut du_chunks = du.chunks_mut(du_len.max(1));
         let mut db_chunks = db.chunks_mut(geom.out_channels);
-        let jobs: Vec<_> = ranges
+        let jobs: Vec<Job<T>> = ranges
             .iter()
-            .map(|r| {
-                (
-                    r.clone(),
-                    if need_dw { du_chunks.next() } else { None },
-                    if need_db { db_chunks.next() } else { None },
-                )
+            .map(|r| Job {
+                samples: r.clone(),
+                dx: dx_chunks.as_mut().and_then(Iterator::next),
+                du: if need_dw { du_chunks.next() } else { None },
+                db: if need_db { db_chunks.next() } else { None },
             })
             .collect();
-        run_jobs(jobs, |(samples, mut du, mut db)| {
-            let max_rows = t.blocks::<T>(cg, og).map(|r| r.len()).max().unwrap_or(0);
-            let mut buf = Rows::new(t.tw, max_rows);
-            with_scratch(16 * cg * ld, |v: &mut [T]| {
-                with_scratch(16 * og * ld, |wd: &mut [T]| {
-                    for n in samples {
+        let (xv, xm) = conv_scratch::<T>(&tx, og, cg);
+        let (wv, wm) = conv_scratch::<T>(&tw, cg, og);
+        run_jobs(jobs, |job| {
+            let Job {
+                samples,
+                mut dx,
+                mut du,
+                mut db,
+            } = job;
+            let mut bufx = rows_for(&tx, og, cg);
+            let mut bufw = rows_for(&tw, cg, og);
+            with_scratch(xv.max(wv), |v: &mut [T]| {
+                with_scratch(xm.max(wm), |m: &mut [T]| {
+                    for (local, n) in samples.enumerate() {
                         for g in 0..geom.groups {
                             let dyg = &dy[output_block(geom, n, g)];
                             if let Some(db) = db.as_deref_mut() {
@@ -600,34 +646,14 @@ pub(super) fn backward<T: Float>(
                                     db[g * og + o] += sum(plane);
                                 }
                             }
-                            let Some(du) = du.as_deref_mut() else {
-                                continue;
-                            };
-                            let xg = &x[input_block(geom, n, g)];
-                            debug_assert_eq!(
-                                (xg.len(), dyg.len()),
-                                (cg * in_plane, og * out_plane)
-                            );
-                            let dug = &mut du[g * 16 * og * cg..][..16 * og * cg];
-                            for rows in t.blocks::<T>(cg, og) {
-                                let nt = rows.len() * t.tw;
-                                input_transform(&t, cg, xg, rows.clone(), ld, v, &mut buf);
-                                grad_transform(&t, og, dyg, rows, ld, wd, &mut buf);
-                                for xi in 0..16 {
-                                    // dU_ξ (og × cg) += Wd_ξ (og × nt) · V_ξᵀ (nt × cg)
-                                    let a = MatRef {
-                                        data: &wd[xi * og * ld..][..og * ld],
-                                        rs: ld,
-                                        cs: 1,
-                                    };
-                                    let b = MatRef {
-                                        data: &v[xi * cg * ld..][..cg * ld],
-                                        rs: 1,
-                                        cs: ld,
-                                    };
-                                    let c = &mut dug[xi * og * cg..][..og * cg];
-                                    gemm(og, cg, nt, a, b, T::ONE, c, cg);
-                                }
+                            if let Some(dx) = dx.as_deref_mut() {
+                                let dxg = &mut dx[input_block(geom, local, g)];
+                                conv_one(&tx, og, cg, dyg, &ux[g], None, dxg, v, m, &mut bufx);
+                            }
+                            if let Some(du) = du.as_deref_mut() {
+                                let xg = &x[input_block(geom, n, g)];
+                                let dug = &mut du[g * 16 * og * cg..][..16 * og * cg];
+                                weight_grad_one(&tw, cg, og, xg, dyg, dug, v, m, &mut bufw);
                             }
                         }
                     }
