@@ -266,29 +266,53 @@ impl Phases {
         ((c * self.sh + a) * self.sw + b) * self.plane()
     }
 
-    /// Splits a group input `x` (`[C/G, H, W]`) into its phase planes.
+    /// Splits a group input `x` (`[C/G, H, W]`) into its phase planes, one
+    /// pass over each input row (stride 2 across: even and odd columns at once).
     fn split<T: Float>(&self, geom: &Conv2dGeometry, x: &[T], out: &mut [T]) {
-        let (ih, iw) = (geom.h.input, geom.w.input);
+        let (ih, iw, wq) = (geom.h.input, geom.w.input, self.wq);
         for c in 0..geom.in_per_group() {
-            for a in 0..self.sh {
-                for b in 0..self.sw {
-                    let plane = &mut out[self.offset(c, a, b)..][..self.plane()];
-                    for (u, line) in plane.chunks_exact_mut(self.wq).enumerate() {
-                        let r = u * self.sh + a;
-                        if r >= ih || b >= iw {
-                            line.fill(T::ZERO);
-                            continue;
+            for u in 0..self.hq {
+                for a in 0..self.sh {
+                    let r = u * self.sh + a;
+                    if r >= ih {
+                        for b in 0..self.sw {
+                            out[self.offset(c, a, b) + u * wq..][..wq].fill(T::ZERO);
                         }
-                        let src = &x[(c * ih + r) * iw + b..(c * ih + r + 1) * iw];
+                        continue;
+                    }
+                    let src = &x[(c * ih + r) * iw..][..iw];
+                    if self.sw == 2 {
+                        let (e0, o0) = (self.offset(c, a, 0), self.offset(c, a, 1));
+                        let (head, tail) = out.split_at_mut(o0);
+                        let even = &mut head[e0 + u * wq..][..wq];
+                        let odd = &mut tail[u * wq..][..wq];
+                        let mut pairs = src.chunks_exact(2);
+                        for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(&mut pairs) {
+                            *e = p[0];
+                            *o = p[1];
+                        }
+                        let done = iw / 2;
+                        match pairs.remainder() {
+                            [last] => {
+                                even[done] = *last;
+                                even[done + 1..].fill(T::ZERO);
+                                odd[done..].fill(T::ZERO);
+                            }
+                            _ => {
+                                even[done..].fill(T::ZERO);
+                                odd[done..].fill(T::ZERO);
+                            }
+                        }
+                        continue;
+                    }
+                    for b in 0..self.sw {
+                        let line = &mut out[self.offset(c, a, b) + u * wq..][..wq];
+                        let src = src.get(b..).unwrap_or(&[]);
                         let n = src.len().div_ceil(self.sw);
-                        match self.sw {
-                            1 => line[..n].copy_from_slice(src),
-                            2 => gather::<T, 2>(&mut line[..n], src),
-                            sw => line[..n]
-                                .iter_mut()
-                                .zip(src.iter().step_by(sw))
-                                .for_each(|(d, &v)| *d = v),
-                        }
+                        line[..n]
+                            .iter_mut()
+                            .zip(src.iter().step_by(self.sw))
+                            .for_each(|(d, &v)| *d = v);
                         line[n..].fill(T::ZERO);
                     }
                 }
@@ -299,22 +323,31 @@ impl Phases {
     /// The adjoint of [`split`](Self::split) for gradients: writes each input
     /// pixel's entry of the phase planes `q` into `dx` (`[C/G, H, W]`).
     fn merge<T: Float>(&self, geom: &Conv2dGeometry, q: &[T], dx: &mut [T]) {
-        let (ih, iw) = (geom.h.input, geom.w.input);
+        let (ih, iw, wq) = (geom.h.input, geom.w.input, self.wq);
         for c in 0..geom.in_per_group() {
             for r in 0..ih {
                 let (a, u) = (r % self.sh, r / self.sh);
                 let dst = &mut dx[(c * ih + r) * iw..][..iw];
-                for b in 0..self.sw.min(iw) {
-                    let src = &q[self.offset(c, a, b) + u * self.wq..][..self.wq];
-                    let dst = &mut dst[b..];
-                    match self.sw {
-                        1 => dst.copy_from_slice(&src[..dst.len()]),
-                        sw => dst
-                            .iter_mut()
-                            .step_by(sw)
-                            .zip(src)
-                            .for_each(|(d, &v)| *d = v),
+                if self.sw == 2 {
+                    let even = &q[self.offset(c, a, 0) + u * wq..][..wq];
+                    let odd = &q[self.offset(c, a, 1) + u * wq..][..wq];
+                    let mut pairs = dst.chunks_exact_mut(2);
+                    for ((p, &e), &o) in (&mut pairs).zip(even).zip(odd) {
+                        p[0] = e;
+                        p[1] = o;
                     }
+                    if let [last] = pairs.into_remainder() {
+                        *last = even[iw / 2];
+                    }
+                    continue;
+                }
+                for b in 0..self.sw.min(iw) {
+                    let src = &q[self.offset(c, a, b) + u * wq..][..wq];
+                    dst[b..]
+                        .iter_mut()
+                        .step_by(self.sw)
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = v);
                 }
             }
         }
