@@ -532,7 +532,7 @@ pub(super) fn forward<T: Float>(
             .try_into()
             .expect("3x3 kernel")
     });
-    let mut y = vec![T::ZERO; geom.output_shape().iter().product()];
+    let mut y = crate::buffer::full(geom.output_shape().iter().product(), T::ZERO);
     let ranges = batch_split(geom);
     let jobs: Vec<_> = ranges
         .iter()
@@ -600,7 +600,7 @@ pub(super) fn backward<T: Float>(
     };
     let tw = Tiles::new(geom.h.input, geom.w.input, geom.h.padding, geom.w.padding);
     let du_len = geom.groups * 16 * og * cg;
-    let mut dx = need_dx.then(|| vec![T::ZERO; geom.input_shape().iter().product()]);
+    let mut dx = need_dx.then(|| crate::buffer::full(geom.input_shape().iter().product(), T::ZERO));
     let mut du = vec![T::ZERO; if need_dw { tasks * du_len } else { 0 }];
     let mut db = vec![
         T::ZERO;
