@@ -37,6 +37,7 @@ enum Storage<T: Float> {
 
 /// The last owner of a large buffer hands it to the recycling pool (see `buffer.rs`).
 impl<T: Float> Drop for Storage<T> {
+    #[inline]
     fn drop(&mut self) {
         if let Storage::Shared(a) = self {
             if let Some(v) = Arc::get_mut(a) {
