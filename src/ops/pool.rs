@@ -191,6 +191,23 @@ impl PoolGeometry {
         let window = self.h.kernel * self.w.kernel;
         split_work(self.planes, self.out_plane() * window, MIN_PARALLEL_WORK)
     }
+
+    /// Splits `out` (`per` elements for each (n, c) plane) between threads along
+    /// [`split`](Self::split) and runs `f(planes, chunk)` on each part.
+    fn par_planes<U: Send>(
+        &self,
+        out: &mut [U],
+        per: usize,
+        f: impl Fn(Range<usize>, &mut [U]) + Sync,
+    ) {
+        let ranges = self.split();
+        let jobs: Vec<_> = ranges
+            .iter()
+            .cloned()
+            .zip(split_by(out, &ranges, per))
+            .collect();
+        run_jobs(jobs, |(planes, out)| f(planes, out));
+    }
 }
 
 /// Below this many window elements visited in all, a pooling op runs on one thread.
@@ -380,13 +397,7 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.record("max_pool2d", y, &[self], move |ctx| {
             let mut dx = crate::buffer::full(ctx.inputs[0].numel(), T::ZERO);
             let g = ctx.grad.data();
-            let ranges = geom.split();
-            let jobs: Vec<_> = ranges
-                .iter()
-                .cloned()
-                .zip(split_by(&mut dx, &ranges, ip))
-                .collect();
-            run_jobs(jobs, |(planes, dx)| {
+            geom.par_planes(&mut dx, ip, |planes, dx| {
                 let g = &g[planes.start * op..planes.end * op];
                 let arg = &argmax[planes.start * op..planes.end * op];
                 for ((dx, g), arg) in dx
@@ -432,13 +443,7 @@ impl<'t, T: Float> Var<'t, T> {
         let (ip, op) = (geom.in_plane(), geom.out_plane());
         let win = Windows::new(&geom);
         let mut y = crate::buffer::full(out_shape.numel(), T::ZERO);
-        let ranges = geom.split();
-        let jobs: Vec<_> = ranges
-            .iter()
-            .cloned()
-            .zip(split_by(&mut y, &ranges, op))
-            .collect();
-        run_jobs(jobs, |(planes, y)| {
+        geom.par_planes(&mut y, op, |planes, y| {
             let x = &x[planes.start * ip..planes.end * ip];
             for (plane, y) in x.chunks_exact(ip).zip(y.chunks_exact_mut(op)) {
                 let mut at = 0;
@@ -460,13 +465,7 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.record("avg_pool2d", y, &[self], move |ctx| {
             let mut dx = crate::buffer::full(ctx.inputs[0].numel(), T::ZERO);
             let g = ctx.grad.data();
-            let ranges = geom.split();
-            let jobs: Vec<_> = ranges
-                .iter()
-                .cloned()
-                .zip(split_by(&mut dx, &ranges, ip))
-                .collect();
-            run_jobs(jobs, |(planes, dx)| {
+            geom.par_planes(&mut dx, ip, |planes, dx| {
                 let g = &g[planes.start * op..planes.end * op];
                 for (dx, g) in dx.chunks_exact_mut(ip).zip(g.chunks_exact(op)) {
                     let mut at = 0;
