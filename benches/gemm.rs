@@ -12,7 +12,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use tapegrad::gemm::{dgemm, set_num_threads, sgemm};
+use tapegrad::gemm::set_num_threads;
+use tapegrad::Float;
 
 /// Operand layouts: row-major (`N`) or the transpose of a row-major buffer (`T`).
 #[derive(Clone, Copy)]
@@ -94,6 +95,39 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
+/// Median time of `C = A·B` in precision `T` (inputs given in f64 and converted).
+fn time_gemm<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f64],
+    (rsa, csa): (usize, usize),
+    b: &[f64],
+    (rsb, csb): (usize, usize),
+) -> f64 {
+    let a: Vec<T> = a.iter().map(|&x| T::from_f64(x)).collect();
+    let b: Vec<T> = b.iter().map(|&x| T::from_f64(x)).collect();
+    let mut cc = vec![T::ZERO; m * n];
+    median_ms(|| {
+        T::gemm(
+            m,
+            n,
+            k,
+            T::ONE,
+            black_box(&a),
+            rsa,
+            csa,
+            black_box(&b),
+            rsb,
+            csb,
+            T::ZERO,
+            &mut cc,
+            n,
+        );
+        black_box(&mut cc);
+    })
+}
+
 fn run(c: &Case, threads: usize) {
     set_num_threads(threads);
     let (m, n, k) = (c.m, c.n, c.k);
@@ -106,47 +140,9 @@ fn run(c: &Case, threads: usize) {
     };
     let (a, b) = (fill(m * k, 1), fill(k * n, 2));
     let ms = if c.double {
-        let mut cc = vec![0.0f64; m * n];
-        median_ms(|| {
-            dgemm(
-                m,
-                n,
-                k,
-                1.0,
-                black_box(&a),
-                rsa,
-                csa,
-                black_box(&b),
-                rsb,
-                csb,
-                0.0,
-                &mut cc,
-                n,
-            );
-            black_box(&mut cc);
-        })
+        time_gemm::<f64>(m, n, k, &a, (rsa, csa), &b, (rsb, csb))
     } else {
-        let a: Vec<f32> = a.iter().map(|&x| x as f32).collect();
-        let b: Vec<f32> = b.iter().map(|&x| x as f32).collect();
-        let mut cc = vec![0.0f32; m * n];
-        median_ms(|| {
-            sgemm(
-                m,
-                n,
-                k,
-                1.0,
-                black_box(&a),
-                rsa,
-                csa,
-                black_box(&b),
-                rsb,
-                csb,
-                0.0,
-                &mut cc,
-                n,
-            );
-            black_box(&mut cc);
-        })
+        time_gemm::<f32>(m, n, k, &a, (rsa, csa), &b, (rsb, csb))
     };
     let gflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e9;
     println!("{}\ttapegrad\t{threads}\t{ms:.4}\t{gflops:.1}", c.name);
