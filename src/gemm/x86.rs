@@ -111,7 +111,7 @@ impl MicroKernel for Avx2F32 {
             std::array::from_fn(|r| a.get(r).map_or(a[0].as_ptr(), |x| x.as_ptr()));
         let bp: [*const f32; 3] =
             std::array::from_fn(|j| b.get(j).map_or(b[0].as_ptr(), |x| x.as_ptr()));
-        // SAFEf32: `self` holds an `Avx2Fma` token, so AVX2 and FMA are
+        // SAFETY: `self` holds an `Avx2Fma` token, so AVX2 and FMA are
         // available. `check_dot` verified that every row of `a` and column of
         // `b` holds `len` elements and that `c` is `a.len() × b.len()`; the
         // instantiation below reads `len` elements from each of the first
@@ -191,7 +191,7 @@ impl MicroKernel for Avx2F64 {
             std::array::from_fn(|r| a.get(r).map_or(a[0].as_ptr(), |x| x.as_ptr()));
         let bp: [*const f64; 3] =
             std::array::from_fn(|j| b.get(j).map_or(b[0].as_ptr(), |x| x.as_ptr()));
-        // SAFEf64: `self` holds an `Avx2Fma` token, so AVX2 and FMA are
+        // SAFETY: `self` holds an `Avx2Fma` token, so AVX2 and FMA are
         // available. `check_dot` verified that every row of `a` and column of
         // `b` holds `len` elements and that `c` is `a.len() × b.len()`; the
         // instantiation below reads `len` elements from each of the first
