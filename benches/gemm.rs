@@ -7,7 +7,8 @@
 //! 2 threads, plus `peak_fma` lines giving the machine's measured FMA
 //! throughput ceiling (median_ms is `-` there).
 //!
-//! Optional arguments: substrings to filter case names by.
+//! Optional arguments: substrings to filter case names by, and `--avx2` to
+//! cap the kernels at AVX2 on an AVX-512 machine (for comparison).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -154,6 +155,9 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    if std::env::args().any(|a| a == "--avx2") {
+        tapegrad::gemm::force_avx2(true);
+    }
     let wanted =
         |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
     if wanted("peak_fma") {

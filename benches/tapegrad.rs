@@ -5,7 +5,8 @@
 //! figure also reads as a fraction of the physical limit. Lines starting with `#` are notes
 //! (ns per node for `chain10k`, peak heap for `cnn_step`, fractions of peak).
 //!
-//! Options (after `--`): `--quick` (fewer repetitions), `--threads 1,2`, `--case NAME` (repeatable).
+//! Options (after `--`): `--quick` (fewer repetitions), `--threads 1,2`, `--case NAME` (repeatable),
+//! `--avx2` (cap the kernels, and `peak_fma`, at AVX2 on an AVX-512 machine).
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -304,6 +305,7 @@ fn main() {
                 i += 1;
                 cfg.only.push(args[i].clone());
             }
+            "--avx2" => gemm::force_avx2(true),
             "--bench" => {}
             other => eprintln!("ignoring unknown argument {other}"),
         }

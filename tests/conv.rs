@@ -442,6 +442,44 @@ fn winograd_shapes_match_reference_at_1_and_2_threads() {
     });
 }
 
+/// The same f32 comparisons with the GEMM micro-kernels capped at AVX2
+/// (on an AVX-512 machine the default tests above run the AVX-512 kernels,
+/// so this is what covers the AVX2 ones there; elsewhere it repeats them),
+/// and with the portable kernels. The setting is process-wide; concurrent
+/// tests only change speed, since every result is compared with the reference.
+#[test]
+fn f32_fast_path_matches_reference_with_avx2_and_portable_kernels() {
+    let opts = Conv2dOptions::default;
+    #[rustfmt::skip]
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 4] = [
+        ([3, 16, 12, 12], [32, 16, 3, 3], opts().padding(1)),          // Winograd
+        ([2, 32, 65, 63], [6, 32, 3, 3], opts().stride(2).padding(1)), // im2col, strided
+        ([3, 12, 70, 66], [4, 12, 1, 1], opts()),                      // pointwise
+        ([2, 9, 41, 47], [6, 3, 3, 3], opts().stride((1, 2)).padding(1).groups(3)),
+    ];
+    type Force = fn(bool);
+    let forces: [(&str, Force); 2] = [
+        ("avx2", tapegrad::gemm::force_avx2),
+        ("portable", tapegrad::gemm::force_portable),
+    ];
+    for (name, force) in forces {
+        force(true);
+        let mut rng = StdRng::seed_from_u64(70);
+        for (i, (xs, ws, o)) in cases.iter().enumerate() {
+            check_against_reference::<f32>(
+                &format!("{name} kernels, case {i}"),
+                xs,
+                ws,
+                *o,
+                2e-5,
+                &mut rng,
+            );
+        }
+        fast_path_matches_reference::<f32>(3, 1e-5);
+        force(false);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // structural identities
 // ---------------------------------------------------------------------------

@@ -21,10 +21,12 @@
 //!   a time along the rows rather than down `MC` rows at once.
 //!
 //! Packing absorbs the strides, so every transpose combination runs the same
-//! micro-kernel. On `x86_64` CPUs with AVX2 and FMA (detected at run time)
-//! the micro-kernels are hand-written with `std::arch` intrinsics (`f32`:
-//! 6 × 16, `f64`: 6 × 8; 12 accumulator registers); elsewhere a portable
-//! plain-Rust kernel that the compiler auto-vectorises is used. Packing
+//! micro-kernel. On `x86_64` the micro-kernels are hand-written with
+//! `std::arch` intrinsics and chosen at run time: with AVX-512F, `f32` runs
+//! an 8 × 32 kernel on 512-bit vectors (16 accumulators); with AVX2 and FMA,
+//! `f32` runs 6 × 16 and `f64` 6 × 8 (12 accumulators each; `f64` uses this
+//! one on AVX-512 CPUs too). Elsewhere a portable plain-Rust kernel that the
+//! compiler auto-vectorises is used. Packing
 //! buffers are thread-local, 64-byte aligned and reused, so steady-state
 //! calls do not allocate.
 //!
@@ -238,6 +240,25 @@ pub fn force_portable(on: bool) {
     FORCE_PORTABLE.store(on, Ordering::Relaxed);
 }
 
+/// Caps the micro-kernels at AVX2+FMA (on) or lets them use AVX-512 where
+/// the CPU has it (off, the default) for all subsequent GEMM and
+/// convolution calls in the process. Intended for testing and benchmarking
+/// the AVX2 kernels on AVX-512 machines; results agree up to rounding.
+///
+/// # Example
+/// ```
+/// use tapegrad::gemm::{force_avx2, sgemm};
+/// force_avx2(true);
+/// let mut c = [0.0f32];
+/// sgemm(1, 1, 2, 1.0, &[1.0, 2.0], 2, 1, &[3.0, 4.0], 1, 1, 0.0, &mut c, 1);
+/// force_avx2(false);
+/// assert_eq!(c, [11.0]);
+/// ```
+#[doc(hidden)]
+pub fn force_avx2(on: bool) {
+    FORCE_AVX2.store(on, Ordering::Relaxed);
+}
+
 /// Runs `f` with every [`sgemm`] / [`dgemm`] call it makes on this thread
 /// kept on this thread (no split), whatever [`num_threads`] says. For callers
 /// that already divide their work between threads (a convolution split over
@@ -260,6 +281,7 @@ pub(crate) fn on_this_thread<R>(f: impl FnOnce() -> R) -> R {
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 static FORCE_PORTABLE: AtomicBool = AtomicBool::new(false);
+static FORCE_AVX2: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// Set inside [`on_this_thread`]: GEMM calls on this thread run serially.
@@ -291,6 +313,8 @@ fn default_threads() -> usize {
 enum Path {
     /// The best kernel the CPU supports.
     Auto,
+    /// The best kernel the CPU supports, but no wider than AVX2 (no AVX-512).
+    Avx2,
     /// The portable kernel, regardless of CPU features.
     Portable,
 }
@@ -298,6 +322,8 @@ enum Path {
 fn default_path() -> Path {
     if FORCE_PORTABLE.load(Ordering::Relaxed) {
         Path::Portable
+    } else if FORCE_AVX2.load(Ordering::Relaxed) {
+        Path::Avx2
     } else {
         Path::Auto
     }
@@ -339,11 +365,13 @@ trait Engine: Elem {
         ldc: usize,
     );
 
-    /// Runs [`prepacked::drive`] with this type's AVX2+FMA kernel (only
-    /// called after the CPU was found to support it).
+    /// Runs [`prepacked::drive`] with this type's AVX2+FMA kernel, or with
+    /// its AVX-512 kernel when `avx512` (only called after the CPU was found
+    /// to support the kernel's features when A was packed).
     #[cfg(target_arch = "x86_64")]
     #[allow(clippy::too_many_arguments)]
     fn run_prepacked_simd(
+        avx512: bool,
         s: prepacked::Shape<'_>,
         a: &[Self],
         n: usize,
@@ -362,7 +390,7 @@ trait Engine: Elem {
 }
 
 macro_rules! impl_engine {
-    ($t:ty, $simd:ident, $pack:ident, $reduce:ident) => {
+    ($t:ty, $simd:ident, $pack:ident, $reduce:ident $(, $simd512:ident)?) => {
         thread_local! {
             static $pack: RefCell<(Vec<$t>, Vec<$t>)> = const { RefCell::new((Vec::new(), Vec::new())) };
             static $reduce: RefCell<Vec<$t>> = const { RefCell::new(Vec::new()) };
@@ -383,7 +411,15 @@ macro_rules! impl_engine {
                 ldc: usize,
             ) {
                 #[cfg(target_arch = "x86_64")]
-                if path == Path::Auto {
+                {
+                    $(if path == Path::Auto {
+                        if let Some(tok) = x86::Avx512::detect() {
+                            return drive(x86::$simd512(tok), threads, m, n, k, alpha, a, b, beta, c, ldc);
+                        }
+                    })?
+                }
+                #[cfg(target_arch = "x86_64")]
+                if path != Path::Portable {
                     if let Some(tok) = x86::Avx2Fma::detect() {
                         return drive(x86::$simd(tok), threads, m, n, k, alpha, a, b, beta, c, ldc);
                     }
@@ -394,6 +430,7 @@ macro_rules! impl_engine {
 
             #[cfg(target_arch = "x86_64")]
             fn run_prepacked_simd(
+                avx512: bool,
                 s: prepacked::Shape<'_>,
                 a: &[Self],
                 n: usize,
@@ -403,6 +440,11 @@ macro_rules! impl_engine {
                 c: &mut [Self],
                 ldc: usize,
             ) {
+                $(if avx512 {
+                    let tok = x86::Avx512::detect().expect("AVX-512 was detected when A was packed");
+                    return prepacked::drive(x86::$simd512(tok), s, a, n, b, ldb, beta, c, ldc);
+                })?
+                assert!(!avx512, "no AVX-512 kernel for {}", std::any::type_name::<$t>());
                 let tok = x86::Avx2Fma::detect().expect("AVX2+FMA was detected when A was packed");
                 prepacked::drive(x86::$simd(tok), s, a, n, b, ldb, beta, c, ldc)
             }
@@ -429,7 +471,7 @@ macro_rules! impl_engine {
     };
 }
 
-impl_engine!(f32, Avx2F32, PACK_F32, REDUCE_F32);
+impl_engine!(f32, Avx2F32, PACK_F32, REDUCE_F32, Avx512F32);
 impl_engine!(f64, Avx2F64, PACK_F64, REDUCE_F64);
 
 /// Validates the arguments, handles the degenerate cases, and runs the product.
@@ -756,6 +798,7 @@ fn pack_b_dispatch<K: MicroKernel>(kc: usize, nc: usize, b: MatRef<'_, K::T>, ou
         4 => pack_b::<K::T, 4>(kc, nc, b, out),
         8 => pack_b::<K::T, 8>(kc, nc, b, out),
         16 => pack_b::<K::T, 16>(kc, nc, b, out),
+        32 => pack_b::<K::T, 32>(kc, nc, b, out),
         nr => unreachable!("unsupported NR {nr}"),
     }
 }
@@ -1196,6 +1239,11 @@ mod tests {
     }
 
     #[test]
+    fn random_small_f32_avx2() {
+        random_cases::<f32>(Path::Avx2, 1);
+    }
+
+    #[test]
     fn random_small_f32_portable() {
         random_cases::<f32>(Path::Portable, 2);
     }
@@ -1250,6 +1298,11 @@ mod tests {
     #[test]
     fn blocking_edges_f32_simd() {
         blocking_edges::<f32>(Path::Auto);
+    }
+
+    #[test]
+    fn blocking_edges_f32_avx2() {
+        blocking_edges::<f32>(Path::Avx2);
     }
 
     #[test]
@@ -1315,6 +1368,11 @@ mod tests {
     }
 
     #[test]
+    fn threaded_f32_avx2() {
+        threaded::<f32>(Path::Avx2);
+    }
+
+    #[test]
     fn threaded_f32_portable() {
         threaded::<f32>(Path::Portable);
     }
@@ -1331,7 +1389,7 @@ mod tests {
 
     #[test]
     fn k_zero_scales_c() {
-        for path in [Path::Auto, Path::Portable] {
+        for path in [Path::Auto, Path::Avx2, Path::Portable] {
             let mut c = vec![1.0f32, 2.0, 3.0, 4.0];
             gemm_entry(
                 "t",
@@ -1386,7 +1444,7 @@ mod tests {
 
     #[test]
     fn nan_in_c_with_beta_zero_does_not_propagate() {
-        for path in [Path::Auto, Path::Portable] {
+        for path in [Path::Auto, Path::Avx2, Path::Portable] {
             let (m, n, k) = (13, 37, 9);
             let a = vec![1.0f32; m * k];
             let b = vec![0.5f32; k * n];

@@ -3,7 +3,8 @@
 //! The GEMM benchmark reports its results as a fraction of this number, so it
 //! is measured the same way a micro-kernel would use the machine: many
 //! independent FMA dependency chains (enough to cover the FMA latency on both
-//! FMA ports) on 256-bit `f32` vectors, with no memory traffic at all.
+//! FMA ports) on the widest `f32` vectors the GEMM kernels use (512-bit with
+//! AVX-512, else 256-bit), with no memory traffic at all.
 
 use std::time::Instant;
 
@@ -21,9 +22,11 @@ const LANES: usize = 8;
 /// same register-only FMA loop on `threads` threads at once (`0` is treated
 /// as `1`).
 ///
-/// On `x86_64` CPUs with AVX2 and FMA the loop uses 256-bit `vfmadd`
-/// instructions on twelve independent accumulators, which is the throughput
-/// ceiling an AVX2 GEMM micro-kernel can reach. Elsewhere a portable loop with
+/// On `x86_64` CPUs with AVX-512F the loop uses 512-bit `vfmadd`
+/// instructions on twelve independent accumulators, the ceiling of the
+/// AVX-512 `f32` micro-kernel; with AVX2 and FMA only (or when
+/// [`force_avx2`](super::force_avx2) caps the kernels) it uses 256-bit ones,
+/// the ceiling of the AVX2 kernels. Elsewhere a portable loop with
 /// the same structure is timed instead (whatever the compiler makes of it),
 /// so the number is still a meaningful ceiling for the portable GEMM path.
 ///
@@ -57,7 +60,17 @@ pub fn peak_fma_gflops(threads: usize) -> f64 {
 fn fma_loop() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if super::default_path() == super::Path::Auto && super::x86::Avx512::detect().is_some() {
+            // SAFETY: `fma_loop_avx512` only requires AVX-512F, whose
+            // presence was just checked at run time.
+            let out = unsafe { fma_loop_avx512(ITERS / 2, std::hint::black_box(1e-9)) };
+            std::hint::black_box(out);
+            return (ITERS / 2) * (CHAINS * 2 * LANES * 2) as u64;
+        }
+        if super::default_path() != super::Path::Portable
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
             // SAFETY: `fma_loop_avx2` only requires the AVX2 and FMA target
             // features, whose presence was just checked at run time.
             let out = unsafe { fma_loop_avx2(ITERS, std::hint::black_box(1e-9)) };
@@ -116,4 +129,28 @@ unsafe fn fma_loop_avx2(iters: u64, x: f32) -> f32 {
     let mut lanes = [0.0f32; LANES];
     _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
     lanes.iter().sum()
+}
+
+/// AVX-512F version: twelve `zmm` accumulators, each updated by one
+/// `vfmadd231ps` per iteration.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_loop_avx512(iters: u64, x: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let m = _mm512_set1_ps(std::hint::black_box(0.999_999));
+    let add = _mm512_set1_ps(x);
+    let mut acc = [_mm512_setzero_ps(); CHAINS];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = _mm512_set1_ps(i as f32 * 1e-3);
+    }
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, m, add);
+        }
+    }
+    let mut sum = _mm512_setzero_ps();
+    for a in acc {
+        sum = _mm512_add_ps(sum, a);
+    }
+    _mm512_reduce_add_ps(sum)
 }

@@ -25,13 +25,26 @@ use std::any::TypeId;
 enum Kind {
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
     Portable,
 }
 
 /// Which kernel runs for element type `T` now, and its `MR` and `kc`.
 fn kind_for<T: 'static>() -> (Kind, usize, usize) {
     #[cfg(target_arch = "x86_64")]
-    if super::default_path() == super::Path::Auto && super::x86::Avx2Fma::detect().is_some() {
+    if TypeId::of::<T>() == TypeId::of::<f32>()
+        && super::default_path() == super::Path::Auto
+        && super::x86::Avx512::detect().is_some()
+    {
+        return (
+            Kind::Avx512,
+            super::x86::Avx512F32::MR,
+            super::x86::Avx512F32::BLOCKING.kc,
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::default_path() != super::Path::Portable && super::x86::Avx2Fma::detect().is_some() {
         return if TypeId::of::<T>() == TypeId::of::<f32>() {
             (
                 Kind::Avx2,
@@ -229,7 +242,9 @@ fn run<E: Engine, X>(
     };
     match a.kind {
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx2 => E::run_prepacked_simd(shape, adata, n, b, ldb, beta, c, ldc),
+        Kind::Avx2 => E::run_prepacked_simd(false, shape, adata, n, b, ldb, beta, c, ldc),
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx512 => E::run_prepacked_simd(true, shape, adata, n, b, ldb, beta, c, ldc),
         Kind::Portable => drive(Portable::<E>::new(), shape, adata, n, b, ldb, beta, c, ldc),
     }
 }
@@ -251,7 +266,7 @@ pub(super) struct Shape<'a> {
 fn crowds_l1<T>(ld: usize, rows: usize) -> bool {
     let lines = ld * std::mem::size_of::<T>() / 64;
     let period = 64 / gcd(lines.max(1) % 64, 64).max(1);
-    ld * std::mem::size_of::<T>() % 64 == 0 && rows > 8 * period
+    (ld * std::mem::size_of::<T>()).is_multiple_of(64) && rows > 8 * period
 }
 
 fn gcd(a: usize, b: usize) -> usize {

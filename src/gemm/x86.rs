@@ -536,3 +536,186 @@ unsafe fn dot_f64<const R: usize, const C: usize>(
         }
     }
 }
+
+/// Proof that the running CPU supports AVX-512F (and AVX2 and FMA, which
+/// every AVX-512 CPU also has, so the AVX2 kernels' token can be derived).
+///
+/// Obtained only from [`Avx512::detect`]; see [`Avx2Fma`] for why holding
+/// the token makes the `#[target_feature(enable = "avx512f")]` calls sound.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512 {
+    avx2: Avx2Fma,
+}
+
+impl Avx512 {
+    /// Returns a token if (and only if) the CPU supports AVX-512F, AVX2 and FMA.
+    #[inline]
+    pub(crate) fn detect() -> Option<Self> {
+        let avx2 = Avx2Fma::detect()?;
+        is_x86_feature_detected!("avx512f").then_some(Avx512 { avx2 })
+    }
+
+    /// The AVX2+FMA token this CPU also has.
+    #[inline]
+    pub(crate) fn avx2(self) -> Avx2Fma {
+        self.avx2
+    }
+}
+
+/// AVX-512F `f32` micro-kernel (8 × 32): 16 `zmm` accumulators, two for the
+/// B row; the A element is broadcast straight from memory into each FMA.
+/// Twice the lanes of [`Avx2F32`] per instruction, so on CPUs with two
+/// 512-bit FMA ports it doubles the arithmetic ceiling. Its dot-product
+/// variant is the AVX2 one (those products are bound by memory, not FMAs).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512F32(pub(crate) Avx512);
+
+impl MicroKernel for Avx512F32 {
+    type T = f32;
+    const MR: usize = 8;
+    const NR: usize = 32;
+    const DOT_ROWS: usize = Avx2F32::DOT_ROWS;
+    const DOT_COLS: usize = Avx2F32::DOT_COLS;
+    const BLOCKING: Blocking = Blocking {
+        kc: 192,
+        mc: 144,
+        nc: 1024,
+    };
+
+    #[inline]
+    fn run(
+        self,
+        kc: usize,
+        alpha: f32,
+        a: &[f32],
+        b: &[f32],
+        ldb: usize,
+        beta: f32,
+        c: &mut [&mut [f32]],
+    ) {
+        let cols = check_tile(Self::MR, Self::NR, kc, a, b, ldb, c);
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: `self` holds an `Avx512` token, so AVX-512F is available.
+        // `check_tile` verified that `a` holds `kc * 8` elements, that `b`
+        // holds `(kc - 1) * ldb + 32`, that there are `1..=8` rows in `c`,
+        // each `cols` (`1..=32`) long; the instantiation chosen below reads
+        // exactly `R` rows of A per step, `16 * NV <= 32` columns of B per
+        // row, and writes (masked) `cols <= 16 * NV` elements of each of the
+        // `R` rows of `c`.
+        unsafe {
+            let wide = cols > 16;
+            match (c.len(), wide) {
+                (8, true) => kernel_f32_512::<8, 2>(kc, alpha, a, b, ldb, beta, c),
+                (7, true) => kernel_f32_512::<7, 2>(kc, alpha, a, b, ldb, beta, c),
+                (6, true) => kernel_f32_512::<6, 2>(kc, alpha, a, b, ldb, beta, c),
+                (5, true) => kernel_f32_512::<5, 2>(kc, alpha, a, b, ldb, beta, c),
+                (4, true) => kernel_f32_512::<4, 2>(kc, alpha, a, b, ldb, beta, c),
+                (3, true) => kernel_f32_512::<3, 2>(kc, alpha, a, b, ldb, beta, c),
+                (2, true) => kernel_f32_512::<2, 2>(kc, alpha, a, b, ldb, beta, c),
+                (1, true) => kernel_f32_512::<1, 2>(kc, alpha, a, b, ldb, beta, c),
+                (8, false) => kernel_f32_512::<8, 1>(kc, alpha, a, b, ldb, beta, c),
+                (7, false) => kernel_f32_512::<7, 1>(kc, alpha, a, b, ldb, beta, c),
+                (6, false) => kernel_f32_512::<6, 1>(kc, alpha, a, b, ldb, beta, c),
+                (5, false) => kernel_f32_512::<5, 1>(kc, alpha, a, b, ldb, beta, c),
+                (4, false) => kernel_f32_512::<4, 1>(kc, alpha, a, b, ldb, beta, c),
+                (3, false) => kernel_f32_512::<3, 1>(kc, alpha, a, b, ldb, beta, c),
+                (2, false) => kernel_f32_512::<2, 1>(kc, alpha, a, b, ldb, beta, c),
+                _ => kernel_f32_512::<1, 1>(kc, alpha, a, b, ldb, beta, c),
+            }
+        }
+    }
+
+    #[inline]
+    fn dot(self, alpha: f32, a: &[&[f32]], b: &[&[f32]], beta: f32, c: &mut [&mut [f32]]) {
+        Avx2F32(self.0.avx2()).dot(alpha, a, b, beta, c)
+    }
+}
+
+/// `R × (16·NV)` `f32` AVX-512 kernel body.
+///
+/// # Safety
+/// AVX-512F must be available; `a` must be valid for reads of `kc * 8`
+/// elements, `b` for reads of `(kc - 1) * ldb + 16 * NV` elements (when
+/// `kc > 0`); `c` must have at least `R` rows, each at most `16 * NV` long.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_f32_512<const R: usize, const NV: usize>(
+    kc: usize,
+    alpha: f32,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    beta: f32,
+    c: &mut [&mut [f32]],
+) {
+    const MR: usize = 8;
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
+    let mut ap = a;
+    let mut bp = b;
+    // Main loop, unrolled by two steps of k.
+    let mut p = 0;
+    while p + 2 <= kc {
+        for s in 0..2 {
+            let brow = bp.add(s * ldb);
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(brow.add(16 * v));
+            }
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(s * MR + r));
+                for v in 0..NV {
+                    accr[v] = _mm512_fmadd_ps(av, bv[v], accr[v]);
+                }
+            }
+        }
+        ap = ap.add(2 * MR);
+        bp = bp.add(2 * ldb);
+        p += 2;
+    }
+    if p < kc {
+        let mut bv = [_mm512_setzero_ps(); NV];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(bp.add(16 * v));
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*ap.add(r));
+            for v in 0..NV {
+                accr[v] = _mm512_fmadd_ps(av, bv[v], accr[v]);
+            }
+        }
+    }
+
+    let valpha = _mm512_set1_ps(alpha);
+    let vbeta = _mm512_set1_ps(beta);
+    for (r, accr) in acc.iter().enumerate() {
+        let row: &mut [f32] = c.get_unchecked_mut(r);
+        let cols = row.len();
+        let cp = row.as_mut_ptr();
+        for (v, &x) in accr.iter().enumerate() {
+            let off = 16 * v;
+            if off >= cols {
+                break;
+            }
+            let x = if alpha == 1.0 {
+                x
+            } else {
+                _mm512_mul_ps(x, valpha)
+            };
+            // Lanes past the row's end are masked off: never read, never written.
+            let mask: __mmask16 = if off + 16 <= cols {
+                0xffff
+            } else {
+                ((1u32 << (cols - off)) - 1) as __mmask16
+            };
+            let dst = cp.add(off);
+            let out = if beta == 0.0 {
+                x
+            } else if beta == 1.0 {
+                _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), x)
+            } else {
+                _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, dst), vbeta, x)
+            };
+            _mm512_mask_storeu_ps(dst, mask, out);
+        }
+    }
+}

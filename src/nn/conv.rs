@@ -52,7 +52,7 @@ impl Conv2d {
         let k = kernel.into();
         let g = options.groups.max(1);
         assert!(
-            in_channels % g == 0 && out_channels % g == 0,
+            in_channels.is_multiple_of(g) && out_channels.is_multiple_of(g),
             "Conv2d `{name}`: {in_channels} input and {out_channels} output channels must both be divisible by groups ({g})"
         );
         let fan_in = in_channels / g * k.h * k.w;
