@@ -265,9 +265,9 @@ fn random_config(rng: &mut StdRng, k: usize) -> ([usize; 4], [usize; 4], Conv2dO
         let n = rng.random_range(1..4);
         let (h, w) = (rng.random_range(1..12), rng.random_range(1..12));
         let mut r = |lo: usize, hi: usize| (rng.random_range(lo..hi), rng.random_range(lo..hi));
-        let (kh, kw) = if k % 5 == 0 { (1, 1) } else { r(1, 5) };
-        let stride = if k % 5 == 0 { (1, 1) } else { r(1, 4) };
-        let padding = if k % 5 == 0 { (0, 0) } else { r(0, 3) };
+        let (kh, kw) = if k.is_multiple_of(5) { (1, 1) } else { r(1, 5) };
+        let stride = if k.is_multiple_of(5) { (1, 1) } else { r(1, 4) };
+        let padding = if k.is_multiple_of(5) { (0, 0) } else { r(0, 3) };
         let dilation = r(1, 3);
         let fits = AxisGeometry::new(h, kh, stride.0, padding.0, dilation.0).is_some()
             && AxisGeometry::new(w, kw, stride.1, padding.1, dilation.1).is_some();
