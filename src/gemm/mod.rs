@@ -1270,6 +1270,7 @@ mod tests {
             (13, 70, 513),
             (145, 9, 40),
             (3, 4100, 5),
+            (5, 6, 131), // dot kernel: partial tiles in both directions, masked tail
         ];
         for &(m, n, k) in &shapes {
             for (la, lb) in [

@@ -537,28 +537,22 @@ unsafe fn dot_f64<const R: usize, const C: usize>(
     }
 }
 
-/// Proof that the running CPU supports AVX-512F (and AVX2 and FMA, which
-/// every AVX-512 CPU also has, so the AVX2 kernels' token can be derived).
+/// Proof that the running CPU supports AVX-512F.
 ///
 /// Obtained only from [`Avx512::detect`]; see [`Avx2Fma`] for why holding
 /// the token makes the `#[target_feature(enable = "avx512f")]` calls sound.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx512 {
-    avx2: Avx2Fma,
+    _private: (),
 }
 
 impl Avx512 {
-    /// Returns a token if (and only if) the CPU supports AVX-512F, AVX2 and FMA.
+    /// Returns a token if (and only if) the CPU supports AVX-512F (and AVX2
+    /// and FMA, so that the AVX2 kernels are available beside it).
     #[inline]
     pub(crate) fn detect() -> Option<Self> {
-        let avx2 = Avx2Fma::detect()?;
-        is_x86_feature_detected!("avx512f").then_some(Avx512 { avx2 })
-    }
-
-    /// The AVX2+FMA token this CPU also has.
-    #[inline]
-    pub(crate) fn avx2(self) -> Avx2Fma {
-        self.avx2
+        Avx2Fma::detect()?;
+        is_x86_feature_detected!("avx512f").then_some(Avx512 { _private: () })
     }
 }
 
@@ -566,7 +560,7 @@ impl Avx512 {
 /// B row; the A element is broadcast straight from memory into each FMA.
 /// Twice the lanes of [`Avx2F32`] per instruction, so on CPUs with two
 /// 512-bit FMA ports it doubles the arithmetic ceiling. Its dot-product
-/// variant is the AVX2 one (those products are bound by memory, not FMAs).
+/// variant is a 4 × 4 tile (16 accumulators).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx512F32(pub(crate) Avx512);
 
@@ -574,8 +568,8 @@ impl MicroKernel for Avx512F32 {
     type T = f32;
     const MR: usize = 8;
     const NR: usize = 32;
-    const DOT_ROWS: usize = Avx2F32::DOT_ROWS;
-    const DOT_COLS: usize = Avx2F32::DOT_COLS;
+    const DOT_ROWS: usize = 4;
+    const DOT_COLS: usize = 4;
     const BLOCKING: Blocking = Blocking {
         kc: 192,
         mc: 144,
@@ -627,7 +621,37 @@ impl MicroKernel for Avx512F32 {
 
     #[inline]
     fn dot(self, alpha: f32, a: &[&[f32]], b: &[&[f32]], beta: f32, c: &mut [&mut [f32]]) {
-        Avx2F32(self.0.avx2()).dot(alpha, a, b, beta, c)
+        let len = check_dot(4, 4, a, b, c);
+        let ap: [*const f32; 4] =
+            std::array::from_fn(|r| a.get(r).map_or(a[0].as_ptr(), |x| x.as_ptr()));
+        let bp: [*const f32; 4] =
+            std::array::from_fn(|j| b.get(j).map_or(b[0].as_ptr(), |x| x.as_ptr()));
+        // SAFETY: `self` holds an `Avx512` token, so AVX-512F is available.
+        // `check_dot` verified that every row of `a` and column of `b` holds
+        // `len` elements and that `c` is `a.len() × b.len()`; the
+        // instantiation below reads `len` elements from each of the first `R`
+        // row pointers and `C` column pointers (`R = a.len()`, `C = b.len()`)
+        // and writes `c[r][j]` for `r < R`, `j < C` only.
+        unsafe {
+            match (a.len(), b.len()) {
+                (4, 4) => dot_f32_512::<4, 4>(len, alpha, ap, bp, beta, c),
+                (4, 3) => dot_f32_512::<4, 3>(len, alpha, ap, bp, beta, c),
+                (4, 2) => dot_f32_512::<4, 2>(len, alpha, ap, bp, beta, c),
+                (4, 1) => dot_f32_512::<4, 1>(len, alpha, ap, bp, beta, c),
+                (3, 4) => dot_f32_512::<3, 4>(len, alpha, ap, bp, beta, c),
+                (3, 3) => dot_f32_512::<3, 3>(len, alpha, ap, bp, beta, c),
+                (3, 2) => dot_f32_512::<3, 2>(len, alpha, ap, bp, beta, c),
+                (3, 1) => dot_f32_512::<3, 1>(len, alpha, ap, bp, beta, c),
+                (2, 4) => dot_f32_512::<2, 4>(len, alpha, ap, bp, beta, c),
+                (2, 3) => dot_f32_512::<2, 3>(len, alpha, ap, bp, beta, c),
+                (2, 2) => dot_f32_512::<2, 2>(len, alpha, ap, bp, beta, c),
+                (2, 1) => dot_f32_512::<2, 1>(len, alpha, ap, bp, beta, c),
+                (1, 4) => dot_f32_512::<1, 4>(len, alpha, ap, bp, beta, c),
+                (1, 3) => dot_f32_512::<1, 3>(len, alpha, ap, bp, beta, c),
+                (1, 2) => dot_f32_512::<1, 2>(len, alpha, ap, bp, beta, c),
+                _ => dot_f32_512::<1, 1>(len, alpha, ap, bp, beta, c),
+            }
+        }
     }
 }
 
@@ -716,6 +740,63 @@ unsafe fn kernel_f32_512<const R: usize, const NV: usize>(
                 _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, dst), vbeta, x)
             };
             _mm512_mask_storeu_ps(dst, mask, out);
+        }
+    }
+}
+
+/// `R × C` dot-product tile for f32 on 512-bit vectors:
+/// `c[r][j] = alpha·(a_r · b_j) + beta·c[r][j]`.
+///
+/// # Safety
+/// AVX-512F must be available; `a[..R]` and `b[..C]` must each be valid for
+/// reads of `len` elements; `c` must have at least `R` rows of at least `C`
+/// elements.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_f32_512<const R: usize, const C: usize>(
+    len: usize,
+    alpha: f32,
+    a: [*const f32; 4],
+    b: [*const f32; 4],
+    beta: f32,
+    c: &mut [&mut [f32]],
+) {
+    const L: usize = 16;
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let mut p = 0;
+    while p + L <= len {
+        let mut bv = [_mm512_setzero_ps(); C];
+        for (j, x) in bv.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(b[j].add(p));
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_loadu_ps(a[r].add(p));
+            for (x, &bj) in accr.iter_mut().zip(&bv) {
+                *x = _mm512_fmadd_ps(av, bj, *x);
+            }
+        }
+        p += L;
+    }
+    if p < len {
+        // Tail: masked loads read only the `len - p` remaining elements
+        // (masked-off lanes are never accessed and read as zero).
+        let mask: __mmask16 = ((1u32 << (len - p)) - 1) as __mmask16;
+        let mut bv = [_mm512_setzero_ps(); C];
+        for (j, x) in bv.iter_mut().enumerate() {
+            *x = _mm512_maskz_loadu_ps(mask, b[j].add(p));
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_maskz_loadu_ps(mask, a[r].add(p));
+            for (x, &bj) in accr.iter_mut().zip(&bv) {
+                *x = _mm512_fmadd_ps(av, bj, *x);
+            }
+        }
+    }
+    for (r, accr) in acc.iter().enumerate() {
+        let row: &mut [f32] = c.get_unchecked_mut(r);
+        for (j, &x) in accr.iter().enumerate() {
+            let s = alpha * _mm512_reduce_add_ps(x);
+            let d = row.get_unchecked_mut(j);
+            *d = if beta == 0.0 { s } else { s + beta * *d };
         }
     }
 }
