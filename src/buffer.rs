@@ -42,34 +42,94 @@ fn with_pool<T: Float, R>(f: impl FnOnce(&mut Vec<Vec<T>>) -> R) -> Option<R> {
         .flatten()
 }
 
-/// An empty vector with room for at least `n` elements, recycled when possible.
-pub(crate) fn with_capacity<T: Float>(n: usize) -> Vec<T> {
-    if n * std::mem::size_of::<T>() >= MIN_BYTES {
-        let reused = with_pool::<T, _>(|pool| {
-            // The smallest pooled buffer that fits without wasting more than a fifth of it
-            // (steps repeat the same shapes, so exact fits are the common case).
-            let best = pool
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| v.capacity() >= n && v.capacity() <= n + n / 4)
-                .min_by_key(|(_, v)| v.capacity())
-                .map(|(i, _)| i)?;
-            Some(pool.swap_remove(best))
-        })
-        .flatten();
-        if let Some(mut v) = reused {
-            v.clear();
-            return v;
-        }
+/// A pooled buffer with room for `n` elements (and its old contents), if one fits.
+fn take<T: Float>(n: usize) -> Option<Vec<T>> {
+    if n * std::mem::size_of::<T>() < MIN_BYTES {
+        return None;
     }
-    Vec::with_capacity(n)
+    with_pool::<T, _>(|pool| {
+        // The smallest pooled buffer that fits without wasting more than a fifth of it
+        // (steps repeat the same shapes, so exact fits are the common case).
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= n && v.capacity() <= n + n / 4)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i)?;
+        Some(pool.swap_remove(best))
+    })
+    .flatten()
 }
 
-/// `n` copies of `value`, in a recycled buffer when possible.
+/// An empty vector with room for at least `n` elements, recycled when possible.
+pub(crate) fn with_capacity<T: Float>(n: usize) -> Vec<T> {
+    match take(n) {
+        Some(mut v) => {
+            v.clear();
+            v
+        }
+        None => Vec::with_capacity(n),
+    }
+}
+
+/// `n` copies of `value`, in a recycled buffer when possible. Large buffers
+/// are filled by all [`gemm::num_threads`](crate::gemm::num_threads) threads.
 pub(crate) fn full<T: Float>(n: usize, value: T) -> Vec<T> {
-    let mut v = with_capacity(n);
-    v.resize(n, value);
+    match take(n) {
+        Some(mut v) => {
+            v.truncate(n);
+            v.resize(n, value);
+            fill(&mut v, value);
+            v
+        }
+        // A zeroed allocation (the OS hands out zero pages lazily).
+        None if value == T::ZERO => vec![T::ZERO; n],
+        None => {
+            let mut v = vec![T::ZERO; n];
+            fill(&mut v, value);
+            v
+        }
+    }
+}
+
+/// `n` elements whose values are unspecified (a recycled buffer's old
+/// contents, or zeros), for outputs the caller overwrites entirely. Debug
+/// builds fill it with NaN, so that an element a kernel forgets to write
+/// shows up in the tests rather than passing as a stale value.
+pub(crate) fn scratch<T: Float>(n: usize) -> Vec<T> {
+    let mut v = match take(n) {
+        Some(mut v) => {
+            v.truncate(n);
+            v.resize(n, T::ZERO);
+            v
+        }
+        None => vec![T::ZERO; n],
+    };
+    if cfg!(debug_assertions) {
+        v.fill(T::from_f64(f64::NAN));
+    }
     v
+}
+
+/// Sets every element of `v` to `value`, splitting a large buffer between
+/// threads (each fills, and so brings into its cache, one contiguous part).
+pub(crate) fn fill<T: Float>(v: &mut [T], value: T) {
+    fill_on(v, value, crate::gemm::num_threads());
+}
+
+/// [`fill`] on up to `threads` threads.
+fn fill_on<T: Float>(v: &mut [T], value: T, threads: usize) {
+    const PAR_BYTES: usize = 1 << 20;
+    if threads < 2 || std::mem::size_of_val(v) < PAR_BYTES {
+        v.fill(value);
+        return;
+    }
+    let chunk = v.len().div_ceil(threads);
+    rayon::scope(|s| {
+        for part in v.chunks_mut(chunk) {
+            s.spawn(move |_| part.fill(value));
+        }
+    });
 }
 
 /// Hands a buffer back for reuse (or to the allocator if it is small or the pool is full).
@@ -110,6 +170,46 @@ mod tests {
         // f64 buffers live in their own pool.
         let d = with_capacity::<f64>(90_000);
         assert_ne!(d.as_ptr() as *const f32, ptr);
+    }
+
+    #[test]
+    fn full_refills_recycled_buffers_of_every_length() {
+        // Longer, equal and shorter recycled buffers.
+        for (old, new) in [(300_000, 260_000), (300_000, 300_000), (250_000, 300_000)] {
+            recycle(full::<f32>(old, 7.0));
+            let v = full::<f32>(new, -1.5);
+            assert_eq!(v.len(), new);
+            assert!(v.iter().all(|&x| x == -1.5), "{old} -> {new}");
+            recycle(v);
+        }
+        let fresh = full::<f64>(200_000, 2.0);
+        assert!(fresh.iter().all(|&x| x == 2.0));
+    }
+
+    #[test]
+    fn fill_splits_large_buffers_between_threads() {
+        // Above a MiB the parts are filled in parallel; lengths that do not
+        // divide evenly included.
+        for len in [10, 300_001, 1 << 20] {
+            for threads in [1, 2, 3] {
+                let mut v = vec![1.0f32; len];
+                fill_on(&mut v, 4.0, threads);
+                assert!(v.iter().all(|&x| x == 4.0), "{len}, {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    fn scratch_has_the_length_asked_for_and_is_poisoned_in_debug_builds() {
+        recycle(full::<f32>(100_000, 3.0));
+        for n in [90_000, 100_000, 10] {
+            let v = scratch::<f32>(n);
+            assert_eq!(v.len(), n);
+            if cfg!(debug_assertions) {
+                assert!(v.iter().all(|x| x.is_nan()));
+            }
+            recycle(v);
+        }
     }
 
     #[test]

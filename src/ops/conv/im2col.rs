@@ -663,7 +663,8 @@ pub(super) fn forward<T: Float>(
     let max_rows = row_blocks::<T>(geom).map(|r| r.len()).max().unwrap_or(0);
     let stride = block_stride::<T>(max_rows * ow);
     let scratch_len = if pointwise { 0 } else { depth * stride };
-    let mut y = crate::buffer::full(geom.output_shape().iter().product(), T::ZERO);
+    // Overwritten block by block (the GEMMs run with beta = 0).
+    let mut y = crate::buffer::scratch(geom.output_shape().iter().product());
     let ranges = batch_split(geom);
     let chunks = split_by(&mut y, &ranges, geom.out_channels * ohw);
     let jobs: Vec<_> = ranges.into_iter().zip(chunks).collect();
@@ -754,7 +755,8 @@ pub(super) fn backward<T: Float>(
     let ranges = batch_split(geom);
     let tasks = ranges.len();
     let (dw_len, db_len) = (geom.out_channels * ckk, geom.out_channels);
-    let mut dx = need_dx.then(|| crate::buffer::full(geom.input_shape().iter().product(), T::ZERO));
+    // Every block of dX is cleared (or overwritten) by the task that owns it.
+    let mut dx = need_dx.then(|| crate::buffer::scratch(geom.input_shape().iter().product()));
     // Task 0 writes the final dW and db; the others write partial sums here.
     let mut dw = need_dw.then(|| vec![T::ZERO; dw_len]);
     let mut db = need_db.then(|| vec![T::ZERO; db_len]);
@@ -825,7 +827,12 @@ pub(super) fn backward<T: Float>(
                                         q.fill(T::ZERO);
                                         q
                                     }
-                                    None => &mut *dxg,
+                                    None => {
+                                        // col2im adds into dX (a scratch buffer): clear this
+                                        // block here, on this task's thread, just before use.
+                                        dxg.fill(T::ZERO);
+                                        &mut *dxg
+                                    }
                                 };
                                 for rows in row_blocks::<T>(geom) {
                                     let (j0, nc) = (rows.start * ow, rows.len() * ow);

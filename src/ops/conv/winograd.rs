@@ -532,7 +532,8 @@ pub(super) fn forward<T: Float>(
             .try_into()
             .expect("3x3 kernel")
     });
-    let mut y = crate::buffer::full(geom.output_shape().iter().product(), T::ZERO);
+    // Every pixel is written by `output_transform`.
+    let mut y = crate::buffer::scratch(geom.output_shape().iter().product());
     let ranges = batch_split(geom);
     let jobs: Vec<_> = ranges
         .iter()
@@ -600,7 +601,8 @@ pub(super) fn backward<T: Float>(
     };
     let tw = Tiles::new(geom.h.input, geom.w.input, geom.h.padding, geom.w.padding);
     let du_len = geom.groups * 16 * og * cg;
-    let mut dx = need_dx.then(|| crate::buffer::full(geom.input_shape().iter().product(), T::ZERO));
+    // Every pixel is written by `conv_one`'s output transform.
+    let mut dx = need_dx.then(|| crate::buffer::scratch(geom.input_shape().iter().product()));
     let mut du = vec![T::ZERO; if need_dw { tasks * du_len } else { 0 }];
     let mut db = vec![
         T::ZERO;
