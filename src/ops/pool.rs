@@ -373,7 +373,8 @@ impl<'t, T: Float> Var<'t, T> {
         let x = xv.data();
         let (ip, op) = (geom.in_plane(), geom.out_plane());
         let win = Windows::new(&geom);
-        let mut y = crate::buffer::full(out_shape.numel(), T::ZERO);
+        // Every window writes its output.
+        let mut y = crate::buffer::scratch(out_shape.numel());
         // The selected element of each window, as an offset within its (n, c) plane.
         let mut argmax = vec![0u32; out_shape.numel()];
         let ranges = geom.split();
@@ -395,9 +396,11 @@ impl<'t, T: Float> Var<'t, T> {
         });
         let y = Tensor::from_parts(y, out_shape);
         self.tape.record("max_pool2d", y, &[self], move |ctx| {
-            let mut dx = crate::buffer::full(ctx.inputs[0].numel(), T::ZERO);
+            // Cleared part by part by the thread that adds into it.
+            let mut dx = crate::buffer::scratch(ctx.inputs[0].numel());
             let g = ctx.grad.data();
             geom.par_planes(&mut dx, ip, |planes, dx| {
+                dx.fill(T::ZERO);
                 let g = &g[planes.start * op..planes.end * op];
                 let arg = &argmax[planes.start * op..planes.end * op];
                 for ((dx, g), arg) in dx
@@ -442,7 +445,8 @@ impl<'t, T: Float> Var<'t, T> {
         let x = xv.data();
         let (ip, op) = (geom.in_plane(), geom.out_plane());
         let win = Windows::new(&geom);
-        let mut y = crate::buffer::full(out_shape.numel(), T::ZERO);
+        // Every window writes its output.
+        let mut y = crate::buffer::scratch(out_shape.numel());
         geom.par_planes(&mut y, op, |planes, y| {
             let x = &x[planes.start * ip..planes.end * ip];
             for (plane, y) in x.chunks_exact(ip).zip(y.chunks_exact_mut(op)) {
@@ -463,9 +467,11 @@ impl<'t, T: Float> Var<'t, T> {
         });
         let y = Tensor::from_parts(y, out_shape);
         self.tape.record("avg_pool2d", y, &[self], move |ctx| {
-            let mut dx = crate::buffer::full(ctx.inputs[0].numel(), T::ZERO);
+            // Cleared part by part by the thread that adds into it.
+            let mut dx = crate::buffer::scratch(ctx.inputs[0].numel());
             let g = ctx.grad.data();
             geom.par_planes(&mut dx, ip, |planes, dx| {
+                dx.fill(T::ZERO);
                 let g = &g[planes.start * op..planes.end * op];
                 for (dx, g) in dx.chunks_exact_mut(ip).zip(g.chunks_exact(op)) {
                     let mut at = 0;
