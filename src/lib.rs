@@ -6,6 +6,7 @@ mod error;
 mod float;
 mod ops;
 mod shape;
+mod simd;
 mod tape;
 mod tensor;
 

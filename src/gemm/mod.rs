@@ -319,6 +319,11 @@ enum Path {
     Portable,
 }
 
+/// Whether SIMD code paths are allowed (not forced off by [`force_portable`]).
+pub(crate) fn simd_allowed() -> bool {
+    default_path() != Path::Portable
+}
+
 fn default_path() -> Path {
     if FORCE_PORTABLE.load(Ordering::Relaxed) {
         Path::Portable

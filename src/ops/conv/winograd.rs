@@ -39,6 +39,7 @@ use super::im2col::{
 use super::parallel::{run_jobs, split_by};
 use super::Conv2dGeometry;
 use crate::gemm::prepacked::{gemm_prepacked, PackedA};
+use crate::simd::multiversion;
 use crate::Float;
 use std::ops::Range;
 
@@ -186,6 +187,7 @@ impl<T: Float> Rows<T> {
 /// Splits an input row, padded by `pw` zeros on the left (and as many as
 /// needed on the right), into its even and odd columns:
 /// `even[q] = row[2q − pw]`, `odd[q] = row[2q + 1 − pw]` (0 outside the row).
+#[inline(always)]
 fn split_row<T: Float>(line: &[T], pw: usize, even: &mut [T], odd: &mut [T]) {
     let at = |col: usize| {
         col.checked_sub(pw)
@@ -214,6 +216,7 @@ fn split_row<T: Float>(line: &[T], pw: usize, even: &mut [T], odd: &mut [T]) {
 /// `x` (`[cin, ih, iw]`). Each padded input row is transformed across once
 /// (it lies under two tile rows); the transform down the four rows under each
 /// tile then runs over the whole block at once.
+#[inline(always)]
 fn input_transform<T: Float>(
     t: &Tiles,
     cin: usize,
@@ -297,6 +300,7 @@ fn four_rows_mut<T>(v: &mut [T], at: [usize; 4], len: usize) -> [&mut [T]; 4] {
 /// Output transform of one block of tile rows: `y[o]` (`[cout, oh, ow]`) gets
 /// `Aᵀ M_t[o] A (+ bias[o])` from `m[ξ][o][t]` (row stride `ld`).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn output_transform<T: Float>(
     t: &Tiles,
     cout: usize,
@@ -351,6 +355,7 @@ fn output_transform<T: Float>(
 
 /// `A dY_t Aᵀ` of one block of tile rows: `w[ξ][o][t]` (row stride `ld`) from a
 /// `cout`-channel output gradient `dy` (`[cout, oh, ow]`).
+#[inline(always)]
 fn grad_transform<T: Float>(
     t: &Tiles,
     cout: usize,
@@ -416,6 +421,17 @@ fn pack_transformed<T: Float>(
         .collect()
 }
 
+multiversion!(fn input_transform_simd<T: Float>(
+    t: &Tiles, cin: usize, x: &[T], rows: Range<usize>, ld: usize, v: &mut [T], buf: &mut Rows<T>,
+) => input_transform);
+multiversion!(fn output_transform_simd<T: Float>(
+    t: &Tiles, cout: usize, m: &[T], rows: Range<usize>, ld: usize, bias: Option<&[T]>,
+    y: &mut [T], buf: &mut Rows<T>,
+) => output_transform);
+multiversion!(fn grad_transform_simd<T: Float>(
+    t: &Tiles, cout: usize, dy: &[T], rows: Range<usize>, ld: usize, w: &mut [T], buf: &mut Rows<T>,
+) => grad_transform);
+
 /// The scratch lengths `(v, m)` of [`conv_one`] for these tiles and channels.
 fn conv_scratch<T>(t: &Tiles, cin: usize, cout: usize) -> (usize, usize) {
     let ld = t.ld::<T>(cin, cout);
@@ -447,13 +463,13 @@ fn conv_one<T: Float>(
     let ld = t.ld::<T>(cin, cout);
     for rows in t.blocks::<T>(cin, cout) {
         let nt = rows.len() * t.tw;
-        input_transform(t, cin, x, rows.clone(), ld, v, buf);
+        input_transform_simd(t, cin, x, rows.clone(), ld, v, buf);
         for (xi, uxi) in u.iter().enumerate() {
             let vx = &v[xi * cin * ld..][..cin * ld];
             let mx = &mut m[xi * cout * ld..][..cout * ld];
             gemm_prepacked(uxi, nt, vx, ld, true, mx, ld);
         }
-        output_transform(t, cout, m, rows, ld, bias, y, buf);
+        output_transform_simd(t, cout, m, rows, ld, bias, y, buf);
     }
 }
 
@@ -475,8 +491,8 @@ fn weight_grad_one<T: Float>(
     let ld = t.ld::<T>(cin, cout);
     for rows in t.blocks::<T>(cin, cout) {
         let nt = rows.len() * t.tw;
-        input_transform(t, cin, x, rows.clone(), ld, v, buf);
-        grad_transform(t, cout, dy, rows, ld, wd, buf);
+        input_transform_simd(t, cin, x, rows.clone(), ld, v, buf);
+        grad_transform_simd(t, cout, dy, rows, ld, wd, buf);
         for xi in 0..16 {
             // dU_ξ (cout × cin) += Wd_ξ (cout × nt) · V_ξᵀ (nt × cin)
             let a = MatRef {
