@@ -436,6 +436,45 @@ impl<T: Float> Tensor<T> {
         Self::collect(self.shape.clone(), v)
     }
 
+    /// The gradient of an elementwise op: `self · f(x, y)` per element, where `self` is
+    /// the output gradient and `x`, `y` the op's input and output (all of one shape).
+    #[inline]
+    pub(crate) fn grad_map(
+        &self,
+        x: &Tensor<T>,
+        y: &Tensor<T>,
+        f: impl Fn(T, T) -> T,
+    ) -> Tensor<T> {
+        if let (Storage::One(g), Storage::One(x), Storage::One(y)) = (&self.data, &x.data, &y.data)
+        {
+            return Tensor {
+                data: Storage::One(*g * f(*x, *y)),
+                shape: self.shape.clone(),
+            };
+        }
+        debug_assert!(self.shape == x.shape && self.shape == y.shape);
+        let v = self
+            .data
+            .iter()
+            .zip(x.data.iter())
+            .zip(y.data.iter())
+            .map(|((&g, &x), &y)| g * f(x, y));
+        Self::collect(self.shape.clone(), v)
+    }
+
+    /// `self += other` elementwise (copy-on-write); the shapes must match.
+    #[inline]
+    pub(crate) fn add_assign_same_shape(&mut self, other: &Tensor<T>) {
+        debug_assert!(self.shape == other.shape);
+        if let (Storage::One(a), Storage::One(b)) = (&mut self.data, &other.data) {
+            *a += *b;
+            return;
+        }
+        for (a, b) in self.data_mut().iter_mut().zip(other.data()) {
+            *a += *b;
+        }
+    }
+
     /// Sum of all elements.
     ///
     /// ```

@@ -3,7 +3,7 @@
 //! The backward of a broadcast operand sums the gradient over the stretched axes
 //! ([`Tensor::sum_to`]), so every gradient has its operand's shape.
 
-use crate::tape::{one, two};
+use crate::tape::{one, two, Backward};
 use crate::{Float, Var};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
@@ -119,7 +119,7 @@ impl<'t, T: Float> Var<'t, T> {
     pub fn neg(self) -> Var<'t, T> {
         let y = self.tape.with_value(self.id, |x| x.map(|v| -v));
         self.tape
-            .record("neg", y, &[self], |ctx| one(ctx.grad.map(|g| -g)))
+            .record_unary("neg", y, self, T::ZERO, Backward::Unary(|_, _| -T::ONE))
     }
 
     /// `self + c` for a scalar `c`. ∂/∂x = 1.
@@ -133,7 +133,7 @@ impl<'t, T: Float> Var<'t, T> {
     pub fn add_scalar(self, c: T) -> Var<'t, T> {
         let y = self.tape.with_value(self.id, |x| x.map(|v| v + c));
         self.tape
-            .record("add_scalar", y, &[self], |ctx| one(ctx.grad.clone()))
+            .record_unary("add_scalar", y, self, T::ZERO, Backward::Identity)
     }
 
     /// `self * c` for a scalar `c`. ∂/∂x = c.
@@ -146,9 +146,8 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn mul_scalar(self, c: T) -> Var<'t, T> {
         let y = self.tape.with_value(self.id, |x| x.map(|v| v * c));
-        self.tape.record_scalar("mul_scalar", y, &[self], c, |ctx| {
-            one(ctx.grad.map(|g| g * ctx.scalar))
-        })
+        self.tape
+            .record_unary("mul_scalar", y, self, c, Backward::UnaryWith(|_, _, c| c))
     }
 
     /// `self / c` for a scalar `c` (correctly rounded, unlike multiplying by 1/c). ∂/∂x = 1/c.
@@ -176,9 +175,14 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.rsub_scalar(5.0).value().item(), 4.0);
     /// ```
     pub fn rsub_scalar(self, c: T) -> Var<'t, T> {
-        let y = self.value().map(|v| c - v);
-        self.tape
-            .record("rsub_scalar", y, &[self], |ctx| one(ctx.grad.map(|g| -g)))
+        let y = self.tape.with_value(self.id, |x| x.map(|v| c - v));
+        self.tape.record_unary(
+            "rsub_scalar",
+            y,
+            self,
+            T::ZERO,
+            Backward::Unary(|_, _| -T::ONE),
+        )
     }
 
     /// `c / self` for a scalar `c`. ∂/∂x = −c/x² = −y/x.
