@@ -502,7 +502,10 @@ impl<T: Float> Tape<T> {
         let mut inputs: Vec<&Tensor<T>> = Vec::with_capacity(4);
         let mut needs: Vec<bool> = Vec::with_capacity(4);
         for i in (0..=root).rev() {
-            let Some(g) = grads[i].take() else { continue };
+            // Parents come before their children, so the slots a node adds into are all
+            // in `before`, and its own gradient is read in place, not moved out and back.
+            let (before, rest) = grads.split_at_mut(i);
+            let Some(g) = rest[0].as_ref() else { continue };
             let node = &nodes[i];
             // One-parent elementwise ops: the parent's gradient has the node's shape by
             // construction, and the parent requires a gradient (else there is no backward).
@@ -519,7 +522,7 @@ impl<T: Float> Tape<T> {
                     Some(g.grad_map(x, &node.value, |x, y| df(x, y, c)))
                 }
                 Backward::Closure(ref bw) => {
-                    self.call_closure(&graph, i, bw, &g, &mut inputs, &mut needs, &mut grads);
+                    self.call_closure(&graph, i, bw, g, &mut inputs, &mut needs, before);
                     None
                 }
             };
@@ -528,10 +531,10 @@ impl<T: Float> Tape<T> {
                 if check && !pgrad.all_finite() {
                     non_finite_gradient(i, node.op, 0, p, nodes[p].op);
                 }
-                accumulate(&mut grads[p], pgrad);
+                accumulate(&mut before[p], pgrad);
             }
-            if keep_intermediate || node.kind == Kind::Leaf {
-                grads[i] = Some(g);
+            if !keep_intermediate && node.kind != Kind::Leaf {
+                rest[0] = None;
             }
         }
         Gradients { grads }
