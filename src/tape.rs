@@ -92,8 +92,9 @@ pub(crate) enum Backward<T: Float> {
 /// plain function pointer instead of a closure.
 struct Node<T: Float> {
     value: Tensor<T>,
-    /// This node's parents are `parent_ids[parents_start..][..parents_len]`.
-    parents_start: u32,
+    /// The parent's id if the node has exactly one parent (most ops), else where its
+    /// parents' ids start in the tape's `parent_ids`.
+    parents_at: usize,
     parents_len: u32,
     op: &'static str,
     kind: Kind,
@@ -112,9 +113,12 @@ struct Graph<T: Float> {
 impl<T: Float> Graph<T> {
     /// The parent ids of `node`.
     #[inline]
-    fn parents(&self, node: &Node<T>) -> &[usize] {
-        let start = node.parents_start as usize;
-        &self.parent_ids[start..start + node.parents_len as usize]
+    fn parents<'a>(&'a self, node: &'a Node<T>) -> &'a [usize] {
+        if node.parents_len == 1 {
+            std::slice::from_ref(&node.parents_at)
+        } else {
+            &self.parent_ids[node.parents_at..node.parents_at + node.parents_len as usize]
+        }
     }
 }
 
@@ -311,7 +315,7 @@ impl<T: Float> Tape<T> {
     }
 
     /// Records a one-parent op whose backward is not a closure (see [`Backward`]).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record_unary<'t>(
         &'t self,
         op: &'static str,
@@ -320,11 +324,37 @@ impl<T: Float> Tape<T> {
         scalar: T,
         backward: Backward<T>,
     ) -> Var<'t, T> {
-        self.push_op(op, value, &[parent], scalar, move || backward)
+        assert!(
+            std::ptr::eq(parent.tape, self),
+            "{op}: input 0 (node {}) belongs to another tape",
+            parent.id
+        );
+        let mut graph = self.graph.borrow_mut();
+        let requires_grad = graph.nodes[parent.id].requires_grad;
+        if self.check_finite.get() && !value.all_finite() {
+            non_finite_value(&graph, op, &value, &[parent.id]);
+        }
+        graph.nodes.push(Node {
+            value,
+            parents_at: parent.id,
+            parents_len: 1,
+            op,
+            kind: Kind::Op,
+            requires_grad,
+            scalar,
+            backward: if requires_grad {
+                backward
+            } else {
+                Backward::None
+            },
+        });
+        Var {
+            tape: self,
+            id: graph.nodes.len() - 1,
+        }
     }
 
     /// Appends an op node; `backward` is called only if some parent requires a gradient.
-    #[inline]
     fn push_op<'t>(
         &'t self,
         op: &'static str,
@@ -335,7 +365,6 @@ impl<T: Float> Tape<T> {
     ) -> Var<'t, T> {
         let mut graph = self.graph.borrow_mut();
         let graph = &mut *graph;
-        let parents_start = u32::try_from(graph.parent_ids.len()).expect("tape: too many edges");
         let mut requires_grad = false;
         for (k, p) in parents.iter().enumerate() {
             // Two tapes in one scope share the lifetime `'t`, so the type system cannot
@@ -347,20 +376,23 @@ impl<T: Float> Tape<T> {
                 p.id
             );
             requires_grad |= graph.nodes[p.id].requires_grad;
-            graph.parent_ids.push(p.id);
         }
+        let parents_len = u32::try_from(parents.len()).expect("tape: too many parents");
+        let parents_at = if let [p] = parents {
+            p.id
+        } else {
+            let at = graph.parent_ids.len();
+            graph.parent_ids.extend(parents.iter().map(|p| p.id));
+            at
+        };
         if self.check_finite.get() && !value.all_finite() {
-            non_finite_value(
-                graph,
-                op,
-                &value,
-                &graph.parent_ids[parents_start as usize..],
-            );
+            let ids: SmallVec<[usize; 4]> = parents.iter().map(|p| p.id).collect();
+            non_finite_value(graph, op, &value, &ids);
         }
         graph.nodes.push(Node {
             value,
-            parents_start,
-            parents_len: parents.len() as u32,
+            parents_at,
+            parents_len,
             op,
             kind: Kind::Op,
             requires_grad,
@@ -390,7 +422,7 @@ impl<T: Float> Tape<T> {
         }
         graph.nodes.push(Node {
             value,
-            parents_start: 0,
+            parents_at: 0,
             parents_len: 0,
             op,
             kind,
@@ -507,31 +539,45 @@ impl<T: Float> Tape<T> {
             let (before, rest) = grads.split_at_mut(i);
             let Some(g) = rest[0].as_ref() else { continue };
             let node = &nodes[i];
-            // One-parent elementwise ops: the parent's gradient has the node's shape by
-            // construction, and the parent requires a gradient (else there is no backward).
-            let unary = match node.backward {
-                Backward::None => None,
-                Backward::Identity => Some(g.clone()),
-                Backward::Unary(df) => {
-                    let x = &nodes[graph.parents(node)[0]].value;
-                    Some(g.grad_map(x, &node.value, df))
-                }
-                Backward::UnaryWith(df) => {
-                    let x = &nodes[graph.parents(node)[0]].value;
-                    let c = node.scalar;
-                    Some(g.grad_map(x, &node.value, |x, y| df(x, y, c)))
-                }
+            match node.backward {
+                Backward::None => {}
                 Backward::Closure(ref bw) => {
                     self.call_closure(&graph, i, bw, g, &mut inputs, &mut needs, before);
-                    None
                 }
-            };
-            if let Some(pgrad) = unary {
-                let p = graph.parents(node)[0];
-                if check && !pgrad.all_finite() {
-                    non_finite_gradient(i, node.op, 0, p, nodes[p].op);
+                Backward::Identity | Backward::Unary(_) | Backward::UnaryWith(_) => {
+                    // One-parent elementwise ops: the parent's gradient has the node's shape
+                    // by construction, and the parent requires one (else there is no backward).
+                    let p = node.parents_at;
+                    let (x, y) = (&nodes[p].value, &node.value);
+                    if let (Some(g1), Some(x1), Some(y1)) = (g.as_one(), x.as_one(), y.as_one()) {
+                        // One element: plain scalar arithmetic, written straight into the slot.
+                        let d = match node.backward {
+                            Backward::Unary(df) => g1 * df(x1, y1),
+                            Backward::UnaryWith(df) => g1 * df(x1, y1, node.scalar),
+                            _ => g1,
+                        };
+                        if check && !d.is_finite() {
+                            non_finite_gradient(i, node.op, 0, p, nodes[p].op);
+                        }
+                        match &mut before[p] {
+                            Some(acc) => acc.data_mut()[0] += d,
+                            slot => *slot = Some(Tensor::one(d, g.shape().clone())),
+                        }
+                    } else {
+                        let pgrad = match node.backward {
+                            Backward::Unary(df) => g.grad_map(x, y, df),
+                            Backward::UnaryWith(df) => {
+                                let c = node.scalar;
+                                g.grad_map(x, y, |x, y| df(x, y, c))
+                            }
+                            _ => g.clone(),
+                        };
+                        if check && !pgrad.all_finite() {
+                            non_finite_gradient(i, node.op, 0, p, nodes[p].op);
+                        }
+                        accumulate(&mut before[p], pgrad);
+                    }
                 }
-                accumulate(&mut before[p], pgrad);
             }
             if !keep_intermediate && node.kind != Kind::Leaf {
                 rest[0] = None;
@@ -631,7 +677,7 @@ fn non_finite_gradient(i: usize, op: &str, k: usize, p: usize, parent_op: &str) 
 }
 
 /// Adds `g` into a gradient slot (in place when the slot's storage is not shared).
-#[inline]
+#[inline(always)]
 fn accumulate<T: Float>(slot: &mut Option<Tensor<T>>, g: Tensor<T>) {
     match slot {
         None => *slot = Some(g),

@@ -436,6 +436,25 @@ impl<T: Float> Tensor<T> {
         Self::collect(self.shape.clone(), v)
     }
 
+    /// The value of a tensor stored inline (one element), else `None`.
+    #[inline(always)]
+    pub(crate) fn as_one(&self) -> Option<T> {
+        match self.data {
+            Storage::One(v) => Some(v),
+            Storage::Shared(_) => None,
+        }
+    }
+
+    /// A one-element tensor of `shape` (which must have one element) holding `v`.
+    #[inline(always)]
+    pub(crate) fn one(v: T, shape: Shape) -> Self {
+        debug_assert_eq!(shape.numel(), 1);
+        Tensor {
+            data: Storage::One(v),
+            shape,
+        }
+    }
+
     /// The gradient of an elementwise op: `self · f(x, y)` per element, where `self` is
     /// the output gradient and `x`, `y` the op's input and output (all of one shape).
     #[inline]

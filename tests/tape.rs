@@ -198,6 +198,26 @@ fn scalar_chain_gradients_match_the_chain_rule() {
 }
 
 #[test]
+fn summary_lists_each_nodes_parents() {
+    // Single parents are stored on the node, several in the tape's shared list.
+    let tape = Tape::<f32>::new();
+    let a = tape.leaf(Tensor::ones([2]));
+    let b = tape.leaf(Tensor::ones([2]));
+    let c = (a * b).exp();
+    let _ = tape.record("three", Tensor::ones([2]), &[a, c, b], |_| {
+        let mut g = tapegrad::ParentGrads::new();
+        g.extend([None, None, None]);
+        g
+    });
+    let lines: Vec<String> = tape.summary().lines().map(|l| l.to_string()).collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines[0].ends_with("parents []"), "{}", lines[0]);
+    assert!(lines[2].ends_with("parents [0, 1]"), "{}", lines[2]);
+    assert!(lines[3].ends_with("parents [2]"), "{}", lines[3]);
+    assert!(lines[4].ends_with("parents [0, 3, 1]"), "{}", lines[4]);
+}
+
+#[test]
 fn without_check_finite_non_finite_values_flow() {
     let tape = Tape::<f64>::new();
     let x = tape.leaf(t(&[0.0], &[1]));
