@@ -314,13 +314,14 @@ impl<T: Float> Tape<T> {
         })
     }
 
-    /// Records a one-parent op whose backward is not a closure (see [`Backward`]).
+    /// Records a one-parent op whose backward is not a closure (see [`Backward`]):
+    /// its value is `f` of the parent's value, computed under the same borrow.
     #[inline(always)]
     pub(crate) fn record_unary<'t>(
         &'t self,
         op: &'static str,
-        value: Tensor<T>,
         parent: Var<'t, T>,
+        f: impl FnOnce(&Tensor<T>) -> Tensor<T>,
         scalar: T,
         backward: Backward<T>,
     ) -> Var<'t, T> {
@@ -330,7 +331,9 @@ impl<T: Float> Tape<T> {
             parent.id
         );
         let mut graph = self.graph.borrow_mut();
-        let requires_grad = graph.nodes[parent.id].requires_grad;
+        let x = &graph.nodes[parent.id];
+        let value = f(&x.value);
+        let requires_grad = x.requires_grad;
         if self.check_finite.get() && !value.all_finite() {
             non_finite_value(&graph, op, &value, &[parent.id]);
         }

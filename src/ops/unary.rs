@@ -3,15 +3,15 @@
 //! input `x` or the output `y`, whichever is cheaper).
 
 use crate::tape::Backward;
-use crate::{Float, Var};
+use crate::{Float, Tensor, Var};
 
 impl<'t, T: Float> Var<'t, T> {
     /// Records y = f(x) with local derivative `df(x, y)`.
     #[inline]
     fn unary(self, op: &'static str, f: impl Fn(T) -> T, df: fn(T, T) -> T) -> Var<'t, T> {
-        let y = self.tape.with_value(self.id, |x| x.map(f));
+        let map = |x: &Tensor<T>| x.map(f);
         self.tape
-            .record_unary(op, y, self, T::ZERO, Backward::Unary(df))
+            .record_unary(op, self, map, T::ZERO, Backward::Unary(df))
     }
 
     /// Records y = f(x, c) with local derivative `df(x, y, c)` for a constant `c`,
@@ -24,9 +24,9 @@ impl<'t, T: Float> Var<'t, T> {
         f: impl Fn(T, T) -> T,
         df: fn(T, T, T) -> T,
     ) -> Var<'t, T> {
-        let y = self.tape.with_value(self.id, |x| x.map(|v| f(v, c)));
+        let map = |x: &Tensor<T>| x.map(|v| f(v, c));
         self.tape
-            .record_unary(op, y, self, c, Backward::UnaryWith(df))
+            .record_unary(op, self, map, c, Backward::UnaryWith(df))
     }
 
     /// eˣ. d/dx = eˣ = y.
