@@ -110,14 +110,14 @@ impl Clone for Shape {
         // Shapes are cloned on every op: build the inline buffer from whole words
         // rather than going through SmallVec's generic `extend` or a `memcpy` call
         // (measurable costs on scalar chains).
-        let buf = match self.0[..] {
-            [] => [0; 4],
-            [a] => [a, 0, 0, 0],
-            [a, b] => [a, b, 0, 0],
-            [a, b, c] => [a, b, c, 0],
-            [a, b, c, d] => [a, b, c, d],
-            _ => return Shape(SmallVec::from_slice(&self.0)),
-        };
+        let d = &self.0[..];
+        if d.len() > 4 {
+            return Shape(SmallVec::from_slice(d));
+        }
+        let mut buf = [0; 4];
+        for (b, &v) in buf.iter_mut().zip(d) {
+            *b = v;
+        }
         Shape(SmallVec::from_buf_and_len(buf, self.0.len()))
     }
 }

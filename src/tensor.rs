@@ -402,6 +402,7 @@ impl<T: Float> Tensor<T> {
     /// let t = tapegrad::Tensor::<f32>::arange(3).map(|v| v * 2.0);
     /// assert_eq!(t.data(), &[0.0, 2.0, 4.0]);
     /// ```
+    #[inline]
     pub fn map(&self, f: impl Fn(T) -> T) -> Tensor<T> {
         if let Storage::One(v) = self.data {
             return Tensor {
