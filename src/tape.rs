@@ -331,14 +331,12 @@ impl<T: Float> Tape<T> {
             parent.id
         );
         let mut graph = self.graph.borrow_mut();
-        let x = &graph.nodes[parent.id];
-        let value = f(&x.value);
-        let requires_grad = x.requires_grad;
-        if self.check_finite.get() && !value.all_finite() {
-            non_finite_value(&graph, op, &value, &[parent.id]);
-        }
-        graph.nodes.push(Node {
-            value,
+        let nodes = &mut graph.nodes;
+        let requires_grad = nodes[parent.id].requires_grad;
+        // The value is computed in the argument of `push` (a two-phase borrow), which lets
+        // the compiler build the node in place rather than move a finished value into it.
+        nodes.push(Node {
+            value: f(&nodes[parent.id].value),
             parents_at: parent.id,
             parents_len: 1,
             op,
@@ -351,10 +349,12 @@ impl<T: Float> Tape<T> {
                 Backward::None
             },
         });
-        Var {
-            tape: self,
-            id: graph.nodes.len() - 1,
+        let id = nodes.len() - 1;
+        if self.check_finite.get() && !nodes[id].value.all_finite() {
+            let node = nodes.pop().expect("just pushed");
+            non_finite_value(&graph, op, &node.value, &[parent.id]);
         }
+        Var { tape: self, id }
     }
 
     /// Appends an op node; `backward` is called only if some parent requires a gradient.
