@@ -79,12 +79,49 @@ pub(crate) enum Backward<T: Float> {
     None,
     /// One parent, `dx = g` (e.g. `x + c`): the gradient is passed through.
     Identity,
-    /// One parent, elementwise `dx = g · f′(x, y)`.
-    Unary(fn(T, T) -> T),
     /// One parent, elementwise `dx = g · f′(x, y, c)` with `c` the node's saved scalar.
-    UnaryWith(fn(T, T, T) -> T),
+    /// The derivative captures nothing (see [`Backward::elementwise`]), so this is a
+    /// pointer to its vtable: no allocation to make or free.
+    Elementwise(&'static dyn Elementwise<T>),
     /// Any op: a local-gradient closure (see [`Tape::record`]).
     Closure(BackwardFn<T>),
+}
+
+/// The backward of a one-parent elementwise op, `dx = g · f′(x, y, c)`.
+pub(crate) trait Elementwise<T: Float> {
+    /// One element.
+    fn scalar(&self, g: T, x: T, y: T, c: T) -> T;
+    /// Whole tensors of one shape (the derivative is inlined in the loop).
+    fn tensor(&self, g: &Tensor<T>, x: &Tensor<T>, y: &Tensor<T>, c: T) -> Tensor<T>;
+}
+
+/// An [`Elementwise`] backward from a derivative `f′(x, y, c)`.
+pub(crate) struct Deriv<F>(pub(crate) F);
+
+impl<T: Float, F: Fn(T, T, T) -> T> Elementwise<T> for Deriv<F> {
+    #[inline]
+    fn scalar(&self, g: T, x: T, y: T, c: T) -> T {
+        g * (self.0)(x, y, c)
+    }
+
+    fn tensor(&self, g: &Tensor<T>, x: &Tensor<T>, y: &Tensor<T>, c: T) -> Tensor<T> {
+        g.grad_map(x, y, |x, y| (self.0)(x, y, c))
+    }
+}
+
+impl<T: Float> Backward<T> {
+    /// The elementwise backward `dx = g · df(x, y, c)`. `df` must capture nothing
+    /// (checked at compile time): a zero-sized value is "leaked" without allocating.
+    #[inline]
+    pub(crate) fn elementwise<F: Fn(T, T, T) -> T + 'static>(df: F) -> Self {
+        const {
+            assert!(
+                std::mem::size_of::<F>() == 0,
+                "an elementwise derivative must capture nothing"
+            )
+        };
+        Backward::Elementwise(Box::leak(Box::new(Deriv(df))))
+    }
 }
 
 /// One recorded value. Kept small and free of per-node heap data: the parents'
@@ -547,7 +584,7 @@ impl<T: Float> Tape<T> {
                 Backward::Closure(ref bw) => {
                     self.call_closure(&graph, i, bw, g, &mut inputs, &mut needs, before);
                 }
-                Backward::Identity | Backward::Unary(_) | Backward::UnaryWith(_) => {
+                Backward::Identity | Backward::Elementwise(_) => {
                     // One-parent elementwise ops: the parent's gradient has the node's shape
                     // by construction, and the parent requires one (else there is no backward).
                     let p = node.parents_at;
@@ -555,8 +592,7 @@ impl<T: Float> Tape<T> {
                     if let (Some(g1), Some(x1), Some(y1)) = (g.as_one(), x.as_one(), y.as_one()) {
                         // One element: plain scalar arithmetic, written straight into the slot.
                         let d = match node.backward {
-                            Backward::Unary(df) => g1 * df(x1, y1),
-                            Backward::UnaryWith(df) => g1 * df(x1, y1, node.scalar),
+                            Backward::Elementwise(e) => e.scalar(g1, x1, y1, node.scalar),
                             _ => g1,
                         };
                         if check && !d.is_finite() {
@@ -568,11 +604,7 @@ impl<T: Float> Tape<T> {
                         }
                     } else {
                         let pgrad = match node.backward {
-                            Backward::Unary(df) => g.grad_map(x, y, df),
-                            Backward::UnaryWith(df) => {
-                                let c = node.scalar;
-                                g.grad_map(x, y, |x, y| df(x, y, c))
-                            }
+                            Backward::Elementwise(e) => e.tensor(g, x, y, node.scalar),
                             _ => g.clone(),
                         };
                         if check && !pgrad.all_finite() {

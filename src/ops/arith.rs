@@ -118,8 +118,13 @@ impl<'t, T: Float> Var<'t, T> {
     #[allow(clippy::should_implement_trait)]
     pub fn neg(self) -> Var<'t, T> {
         let f = |x: &Tensor<T>| x.map(|v| -v);
-        self.tape
-            .record_unary("neg", self, f, T::ZERO, Backward::Unary(|_, _| -T::ONE))
+        self.tape.record_unary(
+            "neg",
+            self,
+            f,
+            T::ZERO,
+            Backward::elementwise(|_, _, _| -T::ONE),
+        )
     }
 
     /// `self + c` for a scalar `c`. ∂/∂x = 1.
@@ -147,7 +152,7 @@ impl<'t, T: Float> Var<'t, T> {
     pub fn mul_scalar(self, c: T) -> Var<'t, T> {
         let f = |x: &Tensor<T>| x.map(|v| v * c);
         self.tape
-            .record_unary("mul_scalar", self, f, c, Backward::UnaryWith(|_, _, c| c))
+            .record_unary("mul_scalar", self, f, c, Backward::elementwise(|_, _, c| c))
     }
 
     /// `self / c` for a scalar `c` (correctly rounded, unlike multiplying by 1/c). ∂/∂x = 1/c.
@@ -181,7 +186,7 @@ impl<'t, T: Float> Var<'t, T> {
             self,
             f,
             T::ZERO,
-            Backward::Unary(|_, _| -T::ONE),
+            Backward::elementwise(|_, _, _| -T::ONE),
         )
     }
 

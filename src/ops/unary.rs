@@ -8,25 +8,35 @@ use crate::{Float, Tensor, Var};
 impl<'t, T: Float> Var<'t, T> {
     /// Records y = f(x) with local derivative `df(x, y)`.
     #[inline]
-    fn unary(self, op: &'static str, f: impl Fn(T) -> T, df: fn(T, T) -> T) -> Var<'t, T> {
+    fn unary(
+        self,
+        op: &'static str,
+        f: impl Fn(T) -> T,
+        df: impl Fn(T, T) -> T + 'static,
+    ) -> Var<'t, T> {
         let map = |x: &Tensor<T>| x.map(f);
-        self.tape
-            .record_unary(op, self, map, T::ZERO, Backward::Unary(df))
+        self.tape.record_unary(
+            op,
+            self,
+            map,
+            T::ZERO,
+            Backward::elementwise(move |x, y, _| df(x, y)),
+        )
     }
 
     /// Records y = f(x, c) with local derivative `df(x, y, c)` for a constant `c`,
-    /// which is saved on the node (so `df` is a plain function, stored without allocation).
+    /// which is saved on the node (so `df` need capture nothing and costs no allocation).
     #[inline]
     fn unary_with(
         self,
         op: &'static str,
         c: T,
         f: impl Fn(T, T) -> T,
-        df: fn(T, T, T) -> T,
+        df: impl Fn(T, T, T) -> T + 'static,
     ) -> Var<'t, T> {
         let map = |x: &Tensor<T>| x.map(|v| f(v, c));
         self.tape
-            .record_unary(op, self, map, c, Backward::UnaryWith(df))
+            .record_unary(op, self, map, c, Backward::elementwise(df))
     }
 
     /// eˣ. d/dx = eˣ = y.
