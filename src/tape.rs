@@ -124,9 +124,9 @@ impl<T: Float> Backward<T> {
     }
 }
 
-/// One recorded value. Kept small and free of per-node heap data: the parents'
-/// ids live in the tape's shared `parent_ids` list, and elementwise ops store a
-/// plain function pointer instead of a closure.
+/// One recorded value. Kept small and free of per-node heap data: a single parent's
+/// id sits on the node (several go to the tape's shared `parent_ids`), and elementwise
+/// ops refer to their derivative instead of boxing a closure.
 struct Node<T: Float> {
     value: Tensor<T>,
     /// The parent's id if the node has exactly one parent (most ops), else where its
