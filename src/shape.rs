@@ -15,7 +15,7 @@ use std::ops::Deref;
 /// assert_eq!(s.to_string(), "[2, 3, 4]");
 /// assert_eq!(&s[..], &[2, 3, 4]);
 /// ```
-#[derive(PartialEq, Eq, Hash, Default)]
+#[derive(Default)]
 pub struct Shape(pub(crate) SmallVec<[usize; 4]>);
 
 impl Shape {
@@ -107,16 +107,34 @@ impl Shape {
 impl Clone for Shape {
     #[inline]
     fn clone(&self) -> Self {
-        // Shapes are cloned on every op: copy the inline buffer directly rather than
-        // going through SmallVec's generic `extend` (a measurable cost on scalar chains).
-        let n = self.0.len();
-        if n <= 4 {
-            let mut buf = [0usize; 4];
-            buf[..n].copy_from_slice(&self.0);
-            Shape(SmallVec::from_buf_and_len(buf, n))
-        } else {
-            Shape(SmallVec::from_slice(&self.0))
+        // Shapes are cloned on every op: build the inline buffer from whole words
+        // rather than going through SmallVec's generic `extend` or a `memcpy` call
+        // (measurable costs on scalar chains).
+        let d = &self.0[..];
+        if d.len() > 4 {
+            return Shape(SmallVec::from_slice(d));
         }
+        let mut buf = [0; 4];
+        for (b, &v) in buf.iter_mut().zip(d) {
+            *b = v;
+        }
+        Shape(SmallVec::from_buf_and_len(buf, self.0.len()))
+    }
+}
+
+impl PartialEq for Shape {
+    #[inline]
+    fn eq(&self, other: &Shape) -> bool {
+        // Element by element: shapes are short, and slice equality calls `memcmp`.
+        self.0.len() == other.0.len() && self.0.iter().zip(other.0.iter()).all(|(a, b)| a == b)
+    }
+}
+
+impl Eq for Shape {}
+
+impl std::hash::Hash for Shape {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0[..].hash(state);
     }
 }
 
@@ -166,5 +184,34 @@ impl From<Vec<usize>> for Shape {
 impl From<&Shape> for Shape {
     fn from(s: &Shape) -> Self {
         s.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::{BuildHasher, RandomState};
+
+    #[test]
+    fn clone_eq_and_hash_agree_at_every_rank() {
+        let hasher = RandomState::new();
+        for rank in 0..=7 {
+            let dims: Vec<usize> = (2..2 + rank).collect();
+            let a = Shape::from(&dims[..]);
+            let c = a.clone();
+            assert_eq!(&c[..], &dims[..]);
+            assert_eq!(c.rank(), rank);
+            assert!(a == c && c == Shape::from(dims.clone()));
+            assert_eq!(hasher.hash_one(&a), hasher.hash_one(&c));
+            let mut longer = dims.clone();
+            longer.push(1);
+            assert_ne!(a, Shape::from(longer));
+            if let Some((last, rest)) = dims.split_last() {
+                let mut other = rest.to_vec();
+                other.push(last + 1);
+                assert_ne!(a, Shape::from(other));
+            }
+        }
+        assert_eq!(Shape::default(), Shape::scalar());
     }
 }

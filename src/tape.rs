@@ -73,15 +73,90 @@ enum Kind {
     Op,
 }
 
+/// How a node maps its output gradient to its parents' gradients.
+pub(crate) enum Backward<T: Float> {
+    /// No gradient flows through the node (an input, or no parent requires one).
+    None,
+    /// One parent, `dx = g` (e.g. `x + c`): the gradient is passed through.
+    Identity,
+    /// One parent, elementwise `dx = g · f′(x, y, c)` with `c` the node's saved scalar.
+    /// The derivative captures nothing (see [`Backward::elementwise`]), so this is a
+    /// pointer to its vtable: no allocation to make or free.
+    Elementwise(&'static dyn Elementwise<T>),
+    /// Any op: a local-gradient closure (see [`Tape::record`]).
+    Closure(BackwardFn<T>),
+}
+
+/// The backward of a one-parent elementwise op, `dx = g · f′(x, y, c)`.
+pub(crate) trait Elementwise<T: Float> {
+    /// One element.
+    fn scalar(&self, g: T, x: T, y: T, c: T) -> T;
+    /// Whole tensors of one shape (the derivative is inlined in the loop).
+    fn tensor(&self, g: &Tensor<T>, x: &Tensor<T>, y: &Tensor<T>, c: T) -> Tensor<T>;
+}
+
+/// An [`Elementwise`] backward from a derivative `f′(x, y, c)`.
+pub(crate) struct Deriv<F>(pub(crate) F);
+
+impl<T: Float, F: Fn(T, T, T) -> T> Elementwise<T> for Deriv<F> {
+    #[inline]
+    fn scalar(&self, g: T, x: T, y: T, c: T) -> T {
+        g * (self.0)(x, y, c)
+    }
+
+    fn tensor(&self, g: &Tensor<T>, x: &Tensor<T>, y: &Tensor<T>, c: T) -> Tensor<T> {
+        g.grad_map(x, y, |x, y| (self.0)(x, y, c))
+    }
+}
+
+impl<T: Float> Backward<T> {
+    /// The elementwise backward `dx = g · df(x, y, c)`. `df` must capture nothing
+    /// (checked at compile time): a zero-sized value is "leaked" without allocating.
+    #[inline]
+    pub(crate) fn elementwise<F: Fn(T, T, T) -> T + 'static>(df: F) -> Self {
+        const {
+            assert!(
+                std::mem::size_of::<F>() == 0,
+                "an elementwise derivative must capture nothing"
+            )
+        };
+        Backward::Elementwise(Box::leak(Box::new(Deriv(df))))
+    }
+}
+
+/// One recorded value. Kept small and free of per-node heap data: a single parent's
+/// id sits on the node (several go to the tape's shared `parent_ids`), and elementwise
+/// ops refer to their derivative instead of boxing a closure.
 struct Node<T: Float> {
     value: Tensor<T>,
-    parents: SmallVec<[usize; 2]>,
+    /// The parent's id if the node has exactly one parent (most ops), else where its
+    /// parents' ids start in the tape's `parent_ids`.
+    parents_at: usize,
+    parents_len: u32,
     op: &'static str,
     kind: Kind,
     requires_grad: bool,
     /// A constant the op saved for its backward (see `record_scalar`).
     scalar: T,
-    backward: Option<BackwardFn<T>>,
+    backward: Backward<T>,
+}
+
+/// The nodes in creation order, and every node's parent ids back to back.
+struct Graph<T: Float> {
+    nodes: Vec<Node<T>>,
+    parent_ids: Vec<usize>,
+}
+
+impl<T: Float> Graph<T> {
+    /// The parent ids of `node`.
+    #[inline]
+    fn parents<'a>(&'a self, node: &'a Node<T>) -> &'a [usize] {
+        if node.parents_len == 1 {
+            std::slice::from_ref(&node.parents_at)
+        } else {
+            &self.parent_ids[node.parents_at..node.parents_at + node.parents_len as usize]
+        }
+    }
 }
 
 /// A recording of tensor operations, for reverse-mode differentiation.
@@ -105,7 +180,7 @@ struct Node<T: Float> {
 /// assert_eq!(grads[x].data(), &[2.0, -4.0, 6.0]);
 /// ```
 pub struct Tape<T: Float = f32> {
-    nodes: RefCell<Vec<Node<T>>>,
+    graph: RefCell<Graph<T>>,
     check_finite: Cell<bool>,
 }
 
@@ -124,7 +199,10 @@ impl<T: Float> Tape<T> {
     /// ```
     pub fn new() -> Self {
         Tape {
-            nodes: RefCell::new(Vec::new()),
+            graph: RefCell::new(Graph {
+                nodes: Vec::new(),
+                parent_ids: Vec::new(),
+            }),
             check_finite: Cell::new(false),
         }
     }
@@ -137,7 +215,10 @@ impl<T: Float> Tape<T> {
     /// ```
     pub fn with_capacity(n: usize) -> Self {
         Tape {
-            nodes: RefCell::new(Vec::with_capacity(n)),
+            graph: RefCell::new(Graph {
+                nodes: Vec::with_capacity(n),
+                parent_ids: Vec::with_capacity(n),
+            }),
             check_finite: Cell::new(false),
         }
     }
@@ -150,7 +231,7 @@ impl<T: Float> Tape<T> {
     /// assert_eq!(tape.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.nodes.borrow().len()
+        self.graph.borrow().nodes.len()
     }
 
     /// Whether no node has been recorded.
@@ -172,7 +253,9 @@ impl<T: Float> Tape<T> {
     /// assert!(tape.is_empty());
     /// ```
     pub fn clear(&mut self) {
-        self.nodes.get_mut().clear();
+        let graph = self.graph.get_mut();
+        graph.nodes.clear();
+        graph.parent_ids.clear();
     }
 
     /// Makes every op check its output, and `backward()` every gradient, for NaN or
@@ -263,7 +346,66 @@ impl<T: Float> Tape<T> {
         scalar: T,
         backward: impl Fn(&BackwardCtx<'_, T>) -> ParentGrads<T> + 'static,
     ) -> Var<'t, T> {
-        let mut ids: SmallVec<[usize; 2]> = SmallVec::new();
+        self.push_op(op, value, parents, scalar, move || {
+            Backward::Closure(Box::new(backward))
+        })
+    }
+
+    /// Records a one-parent op whose backward is not a closure (see [`Backward`]):
+    /// its value is `f` of the parent's value, computed under the same borrow.
+    #[inline(always)]
+    pub(crate) fn record_unary<'t>(
+        &'t self,
+        op: &'static str,
+        parent: Var<'t, T>,
+        f: impl FnOnce(&Tensor<T>) -> Tensor<T>,
+        scalar: T,
+        backward: Backward<T>,
+    ) -> Var<'t, T> {
+        assert!(
+            std::ptr::eq(parent.tape, self),
+            "{op}: input 0 (node {}) belongs to another tape",
+            parent.id
+        );
+        let mut graph = self.graph.borrow_mut();
+        let nodes = &mut graph.nodes;
+        let requires_grad = nodes[parent.id].requires_grad;
+        // The value is computed in the argument of `push` (a two-phase borrow), which lets
+        // the compiler build the node in place rather than move a finished value into it.
+        nodes.push(Node {
+            value: f(&nodes[parent.id].value),
+            parents_at: parent.id,
+            parents_len: 1,
+            op,
+            kind: Kind::Op,
+            requires_grad,
+            scalar,
+            backward: if requires_grad {
+                backward
+            } else {
+                Backward::None
+            },
+        });
+        let id = nodes.len() - 1;
+        if self.check_finite.get() && !nodes[id].value.all_finite() {
+            let node = nodes.pop().expect("just pushed");
+            non_finite_value(&graph, op, &node.value, &[parent.id]);
+        }
+        Var { tape: self, id }
+    }
+
+    /// Appends an op node; `backward` is called only if some parent requires a gradient.
+    fn push_op<'t>(
+        &'t self,
+        op: &'static str,
+        value: Tensor<T>,
+        parents: &[Var<'t, T>],
+        scalar: T,
+        backward: impl FnOnce() -> Backward<T>,
+    ) -> Var<'t, T> {
+        let mut graph = self.graph.borrow_mut();
+        let graph = &mut *graph;
+        let mut requires_grad = false;
         for (k, p) in parents.iter().enumerate() {
             // Two tapes in one scope share the lifetime `'t`, so the type system cannot
             // stop a Var of another tape from being passed here; its id would silently
@@ -273,84 +415,81 @@ impl<T: Float> Tape<T> {
                 "{op}: input {k} (node {}) belongs to another tape",
                 p.id
             );
-            ids.push(p.id);
+            requires_grad |= graph.nodes[p.id].requires_grad;
         }
-        let mut nodes = self.nodes.borrow_mut();
-        let requires_grad = ids.iter().any(|&p| nodes[p].requires_grad);
-        let bw: Option<BackwardFn<T>> = if requires_grad {
-            Some(Box::new(backward))
+        let parents_len = u32::try_from(parents.len()).expect("tape: too many parents");
+        let parents_at = if let [p] = parents {
+            p.id
         } else {
-            None
+            let at = graph.parent_ids.len();
+            graph.parent_ids.extend(parents.iter().map(|p| p.id));
+            at
         };
-        let node = Node {
+        if self.check_finite.get() && !value.all_finite() {
+            let ids: SmallVec<[usize; 4]> = parents.iter().map(|p| p.id).collect();
+            non_finite_value(graph, op, &value, &ids);
+        }
+        graph.nodes.push(Node {
             value,
-            parents: ids,
+            parents_at,
+            parents_len,
             op,
             kind: Kind::Op,
             requires_grad,
             scalar,
-            backward: bw,
-        };
-        let id = self.push_node(&mut nodes, node);
-        Var { tape: self, id }
-    }
-
-    /// Appends `node` to the (already borrowed) node list and returns its id; with
-    /// check-finite on, a non-finite value panics here, naming the node and its inputs.
-    #[inline]
-    fn push_node(&self, nodes: &mut Vec<Node<T>>, node: Node<T>) -> usize {
-        let id = nodes.len();
-        if self.check_finite.get() && !node.value.all_finite() {
-            let inputs: Vec<String> = node
-                .parents
-                .iter()
-                .map(|&p| format!("node {p} ({})", nodes[p].op))
-                .collect();
-            panic!(
-                "check_finite: node {id} ({}) produced a non-finite value in forward \
-                 (shape {}, inputs: [{}])",
-                node.op,
-                node.value.shape(),
-                inputs.join(", ")
-            );
+            backward: if requires_grad {
+                backward()
+            } else {
+                Backward::None
+            },
+        });
+        Var {
+            tape: self,
+            id: graph.nodes.len() - 1,
         }
-        nodes.push(node);
-        id
     }
 
     /// Records a node without parents (a leaf or a constant).
     fn push_input(&self, value: Tensor<T>, kind: Kind) -> Var<'_, T> {
-        let node = Node {
+        let mut graph = self.graph.borrow_mut();
+        let op = if kind == Kind::Leaf {
+            "leaf"
+        } else {
+            "constant"
+        };
+        if self.check_finite.get() && !value.all_finite() {
+            non_finite_value(&graph, op, &value, &[]);
+        }
+        graph.nodes.push(Node {
             value,
-            parents: SmallVec::new(),
-            op: if kind == Kind::Leaf {
-                "leaf"
-            } else {
-                "constant"
-            },
+            parents_at: 0,
+            parents_len: 0,
+            op,
             kind,
             requires_grad: kind == Kind::Leaf,
             scalar: T::ZERO,
-            backward: None,
-        };
-        let id = self.push_node(&mut self.nodes.borrow_mut(), node);
-        Var { tape: self, id }
+            backward: Backward::None,
+        });
+        Var {
+            tape: self,
+            id: graph.nodes.len() - 1,
+        }
     }
 
     /// Applies `f` to the value of node `id` without cloning it.
     #[inline]
     pub(crate) fn with_value<R>(&self, id: usize, f: impl FnOnce(&Tensor<T>) -> R) -> R {
-        f(&self.nodes.borrow()[id].value)
+        f(&self.graph.borrow().nodes[id].value)
     }
 
     /// The value of node `id` (a cheap clone sharing storage).
     pub(crate) fn value_of(&self, id: usize) -> Tensor<T> {
-        self.nodes.borrow()[id].value.clone()
+        self.graph.borrow().nodes[id].value.clone()
     }
 
-    /// Borrow of the node list, for ops that only read values.
-    fn nodes(&self) -> Ref<'_, Vec<Node<T>>> {
-        self.nodes.borrow()
+    /// Borrow of the graph, for ops that only read values.
+    fn graph(&self) -> Ref<'_, Graph<T>> {
+        self.graph.borrow()
     }
 
     /// The graph in Graphviz DOT: one box per node with its id, op and shape,
@@ -368,11 +507,11 @@ impl<T: Float> Tape<T> {
     /// assert!(dot.contains("|grad|"));
     /// ```
     pub fn to_dot(&self, grads: Option<&Gradients<T>>) -> String {
-        let nodes = self.nodes();
+        let graph = self.graph();
         let mut s = String::from(
             "digraph tape {\n  rankdir=BT;\n  node [shape=box, fontname=\"monospace\"];\n",
         );
-        for (i, n) in nodes.iter().enumerate() {
+        for (i, n) in graph.nodes.iter().enumerate() {
             let mut label = format!("#{i} {}\\n{}", n.op, n.value.shape());
             if let Some(g) = grads.and_then(|g| g.by_id(i)) {
                 let _ = write!(label, "\\n|grad| = {:.4e}", g.norm());
@@ -383,7 +522,7 @@ impl<T: Float> Tape<T> {
                 Kind::Op => "",
             };
             let _ = writeln!(s, "  n{i} [label=\"{label}\"{style}];");
-            for &p in &n.parents {
+            for &p in graph.parents(n) {
                 let _ = writeln!(s, "  n{p} -> n{i};");
             }
         }
@@ -400,22 +539,23 @@ impl<T: Float> Tape<T> {
     /// assert!(tape.summary().contains("relu"));
     /// ```
     pub fn summary(&self) -> String {
-        let nodes = self.nodes();
+        let graph = self.graph();
         let mut s = String::new();
-        for (i, n) in nodes.iter().enumerate() {
+        for (i, n) in graph.nodes.iter().enumerate() {
             let _ = writeln!(
                 s,
                 "#{i:<4} {:<16} {:<16} parents {:?}",
                 n.op,
                 n.value.shape().to_string(),
-                &n.parents[..]
+                graph.parents(n)
             );
         }
         s
     }
 
     fn backward_from(&self, root: usize, seed: Tensor<T>, keep_intermediate: bool) -> Gradients<T> {
-        let nodes = self.nodes();
+        let graph = self.graph();
+        let nodes = &graph.nodes[..];
         let check = self.check_finite.get();
         let root_node = &nodes[root];
         assert!(
@@ -434,70 +574,149 @@ impl<T: Float> Tape<T> {
         let mut inputs: Vec<&Tensor<T>> = Vec::with_capacity(4);
         let mut needs: Vec<bool> = Vec::with_capacity(4);
         for i in (0..=root).rev() {
-            let Some(g) = grads[i].take() else { continue };
+            // Parents come before their children, so the slots a node adds into are all
+            // in `before`, and its own gradient is read in place, not moved out and back.
+            let (before, rest) = grads.split_at_mut(i);
+            let Some(g) = rest[0].as_ref() else { continue };
             let node = &nodes[i];
-            if let Some(bw) = &node.backward {
-                inputs.clear();
-                needs.clear();
-                for &p in &node.parents {
-                    let parent = &nodes[p];
-                    inputs.push(&parent.value);
-                    needs.push(parent.requires_grad);
+            match node.backward {
+                Backward::None => {}
+                Backward::Closure(ref bw) => {
+                    self.call_closure(&graph, i, bw, g, &mut inputs, &mut needs, before);
                 }
-                let ctx = BackwardCtx {
-                    grad: &g,
-                    inputs: &inputs,
-                    output: &node.value,
-                    needs_grad: &needs,
-                    scalar: node.scalar,
-                };
-                let mut pg = bw(&ctx);
-                assert!(
-                    pg.len() == node.parents.len(),
-                    "backward of node {i} ({}) returned {} gradients for {} parents",
-                    node.op,
-                    pg.len(),
-                    node.parents.len()
-                );
-                for (k, (&p, slot)) in node.parents.iter().zip(pg.iter_mut()).enumerate() {
-                    let Some(pgrad) = slot.take() else { continue };
-                    if !needs[k] {
-                        continue;
+                Backward::Identity | Backward::Elementwise(_) => {
+                    // One-parent elementwise ops: the parent's gradient has the node's shape
+                    // by construction, and the parent requires one (else there is no backward).
+                    let p = node.parents_at;
+                    let (x, y) = (&nodes[p].value, &node.value);
+                    if let (Some(g1), Some(x1), Some(y1)) = (g.as_one(), x.as_one(), y.as_one()) {
+                        // One element: plain scalar arithmetic, written straight into the slot.
+                        let d = match node.backward {
+                            Backward::Elementwise(e) => e.scalar(g1, x1, y1, node.scalar),
+                            _ => g1,
+                        };
+                        if check && !d.is_finite() {
+                            non_finite_gradient(i, node.op, 0, p, nodes[p].op);
+                        }
+                        match &mut before[p] {
+                            Some(acc) => acc.data_mut()[0] += d,
+                            slot => *slot = Some(Tensor::one(d, g.shape().clone())),
+                        }
+                    } else {
+                        let pgrad = match node.backward {
+                            Backward::Elementwise(e) => e.tensor(g, x, y, node.scalar),
+                            _ => g.clone(),
+                        };
+                        if check && !pgrad.all_finite() {
+                            non_finite_gradient(i, node.op, 0, p, nodes[p].op);
+                        }
+                        accumulate(&mut before[p], pgrad);
                     }
-                    let pshape = inputs[k].shape();
-                    assert!(
-                        pgrad.shape() == pshape,
-                        "backward of node {i} ({}): gradient for input {k} has shape {} but the input has shape {}",
-                        node.op,
-                        pgrad.shape(),
-                        pshape
-                    );
-                    if check && !pgrad.all_finite() {
-                        panic!(
-                            "check_finite: node {i} ({}) produced a non-finite gradient in backward for its input {k} (node {p}, {})",
-                            node.op, nodes[p].op
-                        );
-                    }
-                    accumulate(&mut grads[p], pgrad);
                 }
             }
-            if keep_intermediate || node.kind == Kind::Leaf {
-                grads[i] = Some(g);
+            if !keep_intermediate && node.kind != Kind::Leaf {
+                rest[0] = None;
             }
         }
         Gradients { grads }
     }
+
+    /// Runs the closure `bw` of node `i` on its output gradient `g` and adds the
+    /// returned gradients into the parents' slots, checking their shapes (and, with
+    /// check-finite on, their values). `inputs` and `needs` are scratch space.
+    #[allow(clippy::too_many_arguments)]
+    fn call_closure<'g>(
+        &self,
+        graph: &'g Graph<T>,
+        i: usize,
+        bw: &BackwardFn<T>,
+        g: &Tensor<T>,
+        inputs: &mut Vec<&'g Tensor<T>>,
+        needs: &mut Vec<bool>,
+        grads: &mut [Option<Tensor<T>>],
+    ) {
+        let nodes = &graph.nodes;
+        let node = &nodes[i];
+        let parents = graph.parents(node);
+        inputs.clear();
+        needs.clear();
+        for &p in parents {
+            let parent = &nodes[p];
+            inputs.push(&parent.value);
+            needs.push(parent.requires_grad);
+        }
+        let ctx = BackwardCtx {
+            grad: g,
+            inputs,
+            output: &node.value,
+            needs_grad: needs,
+            scalar: node.scalar,
+        };
+        let mut pg = bw(&ctx);
+        assert!(
+            pg.len() == parents.len(),
+            "backward of node {i} ({}) returned {} gradients for {} parents",
+            node.op,
+            pg.len(),
+            parents.len()
+        );
+        for (k, (&p, slot)) in parents.iter().zip(pg.iter_mut()).enumerate() {
+            let Some(pgrad) = slot.take() else { continue };
+            if !needs[k] {
+                continue;
+            }
+            let pshape = inputs[k].shape();
+            assert!(
+                pgrad.shape() == pshape,
+                "backward of node {i} ({}): gradient for input {k} has shape {} but the input has shape {}",
+                node.op,
+                pgrad.shape(),
+                pshape
+            );
+            if self.check_finite.get() && !pgrad.all_finite() {
+                non_finite_gradient(i, node.op, k, p, nodes[p].op);
+            }
+            accumulate(&mut grads[p], pgrad);
+        }
+    }
+}
+
+/// The check-finite panic of the forward pass: the next node of `graph`, made by `op`
+/// from the nodes `parents`, has a non-finite value.
+#[cold]
+fn non_finite_value<T: Float>(
+    graph: &Graph<T>,
+    op: &str,
+    value: &Tensor<T>,
+    parents: &[usize],
+) -> ! {
+    let inputs: Vec<String> = parents
+        .iter()
+        .map(|&p| format!("node {p} ({})", graph.nodes[p].op))
+        .collect();
+    panic!(
+        "check_finite: node {} ({op}) produced a non-finite value in forward \
+         (shape {}, inputs: [{}])",
+        graph.nodes.len(),
+        value.shape(),
+        inputs.join(", ")
+    );
+}
+
+/// The check-finite panic of the backward sweep.
+#[cold]
+fn non_finite_gradient(i: usize, op: &str, k: usize, p: usize, parent_op: &str) -> ! {
+    panic!(
+        "check_finite: node {i} ({op}) produced a non-finite gradient in backward for its input {k} (node {p}, {parent_op})"
+    );
 }
 
 /// Adds `g` into a gradient slot (in place when the slot's storage is not shared).
+#[inline(always)]
 fn accumulate<T: Float>(slot: &mut Option<Tensor<T>>, g: Tensor<T>) {
     match slot {
         None => *slot = Some(g),
-        Some(acc) => {
-            for (a, b) in acc.data_mut().iter_mut().zip(g.data()) {
-                *a += *b;
-            }
-        }
+        Some(acc) => acc.add_assign_same_shape(&g),
     }
 }
 
@@ -525,8 +744,8 @@ impl<T: Float> Copy for Var<'_, T> {}
 
 impl<T: Float> std::fmt::Debug for Var<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let nodes = self.tape.nodes();
-        let n = &nodes[self.id];
+        let graph = self.tape.graph();
+        let n = &graph.nodes[self.id];
         write!(f, "Var(#{} {} {})", self.id, n.op, n.value.shape())
     }
 }
@@ -600,7 +819,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(&tape.leaf(tapegrad::Tensor::zeros([2, 5])).shape()[..], &[2, 5]);
     /// ```
     pub fn shape(self) -> Shape {
-        self.tape.nodes()[self.id].value.shape().clone()
+        self.tape.graph().nodes[self.id].value.shape().clone()
     }
 
     /// The op that produced this node (`"leaf"`, `"constant"`, `"matmul"`, …).
@@ -611,7 +830,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.exp().op(), "exp");
     /// ```
     pub fn op(self) -> &'static str {
-        self.tape.nodes()[self.id].op
+        self.tape.graph().nodes[self.id].op
     }
 
     /// Whether gradients flow to this node (it is a leaf or depends on one).
@@ -623,7 +842,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert!(!x.detach().requires_grad());
     /// ```
     pub fn requires_grad(self) -> bool {
-        self.tape.nodes()[self.id].requires_grad
+        self.tape.graph().nodes[self.id].requires_grad
     }
 
     /// The same value as a constant: gradients stop here.

@@ -32,18 +32,18 @@ pub struct Tensor<T: Float = f32> {
 #[derive(Clone)]
 enum Storage<T: Float> {
     One(T),
-    Shared(Arc<Vec<T>>),
+    Shared(Arc<Buf<T>>),
 }
 
-/// The last owner of a large buffer hands it to the recycling pool (see `buffer.rs`).
-impl<T: Float> Drop for Storage<T> {
-    #[inline]
+/// A heap buffer. When its last owner drops it, a large buffer goes to the
+/// recycling pool (see `buffer.rs`). (The hook sits here rather than on `Storage`,
+/// so dropping a one-element tensor has nothing to run.)
+#[derive(Clone)]
+struct Buf<T: Float>(Vec<T>);
+
+impl<T: Float> Drop for Buf<T> {
     fn drop(&mut self) {
-        if let Storage::Shared(a) = self {
-            if let Some(v) = Arc::get_mut(a) {
-                crate::buffer::recycle(std::mem::take(v));
-            }
-        }
+        crate::buffer::recycle(std::mem::take(&mut self.0));
     }
 }
 
@@ -53,7 +53,7 @@ impl<T: Float> Storage<T> {
         if v.len() == 1 {
             Storage::One(v[0])
         } else {
-            Storage::Shared(Arc::new(v))
+            Storage::Shared(Arc::new(Buf(v)))
         }
     }
 }
@@ -64,7 +64,7 @@ impl<T: Float> std::ops::Deref for Storage<T> {
     fn deref(&self) -> &[T] {
         match self {
             Storage::One(v) => std::slice::from_ref(v),
-            Storage::Shared(a) => a,
+            Storage::Shared(a) => &a.0,
         }
     }
 }
@@ -121,7 +121,7 @@ impl<T: Float> Tensor<T> {
         v.extend(values);
         debug_assert_eq!(v.len(), shape.numel());
         Tensor {
-            data: Storage::Shared(Arc::new(v)),
+            data: Storage::Shared(Arc::new(Buf(v))),
             shape,
         }
     }
@@ -288,7 +288,7 @@ impl<T: Float> Tensor<T> {
     pub fn data_mut(&mut self) -> &mut [T] {
         match &mut self.data {
             Storage::One(v) => std::slice::from_mut(v),
-            Storage::Shared(a) => Arc::make_mut(a).as_mut_slice(),
+            Storage::Shared(a) => Arc::make_mut(a).0.as_mut_slice(),
         }
     }
 
@@ -302,8 +302,8 @@ impl<T: Float> Tensor<T> {
             Storage::One(v) => vec![*v],
             // Take the vector out if we are its only owner (leaving an empty one behind).
             Storage::Shared(a) => match Arc::get_mut(a) {
-                Some(v) => std::mem::take(v),
-                None => a.to_vec(),
+                Some(b) => std::mem::take(&mut b.0),
+                None => a.0.to_vec(),
             },
         }
     }
@@ -402,6 +402,7 @@ impl<T: Float> Tensor<T> {
     /// let t = tapegrad::Tensor::<f32>::arange(3).map(|v| v * 2.0);
     /// assert_eq!(t.data(), &[0.0, 2.0, 4.0]);
     /// ```
+    #[inline]
     pub fn map(&self, f: impl Fn(T) -> T) -> Tensor<T> {
         if let Storage::One(v) = self.data {
             return Tensor {
@@ -434,6 +435,64 @@ impl<T: Float> Tensor<T> {
             .zip(other.data.iter())
             .map(|(&a, &b)| f(a, b));
         Self::collect(self.shape.clone(), v)
+    }
+
+    /// The value of a tensor stored inline (one element), else `None`.
+    #[inline(always)]
+    pub(crate) fn as_one(&self) -> Option<T> {
+        match self.data {
+            Storage::One(v) => Some(v),
+            Storage::Shared(_) => None,
+        }
+    }
+
+    /// A one-element tensor of `shape` (which must have one element) holding `v`.
+    #[inline(always)]
+    pub(crate) fn one(v: T, shape: Shape) -> Self {
+        debug_assert_eq!(shape.numel(), 1);
+        Tensor {
+            data: Storage::One(v),
+            shape,
+        }
+    }
+
+    /// The gradient of an elementwise op: `self · f(x, y)` per element, where `self` is
+    /// the output gradient and `x`, `y` the op's input and output (all of one shape).
+    #[inline]
+    pub(crate) fn grad_map(
+        &self,
+        x: &Tensor<T>,
+        y: &Tensor<T>,
+        f: impl Fn(T, T) -> T,
+    ) -> Tensor<T> {
+        if let (Storage::One(g), Storage::One(x), Storage::One(y)) = (&self.data, &x.data, &y.data)
+        {
+            return Tensor {
+                data: Storage::One(*g * f(*x, *y)),
+                shape: self.shape.clone(),
+            };
+        }
+        debug_assert!(self.shape == x.shape && self.shape == y.shape);
+        let v = self
+            .data
+            .iter()
+            .zip(x.data.iter())
+            .zip(y.data.iter())
+            .map(|((&g, &x), &y)| g * f(x, y));
+        Self::collect(self.shape.clone(), v)
+    }
+
+    /// `self += other` elementwise (copy-on-write); the shapes must match.
+    #[inline]
+    pub(crate) fn add_assign_same_shape(&mut self, other: &Tensor<T>) {
+        debug_assert!(self.shape == other.shape);
+        if let (Storage::One(a), Storage::One(b)) = (&mut self.data, &other.data) {
+            *a += *b;
+            return;
+        }
+        for (a, b) in self.data_mut().iter_mut().zip(other.data()) {
+            *a += *b;
+        }
     }
 
     /// Sum of all elements.
@@ -840,6 +899,26 @@ impl<T: Float> PartialEq for Tensor<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_owner_of_a_large_buffer_recycles_it() {
+        // f64 and a size of its own, so other tests' buffers do not interfere.
+        let n = 3 * crate::buffer::MIN_BYTES / 8 + 7;
+        let a = Tensor::<f64>::full([n], 1.0);
+        let ptr = a.data().as_ptr();
+        let b = a.clone();
+        drop(a); // still shared: not recycled
+        let other = crate::buffer::with_capacity::<f64>(n);
+        assert_ne!(other.as_ptr(), ptr);
+        drop(b); // the last owner: recycled
+        let again = crate::buffer::with_capacity::<f64>(n);
+        assert_eq!(again.as_ptr(), ptr);
+        // into_vec of a sole owner takes the buffer without copying.
+        let t = Tensor::<f64>::full([n], 2.0);
+        let p = t.data().as_ptr();
+        let v = t.into_vec();
+        assert_eq!(v.as_ptr(), p);
+    }
 
     #[test]
     fn display_matches_pytorch_layout() {

@@ -170,6 +170,54 @@ fn check_finite_names_the_backward_op() {
 }
 
 #[test]
+#[should_panic(
+    expected = "check_finite: node 2 (div) produced a non-finite gradient in backward for its input 1 (node 1, leaf)"
+)]
+fn check_finite_names_a_closure_op_in_backward() {
+    let tape = Tape::<f64>::new();
+    tape.set_check_finite(true);
+    let a = tape.leaf(t(&[1.0], &[1]));
+    let b = tape.leaf(t(&[1e-200], &[1])); // a/b is finite, ∂/∂b = −a/b² is not
+    let _ = a.div(b).sum().backward();
+}
+
+#[test]
+fn scalar_chain_gradients_match_the_chain_rule() {
+    // The elementwise fast path (one-element values) through every op kind it covers,
+    // with fan-out: y = tanh(x·0.9 + 0.1) − x, dy/dx = 0.9·(1 − tanh²) − 1.
+    let tape = Tape::<f64>::new();
+    let x = tape.leaf(Tensor::scalar(0.5));
+    let h = (x * 0.9 + 0.1).tanh();
+    let y = h + (-x);
+    let g = y.backward();
+    let th = (0.5f64 * 0.9 + 0.1).tanh();
+    assert_eq!(g[x].item(), 0.9 * (1.0 - th * th) - 1.0);
+    assert_eq!(g[h].item(), 1.0);
+    let gy = g[y].clone();
+    assert_eq!((gy.item(), gy.rank()), (1.0, 0));
+}
+
+#[test]
+fn summary_lists_each_nodes_parents() {
+    // Single parents are stored on the node, several in the tape's shared list.
+    let tape = Tape::<f32>::new();
+    let a = tape.leaf(Tensor::ones([2]));
+    let b = tape.leaf(Tensor::ones([2]));
+    let c = (a * b).exp();
+    let _ = tape.record("three", Tensor::ones([2]), &[a, c, b], |_| {
+        let mut g = tapegrad::ParentGrads::new();
+        g.extend([None, None, None]);
+        g
+    });
+    let lines: Vec<String> = tape.summary().lines().map(|l| l.to_string()).collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines[0].ends_with("parents []"), "{}", lines[0]);
+    assert!(lines[2].ends_with("parents [0, 1]"), "{}", lines[2]);
+    assert!(lines[3].ends_with("parents [2]"), "{}", lines[3]);
+    assert!(lines[4].ends_with("parents [0, 3, 1]"), "{}", lines[4]);
+}
+
+#[test]
 fn without_check_finite_non_finite_values_flow() {
     let tape = Tape::<f64>::new();
     let x = tape.leaf(t(&[0.0], &[1]));

@@ -3,8 +3,8 @@
 //! The backward of a broadcast operand sums the gradient over the stretched axes
 //! ([`Tensor::sum_to`]), so every gradient has its operand's shape.
 
-use crate::tape::{one, two};
-use crate::{Float, Var};
+use crate::tape::{one, two, Backward};
+use crate::{Float, Tensor, Var};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
 impl<'t, T: Float> Var<'t, T> {
@@ -117,9 +117,14 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     #[allow(clippy::should_implement_trait)]
     pub fn neg(self) -> Var<'t, T> {
-        let y = self.tape.with_value(self.id, |x| x.map(|v| -v));
-        self.tape
-            .record("neg", y, &[self], |ctx| one(ctx.grad.map(|g| -g)))
+        let f = |x: &Tensor<T>| x.map(|v| -v);
+        self.tape.record_unary(
+            "neg",
+            self,
+            f,
+            T::ZERO,
+            Backward::elementwise(|_, _, _| -T::ONE),
+        )
     }
 
     /// `self + c` for a scalar `c`. ∂/∂x = 1.
@@ -131,9 +136,9 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.add_scalar(2.0).value().data(), &[3.0, 3.0]);
     /// ```
     pub fn add_scalar(self, c: T) -> Var<'t, T> {
-        let y = self.tape.with_value(self.id, |x| x.map(|v| v + c));
+        let f = |x: &Tensor<T>| x.map(|v| v + c);
         self.tape
-            .record("add_scalar", y, &[self], |ctx| one(ctx.grad.clone()))
+            .record_unary("add_scalar", self, f, T::ZERO, Backward::Identity)
     }
 
     /// `self * c` for a scalar `c`. ∂/∂x = c.
@@ -145,10 +150,9 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.mul_scalar(3.0).sum().backward()[x].data(), &[3.0, 3.0]);
     /// ```
     pub fn mul_scalar(self, c: T) -> Var<'t, T> {
-        let y = self.tape.with_value(self.id, |x| x.map(|v| v * c));
-        self.tape.record_scalar("mul_scalar", y, &[self], c, |ctx| {
-            one(ctx.grad.map(|g| g * ctx.scalar))
-        })
+        let f = |x: &Tensor<T>| x.map(|v| v * c);
+        self.tape
+            .record_unary("mul_scalar", self, f, c, Backward::elementwise(|_, _, c| c))
     }
 
     /// `self / c` for a scalar `c` (correctly rounded, unlike multiplying by 1/c). ∂/∂x = 1/c.
@@ -176,9 +180,14 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.rsub_scalar(5.0).value().item(), 4.0);
     /// ```
     pub fn rsub_scalar(self, c: T) -> Var<'t, T> {
-        let y = self.value().map(|v| c - v);
-        self.tape
-            .record("rsub_scalar", y, &[self], |ctx| one(ctx.grad.map(|g| -g)))
+        let f = |x: &Tensor<T>| x.map(|v| c - v);
+        self.tape.record_unary(
+            "rsub_scalar",
+            self,
+            f,
+            T::ZERO,
+            Backward::elementwise(|_, _, _| -T::ONE),
+        )
     }
 
     /// `c / self` for a scalar `c`. ∂/∂x = −c/x² = −y/x.

@@ -2,36 +2,41 @@
 //! together; the backward is `dx = dy · f′(x, y)` (the derivative may read the
 //! input `x` or the output `y`, whichever is cheaper).
 
-use crate::tape::one;
+use crate::tape::Backward;
 use crate::{Float, Tensor, Var};
 
 impl<'t, T: Float> Var<'t, T> {
     /// Records y = f(x) with local derivative `df(x, y)`.
+    #[inline]
     fn unary(
         self,
         op: &'static str,
         f: impl Fn(T) -> T,
-        df: impl Fn(T, T) -> T + Copy + 'static,
+        df: impl Fn(T, T) -> T + 'static,
     ) -> Var<'t, T> {
-        self.unary_with(op, T::ZERO, move |x, _| f(x), move |x, y, _| df(x, y))
+        let map = |x: &Tensor<T>| x.map(f);
+        self.tape.record_unary(
+            op,
+            self,
+            map,
+            T::ZERO,
+            Backward::elementwise(move |x, y, _| df(x, y)),
+        )
     }
 
     /// Records y = f(x, c) with local derivative `df(x, y, c)` for a constant `c`,
     /// which is saved on the node (so `df` need capture nothing and costs no allocation).
+    #[inline]
     fn unary_with(
         self,
         op: &'static str,
         c: T,
         f: impl Fn(T, T) -> T,
-        df: impl Fn(T, T, T) -> T + Copy + 'static,
+        df: impl Fn(T, T, T) -> T + 'static,
     ) -> Var<'t, T> {
-        let y = self.tape.with_value(self.id, |x| x.map(|v| f(v, c)));
-        self.tape.record_scalar(op, y, &[self], c, move |ctx| {
-            let (x, y, g) = (ctx.inputs[0].data(), ctx.output.data(), ctx.grad.data());
-            let c = ctx.scalar;
-            let dx = g.iter().zip(x).zip(y).map(|((&g, &x), &y)| g * df(x, y, c));
-            one(Tensor::collect(ctx.grad.shape().clone(), dx))
-        })
+        let map = |x: &Tensor<T>| x.map(|v| f(v, c));
+        self.tape
+            .record_unary(op, self, map, c, Backward::elementwise(df))
     }
 
     /// eˣ. d/dx = eˣ = y.
