@@ -98,7 +98,7 @@ pub(crate) trait Elementwise<T: Float> {
 /// An [`Elementwise`] backward from a derivative `f′(x, y, c)`.
 pub(crate) struct Deriv<F>(pub(crate) F);
 
-impl<T: Float, F: Fn(T, T, T) -> T> Elementwise<T> for Deriv<F> {
+impl<T: Float, F: Fn(T, T, T) -> T + Sync> Elementwise<T> for Deriv<F> {
     #[inline]
     fn scalar(&self, g: T, x: T, y: T, c: T) -> T {
         g * (self.0)(x, y, c)
@@ -113,7 +113,7 @@ impl<T: Float> Backward<T> {
     /// The elementwise backward `dx = g · df(x, y, c)`. `df` must capture nothing
     /// (checked at compile time): a zero-sized value is "leaked" without allocating.
     #[inline]
-    pub(crate) fn elementwise<F: Fn(T, T, T) -> T + 'static>(df: F) -> Self {
+    pub(crate) fn elementwise<F: Fn(T, T, T) -> T + Sync + 'static>(df: F) -> Self {
         const {
             assert!(
                 std::mem::size_of::<F>() == 0,

@@ -295,3 +295,30 @@ fn vars_of_two_tapes_cannot_be_mixed() {
     let b = t2.leaf(Tensor::scalar(3.0));
     let _ = a * b;
 }
+
+/// Elementwise ops on tensors large enough to be split between threads give,
+/// at 1 and 2 threads, exactly the per-element formula, forward and backward.
+#[test]
+fn large_elementwise_ops_match_the_per_element_formula() {
+    let n = 300_001; // not a multiple of the thread count
+    let x: Vec<f64> = (0..n)
+        .map(|i| ((i * 7919) % 2001) as f64 / 1000.0 - 1.0)
+        .collect();
+    for threads in [1, 2] {
+        tapegrad::gemm::set_num_threads(threads);
+        let tape = Tape::<f64>::new();
+        let xv = tape.leaf(Tensor::from_vec(x.clone(), [n]).unwrap());
+        let y = (xv.relu() * 3.0 + xv.tanh()).sum();
+        let g = y.backward();
+        let got = g[xv].data();
+        for (i, &v) in x.iter().enumerate() {
+            let relu_d = if v > 0.0 { 3.0 } else { 0.0 };
+            let want = relu_d + (1.0 - v.tanh() * v.tanh());
+            assert!(
+                (got[i] - want).abs() < 1e-12,
+                "{threads} threads, element {i}"
+            );
+        }
+    }
+    tapegrad::gemm::set_num_threads(0);
+}

@@ -117,7 +117,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     #[allow(clippy::should_implement_trait)]
     pub fn neg(self) -> Var<'t, T> {
-        let f = |x: &Tensor<T>| x.map(|v| -v);
+        let f = |x: &Tensor<T>| x.par_map(|v| -v);
         self.tape.record_unary(
             "neg",
             self,
@@ -136,7 +136,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.add_scalar(2.0).value().data(), &[3.0, 3.0]);
     /// ```
     pub fn add_scalar(self, c: T) -> Var<'t, T> {
-        let f = |x: &Tensor<T>| x.map(|v| v + c);
+        let f = |x: &Tensor<T>| x.par_map(|v| v + c);
         self.tape
             .record_unary("add_scalar", self, f, T::ZERO, Backward::Identity)
     }
@@ -150,7 +150,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.mul_scalar(3.0).sum().backward()[x].data(), &[3.0, 3.0]);
     /// ```
     pub fn mul_scalar(self, c: T) -> Var<'t, T> {
-        let f = |x: &Tensor<T>| x.map(|v| v * c);
+        let f = |x: &Tensor<T>| x.par_map(|v| v * c);
         self.tape
             .record_unary("mul_scalar", self, f, c, Backward::elementwise(|_, _, c| c))
     }
@@ -165,7 +165,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.div_scalar(4.0).sum().backward()[x].item(), 0.25);
     /// ```
     pub fn div_scalar(self, c: T) -> Var<'t, T> {
-        let y = self.tape.with_value(self.id, |x| x.map(|v| v / c));
+        let y = self.tape.with_value(self.id, |x| x.par_map(|v| v / c));
         self.tape.record_scalar("div_scalar", y, &[self], c, |ctx| {
             one(ctx.grad.map(|g| g / ctx.scalar))
         })
@@ -180,7 +180,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.rsub_scalar(5.0).value().item(), 4.0);
     /// ```
     pub fn rsub_scalar(self, c: T) -> Var<'t, T> {
-        let f = |x: &Tensor<T>| x.map(|v| c - v);
+        let f = |x: &Tensor<T>| x.par_map(|v| c - v);
         self.tape.record_unary(
             "rsub_scalar",
             self,

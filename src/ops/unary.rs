@@ -11,10 +11,10 @@ impl<'t, T: Float> Var<'t, T> {
     fn unary(
         self,
         op: &'static str,
-        f: impl Fn(T) -> T,
-        df: impl Fn(T, T) -> T + 'static,
+        f: impl Fn(T) -> T + Sync,
+        df: impl Fn(T, T) -> T + Sync + 'static,
     ) -> Var<'t, T> {
-        let map = |x: &Tensor<T>| x.map(f);
+        let map = |x: &Tensor<T>| x.par_map(f);
         self.tape.record_unary(
             op,
             self,
@@ -31,10 +31,10 @@ impl<'t, T: Float> Var<'t, T> {
         self,
         op: &'static str,
         c: T,
-        f: impl Fn(T, T) -> T,
-        df: impl Fn(T, T, T) -> T + 'static,
+        f: impl Fn(T, T) -> T + Sync,
+        df: impl Fn(T, T, T) -> T + Sync + 'static,
     ) -> Var<'t, T> {
-        let map = |x: &Tensor<T>| x.map(|v| f(v, c));
+        let map = |x: &Tensor<T>| x.par_map(|v| f(v, c));
         self.tape
             .record_unary(op, self, map, c, Backward::elementwise(df))
     }
