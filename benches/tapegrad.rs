@@ -49,19 +49,64 @@ struct Cfg {
     only: Vec<String>,
 }
 
-fn median_ms(cfg: &Cfg, mut f: impl FnMut()) -> f64 {
-    // Warm up (caches, thread pools, scratch buffers), then time `reps` runs.
-    f();
-    f();
-    let mut t: Vec<f64> = (0..cfg.reps)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[t.len() / 2]
+/// One line of the output: a closure timed `reps` times at a thread count.
+struct Measure {
+    case: String,
+    threads: usize,
+    /// Floating-point operations per run, for the GFLOP/s column.
+    flops: Option<f64>,
+    run: Box<dyn FnMut()>,
+    samples_ms: Vec<f64>,
+}
+
+impl Measure {
+    fn new(case: String, threads: usize, flops: Option<f64>, run: impl FnMut() + 'static) -> Self {
+        Measure {
+            case,
+            threads,
+            flops,
+            run: Box::new(run),
+            samples_ms: vec![],
+        }
+    }
+
+    fn median_ms(&self) -> f64 {
+        let mut t = self.samples_ms.clone();
+        t.sort_by(|a, b| a.total_cmp(b));
+        t[t.len() / 2]
+    }
+}
+
+/// Runs of a measurement timed back to back within one round.
+const PER_ROUND: usize = 3;
+
+/// Times every measurement `reps` times, in rounds (after a pass of two
+/// untimed runs of each): each round gives every
+/// measurement in turn one untimed warm-up run (caches, thread pools, scratch
+/// and the recycled-buffer pool are then in the state a training loop keeps
+/// them in) and `PER_ROUND` timed runs. A burst of load from the host then
+/// lands on a few samples of many lines instead of on every sample of one,
+/// and a case's 1- and 2-thread figures are taken side by side.
+fn run_rounds(measures: &mut [Measure], reps: usize) {
+    // One untimed pass over everything first (thread pools, first-touch of
+    // every buffer size, the process's first seconds).
+    for m in measures.iter_mut() {
+        gemm::set_num_threads(m.threads);
+        (m.run)();
+        (m.run)();
+    }
+    for _ in 0..reps.div_ceil(PER_ROUND) {
+        for m in measures.iter_mut() {
+            gemm::set_num_threads(m.threads);
+            (m.run)();
+            for _ in 0..PER_ROUND {
+                let t0 = Instant::now();
+                (m.run)();
+                m.samples_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    gemm::set_num_threads(0);
 }
 
 fn line(case: &str, threads: usize, ms: f64, gflops: Option<f64>) {
@@ -150,14 +195,16 @@ const CASES: &[ConvCase] = &[
     },
 ];
 
-fn conv_case(cfg: &Cfg, cc: &ConvCase, threads: usize, rng: &mut StdRng) {
+/// The `_fwd` and `_fwdbwd` measurements of one conv case at `threads`.
+fn conv_case(cc: &ConvCase, threads: usize, rng: &mut StdRng) -> [Measure; 2] {
     let x = Tensor::<f32>::randn([cc.n, cc.c, cc.h, cc.w], rng);
     let wt = Tensor::<f32>::randn([cc.o, cc.c, cc.k, cc.k], rng);
     let b = Tensor::<f32>::randn([cc.o], rng);
     let opts = Conv2dOptions::default().stride(cc.stride).padding(cc.pad);
     let out = |s: usize| (s + 2 * cc.pad - cc.k) / cc.stride + 1;
     let flops = 2.0 * (cc.n * cc.o * out(cc.h) * out(cc.w) * cc.c * cc.k * cc.k) as f64;
-    let fwd = median_ms(cfg, || {
+    let (x2, wt2, b2) = (x.clone(), wt.clone(), b.clone());
+    let fwd = move || {
         let tape = Tape::new();
         let y = tape.constant(x.clone()).conv2d(
             tape.constant(wt.clone()),
@@ -165,39 +212,38 @@ fn conv_case(cfg: &Cfg, cc: &ConvCase, threads: usize, rng: &mut StdRng) {
             opts,
         );
         std::hint::black_box(y.value());
-    });
-    line(
-        &format!("{}_fwd", cc.name),
-        threads,
-        fwd,
-        Some(flops / fwd / 1e6),
-    );
-    let fb = median_ms(cfg, || {
+    };
+    let fwdbwd = move || {
         let tape = Tape::new();
         let (xv, wv, bv) = (
-            tape.leaf(x.clone()),
-            tape.leaf(wt.clone()),
-            tape.leaf(b.clone()),
+            tape.leaf(x2.clone()),
+            tape.leaf(wt2.clone()),
+            tape.leaf(b2.clone()),
         );
         let y = xv.conv2d(wv, Some(bv), opts);
         let g = y.backward_with(Tensor::ones(y.shape()));
         std::hint::black_box(&g[wv]);
-    });
-    line(
-        &format!("{}_fwdbwd", cc.name),
-        threads,
-        fb,
-        Some(3.0 * flops / fb / 1e6),
-    );
+    };
+    [
+        Measure::new(format!("{}_fwd", cc.name), threads, Some(flops), fwd),
+        Measure::new(
+            format!("{}_fwdbwd", cc.name),
+            threads,
+            Some(3.0 * flops),
+            fwdbwd,
+        ),
+    ]
 }
 
-fn chain10k(cfg: &Cfg) {
-    const N: usize = 10_000;
-    let ms = median_ms(cfg, || {
-        let tape = Tape::<f32>::with_capacity(N + 1);
+/// A chain of `N` scalar ops, recorded, differentiated and dropped.
+const CHAIN: usize = 10_000;
+
+fn chain10k() -> Measure {
+    Measure::new("chain10k".into(), 1, None, || {
+        let tape = Tape::<f32>::with_capacity(CHAIN + 1);
         let x = tape.leaf(Tensor::scalar(0.5));
         let mut y = x;
-        for i in 0..N {
+        for i in 0..CHAIN {
             y = match i % 3 {
                 0 => y + 0.1,
                 1 => y * 0.9,
@@ -206,12 +252,7 @@ fn chain10k(cfg: &Cfg) {
         }
         let g = y.backward();
         std::hint::black_box(g[x].item());
-    });
-    line("chain10k", 1, ms, None);
-    println!(
-        "# chain10k: {:.0} ns per node (forward + backward + teardown)",
-        ms * 1e6 / N as f64
-    );
+    })
 }
 
 struct Cnn {
@@ -220,12 +261,9 @@ struct Cnn {
     fc: Linear,
 }
 
-fn cnn_step(cfg: &Cfg, threads: usize, rng: &mut StdRng) {
-    // Heap in use before the model exists: everything above it at the peak belongs to
-    // this case (parameters, input, optimizer state, activations, gradients, scratch and
-    // the buffers recycled between steps).
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+/// One SGD-momentum training step of the small CNN, as a closure owning its
+/// model, data and optimizer.
+fn cnn_step(rng: &mut StdRng) -> impl FnMut() + 'static {
     let mut params = Params::<f32>::new();
     let pad1 = Conv2dOptions::default().padding(1);
     let net = Cnn {
@@ -237,7 +275,7 @@ fn cnn_step(cfg: &Cfg, threads: usize, rng: &mut StdRng) {
     let labels: Vec<usize> = (0..64).map(|i| i % 10).collect();
     let mut opt = Sgd::new(0.01).momentum(0.9);
     let pool = Pool2dOptions::new(2);
-    let mut step = || {
+    move || {
         let grads = {
             let tape = Tape::new();
             let p = params.bind(&tape);
@@ -264,23 +302,33 @@ fn cnn_step(cfg: &Cfg, threads: usize, rng: &mut StdRng) {
             p.grads(logits.cross_entropy(&labels).backward())
         };
         opt.step(&mut params, &grads);
-    };
-    let ms = median_ms(cfg, &mut step);
-    line("cnn_step", threads, ms, None);
-    if threads == cfg.threads[0] {
-        let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
-        // What a step must hold: the input, parameters and their gradients, momentum,
-        // and every activation and its gradient (f32).
-        let acts = 64 * (8 * 28 * 28 * 2 + 8 * 14 * 14 + 16 * 14 * 14 * 2 + 16 * 7 * 7 + 10);
-        let p = params.num_elements();
-        let needed = 4 * (64 * 28 * 28 + 3 * p + 2 * acts);
-        println!(
-            "# cnn_step: peak heap {:.2} MB; parameters + activations + gradients {:.2} MB; ratio {:.2}",
-            peak as f64 / 1e6,
-            needed as f64 / 1e6,
-            peak as f64 / needed as f64
-        );
     }
+}
+
+/// Peak heap of `cnn_step` (a fresh model, a few steps, on its own) against
+/// what a step must hold at once.
+fn cnn_step_memory(rng: &mut StdRng) {
+    // Heap in use before the model exists: everything above it at the peak belongs to
+    // this case (parameters, input, optimizer state, activations, gradients, scratch and
+    // the buffers recycled between steps).
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let mut step = cnn_step(rng);
+    for _ in 0..5 {
+        step();
+    }
+    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    // What a step must hold (f32): the input; the parameters, their gradients and
+    // momentum (3·p); every activation and its gradient.
+    let acts = 64 * (8 * 28 * 28 * 2 + 8 * 14 * 14 + 16 * 14 * 14 * 2 + 16 * 7 * 7 + 10);
+    let p = 8 * 9 + 8 + 16 * 8 * 9 + 16 + 784 * 10 + 10;
+    let needed = 4 * (64 * 28 * 28 + 3 * p + 2 * acts);
+    println!(
+        "# cnn_step: peak heap {:.2} MB; parameters + activations + gradients {:.2} MB; ratio {:.2}",
+        peak as f64 / 1e6,
+        needed as f64 / 1e6,
+        peak as f64 / needed as f64
+    );
 }
 
 fn main() {
@@ -293,7 +341,7 @@ fn main() {
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
-            "--quick" => cfg.reps = 5,
+            "--quick" => cfg.reps = 6,
             "--threads" => {
                 i += 1;
                 cfg.threads = args[i]
@@ -313,8 +361,9 @@ fn main() {
     }
     let want = |name: &str| cfg.only.is_empty() || cfg.only.iter().any(|o| o == name);
     println!(
-        "# tapegrad benchmark; median of {} runs after 2 warm-ups; f32",
-        cfg.reps
+        "# tapegrad benchmark; f32; median of {} runs per line, taken {PER_ROUND} at a time (after a warm-up run) in {} interleaved rounds over all lines",
+        cfg.reps.div_ceil(PER_ROUND) * PER_ROUND,
+        cfg.reps.div_ceil(PER_ROUND)
     );
     println!("case\tframework\tthreads\tmedian_ms\tgflops");
     let mut peaks = vec![];
@@ -324,17 +373,31 @@ fn main() {
         peaks.push((t, peak));
     }
     let mut rng = StdRng::seed_from_u64(0);
+    if want("cnn_step") {
+        cnn_step_memory(&mut rng);
+    }
+    let mut measures = vec![];
     for &t in &cfg.threads {
-        gemm::set_num_threads(t);
         for cc in CASES.iter().filter(|c| want(c.name)) {
-            conv_case(&cfg, cc, t, &mut rng);
+            measures.extend(conv_case(cc, t, &mut rng));
         }
         if want("cnn_step") {
-            cnn_step(&cfg, t, &mut rng);
+            measures.push(Measure::new("cnn_step".into(), t, None, cnn_step(&mut rng)));
         }
     }
     if want("chain10k") {
-        chain10k(&cfg);
+        measures.push(chain10k());
+    }
+    run_rounds(&mut measures, cfg.reps);
+    for m in &measures {
+        let ms = m.median_ms();
+        line(&m.case, m.threads, ms, m.flops.map(|f| f / ms / 1e6));
+        if m.case == "chain10k" {
+            println!(
+                "# chain10k: {:.0} ns per node (forward + backward + teardown)",
+                ms * 1e6 / CHAIN as f64
+            );
+        }
     }
     for (t, p) in peaks {
         println!("# peak_fma at {t} thread(s): {p:.1} GFLOP/s; divide a case's gflops by this for its fraction of peak");

@@ -56,7 +56,8 @@ fn take<T: Float>(n: usize) -> Option<Vec<T>> {
             .filter(|(_, v)| v.capacity() >= n && v.capacity() <= n + n / 4)
             .min_by_key(|(_, v)| v.capacity())
             .map(|(i, _)| i)?;
-        Some(pool.swap_remove(best))
+        // `remove` keeps the pool ordered oldest first, for `recycle`.
+        Some(pool.remove(best))
     })
     .flatten()
 }
@@ -153,20 +154,25 @@ fn for_each_part_on<T: Send>(
     });
 }
 
-/// Hands a buffer back for reuse (or to the allocator if it is small or the pool is full).
+/// Hands a buffer back for reuse (or to the allocator if it is small or
+/// larger than the whole pool). A full pool drops its oldest buffers to make
+/// room: the buffers freed last are the ones the next step asks for again,
+/// while old ones may be of sizes nothing uses any more.
 pub(crate) fn recycle<T: Float>(v: Vec<T>) {
     let bytes = v.capacity() * std::mem::size_of::<T>();
-    if bytes < MIN_BYTES {
+    if !(MIN_BYTES..=MAX_BYTES).contains(&bytes) {
         return;
     }
     let _ = with_pool::<T, _>(|pool| {
-        let held: usize = pool
-            .iter()
-            .map(|b| b.capacity() * std::mem::size_of::<T>())
-            .sum();
-        if pool.len() < MAX_BUFFERS && held + bytes <= MAX_BYTES {
-            pool.push(v);
+        let size = |b: &Vec<T>| b.capacity() * std::mem::size_of::<T>();
+        let mut held: usize = pool.iter().map(size).sum();
+        let mut evict = 0;
+        while pool.len() - evict >= MAX_BUFFERS || held + bytes > MAX_BYTES {
+            held -= size(&pool[evict]);
+            evict += 1;
         }
+        pool.drain(..evict);
+        pool.push(v);
     });
 }
 
@@ -241,11 +247,25 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_is_bounded() {
-        for _ in 0..(MAX_BUFFERS + 10) {
-            recycle(vec![0.0f64; 20_000]);
+    fn the_pool_is_bounded_and_keeps_the_newest_buffers() {
+        let mut newest = vec![];
+        for i in 0..(MAX_BUFFERS + 10) {
+            let v = vec![i as f64; 20_000];
+            if i >= 10 {
+                newest.push(v.as_ptr());
+            }
+            recycle(v);
         }
-        let held = with_pool::<f64, _>(|p| p.len()).unwrap();
-        assert!(held <= MAX_BUFFERS);
+        let held: Vec<*const f64> =
+            with_pool::<f64, _>(|p| p.iter().map(|b| b.as_ptr()).collect()).unwrap();
+        assert_eq!(held, newest, "the oldest ten were dropped");
+        // A buffer that would overflow the byte budget evicts as many old ones as needed.
+        recycle(vec![0.0f64; MAX_BYTES / 8 - 20_000]);
+        let bytes: usize =
+            with_pool::<f64, _>(|p| p.iter().map(|b| b.capacity() * 8).sum()).unwrap();
+        assert!(bytes <= MAX_BYTES);
+        // One larger than the whole budget is not kept.
+        recycle(vec![0.0f32; MAX_BYTES / 4 + 1]);
+        assert!(with_pool::<f32, _>(|p| p.iter().all(|b| b.capacity() <= MAX_BYTES / 4)).unwrap());
     }
 }
