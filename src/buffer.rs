@@ -142,7 +142,7 @@ fn for_each_part_on<T: Send>(
     }
     let chunk = out.len().div_ceil(threads);
     let f = &f;
-    rayon::in_place_scope(|s| {
+    crate::threads::in_place_scope(|s| {
         let mut parts = out.chunks_mut(chunk).enumerate();
         let first = parts.next();
         for (i, part) in parts {

@@ -9,6 +9,7 @@ mod shape;
 mod simd;
 mod tape;
 mod tensor;
+mod threads;
 
 pub mod data;
 pub mod gemm;

@@ -897,7 +897,7 @@ where
     };
     let mut tasks = tasks.into_iter();
     let Some(first) = tasks.next() else { return };
-    rayon::in_place_scope(|s| {
+    crate::threads::in_place_scope(|s| {
         for t in tasks {
             s.spawn(move |_| run(t));
         }

@@ -51,7 +51,7 @@ pub(crate) fn run_jobs<J: Send>(jobs: Vec<J>, f: impl Fn(J) + Sync) {
         return f(first);
     }
     let f = &f;
-    rayon::in_place_scope(|s| {
+    crate::threads::in_place_scope(|s| {
         for job in jobs {
             s.spawn(move |_| gemm::on_this_thread(|| f(job)));
         }
