@@ -12,6 +12,29 @@
 use super::kernel::{check_dot, check_tile, Blocking, MicroKernel};
 use std::arch::x86_64::*;
 
+/// Calls the `R × NV`-vector instantiation of a tile kernel for `rows` rows
+/// (one of the listed counts) and one or two (`wide`) vectors of columns.
+macro_rules! tile_dispatch {
+    ($kernel:ident, $rows:expr, $wide:expr, [$($r:literal),*], $args:tt) => {
+        match ($rows, $wide) {
+            $(($r, true) => $kernel::<$r, 2> $args,
+            ($r, false) => $kernel::<$r, 1> $args,)*
+            (rows, _) => unreachable!("tile of {rows} rows"),
+        }
+    };
+}
+
+/// Calls the `R × C` instantiation of a dot-product kernel for the given
+/// (rows, columns), one of the listed pairs.
+macro_rules! dot_dispatch {
+    ($kernel:ident, $shape:expr, [$(($r:literal, $c:literal)),*], $args:tt) => {
+        match $shape {
+            $(($r, $c) => $kernel::<$r, $c> $args,)*
+            (r, c) => unreachable!("dot tile {r} × {c}"),
+        }
+    };
+}
+
 /// Proof that the running CPU supports AVX2 and FMA.
 ///
 /// The private field means the only way to obtain one is [`Avx2Fma::detect`],
@@ -87,20 +110,13 @@ impl MicroKernel for Avx2F32 {
         // rows of `c`.
         unsafe {
             let wide = cols > 8;
-            match (c.len(), wide) {
-                (6, true) => kernel_f32::<6, 2>(kc, alpha, a, b, ldb, beta, c),
-                (5, true) => kernel_f32::<5, 2>(kc, alpha, a, b, ldb, beta, c),
-                (4, true) => kernel_f32::<4, 2>(kc, alpha, a, b, ldb, beta, c),
-                (3, true) => kernel_f32::<3, 2>(kc, alpha, a, b, ldb, beta, c),
-                (2, true) => kernel_f32::<2, 2>(kc, alpha, a, b, ldb, beta, c),
-                (1, true) => kernel_f32::<1, 2>(kc, alpha, a, b, ldb, beta, c),
-                (6, false) => kernel_f32::<6, 1>(kc, alpha, a, b, ldb, beta, c),
-                (5, false) => kernel_f32::<5, 1>(kc, alpha, a, b, ldb, beta, c),
-                (4, false) => kernel_f32::<4, 1>(kc, alpha, a, b, ldb, beta, c),
-                (3, false) => kernel_f32::<3, 1>(kc, alpha, a, b, ldb, beta, c),
-                (2, false) => kernel_f32::<2, 1>(kc, alpha, a, b, ldb, beta, c),
-                _ => kernel_f32::<1, 1>(kc, alpha, a, b, ldb, beta, c),
-            }
+            tile_dispatch!(
+                kernel_f32,
+                c.len(),
+                wide,
+                [6, 5, 4, 3, 2, 1],
+                (kc, alpha, a, b, ldb, beta, c)
+            )
         }
     }
 
@@ -118,20 +134,25 @@ impl MicroKernel for Avx2F32 {
         // `R` row pointers and `C` column pointers (`R = a.len()`,
         // `C = b.len()`) and writes `c[r][j]` for `r < R`, `j < C` only.
         unsafe {
-            match (a.len(), b.len()) {
-                (4, 3) => dot_f32::<4, 3>(len, alpha, ap, bp, beta, c),
-                (4, 2) => dot_f32::<4, 2>(len, alpha, ap, bp, beta, c),
-                (4, 1) => dot_f32::<4, 1>(len, alpha, ap, bp, beta, c),
-                (3, 3) => dot_f32::<3, 3>(len, alpha, ap, bp, beta, c),
-                (3, 2) => dot_f32::<3, 2>(len, alpha, ap, bp, beta, c),
-                (3, 1) => dot_f32::<3, 1>(len, alpha, ap, bp, beta, c),
-                (2, 3) => dot_f32::<2, 3>(len, alpha, ap, bp, beta, c),
-                (2, 2) => dot_f32::<2, 2>(len, alpha, ap, bp, beta, c),
-                (2, 1) => dot_f32::<2, 1>(len, alpha, ap, bp, beta, c),
-                (1, 3) => dot_f32::<1, 3>(len, alpha, ap, bp, beta, c),
-                (1, 2) => dot_f32::<1, 2>(len, alpha, ap, bp, beta, c),
-                _ => dot_f32::<1, 1>(len, alpha, ap, bp, beta, c),
-            }
+            dot_dispatch!(
+                dot_f32,
+                (a.len(), b.len()),
+                [
+                    (4, 3),
+                    (4, 2),
+                    (4, 1),
+                    (3, 3),
+                    (3, 2),
+                    (3, 1),
+                    (2, 3),
+                    (2, 2),
+                    (2, 1),
+                    (1, 3),
+                    (1, 2),
+                    (1, 1)
+                ],
+                (len, alpha, ap, bp, beta, c)
+            )
         }
     }
 }
@@ -167,20 +188,13 @@ impl MicroKernel for Avx2F64 {
         // written per row of `c`.
         unsafe {
             let wide = cols > 4;
-            match (c.len(), wide) {
-                (6, true) => kernel_f64::<6, 2>(kc, alpha, a, b, ldb, beta, c),
-                (5, true) => kernel_f64::<5, 2>(kc, alpha, a, b, ldb, beta, c),
-                (4, true) => kernel_f64::<4, 2>(kc, alpha, a, b, ldb, beta, c),
-                (3, true) => kernel_f64::<3, 2>(kc, alpha, a, b, ldb, beta, c),
-                (2, true) => kernel_f64::<2, 2>(kc, alpha, a, b, ldb, beta, c),
-                (1, true) => kernel_f64::<1, 2>(kc, alpha, a, b, ldb, beta, c),
-                (6, false) => kernel_f64::<6, 1>(kc, alpha, a, b, ldb, beta, c),
-                (5, false) => kernel_f64::<5, 1>(kc, alpha, a, b, ldb, beta, c),
-                (4, false) => kernel_f64::<4, 1>(kc, alpha, a, b, ldb, beta, c),
-                (3, false) => kernel_f64::<3, 1>(kc, alpha, a, b, ldb, beta, c),
-                (2, false) => kernel_f64::<2, 1>(kc, alpha, a, b, ldb, beta, c),
-                _ => kernel_f64::<1, 1>(kc, alpha, a, b, ldb, beta, c),
-            }
+            tile_dispatch!(
+                kernel_f64,
+                c.len(),
+                wide,
+                [6, 5, 4, 3, 2, 1],
+                (kc, alpha, a, b, ldb, beta, c)
+            )
         }
     }
 
@@ -198,20 +212,25 @@ impl MicroKernel for Avx2F64 {
         // `R` row pointers and `C` column pointers (`R = a.len()`,
         // `C = b.len()`) and writes `c[r][j]` for `r < R`, `j < C` only.
         unsafe {
-            match (a.len(), b.len()) {
-                (4, 3) => dot_f64::<4, 3>(len, alpha, ap, bp, beta, c),
-                (4, 2) => dot_f64::<4, 2>(len, alpha, ap, bp, beta, c),
-                (4, 1) => dot_f64::<4, 1>(len, alpha, ap, bp, beta, c),
-                (3, 3) => dot_f64::<3, 3>(len, alpha, ap, bp, beta, c),
-                (3, 2) => dot_f64::<3, 2>(len, alpha, ap, bp, beta, c),
-                (3, 1) => dot_f64::<3, 1>(len, alpha, ap, bp, beta, c),
-                (2, 3) => dot_f64::<2, 3>(len, alpha, ap, bp, beta, c),
-                (2, 2) => dot_f64::<2, 2>(len, alpha, ap, bp, beta, c),
-                (2, 1) => dot_f64::<2, 1>(len, alpha, ap, bp, beta, c),
-                (1, 3) => dot_f64::<1, 3>(len, alpha, ap, bp, beta, c),
-                (1, 2) => dot_f64::<1, 2>(len, alpha, ap, bp, beta, c),
-                _ => dot_f64::<1, 1>(len, alpha, ap, bp, beta, c),
-            }
+            dot_dispatch!(
+                dot_f64,
+                (a.len(), b.len()),
+                [
+                    (4, 3),
+                    (4, 2),
+                    (4, 1),
+                    (3, 3),
+                    (3, 2),
+                    (3, 1),
+                    (2, 3),
+                    (2, 2),
+                    (2, 1),
+                    (1, 3),
+                    (1, 2),
+                    (1, 1)
+                ],
+                (len, alpha, ap, bp, beta, c)
+            )
         }
     }
 }
@@ -598,24 +617,13 @@ impl MicroKernel for Avx512F32 {
         // `R` rows of `c`.
         unsafe {
             let wide = cols > 16;
-            match (c.len(), wide) {
-                (8, true) => kernel_f32_512::<8, 2>(kc, alpha, a, b, ldb, beta, c),
-                (7, true) => kernel_f32_512::<7, 2>(kc, alpha, a, b, ldb, beta, c),
-                (6, true) => kernel_f32_512::<6, 2>(kc, alpha, a, b, ldb, beta, c),
-                (5, true) => kernel_f32_512::<5, 2>(kc, alpha, a, b, ldb, beta, c),
-                (4, true) => kernel_f32_512::<4, 2>(kc, alpha, a, b, ldb, beta, c),
-                (3, true) => kernel_f32_512::<3, 2>(kc, alpha, a, b, ldb, beta, c),
-                (2, true) => kernel_f32_512::<2, 2>(kc, alpha, a, b, ldb, beta, c),
-                (1, true) => kernel_f32_512::<1, 2>(kc, alpha, a, b, ldb, beta, c),
-                (8, false) => kernel_f32_512::<8, 1>(kc, alpha, a, b, ldb, beta, c),
-                (7, false) => kernel_f32_512::<7, 1>(kc, alpha, a, b, ldb, beta, c),
-                (6, false) => kernel_f32_512::<6, 1>(kc, alpha, a, b, ldb, beta, c),
-                (5, false) => kernel_f32_512::<5, 1>(kc, alpha, a, b, ldb, beta, c),
-                (4, false) => kernel_f32_512::<4, 1>(kc, alpha, a, b, ldb, beta, c),
-                (3, false) => kernel_f32_512::<3, 1>(kc, alpha, a, b, ldb, beta, c),
-                (2, false) => kernel_f32_512::<2, 1>(kc, alpha, a, b, ldb, beta, c),
-                _ => kernel_f32_512::<1, 1>(kc, alpha, a, b, ldb, beta, c),
-            }
+            tile_dispatch!(
+                kernel_f32_512,
+                c.len(),
+                wide,
+                [8, 7, 6, 5, 4, 3, 2, 1],
+                (kc, alpha, a, b, ldb, beta, c)
+            )
         }
     }
 
@@ -633,24 +641,29 @@ impl MicroKernel for Avx512F32 {
         // row pointers and `C` column pointers (`R = a.len()`, `C = b.len()`)
         // and writes `c[r][j]` for `r < R`, `j < C` only.
         unsafe {
-            match (a.len(), b.len()) {
-                (4, 4) => dot_f32_512::<4, 4>(len, alpha, ap, bp, beta, c),
-                (4, 3) => dot_f32_512::<4, 3>(len, alpha, ap, bp, beta, c),
-                (4, 2) => dot_f32_512::<4, 2>(len, alpha, ap, bp, beta, c),
-                (4, 1) => dot_f32_512::<4, 1>(len, alpha, ap, bp, beta, c),
-                (3, 4) => dot_f32_512::<3, 4>(len, alpha, ap, bp, beta, c),
-                (3, 3) => dot_f32_512::<3, 3>(len, alpha, ap, bp, beta, c),
-                (3, 2) => dot_f32_512::<3, 2>(len, alpha, ap, bp, beta, c),
-                (3, 1) => dot_f32_512::<3, 1>(len, alpha, ap, bp, beta, c),
-                (2, 4) => dot_f32_512::<2, 4>(len, alpha, ap, bp, beta, c),
-                (2, 3) => dot_f32_512::<2, 3>(len, alpha, ap, bp, beta, c),
-                (2, 2) => dot_f32_512::<2, 2>(len, alpha, ap, bp, beta, c),
-                (2, 1) => dot_f32_512::<2, 1>(len, alpha, ap, bp, beta, c),
-                (1, 4) => dot_f32_512::<1, 4>(len, alpha, ap, bp, beta, c),
-                (1, 3) => dot_f32_512::<1, 3>(len, alpha, ap, bp, beta, c),
-                (1, 2) => dot_f32_512::<1, 2>(len, alpha, ap, bp, beta, c),
-                _ => dot_f32_512::<1, 1>(len, alpha, ap, bp, beta, c),
-            }
+            dot_dispatch!(
+                dot_f32_512,
+                (a.len(), b.len()),
+                [
+                    (4, 4),
+                    (4, 3),
+                    (4, 2),
+                    (4, 1),
+                    (3, 4),
+                    (3, 3),
+                    (3, 2),
+                    (3, 1),
+                    (2, 4),
+                    (2, 3),
+                    (2, 2),
+                    (2, 1),
+                    (1, 4),
+                    (1, 3),
+                    (1, 2),
+                    (1, 1)
+                ],
+                (len, alpha, ap, bp, beta, c)
+            )
         }
     }
 }
