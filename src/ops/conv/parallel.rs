@@ -2,22 +2,35 @@
 //! pooling input) between threads, for conv2d and the pooling ops.
 //!
 //! The thread count is [`gemm::num_threads`], so `TAPEGRAD_THREADS` and
-//! [`gemm::set_num_threads`] govern every parallel op alike. One task per
-//! thread, each a contiguous range of items; with one task everything runs
-//! on the calling thread, without touching rayon.
+//! [`gemm::set_num_threads`] govern every parallel op alike. The items are cut
+//! into a few contiguous chunks per thread, and each thread takes the next
+//! chunk when it has finished one: on a machine whose cores do not run at the
+//! same speed (a VM whose host shares one of its cores with another tenant,
+//! as on the benchmark machine), the faster core does more chunks instead of
+//! waiting for the slower one. Each chunk has its own output slice and its own
+//! partial sums, added up in chunk order afterwards, so results do not depend
+//! on which thread ran which chunk. With one thread everything runs on the
+//! calling thread, without touching the pool.
 
 use crate::gemm;
 use std::ops::Range;
+use std::sync::Mutex;
 
-/// Splits `0..items` into one contiguous, near-equal range per task: one task
-/// per thread, at most one per item, and a single task when the whole job
-/// is below `min_work` (in the caller's units, `work_per_item` per item), where
-/// waking a second thread would cost more than it saves.
+/// Chunks per thread: enough for a fast core to take over a slow core's
+/// share, few enough that per-chunk setup and partial sums stay small.
+const CHUNKS_PER_THREAD: usize = 4;
+
+/// Splits `0..items` into contiguous, near-equal ranges: [`CHUNKS_PER_THREAD`]
+/// per thread (at most one per item), and a single range when the whole job
+/// is below `min_work` (in the caller's units, `work_per_item` per item) or
+/// there is one thread, where waking a second thread would cost more than it
+/// saves.
 pub(crate) fn split_work(items: usize, work_per_item: usize, min_work: usize) -> Vec<Range<usize>> {
-    let tasks = if items.saturating_mul(work_per_item) < min_work {
+    let threads = gemm::num_threads();
+    let tasks = if threads < 2 || items.saturating_mul(work_per_item) < min_work {
         1
     } else {
-        gemm::num_threads().min(items).max(1)
+        (threads * CHUNKS_PER_THREAD).min(items).max(1)
     };
     (0..tasks)
         .map(|t| items * t / tasks..items * (t + 1) / tasks)
@@ -40,22 +53,34 @@ pub(crate) fn split_by<'a, T>(
         .collect()
 }
 
-/// Runs `f` on every job: on the calling thread when there is one job (its
-/// GEMMs may then use every thread), else in parallel on rayon's pool, the
-/// first job on the calling thread, each job's GEMMs kept on its own thread
+/// Runs `f` on every job: on the calling thread when there is one job or one
+/// thread (its GEMMs may then use every thread), else on the calling thread
+/// and the pool's workers together, each taking the next job from a shared
+/// queue when it finishes one, each job's GEMMs kept on its own thread
 /// ([`gemm::on_this_thread`]).
 pub(crate) fn run_jobs<J: Send>(jobs: Vec<J>, f: impl Fn(J) + Sync) {
-    let mut jobs = jobs.into_iter();
-    let Some(first) = jobs.next() else { return };
-    if jobs.len() == 0 {
-        return f(first);
+    let threads = gemm::num_threads().min(jobs.len());
+    if threads < 2 {
+        return jobs.into_iter().for_each(f);
     }
-    let f = &f;
+    let queue = Mutex::new(jobs.into_iter());
+    let work = || {
+        gemm::on_this_thread(|| {
+            // The lock is held only to take a job, not while running it.
+            while let Some(job) = {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                next
+            } {
+                f(job);
+            }
+        })
+    };
+    let work = &work;
     crate::threads::in_place_scope(|s| {
-        for job in jobs {
-            s.spawn(move |_| gemm::on_this_thread(|| f(job)));
+        for _ in 1..threads {
+            s.spawn(move |_| work());
         }
-        gemm::on_this_thread(|| f(first));
+        work();
     });
 }
 
@@ -74,6 +99,16 @@ mod tests {
             assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
         }
         assert_eq!(split_work(100, 10, 2000).len(), 1);
+    }
+
+    #[test]
+    fn every_job_runs_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits: Vec<AtomicUsize> = (0..37).map(|_| AtomicUsize::new(0)).collect();
+        run_jobs((0..37).collect(), |i: usize| {
+            hits[i].fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
     }
 
     #[test]
