@@ -619,7 +619,8 @@ pub(super) fn backward<T: Float>(
     let du_len = geom.groups * 16 * og * cg;
     // Every pixel is written by `conv_one`'s output transform.
     let mut dx = need_dx.then(|| crate::buffer::scratch(geom.input_shape().iter().product()));
-    let mut du = vec![T::ZERO; if need_dw { tasks * du_len } else { 0 }];
+    // Cleared chunk by chunk by the thread that adds into it.
+    let mut du = crate::buffer::scratch(if need_dw { tasks * du_len } else { 0 });
     let mut db = vec![
         T::ZERO;
         if need_db {
@@ -652,6 +653,9 @@ pub(super) fn backward<T: Float>(
                 mut du,
                 mut db,
             } = job;
+            if let Some(du) = du.as_deref_mut() {
+                du.fill(T::ZERO);
+            }
             let mut bufx = rows_for(&tx, og, cg);
             let mut bufw = rows_for(&tw, cg, og);
             with_scratch(xv.max(wv), |v: &mut [T]| {
@@ -680,17 +684,18 @@ pub(super) fn backward<T: Float>(
         });
     }
     let dw = need_dw.then(|| {
+        // The chunks' partial dU, summed in chunk order (contiguous adds), ...
+        let (total, parts) = du.split_at_mut(du_len);
+        for part in parts.chunks_exact(du_len) {
+            total.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
+        }
+        // ... then each kernel's 16 entries gathered and transformed back.
         let mut dw = vec![T::ZERO; geom.out_channels * cg * 9];
         for g in 0..geom.groups {
+            let dug = &total[g * 16 * og * cg..];
             for o in 0..og {
                 for c in 0..cg {
-                    let mut acc = [T::ZERO; 16];
-                    for part in du.chunks_exact(du_len) {
-                        let dug = &part[g * 16 * og * cg..];
-                        for (xi, a) in acc.iter_mut().enumerate() {
-                            *a += dug[(xi * og + o) * cg + c];
-                        }
-                    }
+                    let acc: [T; 16] = std::array::from_fn(|xi| dug[(xi * og + o) * cg + c]);
                     let k = filter_transform_adjoint(&acc);
                     dw[((g * og + o) * cg + c) * 9..][..9].copy_from_slice(&k);
                 }
