@@ -25,7 +25,7 @@ OPTIONS:
     --epochs N        training epochs (default 50)
     --batch-size N    mini-batch size (default 64)
     --lr X            Adam learning rate, cosine-annealed to 1% (default 0.008)
-    --seed N          seed for initialisation and shuffling (default 0); same seed, same run
+    --seed N          seed for initialisation and shuffling (default 0); same seed and threads, same run
     --save PATH       save the trained weights (safetensors) to PATH
     --load PATH       evaluate weights saved with --save instead of training
     --mnist DIR       train on MNIST IDX files in DIR (train-images-idx3-ubyte, …) and
