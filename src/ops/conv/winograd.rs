@@ -410,16 +410,28 @@ fn grad_transform<T: Float>(
 }
 
 /// The 16 transformed kernels of one group, each packed as the `rows × cols`
-/// matrix `(i, p) ↦ U_ξ[i, p]`, from `at(ξ, i, p)`.
+/// matrix `(i, p) ↦ U_ξ[i, p]`, from `at(ξ, i, p)`; the 16 are packed in
+/// parallel when there are many kernels (64×64: ~0.3 ms on one thread).
 fn pack_transformed<T: Float>(
     rows: usize,
     cols: usize,
-    u: impl Fn(usize, usize, usize) -> T,
+    u: impl Fn(usize, usize, usize) -> T + Sync,
 ) -> Vec<PackedA<T>> {
-    (0..16)
-        .map(|xi| PackedA::new(rows, cols, |i, p| u(xi, i, p)))
-        .collect()
+    let mut out: Vec<Option<PackedA<T>>> = (0..16).map(|_| None).collect();
+    let pack = |(xi, slot): (usize, &mut Option<PackedA<T>>)| {
+        *slot = Some(PackedA::new(rows, cols, |i, p| u(xi, i, p)));
+    };
+    let jobs: Vec<_> = out.iter_mut().enumerate().collect();
+    if rows * cols < PAR_KERNELS {
+        jobs.into_iter().for_each(pack);
+    } else {
+        run_jobs(jobs, pack);
+    }
+    out.into_iter().flatten().collect()
 }
+
+/// Kernels per group from which their transforms are computed in parallel.
+const PAR_KERNELS: usize = 1024;
 
 multiversion!(fn input_transform_simd<T: Float>(
     t: &Tiles, cin: usize, x: &[T], rows: Range<usize>, ld: usize, v: &mut [T], buf: &mut Rows<T>,
@@ -518,16 +530,22 @@ fn transformed_kernels<T: Float>(
     groups: usize,
     rows: usize,
     cols: usize,
-    kernel: impl Fn(usize, usize, usize) -> [T; 9],
+    kernel: impl Fn(usize, usize, usize) -> [T; 9] + Sync,
 ) -> Vec<Vec<PackedA<T>>> {
     (0..groups)
         .map(|g| {
-            let us: Vec<[T; 16]> = (0..rows * cols)
-                .map(|ip| {
+            let mut us = vec![[T::ZERO; 16]; rows * cols];
+            let min_len = if rows * cols < PAR_KERNELS {
+                usize::MAX
+            } else {
+                0
+            };
+            crate::buffer::for_each_part(&mut us, min_len, |off, part| {
+                for (ip, u) in (off..).zip(part) {
                     let k = kernel(g, ip / cols, ip % cols);
-                    filter_transform(|i, j| k[i * 3 + j])
-                })
-                .collect();
+                    *u = filter_transform(|i, j| k[i * 3 + j]);
+                }
+            });
             pack_transformed(rows, cols, |xi, i, p| us[i * cols + p][xi])
         })
         .collect()
@@ -686,22 +704,24 @@ pub(super) fn backward<T: Float>(
     let dw = need_dw.then(|| {
         // The chunks' partial dU, summed in chunk order (contiguous adds), ...
         let (total, parts) = du.split_at_mut(du_len);
-        for part in parts.chunks_exact(du_len) {
-            total.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
-        }
-        // ... then each kernel's 16 entries gathered and transformed back.
-        let mut dw = vec![T::ZERO; geom.out_channels * cg * 9];
-        for g in 0..geom.groups {
-            let dug = &total[g * 16 * og * cg..];
-            for o in 0..og {
-                for c in 0..cg {
-                    let acc: [T; 16] = std::array::from_fn(|xi| dug[(xi * og + o) * cg + c]);
-                    let k = filter_transform_adjoint(&acc);
-                    dw[((g * og + o) * cg + c) * 9..][..9].copy_from_slice(&k);
-                }
+        crate::buffer::for_each_part(total, 1 << 15, |off, t| {
+            for part in parts.chunks_exact(du_len) {
+                t.iter_mut().zip(&part[off..]).for_each(|(a, &b)| *a += b);
             }
-        }
-        dw
+        });
+        // ... then each kernel's 16 entries gathered and transformed back.
+        let total = &*total;
+        let mut dw = vec![[T::ZERO; 9]; geom.out_channels * cg];
+        crate::buffer::for_each_part(&mut dw, PAR_KERNELS, |off, part| {
+            for (kernel, d) in (off..).zip(part.iter_mut()) {
+                let (g, oc) = (kernel / (og * cg), kernel % (og * cg));
+                let (o, c) = (oc / cg, oc % cg);
+                let dug = &total[g * 16 * og * cg..];
+                let acc: [T; 16] = std::array::from_fn(|xi| dug[(xi * og + o) * cg + c]);
+                *d = filter_transform_adjoint(&acc);
+            }
+        });
+        dw.into_iter().flatten().collect::<Vec<T>>()
     });
     let db = need_db.then(|| {
         let mut total = vec![T::ZERO; geom.out_channels];
