@@ -426,7 +426,7 @@ impl<T: Float> Tensor<T> {
             return self.map(f);
         }
         let mut out = crate::buffer::scratch(x.len());
-        crate::buffer::for_each_part(&mut out, PAR_ELEMENTWISE, |off, part| {
+        crate::threads::for_each_part(&mut out, PAR_ELEMENTWISE, |off, part| {
             for (o, &v) in part.iter_mut().zip(&x[off..]) {
                 *o = f(v);
             }
@@ -496,7 +496,7 @@ impl<T: Float> Tensor<T> {
         debug_assert!(self.shape == x.shape && self.shape == y.shape);
         let (gs, xs, ys) = (&self.data[..], &x.data[..], &y.data[..]);
         let mut out = crate::buffer::scratch(gs.len());
-        crate::buffer::for_each_part(&mut out, PAR_ELEMENTWISE, |off, part| {
+        crate::threads::for_each_part(&mut out, PAR_ELEMENTWISE, |off, part| {
             let ins = gs[off..].iter().zip(&xs[off..]).zip(&ys[off..]);
             for (o, ((&g, &x), &y)) in part.iter_mut().zip(ins) {
                 *o = g * f(x, y);

@@ -42,8 +42,45 @@ pub(crate) fn in_place_scope<'s, R>(op: impl FnOnce(&rayon::Scope<'s>) -> R) -> 
     pool(workers).in_place_scope(op)
 }
 
+/// Runs `f(offset, part)` over consecutive parts of `out` that cover it,
+/// one part per [`gemm::num_threads`](crate::gemm::num_threads) thread when
+/// `out` has at least `min_len` elements, else `f(0, out)` on this thread.
+/// For elementwise kernels: `offset` locates the part's inputs.
+pub(crate) fn for_each_part<T: Send>(
+    out: &mut [T],
+    min_len: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    for_each_part_on(out, min_len, crate::gemm::num_threads(), f)
+}
+
+/// [`for_each_part`] on up to `threads` threads.
+fn for_each_part_on<T: Send>(
+    out: &mut [T],
+    min_len: usize,
+    threads: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if threads < 2 || out.len() < min_len.max(2) {
+        return f(0, out);
+    }
+    let chunk = out.len().div_ceil(threads);
+    let f = &f;
+    in_place_scope(|s| {
+        let mut parts = out.chunks_mut(chunk).enumerate();
+        let first = parts.next();
+        for (i, part) in parts {
+            s.spawn(move |_| f(i * chunk, part));
+        }
+        if let Some((_, part)) = first {
+            f(0, part);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
+    use super::for_each_part_on;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
@@ -58,5 +95,25 @@ mod tests {
             7
         });
         assert_eq!((r, done.load(Ordering::Relaxed)), (7, 10));
+    }
+
+    #[test]
+    fn parts_cover_the_buffer_once_with_their_offsets() {
+        // Split between threads above `min_len`; lengths that do not divide
+        // evenly included.
+        for len in [0, 1, 10, 300_001, 1 << 20] {
+            for threads in [1, 2, 3] {
+                let mut v = vec![0usize; len];
+                for_each_part_on(&mut v, 1000, threads, |off, part| {
+                    for (i, x) in part.iter_mut().enumerate() {
+                        *x += off + i + 1;
+                    }
+                });
+                assert!(
+                    v.iter().enumerate().all(|(i, &x)| x == i + 1),
+                    "{len}, {threads} threads"
+                );
+            }
+        }
     }
 }

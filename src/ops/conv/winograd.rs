@@ -540,7 +540,7 @@ fn transformed_kernels<T: Float>(
             } else {
                 0
             };
-            crate::buffer::for_each_part(&mut us, min_len, |off, part| {
+            crate::threads::for_each_part(&mut us, min_len, |off, part| {
                 for (ip, u) in (off..).zip(part) {
                     let k = kernel(g, ip / cols, ip % cols);
                     *u = filter_transform(|i, j| k[i * 3 + j]);
@@ -704,7 +704,7 @@ pub(super) fn backward<T: Float>(
     let dw = need_dw.then(|| {
         // The chunks' partial dU, summed in chunk order (contiguous adds), ...
         let (total, parts) = du.split_at_mut(du_len);
-        crate::buffer::for_each_part(total, 1 << 15, |off, t| {
+        crate::threads::for_each_part(total, 1 << 15, |off, t| {
             for part in parts.chunks_exact(du_len) {
                 t.iter_mut().zip(&part[off..]).for_each(|(a, &b)| *a += b);
             }
@@ -712,7 +712,7 @@ pub(super) fn backward<T: Float>(
         // ... then each kernel's 16 entries gathered and transformed back.
         let total = &*total;
         let mut dw = vec![[T::ZERO; 9]; geom.out_channels * cg];
-        crate::buffer::for_each_part(&mut dw, PAR_KERNELS, |off, part| {
+        crate::threads::for_each_part(&mut dw, PAR_KERNELS, |off, part| {
             for (kernel, d) in (off..).zip(part.iter_mut()) {
                 let (g, oc) = (kernel / (og * cg), kernel % (og * cg));
                 let (o, c) = (oc / cg, oc % cg);
