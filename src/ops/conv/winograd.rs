@@ -730,6 +730,9 @@ pub(super) fn backward<T: Float>(
         }
         total
     });
+    // A plain Vec (not a tensor's storage), so nothing recycles it on drop:
+    // hand it back to the pool for the next call (2 MB for `deep` at 2 threads).
+    crate::buffer::recycle(du);
     Grads { dx, dw, db }
 }
 
