@@ -848,3 +848,29 @@ fn errors_are_also_available_as_values() {
     .unwrap_err();
     assert!(matches!(e, tapegrad::Error::Shape { op: "conv2d", .. }));
 }
+
+/// Zero output channels, or zero input channels (empty patches), are valid
+/// geometries: the output, dX and dW come out empty or zero (db is the sum of
+/// dY as ever), as in the reference, at 1 and 2 threads.
+#[test]
+fn zero_channel_convs_give_empty_or_zero_results() {
+    let opts = Conv2dOptions::default().padding(1);
+    let cases: [([usize; 4], [usize; 4]); 3] = [
+        ([2, 2, 4, 4], [0, 2, 3, 3]),
+        ([2, 0, 4, 4], [3, 0, 3, 3]),
+        ([3, 0, 5, 5], [2, 0, 1, 1]),
+    ];
+    at_1_and_2_threads(|threads| {
+        let mut rng = StdRng::seed_from_u64(80 + threads as u64);
+        for (xs, ws) in &cases {
+            check_against_reference::<f64>(
+                &format!("{threads} threads, zero channels"),
+                xs,
+                ws,
+                opts,
+                1e-12,
+                &mut rng,
+            );
+        }
+    });
+}

@@ -150,11 +150,20 @@ pub(crate) fn check_tile<T>(
         "gemm micro-kernel: ragged tile"
     );
     assert!(ldb >= nr, "gemm micro-kernel: ldb < NR");
-    assert!(a.len() >= kc * mr, "gemm micro-kernel: A panel too short");
-    assert!(
-        kc == 0 || b.len() >= (kc - 1) * ldb + nr,
-        "gemm micro-kernel: B panel too short"
-    );
+    // Checked arithmetic: a wrapped bound would let the SIMD kernels read
+    // past the panels (release builds do not check overflow).
+    let need_a = kc
+        .checked_mul(mr)
+        .expect("gemm micro-kernel: kc·MR overflows");
+    assert!(a.len() >= need_a, "gemm micro-kernel: A panel too short");
+    let need_b = match kc {
+        0 => 0,
+        _ => (kc - 1)
+            .checked_mul(ldb)
+            .and_then(|x| x.checked_add(nr))
+            .expect("gemm micro-kernel: B panel extent overflows"),
+    };
+    assert!(b.len() >= need_b, "gemm micro-kernel: B panel too short");
     cols
 }
 
@@ -253,5 +262,28 @@ impl MicroKernel for Portable<f64> {
         c: &mut [&mut [f64]],
     ) {
         portable_kernel::<f64, 4, 4>(kc, alpha, a, b, ldb, beta, c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_tile;
+
+    /// Bounds that wrap around in `usize` must not pass for empty panels.
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn tile_bounds_that_overflow_panic() {
+        let mut row = [0.0f32; 4];
+        let c = [&mut row[..]];
+        // kc·8 wraps to exactly 0 (usize::MAX + 1).
+        check_tile::<f32>(8, 32, usize::MAX / 8 + 1, &[], &[], 32, &c);
+    }
+
+    #[test]
+    fn tile_bounds_that_fit_pass() {
+        let mut row = [0.0f32; 4];
+        let c = [&mut row[..]];
+        let (a, b) = (vec![0.0f32; 3 * 8], vec![0.0f32; 2 * 40 + 32]);
+        assert_eq!(check_tile::<f32>(8, 32, 3, &a, &b, 40, &c), 4);
     }
 }

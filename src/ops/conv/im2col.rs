@@ -154,8 +154,9 @@ fn row_blocks<T>(geom: &Conv2dGeometry) -> impl Iterator<Item = Range<usize>> {
     let max_rows = if geom.is_pointwise() {
         oh
     } else {
+        // `max(1)`: a conv with zero input channels has empty patches.
         let row_bytes = geom.patch_len() * geom.out_w() * std::mem::size_of::<T>();
-        (COLS_BLOCK_BYTES / row_bytes).clamp(1, oh)
+        (COLS_BLOCK_BYTES / row_bytes.max(1)).clamp(1, oh)
     };
     let rows = oh.div_ceil(oh.div_ceil(max_rows));
     (0..oh).step_by(rows).map(move |i| i..(i + rows).min(oh))
@@ -768,10 +769,10 @@ pub(super) fn backward<T: Float>(
             .map(|d| split_by(d, &ranges, geom.in_channels * geom.in_hw()).into_iter());
         let mut dw_chunks = dw
             .as_deref_mut()
-            .map(|first| std::iter::once(first).chain(dw_parts.chunks_mut(dw_len)));
+            .map(|first| std::iter::once(first).chain(dw_parts.chunks_mut(dw_len.max(1))));
         let mut db_chunks = db
             .as_deref_mut()
-            .map(|first| std::iter::once(first).chain(db_parts.chunks_mut(db_len)));
+            .map(|first| std::iter::once(first).chain(db_parts.chunks_mut(db_len.max(1))));
         let jobs: Vec<BackwardJob<T>> = ranges
             .iter()
             .map(|samples| BackwardJob {
@@ -856,12 +857,12 @@ pub(super) fn backward<T: Float>(
         });
     }
     if let Some(dw) = dw.as_deref_mut() {
-        for part in dw_parts.chunks_exact(dw_len) {
+        for part in dw_parts.chunks_exact(dw_len.max(1)) {
             dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
         }
     }
     if let Some(db) = db.as_deref_mut() {
-        for part in db_parts.chunks_exact(db_len) {
+        for part in db_parts.chunks_exact(db_len.max(1)) {
             db.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
         }
     }
