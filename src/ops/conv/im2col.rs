@@ -27,7 +27,7 @@
 //! the largest conv seen on the thread and are never zero-filled, since
 //! im2col writes every entry).
 
-use super::parallel::{run_jobs, split_by, split_work};
+use super::parallel::{backward_jobs, run_jobs, split_by, split_work, BackwardJob, Partials};
 use super::Conv2dGeometry;
 use crate::gemm::{prepacked::gemm_prepacked, prepacked::PackedA};
 use crate::Float;
@@ -714,20 +714,12 @@ pub(super) struct Grads<T> {
     pub db: Option<Vec<T>>,
 }
 
-/// One task's share of the backward pass.
-struct BackwardJob<'a, T> {
-    samples: Range<usize>,
-    dx: Option<&'a mut [T]>,
-    dw: Option<&'a mut [T]>,
-    db: Option<&'a mut [T]>,
-}
-
 /// Backward, in one pass over the batch (split between threads):
 ///
 /// - `db[o] = Σ dY[n, o, ·]`, summed per sample while dY_n is in cache;
 /// - `dW_g = Σ_n dY_ng · cols_ngᵀ`, by blocks of output rows (the column matrix
-///   is rebuilt, not stored by the forward pass); each task sums its samples
-///   into its own buffer, and the buffers are added at the end;
+///   is rebuilt, not stored by the forward pass); each chunk sums its samples
+///   into its own buffer, and the buffers are added in chunk order at the end;
 /// - `dcols = W_gᵀ · dY_ng` by blocks, scattered into dX by col2im while in
 ///   cache (written directly by the GEMM for a pointwise conv).
 pub(super) fn backward<T: Float>(
@@ -754,34 +746,19 @@ pub(super) fn backward<T: Float>(
         Vec::new()
     };
     let ranges = batch_split(geom);
-    let tasks = ranges.len();
-    let (dw_len, db_len) = (geom.out_channels * ckk, geom.out_channels);
     // Every block of dX is cleared (or overwritten) by the task that owns it.
     let mut dx = need_dx.then(|| crate::buffer::scratch(geom.input_shape().iter().product()));
-    // Task 0 writes the final dW and db; the others write partial sums here.
-    let mut dw = need_dw.then(|| vec![T::ZERO; dw_len]);
-    let mut db = need_db.then(|| vec![T::ZERO; db_len]);
-    let mut dw_parts = vec![T::ZERO; if need_dw { (tasks - 1) * dw_len } else { 0 }];
-    let mut db_parts = vec![T::ZERO; if need_db { (tasks - 1) * db_len } else { 0 }];
+    let mut dw_parts = Partials::new(need_dw, ranges.len(), geom.out_channels * ckk);
+    let mut db_parts = Partials::new(need_db, ranges.len(), geom.out_channels);
     {
-        let mut dx_chunks = dx
-            .as_deref_mut()
-            .map(|d| split_by(d, &ranges, geom.in_channels * geom.in_hw()).into_iter());
-        let mut dw_chunks = dw
-            .as_deref_mut()
-            .map(|first| std::iter::once(first).chain(dw_parts.chunks_mut(dw_len.max(1))));
-        let mut db_chunks = db
-            .as_deref_mut()
-            .map(|first| std::iter::once(first).chain(db_parts.chunks_mut(db_len.max(1))));
-        let jobs: Vec<BackwardJob<T>> = ranges
-            .iter()
-            .map(|samples| BackwardJob {
-                samples: samples.clone(),
-                dx: dx_chunks.as_mut().and_then(Iterator::next),
-                dw: dw_chunks.as_mut().and_then(Iterator::next),
-                db: db_chunks.as_mut().and_then(Iterator::next),
-            })
-            .collect();
+        let dx_per_sample = geom.in_channels * geom.in_hw();
+        let jobs = backward_jobs(
+            &ranges,
+            dx.as_deref_mut(),
+            dx_per_sample,
+            &mut dw_parts,
+            &mut db_parts,
+        );
         run_jobs(jobs, |job| {
             let BackwardJob {
                 samples,
@@ -789,6 +766,11 @@ pub(super) fn backward<T: Float>(
                 mut dw,
                 mut db,
             } = job;
+            // This chunk's partial sums start at zero (a chunk without
+            // samples, from an empty batch, then contributes nothing).
+            for part in [dw.as_deref_mut(), db.as_deref_mut()].into_iter().flatten() {
+                part.fill(T::ZERO);
+            }
             with_scratch(scratch_len::<T>(geom), |scratch: &mut [T]| {
                 with_scratch(phases_len(geom), |planes: &mut [T]| {
                     for (local, n) in samples.enumerate() {
@@ -856,16 +838,7 @@ pub(super) fn backward<T: Float>(
             })
         });
     }
-    if let Some(dw) = dw.as_deref_mut() {
-        for part in dw_parts.chunks_exact(dw_len.max(1)) {
-            dw.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
-        }
-    }
-    if let Some(db) = db.as_deref_mut() {
-        for part in db_parts.chunks_exact(db_len.max(1)) {
-            db.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
-        }
-    }
+    let (dw, db) = (dw_parts.sum(), db_parts.sum());
     Grads { dx, dw, db }
 }
 

@@ -84,6 +84,81 @@ pub(crate) fn run_jobs<J: Send>(jobs: Vec<J>, f: impl Fn(J) + Sync) {
     });
 }
 
+/// One chunk of a conv backward: its samples, its part of dX, and its own
+/// partial sums of the weight gradient (or of Winograd's dU) and of db.
+pub(crate) struct BackwardJob<'a, T> {
+    pub samples: Range<usize>,
+    pub dx: Option<&'a mut [T]>,
+    pub dw: Option<&'a mut [T]>,
+    pub db: Option<&'a mut [T]>,
+}
+
+/// The per-chunk partial sums of a conv backward: one run of `len` elements
+/// per chunk when the gradient is wanted, none otherwise.
+pub(crate) struct Partials<T> {
+    data: Vec<T>,
+    len: usize,
+    wanted: bool,
+}
+
+impl<T: crate::Float> Partials<T> {
+    /// Room for `chunks` partial sums of `len` elements each, if `wanted`.
+    /// Each chunk's job must clear (or overwrite) its own part first.
+    pub(crate) fn new(wanted: bool, chunks: usize, len: usize) -> Self {
+        Partials {
+            data: crate::buffer::scratch(if wanted { chunks * len } else { 0 }),
+            len,
+            wanted,
+        }
+    }
+
+    /// The partials added up in chunk order (contiguous adds, split between
+    /// threads when long), or `None` if the gradient was not wanted. The
+    /// result does not depend on which thread ran which chunk.
+    pub(crate) fn sum(mut self) -> Option<Vec<T>> {
+        if !self.wanted {
+            return None;
+        }
+        let len = self.len;
+        if len == 0 {
+            return Some(Vec::new());
+        }
+        let (total, rest) = self.data.split_at_mut(len);
+        crate::threads::for_each_part(total, 1 << 15, |off, t| {
+            for part in rest.chunks_exact(len) {
+                t.iter_mut().zip(&part[off..]).for_each(|(a, &b)| *a += b);
+            }
+        });
+        self.data.truncate(len);
+        Some(self.data)
+    }
+}
+
+/// The jobs of a conv backward over `ranges` of samples: each gets its part
+/// of `dx` (`dx_per_sample` elements per sample) and its own run of `dw` and
+/// `db`.
+pub(crate) fn backward_jobs<'a, T: crate::Float>(
+    ranges: &[Range<usize>],
+    dx: Option<&'a mut [T]>,
+    dx_per_sample: usize,
+    dw: &'a mut Partials<T>,
+    db: &'a mut Partials<T>,
+) -> Vec<BackwardJob<'a, T>> {
+    let mut dx = dx.map(|d| split_by(d, ranges, dx_per_sample).into_iter());
+    // Empty runs (nothing wanted, or a zero-length gradient) give `None`.
+    let mut dw = dw.data.chunks_mut(dw.len.max(1));
+    let mut db = db.data.chunks_mut(db.len.max(1));
+    ranges
+        .iter()
+        .map(|r| BackwardJob {
+            samples: r.clone(),
+            dx: dx.as_mut().and_then(Iterator::next),
+            dw: dw.next(),
+            db: db.next(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,7 +36,7 @@
 use super::im2col::{
     batch_split, block_stride, gemm, input_block, output_block, sum, with_scratch, Grads, MatRef,
 };
-use super::parallel::{run_jobs, split_by};
+use super::parallel::{backward_jobs, run_jobs, split_by, BackwardJob, Partials};
 use super::Conv2dGeometry;
 use crate::gemm::prepacked::{gemm_prepacked, PackedA};
 use crate::simd::multiversion;
@@ -593,14 +593,6 @@ pub(super) fn forward<T: Float>(
     y
 }
 
-/// One task's share of the backward pass.
-struct Job<'a, T> {
-    samples: Range<usize>,
-    dx: Option<&'a mut [T]>,
-    du: Option<&'a mut [T]>,
-    db: Option<&'a mut [T]>,
-}
-
 /// Backward by Winograd F(2×2, 3×3), in one pass over the batch (split
 /// between threads): dX as a conv of dY (kernels turned 180°, channels
 /// swapped, padding `2 − p`); dW from the transformed input and output
@@ -637,42 +629,29 @@ pub(super) fn backward<T: Float>(
     let du_len = geom.groups * 16 * og * cg;
     // Every pixel is written by `conv_one`'s output transform.
     let mut dx = need_dx.then(|| crate::buffer::scratch(geom.input_shape().iter().product()));
-    // Cleared chunk by chunk by the thread that adds into it.
-    let mut du = crate::buffer::scratch(if need_dw { tasks * du_len } else { 0 });
-    let mut db = vec![
-        T::ZERO;
-        if need_db {
-            tasks * geom.out_channels
-        } else {
-            0
-        }
-    ];
+    // Each chunk clears its own partial dU and db first.
+    let mut du_parts = Partials::new(need_dw, tasks, du_len);
+    let mut db_parts = Partials::new(need_db, tasks, geom.out_channels);
     {
-        let mut dx_chunks = dx
-            .as_deref_mut()
-            .map(|d| split_by(d, &ranges, geom.in_channels * geom.in_hw()).into_iter());
-        let mut du_chunks = du.chunks_mut(du_len.max(1));
-        let mut db_chunks = db.chunks_mut(geom.out_channels);
-        let jobs: Vec<Job<T>> = ranges
-            .iter()
-            .map(|r| Job {
-                samples: r.clone(),
-                dx: dx_chunks.as_mut().and_then(Iterator::next),
-                du: if need_dw { du_chunks.next() } else { None },
-                db: if need_db { db_chunks.next() } else { None },
-            })
-            .collect();
+        let dx_per_sample = geom.in_channels * geom.in_hw();
+        let jobs = backward_jobs(
+            &ranges,
+            dx.as_deref_mut(),
+            dx_per_sample,
+            &mut du_parts,
+            &mut db_parts,
+        );
         let (xv, xm) = conv_scratch::<T>(&tx, og, cg);
         let (wv, wm) = conv_scratch::<T>(&tw, cg, og);
         run_jobs(jobs, |job| {
-            let Job {
+            let BackwardJob {
                 samples,
                 mut dx,
-                mut du,
+                dw: mut du,
                 mut db,
             } = job;
-            if let Some(du) = du.as_deref_mut() {
-                du.fill(T::ZERO);
+            for part in [du.as_deref_mut(), db.as_deref_mut()].into_iter().flatten() {
+                part.fill(T::ZERO);
             }
             let mut bufx = rows_for(&tx, og, cg);
             let mut bufw = rows_for(&tw, cg, og);
@@ -701,16 +680,9 @@ pub(super) fn backward<T: Float>(
             })
         });
     }
-    let dw = need_dw.then(|| {
-        // The chunks' partial dU, summed in chunk order (contiguous adds), ...
-        let (total, parts) = du.split_at_mut(du_len);
-        crate::threads::for_each_part(total, 1 << 15, |off, t| {
-            for part in parts.chunks_exact(du_len) {
-                t.iter_mut().zip(&part[off..]).for_each(|(a, &b)| *a += b);
-            }
-        });
+    // The chunks' partial dU, summed in chunk order, ...
+    let dw = du_parts.sum().map(|total| {
         // ... then each kernel's 16 entries gathered and transformed back.
-        let total = &*total;
         let mut dw = vec![[T::ZERO; 9]; geom.out_channels * cg];
         crate::threads::for_each_part(&mut dw, PAR_KERNELS, |off, part| {
             for (kernel, d) in (off..).zip(part.iter_mut()) {
@@ -721,18 +693,12 @@ pub(super) fn backward<T: Float>(
                 *d = filter_transform_adjoint(&acc);
             }
         });
+        // A plain Vec (not a tensor's storage), so nothing recycles it on
+        // drop: hand it back to the pool for the next call.
+        crate::buffer::recycle(total);
         dw.into_iter().flatten().collect::<Vec<T>>()
     });
-    let db = need_db.then(|| {
-        let mut total = vec![T::ZERO; geom.out_channels];
-        for part in db.chunks_exact(geom.out_channels) {
-            total.iter_mut().zip(part).for_each(|(a, &b)| *a += b);
-        }
-        total
-    });
-    // A plain Vec (not a tensor's storage), so nothing recycles it on drop:
-    // hand it back to the pool for the next call (2 MB for `deep` at 2 threads).
-    crate::buffer::recycle(du);
+    let db = db_parts.sum();
     Grads { dx, dw, db }
 }
 
