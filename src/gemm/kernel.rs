@@ -217,53 +217,37 @@ fn portable_kernel<T: Elem, const MR: usize, const NR: usize>(
     }
 }
 
-impl MicroKernel for Portable<f32> {
-    type T = f32;
-    const MR: usize = 4;
-    const NR: usize = 8;
-    const BLOCKING: Blocking = Blocking {
-        kc: 256,
-        mc: 64,
-        nc: 1024,
+/// The portable kernel for one element type: `MR × NR` tile and blocking.
+macro_rules! portable_kernel_impl {
+    ($t:ty, $mr:literal, $nr:literal, $nc:literal) => {
+        impl MicroKernel for Portable<$t> {
+            type T = $t;
+            const MR: usize = $mr;
+            const NR: usize = $nr;
+            const BLOCKING: Blocking = Blocking {
+                kc: 256,
+                mc: 64,
+                nc: $nc,
+            };
+            #[inline]
+            fn run(
+                self,
+                kc: usize,
+                alpha: $t,
+                a: &[$t],
+                b: &[$t],
+                ldb: usize,
+                beta: $t,
+                c: &mut [&mut [$t]],
+            ) {
+                portable_kernel::<$t, $mr, $nr>(kc, alpha, a, b, ldb, beta, c)
+            }
+        }
     };
-    #[inline]
-    fn run(
-        self,
-        kc: usize,
-        alpha: f32,
-        a: &[f32],
-        b: &[f32],
-        ldb: usize,
-        beta: f32,
-        c: &mut [&mut [f32]],
-    ) {
-        portable_kernel::<f32, 4, 8>(kc, alpha, a, b, ldb, beta, c)
-    }
 }
 
-impl MicroKernel for Portable<f64> {
-    type T = f64;
-    const MR: usize = 4;
-    const NR: usize = 4;
-    const BLOCKING: Blocking = Blocking {
-        kc: 256,
-        mc: 64,
-        nc: 512,
-    };
-    #[inline]
-    fn run(
-        self,
-        kc: usize,
-        alpha: f64,
-        a: &[f64],
-        b: &[f64],
-        ldb: usize,
-        beta: f64,
-        c: &mut [&mut [f64]],
-    ) {
-        portable_kernel::<f64, 4, 4>(kc, alpha, a, b, ldb, beta, c)
-    }
-}
+portable_kernel_impl!(f32, 4, 8, 1024);
+portable_kernel_impl!(f64, 4, 4, 512);
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,9 @@
 //! the largest conv seen on the thread and are never zero-filled, since
 //! im2col writes every entry).
 
-use super::parallel::{backward_jobs, run_jobs, split_by, split_work, BackwardJob, Partials};
+use super::parallel::{
+    backward_jobs, run_backward_jobs, run_jobs, split_by, split_work, BackwardJob, Partials,
+};
 use super::Conv2dGeometry;
 use crate::gemm::{prepacked::gemm_prepacked, prepacked::PackedA};
 use crate::Float;
@@ -759,18 +761,13 @@ pub(super) fn backward<T: Float>(
             &mut dw_parts,
             &mut db_parts,
         );
-        run_jobs(jobs, |job| {
+        run_backward_jobs(jobs, |job| {
             let BackwardJob {
                 samples,
                 mut dx,
                 mut dw,
                 mut db,
             } = job;
-            // This chunk's partial sums start at zero (a chunk without
-            // samples, from an empty batch, then contributes nothing).
-            for part in [dw.as_deref_mut(), db.as_deref_mut()].into_iter().flatten() {
-                part.fill(T::ZERO);
-            }
             with_scratch(scratch_len::<T>(geom), |scratch: &mut [T]| {
                 with_scratch(phases_len(geom), |planes: &mut [T]| {
                     for (local, n) in samples.enumerate() {

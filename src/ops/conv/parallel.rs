@@ -102,8 +102,8 @@ pub(crate) struct Partials<T> {
 }
 
 impl<T: crate::Float> Partials<T> {
-    /// Room for `chunks` partial sums of `len` elements each, if `wanted`.
-    /// Each chunk's job must clear (or overwrite) its own part first.
+    /// Room for `chunks` partial sums of `len` elements each, if `wanted`;
+    /// [`run_backward_jobs`] clears each chunk's part before its job runs.
     pub(crate) fn new(wanted: bool, chunks: usize, len: usize) -> Self {
         Partials {
             data: crate::buffer::scratch(if wanted { chunks * len } else { 0 }),
@@ -157,6 +157,24 @@ pub(crate) fn backward_jobs<'a, T: crate::Float>(
             db: db.next(),
         })
         .collect()
+}
+
+/// [`run_jobs`] for backward jobs: each job's partial sums are cleared on
+/// the thread that runs it (as [`Partials`] requires), then `f` runs. A job
+/// without samples (an empty batch) thus contributes zeros.
+pub(crate) fn run_backward_jobs<'a, T: crate::Float>(
+    jobs: Vec<BackwardJob<'a, T>>,
+    f: impl Fn(BackwardJob<'a, T>) + Sync,
+) {
+    run_jobs(jobs, |mut job| {
+        for part in [job.dw.as_deref_mut(), job.db.as_deref_mut()]
+            .into_iter()
+            .flatten()
+        {
+            part.fill(T::ZERO);
+        }
+        f(job)
+    });
 }
 
 #[cfg(test)]

@@ -36,7 +36,9 @@
 use super::im2col::{
     batch_split, block_stride, gemm, input_block, output_block, sum, with_scratch, Grads, MatRef,
 };
-use super::parallel::{backward_jobs, run_jobs, split_by, BackwardJob, Partials};
+use super::parallel::{
+    backward_jobs, run_backward_jobs, run_jobs, split_by, BackwardJob, Partials,
+};
 use super::Conv2dGeometry;
 use crate::gemm::prepacked::{gemm_prepacked, PackedA};
 use crate::simd::multiversion;
@@ -643,16 +645,13 @@ pub(super) fn backward<T: Float>(
         );
         let (xv, xm) = conv_scratch::<T>(&tx, og, cg);
         let (wv, wm) = conv_scratch::<T>(&tw, cg, og);
-        run_jobs(jobs, |job| {
+        run_backward_jobs(jobs, |job| {
             let BackwardJob {
                 samples,
                 mut dx,
                 dw: mut du,
                 mut db,
             } = job;
-            for part in [du.as_deref_mut(), db.as_deref_mut()].into_iter().flatten() {
-                part.fill(T::ZERO);
-            }
             let mut bufx = rows_for(&tx, og, cg);
             let mut bufw = rows_for(&tw, cg, og);
             with_scratch(xv.max(wv), |v: &mut [T]| {
