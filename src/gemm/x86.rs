@@ -1,20 +1,32 @@
-//! AVX2 + FMA micro-kernels for `x86_64`.
+//! SIMD micro-kernels for `x86_64`.
 //!
-//! * `f32`: 6 × 16 register tile — 12 `ymm` accumulators, 2 `ymm` for the B
-//!   row and 1 for the broadcast A element (15 of 16 registers).
-//! * `f64`: 6 × 8 register tile — same register budget with 4-lane vectors.
+//! * AVX2 + FMA, `f32`: 6 × 16 register tile — 12 `ymm` accumulators, 2 `ymm`
+//!   for the B row and 1 for the broadcast A element (15 of 16 registers).
+//! * AVX2 + FMA, `f64`: 6 × 8 register tile — same register budget with
+//!   4-lane vectors. Both come from one generic body over [`Avx2Vec`]
+//!   (`__m256` or `__m256d`), as do the two dot-product kernels.
+//! * AVX-512F, `f32`: 8 × 32 register tile, 16 `zmm` accumulators, masked
+//!   edges.
 //!
 //! Edge tiles (fewer than `MR` rows or `NR` columns) run a kernel instantiated
 //! for exactly that many rows and for one or two vectors of columns, so no
 //! multiply-adds are wasted on padding rows; columns beyond the tile width
 //! inside the last vector are computed but never stored.
 
-use super::kernel::{check_dot, check_tile, Blocking, MicroKernel};
+use super::kernel::{check_dot, check_tile, Blocking, Elem, MicroKernel};
 use std::arch::x86_64::*;
 
 /// Calls the `R × NV`-vector instantiation of a tile kernel for `rows` rows
-/// (one of the listed counts) and one or two (`wide`) vectors of columns.
+/// (one of the listed counts) and one or two (`wide`) vectors of columns. A
+/// kernel generic over its vector type is named with it: `kernel::<V>`.
 macro_rules! tile_dispatch {
+    ($kernel:ident::<$v:ty>, $rows:expr, $wide:expr, [$($r:literal),*], $args:tt) => {
+        match ($rows, $wide) {
+            $(($r, true) => $kernel::<$v, $r, 2> $args,
+            ($r, false) => $kernel::<$v, $r, 1> $args,)*
+            (rows, _) => unreachable!("tile of {rows} rows"),
+        }
+    };
     ($kernel:ident, $rows:expr, $wide:expr, [$($r:literal),*], $args:tt) => {
         match ($rows, $wide) {
             $(($r, true) => $kernel::<$r, 2> $args,
@@ -25,8 +37,14 @@ macro_rules! tile_dispatch {
 }
 
 /// Calls the `R × C` instantiation of a dot-product kernel for the given
-/// (rows, columns), one of the listed pairs.
+/// (rows, columns), one of the listed pairs; `kernel::<V>` as above.
 macro_rules! dot_dispatch {
+    ($kernel:ident::<$v:ty>, $shape:expr, [$(($r:literal, $c:literal)),*], $args:tt) => {
+        match $shape {
+            $(($r, $c) => $kernel::<$v, $r, $c> $args,)*
+            (r, c) => unreachable!("dot tile {r} × {c}"),
+        }
+    };
     ($kernel:ident, $shape:expr, [$(($r:literal, $c:literal)),*], $args:tt) => {
         match $shape {
             $(($r, $c) => $kernel::<$r, $c> $args,)*
@@ -111,7 +129,7 @@ impl MicroKernel for Avx2F32 {
         unsafe {
             let wide = cols > 8;
             tile_dispatch!(
-                kernel_f32,
+                kernel_avx2::<__m256>,
                 c.len(),
                 wide,
                 [6, 5, 4, 3, 2, 1],
@@ -135,7 +153,7 @@ impl MicroKernel for Avx2F32 {
         // `C = b.len()`) and writes `c[r][j]` for `r < R`, `j < C` only.
         unsafe {
             dot_dispatch!(
-                dot_f32,
+                dot_avx2::<__m256>,
                 (a.len(), b.len()),
                 [
                     (4, 3),
@@ -189,7 +207,7 @@ impl MicroKernel for Avx2F64 {
         unsafe {
             let wide = cols > 4;
             tile_dispatch!(
-                kernel_f64,
+                kernel_avx2::<__m256d>,
                 c.len(),
                 wide,
                 [6, 5, 4, 3, 2, 1],
@@ -213,7 +231,7 @@ impl MicroKernel for Avx2F64 {
         // `C = b.len()`) and writes `c[r][j]` for `r < R`, `j < C` only.
         unsafe {
             dot_dispatch!(
-                dot_f64,
+                dot_avx2::<__m256d>,
                 (a.len(), b.len()),
                 [
                     (4, 3),
@@ -235,323 +253,273 @@ impl MicroKernel for Avx2F64 {
     }
 }
 
-/// `R × (8·NV)` `f32` kernel body.
+/// A 256-bit vector of `f32` or `f64` and the AVX2+FMA operations the
+/// kernels below use, so that one generic body serves both element types.
 ///
-/// # Safety
-/// AVX2 and FMA must be available; `a` must be valid for reads of
-/// `kc * 6` elements, `b` for reads of `(kc - 1) * ldb + 8 * NV` elements
-/// (when `kc > 0`); `c` must have at least `R` rows, each at most `8 * NV`
-/// long.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_f32<const R: usize, const NV: usize>(
-    kc: usize,
-    alpha: f32,
-    a: *const f32,
-    b: *const f32,
-    ldb: usize,
-    beta: f32,
-    c: &mut [&mut [f32]],
-) {
-    const MR: usize = 6;
-    let mut acc = [[_mm256_setzero_ps(); NV]; R];
-    let mut ap = a;
-    let mut bp = b;
-    // Main loop, unrolled by two steps of k.
-    let mut p = 0;
-    while p + 2 <= kc {
-        for s in 0..2 {
-            let brow = bp.add(s * ldb);
-            let mut bv = [_mm256_setzero_ps(); NV];
-            for (v, x) in bv.iter_mut().enumerate() {
-                *x = _mm256_loadu_ps(brow.add(8 * v));
-            }
-            for (r, accr) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*ap.add(s * MR + r));
-                for v in 0..NV {
-                    accr[v] = _mm256_fmadd_ps(av, bv[v], accr[v]);
-                }
-            }
-        }
-        ap = ap.add(2 * MR);
-        bp = bp.add(2 * ldb);
-        p += 2;
-    }
-    if p < kc {
-        let mut bv = [_mm256_setzero_ps(); NV];
-        for (v, x) in bv.iter_mut().enumerate() {
-            *x = _mm256_loadu_ps(bp.add(8 * v));
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*ap.add(r));
-            for v in 0..NV {
-                accr[v] = _mm256_fmadd_ps(av, bv[v], accr[v]);
-            }
-        }
-    }
-
-    let valpha = _mm256_set1_ps(alpha);
-    let vbeta = _mm256_set1_ps(beta);
-    for (r, accr) in acc.iter().enumerate() {
-        let row: &mut [f32] = c.get_unchecked_mut(r);
-        let cols = row.len();
-        let cp = row.as_mut_ptr();
-        for (v, &x) in accr.iter().enumerate() {
-            let x = if alpha == 1.0 {
-                x
-            } else {
-                _mm256_mul_ps(x, valpha)
-            };
-            let off = 8 * v;
-            if off + 8 <= cols {
-                let dst = cp.add(off);
-                let out = if beta == 0.0 {
-                    x
-                } else if beta == 1.0 {
-                    _mm256_add_ps(_mm256_loadu_ps(dst), x)
-                } else {
-                    _mm256_fmadd_ps(_mm256_loadu_ps(dst), vbeta, x)
-                };
-                _mm256_storeu_ps(dst, out);
-            } else if off < cols {
-                let mut tmp = [0.0f32; 8];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), x);
-                for (l, &t) in tmp.iter().enumerate().take(cols - off) {
-                    let d = cp.add(off + l);
-                    *d = if beta == 0.0 { t } else { t + beta * *d };
-                }
-            }
-        }
-    }
+/// Every method is `#[inline(always)]` and only meaningful inlined into a
+/// function compiled with `avx2,fma` (the generic kernels): there the
+/// intrinsics it calls are inlined too.
+trait Avx2Vec: Copy {
+    /// The element type.
+    type E: Elem;
+    /// Elements per vector.
+    const LANES: usize;
+    /// All zeros.
+    unsafe fn zero() -> Self;
+    /// `LANES` elements from `p` (unaligned).
+    unsafe fn load(p: *const Self::E) -> Self;
+    /// The first `n < LANES` elements from `p`, zeros above; reads only those.
+    unsafe fn load_first(p: *const Self::E, n: usize) -> Self;
+    /// Every lane set to `x`.
+    unsafe fn splat(x: Self::E) -> Self;
+    /// `a·b + c`, fused.
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+    /// `a + b`.
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// `a · b`.
+    unsafe fn mul(a: Self, b: Self) -> Self;
+    /// Writes the `LANES` elements to `p` (unaligned).
+    unsafe fn store(p: *mut Self::E, v: Self);
+    /// The sums of the lanes of four vectors.
+    unsafe fn sum4(v: [Self; 4]) -> [Self::E; 4];
 }
 
-/// `R × (4·NV)` `f64` kernel body.
-///
-/// # Safety
-/// AVX2 and FMA must be available; `a` must be valid for reads of
-/// `kc * 6` elements, `b` for reads of `(kc - 1) * ldb + 4 * NV` elements
-/// (when `kc > 0`); `c` must have at least `R` rows, each at most `4 * NV`
-/// long.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_f64<const R: usize, const NV: usize>(
-    kc: usize,
-    alpha: f64,
-    a: *const f64,
-    b: *const f64,
-    ldb: usize,
-    beta: f64,
-    c: &mut [&mut [f64]],
-) {
-    const MR: usize = 6;
-    let mut acc = [[_mm256_setzero_pd(); NV]; R];
-    let mut ap = a;
-    let mut bp = b;
-    let mut p = 0;
-    while p + 2 <= kc {
-        for s in 0..2 {
-            let brow = bp.add(s * ldb);
-            let mut bv = [_mm256_setzero_pd(); NV];
-            for (v, x) in bv.iter_mut().enumerate() {
-                *x = _mm256_loadu_pd(brow.add(4 * v));
-            }
-            for (r, accr) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_sd(&*ap.add(s * MR + r));
-                for v in 0..NV {
-                    accr[v] = _mm256_fmadd_pd(av, bv[v], accr[v]);
-                }
-            }
-        }
-        ap = ap.add(2 * MR);
-        bp = bp.add(2 * ldb);
-        p += 2;
+impl Avx2Vec for __m256 {
+    type E = f32;
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        _mm256_setzero_ps()
     }
-    if p < kc {
-        let mut bv = [_mm256_setzero_pd(); NV];
-        for (v, x) in bv.iter_mut().enumerate() {
-            *x = _mm256_loadu_pd(bp.add(4 * v));
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_sd(&*ap.add(r));
-            for v in 0..NV {
-                accr[v] = _mm256_fmadd_pd(av, bv[v], accr[v]);
-            }
-        }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        _mm256_loadu_ps(p)
     }
-
-    let valpha = _mm256_set1_pd(alpha);
-    let vbeta = _mm256_set1_pd(beta);
-    for (r, accr) in acc.iter().enumerate() {
-        let row: &mut [f64] = c.get_unchecked_mut(r);
-        let cols = row.len();
-        let cp = row.as_mut_ptr();
-        for (v, &x) in accr.iter().enumerate() {
-            let x = if alpha == 1.0 {
-                x
-            } else {
-                _mm256_mul_pd(x, valpha)
-            };
-            let off = 4 * v;
-            if off + 4 <= cols {
-                let dst = cp.add(off);
-                let out = if beta == 0.0 {
-                    x
-                } else if beta == 1.0 {
-                    _mm256_add_pd(_mm256_loadu_pd(dst), x)
-                } else {
-                    _mm256_fmadd_pd(_mm256_loadu_pd(dst), vbeta, x)
-                };
-                _mm256_storeu_pd(dst, out);
-            } else if off < cols {
-                let mut tmp = [0.0f64; 4];
-                _mm256_storeu_pd(tmp.as_mut_ptr(), x);
-                for (l, &t) in tmp.iter().enumerate().take(cols - off) {
-                    let d = cp.add(off + l);
-                    *d = if beta == 0.0 { t } else { t + beta * *d };
-                }
-            }
-        }
+    #[inline(always)]
+    unsafe fn load_first(p: *const f32, n: usize) -> Self {
+        // Lanes whose index is below n are read; the others are never
+        // accessed and read as zero.
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        _mm256_maskload_ps(p, mask)
     }
-}
-
-/// `R × C` dot-product tile for f32: `c[r][j] = alpha·(a_r · b_j) + beta·c[r][j]`.
-///
-/// # Safety
-/// AVX2 and FMA must be available; `a[..R]` and `b[..C]` must each be
-/// valid for reads of `len` elements; `c` must have at least `R` rows of at
-/// least `C` elements.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::needless_range_loop)] // the reduction walks acc column-wise
-unsafe fn dot_f32<const R: usize, const C: usize>(
-    len: usize,
-    alpha: f32,
-    a: [*const f32; 4],
-    b: [*const f32; 3],
-    beta: f32,
-    c: &mut [&mut [f32]],
-) {
-    const L: usize = 8;
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mut p = 0;
-    while p + L <= len {
-        let mut bv = [_mm256_setzero_ps(); C];
-        for (j, x) in bv.iter_mut().enumerate() {
-            *x = _mm256_loadu_ps(b[j].add(p));
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm256_loadu_ps(a[r].add(p));
-            for j in 0..C {
-                accr[j] = _mm256_fmadd_ps(av, bv[j], accr[j]);
-            }
-        }
-        p += L;
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        _mm256_set1_ps(x)
     }
-    if p < len {
-        // Tail: masked loads read only the `len - p` remaining elements
-        // (masked-off lanes are never accessed and read as zero).
-        let rem = (len - p) as i32;
-        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), idx);
-        let mut bv = [_mm256_setzero_ps(); C];
-        for (j, x) in bv.iter_mut().enumerate() {
-            *x = _mm256_maskload_ps(b[j].add(p), mask);
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm256_maskload_ps(a[r].add(p), mask);
-            for j in 0..C {
-                accr[j] = _mm256_fmadd_ps(av, bv[j], accr[j]);
-            }
-        }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm256_fmadd_ps(a, b, c)
     }
-    // Reduce each column's (up to) four row accumulators at once: three
-    // horizontal adds and one cross-lane add give the four dot products.
-    for j in 0..C {
-        let v: [__m256; 4] = std::array::from_fn(|r| {
-            if r < R {
-                acc[r][j]
-            } else {
-                _mm256_setzero_ps()
-            }
-        });
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self) {
+        _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn sum4(v: [Self; 4]) -> [f32; 4] {
+        // Three horizontal adds and one cross-lane add give the four sums.
         let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
         let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
         let mut out = [0.0f32; 4];
-        _mm_storeu_ps(out.as_mut_ptr(), _mm_mul_ps(sums, _mm_set1_ps(alpha)));
-        for (r, &s) in out.iter().enumerate().take(R) {
-            let d = c.get_unchecked_mut(r).get_unchecked_mut(j);
-            *d = if beta == 0.0 { s } else { s + beta * *d };
-        }
+        _mm_storeu_ps(out.as_mut_ptr(), sums);
+        out
     }
 }
 
-/// `R × C` dot-product tile for f64: `c[r][j] = alpha·(a_r · b_j) + beta·c[r][j]`.
-///
-/// # Safety
-/// AVX2 and FMA must be available; `a[..R]` and `b[..C]` must each be
-/// valid for reads of `len` elements; `c` must have at least `R` rows of at
-/// least `C` elements.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::needless_range_loop)] // the reduction walks acc column-wise
-unsafe fn dot_f64<const R: usize, const C: usize>(
-    len: usize,
-    alpha: f64,
-    a: [*const f64; 4],
-    b: [*const f64; 3],
-    beta: f64,
-    c: &mut [&mut [f64]],
-) {
-    const L: usize = 4;
-    let mut acc = [[_mm256_setzero_pd(); C]; R];
-    let mut p = 0;
-    while p + L <= len {
-        let mut bv = [_mm256_setzero_pd(); C];
-        for (j, x) in bv.iter_mut().enumerate() {
-            *x = _mm256_loadu_pd(b[j].add(p));
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm256_loadu_pd(a[r].add(p));
-            for j in 0..C {
-                accr[j] = _mm256_fmadd_pd(av, bv[j], accr[j]);
-            }
-        }
-        p += L;
+impl Avx2Vec for __m256d {
+    type E = f64;
+    const LANES: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        _mm256_setzero_pd()
     }
-    if p < len {
-        // Tail: masked loads read only the `len - p` remaining elements
-        // (masked-off lanes are never accessed and read as zero).
-        let rem = (len - p) as i64;
-        let idx = _mm256_setr_epi64x(0, 1, 2, 3);
-        let mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(rem), idx);
-        let mut bv = [_mm256_setzero_pd(); C];
-        for (j, x) in bv.iter_mut().enumerate() {
-            *x = _mm256_maskload_pd(b[j].add(p), mask);
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm256_maskload_pd(a[r].add(p), mask);
-            for j in 0..C {
-                accr[j] = _mm256_fmadd_pd(av, bv[j], accr[j]);
-            }
-        }
+    #[inline(always)]
+    unsafe fn load(p: *const f64) -> Self {
+        _mm256_loadu_pd(p)
     }
-    // Reduce each column's (up to) four row accumulators at once.
-    for j in 0..C {
-        let v: [__m256d; 4] = std::array::from_fn(|r| {
-            if r < R {
-                acc[r][j]
-            } else {
-                _mm256_setzero_pd()
-            }
-        });
+    #[inline(always)]
+    unsafe fn load_first(p: *const f64, n: usize) -> Self {
+        let mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), _mm256_setr_epi64x(0, 1, 2, 3));
+        _mm256_maskload_pd(p, mask)
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f64) -> Self {
+        _mm256_set1_pd(x)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm256_fmadd_pd(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm256_add_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        _mm256_mul_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f64, v: Self) {
+        _mm256_storeu_pd(p, v)
+    }
+    #[inline(always)]
+    unsafe fn sum4(v: [Self; 4]) -> [f64; 4] {
         let h01 = _mm256_hadd_pd(v[0], v[1]); // [v0 lo, v1 lo, v0 hi, v1 hi]
         let h23 = _mm256_hadd_pd(v[2], v[3]); // [v2 lo, v3 lo, v2 hi, v3 hi]
         let swapped = _mm256_permute2f128_pd::<0x21>(h01, h23);
         let blended = _mm256_blend_pd::<0b1100>(h01, h23);
-        let sums = _mm256_mul_pd(_mm256_add_pd(swapped, blended), _mm256_set1_pd(alpha));
         let mut out = [0.0f64; 4];
-        _mm256_storeu_pd(out.as_mut_ptr(), sums);
-        for (r, &s) in out.iter().enumerate().take(R) {
+        _mm256_storeu_pd(out.as_mut_ptr(), _mm256_add_pd(swapped, blended));
+        out
+    }
+}
+
+/// `R × (LANES·NV)` AVX2 tile kernel body, for `f32` (`V = __m256`) and
+/// `f64` (`V = __m256d`).
+///
+/// # Safety
+/// AVX2 and FMA must be available; `a` must be valid for reads of
+/// `kc * 6` elements, `b` for reads of `(kc - 1) * ldb + LANES * NV`
+/// elements (when `kc > 0`); `c` must have at least `R` rows, each at most
+/// `LANES * NV` long.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx2<V: Avx2Vec, const R: usize, const NV: usize>(
+    kc: usize,
+    alpha: V::E,
+    a: *const V::E,
+    b: *const V::E,
+    ldb: usize,
+    beta: V::E,
+    c: &mut [&mut [V::E]],
+) {
+    const MR: usize = 6;
+    let l = V::LANES;
+    let mut acc = [[V::zero(); NV]; R];
+    let mut ap = a;
+    let mut bp = b;
+    // One step of k: a row of B times a column of the A panel.
+    let step = |acc: &mut [[V; NV]; R], ap: *const V::E, brow: *const V::E| {
+        let mut bv = [V::zero(); NV];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = V::load(brow.add(l * v));
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = V::splat(*ap.add(r));
+            for v in 0..NV {
+                accr[v] = V::fmadd(av, bv[v], accr[v]);
+            }
+        }
+    };
+    // Main loop, unrolled by two steps of k.
+    let mut p = 0;
+    while p + 2 <= kc {
+        step(&mut acc, ap, bp);
+        step(&mut acc, ap.add(MR), bp.add(ldb));
+        ap = ap.add(2 * MR);
+        bp = bp.add(2 * ldb);
+        p += 2;
+    }
+    if p < kc {
+        step(&mut acc, ap, bp);
+    }
+
+    let (one, zero) = (V::E::ONE, V::E::ZERO);
+    let valpha = V::splat(alpha);
+    let vbeta = V::splat(beta);
+    for (r, accr) in acc.iter().enumerate() {
+        let row: &mut [V::E] = c.get_unchecked_mut(r);
+        let cols = row.len();
+        let cp = row.as_mut_ptr();
+        for (v, &x) in accr.iter().enumerate() {
+            let x = if alpha == one { x } else { V::mul(x, valpha) };
+            let off = l * v;
+            if off + l <= cols {
+                let dst = cp.add(off);
+                let out = if beta == zero {
+                    x
+                } else if beta == one {
+                    V::add(V::load(dst), x)
+                } else {
+                    V::fmadd(V::load(dst), vbeta, x)
+                };
+                V::store(dst, out);
+            } else if off < cols {
+                let mut tmp = [zero; 8];
+                V::store(tmp.as_mut_ptr(), x);
+                for (i, &t) in tmp.iter().enumerate().take(cols - off) {
+                    let d = cp.add(off + i);
+                    *d = if beta == zero { t } else { t + beta * *d };
+                }
+            }
+        }
+    }
+}
+
+/// `R × C` AVX2 dot-product tile, for `f32` (`V = __m256`) and `f64`
+/// (`V = __m256d`): `c[r][j] = alpha·(a_r · b_j) + beta·c[r][j]`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `a[..R]` and `b[..C]` must each be
+/// valid for reads of `len` elements; `c` must have at least `R` rows of at
+/// least `C` elements.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // the reduction walks acc column-wise
+unsafe fn dot_avx2<V: Avx2Vec, const R: usize, const C: usize>(
+    len: usize,
+    alpha: V::E,
+    a: [*const V::E; 4],
+    b: [*const V::E; 3],
+    beta: V::E,
+    c: &mut [&mut [V::E]],
+) {
+    let l = V::LANES;
+    let mut acc = [[V::zero(); C]; R];
+    // One block of `l` (or, masked, the last `n < l`) elements.
+    let block = |acc: &mut [[V; C]; R], p: usize, n: usize| {
+        let ld = |x: *const V::E| {
+            if n == l {
+                V::load(x.add(p))
+            } else {
+                V::load_first(x.add(p), n)
+            }
+        };
+        let mut bv = [V::zero(); C];
+        for (j, x) in bv.iter_mut().enumerate() {
+            *x = ld(b[j]);
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = ld(a[r]);
+            for j in 0..C {
+                accr[j] = V::fmadd(av, bv[j], accr[j]);
+            }
+        }
+    };
+    let mut p = 0;
+    while p + l <= len {
+        block(&mut acc, p, l);
+        p += l;
+    }
+    if p < len {
+        block(&mut acc, p, len - p);
+    }
+    // Each column's (up to) four row sums at once.
+    for j in 0..C {
+        let v: [V; 4] = std::array::from_fn(|r| if r < R { acc[r][j] } else { V::zero() });
+        for (r, &s) in V::sum4(v).iter().enumerate().take(R) {
+            let s = alpha * s;
             let d = c.get_unchecked_mut(r).get_unchecked_mut(j);
-            *d = if beta == 0.0 { s } else { s + beta * *d };
+            *d = if beta == V::E::ZERO { s } else { s + beta * *d };
         }
     }
 }
