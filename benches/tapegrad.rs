@@ -55,19 +55,51 @@ struct Measure {
     threads: usize,
     /// Floating-point operations per run, for the GFLOP/s column.
     flops: Option<f64>,
-    run: Box<dyn FnMut()>,
+    /// One run; `Some(gflops)` if it measures its own rate (`peak_fma`).
+    run: Box<dyn FnMut() -> Option<f64>>,
     samples_ms: Vec<f64>,
+    /// The rates the runs reported, if they report one.
+    rates: Vec<f64>,
 }
 
 impl Measure {
-    fn new(case: String, threads: usize, flops: Option<f64>, run: impl FnMut() + 'static) -> Self {
+    fn new(
+        case: String,
+        threads: usize,
+        flops: Option<f64>,
+        mut run: impl FnMut() + 'static,
+    ) -> Self {
         Measure {
             case,
             threads,
             flops,
-            run: Box::new(run),
+            run: Box::new(move || {
+                run();
+                None
+            }),
             samples_ms: vec![],
+            rates: vec![],
         }
+    }
+
+    /// `peak_fma` at `threads` threads, sampled in the rounds like every
+    /// case, so that its figure comes from the same minutes as theirs.
+    fn peak(threads: usize) -> Self {
+        Measure {
+            case: "peak_fma".into(),
+            threads,
+            flops: None,
+            run: Box::new(move || Some(gemm::peak::fma_sample(threads, PEAK_SCALE))),
+            samples_ms: vec![],
+            rates: vec![],
+        }
+    }
+
+    /// The median rate the runs reported (`peak_fma`), if any.
+    fn median_rate(&self) -> Option<f64> {
+        let mut r = self.rates.clone();
+        r.sort_by(|a, b| a.total_cmp(b));
+        r.get(r.len() / 2).copied()
     }
 
     fn median_ms(&self) -> f64 {
@@ -79,6 +111,10 @@ impl Measure {
 
 /// Runs of a measurement timed back to back within one round.
 const PER_ROUND: usize = 3;
+
+/// Length of one `peak_fma` sample, as a fraction of one run of
+/// `peak_fma_gflops` (about 8 ms).
+const PEAK_SCALE: f64 = 0.25;
 
 /// Times every measurement `reps` times, in rounds (after a pass of two
 /// untimed runs of each): each round gives every
@@ -101,8 +137,9 @@ fn run_rounds(measures: &mut [Measure], reps: usize) {
             (m.run)();
             for _ in 0..PER_ROUND {
                 let t0 = Instant::now();
-                (m.run)();
+                let rate = (m.run)();
                 m.samples_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                m.rates.extend(rate);
             }
         }
     }
@@ -334,7 +371,7 @@ fn cnn_step_memory(rng: &mut StdRng) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut cfg = Cfg {
-        reps: 15,
+        reps: 30,
         threads: vec![1, 2],
         only: vec![],
     };
@@ -366,18 +403,13 @@ fn main() {
         cfg.reps.div_ceil(PER_ROUND)
     );
     println!("case\tframework\tthreads\tmedian_ms\tgflops");
-    let mut peaks = vec![];
-    for &t in &cfg.threads {
-        let peak = gemm::peak::peak_fma_gflops(t);
-        println!("peak_fma\ttapegrad\t{t}\t-\t{peak:.1}");
-        peaks.push((t, peak));
-    }
     let mut rng = StdRng::seed_from_u64(0);
     if want("cnn_step") {
         cnn_step_memory(&mut rng);
     }
     let mut measures = vec![];
     for &t in &cfg.threads {
+        measures.push(Measure::peak(t));
         for cc in CASES.iter().filter(|c| want(c.name)) {
             measures.extend(conv_case(cc, t, &mut rng));
         }
@@ -389,7 +421,13 @@ fn main() {
         measures.push(chain10k());
     }
     run_rounds(&mut measures, cfg.reps);
+    let mut peaks = vec![];
     for m in &measures {
+        if let Some(rate) = m.median_rate() {
+            println!("{}\ttapegrad\t{}\t-\t{rate:.1}", m.case, m.threads);
+            peaks.push((m.threads, rate));
+            continue;
+        }
         let ms = m.median_ms();
         line(&m.case, m.threads, ms, m.flops.map(|f| f / ms / 1e6));
         if m.case == "chain10k" {
@@ -399,7 +437,35 @@ fn main() {
             );
         }
     }
-    for (t, p) in peaks {
+    for &(t, p) in &peaks {
         println!("# peak_fma at {t} thread(s): {p:.1} GFLOP/s; divide a case's gflops by this for its fraction of peak");
+    }
+    speed_ups(&measures, &peaks);
+}
+
+/// One note line of the speed-up of every case from 1 to 2 threads (ratio
+/// of the medians), next to that of `peak_fma` over the same rounds: the
+/// machine's own scaling, which no case can beat for long.
+fn speed_ups(measures: &[Measure], peaks: &[(usize, f64)]) {
+    let at = |case: &str, t: usize| {
+        measures
+            .iter()
+            .find(|m| m.case == case && m.threads == t && m.rates.is_empty())
+            .map(Measure::median_ms)
+    };
+    let peak = |t: usize| peaks.iter().find(|p| p.0 == t).map(|p| p.1);
+    let mut parts = vec![];
+    let large = |m: &&Measure| m.case.ends_with("_fwdbwd") || m.case == "cnn_step";
+    for m in measures.iter().filter(|m| m.threads == 1).filter(large) {
+        if let (Some(one), Some(two)) = (at(&m.case, 1), at(&m.case, 2)) {
+            parts.push(format!("{} {:.2}", m.case, one / two));
+        }
+    }
+    if let (Some(one), Some(two), false) = (peak(1), peak(2), parts.is_empty()) {
+        println!(
+            "# speed-up from 1 to 2 threads (median over median): {}; peak_fma {:.2} (the machine's own scaling in the same rounds)",
+            parts.join(", "),
+            two / one
+        );
     }
 }

@@ -31,7 +31,7 @@ const LANES: usize = 8;
 /// so the number is still a meaningful ceiling for the portable GEMM path.
 ///
 /// The measurement takes roughly a tenth of a second per call (best of three
-/// runs).
+/// runs of [`fma_sample`]).
 ///
 /// # Example
 /// ```
@@ -39,33 +39,47 @@ const LANES: usize = 8;
 /// assert!(gflops > 0.0);
 /// ```
 pub fn peak_fma_gflops(threads: usize) -> f64 {
-    let threads = threads.max(1);
-    let mut best = 0.0f64;
-    for _ in 0..3 {
-        let start = Instant::now();
-        let flops: u64 = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads).map(|_| s.spawn(fma_loop)).collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
-        });
-        let secs = start.elapsed().as_secs_f64();
-        if secs > 0.0 {
-            best = best.max(flops as f64 / secs / 1e9);
-        }
-    }
-    best
+    (0..3).map(|_| fma_sample(threads, 1.0)).fold(0.0, f64::max)
 }
 
-/// Runs the FMA loop once on the current thread and returns the number of
-/// floating-point operations it performed.
-fn fma_loop() -> u64 {
+/// One run of the FMA loop of [`peak_fma_gflops`] on `threads` threads at
+/// once (`0` is treated as `1`), `scale` times as long as one of its runs
+/// (about 30 ms at `1.0`); returns its GFLOP/s. Benchmarks that sample the
+/// ceiling repeatedly, next to the work they compare with it, use this.
+///
+/// # Example
+/// ```
+/// let gflops = tapegrad::gemm::peak::fma_sample(2, 0.1);
+/// assert!(gflops > 0.0);
+/// ```
+pub fn fma_sample(threads: usize, scale: f64) -> f64 {
+    let iters = ((ITERS as f64 * scale) as u64).max(1000);
+    let start = Instant::now();
+    let flops: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| s.spawn(move || fma_loop(iters)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    if secs > 0.0 {
+        flops as f64 / secs / 1e9
+    } else {
+        0.0
+    }
+}
+
+/// Runs the FMA loop once on the current thread, `iters` iterations' worth,
+/// and returns the number of floating-point operations it performed.
+fn fma_loop(iters: u64) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
         if super::default_path() == super::Path::Auto && super::x86::Avx512::detect().is_some() {
             // SAFETY: `fma_loop_avx512` only requires AVX-512F, whose
             // presence was just checked at run time.
-            let out = unsafe { fma_loop_avx512(ITERS / 2, std::hint::black_box(1e-9)) };
+            let out = unsafe { fma_loop_avx512(iters / 2, std::hint::black_box(1e-9)) };
             std::hint::black_box(out);
-            return (ITERS / 2) * (CHAINS * 2 * LANES * 2) as u64;
+            return (iters / 2) * (CHAINS * 2 * LANES * 2) as u64;
         }
         if super::default_path() != super::Path::Portable
             && is_x86_feature_detected!("avx2")
@@ -73,14 +87,14 @@ fn fma_loop() -> u64 {
         {
             // SAFETY: `fma_loop_avx2` only requires the AVX2 and FMA target
             // features, whose presence was just checked at run time.
-            let out = unsafe { fma_loop_avx2(ITERS, std::hint::black_box(1e-9)) };
+            let out = unsafe { fma_loop_avx2(iters, std::hint::black_box(1e-9)) };
             std::hint::black_box(out);
-            return ITERS * (CHAINS * LANES * 2) as u64;
+            return iters * (CHAINS * LANES * 2) as u64;
         }
     }
-    let out = fma_loop_portable(ITERS / 4, std::hint::black_box(1e-9));
+    let out = fma_loop_portable(iters / 4, std::hint::black_box(1e-9));
     std::hint::black_box(out);
-    (ITERS / 4) * (CHAINS * LANES * 2) as u64
+    (iters / 4) * (CHAINS * LANES * 2) as u64
 }
 
 /// Portable version: twelve arrays of eight lanes, updated with `a*b + c`.
