@@ -694,8 +694,10 @@ fn row_panel_outer(mc: usize, kc: usize, mr: usize) -> bool {
 }
 
 /// Whether to run the unpacked dot-product kernel: only when both operands
-/// are contiguous along `k` and `C` is small enough that packing (each
-/// packed element feeds only `m` or `n` multiply-adds) would dominate.
+/// are contiguous along `k` and one side of `C` is short enough that packing
+/// (each packed element feeds only `m` or `n` multiply-adds) would dominate.
+/// (With `C` 64 × 64 and `k` 72–216, the Winograd weight gradients of the
+/// benchmark's `deep`, packing measured faster.)
 fn use_dot<K: MicroKernel>(
     m: usize,
     n: usize,
@@ -703,7 +705,7 @@ fn use_dot<K: MicroKernel>(
     a: &MatRef<'_, K::T>,
     b: &MatRef<'_, K::T>,
 ) -> bool {
-    K::DOT_ROWS > 0 && a.cs == 1 && b.rs == 1 && k >= 128 && (m.min(n) <= 32 || m * n <= 128 * 128)
+    K::DOT_ROWS > 0 && a.cs == 1 && b.rs == 1 && k >= 128 && m.min(n) <= 32
 }
 
 /// `C = alpha·A·B + beta·C` with the dot-product kernel (A row-major, B
