@@ -6,7 +6,8 @@
 //! (ns per node for `chain10k`, peak heap for `cnn_step`, fractions of peak).
 //!
 //! Options (after `--`): `--quick` (fewer repetitions), `--threads 1,2`, `--case NAME` (repeatable),
-//! `--avx2` (cap the kernels, and `peak_fma`, at AVX2 on an AVX-512 machine).
+//! `--avx2` (cap the kernels, and `peak_fma`, at AVX2 on an AVX-512 machine), `--winograd-tile 2|4`
+//! (every Winograd conv with that variant instead of the one its shape picks).
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -391,6 +392,10 @@ fn main() {
                 cfg.only.push(args[i].clone());
             }
             "--avx2" => gemm::force_avx2(true),
+            "--winograd-tile" => {
+                i += 1;
+                tapegrad::conv::force_winograd_tile(args[i].parse().expect("--winograd-tile 2|4"));
+            }
             "--bench" => {}
             other => eprintln!("ignoring unknown argument {other}"),
         }

@@ -23,7 +23,9 @@ pub(crate) fn avx2_available() -> bool {
 
 /// `multiversion!(fn name<T: Float>(args...) => body);` defines `name`,
 /// which runs the `#[inline(always)]` function `body(args...)` compiled with
-/// AVX2+FMA when [`avx2_available`], else as compiled for the baseline.
+/// AVX2+FMA when [`avx2_available`], else as compiled for the baseline. A
+/// second form takes `<T: Bound, W: Bound2<A, B>, const A: usize, const B:
+/// usize>` (the Winograd transforms, generic over their variant).
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident<$t:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
         $(#[$m])*
@@ -45,6 +47,30 @@ macro_rules! multiversion {
                 return unsafe { avx2($($arg),*) };
             }
             $body($($arg),*)
+        }
+    };
+    // The same for a body generic over a type, a second type with a bound
+    // that may name the two constants, and two `usize` constants.
+    ($(#[$m:meta])* $vis:vis fn $name:ident<$t:ident: $bound:path, $w:ident: $wb:path, const $c1:ident: usize, const $c2:ident: usize>($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name<$t: $bound, $w: $wb, const $c1: usize, const $c2: usize>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::simd::avx2_available() {
+                /// The body, inlined into a function compiled with AVX2 and FMA.
+                ///
+                /// # Safety
+                /// The CPU must support AVX2 and FMA.
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<$t: $bound, $w: $wb, const $c1: usize, const $c2: usize>($($arg: $ty),*) {
+                    $body::<$t, $w, $c1, $c2>($($arg),*)
+                }
+                // SAFETY: `avx2_available` checked at run time that the CPU
+                // supports AVX2 and FMA, the only requirement of `avx2`.
+                return unsafe { avx2::<$t, $w, $c1, $c2>($($arg),*) };
+            }
+            $body::<$t, $w, $c1, $c2>($($arg),*)
         }
     };
 }

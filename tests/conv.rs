@@ -415,31 +415,42 @@ fn large_shapes_match_reference_at_1_and_2_threads() {
 }
 
 /// 3x3, stride-1 convs with at least 16 channels per group, which conv2d
-/// computes by Winograd F(2x2, 3x3) (forward, dX and dW): paddings 0, 1, 2 and
-/// mixed, odd output sizes (half tiles), one-row outputs, groups, the bench's
-/// mid and deep shapes scaled down, f32 and f64, at 1 and 2 threads.
+/// computes by Winograd (forward, dX and dW), with each variant, F(2x2, 3x3)
+/// and F(4x4, 3x3): paddings 0, 1, 2
+/// and mixed, output sizes that leave partial tiles (every remainder mod 4),
+/// one-row outputs, groups, several samples per block and one sample cut
+/// into several blocks, the bench's mid and deep shapes scaled down, f32 and
+/// f64, at 1 and 2 threads. (The variant setting is process-wide; other
+/// tests running meanwhile only change algorithm, and compare with the
+/// reference too.)
 #[test]
 fn winograd_shapes_match_reference_at_1_and_2_threads() {
     let opts = Conv2dOptions::default;
     #[rustfmt::skip]
-    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 8] = [
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 10] = [
         ([3, 16, 12, 12], [32, 16, 3, 3], opts().padding(1)),     // mid-like
         ([2, 64, 8, 8], [64, 64, 3, 3], opts().padding(1)),       // deep-like
-        ([2, 16, 9, 7], [16, 16, 3, 3], opts().padding(1)),       // odd output: half tiles
+        ([2, 16, 9, 7], [16, 16, 3, 3], opts().padding(1)),       // odd output: partial tiles
         ([2, 16, 9, 10], [17, 16, 3, 3], opts()),                 // no padding, odd channels
         ([1, 16, 5, 6], [16, 16, 3, 3], opts().padding(2)),       // padding 2
         ([2, 16, 7, 8], [16, 16, 3, 3], opts().padding((0, 2))),  // mixed padding
         ([2, 32, 6, 5], [32, 16, 3, 3], opts().padding(1).groups(2)),
         ([3, 20, 4, 40], [24, 20, 3, 3], opts().padding((0, 1))), // output rows: 2
+        ([2, 16, 33, 34], [16, 16, 3, 3], opts().padding(1)),     // 9x9 4x4 tiles: F(4x4) by default
+        ([1, 32, 62, 62], [32, 32, 3, 3], opts().padding(1)),     // one sample, several blocks
     ];
-    at_1_and_2_threads(|threads| {
-        let mut rng = StdRng::seed_from_u64(60 + threads as u64);
-        for (i, (xs, ws, o)) in cases.iter().enumerate() {
-            let what = format!("{threads} threads, winograd case {i}");
-            check_against_reference::<f64>(&what, xs, ws, *o, 1e-12, &mut rng);
-            check_against_reference::<f32>(&what, xs, ws, *o, 2e-5, &mut rng);
-        }
-    });
+    for tile in [2, 4] {
+        tapegrad::conv::force_winograd_tile(tile);
+        at_1_and_2_threads(|threads| {
+            let mut rng = StdRng::seed_from_u64(60 + threads as u64);
+            for (i, (xs, ws, o)) in cases.iter().enumerate() {
+                let what = format!("{threads} threads, tile {tile}, winograd case {i}");
+                check_against_reference::<f64>(&what, xs, ws, *o, 1e-12, &mut rng);
+                check_against_reference::<f32>(&what, xs, ws, *o, 2e-5, &mut rng);
+            }
+        });
+    }
+    tapegrad::conv::force_winograd_tile(0);
 }
 
 /// The same f32 comparisons with the GEMM micro-kernels capped at AVX2

@@ -34,9 +34,10 @@
 //!
 //! - [`reference`](mod@reference) holds the naive loops: the definition, used by tests.
 //! - [`Conv2dGeometry`] (and [`AxisGeometry`]) hold the index math, written once.
-//! - The op itself runs one of two fast paths: Winograd F(2×2, 3×3) for 3×3,
-//!   stride-1 convs with at least 16 channels per group in and out (private
-//!   module `winograd`: 2.25× fewer multiplications, forward and both
+//! - The op itself runs one of two fast paths: Winograd for 3×3, stride-1
+//!   convs with at least 16 channels per group in and out (private module
+//!   `winograd`: F(4×4, 3×3), 4× fewer multiplications, on outputs of at
+//!   least 64 4×4 tiles, else F(2×2, 3×3), 2.25× fewer; forward and both
 //!   gradients), else im2col + GEMM (private module `im2col`). Both split the
 //!   batch between [`gemm::num_threads`](crate::gemm::num_threads) threads;
 //!   both are tested against [`reference`](mod@reference).
@@ -48,6 +49,17 @@ pub mod reference;
 mod winograd;
 
 pub use geometry::{AxisGeometry, Conv2dGeometry};
+
+/// Makes every Winograd conv use F(`tile`×`tile`, 3×3) (`tile` 2 or 4), or
+/// lets each conv's geometry choose again (`0`, the default). Process-wide;
+/// for tests that check both variants on the same shapes.
+///
+/// # Panics
+/// If `tile` is not 0, 2 or 4.
+#[doc(hidden)]
+pub fn force_winograd_tile(tile: usize) {
+    winograd::force_tile(tile)
+}
 
 use crate::shape::Shape;
 use crate::{Float, Tensor, Var};
@@ -213,7 +225,8 @@ impl<'t, T: Float> Var<'t, T> {
     ///
     /// The output is `[N, O, out_h, out_w]` with
     /// `out = floor((in + 2·padding − dilation·(k − 1) − 1) / stride) + 1` per axis.
-    /// Runs Winograd F(2×2, 3×3) for 3×3, stride-1, undilated convs with padding
+    /// Runs Winograd (F(4×4, 3×3) on outputs of at least 64 4×4 tiles, else
+    /// F(2×2, 3×3)) for 3×3, stride-1, undilated convs with padding
     /// ≤ 2 and at least 16 channels per group in and out, else im2col + GEMM (a
     /// 1x1, stride-1, unpadded conv skips im2col). The batch is split between
     /// [`gemm::num_threads`](crate::gemm::num_threads) threads. The backward

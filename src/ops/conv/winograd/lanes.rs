@@ -1,0 +1,150 @@
+//! Elementwise one-axis transforms over long rows, a chunk of [`LANES`]
+//! values at a time.
+//!
+//! Each Winograd transform is a small fixed linear map applied along one
+//! axis of many tiles at once: `K` output rows from `N` input rows, the same
+//! map at every position. [`transform`] loads a chunk of every input row
+//! into local arrays ([`Lanes`]), applies the map to whole chunks, and
+//! stores them: with no aliasing between local arrays to worry about, the
+//! compiler turns each operation into one vector instruction.
+
+use crate::Float;
+use std::ops::{Add, Mul, Sub};
+
+/// The arithmetic of the one-axis maps: on scalars (tests) or on [`Lanes`].
+pub(super) trait Arith:
+    Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self>
+{
+    fn splat(x: f64) -> Self;
+}
+
+macro_rules! scalar_arith {
+    ($($t:ty),*) => {$(
+        impl Arith for $t {
+            #[inline(always)]
+            fn splat(x: f64) -> Self {
+                <$t as Float>::from_f64(x)
+            }
+        }
+    )*};
+}
+scalar_arith!(f32, f64);
+
+/// Values per chunk of [`transform`]: one 256-bit vector of `f32`.
+pub(super) const LANES: usize = 8;
+
+/// [`LANES`] values side by side. Arithmetic on a pair is a fixed-length
+/// elementwise loop on local arrays.
+#[derive(Clone, Copy)]
+pub(super) struct Lanes<T>([T; LANES]);
+
+macro_rules! lanes_op {
+    ($trait:ident, $method:ident, $op:tt) => {
+        #[allow(clippy::assign_op_pattern)]
+        impl<T: Float> $trait for Lanes<T> {
+            type Output = Self;
+            #[inline(always)]
+            fn $method(self, rhs: Self) -> Self {
+                let mut r = self.0;
+                for (a, b) in r.iter_mut().zip(rhs.0) {
+                    *a = *a $op b;
+                }
+                Lanes(r)
+            }
+        }
+    };
+}
+lanes_op!(Add, add, +);
+lanes_op!(Sub, sub, -);
+lanes_op!(Mul, mul, *);
+
+impl<T: Float> Arith for Lanes<T> {
+    #[inline(always)]
+    fn splat(x: f64) -> Self {
+        Lanes([T::from_f64(x); LANES])
+    }
+}
+
+/// A one-axis map, `N` values in and `K` out, as a type: [`transform`] calls
+/// it statically, so it is inlined into the chunk loop.
+pub(super) trait OneAxis<const N: usize, const K: usize> {
+    fn apply<V: Arith>(x: [V; N]) -> [V; K];
+}
+
+/// `out[at[k] + q] = F(inp[·][q])[k]` for `q < n`: the map `F` elementwise
+/// over `N` input rows into `K` windows of `out`, a chunk of [`LANES`] at a
+/// time. It runs on whole chunks: past `n`, up to the next multiple of
+/// [`LANES`], it reads values (the inputs must be that long) and writes
+/// values that are not used (each caller leaves that room in `out`).
+#[inline(always)]
+pub(super) fn transform<T: Float, F: OneAxis<N, K>, const N: usize, const K: usize>(
+    inp: [&[T]; N],
+    out: &mut [T],
+    at: [usize; K],
+    n: usize,
+) {
+    for base in (0..n).step_by(LANES) {
+        let mut x = [Lanes([T::ZERO; LANES]); N];
+        for (xi, r) in x.iter_mut().zip(&inp) {
+            xi.0.copy_from_slice(&r[base..base + LANES]);
+        }
+        let y = F::apply(x);
+        for (&o, yk) in at.iter().zip(&y) {
+            out[o + base..o + base + LANES].copy_from_slice(&yk.0);
+        }
+    }
+}
+
+/// `K` windows of `len` values of `v`, at `f(0)`, `f(1)`, ….
+#[inline(always)]
+pub(super) fn windows<T, const K: usize>(
+    v: &[T],
+    len: usize,
+    f: impl Fn(usize) -> usize,
+) -> [&[T]; K] {
+    let mut w: [&[T]; K] = [&[]; K];
+    for (i, w) in w.iter_mut().enumerate() {
+        *w = &v[f(i)..][..len];
+    }
+    w
+}
+
+/// `[f(0), f(1), …]`.
+#[inline(always)]
+pub(super) fn offsets<const K: usize>(f: impl Fn(usize) -> usize) -> [usize; K] {
+    let mut at = [0; K];
+    for (i, a) in at.iter_mut().enumerate() {
+        *a = f(i);
+    }
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct SumDiff;
+    impl OneAxis<2, 2> for SumDiff {
+        fn apply<V: Arith>([a, b]: [V; 2]) -> [V; 2] {
+            [a + b, a - b]
+        }
+    }
+
+    /// Every position below `n` is mapped, into the right windows; whole
+    /// chunks past `n` may be written, nothing past them.
+    #[test]
+    fn transform_maps_every_position_into_its_window() {
+        for n in [1usize, 7, 8, 9, 20] {
+            let len = n.next_multiple_of(LANES);
+            let a: Vec<f64> = (0..len).map(|i| i as f64).collect();
+            let b: Vec<f64> = (0..len).map(|i| (i * i) as f64).collect();
+            let mut out = vec![-1.0; 2 * len + 3];
+            transform::<f64, SumDiff, 2, 2>([&a, &b], &mut out, [0, len], n);
+            for q in 0..n {
+                assert_eq!(out[q], a[q] + b[q]);
+                assert_eq!(out[len + q], a[q] - b[q]);
+            }
+            assert!(out[2 * len..].iter().all(|&v| v == -1.0));
+        }
+    }
+}

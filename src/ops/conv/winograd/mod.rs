@@ -1,0 +1,1072 @@
+//! Winograd's minimal filtering F(m×m, 3×3) for 3×3, stride-1, undilated
+//! convolutions with enough channels, for the forward pass and both
+//! gradients: F(2×2, 3×3) (2.25× fewer multiplications than the direct,
+//! im2col product) or F(4×4, 3×3) (4× fewer) — see [`tile_for`].
+//!
+//! Each m×m block ("tile") of output pixels of one output channel is
+//!
+//! ```text
+//! Y_t = Aᵀ [ Σ_c U[o, c] ⊙ V_t[c] ] A,    U[o, c] = G g[o, c] Gᵀ,   V_t[c] = Bᵀ d_t[c] B
+//! ```
+//!
+//! where `g[o, c]` is the 3×3 kernel and `d_t[c]` the (m+2)×(m+2) input patch
+//! under the tile (zero in the padding); the matrices are in [`variants`].
+//! For each of the (m+2)² positions ξ of the transforms, `M_ξ = U_ξ · V_ξ` is
+//! a GEMM `(O × C) · (C × tiles)`: (m+2)² products of depth C instead of one
+//! of depth 9·C.
+//!
+//! Gradients:
+//!
+//! - dX is itself such a conv: dY padded by `2 − padding`, with the kernels
+//!   turned 180° and input and output channels swapped;
+//! - dW: `∂L/∂U[o, c] = Σ_t (A dY_t[o] Aᵀ) ⊙ V_t[c]` — one GEMM
+//!   `(O × tiles) · (tiles × C)` per ξ, summed over the batch — then
+//!   `dW[o, c] = Gᵀ (∂L/∂U[o, c]) G`.
+//!
+//! Layout: transformed data is `[ξ][channel][tile]`, one GEMM operand per ξ,
+//! the tiles of a block side by side. Every one-axis transform runs as one
+//! long elementwise loop over a whole block of tiles ([`lanes::transform`]):
+//! rows are first split by row and column phase (pixel `(m·u + kr, m·q +
+//! kc)` at `[kr][kc][u][q]`), so that the `m + 2` input rows (or columns)
+//! under a tile are phases 0..m of one group of m and phases 0, 1 of the
+//! next, each a window of a phase plane shifted by one group. (The input's
+//! phase planes keep `tw + 1` groups per tile row, so that the shift stays
+//! within the row; its last transform, across, writes one tile row at a
+//! time.) Blocks hold several whole samples when samples are small (so the
+//! GEMMs stay wide), else runs of one sample's tile rows, sized for the
+//! transformed input and output to stay in L2.
+
+mod lanes;
+mod variants;
+
+use super::im2col::{
+    batch_split, block_stride, gemm, input_block, output_block, sum, with_scratch, Grads, MatRef,
+};
+use super::parallel::{
+    backward_jobs, run_backward_jobs, run_jobs, split_by, BackwardJob, Partials,
+};
+use super::Conv2dGeometry;
+use crate::gemm::prepacked::{gemm_prepacked, PackedA};
+use crate::simd::multiversion;
+use crate::Float;
+use lanes::{offsets, transform, windows, LANES};
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use variants::{Variant, F2, F4};
+
+/// Channels per group (input and output) below which the direct product wins:
+/// the GEMMs have depth C, and a very short depth spends more time storing
+/// results than multiplying.
+const MIN_CHANNELS: usize = 16;
+
+/// Target size of one block's transformed input and output (1 MiB measured
+/// faster than 512 KiB and 2 MiB on `mid` and `deep`, one thread).
+const BLOCK_BYTES: usize = 1 << 20;
+
+/// Whether `conv2d` takes the Winograd path for this geometry: 3×3, stride 1,
+/// dilation 1, padding at most 2 (so that dX is also such a conv), and at
+/// least [`MIN_CHANNELS`] input and output channels per group.
+pub(super) fn applies(geom: &Conv2dGeometry) -> bool {
+    let axis_ok = |a: &super::AxisGeometry| {
+        a.kernel == 3 && a.stride == 1 && a.dilation == 1 && a.padding <= 2 && a.output >= 2
+    };
+    axis_ok(&geom.h)
+        && axis_ok(&geom.w)
+        && geom.in_per_group() >= MIN_CHANNELS
+        && geom.out_per_group() >= MIN_CHANNELS
+}
+
+/// 4×4 output tiles per sample from which F(4×4, 3×3) is used.
+///
+/// F(4×4, 3×3) does 44 % fewer multiplications than F(2×2, 3×3) and stores
+/// 44 % less transformed data, but transforms 2.25× as many kernel values
+/// (36 per kernel) and its per-sample GEMMs are 4× narrower. Measured with
+/// the benchmark's `--winograd-tile` (minimum of 6 alternating runs, forward
+/// and backward): `mid` (32×32 outputs, 16 → 32 channels, 64 tiles) 10.2 ms
+/// against 12.6 on one thread and 6.2 against 6.3 on two; `deep` (16×16, 64
+/// channels, 16 tiles) 7.4 ms for both on one thread, but 5.4 against 4.7 on
+/// two, where each thread's chunk of the batch is two samples.
+const F4_MIN_TILES: usize = 64;
+
+/// Output pixels per tile (along each axis) of every Winograd conv, if
+/// forced by [`force_tile`]; 0 lets [`tile_for`] choose.
+static FORCED_TILE: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes every Winograd conv use F(`tile`×`tile`, 3×3), `tile` 2 or 4, or
+/// lets the geometry decide again (`0`); for tests that check both variants
+/// on the same shapes. Process-wide.
+pub(crate) fn force_tile(tile: usize) {
+    assert!(
+        matches!(tile, 0 | 2 | 4),
+        "Winograd tiles are 2 or 4 pixels"
+    );
+    FORCED_TILE.store(tile, Ordering::Relaxed);
+}
+
+/// The tile size (2 or 4) of the variant a conv of this geometry takes:
+/// F(4×4, 3×3) when a sample's output has at least [`F4_MIN_TILES`] 4×4
+/// tiles, else F(2×2, 3×3).
+fn tile_for(geom: &Conv2dGeometry) -> usize {
+    match FORCED_TILE.load(Ordering::Relaxed) {
+        0 if geom.out_h().div_ceil(4) * geom.out_w().div_ceil(4) >= F4_MIN_TILES => 4,
+        0 => 2,
+        forced => forced,
+    }
+}
+
+/// The tiles of one Winograd conv: `th × tw` tiles of `tile × tile` output
+/// pixels over an `oh × ow` output, read from an `ih × iw` input padded by
+/// `(ph, pw)`.
+#[derive(Clone, Copy, Debug)]
+struct Tiles {
+    tile: usize,
+    ih: usize,
+    iw: usize,
+    ph: usize,
+    pw: usize,
+    oh: usize,
+    ow: usize,
+    th: usize,
+    tw: usize,
+}
+
+/// Part of a block: tile rows `rows` of sample `n` (counted within the job),
+/// whose tiles are columns `off..off + rows.len() · tw` of the block's
+/// transformed data.
+#[derive(Clone, Debug)]
+struct Part {
+    n: usize,
+    rows: Range<usize>,
+    off: usize,
+}
+
+impl Tiles {
+    fn new(tile: usize, ih: usize, iw: usize, ph: usize, pw: usize) -> Self {
+        let (oh, ow) = (ih + 2 * ph - 2, iw + 2 * pw - 2);
+        Tiles {
+            tile,
+            ih,
+            iw,
+            ph,
+            pw,
+            oh,
+            ow,
+            th: oh.div_ceil(tile),
+            tw: ow.div_ceil(tile),
+        }
+    }
+
+    /// Positions ξ of a transformed tile: one GEMM each.
+    fn xi(&self) -> usize {
+        (self.tile + 2) * (self.tile + 2)
+    }
+
+    /// Groups of `tile` input columns per tile row in the input transform:
+    /// tile q covers groups q and q + 1, so one more than the tiles.
+    fn slots(&self) -> usize {
+        self.tw + 1
+    }
+
+    /// Columns of the transformed data of a part of `rows` tile rows.
+    fn part_len(&self, rows: usize) -> usize {
+        rows * self.tw
+    }
+
+    /// Length of each plane of [`Rows`] for a part of `rows` tile rows: the
+    /// input's column groups under it, rounded up to whole chunks of
+    /// [`LANES`] (the transforms run on whole chunks), one more tile row and
+    /// one more chunk (for the reads shifted by one group).
+    fn plane(&self, rows: usize) -> usize {
+        (rows * self.slots()).next_multiple_of(LANES) + self.slots() + LANES
+    }
+
+    /// Columns per block: the transformed input (`cin` channels) and output
+    /// (`cout`) of a block take about [`BLOCK_BYTES`].
+    fn budget<T>(&self, cin: usize, cout: usize) -> usize {
+        let column_bytes = self.xi() * (cin + cout) * std::mem::size_of::<T>();
+        (BLOCK_BYTES / column_bytes.max(1)).max(1)
+    }
+
+    /// Tile rows per block when a sample is cut into several.
+    fn rows_per_block(&self, budget: usize) -> usize {
+        let max = (budget / self.tw.max(1)).clamp(1, self.th.max(1));
+        self.th.div_ceil(self.th.div_ceil(max)).max(1)
+    }
+
+    /// The blocks of a job of `samples` samples: several whole samples per
+    /// block when they are small (so the GEMMs stay wide), else near-equal
+    /// runs of one sample's tile rows.
+    fn blocks<T>(&self, samples: usize, cin: usize, cout: usize) -> Vec<Vec<Part>> {
+        let (per_sample, budget) = (self.part_len(self.th), self.budget::<T>(cin, cout));
+        if per_sample <= budget {
+            let k = (budget / per_sample.max(1)).max(1);
+            let nb = samples.div_ceil(k);
+            (0..nb)
+                .map(|b| {
+                    (samples * b / nb..samples * (b + 1) / nb)
+                        .enumerate()
+                        .map(|(i, n)| Part {
+                            n,
+                            rows: 0..self.th,
+                            off: i * per_sample,
+                        })
+                        .collect()
+                })
+                .collect()
+        } else {
+            let rows = self.rows_per_block(budget);
+            (0..samples)
+                .flat_map(|n| {
+                    (0..self.th).step_by(rows).map(move |r| {
+                        vec![Part {
+                            n,
+                            rows: r..(r + rows).min(self.th),
+                            off: 0,
+                        }]
+                    })
+                })
+                .collect()
+        }
+    }
+
+    /// The most columns in a block and the most tile rows in a part, for
+    /// blocks of up to `samples` samples.
+    fn block_limits<T>(&self, samples: usize, cin: usize, cout: usize) -> (usize, usize) {
+        let (per_sample, budget) = (self.part_len(self.th), self.budget::<T>(cin, cout));
+        if per_sample <= budget {
+            let k = (budget / per_sample.max(1)).clamp(1, samples.max(1));
+            (k * per_sample, self.th)
+        } else {
+            let rows = self.rows_per_block(budget);
+            (self.part_len(rows), rows)
+        }
+    }
+}
+
+/// Reusable buffers for the transforms of one part of up to `rows` tile
+/// rows: `tile²` and `(tile + 2)·tile` planes of [`Tiles::plane`] values.
+struct Rows<T> {
+    a: Vec<T>,
+    b: Vec<T>,
+}
+
+impl<T: Float> Rows<T> {
+    fn new(t: &Tiles, rows: usize) -> Self {
+        let plane = t.plane(rows);
+        Rows {
+            a: vec![T::ZERO; t.tile * t.tile * plane],
+            b: vec![T::ZERO; (t.tile + 2) * t.tile * plane],
+        }
+    }
+}
+
+/// Splits a row, padded by `pad` zeros on the left (and as many as needed on
+/// the right), into its columns by phase: `out[k · stride + q] =
+/// row[TILE·q + k − pad]` (0 outside the row) for `k < TILE`, `q < slots`;
+/// `TILE` is 2 or 4.
+#[inline(always)]
+fn split_phases<T: Float, const TILE: usize>(
+    line: &[T],
+    pad: usize,
+    out: &mut [T],
+    stride: usize,
+    slots: usize,
+) {
+    let out = &mut out[..(TILE - 1) * stride + slots];
+    let at = |col: usize| {
+        col.checked_sub(pad)
+            .and_then(|s| line.get(s))
+            .copied()
+            .unwrap_or(T::ZERO)
+    };
+    // Interior: the groups of TILE columns that lie inside the row.
+    let lo = pad.div_ceil(TILE).min(slots);
+    let hi = ((line.len() + pad) / TILE).clamp(lo, slots);
+    for q in (0..lo).chain(hi..slots) {
+        for k in 0..TILE {
+            out[k * stride + q] = at(TILE * q + k);
+        }
+    }
+    if hi > lo {
+        // In the row, as TILE·hi ≤ len + pad: one pass over its groups,
+        // each phase a slice of its own.
+        let groups = line[TILE * lo - pad..].chunks_exact(TILE);
+        let (p0, rest) = out.split_at_mut(stride);
+        let (p1, rest) = rest.split_at_mut(stride.min(rest.len()));
+        let (p0, p1) = (&mut p0[lo..hi], &mut p1[lo..hi]);
+        if TILE == 2 {
+            for ((a, b), x) in p0.iter_mut().zip(p1.iter_mut()).zip(groups) {
+                (*a, *b) = (x[0], x[1]);
+            }
+        } else {
+            let (p2, p3) = rest.split_at_mut(stride);
+            let (p2, p3) = (&mut p2[lo..hi], &mut p3[lo..hi]);
+            for ((((a, b), c), d), x) in p0.iter_mut().zip(p1).zip(p2).zip(p3).zip(groups) {
+                (*a, *b, *c, *d) = (x[0], x[1], x[2], x[3]);
+            }
+        }
+    }
+}
+
+/// Input transform of one part: `v[ξ][c][t]` (row stride `ld`, `t`
+/// counting the part's columns) `= (Bᵀ d_t[c] B)[ξ]` for a `cin`-channel
+/// input `x` (`[cin, ih, iw]`). Per channel, the padded rows under the part
+/// are split by row and column phase (`a[kr][kc][u][q]` = padded pixel
+/// `(m·u + kr, m·q + kc)`), transformed down (tile row u covers row phases
+/// 0..m of group u and 0, 1 of group u + 1), then across (likewise by column),
+/// each in one pass over the whole part.
+#[inline(always)]
+fn input_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    t: &Tiles,
+    cin: usize,
+    x: &[T],
+    rows: Range<usize>,
+    ld: usize,
+    v: &mut [T],
+    buf: &mut Rows<T>,
+) {
+    let (s, nr, tw) = (t.slots(), rows.len(), t.tw);
+    // Column groups of the part's tile rows, as read by whole chunks, and
+    // the plane length.
+    let ns = nr * s;
+    let (chunks, pl) = (ns.next_multiple_of(LANES), t.plane(nr));
+    // Past the gathered groups: zero, so that every transform stays finite.
+    for plane in buf.a.chunks_exact_mut(pl).take(TILE * TILE) {
+        plane[(nr + 1) * s..s + chunks].fill(T::ZERO);
+    }
+    for plane in buf.b.chunks_exact_mut(pl).take(SPAN * TILE) {
+        plane[chunks..chunks + LANES].fill(T::ZERO);
+    }
+    // Row or column `i` under a tile: phase `i` of its group, or phase
+    // `i − m` of the next one.
+    let phase = |i: usize| if i < TILE { (i, 0) } else { (i - TILE, 1) };
+    for c in 0..cin {
+        let xc = &x[c * t.ih * t.iw..][..t.ih * t.iw];
+        for u in 0..=nr {
+            // Below the last tile row only its top two rows are used.
+            for kr in 0..if u < nr { TILE } else { SPAN - TILE } {
+                let at = kr * TILE * pl + u * s;
+                let r = (TILE * (rows.start + u) + kr) as isize - t.ph as isize;
+                if r < 0 || r as usize >= t.ih {
+                    for kc in 0..TILE {
+                        buf.a[at + kc * pl..][..s].fill(T::ZERO);
+                    }
+                } else {
+                    let line = &xc[r as usize * t.iw..][..t.iw];
+                    split_phases::<T, TILE>(line, t.pw, &mut buf.a[at..], pl, s);
+                }
+            }
+        }
+        for kc in 0..TILE {
+            let rows: [&[T]; SPAN] = windows(&buf.a, chunks, |i| {
+                let (kr, du) = phase(i);
+                (kr * TILE + kc) * pl + du * s
+            });
+            let at = offsets(|i| (i * TILE + kc) * pl);
+            transform::<T, W::Bt, SPAN, SPAN>(rows, &mut buf.b, at, ns);
+        }
+        // Across, a tile row at a time, into the part's tiles `u·tw + q`
+        // (a chunk past a row's end is overwritten by the next row's).
+        let row_chunks = tw.next_multiple_of(LANES);
+        for i in 0..SPAN {
+            for u in 0..nr {
+                let cols: [&[T]; SPAN] = windows(&buf.b, row_chunks, |j| {
+                    let (kc, shift) = phase(j);
+                    (i * TILE + kc) * pl + u * s + shift
+                });
+                let at = offsets(|j| ((i * SPAN + j) * cin + c) * ld + u * tw);
+                transform::<T, W::Bt, SPAN, SPAN>(cols, v, at, tw);
+            }
+        }
+    }
+}
+
+/// Output transform of one part: `y[o]` (`[cout, oh, ow]`) gets
+/// `Aᵀ M_t[o] A (+ bias[o])` from `m[ξ][o][t]` (row stride `ld`): down each
+/// column, then across (`a[k][l][t]` = pixel `(m·u + k, m·q + l)` of tile
+/// `t`), then each output row's pixels interleaved from their column phases.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn output_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    t: &Tiles,
+    cout: usize,
+    m: &[T],
+    rows: Range<usize>,
+    ld: usize,
+    bias: Option<&[T]>,
+    y: &mut [T],
+    buf: &mut Rows<T>,
+) {
+    let tw = t.tw;
+    let n = t.part_len(rows.len());
+    let pl = n.next_multiple_of(LANES);
+    let full = t.ow / TILE;
+    for o in 0..cout {
+        let b = bias.map_or(T::ZERO, |b| b[o]);
+        let yo = &mut y[o * t.oh * t.ow..][..t.oh * t.ow];
+        for j in 0..SPAN {
+            let col: [&[T]; SPAN] = windows(m, pl, |i| ((i * SPAN + j) * cout + o) * ld);
+            let at = offsets(|k| (k * SPAN + j) * pl);
+            transform::<T, W::At, SPAN, TILE>(col, &mut buf.b, at, n);
+        }
+        for k in 0..TILE {
+            let row: [&[T]; SPAN] = windows(&buf.b, pl, |j| (k * SPAN + j) * pl);
+            let at = offsets(|l| (k * TILE + l) * pl);
+            transform::<T, W::At, SPAN, TILE>(row, &mut buf.a, at, n);
+        }
+        for (u, ti) in rows.clone().enumerate() {
+            for k in 0..TILE {
+                let i = TILE * ti + k;
+                if i >= t.oh {
+                    break;
+                }
+                let line = &mut yo[i * t.ow..][..t.ow];
+                // Column phase l of this row's tiles: pixels l, l + m, ….
+                let ph = |l: usize| &buf.a[(k * TILE + l) * pl + u * tw..][..tw];
+                let groups = line.chunks_exact_mut(TILE);
+                if TILE == 2 {
+                    for ((g, &a), &c) in groups.zip(ph(0)).zip(ph(1)) {
+                        g.copy_from_slice(&[a + b, c + b]);
+                    }
+                } else {
+                    let (p0, p1, p2, p3) = (ph(0), ph(1), ph(2), ph(3));
+                    for ((((g, &a), &c), &d), &e) in groups.zip(p0).zip(p1).zip(p2).zip(p3) {
+                        g.copy_from_slice(&[a + b, c + b, d + b, e + b]);
+                    }
+                }
+                for (l, p) in line[TILE * full..].iter_mut().enumerate() {
+                    *p = ph(l)[full] + b;
+                }
+            }
+        }
+    }
+}
+
+/// `A dY_t Aᵀ` of one part: `w[ξ][o][t]` (row stride `ld`) from a
+/// `cout`-channel output gradient `dy` (`[cout, oh, ow]`): its rows split by
+/// row and column phase (0 past the edge), transformed down, then across.
+#[inline(always)]
+fn grad_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    t: &Tiles,
+    cout: usize,
+    dy: &[T],
+    rows: Range<usize>,
+    ld: usize,
+    w: &mut [T],
+    buf: &mut Rows<T>,
+) {
+    let (tw, nr) = (t.tw, rows.len());
+    let n = t.part_len(nr);
+    let pl = n.next_multiple_of(LANES);
+    // The columns past the part: zero, so that their transforms stay finite.
+    for plane in buf.a.chunks_exact_mut(pl).take(TILE * TILE) {
+        plane[n..].fill(T::ZERO);
+    }
+    for o in 0..cout {
+        let dyo = &dy[o * t.oh * t.ow..][..t.oh * t.ow];
+        for u in 0..nr {
+            for k in 0..TILE {
+                let at = k * TILE * pl + u * tw;
+                let i = TILE * (rows.start + u) + k;
+                if i >= t.oh {
+                    for l in 0..TILE {
+                        buf.a[at + l * pl..][..tw].fill(T::ZERO);
+                    }
+                } else {
+                    let line = &dyo[i * t.ow..][..t.ow];
+                    split_phases::<T, TILE>(line, 0, &mut buf.a[at..], pl, tw);
+                }
+            }
+        }
+        for l in 0..TILE {
+            let col: [&[T]; TILE] = windows(&buf.a, pl, |k| (k * TILE + l) * pl);
+            let at = offsets(|i| (i * TILE + l) * pl);
+            transform::<T, W::A, TILE, SPAN>(col, &mut buf.b, at, n);
+        }
+        for i in 0..SPAN {
+            let row: [&[T]; TILE] = windows(&buf.b, pl, |l| (i * TILE + l) * pl);
+            let at = offsets(|j| ((i * SPAN + j) * cout + o) * ld);
+            transform::<T, W::A, TILE, SPAN>(row, w, at, n);
+        }
+    }
+}
+
+/// `G g Gᵀ` of `n` 3×3 kernels at once: `w9` holds their 9 values as planes
+/// (`w9[e · stride + k]`, `e = 3a + b`), `u` gets the `(m+2)²` transformed
+/// values as planes of the same stride (`ξ = (m+2)·i + j`), through the
+/// `3·(m+2)` planes of `tmp`. Every plane has room for whole chunks (`stride`
+/// ≥ `n` rounded up to [`LANES`]); what lies past `n` only reaches lanes past
+/// `n`.
+#[inline(always)]
+fn kernel_transforms<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    w9: &[T],
+    stride: usize,
+    n: usize,
+    u: &mut [T],
+    tmp: &mut [T],
+) {
+    // Down each column b of g: tmp[3i + b] = (G g[·][b])[i].
+    for b in 0..3 {
+        let col: [&[T]; 3] = windows(w9, stride, |a| (3 * a + b) * stride);
+        transform::<T, W::G, 3, SPAN>(col, tmp, offsets(|i| (3 * i + b) * stride), n);
+    }
+    // Then across each row i.
+    for i in 0..SPAN {
+        let row: [&[T]; 3] = windows(tmp, stride, |b| (3 * i + b) * stride);
+        transform::<T, W::G, 3, SPAN>(row, u, offsets(|j| (SPAN * i + j) * stride), n);
+    }
+}
+
+/// `Gᵀ du G` of `n` kernels at once, the gradient of the kernels from that
+/// of their transforms: [`kernel_transforms`]' adjoint, planes as there.
+#[inline(always)]
+fn kernel_transform_adjoints<
+    T: Float,
+    W: Variant<TILE, SPAN>,
+    const TILE: usize,
+    const SPAN: usize,
+>(
+    du: &[T],
+    stride: usize,
+    n: usize,
+    dw9: &mut [T],
+    tmp: &mut [T],
+) {
+    // Across each row i of du: tmp[3i + b] = (Gᵀ du[i][·])[b].
+    for i in 0..SPAN {
+        let row: [&[T]; SPAN] = windows(du, stride, |j| (SPAN * i + j) * stride);
+        transform::<T, W::Gt, SPAN, 3>(row, tmp, offsets(|b| (3 * i + b) * stride), n);
+    }
+    // Then down each column b.
+    for b in 0..3 {
+        let col: [&[T]; SPAN] = windows(tmp, stride, |i| (3 * i + b) * stride);
+        transform::<T, W::Gt, SPAN, 3>(col, dw9, offsets(|a| (3 * a + b) * stride), n);
+    }
+}
+
+multiversion!(fn input_transform_simd<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    t: &Tiles, cin: usize, x: &[T], rows: Range<usize>, ld: usize, v: &mut [T], buf: &mut Rows<T>,
+) => input_transform);
+multiversion!(fn output_transform_simd<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    t: &Tiles, cout: usize, m: &[T], rows: Range<usize>, ld: usize, bias: Option<&[T]>,
+    y: &mut [T], buf: &mut Rows<T>,
+) => output_transform);
+multiversion!(fn grad_transform_simd<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    t: &Tiles, cout: usize, dy: &[T], rows: Range<usize>, ld: usize, w: &mut [T], buf: &mut Rows<T>,
+) => grad_transform);
+multiversion!(fn kernel_transforms_simd<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    w9: &[T], stride: usize, n: usize, u: &mut [T], tmp: &mut [T],
+) => kernel_transforms);
+multiversion!(fn kernel_transform_adjoints_simd<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    du: &[T], stride: usize, n: usize, dw9: &mut [T], tmp: &mut [T],
+) => kernel_transform_adjoints);
+
+/// Kernels per group from which their transforms are packed in parallel.
+const PAR_KERNELS: usize = 1024;
+
+/// The transformed kernels of every group, one matrix per ξ, each packed
+/// `rows × cols` from `kernel(g, i, p)`, the 3×3 kernel (row-major) that
+/// entry `(i, p)` of group `g`'s matrices transforms.
+fn transformed_kernels<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    groups: usize,
+    rows: usize,
+    cols: usize,
+    kernel: impl Fn(usize, usize, usize) -> [T; 9] + Sync,
+) -> Vec<Vec<PackedA<T>>> {
+    let (n, xi) = (rows * cols, SPAN * SPAN);
+    let stride = n.next_multiple_of(LANES);
+    (0..groups)
+        .map(|g| {
+            // The kernels' values as 9 planes, then their transforms as xi
+            // (what lies past `n` in a plane only reaches lanes past `n`).
+            let mut w9 = crate::buffer::scratch(9 * stride);
+            for k in 0..n {
+                for (e, &v) in kernel(g, k / cols, k % cols).iter().enumerate() {
+                    w9[e * stride + k] = v;
+                }
+            }
+            let mut u = crate::buffer::scratch(xi * stride);
+            let mut tmp = crate::buffer::scratch(3 * SPAN * stride);
+            kernel_transforms_simd::<T, W, TILE, SPAN>(&w9, stride, n, &mut u, &mut tmp);
+            let mut packed: Vec<Option<PackedA<T>>> = (0..xi).map(|_| None).collect();
+            let pack = |(x, slot): (usize, &mut Option<PackedA<T>>)| {
+                let ux = &u[x * stride..][..n];
+                *slot = Some(PackedA::new(rows, cols, |i, p| ux[i * cols + p]));
+            };
+            let jobs: Vec<_> = packed.iter_mut().enumerate().collect();
+            if n < PAR_KERNELS {
+                jobs.into_iter().for_each(pack);
+            } else {
+                run_jobs(jobs, pack);
+            }
+            [w9, u, tmp].into_iter().for_each(crate::buffer::recycle);
+            packed.into_iter().flatten().collect()
+        })
+        .collect()
+}
+
+/// Scratch for the blocks of a job of up to `samples` samples: the
+/// transformed data's row stride, the lengths of the transformed input and
+/// output, and the transform buffers.
+struct Scratch<T> {
+    ld: usize,
+    v_len: usize,
+    m_len: usize,
+    rows: Rows<T>,
+}
+
+impl<T: Float> Scratch<T> {
+    fn new(t: &Tiles, samples: usize, cin: usize, cout: usize) -> Self {
+        let (columns, rows) = t.block_limits::<T>(samples, cin, cout);
+        // Room for the transforms' last chunk past the last column.
+        let ld = block_stride::<T>(columns + LANES);
+        Scratch {
+            ld,
+            v_len: t.xi() * cin * ld,
+            m_len: t.xi() * cout * ld,
+            rows: Rows::new(t, rows),
+        }
+    }
+}
+
+/// Where one block's samples are: `(data, range)` gives sample `n`'s
+/// `[channels, h, w]` slice of one group as `data[range(n)]`.
+type Samples<'a, T, F> = (&'a [T], F);
+
+/// One Winograd conv of one block of one group: `y[y_at(n)]` (`[cout, oh,
+/// ow]`) of each part's sample from `x[x_at(n)]` (`[cin, ih, iw]`) with the
+/// packed transformed kernels `u[ξ]` (`cout × cin`), plus the bias; `v` and
+/// `m` are scratch of the [`Scratch`] lengths.
+#[allow(clippy::too_many_arguments)]
+fn conv_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    t: &Tiles,
+    cin: usize,
+    cout: usize,
+    parts: &[Part],
+    (x, x_at): Samples<'_, T, impl Fn(usize) -> Range<usize>>,
+    u: &[PackedA<T>],
+    bias: Option<&[T]>,
+    y: &mut [T],
+    y_at: impl Fn(usize) -> Range<usize>,
+    s: &mut Scratch<T>,
+    v: &mut [T],
+    m: &mut [T],
+) {
+    let ld = s.ld;
+    for p in parts {
+        let (xs, vs) = (&x[x_at(p.n)], &mut v[p.off..]);
+        input_transform_simd::<T, W, TILE, SPAN>(t, cin, xs, p.rows.clone(), ld, vs, &mut s.rows);
+    }
+    let nt = parts.last().map_or(0, |p| p.off + t.part_len(p.rows.len()));
+    for (xi, uxi) in u.iter().enumerate() {
+        let vx = &v[xi * cin * ld..][..cin * ld];
+        let mx = &mut m[xi * cout * ld..][..cout * ld];
+        gemm_prepacked(uxi, nt, vx, ld, true, mx, ld);
+    }
+    for p in parts {
+        let (ys, ms) = (&mut y[y_at(p.n)], &m[p.off..]);
+        let rows = p.rows.clone();
+        output_transform_simd::<T, W, TILE, SPAN>(t, cout, ms, rows, ld, bias, ys, &mut s.rows);
+    }
+}
+
+/// Adds one block and group's `∂L/∂U_ξ` (`du[ξ]`, `cout × cin`) from the
+/// input `x[x_at(n)]` (`[cin, ih, iw]`) and output gradient `dy[dy_at(n)]`
+/// (`[cout, oh, ow]`) of each part's sample; `v` and `wd` are scratch of the
+/// [`Scratch`] lengths.
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    t: &Tiles,
+    cin: usize,
+    cout: usize,
+    parts: &[Part],
+    (x, x_at): Samples<'_, T, impl Fn(usize) -> Range<usize>>,
+    (dy, dy_at): Samples<'_, T, impl Fn(usize) -> Range<usize>>,
+    du: &mut [T],
+    s: &mut Scratch<T>,
+    v: &mut [T],
+    wd: &mut [T],
+) {
+    let ld = s.ld;
+    for p in parts {
+        let (xs, dys) = (&x[x_at(p.n)], &dy[dy_at(p.n)]);
+        let (vs, rows) = (&mut v[p.off..], p.rows.clone());
+        input_transform_simd::<T, W, TILE, SPAN>(t, cin, xs, rows.clone(), ld, vs, &mut s.rows);
+        let ws = &mut wd[p.off..];
+        grad_transform_simd::<T, W, TILE, SPAN>(t, cout, dys, rows, ld, ws, &mut s.rows);
+    }
+    let nt = parts.last().map_or(0, |p| p.off + t.part_len(p.rows.len()));
+    for xi in 0..SPAN * SPAN {
+        // dU_ξ (cout × cin) += Wd_ξ (cout × nt) · V_ξᵀ (nt × cin)
+        let a = MatRef {
+            data: &wd[xi * cout * ld..][..cout * ld],
+            rs: ld,
+            cs: 1,
+        };
+        let b = MatRef {
+            data: &v[xi * cin * ld..][..cin * ld],
+            rs: 1,
+            cs: ld,
+        };
+        let c = &mut du[xi * cout * cin..][..cout * cin];
+        gemm(cout, cin, nt, a, b, T::ONE, c, cin);
+    }
+}
+
+/// Forward: `Y = conv2d(X, W) + b` by Winograd; see [`applies`] and
+/// [`tile_for`].
+pub(super) fn forward<T: Float>(
+    geom: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+) -> Vec<T> {
+    match tile_for(geom) {
+        4 => forward_with::<T, F4, 4, 6>(geom, x, w, b),
+        _ => forward_with::<T, F2, 2, 4>(geom, x, w, b),
+    }
+}
+
+/// [`forward`] by the variant `W`.
+fn forward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    geom: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+) -> Vec<T> {
+    let (cg, og) = (geom.in_per_group(), geom.out_per_group());
+    let (h, wd) = (&geom.h, &geom.w);
+    let t = Tiles::new(TILE, h.input, wd.input, h.padding, wd.padding);
+    debug_assert_eq!((t.oh, t.ow), (geom.out_h(), geom.out_w()));
+    let u = transformed_kernels::<T, W, TILE, SPAN>(geom.groups, og, cg, |g, o, c| {
+        w[(g * og * cg + o * cg + c) * 9..][..9]
+            .try_into()
+            .expect("3x3 kernel")
+    });
+    // Every pixel is written by `output_transform`.
+    let mut y = crate::buffer::scratch(geom.output_shape().iter().product());
+    let ranges = batch_split(geom);
+    let most = ranges.iter().map(|r| r.len()).max().unwrap_or(0);
+    let jobs: Vec<_> = ranges
+        .iter()
+        .cloned()
+        .zip(split_by(&mut y, &ranges, geom.out_channels * geom.out_hw()))
+        .collect();
+    run_jobs(jobs, |(samples, y)| {
+        let mut s = Scratch::new(&t, most, cg, og);
+        with_scratch(s.v_len, |v: &mut [T]| {
+            with_scratch(s.m_len, |m: &mut [T]| {
+                for block in t.blocks::<T>(samples.len(), cg, og) {
+                    for (g, ug) in u.iter().enumerate() {
+                        let x_at = |n| input_block(geom, samples.start + n, g);
+                        let bg = b.map(|b| &b[g * og..(g + 1) * og]);
+                        let y_at = |n| output_block(geom, n, g);
+                        conv_block::<T, W, TILE, SPAN>(
+                            &t,
+                            cg,
+                            og,
+                            &block,
+                            (x, x_at),
+                            ug,
+                            bg,
+                            y,
+                            y_at,
+                            &mut s,
+                            v,
+                            m,
+                        );
+                    }
+                }
+            })
+        })
+    });
+    y
+}
+
+/// Backward by Winograd, in one pass over the batch (split between
+/// threads): dX as a conv of dY (kernels turned 180°, channels swapped,
+/// padding `2 − p`); dW from the transformed input and output gradient
+/// (`∂L/∂U`, summed per task, then `Gᵀ·dU·G`); db as row sums of dY.
+pub(super) fn backward<T: Float>(
+    geom: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    need_dx: bool,
+    need_dw: bool,
+    need_db: bool,
+) -> Grads<T> {
+    let need = [need_dx, need_dw, need_db];
+    match tile_for(geom) {
+        4 => backward_with::<T, F4, 4, 6>(geom, x, w, dy, need),
+        _ => backward_with::<T, F2, 2, 4>(geom, x, w, dy, need),
+    }
+}
+
+/// [`backward`] by the variant `W`; `need` is whether dX, dW and db are
+/// wanted.
+fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    geom: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    [need_dx, need_dw, need_db]: [bool; 3],
+) -> Grads<T> {
+    let (cg, og, ohw) = (geom.in_per_group(), geom.out_per_group(), geom.out_hw());
+    let xi = SPAN * SPAN;
+    let ranges = batch_split(geom);
+    let (tasks, most) = (
+        ranges.len(),
+        ranges.iter().map(|r| r.len()).max().unwrap_or(0),
+    );
+    // dX[c] = Σ_o conv(dY[o] padded by 2 − p, g[o, c] turned 180°).
+    let (h, wd) = (&geom.h, &geom.w);
+    let tx = Tiles::new(TILE, h.output, wd.output, 2 - h.padding, 2 - wd.padding);
+    debug_assert_eq!((tx.oh, tx.ow), (h.input, wd.input));
+    let ux = if need_dx {
+        transformed_kernels::<T, W, TILE, SPAN>(geom.groups, cg, og, |g, c, o| {
+            let k = &w[((g * og + o) * cg + c) * 9..][..9];
+            std::array::from_fn(|e| k[8 - e])
+        })
+    } else {
+        Vec::new()
+    };
+    let tw = Tiles::new(TILE, h.input, wd.input, h.padding, wd.padding);
+    let du_len = geom.groups * xi * og * cg;
+    // Every pixel is written by `conv_block`'s output transform.
+    let mut dx = need_dx.then(|| crate::buffer::scratch(geom.input_shape().iter().product()));
+    // Each chunk clears its own partial dU and db first.
+    let mut du_parts = Partials::new(need_dw, tasks, du_len);
+    let mut db_parts = Partials::new(need_db, tasks, geom.out_channels);
+    {
+        let dx_per_sample = geom.in_channels * geom.in_hw();
+        let jobs = backward_jobs(
+            &ranges,
+            dx.as_deref_mut(),
+            dx_per_sample,
+            &mut du_parts,
+            &mut db_parts,
+        );
+        run_backward_jobs(jobs, |job| {
+            let BackwardJob {
+                samples,
+                dx,
+                dw: du,
+                db,
+            } = job;
+            let n0 = samples.start;
+            let mut sx = Scratch::<T>::new(&tx, most, og, cg);
+            let mut sw = Scratch::<T>::new(&tw, most, cg, og);
+            let (v_len, m_len) = (sx.v_len.max(sw.v_len), sx.m_len.max(sw.m_len));
+            with_scratch(v_len, |v: &mut [T]| {
+                with_scratch(m_len, |m: &mut [T]| {
+                    if let Some(db) = db {
+                        for n in samples.clone() {
+                            let dyn_ = &dy[output_block(geom, n, 0).start..];
+                            for (o, plane) in
+                                dyn_.chunks_exact(ohw).take(og * geom.groups).enumerate()
+                            {
+                                db[o] += sum(plane);
+                            }
+                        }
+                    }
+                    if let Some(dx) = dx {
+                        for block in tx.blocks::<T>(samples.len(), og, cg) {
+                            for (g, ug) in ux.iter().enumerate() {
+                                let dy_at = |n| output_block(geom, n0 + n, g);
+                                let dx_at = |n| input_block(geom, n, g);
+                                conv_block::<T, W, TILE, SPAN>(
+                                    &tx,
+                                    og,
+                                    cg,
+                                    &block,
+                                    (dy, dy_at),
+                                    ug,
+                                    None,
+                                    dx,
+                                    dx_at,
+                                    &mut sx,
+                                    v,
+                                    m,
+                                );
+                            }
+                        }
+                    }
+                    if let Some(du) = du {
+                        for block in tw.blocks::<T>(samples.len(), cg, og) {
+                            for g in 0..geom.groups {
+                                let x_at = |n| input_block(geom, n0 + n, g);
+                                let dy_at = |n| output_block(geom, n0 + n, g);
+                                let dug = &mut du[g * xi * og * cg..][..xi * og * cg];
+                                weight_grad_block::<T, W, TILE, SPAN>(
+                                    &tw,
+                                    cg,
+                                    og,
+                                    &block,
+                                    (x, x_at),
+                                    (dy, dy_at),
+                                    dug,
+                                    &mut sw,
+                                    v,
+                                    m,
+                                );
+                            }
+                        }
+                    }
+                })
+            })
+        });
+    }
+    // The chunks' partial dU, summed in chunk order, ...
+    let dw = du_parts.sum().map(|total| {
+        // ... then transformed back, all of a group's kernels at once.
+        let n = og * cg;
+        let stride = n.next_multiple_of(LANES);
+        let mut dw = vec![T::ZERO; geom.out_channels * cg * 9];
+        let mut du = crate::buffer::scratch(xi * stride);
+        let mut dw9 = crate::buffer::scratch(9 * stride);
+        let mut tmp = crate::buffer::scratch(3 * SPAN * stride);
+        for (g, dwg) in dw.chunks_exact_mut(9 * n).enumerate() {
+            // The group's dU as planes with room for whole chunks.
+            let dug = &total[g * xi * n..][..xi * n];
+            for (to, from) in du.chunks_exact_mut(stride).zip(dug.chunks_exact(n)) {
+                to[..n].copy_from_slice(from);
+            }
+            kernel_transform_adjoints_simd::<T, W, TILE, SPAN>(&du, stride, n, &mut dw9, &mut tmp);
+            for (k, d) in dwg.chunks_exact_mut(9).enumerate() {
+                for (e, d) in d.iter_mut().enumerate() {
+                    *d = dw9[e * stride + k];
+                }
+            }
+        }
+        // Plain Vecs (not a tensor's storage), so nothing recycles them on
+        // drop: hand them back to the pool for the next call.
+        [total, du, dw9, tmp]
+            .into_iter()
+            .for_each(crate::buffer::recycle);
+        dw
+    });
+    let db = db_parts.sum();
+    Grads { dx, dw, db }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `G g Gᵀ` of one kernel, through the planes of [`kernel_transforms`].
+    fn transform_one<W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+        k: &[f64],
+    ) -> Vec<f64> {
+        let mut w9 = vec![0.0; 9 * LANES];
+        for (e, &v) in k.iter().enumerate() {
+            w9[e * LANES] = v;
+        }
+        let (mut u, mut tmp) = (vec![0.0; SPAN * SPAN * LANES], vec![0.0; 3 * SPAN * LANES]);
+        kernel_transforms::<f64, W, TILE, SPAN>(&w9, LANES, 1, &mut u, &mut tmp);
+        (0..SPAN * SPAN).map(|xi| u[xi * LANES]).collect()
+    }
+
+    /// The transforms reproduce a direct 3×3 correlation on one patch of
+    /// (m+2)×(m+2): `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` is the m×m valid correlation
+    /// of d with g.
+    fn one_tile_is_a_correlation<W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>() {
+        let g: Vec<f64> = (0..9).map(|i| (i as f64) * 0.5 - 1.0).collect();
+        let d: Vec<f64> = (0..SPAN * SPAN)
+            .map(|i| ((i * 7) % 11) as f64 - 3.0)
+            .collect();
+        let u = transform_one::<W, TILE, SPAN>(&g);
+        let t = Tiles::new(TILE, SPAN, SPAN, 0, 0);
+        let mut buf = Rows::new(&t, t.th);
+        let ld = t.part_len(1) + LANES;
+        let mut v = vec![0.0; SPAN * SPAN * ld];
+        input_transform::<f64, W, TILE, SPAN>(&t, 1, &d, 0..1, ld, &mut v, &mut buf);
+        let m: Vec<f64> = (0..SPAN * SPAN * ld).map(|i| u[i / ld] * v[i]).collect();
+        let mut y = vec![0.0; TILE * TILE];
+        output_transform::<f64, W, TILE, SPAN>(&t, 1, &m, 0..1, ld, None, &mut y, &mut buf);
+        for i in 0..TILE {
+            for j in 0..TILE {
+                let want: f64 = (0..3)
+                    .flat_map(|a| (0..3).map(move |b| (a, b)))
+                    .map(|(a, b)| d[(i + a) * SPAN + j + b] * g[a * 3 + b])
+                    .sum();
+                let got = y[i * TILE + j];
+                assert!((got - want).abs() < 1e-12, "{i} {j}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_tile_of_each_variant_is_a_correlation() {
+        one_tile_is_a_correlation::<F2, 2, 4>();
+        one_tile_is_a_correlation::<F4, 4, 6>();
+    }
+
+    /// `Gᵀ · G` is the adjoint of `G · Gᵀ`: ⟨G g Gᵀ, du⟩ = ⟨g, Gᵀ du G⟩.
+    fn kernel_adjoint<W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>() {
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let k: Vec<f64> = (0..9).map(|i| ((i * 5) % 7) as f64 - 2.0).collect();
+        let du: Vec<f64> = (0..SPAN * SPAN)
+            .map(|i| ((i * 3) % 5) as f64 - 1.5)
+            .collect();
+        let u = transform_one::<W, TILE, SPAN>(&k);
+        let mut planes = vec![0.0; SPAN * SPAN * LANES];
+        for (xi, &d) in du.iter().enumerate() {
+            planes[xi * LANES] = d;
+        }
+        let (mut back, mut tmp) = (vec![0.0; 9 * LANES], vec![0.0; 3 * SPAN * LANES]);
+        kernel_transform_adjoints::<f64, W, TILE, SPAN>(&planes, LANES, 1, &mut back, &mut tmp);
+        let back: Vec<f64> = (0..9).map(|e| back[e * LANES]).collect();
+        assert!((dot(&u, &du) - dot(&k, &back)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn kernel_transform_adjoints_are_adjoints() {
+        kernel_adjoint::<F2, 2, 4>();
+        kernel_adjoint::<F4, 4, 6>();
+    }
+
+    /// F(4×4, 3×3) from 64 4×4 output tiles per sample (the bench's `mid`,
+    /// 32×32), F(2×2, 3×3) below (`deep`, 16×16).
+    #[test]
+    fn the_variant_follows_the_tiles_per_sample() {
+        let opts = crate::Conv2dOptions::default().padding(1);
+        let tile = |n: usize, c: usize, hw: usize| {
+            let geom = Conv2dGeometry::new(&[n, c, hw, hw], &[c, c, 3, 3], None, &opts);
+            assert!(applies(&geom));
+            tile_for(&geom)
+        };
+        assert_eq!(tile(32, 16, 32), 4);
+        assert_eq!(tile(1, 16, 29), 4);
+        assert_eq!(tile(16, 64, 16), 2);
+        assert_eq!(tile(2, 16, 28), 2);
+    }
+
+    /// Blocks cover every tile row of every sample once, at offsets that
+    /// stay within the block limits, whole samples or runs of rows.
+    #[test]
+    fn blocks_cover_the_tiles_once() {
+        for tile in [2, 4] {
+            for (h, w, cin, cout, samples) in [
+                (32, 32, 16, 32, 5),
+                (32, 32, 64, 64, 3),
+                (7, 300, 256, 256, 2),
+            ] {
+                let t = Tiles::new(tile, h, w, 1, 1);
+                let (most_columns, most_rows) = t.block_limits::<f32>(samples, cin, cout);
+                let mut seen = vec![0; samples * t.th];
+                for block in t.blocks::<f32>(samples, cin, cout) {
+                    let mut next = 0;
+                    for p in &block {
+                        assert_eq!(p.off, next);
+                        assert!(p.rows.len() <= most_rows);
+                        next += t.part_len(p.rows.len());
+                        p.rows.clone().for_each(|r| seen[p.n * t.th + r] += 1);
+                    }
+                    assert!(next <= most_columns);
+                }
+                assert!(seen.iter().all(|&s| s == 1));
+            }
+        }
+    }
+}
