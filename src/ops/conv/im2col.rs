@@ -28,7 +28,7 @@
 //! im2col writes every entry).
 
 use super::parallel::{
-    backward_jobs, run_backward_jobs, run_jobs, split_by, split_work, BackwardJob, Partials,
+    run_backward_jobs, run_jobs, split_by, split_work, BackwardBuffers, BackwardJob,
 };
 use super::Conv2dGeometry;
 use crate::gemm::{prepacked::gemm_prepacked, prepacked::PackedA};
@@ -749,19 +749,10 @@ pub(super) fn backward<T: Float>(
     };
     let ranges = batch_split(geom);
     // Every block of dX is cleared (or overwritten) by the task that owns it.
-    let mut dx = need_dx.then(|| crate::buffer::scratch(geom.input_shape().iter().product()));
-    let mut dw_parts = Partials::new(need_dw, ranges.len(), geom.out_channels * ckk);
-    let mut db_parts = Partials::new(need_db, ranges.len(), geom.out_channels);
+    let need = [need_dx, need_dw, need_db];
+    let mut out = BackwardBuffers::new(geom, ranges.len(), need, geom.out_channels * ckk);
     {
-        let dx_per_sample = geom.in_channels * geom.in_hw();
-        let jobs = backward_jobs(
-            &ranges,
-            dx.as_deref_mut(),
-            dx_per_sample,
-            &mut dw_parts,
-            &mut db_parts,
-        );
-        run_backward_jobs(jobs, |job| {
+        run_backward_jobs(out.jobs(geom, &ranges), |job| {
             let BackwardJob {
                 samples,
                 mut dx,
@@ -835,8 +826,8 @@ pub(super) fn backward<T: Float>(
             })
         });
     }
-    let (dw, db) = (dw_parts.sum(), db_parts.sum());
-    Grads { dx, dw, db }
+    let (dw, db) = (out.dw.sum(), out.db.sum());
+    Grads { dx: out.dx, dw, db }
 }
 
 #[cfg(test)]

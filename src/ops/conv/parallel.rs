@@ -134,29 +134,56 @@ impl<T: crate::Float> Partials<T> {
     }
 }
 
-/// The jobs of a conv backward over `ranges` of samples: each gets its part
-/// of `dx` (`dx_per_sample` elements per sample) and its own run of `dw` and
-/// `db`.
-pub(crate) fn backward_jobs<'a, T: crate::Float>(
-    ranges: &[Range<usize>],
-    dx: Option<&'a mut [T]>,
-    dx_per_sample: usize,
-    dw: &'a mut Partials<T>,
-    db: &'a mut Partials<T>,
-) -> Vec<BackwardJob<'a, T>> {
-    let mut dx = dx.map(|d| split_by(d, ranges, dx_per_sample).into_iter());
-    // Empty runs (nothing wanted, or a zero-length gradient) give `None`.
-    let mut dw = dw.data.chunks_mut(dw.len.max(1));
-    let mut db = db.data.chunks_mut(db.len.max(1));
-    ranges
-        .iter()
-        .map(|r| BackwardJob {
-            samples: r.clone(),
-            dx: dx.as_mut().and_then(Iterator::next),
-            dw: dw.next(),
-            db: db.next(),
-        })
-        .collect()
+/// The outputs of a conv backward whose batch is cut into `ranges`: dX
+/// (unspecified values until each chunk writes its part), and the chunks'
+/// partial sums of the weight gradient (`dw_len` each) and of db, for the
+/// gradients wanted.
+pub(crate) struct BackwardBuffers<T> {
+    pub dx: Option<Vec<T>>,
+    pub dw: Partials<T>,
+    pub db: Partials<T>,
+}
+
+impl<T: crate::Float> BackwardBuffers<T> {
+    /// Buffers for `chunks` chunks; `need` is whether dX, dW and db are wanted.
+    pub(crate) fn new(
+        geom: &super::Conv2dGeometry,
+        chunks: usize,
+        [need_dx, need_dw, need_db]: [bool; 3],
+        dw_len: usize,
+    ) -> Self {
+        BackwardBuffers {
+            dx: need_dx.then(|| crate::buffer::scratch(geom.input_shape().iter().product())),
+            dw: Partials::new(need_dw, chunks, dw_len),
+            db: Partials::new(need_db, chunks, geom.out_channels),
+        }
+    }
+
+    /// One job per range of samples: its part of dX and its own run of the
+    /// dW and db partial sums.
+    pub(crate) fn jobs<'a>(
+        &'a mut self,
+        geom: &super::Conv2dGeometry,
+        ranges: &[Range<usize>],
+    ) -> Vec<BackwardJob<'a, T>> {
+        let dx_per_sample = geom.in_channels * geom.in_hw();
+        let mut dx = self
+            .dx
+            .as_deref_mut()
+            .map(|d| split_by(d, ranges, dx_per_sample).into_iter());
+        // Empty runs (nothing wanted, or a zero-length gradient) give `None`.
+        let mut dw = self.dw.data.chunks_mut(self.dw.len.max(1));
+        let mut db = self.db.data.chunks_mut(self.db.len.max(1));
+        ranges
+            .iter()
+            .map(|r| BackwardJob {
+                samples: r.clone(),
+                dx: dx.as_mut().and_then(Iterator::next),
+                dw: dw.next(),
+                db: db.next(),
+            })
+            .collect()
+    }
 }
 
 /// [`run_jobs`] for backward jobs: each job's partial sums are cleared on

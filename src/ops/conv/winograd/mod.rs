@@ -42,9 +42,7 @@ mod variants;
 use super::im2col::{
     batch_split, block_stride, gemm, input_block, output_block, sum, with_scratch, Grads, MatRef,
 };
-use super::parallel::{
-    backward_jobs, run_backward_jobs, run_jobs, split_by, BackwardJob, Partials,
-};
+use super::parallel::{run_backward_jobs, run_jobs, split_by, BackwardBuffers, BackwardJob};
 use super::Conv2dGeometry;
 use crate::gemm::prepacked::{gemm_prepacked, PackedA};
 use crate::simd::multiversion;
@@ -832,22 +830,12 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
         Vec::new()
     };
     let tw = Tiles::new(TILE, h.input, wd.input, h.padding, wd.padding);
-    let du_len = geom.groups * xi * og * cg;
-    // Every pixel is written by `conv_block`'s output transform.
-    let mut dx = need_dx.then(|| crate::buffer::scratch(geom.input_shape().iter().product()));
-    // Each chunk clears its own partial dU and db first.
-    let mut du_parts = Partials::new(need_dw, tasks, du_len);
-    let mut db_parts = Partials::new(need_db, tasks, geom.out_channels);
+    // Every pixel of dX is written by `conv_block`'s output transform; each
+    // chunk clears its own partial dU and db first.
+    let need = [need_dx, need_dw, need_db];
+    let mut out = BackwardBuffers::new(geom, tasks, need, geom.groups * xi * og * cg);
     {
-        let dx_per_sample = geom.in_channels * geom.in_hw();
-        let jobs = backward_jobs(
-            &ranges,
-            dx.as_deref_mut(),
-            dx_per_sample,
-            &mut du_parts,
-            &mut db_parts,
-        );
-        run_backward_jobs(jobs, |job| {
+        run_backward_jobs(out.jobs(geom, &ranges), |job| {
             let BackwardJob {
                 samples,
                 dx,
@@ -918,7 +906,7 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
         });
     }
     // The chunks' partial dU, summed in chunk order, ...
-    let dw = du_parts.sum().map(|total| {
+    let dw = out.dw.sum().map(|total| {
         // ... then transformed back, all of a group's kernels at once.
         let n = og * cg;
         let stride = n.next_multiple_of(LANES);
@@ -946,8 +934,8 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
             .for_each(crate::buffer::recycle);
         dw
     });
-    let db = db_parts.sum();
-    Grads { dx, dw, db }
+    let db = out.db.sum();
+    Grads { dx: out.dx, dw, db }
 }
 
 #[cfg(test)]
