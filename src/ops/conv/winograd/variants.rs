@@ -24,8 +24,39 @@ pub(super) trait Variant<const TILE: usize, const SPAN: usize> {
     type Gt: OneAxis<SPAN, 3>;
 }
 
+/// Defines a variant: its type, one type per one-axis map (each calling its
+/// function), and the `Variant` impl that names them.
+macro_rules! variant {
+    (
+        $(#[$doc:meta])* $name:ident<$tile:literal, $span:literal> {
+            Bt: $bt:ident = $fbt:ident,
+            At: $at:ident = $fat:ident,
+            A: $a:ident = $fa:ident,
+            G: $g:ident = $fg:ident,
+            Gt: $gt:ident = $fgt:ident $(,)?
+        }
+    ) => {
+        $(#[$doc])*
+        pub(super) struct $name;
+
+        impl Variant<$tile, $span> for $name {
+            type Bt = $bt;
+            type At = $at;
+            type A = $a;
+            type G = $g;
+            type Gt = $gt;
+        }
+
+        one_axis!($bt: $span -> $span = $fbt);
+        one_axis!($at: $span -> $tile = $fat);
+        one_axis!($a: $tile -> $span = $fa);
+        one_axis!($g: 3 -> $span = $fg);
+        one_axis!($gt: $span -> 3 = $fgt);
+    };
+}
+
 macro_rules! one_axis {
-    ($($name:ident: $n:literal -> $k:literal = $f:ident;)*) => {$(
+    ($name:ident: $n:literal -> $k:literal = $f:ident) => {
         #[doc = concat!("[`", stringify!($f), "`] as a type.")]
         pub(super) struct $name;
         impl OneAxis<$n, $k> for $name {
@@ -34,27 +65,13 @@ macro_rules! one_axis {
                 $f(x)
             }
         }
-    )*};
+    };
 }
 
-/// F(2×2, 3×3): 16 products per 4 outputs (2.25× fewer multiplications than
-/// the direct 36).
-pub(super) struct F2;
-
-impl Variant<2, 4> for F2 {
-    type Bt = Bt2;
-    type At = At2;
-    type A = A2;
-    type G = G2;
-    type Gt = Gt2;
-}
-
-one_axis! {
-    Bt2: 4 -> 4 = bt2;
-    At2: 4 -> 2 = at2;
-    A2: 2 -> 4 = a2;
-    G2: 3 -> 4 = g2;
-    Gt2: 4 -> 3 = gt2;
+variant! {
+    /// F(2×2, 3×3): 16 products per 4 outputs (2.25× fewer multiplications
+    /// than the direct 36).
+    F2<2, 4> { Bt: Bt2 = bt2, At: At2 = at2, A: A2 = a2, G: G2 = g2, Gt: Gt2 = gt2 }
 }
 
 /// `Bᵀ d = (d0 − d2, d1 + d2, d2 − d1, d1 − d3)`.
@@ -91,25 +108,11 @@ fn gt2<V: Arith>([u0, u1, u2, u3]: [V; 4]) -> [V; 3] {
     [u0 + s, d, s + u3]
 }
 
-/// F(4×4, 3×3): 36 products per 16 outputs (4× fewer multiplications than
-/// the direct 144), for larger constants in the transforms (rounding errors
-/// of a few units in the last place more than F(2×2, 3×3)).
-pub(super) struct F4;
-
-impl Variant<4, 6> for F4 {
-    type Bt = Bt4;
-    type At = At4;
-    type A = A4;
-    type G = G4;
-    type Gt = Gt4;
-}
-
-one_axis! {
-    Bt4: 6 -> 6 = bt4;
-    At4: 6 -> 4 = at4;
-    A4: 4 -> 6 = a4;
-    G4: 3 -> 6 = g4;
-    Gt4: 6 -> 3 = gt4;
+variant! {
+    /// F(4×4, 3×3): 36 products per 16 outputs (4× fewer multiplications
+    /// than the direct 144), for larger constants in the transforms (rounding
+    /// errors of a few units in the last place more than F(2×2, 3×3)).
+    F4<4, 6> { Bt: Bt4 = bt4, At: At4 = at4, A: A4 = a4, G: G4 = g4, Gt: Gt4 = gt4 }
 }
 
 /// `Bᵀ d`, rows `(4, 0, −5, 0, 1, 0)`, `(0, −4, −4, 1, 1, 0)`,
