@@ -418,8 +418,9 @@ fn large_shapes_match_reference_at_1_and_2_threads() {
 /// computes by Winograd (forward, dX and dW), with each variant, F(2x2, 3x3)
 /// and F(4x4, 3x3): paddings 0, 1, 2
 /// and mixed, output sizes that leave partial tiles (every remainder mod 4),
-/// one-row outputs, groups, several samples per block and one sample cut
-/// into several blocks, the bench's mid and deep shapes scaled down, f32 and
+/// one-row and one-tile-column outputs, groups, several samples per block
+/// and one sample cut into several blocks, uneven chunks, deep products on
+/// narrow blocks, the bench's mid and deep shapes scaled down, f32 and
 /// f64, at 1 and 2 threads. (The variant setting is process-wide; other
 /// tests running meanwhile only change algorithm, and compare with the
 /// reference too.)
@@ -427,7 +428,7 @@ fn large_shapes_match_reference_at_1_and_2_threads() {
 fn winograd_shapes_match_reference_at_1_and_2_threads() {
     let opts = Conv2dOptions::default;
     #[rustfmt::skip]
-    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 10] = [
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 18] = [
         ([3, 16, 12, 12], [32, 16, 3, 3], opts().padding(1)),     // mid-like
         ([2, 64, 8, 8], [64, 64, 3, 3], opts().padding(1)),       // deep-like
         ([2, 16, 9, 7], [16, 16, 3, 3], opts().padding(1)),       // odd output: partial tiles
@@ -438,6 +439,15 @@ fn winograd_shapes_match_reference_at_1_and_2_threads() {
         ([3, 20, 4, 40], [24, 20, 3, 3], opts().padding((0, 1))), // output rows: 2
         ([2, 16, 33, 34], [16, 16, 3, 3], opts().padding(1)),     // 9x9 4x4 tiles: F(4x4) by default
         ([1, 32, 62, 62], [32, 32, 3, 3], opts().padding(1)),     // one sample, several blocks
+        ([2, 16, 3, 2], [16, 16, 3, 3], opts().padding(1)),       // one tile column (F(2x2))
+        ([1, 16, 6, 4], [16, 16, 3, 3], opts().padding(1)),       // one tile column (F(4x4))
+        ([2, 16, 5, 7], [16, 16, 3, 3], opts().padding((2, 0))),
+        ([1, 16, 4, 6], [16, 16, 3, 3], opts().padding((1, 2))),
+        ([5, 16, 6, 6], [16, 16, 3, 3], opts().padding(1)),       // uneven chunks at 2 threads
+        // Deep products (k past one GEMM block) on blocks of a few columns.
+        ([1, 256, 2, 2], [16, 256, 3, 3], opts().padding(1)),
+        ([1, 16, 2, 2], [256, 16, 3, 3], opts().padding(1)),
+        ([2, 256, 4, 4], [256, 256, 3, 3], opts().padding(1)),
     ];
     for tile in [2, 4] {
         tapegrad::conv::force_winograd_tile(tile);

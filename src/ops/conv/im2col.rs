@@ -42,8 +42,10 @@ thread_local! {
     static SCRATCH: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on a thread-local buffer of `len` elements with unspecified contents.
-/// The buffer is taken out of the cache while in use, so nested calls are fine.
+/// Runs `f` on a thread-local buffer of `len` elements with unspecified contents
+/// (NaN in debug builds, so that a value read before it is written shows up in
+/// the tests). The buffer is taken out of the cache while in use, so nested
+/// calls are fine.
 pub(super) fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     let cached = SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
@@ -53,6 +55,9 @@ pub(super) fn with_scratch<T: Float, R>(len: usize, f: impl FnOnce(&mut [T]) -> 
     let mut buf: Box<Vec<T>> = cached.unwrap_or_default();
     if buf.len() < len {
         buf.resize(len, T::ZERO);
+    }
+    if cfg!(debug_assertions) {
+        buf[..len].fill(T::from_f64(f64::NAN));
     }
     let r = f(&mut buf[..len]);
     SCRATCH.with(|s| s.borrow_mut().push(buf));

@@ -75,7 +75,9 @@ pub(super) trait OneAxis<const N: usize, const K: usize> {
 /// over `N` input rows into `K` windows of `out`, a chunk of [`LANES`] at a
 /// time. It runs on whole chunks: past `n`, up to the next multiple of
 /// [`LANES`], it reads values (the inputs must be that long) and writes
-/// values that are not used (each caller leaves that room in `out`).
+/// values that are not used: into room the caller leaves in `out`, or into
+/// the start of a window the caller writes again afterwards (the next tile
+/// row's, the next part's).
 #[inline(always)]
 pub(super) fn transform<T: Float, F: OneAxis<N, K>, const N: usize, const K: usize>(
     inp: [&[T]; N],

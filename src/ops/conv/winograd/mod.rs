@@ -62,8 +62,9 @@ const MIN_CHANNELS: usize = 16;
 const BLOCK_BYTES: usize = 1 << 20;
 
 /// Whether `conv2d` takes the Winograd path for this geometry: 3×3, stride 1,
-/// dilation 1, padding at most 2 (so that dX is also such a conv), and at
-/// least [`MIN_CHANNELS`] input and output channels per group.
+/// dilation 1, padding at most 2 (so that dX is also such a conv), an output
+/// of at least 2×2, and at least [`MIN_CHANNELS`] input and output channels
+/// per group.
 pub(super) fn applies(geom: &Conv2dGeometry) -> bool {
     let axis_ok = |a: &super::AxisGeometry| {
         a.kernel == 3 && a.stride == 1 && a.dilation == 1 && a.padding <= 2 && a.output >= 2
@@ -249,11 +250,19 @@ struct Rows<T> {
 }
 
 impl<T: Float> Rows<T> {
+    /// Buffers for parts of up to `rows` tile rows. Their values are
+    /// unspecified until written (NaN in debug builds, so that a value read
+    /// before it is written shows up in the tests).
     fn new(t: &Tiles, rows: usize) -> Self {
         let plane = t.plane(rows);
+        let fill = if cfg!(debug_assertions) {
+            T::from_f64(f64::NAN)
+        } else {
+            T::ZERO
+        };
         Rows {
-            a: vec![T::ZERO; t.tile * t.tile * plane],
-            b: vec![T::ZERO; (t.tile + 2) * t.tile * plane],
+            a: vec![fill; t.tile * t.tile * plane],
+            b: vec![fill; (t.tile + 2) * t.tile * plane],
         }
     }
 }
@@ -328,9 +337,12 @@ fn input_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SP
     // the plane length.
     let ns = nr * s;
     let (chunks, pl) = (ns.next_multiple_of(LANES), t.plane(nr));
-    // Past the gathered groups: zero, so that every transform stays finite.
-    for plane in buf.a.chunks_exact_mut(pl).take(TILE * TILE) {
-        plane[(nr + 1) * s..s + chunks].fill(T::ZERO);
+    // Past the gathered groups: zero, so that every transform stays finite
+    // (row phases from SPAN − TILE on are not gathered below the last tile
+    // row).
+    for (i, plane) in buf.a.chunks_exact_mut(pl).take(TILE * TILE).enumerate() {
+        let gathered = if i / TILE < SPAN - TILE { nr + 1 } else { nr };
+        plane[gathered * s..s + chunks].fill(T::ZERO);
     }
     for plane in buf.b.chunks_exact_mut(pl).take(SPAN * TILE) {
         plane[chunks..chunks + LANES].fill(T::ZERO);
