@@ -188,6 +188,56 @@ fn ties_go_to_the_first_maximum_in_row_major_order() {
     assert_eq!(dx.data(), &[1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
 }
 
+/// The 2x2, stride-2 fast path (outputs in chunks of 4, the last chunk
+/// overlapping the one before) against a direct scan, on every output width
+/// from 1 to 11 and odd input widths: values, and the gradient going to the
+/// first maximum in row-major order, with ties (values from a small set) and
+/// a NaN, which wins its window.
+#[test]
+fn two_by_two_windows_match_a_direct_scan_at_every_width() {
+    let mut rng = StdRng::seed_from_u64(21);
+    for iw in 1..=23 {
+        let (n, c, ih) = (2, 3, 5);
+        let mut v: Vec<f64> = (0..n * c * ih * iw)
+            .map(|_| rng.random_range(0..4) as f64)
+            .collect();
+        let nan_at = rng.random_range(0..v.len());
+        v[nan_at] = f64::NAN;
+        let x = Tensor::from_vec(v.clone(), [n, c, ih, iw]).unwrap();
+        let (oh, ow) = (ih / 2, iw / 2);
+        if ow == 0 {
+            continue;
+        }
+        let dy: Vec<f64> = (0..n * c * oh * ow).map(|i| i as f64 + 1.0).collect();
+        let dyt = Tensor::from_vec(dy.clone(), [n, c, oh, ow]).unwrap();
+        let (y, dx) = tape_pool(Kind::Max, &x, Pool2dOptions::new(2), Some(&dyt));
+        let mut want_dx = vec![0.0; v.len()];
+        for p in 0..n * c {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let at = |r: usize, s: usize| p * ih * iw + (2 * i + r) * iw + 2 * j + s;
+                    let mut best = at(0, 0);
+                    for (r, s) in [(0, 1), (1, 0), (1, 1)] {
+                        let (cand, m) = (v[at(r, s)], v[best]);
+                        if cand > m || cand.is_nan() {
+                            best = at(r, s);
+                        }
+                    }
+                    let o = (p * oh + i) * ow + j;
+                    let got = y.data()[o];
+                    assert!(
+                        got == v[best] || (got.is_nan() && v[best].is_nan()),
+                        "width {iw}: y[{o}] = {got}, want {}",
+                        v[best]
+                    );
+                    want_dx[best] += dy[o];
+                }
+            }
+        }
+        assert_eq!(dx.data(), &want_dx[..], "width {iw}: dx");
+    }
+}
+
 #[test]
 fn padding_never_wins_a_max() {
     let x = Tensor::full([1, 1, 2, 2], -3.0);

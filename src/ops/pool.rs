@@ -266,6 +266,10 @@ fn is_nan<T: Float>(v: T) -> bool {
     v.partial_cmp(&v).is_none()
 }
 
+/// Outputs per chunk of the 2x2 max-pooling loop: one 128-bit vector of
+/// `f32` (the baseline x86-64 width).
+const POOL_LANES: usize = 4;
+
 /// Max pooling of one plane: each window's maximum into `y` and its offset in
 /// the plane into `arg`. The first element of the window (row-major) starts
 /// the running maximum; a later one replaces it only if strictly greater or
@@ -284,19 +288,32 @@ fn max_plane<T: Float>(win: &Windows, x: &[T], y: &mut [T], arg: &mut [u32]) {
             let top = &x[2 * i * iw..][..2 * ow];
             let bottom = &x[(2 * i + 1) * iw..][..2 * ow];
             let base = (2 * i * iw) as u32;
-            for (j, ((y, arg), (t, b))) in y
-                .iter_mut()
-                .zip(arg.iter_mut())
-                .zip(top.chunks_exact(2).zip(bottom.chunks_exact(2)))
-                .enumerate()
-            {
+            let window = |j: usize| {
                 let at = base + 2 * j as u32;
+                let (t, b) = (&top[2 * j..2 * j + 2], &bottom[2 * j..2 * j + 2]);
                 let (mut m, mut k) = (t[0], at);
                 (m, k) = pick(m, k, t[1], at + 1);
                 (m, k) = pick(m, k, b[0], at + iw as u32);
-                (m, k) = pick(m, k, b[1], at + iw as u32 + 1);
-                *y = m;
-                *arg = k;
+                pick(m, k, b[1], at + iw as u32 + 1)
+            };
+            if ow < POOL_LANES {
+                for j in 0..ow {
+                    (y[j], arg[j]) = window(j);
+                }
+                continue;
+            }
+            // Chunks of outputs in local arrays, which the compiler turns
+            // into vector compares and blends; the last chunk overlaps the
+            // one before instead of leaving a scalar tail (its outputs are
+            // recomputed to the same values).
+            for j0 in (0..ow).step_by(POOL_LANES) {
+                let j0 = j0.min(ow - POOL_LANES);
+                let (mut m, mut k) = ([T::ZERO; POOL_LANES], [0u32; POOL_LANES]);
+                for l in 0..POOL_LANES {
+                    (m[l], k[l]) = window(j0 + l);
+                }
+                y[j0..j0 + POOL_LANES].copy_from_slice(&m);
+                arg[j0..j0 + POOL_LANES].copy_from_slice(&k);
             }
         }
         return;
@@ -324,8 +341,13 @@ fn max_plane<T: Float>(win: &Windows, x: &[T], y: &mut [T], arg: &mut [u32]) {
 /// strictly greater or NaN (PyTorch's rule; the first of equal maxima stays).
 #[inline(always)]
 fn pick<T: Float>(m: T, k: u32, v: T, kv: u32) -> (T, u32) {
-    let take = v > m || is_nan(v);
-    (if take { v } else { m }, if take { kv } else { k })
+    let take = (v > m) | is_nan(v);
+    // Which element wins is data-dependent: a branch would mispredict half
+    // the time on random data, so ask for conditional moves.
+    (
+        std::hint::select_unpredictable(take, v, m),
+        std::hint::select_unpredictable(take, kv, k),
+    )
 }
 
 impl<'t, T: Float> Var<'t, T> {
