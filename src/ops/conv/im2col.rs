@@ -729,15 +729,16 @@ pub(super) struct Grads<T> {
 ///   into its own buffer, and the buffers are added in chunk order at the end;
 /// - `dcols = W_gᵀ · dY_ng` by blocks, scattered into dX by col2im while in
 ///   cache (written directly by the GEMM for a pointwise conv).
+///
+/// `need` is whether dX, dW and db are wanted.
 pub(super) fn backward<T: Float>(
     geom: &Conv2dGeometry,
     x: &[T],
     w: &[T],
     dy: &[T],
-    need_dx: bool,
-    need_dw: bool,
-    need_db: bool,
+    need: [bool; 3],
 ) -> Grads<T> {
+    let [need_dx, _, _] = need;
     let (og, ckk, ohw, ow) = (
         geom.out_per_group(),
         geom.patch_len(),
@@ -754,7 +755,6 @@ pub(super) fn backward<T: Float>(
     };
     let ranges = batch_split(geom);
     // Every block of dX is cleared (or overwritten) by the task that owns it.
-    let need = [need_dx, need_dw, need_db];
     let mut out = BackwardBuffers::new(geom, ranges.len(), need, geom.out_channels * ckk);
     {
         run_backward_jobs(out.jobs(geom, &ranges), |job| {

@@ -285,15 +285,8 @@ impl<'t, T: Float> Var<'t, T> {
             } else {
                 im2col::backward
             };
-            let g = backward(
-                &geom,
-                x.data(),
-                w.data(),
-                ctx.grad.data(),
-                ctx.needs_grad[0],
-                ctx.needs_grad[1],
-                need_db,
-            );
+            let need = [ctx.needs_grad[0], ctx.needs_grad[1], need_db];
+            let g = backward(&geom, x.data(), w.data(), ctx.grad.data(), need);
             let dx = g.dx.map(|d| Tensor::from_parts(d, x.shape().clone()));
             let dw = g.dw.map(|d| Tensor::from_parts(d, w.shape().clone()));
             let mut grads = smallvec![dx, dw];

@@ -796,25 +796,22 @@ fn forward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN:
 /// Backward by Winograd, in one pass over the batch (split between
 /// threads): dX as a conv of dY (kernels turned 180°, channels swapped,
 /// padding `2 − p`); dW from the transformed input and output gradient
-/// (`∂L/∂U`, summed per task, then `Gᵀ·dU·G`); db as row sums of dY.
+/// (`∂L/∂U`, summed per task, then `Gᵀ·dU·G`); db as row sums of dY. `need`
+/// is whether dX, dW and db are wanted.
 pub(super) fn backward<T: Float>(
     geom: &Conv2dGeometry,
     x: &[T],
     w: &[T],
     dy: &[T],
-    need_dx: bool,
-    need_dw: bool,
-    need_db: bool,
+    need: [bool; 3],
 ) -> Grads<T> {
-    let need = [need_dx, need_dw, need_db];
     match tile_for(geom) {
         4 => backward_with::<T, F4, 4, 6>(geom, x, w, dy, need),
         _ => backward_with::<T, F2, 2, 4>(geom, x, w, dy, need),
     }
 }
 
-/// [`backward`] by the variant `W`; `need` is whether dX, dW and db are
-/// wanted.
+/// [`backward`] by the variant `W`.
 fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
     geom: &Conv2dGeometry,
     x: &[T],
