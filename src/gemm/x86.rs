@@ -94,6 +94,13 @@ pub(crate) struct Avx2F32(pub(crate) Avx2Fma);
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx2F64(pub(crate) Avx2Fma);
 
+/// The first `N` slices' start pointers, the first slice's standing in for
+/// missing ones (never read: the dot kernels read only as many as there are
+/// slices).
+fn ptrs<T, const N: usize>(v: &[&[T]]) -> [*const T; N] {
+    std::array::from_fn(|i| v.get(i).map_or(v[0].as_ptr(), |x| x.as_ptr()))
+}
+
 impl MicroKernel for Avx2F32 {
     type T = f32;
     const MR: usize = 6;
@@ -141,10 +148,7 @@ impl MicroKernel for Avx2F32 {
     #[inline]
     fn dot(self, alpha: f32, a: &[&[f32]], b: &[&[f32]], beta: f32, c: &mut [&mut [f32]]) {
         let len = check_dot(4, 3, a, b, c);
-        let ap: [*const f32; 4] =
-            std::array::from_fn(|r| a.get(r).map_or(a[0].as_ptr(), |x| x.as_ptr()));
-        let bp: [*const f32; 3] =
-            std::array::from_fn(|j| b.get(j).map_or(b[0].as_ptr(), |x| x.as_ptr()));
+        let (ap, bp) = (ptrs::<_, 4>(a), ptrs::<_, 3>(b));
         // SAFETY: `self` holds an `Avx2Fma` token, so AVX2 and FMA are
         // available. `check_dot` verified that every row of `a` and column of
         // `b` holds `len` elements and that `c` is `a.len() × b.len()`; the
@@ -219,10 +223,7 @@ impl MicroKernel for Avx2F64 {
     #[inline]
     fn dot(self, alpha: f64, a: &[&[f64]], b: &[&[f64]], beta: f64, c: &mut [&mut [f64]]) {
         let len = check_dot(4, 3, a, b, c);
-        let ap: [*const f64; 4] =
-            std::array::from_fn(|r| a.get(r).map_or(a[0].as_ptr(), |x| x.as_ptr()));
-        let bp: [*const f64; 3] =
-            std::array::from_fn(|j| b.get(j).map_or(b[0].as_ptr(), |x| x.as_ptr()));
+        let (ap, bp) = (ptrs::<_, 4>(a), ptrs::<_, 3>(b));
         // SAFETY: `self` holds an `Avx2Fma` token, so AVX2 and FMA are
         // available. `check_dot` verified that every row of `a` and column of
         // `b` holds `len` elements and that `c` is `a.len() × b.len()`; the
@@ -598,10 +599,7 @@ impl MicroKernel for Avx512F32 {
     #[inline]
     fn dot(self, alpha: f32, a: &[&[f32]], b: &[&[f32]], beta: f32, c: &mut [&mut [f32]]) {
         let len = check_dot(4, 4, a, b, c);
-        let ap: [*const f32; 4] =
-            std::array::from_fn(|r| a.get(r).map_or(a[0].as_ptr(), |x| x.as_ptr()));
-        let bp: [*const f32; 4] =
-            std::array::from_fn(|j| b.get(j).map_or(b[0].as_ptr(), |x| x.as_ptr()));
+        let (ap, bp) = (ptrs::<_, 4>(a), ptrs::<_, 4>(b));
         // SAFETY: `self` holds an `Avx512` token, so AVX-512F is available.
         // `check_dot` verified that every row of `a` and column of `b` holds
         // `len` elements and that `c` is `a.len() × b.len()`; the

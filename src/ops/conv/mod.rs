@@ -56,6 +56,17 @@ pub use geometry::{AxisGeometry, Conv2dGeometry};
 ///
 /// # Panics
 /// If `tile` is not 0, 2 or 4.
+///
+/// ```
+/// use tapegrad::{conv::force_winograd_tile, Conv2dOptions, Tape, Tensor};
+/// force_winograd_tile(4);
+/// let tape = Tape::<f64>::new();
+/// let x = tape.leaf(Tensor::ones([1, 16, 8, 8]));
+/// let w = tape.leaf(Tensor::ones([16, 16, 3, 3]));
+/// let y = x.conv2d(w, None, Conv2dOptions::default().padding(1));
+/// force_winograd_tile(0);
+/// assert_eq!(y.value().get(&[0, 0, 4, 4]), 144.0); // 16 channels × 9 taps
+/// ```
 #[doc(hidden)]
 pub fn force_winograd_tile(tile: usize) {
     winograd::force_tile(tile)
