@@ -1,45 +1,266 @@
 //! The worker threads behind every parallel op (conv, pooling, GEMM splits,
 //! large elementwise kernels and fills).
 //!
-//! A parallel region runs its first part on the calling thread and hands the
-//! others to a pool of `num_threads() − 1` workers, so that with
-//! [`gemm::num_threads`](crate::gemm::num_threads) = 2 exactly two threads are
-//! busy. Rayon's global pool would add as many workers as cores on top of the
-//! caller: three runnable threads on two cores, where the scheduler sometimes
-//! queued the woken worker behind the caller and the region ran serially
-//! (traced on `mid`'s forward: in about half the calls the worker started its
-//! part only when the caller had finished its own).
+//! A parallel region ([`run`]) cuts its work into a few numbered parts. The
+//! calling thread and up to `parts − 1` workers take parts one at a time
+//! until none is left; the caller returns when every part has finished. So
+//! with [`gemm::num_threads`](crate::gemm::num_threads) = 2 exactly two
+//! threads are busy.
+//!
+//! A training step runs a dozen short regions (0.05–1 ms each) with little
+//! serial work between them (`cnn_step` runs 12). With rayon's pool,
+//! used before, a worker asleep after a region took 7 µs to wake for the
+//! next one, and ~30 µs after a millisecond of idleness (the host had halted
+//! its vCPU); the caller in turn slept while it waited for the worker's last
+//! part and woke late: a region of two 10 µs parts took 17–24 µs. Here a
+//! worker polls for the next region for [`SPIN`] before it sleeps, and the
+//! caller polls for the last part for as long, so the same region takes
+//! 11.3 µs when the regions come less than 200 µs apart. The cost is a
+//! worker's core kept busy for up to [`SPIN`] after each region, as OpenMP
+//! runtimes do by default.
+//!
+//! A region started while another is running (from a part, or from a second
+//! user thread) runs all its parts on its own thread, in order.
 
-use std::sync::{Arc, Mutex};
+use std::any::Any;
+use std::cell::Cell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-/// The pool and its worker count, rebuilt when the thread count changes.
-static POOL: Mutex<Option<(usize, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+/// How long an idle worker polls for the next region, and the caller for the
+/// end of its region, before sleeping.
+const SPIN: Duration = Duration::from_micros(200);
 
-/// The pool for `workers` worker threads.
-fn pool(workers: usize) -> Arc<rayon::ThreadPool> {
-    let mut slot = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    match &*slot {
-        Some((n, p)) if *n == workers => p.clone(),
-        _ => {
-            let p = Arc::new(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(workers)
-                    .thread_name(|i| format!("tapegrad-{i}"))
-                    .build()
-                    .expect("tapegrad: could not start worker threads"),
-            );
-            *slot = Some((workers, p.clone()));
-            p
+/// The work of one region, as the workers see it. The lifetime is a lie
+/// told in [`run`], which does not return before the last use.
+type Job = &'static (dyn Fn(usize) + Sync);
+
+/// The region being run.
+struct Region {
+    /// Its number ([`Pool::epoch`] when it was posted).
+    epoch: u64,
+    job: Job,
+    parts: usize,
+    /// The next part no thread has taken yet.
+    next: usize,
+}
+
+struct Pool {
+    /// The current region, if any; taken parts are counted under this lock.
+    region: Mutex<Option<Region>>,
+    /// Raised on every new region; idle workers poll it without the lock.
+    epoch: AtomicU64,
+    /// Parts of the current region not finished yet.
+    pending: AtomicUsize,
+    /// Workers sleeping on `wake` (read under the `region` lock).
+    sleepers: AtomicUsize,
+    wake: Condvar,
+    /// Whether the caller sleeps on `done` (read under the `region` lock).
+    caller_sleeps: AtomicBool,
+    done: Condvar,
+    /// The first panic of a part run by a worker, for the caller to resume.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// Held by the thread running a region.
+    busy: AtomicBool,
+    /// Workers started so far (they run until the process exits).
+    started: AtomicUsize,
+    /// Held while starting workers.
+    starting: Mutex<()>,
+}
+
+static POOL: Pool = Pool {
+    region: Mutex::new(None),
+    epoch: AtomicU64::new(0),
+    pending: AtomicUsize::new(0),
+    sleepers: AtomicUsize::new(0),
+    wake: Condvar::new(),
+    caller_sleeps: AtomicBool::new(false),
+    done: Condvar::new(),
+    panic: Mutex::new(None),
+    busy: AtomicBool::new(false),
+    started: AtomicUsize::new(0),
+    starting: Mutex::new(()),
+};
+
+thread_local! {
+    /// Set while this thread runs a part: a region started inside one runs inline.
+    static IN_PART: Cell<bool> = const { Cell::new(false) };
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A part's panic is caught before it can poison a lock; recover anyway.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f(0)`, …, `f(parts − 1)`, each exactly once, on this thread and up
+/// to `parts − 1` worker threads, and returns when all have finished. A
+/// panic in a part is resumed here once every part has finished.
+pub(crate) fn run(parts: usize, f: impl Fn(usize) + Sync) {
+    let nested = IN_PART.with(|p| p.get());
+    if parts < 2 || nested {
+        return (0..parts).for_each(f);
+    }
+    start_workers(parts - 1);
+    if POOL
+        .busy
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return (0..parts).for_each(f);
+    }
+    let f: &(dyn Fn(usize) + Sync) = &f;
+    // SAFETY: only the lifetime changes. Workers use `job` only for a part
+    // they took from this region, and this function does not return, nor
+    // unwind, before `pending` says every part has finished (the wait below
+    // runs whether or not the caller's own parts panicked), so `f` outlives
+    // every use.
+    let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
+    POOL.pending.store(parts, Ordering::Relaxed);
+    let epoch = {
+        let mut region = lock(&POOL.region);
+        let epoch = POOL.epoch.load(Ordering::Relaxed) + 1;
+        *region = Some(Region {
+            epoch,
+            job,
+            parts,
+            next: 0,
+        });
+        POOL.epoch.store(epoch, Ordering::Release);
+        if POOL.sleepers.load(Ordering::Relaxed) > 0 {
+            POOL.wake.notify_all();
+        }
+        epoch
+    };
+    let own = catch_unwind(AssertUnwindSafe(|| {
+        IN_PART.with(|p| p.set(true));
+        while let Some((job, i)) = take(epoch) {
+            job(i);
+            POOL.pending.fetch_sub(1, Ordering::Release);
+        }
+    }));
+    if own.is_err() {
+        // Parts left untaken will not run; count them as finished.
+        let mut region = lock(&POOL.region);
+        if let Some(r) = region.as_mut() {
+            POOL.pending.fetch_sub(r.parts - r.next, Ordering::Release);
+            r.next = r.parts;
+        }
+        // The caller's own part counted as finished too.
+        POOL.pending.fetch_sub(1, Ordering::Release);
+    }
+    IN_PART.with(|p| p.set(false));
+    wait_for_workers();
+    *lock(&POOL.region) = None;
+    let worker_panic = lock(&POOL.panic).take();
+    POOL.busy.store(false, Ordering::Release);
+    if let Err(p) = own {
+        resume_unwind(p);
+    }
+    if let Some(p) = worker_panic {
+        resume_unwind(p);
+    }
+}
+
+/// Takes the next part of region `epoch`, if it is still running and has one.
+fn take(epoch: u64) -> Option<(Job, usize)> {
+    let mut region = lock(&POOL.region);
+    let r = region.as_mut().filter(|r| r.epoch == epoch)?;
+    (r.next < r.parts).then(|| {
+        r.next += 1;
+        (r.job, r.next - 1)
+    })
+}
+
+/// Returns once `pending` is 0: polls for [`SPIN`], then sleeps on `done`.
+fn wait_for_workers() {
+    let t0 = Instant::now();
+    while POOL.pending.load(Ordering::Acquire) != 0 {
+        if t0.elapsed() < SPIN {
+            std::hint::spin_loop();
+            continue;
+        }
+        let mut region = lock(&POOL.region);
+        POOL.caller_sleeps.store(true, Ordering::Relaxed);
+        while POOL.pending.load(Ordering::Acquire) != 0 {
+            region = POOL.done.wait(region).unwrap_or_else(|e| e.into_inner());
+        }
+        POOL.caller_sleeps.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Starts workers until there are at least `n`.
+fn start_workers(n: usize) {
+    if POOL.started.load(Ordering::Acquire) >= n {
+        return;
+    }
+    let _one_at_a_time = lock(&POOL.starting);
+    while POOL.started.load(Ordering::Relaxed) < n {
+        let index = POOL.started.load(Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name(format!("tapegrad-{index}"))
+            .spawn(move || worker(index))
+            .expect("tapegrad: could not start a worker thread");
+        POOL.started.store(index + 1, Ordering::Release);
+    }
+}
+
+/// A worker's loop: wait for a region that wants it, take its parts until
+/// none is left, repeat.
+fn worker(index: usize) {
+    IN_PART.with(|p| p.set(true));
+    let mut seen = POOL.epoch.load(Ordering::Acquire);
+    loop {
+        seen = next_region(seen, index);
+        while let Some((job, i)) = take(seen) {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| job(i))) {
+                lock(&POOL.panic).get_or_insert(p);
+            }
+            if POOL.pending.fetch_sub(1, Ordering::Release) == 1 {
+                // The last part: wake the caller if it went to sleep. Checked
+                // under the lock, so a caller about to sleep sees `pending` 0.
+                let _region = lock(&POOL.region);
+                if POOL.caller_sleeps.load(Ordering::Relaxed) {
+                    POOL.done.notify_one();
+                }
+            }
         }
     }
 }
 
-/// Runs `op` on this thread with a scope whose spawned jobs run on the
-/// workers (one fewer than [`gemm::num_threads`](crate::gemm::num_threads),
-/// at least one); returns when they have all finished.
-pub(crate) fn in_place_scope<'s, R>(op: impl FnOnce(&rayon::Scope<'s>) -> R) -> R {
-    let workers = crate::gemm::num_threads().saturating_sub(1).max(1);
-    pool(workers).in_place_scope(op)
+/// Waits for a region after `seen` that has a part for worker `index` (a
+/// region of `p` parts wants workers `0..p − 1`); returns its epoch.
+fn next_region(mut seen: u64, index: usize) -> u64 {
+    let mut t0 = Instant::now();
+    loop {
+        let epoch = POOL.epoch.load(Ordering::Acquire);
+        if epoch != seen {
+            let wanted = lock(&POOL.region)
+                .as_ref()
+                .filter(|r| r.epoch > seen && index + 1 < r.parts)
+                .map(|r| r.epoch);
+            if let Some(e) = wanted {
+                return e;
+            }
+            // Over, or not wanting this worker: seen.
+            seen = epoch;
+            t0 = Instant::now();
+            continue;
+        }
+        if t0.elapsed() < SPIN {
+            std::hint::spin_loop();
+            continue;
+        }
+        let mut region = lock(&POOL.region);
+        POOL.sleepers.fetch_add(1, Ordering::Relaxed);
+        while POOL.epoch.load(Ordering::Acquire) == seen {
+            region = POOL.wake.wait(region).unwrap_or_else(|e| e.into_inner());
+        }
+        POOL.sleepers.fetch_sub(1, Ordering::Relaxed);
+        drop(region);
+        t0 = Instant::now();
+    }
 }
 
 /// Runs `f(offset, part)` over consecutive parts of `out` that cover it,
@@ -65,36 +286,110 @@ fn for_each_part_on<T: Send>(
         return f(0, out);
     }
     let chunk = out.len().div_ceil(threads);
-    let f = &f;
-    in_place_scope(|s| {
-        let mut parts = out.chunks_mut(chunk).enumerate();
-        let first = parts.next();
-        for (i, part) in parts {
-            s.spawn(move |_| f(i * chunk, part));
+    let parts: Vec<Mutex<Option<&mut [T]>>> =
+        out.chunks_mut(chunk).map(|p| Mutex::new(Some(p))).collect();
+    run(parts.len(), |i| {
+        if let Some(part) = lock(&parts[i]).take() {
+            f(i * chunk, part);
         }
-        if let Some((_, part)) = first {
-            f(0, part);
+    });
+}
+
+/// Runs `f(job)` once for every job, each job on one of up to `threads`
+/// threads (see [`run`]).
+pub(crate) fn for_each_job<J: Send>(jobs: Vec<J>, f: impl Fn(J) + Sync) {
+    let jobs: Vec<Mutex<Option<J>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+    run(jobs.len(), |i| {
+        if let Some(job) = lock(&jobs[i]).take() {
+            f(job);
         }
     });
 }
 
 #[cfg(test)]
 mod tests {
-    use super::for_each_part_on;
+    use super::{for_each_part_on, run};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
 
     #[test]
-    fn every_spawned_job_runs_before_the_scope_returns() {
-        let done = AtomicUsize::new(0);
-        let r = super::in_place_scope(|s| {
-            for _ in 0..10 {
-                s.spawn(|_| {
-                    done.fetch_add(1, Ordering::Relaxed);
+    fn every_part_runs_once_before_run_returns() {
+        for parts in [0, 1, 2, 3, 7] {
+            let counts: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
+            run(parts, |i| {
+                counts[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(
+                counts.iter().all(|c| c.load(Ordering::Relaxed) == 1),
+                "{parts}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lone_region_runs_on_two_threads() {
+        // Other tests may hold the pool at the moment (a region started then
+        // runs on its own thread), so try until one region gets it.
+        let two = (0..2000).any(|_| {
+            let ids = Mutex::new(Vec::new());
+            run(2, |_| {
+                ids.lock().unwrap().push(std::thread::current().id());
+                // Long enough for the other thread to take the other part.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            });
+            let ids = ids.into_inner().unwrap();
+            ids.len() == 2 && ids[0] != ids[1]
+        });
+        assert!(two, "no region ran on a worker");
+    }
+
+    #[test]
+    fn nested_and_concurrent_regions_run_every_part() {
+        let total = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        run(3, |_| {
+                            run(2, |_| {
+                                total.fetch_add(1, Ordering::Relaxed);
+                            })
+                        });
+                    }
                 });
             }
-            7
         });
-        assert_eq!((r, done.load(Ordering::Relaxed)), (7, 10));
+        assert_eq!(total.load(Ordering::Relaxed), 4 * 200 * 3 * 2);
+    }
+
+    #[test]
+    fn a_panicking_part_reaches_the_caller_after_the_others_finish() {
+        for bad in [0, 1] {
+            let (started, finished) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            let r = std::panic::catch_unwind(|| {
+                run(2, |i| {
+                    if i == bad {
+                        panic!("part {i}");
+                    }
+                    started.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    finished.fetch_add(1, Ordering::Relaxed);
+                })
+            });
+            assert!(r.is_err(), "part {bad}");
+            // The other part either ran to its end before the panic reached
+            // here, or (left untaken after the caller's panic) never started.
+            assert_eq!(
+                started.load(Ordering::Relaxed),
+                finished.load(Ordering::Relaxed)
+            );
+            // The pool is usable again.
+            let n = AtomicUsize::new(0);
+            run(2, |_| {
+                n.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(n.load(Ordering::Relaxed), 2);
+        }
     }
 
     #[test]

@@ -189,9 +189,9 @@ pub fn dgemm(
 /// variable if it holds a positive integer, otherwise
 /// [`std::thread::available_parallelism`].
 ///
-/// Threads come from rayon's global pool; asking for more threads than the
-/// pool has still works (the work is split that many ways and the pool runs
-/// the pieces as it can).
+/// The calling thread is one of them; the others are tapegrad's own worker
+/// threads, started on first use (see the `threads` module in
+/// `docs/design.md`).
 ///
 /// # Example
 /// ```
@@ -887,9 +887,8 @@ struct Task<'a, T> {
     c: CView<'a, T>,
 }
 
-/// Runs each task's product in parallel: the first on the calling thread,
-/// the others as jobs on rayon's pool (so a pool that is slow to wake up
-/// delays only part of the work).
+/// Runs each task's product in parallel, one task per thread (the calling
+/// thread and tapegrad's workers).
 fn run_parallel<K: MicroKernel>(kern: K, alpha: K::T, tasks: Vec<Task<'_, K::T>>)
 where
     K::T: Engine,
@@ -897,14 +896,7 @@ where
     let run = move |mut t: Task<'_, K::T>| {
         gemm_serial(kern, t.m, t.n, t.k, alpha, t.a, t.b, t.beta, &mut t.c)
     };
-    let mut tasks = tasks.into_iter();
-    let Some(first) = tasks.next() else { return };
-    crate::threads::in_place_scope(|s| {
-        for t in tasks {
-            s.spawn(move |_| run(t));
-        }
-        run(first);
-    });
+    crate::threads::for_each_job(tasks, run);
 }
 
 /// Runs a validated, non-trivial product with kernel `kern` on up to
@@ -1489,11 +1481,10 @@ mod tests {
         );
     }
 
-    /// Many threads (including rayon workers, so splits nest) calling the
-    /// engine at once each get their own packing buffers and correct results.
+    /// Many threads (including the pool's workers, so splits nest) calling
+    /// the engine at once each get their own packing buffers and correct results.
     #[test]
     fn concurrent_and_nested_calls() {
-        use rayon::prelude::*;
         let (m, n, k) = (37, 300, 200);
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
@@ -1503,9 +1494,9 @@ mod tests {
                 want[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
             }
         }
-        (0..8).into_par_iter().for_each(|t| {
+        let check = |t: usize| {
             let mut c = vec![f32::NAN; m * n];
-            let path = if t % 2 == 0 {
+            let path = if t.is_multiple_of(2) {
                 Path::Auto
             } else {
                 Path::Portable
@@ -1526,6 +1517,12 @@ mod tests {
             );
             // Small integers: every order of summation is exact.
             assert_eq!(c, want);
+        };
+        let check = &check;
+        std::thread::scope(|s| {
+            for u in 0..4 {
+                s.spawn(move || crate::threads::run(2, |t| check(2 * u + t)));
+            }
         });
     }
 

@@ -75,13 +75,7 @@ pub(crate) fn run_jobs<J: Send>(jobs: Vec<J>, f: impl Fn(J) + Sync) {
             }
         })
     };
-    let work = &work;
-    crate::threads::in_place_scope(|s| {
-        for _ in 1..threads {
-            s.spawn(move |_| work());
-        }
-        work();
-    });
+    crate::threads::run(threads, |_| work());
 }
 
 /// One chunk of a conv backward: its samples, its part of dX, and its own
