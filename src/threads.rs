@@ -5,7 +5,12 @@
 //! calling thread and up to `parts − 1` workers take parts one at a time
 //! until none is left; the caller returns when every part has finished. So
 //! with [`gemm::num_threads`](crate::gemm::num_threads) = 2 exactly two
-//! threads are busy.
+//! threads are busy. Each thread takes its own part first (the caller part
+//! 0, worker `w` part `w + 1`), then any left over. Consecutive ops on a
+//! batch split it the same way, so each core reads back from its own cache
+//! what it wrote in the op before: at two threads this made `cnn_step`'s
+//! ReLUs a third faster than when the parts went to whichever thread came
+//! first.
 //!
 //! A training step runs a dozen short regions (0.05–1 ms each) with little
 //! serial work between them (`cnn_step` runs 12). With rayon's pool,
@@ -42,9 +47,29 @@ struct Region {
     /// Its number ([`Pool::epoch`] when it was posted).
     epoch: u64,
     job: Job,
-    parts: usize,
-    /// The next part no thread has taken yet.
-    next: usize,
+    /// Whether each part has been taken.
+    taken: Vec<bool>,
+    /// Parts not taken yet.
+    left: usize,
+}
+
+impl Region {
+    /// Takes part `own` if it is free, else the last free part (but never
+    /// part 0 for a worker: the caller is sure to come for it).
+    fn take(&mut self, own: usize) -> Option<usize> {
+        let i = if self.taken.get(own) == Some(&false) {
+            own
+        } else {
+            let last = self.taken.iter().rposition(|&t| !t)?;
+            if last == 0 && own != 0 {
+                return None;
+            }
+            last
+        };
+        self.taken[i] = true;
+        self.left -= 1;
+        Some(i)
+    }
 }
 
 struct Pool {
@@ -124,8 +149,8 @@ pub(crate) fn run(parts: usize, f: impl Fn(usize) + Sync) {
         *region = Some(Region {
             epoch,
             job,
-            parts,
-            next: 0,
+            taken: vec![false; parts],
+            left: parts,
         });
         POOL.epoch.store(epoch, Ordering::Release);
         if POOL.sleepers.load(Ordering::Relaxed) > 0 {
@@ -135,7 +160,7 @@ pub(crate) fn run(parts: usize, f: impl Fn(usize) + Sync) {
     };
     let own = catch_unwind(AssertUnwindSafe(|| {
         IN_PART.with(|p| p.set(true));
-        while let Some((job, i)) = take(epoch) {
+        while let Some((job, i)) = take(epoch, 0) {
             job(i);
             POOL.pending.fetch_sub(1, Ordering::Release);
         }
@@ -144,8 +169,9 @@ pub(crate) fn run(parts: usize, f: impl Fn(usize) + Sync) {
         // Parts left untaken will not run; count them as finished.
         let mut region = lock(&POOL.region);
         if let Some(r) = region.as_mut() {
-            POOL.pending.fetch_sub(r.parts - r.next, Ordering::Release);
-            r.next = r.parts;
+            POOL.pending.fetch_sub(r.left, Ordering::Release);
+            r.taken.fill(true);
+            r.left = 0;
         }
         // The caller's own part counted as finished too.
         POOL.pending.fetch_sub(1, Ordering::Release);
@@ -163,14 +189,15 @@ pub(crate) fn run(parts: usize, f: impl Fn(usize) + Sync) {
     }
 }
 
-/// Takes the next part of region `epoch`, if it is still running and has one.
-fn take(epoch: u64) -> Option<(Job, usize)> {
+/// Takes a part of region `epoch`, if it is still running and has one left:
+/// part `own` if free (the caller's is 0, worker `w`'s is `w + 1`), else the
+/// last one left (see [`Region::take`]). A thread thus runs the same part of every region, and so
+/// (for ops split the same way, as consecutive ops on one batch are) reads
+/// what it wrote in the previous region from its own core's cache.
+fn take(epoch: u64, own: usize) -> Option<(Job, usize)> {
     let mut region = lock(&POOL.region);
     let r = region.as_mut().filter(|r| r.epoch == epoch)?;
-    (r.next < r.parts).then(|| {
-        r.next += 1;
-        (r.job, r.next - 1)
-    })
+    r.take(own).map(|i| (r.job, i))
 }
 
 /// Returns once `pending` is 0: polls for [`SPIN`], then sleeps on `done`.
@@ -213,7 +240,7 @@ fn worker(index: usize) {
     let mut seen = POOL.epoch.load(Ordering::Acquire);
     loop {
         seen = next_region(seen, index);
-        while let Some((job, i)) = take(seen) {
+        while let Some((job, i)) = take(seen, index + 1) {
             if let Err(p) = catch_unwind(AssertUnwindSafe(|| job(i))) {
                 lock(&POOL.panic).get_or_insert(p);
             }
@@ -238,7 +265,7 @@ fn next_region(mut seen: u64, index: usize) -> u64 {
         if epoch != seen {
             let wanted = lock(&POOL.region)
                 .as_ref()
-                .filter(|r| r.epoch > seen && index + 1 < r.parts)
+                .filter(|r| r.epoch > seen && index + 1 < r.taken.len())
                 .map(|r| r.epoch);
             if let Some(e) = wanted {
                 return e;
@@ -341,6 +368,22 @@ mod tests {
             ids.len() == 2 && ids[0] != ids[1]
         });
         assert!(two, "no region ran on a worker");
+    }
+
+    #[test]
+    fn the_caller_runs_part_zero() {
+        // Each thread prefers its own part, so consecutive ops split the same
+        // way keep their data on the same core.
+        let me = std::thread::current().id();
+        for _ in 0..100 {
+            let zero = Mutex::new(None);
+            run(2, |i| {
+                if i == 0 {
+                    *zero.lock().unwrap() = Some(std::thread::current().id());
+                }
+            });
+            assert_eq!(zero.into_inner().unwrap(), Some(me));
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! calling thread, without touching the pool.
 
 use crate::gemm;
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -55,27 +56,40 @@ pub(crate) fn split_by<'a, T>(
 
 /// Runs `f` on every job: on the calling thread when there is one job or one
 /// thread (its GEMMs may then use every thread), else on the calling thread
-/// and the pool's workers together, each taking the next job from a shared
-/// queue when it finishes one, each job's GEMMs kept on its own thread
-/// ([`gemm::on_this_thread`]).
+/// and the pool's workers together, each job's GEMMs kept on its own thread
+/// ([`gemm::on_this_thread`]). Thread `t` of `T` runs the `t`-th of `T`
+/// near-equal runs of consecutive jobs, front to back, and when it is done
+/// takes jobs from the back of the others' runs. So a batch split the same
+/// way by consecutive ops stays on the same cores (and caches) unless one
+/// thread falls behind.
 pub(crate) fn run_jobs<J: Send>(jobs: Vec<J>, f: impl Fn(J) + Sync) {
     let threads = gemm::num_threads().min(jobs.len());
     if threads < 2 {
         return jobs.into_iter().for_each(f);
     }
-    let queue = Mutex::new(jobs.into_iter());
-    let work = || {
+    let n = jobs.len();
+    let mut jobs = jobs.into_iter();
+    let runs: Vec<Mutex<VecDeque<J>>> = (0..threads)
+        .map(|t| {
+            Mutex::new(
+                jobs.by_ref()
+                    .take(n * (t + 1) / threads - n * t / threads)
+                    .collect(),
+            )
+        })
+        .collect();
+    let lock = |t: usize| runs[t].lock().unwrap_or_else(|e| e.into_inner());
+    crate::threads::run(threads, |t| {
         gemm::on_this_thread(|| {
-            // The lock is held only to take a job, not while running it.
+            // A lock is held only to take a job, not while running it.
             while let Some(job) = {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                next
+                let own = lock(t).pop_front();
+                own.or_else(|| (1..threads).find_map(|d| lock((t + d) % threads).pop_back()))
             } {
                 f(job);
             }
         })
-    };
-    crate::threads::run(threads, |_| work());
+    });
 }
 
 /// One chunk of a conv backward: its samples, its part of dX, and its own
@@ -218,11 +232,18 @@ mod tests {
     #[test]
     fn every_job_runs_once() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let hits: Vec<AtomicUsize> = (0..37).map(|_| AtomicUsize::new(0)).collect();
-        run_jobs((0..37).collect(), |i: usize| {
-            hits[i].fetch_add(1, Ordering::Relaxed);
-        });
-        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        // With job 0 slow, the other thread finishes its own run and takes
+        // jobs from the back of the first.
+        for slow in [false, true] {
+            let hits: Vec<AtomicUsize> = (0..37).map(|_| AtomicUsize::new(0)).collect();
+            run_jobs((0..37).collect(), |i: usize| {
+                if slow && i == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
     }
 
     #[test]
