@@ -22,7 +22,7 @@
 //! caller polls for the last part for as long, so the same region takes
 //! 11.3 µs when the regions come less than 200 µs apart. The cost is a
 //! worker's core kept busy for up to [`SPIN`] after each region, as OpenMP
-//! runtimes do by default.
+//! runtimes do by default; with more threads than cores, nobody polls.
 //!
 //! A region started while another is running (from a part, or from a second
 //! user thread) runs all its parts on its own thread, in order.
@@ -31,12 +31,25 @@ use std::any::Any;
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long an idle worker polls for the next region, and the caller for the
 /// end of its region, before sleeping.
 const SPIN: Duration = Duration::from_micros(200);
+
+/// [`SPIN`], or zero when the pool and the caller are more threads than the
+/// machine has cores: a polling thread would then take a core from one
+/// with work to do.
+fn spin() -> Duration {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if POOL.started.load(Ordering::Relaxed) < cores {
+        SPIN
+    } else {
+        Duration::ZERO
+    }
+}
 
 /// The work of one region, as the workers see it. The lifetime is a lie
 /// told in [`run`], which does not return before the last use.
@@ -200,11 +213,11 @@ fn take(epoch: u64, own: usize) -> Option<(Job, usize)> {
     r.take(own).map(|i| (r.job, i))
 }
 
-/// Returns once `pending` is 0: polls for [`SPIN`], then sleeps on `done`.
+/// Returns once `pending` is 0: polls for [`spin()`], then sleeps on `done`.
 fn wait_for_workers() {
-    let t0 = Instant::now();
+    let (t0, spin) = (Instant::now(), spin());
     while POOL.pending.load(Ordering::Acquire) != 0 {
-        if t0.elapsed() < SPIN {
+        if t0.elapsed() < spin {
             std::hint::spin_loop();
             continue;
         }
@@ -259,7 +272,7 @@ fn worker(index: usize) {
 /// Waits for a region after `seen` that has a part for worker `index` (a
 /// region of `p` parts wants workers `0..p − 1`); returns its epoch.
 fn next_region(mut seen: u64, index: usize) -> u64 {
-    let mut t0 = Instant::now();
+    let (mut t0, spin) = (Instant::now(), spin());
     loop {
         let epoch = POOL.epoch.load(Ordering::Acquire);
         if epoch != seen {
@@ -275,7 +288,7 @@ fn next_region(mut seen: u64, index: usize) -> u64 {
             t0 = Instant::now();
             continue;
         }
-        if t0.elapsed() < SPIN {
+        if t0.elapsed() < spin {
             std::hint::spin_loop();
             continue;
         }
