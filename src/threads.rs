@@ -38,13 +38,13 @@ use std::time::{Duration, Instant};
 /// end of its region, before sleeping.
 const SPIN: Duration = Duration::from_micros(200);
 
-/// [`SPIN`], or zero when the pool and the caller are more threads than the
+/// [`SPIN`], or zero when the latest region used more threads than the
 /// machine has cores: a polling thread would then take a core from one
 /// with work to do.
 fn spin() -> Duration {
     static CORES: OnceLock<usize> = OnceLock::new();
     let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if POOL.started.load(Ordering::Relaxed) < cores {
+    if POOL.helpers.load(Ordering::Relaxed) < cores {
         SPIN
     } else {
         Duration::ZERO
@@ -60,6 +60,8 @@ struct Region {
     /// Its number ([`Pool::epoch`] when it was posted).
     epoch: u64,
     job: Job,
+    /// The workers it wants: `0..helpers`.
+    helpers: usize,
     /// Whether each part has been taken.
     taken: Vec<bool>,
     /// Parts not taken yet.
@@ -90,6 +92,9 @@ struct Pool {
     region: Mutex<Option<Region>>,
     /// Raised on every new region; idle workers poll it without the lock.
     epoch: AtomicU64,
+    /// The latest region's [`Region::helpers`], set before `epoch` is raised:
+    /// a worker it does not want goes on waiting without taking the lock.
+    helpers: AtomicUsize,
     /// Parts of the current region not finished yet.
     pending: AtomicUsize,
     /// Workers sleeping on `wake` (read under the `region` lock).
@@ -111,6 +116,7 @@ struct Pool {
 static POOL: Pool = Pool {
     region: Mutex::new(None),
     epoch: AtomicU64::new(0),
+    helpers: AtomicUsize::new(0),
     pending: AtomicUsize::new(0),
     sleepers: AtomicUsize::new(0),
     wake: Condvar::new(),
@@ -133,14 +139,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Runs `f(0)`, …, `f(parts − 1)`, each exactly once, on this thread and up
-/// to `parts − 1` worker threads, and returns when all have finished. A
-/// panic in a part is resumed here once every part has finished.
+/// to `parts − 1` worker threads (fewer if
+/// [`gemm::num_threads`](crate::gemm::num_threads) is lower), and returns
+/// when all have finished. A panic in a part is resumed here once every part
+/// that started has finished; after a panic in the caller's own part, parts
+/// no thread has taken yet are skipped.
 pub(crate) fn run(parts: usize, f: impl Fn(usize) + Sync) {
-    let nested = IN_PART.with(|p| p.get());
-    if parts < 2 || nested {
+    // Workers to wake: never more threads than `gemm::num_threads`.
+    let helpers = parts.min(crate::gemm::num_threads()).saturating_sub(1);
+    if helpers == 0 || IN_PART.with(|p| p.get()) {
         return (0..parts).for_each(f);
     }
-    start_workers(parts - 1);
+    start_workers(helpers);
     if POOL
         .busy
         .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -155,6 +165,7 @@ pub(crate) fn run(parts: usize, f: impl Fn(usize) + Sync) {
     // runs whether or not the caller's own parts panicked), so `f` outlives
     // every use.
     let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
+    // Relaxed: workers read it only after taking a part under the lock below.
     POOL.pending.store(parts, Ordering::Relaxed);
     let epoch = {
         let mut region = lock(&POOL.region);
@@ -162,9 +173,11 @@ pub(crate) fn run(parts: usize, f: impl Fn(usize) + Sync) {
         *region = Some(Region {
             epoch,
             job,
+            helpers,
             taken: vec![false; parts],
             left: parts,
         });
+        POOL.helpers.store(helpers, Ordering::Relaxed);
         POOL.epoch.store(epoch, Ordering::Release);
         if POOL.sleepers.load(Ordering::Relaxed) > 0 {
             POOL.wake.notify_all();
@@ -195,6 +208,7 @@ pub(crate) fn run(parts: usize, f: impl Fn(usize) + Sync) {
     let worker_panic = lock(&POOL.panic).take();
     POOL.busy.store(false, Ordering::Release);
     if let Err(p) = own {
+        std::mem::forget(worker_panic);
         resume_unwind(p);
     }
     if let Some(p) = worker_panic {
@@ -238,9 +252,12 @@ fn start_workers(n: usize) {
     let _one_at_a_time = lock(&POOL.starting);
     while POOL.started.load(Ordering::Relaxed) < n {
         let index = POOL.started.load(Ordering::Relaxed);
+        // Regions up to now are seen: the one about to be posted is not,
+        // however late the thread starts.
+        let seen = POOL.epoch.load(Ordering::Acquire);
         std::thread::Builder::new()
             .name(format!("tapegrad-{index}"))
-            .spawn(move || worker(index))
+            .spawn(move || worker(index, seen))
             .expect("tapegrad: could not start a worker thread");
         POOL.started.store(index + 1, Ordering::Release);
     }
@@ -248,14 +265,20 @@ fn start_workers(n: usize) {
 
 /// A worker's loop: wait for a region that wants it, take its parts until
 /// none is left, repeat.
-fn worker(index: usize) {
+fn worker(index: usize, mut seen: u64) {
     IN_PART.with(|p| p.set(true));
-    let mut seen = POOL.epoch.load(Ordering::Acquire);
     loop {
         seen = next_region(seen, index);
         while let Some((job, i)) = take(seen, index + 1) {
             if let Err(p) = catch_unwind(AssertUnwindSafe(|| job(i))) {
-                lock(&POOL.panic).get_or_insert(p);
+                let mut first = lock(&POOL.panic);
+                if first.is_none() {
+                    *first = Some(p);
+                } else {
+                    // Not dropped here: a payload whose drop panicked would
+                    // end this thread before the part is counted as finished.
+                    std::mem::forget(p);
+                }
             }
             if POOL.pending.fetch_sub(1, Ordering::Release) == 1 {
                 // The last part: wake the caller if it went to sleep. Checked
@@ -269,16 +292,21 @@ fn worker(index: usize) {
     }
 }
 
-/// Waits for a region after `seen` that has a part for worker `index` (a
-/// region of `p` parts wants workers `0..p − 1`); returns its epoch.
+/// Waits for a region after `seen` that wants worker `index` (see
+/// [`Region::helpers`]); returns its epoch.
 fn next_region(mut seen: u64, index: usize) -> u64 {
     let (mut t0, spin) = (Instant::now(), spin());
     loop {
         let epoch = POOL.epoch.load(Ordering::Acquire);
+        if epoch != seen && index >= POOL.helpers.load(Ordering::Relaxed) {
+            // Not wanted: seen, and the wait goes on as before.
+            seen = epoch;
+            continue;
+        }
         if epoch != seen {
             let wanted = lock(&POOL.region)
                 .as_ref()
-                .filter(|r| r.epoch > seen && index + 1 < r.taken.len())
+                .filter(|r| r.epoch > seen && index < r.helpers)
                 .map(|r| r.epoch);
             if let Some(e) = wanted {
                 return e;
@@ -298,8 +326,9 @@ fn next_region(mut seen: u64, index: usize) -> u64 {
             region = POOL.wake.wait(region).unwrap_or_else(|e| e.into_inner());
         }
         POOL.sleepers.fetch_sub(1, Ordering::Relaxed);
+        // `t0` is left as it was: woken for a region that does not want it,
+        // the worker goes back to sleep at once.
         drop(region);
-        t0 = Instant::now();
     }
 }
 
@@ -366,41 +395,119 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_lone_region_runs_on_two_threads() {
-        // Other tests may hold the pool at the moment (a region started then
-        // runs on its own thread), so try until one region gets it.
-        let two = (0..2000).any(|_| {
-            let ids = Mutex::new(Vec::new());
-            run(2, |_| {
-                ids.lock().unwrap().push(std::thread::current().id());
-                // Long enough for the other thread to take the other part.
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            });
-            let ids = ids.into_inner().unwrap();
-            ids.len() == 2 && ids[0] != ids[1]
+    /// Held by the tests that keep the pool busy for long and by those that
+    /// check which thread ran a part (a region started while the pool is
+    /// busy runs on its own thread).
+    static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+    fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+        EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The threads that ran parts 0 and 1 of a region of two slow parts.
+    fn who_ran_two_parts() -> (std::thread::ThreadId, std::thread::ThreadId) {
+        let ids = Mutex::new([None; 2]);
+        run(2, |i| {
+            ids.lock().unwrap()[i] = Some(std::thread::current().id());
+            std::thread::sleep(std::time::Duration::from_millis(1));
         });
-        assert!(two, "no region ran on a worker");
+        let [a, b] = ids.into_inner().unwrap();
+        (a.unwrap(), b.unwrap())
     }
 
     #[test]
-    fn the_caller_runs_part_zero() {
-        // Each thread prefers its own part, so consecutive ops split the same
-        // way keep their data on the same core.
+    fn each_thread_runs_its_own_part() {
+        let _pool = exclusive();
+        // Part 0 is the caller's, part 1 worker 0's (when the pool is free:
+        // other tests may hold it, and the region then runs on this thread).
         let me = std::thread::current().id();
-        for _ in 0..100 {
-            let zero = Mutex::new(None);
-            run(2, |i| {
-                if i == 0 {
-                    *zero.lock().unwrap() = Some(std::thread::current().id());
-                }
-            });
-            assert_eq!(zero.into_inner().unwrap(), Some(me));
+        let mut pooled = 0;
+        for _ in 0..200 {
+            let (zero, one) = who_ran_two_parts();
+            assert_eq!(zero, me);
+            pooled += (one != me) as usize;
         }
+        assert!(pooled > 0, "no region ran on a worker");
+    }
+
+    #[test]
+    fn a_region_after_idling_wakes_a_sleeping_worker() {
+        let _pool = exclusive();
+        // Longer than the polling: the worker is asleep when the region comes.
+        let me = std::thread::current().id();
+        let woken = (0..40)
+            .filter(|_| {
+                std::thread::sleep(super::SPIN * 5);
+                who_ran_two_parts().1 != me
+            })
+            .count();
+        // A lost wake-up would leave every part 1 to the caller; a few may
+        // run here because another test holds the pool.
+        assert!(
+            woken >= 20,
+            "part 1 ran on a worker in {woken} of 40 regions"
+        );
+    }
+
+    /// Random regions from several threads: parts of 2 to 8, some sleeping,
+    /// some nesting a region, some panicking (the caller's or a worker's).
+    /// `run` never returns or unwinds while a part still runs, no part runs
+    /// twice, and every part runs unless the caller's own part panicked.
+    #[test]
+    fn no_part_outlives_its_region() {
+        let _pool = exclusive();
+        fn next(s: &mut u64) -> u64 {
+            *s ^= *s << 13;
+            *s ^= *s >> 7;
+            *s ^= *s << 17;
+            *s
+        }
+        std::thread::scope(|sc| {
+            for u in 0..3u64 {
+                sc.spawn(move || {
+                    let mut seed = 0x9E37_79B9_7F4A_7C15 ^ (u + 1);
+                    for _ in 0..500 {
+                        let parts = 2 + (next(&mut seed) % 7) as usize;
+                        let (bad, pause) = ((next(&mut seed) % 10) as usize, next(&mut seed) % 3);
+                        let active = AtomicUsize::new(0);
+                        let runs: Vec<AtomicUsize> =
+                            (0..parts).map(|_| AtomicUsize::new(0)).collect();
+                        let r = std::panic::catch_unwind(|| {
+                            run(parts, |i| {
+                                active.fetch_add(1, Ordering::SeqCst);
+                                runs[i].fetch_add(1, Ordering::SeqCst);
+                                match pause {
+                                    1 => std::thread::sleep(std::time::Duration::from_micros(300)),
+                                    2 => std::thread::yield_now(),
+                                    _ => {}
+                                }
+                                active.fetch_sub(1, Ordering::SeqCst);
+                                if i == bad {
+                                    // Unwinds without the panic hook's message.
+                                    std::panic::resume_unwind(Box::new(i));
+                                }
+                                if i == 1 && bad == 5 {
+                                    run(2, |_| {});
+                                }
+                            })
+                        });
+                        assert_eq!(active.load(Ordering::SeqCst), 0, "a part outlived run");
+                        assert!(runs.iter().all(|c| c.load(Ordering::SeqCst) <= 1));
+                        if bad < parts {
+                            assert!(r.is_err());
+                        } else {
+                            assert!(r.is_ok());
+                            assert!(runs.iter().all(|c| c.load(Ordering::SeqCst) == 1));
+                        }
+                    }
+                });
+            }
+        });
     }
 
     #[test]
     fn nested_and_concurrent_regions_run_every_part() {
+        let _pool = exclusive();
         let total = AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..4 {
@@ -420,6 +527,7 @@ mod tests {
 
     #[test]
     fn a_panicking_part_reaches_the_caller_after_the_others_finish() {
+        let _pool = exclusive();
         for bad in [0, 1] {
             let (started, finished) = (AtomicUsize::new(0), AtomicUsize::new(0));
             let r = std::panic::catch_unwind(|| {
