@@ -757,7 +757,8 @@ pub(super) fn backward<T: Float>(
     // Every block of dX is cleared (or overwritten) by the task that owns it.
     let mut out = BackwardBuffers::new(geom, ranges.len(), need, geom.out_channels * ckk);
     {
-        run_backward_jobs(out.jobs(geom, &ranges), |job| {
+        // The first GEMM of a chunk (beta = 0) writes its partial dW.
+        run_backward_jobs(out.jobs(geom, &ranges), geom.out_hw() > 0, |job| {
             let BackwardJob {
                 samples,
                 mut dx,

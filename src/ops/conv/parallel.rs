@@ -137,8 +137,16 @@ impl<T: crate::Float> Partials<T> {
                 t.iter_mut().zip(&part[off..]).for_each(|(a, &b)| *a += b);
             }
         });
-        self.data.truncate(len);
-        Some(self.data)
+        if self.data.len() == len {
+            return Some(self.data);
+        }
+        // A copy, and the runs go back to the pool at their full length:
+        // truncated, the next call's `scratch` of this size would zero
+        // what lay past the first run (1.75 MB on `deep`).
+        let mut out = crate::buffer::with_capacity(len);
+        out.extend_from_slice(&self.data[..len]);
+        crate::buffer::recycle(self.data);
+        Some(out)
     }
 }
 
@@ -195,17 +203,20 @@ impl<T: crate::Float> BackwardBuffers<T> {
 }
 
 /// [`run_jobs`] for backward jobs: each job's partial sums are cleared on
-/// the thread that runs it (as [`Partials`] requires), then `f` runs. A job
-/// without samples (an empty batch) thus contributes zeros.
+/// the thread that runs it (as [`Partials`] requires), then `f` runs —
+/// except the dW partial when `f` writes it whole (`dw_written`: the first
+/// product of a job with samples overwrites it, sparing a clear of the
+/// whole run). A job without samples (an empty batch) thus contributes
+/// zeros.
 pub(crate) fn run_backward_jobs<'a, T: crate::Float>(
     jobs: Vec<BackwardJob<'a, T>>,
+    dw_written: bool,
     f: impl Fn(BackwardJob<'a, T>) + Sync,
 ) {
     run_jobs(jobs, |mut job| {
-        for part in [job.dw.as_deref_mut(), job.db.as_deref_mut()]
-            .into_iter()
-            .flatten()
-        {
+        let clear_dw = !dw_written || job.samples.is_empty();
+        let dw = job.dw.as_deref_mut().filter(|_| clear_dw);
+        for part in [dw, job.db.as_deref_mut()].into_iter().flatten() {
             part.fill(T::ZERO);
         }
         f(job)

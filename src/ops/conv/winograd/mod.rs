@@ -682,8 +682,8 @@ fn conv_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: u
 
 /// Adds one block and group's `∂L/∂U_ξ` (`du[ξ]`, `cout × cin`) from the
 /// input `x[x_at(n)]` (`[cin, ih, iw]`) and output gradient `dy[dy_at(n)]`
-/// (`[cout, oh, ow]`) of each part's sample; `v` and `wd` are scratch of the
-/// [`Scratch`] lengths.
+/// (`[cout, oh, ow]`) of each part's sample, or with `first` writes it (`du`
+/// is not read); `v` and `wd` are scratch of the [`Scratch`] lengths.
 #[allow(clippy::too_many_arguments)]
 fn weight_grad_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
     t: &Tiles,
@@ -693,11 +693,13 @@ fn weight_grad_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const 
     (x, x_at): Samples<'_, T, impl Fn(usize) -> Range<usize>>,
     (dy, dy_at): Samples<'_, T, impl Fn(usize) -> Range<usize>>,
     du: &mut [T],
+    first: bool,
     s: &mut Scratch<T>,
     v: &mut [T],
     wd: &mut [T],
 ) {
     let ld = s.ld;
+    let beta = if first { T::ZERO } else { T::ONE };
     for p in parts {
         let (xs, dys) = (&x[x_at(p.n)], &dy[dy_at(p.n)]);
         let (vs, rows) = (&mut v[p.off..], p.rows.clone());
@@ -719,7 +721,7 @@ fn weight_grad_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const 
             cs: ld,
         };
         let c = &mut du[xi * cout * cin..][..cout * cin];
-        gemm(cout, cin, nt, a, b, T::ONE, c, cin);
+        gemm(cout, cin, nt, a, b, beta, c, cin);
     }
 }
 
@@ -840,11 +842,12 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
     };
     let tw = Tiles::new(TILE, h.input, wd.input, h.padding, wd.padding);
     // Every pixel of dX is written by `conv_block`'s output transform; each
-    // chunk clears its own partial dU and db first.
+    // chunk's first block writes its partial dU, and it clears its db first.
     let need = [need_dx, need_dw, need_db];
     let mut out = BackwardBuffers::new(geom, tasks, need, geom.groups * xi * og * cg);
     {
-        run_backward_jobs(out.jobs(geom, &ranges), |job| {
+        // The first block of a chunk writes its partial dU (when it has one).
+        run_backward_jobs(out.jobs(geom, &ranges), geom.out_hw() > 0, |job| {
             let BackwardJob {
                 samples,
                 dx,
@@ -890,7 +893,7 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
                         }
                     }
                     if let Some(du) = du {
-                        for block in tw.blocks::<T>(samples.len(), cg, og) {
+                        for (b, block) in tw.blocks::<T>(samples.len(), cg, og).iter().enumerate() {
                             for g in 0..geom.groups {
                                 let x_at = |n| input_block(geom, n0 + n, g);
                                 let dy_at = |n| output_block(geom, n0 + n, g);
@@ -899,10 +902,11 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
                                     &tw,
                                     cg,
                                     og,
-                                    &block,
+                                    block,
                                     (x, x_at),
                                     (dy, dy_at),
                                     dug,
+                                    b == 0,
                                     &mut sw,
                                     v,
                                     m,
