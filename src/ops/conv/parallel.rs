@@ -63,7 +63,12 @@ pub(crate) fn split_by<'a, T>(
 /// way by consecutive ops stays on the same cores (and caches) unless one
 /// thread falls behind.
 pub(crate) fn run_jobs<J: Send>(jobs: Vec<J>, f: impl Fn(J) + Sync) {
-    let threads = gemm::num_threads().min(jobs.len());
+    run_jobs_on(gemm::num_threads(), jobs, f)
+}
+
+/// [`run_jobs`] on up to `threads` threads.
+fn run_jobs_on<J: Send>(threads: usize, jobs: Vec<J>, f: impl Fn(J) + Sync) {
+    let threads = threads.min(jobs.len());
     if threads < 2 {
         return jobs.into_iter().for_each(f);
     }
@@ -243,18 +248,56 @@ mod tests {
     #[test]
     fn every_job_runs_once() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        // With job 0 slow, the other thread finishes its own run and takes
+        // With job 0 slow, the other threads finish their own runs and take
         // jobs from the back of the first.
-        for slow in [false, true] {
-            let hits: Vec<AtomicUsize> = (0..37).map(|_| AtomicUsize::new(0)).collect();
-            run_jobs((0..37).collect(), |i: usize| {
-                if slow && i == 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                hits[i].fetch_add(1, Ordering::Relaxed);
-            });
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        for threads in [1, 2, 3] {
+            for slow in [false, true] {
+                let hits: Vec<AtomicUsize> = (0..37).map(|_| AtomicUsize::new(0)).collect();
+                run_jobs_on(threads, (0..37).collect(), |i: usize| {
+                    if slow && i == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                let what = format!("{threads} threads, slow {slow}");
+                assert!(
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                    "{what}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_thread_that_falls_behind_has_its_last_jobs_taken() {
+        // Thread 0's run is jobs 0..10, thread 1's 10..20. Job 0 blocks until
+        // job 9 has run: only the other thread can run job 9 (from the back
+        // of thread 0's run), so the test ends only if stealing works. Run
+        // serially (the pool busy with another test), job 0 would wait for
+        // ever: the region is then retried until it gets the pool.
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+        let stolen = (0..200).any(|_| {
+            let nine = AtomicBool::new(false);
+            let gave_up = AtomicBool::new(false);
+            run_jobs_on(2, (0..20).collect(), |i: usize| {
+                if i == 9 {
+                    nine.store(true, Ordering::SeqCst);
+                }
+                if i == 0 {
+                    let t0 = Instant::now();
+                    while !nine.load(Ordering::SeqCst) {
+                        if t0.elapsed() > Duration::from_millis(50) {
+                            gave_up.store(true, Ordering::SeqCst);
+                            break;
+                        }
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            !gave_up.load(Ordering::SeqCst)
+        });
+        assert!(stolen, "job 9 never ran while job 0 waited for it");
     }
 
     #[test]
