@@ -419,7 +419,8 @@ fn large_shapes_match_reference_at_1_and_2_threads() {
 /// and F(4x4, 3x3): paddings 0, 1, 2
 /// and mixed, output sizes that leave partial tiles (every remainder mod 4),
 /// one-row and one-tile-column outputs, groups, several samples per block
-/// and one sample cut into several blocks, uneven chunks, deep products on
+/// and one sample cut into several blocks, uneven chunks of the batch and of
+/// the kernel transforms, deep products on
 /// narrow blocks, the bench's mid and deep shapes scaled down, f32 and
 /// f64, at 1 and 2 threads. (The variant setting is process-wide; other
 /// tests running meanwhile only change algorithm, and compare with the
@@ -428,7 +429,7 @@ fn large_shapes_match_reference_at_1_and_2_threads() {
 fn winograd_shapes_match_reference_at_1_and_2_threads() {
     let opts = Conv2dOptions::default;
     #[rustfmt::skip]
-    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 18] = [
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 19] = [
         ([3, 16, 12, 12], [32, 16, 3, 3], opts().padding(1)),     // mid-like
         ([2, 64, 8, 8], [64, 64, 3, 3], opts().padding(1)),       // deep-like
         ([2, 16, 9, 7], [16, 16, 3, 3], opts().padding(1)),       // odd output: partial tiles
@@ -448,6 +449,9 @@ fn winograd_shapes_match_reference_at_1_and_2_threads() {
         ([1, 256, 2, 2], [16, 256, 3, 3], opts().padding(1)),
         ([1, 16, 2, 2], [256, 16, 3, 3], opts().padding(1)),
         ([2, 256, 4, 4], [256, 256, 3, 3], opts().padding(1)),
+        // 33 · 40 kernels: transformed (and dW transformed back) in two
+        // uneven chunks at 2 threads.
+        ([2, 40, 5, 6], [33, 40, 3, 3], opts().padding(1)),
     ];
     for tile in [2, 4] {
         tapegrad::conv::force_winograd_tile(tile);

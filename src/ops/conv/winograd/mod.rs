@@ -46,6 +46,7 @@ use super::parallel::{run_backward_jobs, run_jobs, split_by, BackwardBuffers, Ba
 use super::Conv2dGeometry;
 use crate::gemm::prepacked::{gemm_prepacked, PackedA};
 use crate::simd::multiversion;
+use crate::threads::for_each_job;
 use crate::Float;
 use lanes::{offsets, transform, windows, LANES};
 use std::ops::Range;
@@ -571,37 +572,65 @@ multiversion!(fn kernel_transform_adjoints_simd<T: Float, W: Variant<TILE, SPAN>
     du: &[T], stride: usize, n: usize, dw9: &mut [T], tmp: &mut [T],
 ) => kernel_transform_adjoints);
 
-/// Kernels per group from which their transforms are packed in parallel.
+/// Kernels per group from which their transforms (and in backward the
+/// adjoints) run in parallel.
 const PAR_KERNELS: usize = 1024;
+
+/// Kernels per parallel chunk of the kernel transforms and their adjoints:
+/// all `n` below [`PAR_KERNELS`], else one run of whole [`LANES`] chunks per
+/// thread (so that no chunk's vector lanes reach into the next one's).
+fn kernel_step(n: usize) -> usize {
+    let threads = if n < PAR_KERNELS {
+        1
+    } else {
+        crate::gemm::num_threads()
+    };
+    n.div_ceil(threads).next_multiple_of(LANES).max(LANES)
+}
 
 /// The transformed kernels of every group, one matrix per ξ, each packed
 /// `rows × cols` from `kernel(g, i, p)`, the 3×3 kernel (row-major) that
-/// entry `(i, p)` of group `g`'s matrices transforms.
+/// entry `(i, p)` of group `g`'s matrices transforms. The transforms run in
+/// chunks of [`kernel_step`] kernels, then the packing one ξ at a time, both
+/// split between threads for large groups.
 fn transformed_kernels<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
     groups: usize,
     rows: usize,
     cols: usize,
     kernel: impl Fn(usize, usize, usize) -> [T; 9] + Sync,
 ) -> Vec<Vec<PackedA<T>>> {
-    let (n, xi) = (rows * cols, SPAN * SPAN);
-    let stride = n.next_multiple_of(LANES);
+    let (n, xi, step) = (rows * cols, SPAN * SPAN, kernel_step(rows * cols));
     (0..groups)
         .map(|g| {
-            // The kernels' values as 9 planes, then their transforms as xi
-            // (what lies past `n` in a plane only reaches lanes past `n`).
-            let mut w9 = crate::buffer::scratch(9 * stride);
-            for k in 0..n {
-                for (e, &v) in kernel(g, k / cols, k % cols).iter().enumerate() {
-                    w9[e * stride + k] = v;
+            // Each chunk's kernels: their values as 9 planes, then their
+            // transforms as xi (what lies past a chunk's end in a plane
+            // only reaches lanes past it).
+            let mut chunks: Vec<(usize, Vec<T>)> =
+                (0..n).step_by(step).map(|k0| (k0, Vec::new())).collect();
+            for_each_job(chunks.iter_mut().collect(), |(k0, u)| {
+                let len = step.min(n - *k0);
+                let stride = len.next_multiple_of(LANES);
+                let mut w9 = crate::buffer::scratch(9 * stride);
+                for (j, k) in (*k0..*k0 + len).enumerate() {
+                    for (e, &v) in kernel(g, k / cols, k % cols).iter().enumerate() {
+                        w9[e * stride + j] = v;
+                    }
                 }
-            }
-            let mut u = crate::buffer::scratch(xi * stride);
-            let mut tmp = crate::buffer::scratch(3 * SPAN * stride);
-            kernel_transforms_simd::<T, W, TILE, SPAN>(&w9, stride, n, &mut u, &mut tmp);
+                *u = crate::buffer::scratch(xi * stride);
+                let mut tmp = crate::buffer::scratch(3 * SPAN * stride);
+                kernel_transforms_simd::<T, W, TILE, SPAN>(&w9, stride, len, u, &mut tmp);
+                [w9, tmp].into_iter().for_each(crate::buffer::recycle);
+            });
+            // Kernel k's transforms lie in chunk k / step, whose planes are
+            // its length rounded up to whole chunks of lanes apart.
+            let value = |x: usize, k: usize| {
+                let (k0, u) = &chunks[k / step];
+                let stride = step.min(n - k0).next_multiple_of(LANES);
+                u[x * stride + (k - k0)]
+            };
             let mut packed: Vec<Option<PackedA<T>>> = (0..xi).map(|_| None).collect();
             let pack = |(x, slot): (usize, &mut Option<PackedA<T>>)| {
-                let ux = &u[x * stride..][..n];
-                *slot = Some(PackedA::new(rows, cols, |i, p| ux[i * cols + p]));
+                *slot = Some(PackedA::new(rows, cols, |i, p| value(x, i * cols + p)));
             };
             let jobs: Vec<_> = packed.iter_mut().enumerate().collect();
             if n < PAR_KERNELS {
@@ -609,10 +638,52 @@ fn transformed_kernels<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, cons
             } else {
                 run_jobs(jobs, pack);
             }
-            [w9, u, tmp].into_iter().for_each(crate::buffer::recycle);
+            chunks
+                .into_iter()
+                .for_each(|(_, u)| crate::buffer::recycle(u));
             packed.into_iter().flatten().collect()
         })
         .collect()
+}
+
+/// `dW` (OIHW, `groups` groups of `n` kernels) from the summed gradient of
+/// the transformed kernels, `total[g][ξ][k]`: [`kernel_transform_adjoints`]
+/// in chunks of [`kernel_step`] kernels, split between threads for large
+/// groups.
+fn weight_grad_from<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    groups: usize,
+    n: usize,
+    total: &[T],
+) -> Vec<T> {
+    let (xi, step) = (SPAN * SPAN, kernel_step(n));
+    let mut dw = vec![T::ZERO; groups * n * 9];
+    for (g, dwg) in dw.chunks_exact_mut(9 * n).enumerate() {
+        let dug = &total[g * xi * n..][..xi * n];
+        let jobs: Vec<_> = dwg.chunks_mut(9 * step).enumerate().collect();
+        for_each_job(jobs, |(c, dwc)| {
+            let (k0, len) = (c * step, dwc.len() / 9);
+            let stride = len.next_multiple_of(LANES);
+            // The chunk's dU as planes with room for whole chunks of lanes.
+            let mut du = crate::buffer::scratch(xi * stride);
+            for (to, from) in du.chunks_exact_mut(stride).zip(dug.chunks_exact(n)) {
+                to[..len].copy_from_slice(&from[k0..k0 + len]);
+            }
+            let mut dw9 = crate::buffer::scratch(9 * stride);
+            let mut tmp = crate::buffer::scratch(3 * SPAN * stride);
+            kernel_transform_adjoints_simd::<T, W, TILE, SPAN>(
+                &du, stride, len, &mut dw9, &mut tmp,
+            );
+            for (k, d) in dwc.chunks_exact_mut(9).enumerate() {
+                for (e, d) in d.iter_mut().enumerate() {
+                    *d = dw9[e * stride + k];
+                }
+            }
+            // Plain Vecs (not a tensor's storage), so nothing recycles them
+            // on drop: hand them back to the pool for the next call.
+            [du, dw9, tmp].into_iter().for_each(crate::buffer::recycle);
+        });
+    }
+    dw
 }
 
 /// Scratch for the blocks of a job of up to `samples` samples: the
@@ -918,33 +989,10 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
             })
         });
     }
-    // The chunks' partial dU, summed in chunk order, ...
+    // The chunks' partial dU, summed in chunk order, then transformed back.
     let dw = out.dw.sum().map(|total| {
-        // ... then transformed back, all of a group's kernels at once.
-        let n = og * cg;
-        let stride = n.next_multiple_of(LANES);
-        let mut dw = vec![T::ZERO; geom.out_channels * cg * 9];
-        let mut du = crate::buffer::scratch(xi * stride);
-        let mut dw9 = crate::buffer::scratch(9 * stride);
-        let mut tmp = crate::buffer::scratch(3 * SPAN * stride);
-        for (g, dwg) in dw.chunks_exact_mut(9 * n).enumerate() {
-            // The group's dU as planes with room for whole chunks.
-            let dug = &total[g * xi * n..][..xi * n];
-            for (to, from) in du.chunks_exact_mut(stride).zip(dug.chunks_exact(n)) {
-                to[..n].copy_from_slice(from);
-            }
-            kernel_transform_adjoints_simd::<T, W, TILE, SPAN>(&du, stride, n, &mut dw9, &mut tmp);
-            for (k, d) in dwg.chunks_exact_mut(9).enumerate() {
-                for (e, d) in d.iter_mut().enumerate() {
-                    *d = dw9[e * stride + k];
-                }
-            }
-        }
-        // Plain Vecs (not a tensor's storage), so nothing recycles them on
-        // drop: hand them back to the pool for the next call.
-        [total, du, dw9, tmp]
-            .into_iter()
-            .for_each(crate::buffer::recycle);
+        let dw = weight_grad_from::<T, W, TILE, SPAN>(geom.groups, og * cg, &total);
+        crate::buffer::recycle(total);
         dw
     });
     let db = out.db.sum();
