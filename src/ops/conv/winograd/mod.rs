@@ -578,7 +578,8 @@ const PAR_KERNELS: usize = 1024;
 
 /// Kernels per parallel chunk of the kernel transforms and their adjoints:
 /// all `n` below [`PAR_KERNELS`], else one run of whole [`LANES`] chunks per
-/// thread (so that no chunk's vector lanes reach into the next one's).
+/// thread. A multiple of [`LANES`], so it is also the stride of every
+/// chunk's planes (the transforms run on whole chunks of lanes).
 fn kernel_step(n: usize) -> usize {
     let threads = if n < PAR_KERNELS {
         1
@@ -602,32 +603,25 @@ fn transformed_kernels<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, cons
     let (n, xi, step) = (rows * cols, SPAN * SPAN, kernel_step(rows * cols));
     (0..groups)
         .map(|g| {
-            // Each chunk's kernels: their values as 9 planes, then their
-            // transforms as xi (what lies past a chunk's end in a plane
-            // only reaches lanes past it).
-            let mut chunks: Vec<(usize, Vec<T>)> =
-                (0..n).step_by(step).map(|k0| (k0, Vec::new())).collect();
-            for_each_job(chunks.iter_mut().collect(), |(k0, u)| {
-                let len = step.min(n - *k0);
-                let stride = len.next_multiple_of(LANES);
-                let mut w9 = crate::buffer::scratch(9 * stride);
-                for (j, k) in (*k0..*k0 + len).enumerate() {
+            // Chunk c's kernels (from c · step): their values as 9 planes,
+            // then their transforms as xi, planes `step` apart (what lies
+            // past a chunk's end in a plane only reaches lanes past it).
+            let mut chunks: Vec<Vec<T>> = (0..n.div_ceil(step)).map(|_| Vec::new()).collect();
+            for_each_job(chunks.iter_mut().enumerate().collect(), |(c, u)| {
+                let ks = c * step..n.min((c + 1) * step);
+                let len = ks.len();
+                let mut w9 = crate::buffer::scratch(9 * step);
+                for (j, k) in ks.enumerate() {
                     for (e, &v) in kernel(g, k / cols, k % cols).iter().enumerate() {
-                        w9[e * stride + j] = v;
+                        w9[e * step + j] = v;
                     }
                 }
-                *u = crate::buffer::scratch(xi * stride);
-                let mut tmp = crate::buffer::scratch(3 * SPAN * stride);
-                kernel_transforms_simd::<T, W, TILE, SPAN>(&w9, stride, len, u, &mut tmp);
+                *u = crate::buffer::scratch(xi * step);
+                let mut tmp = crate::buffer::scratch(3 * SPAN * step);
+                kernel_transforms_simd::<T, W, TILE, SPAN>(&w9, step, len, u, &mut tmp);
                 [w9, tmp].into_iter().for_each(crate::buffer::recycle);
             });
-            // Kernel k's transforms lie in chunk k / step, whose planes are
-            // its length rounded up to whole chunks of lanes apart.
-            let value = |x: usize, k: usize| {
-                let (k0, u) = &chunks[k / step];
-                let stride = step.min(n - k0).next_multiple_of(LANES);
-                u[x * stride + (k - k0)]
-            };
+            let value = |x: usize, k: usize| chunks[k / step][x * step + k % step];
             let mut packed: Vec<Option<PackedA<T>>> = (0..xi).map(|_| None).collect();
             let pack = |(x, slot): (usize, &mut Option<PackedA<T>>)| {
                 *slot = Some(PackedA::new(rows, cols, |i, p| value(x, i * cols + p)));
@@ -638,9 +632,7 @@ fn transformed_kernels<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, cons
             } else {
                 run_jobs(jobs, pack);
             }
-            chunks
-                .into_iter()
-                .for_each(|(_, u)| crate::buffer::recycle(u));
+            chunks.into_iter().for_each(crate::buffer::recycle);
             packed.into_iter().flatten().collect()
         })
         .collect()
@@ -662,20 +654,17 @@ fn weight_grad_from<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const S
         let jobs: Vec<_> = dwg.chunks_mut(9 * step).enumerate().collect();
         for_each_job(jobs, |(c, dwc)| {
             let (k0, len) = (c * step, dwc.len() / 9);
-            let stride = len.next_multiple_of(LANES);
-            // The chunk's dU as planes with room for whole chunks of lanes.
-            let mut du = crate::buffer::scratch(xi * stride);
-            for (to, from) in du.chunks_exact_mut(stride).zip(dug.chunks_exact(n)) {
+            // The chunk's dU as planes `step` apart.
+            let mut du = crate::buffer::scratch(xi * step);
+            for (to, from) in du.chunks_exact_mut(step).zip(dug.chunks_exact(n)) {
                 to[..len].copy_from_slice(&from[k0..k0 + len]);
             }
-            let mut dw9 = crate::buffer::scratch(9 * stride);
-            let mut tmp = crate::buffer::scratch(3 * SPAN * stride);
-            kernel_transform_adjoints_simd::<T, W, TILE, SPAN>(
-                &du, stride, len, &mut dw9, &mut tmp,
-            );
+            let mut dw9 = crate::buffer::scratch(9 * step);
+            let mut tmp = crate::buffer::scratch(3 * SPAN * step);
+            kernel_transform_adjoints_simd::<T, W, TILE, SPAN>(&du, step, len, &mut dw9, &mut tmp);
             for (k, d) in dwc.chunks_exact_mut(9).enumerate() {
                 for (e, d) in d.iter_mut().enumerate() {
-                    *d = dw9[e * stride + k];
+                    *d = dw9[e * step + k];
                 }
             }
             // Plain Vecs (not a tensor's storage), so nothing recycles them
