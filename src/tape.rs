@@ -370,10 +370,9 @@ impl<T: Float> Tape<T> {
         let mut graph = self.graph.borrow_mut();
         let nodes = &mut graph.nodes;
         let requires_grad = nodes[parent.id].requires_grad;
-        // The value is computed in the argument of `push` (a two-phase borrow), which lets
-        // the compiler build the node in place rather than move a finished value into it.
-        nodes.push(Node {
-            value: f(&nodes[parent.id].value),
+        let value = f(&nodes[parent.id].value);
+        let id = push_in_place(nodes, || Node {
+            value,
             parents_at: parent.id,
             parents_len: 1,
             op,
@@ -386,7 +385,6 @@ impl<T: Float> Tape<T> {
                 Backward::None
             },
         });
-        let id = nodes.len() - 1;
         if self.check_finite.get() && !nodes[id].value.all_finite() {
             let node = nodes.pop().expect("just pushed");
             non_finite_value(&graph, op, &node.value, &[parent.id]);
@@ -429,7 +427,7 @@ impl<T: Float> Tape<T> {
             let ids: SmallVec<[usize; 4]> = parents.iter().map(|p| p.id).collect();
             non_finite_value(graph, op, &value, &ids);
         }
-        graph.nodes.push(Node {
+        let id = push_in_place(&mut graph.nodes, || Node {
             value,
             parents_at,
             parents_len,
@@ -443,10 +441,7 @@ impl<T: Float> Tape<T> {
                 Backward::None
             },
         });
-        Var {
-            tape: self,
-            id: graph.nodes.len() - 1,
-        }
+        Var { tape: self, id }
     }
 
     /// Records a node without parents (a leaf or a constant).
@@ -460,7 +455,7 @@ impl<T: Float> Tape<T> {
         if self.check_finite.get() && !value.all_finite() {
             non_finite_value(&graph, op, &value, &[]);
         }
-        graph.nodes.push(Node {
+        let id = push_in_place(&mut graph.nodes, || Node {
             value,
             parents_at: 0,
             parents_len: 0,
@@ -470,10 +465,7 @@ impl<T: Float> Tape<T> {
             scalar: T::ZERO,
             backward: Backward::None,
         });
-        Var {
-            tape: self,
-            id: graph.nodes.len() - 1,
-        }
+        Var { tape: self, id }
     }
 
     /// Applies `f` to the value of node `id` without cloning it.
@@ -701,6 +693,24 @@ fn non_finite_value<T: Float>(
         value.shape(),
         inputs.join(", ")
     );
+}
+
+/// Appends `make()` to `v` and returns its index, building the element directly in
+/// `v`'s buffer. `v.push(make())` builds a node in a stack temporary and copies it
+/// over, reading back at 8 and 16 bytes fields just written a byte or 4 bytes at a
+/// time, which stalls the CPU until the stores drain: writing in place takes the
+/// forward of `chain10k` (10,000 scalar ops) from ~26 to ~21 ns per node
+/// (alternating runs of the chain probe).
+#[inline(always)]
+fn push_in_place<E>(v: &mut Vec<E>, make: impl FnOnce() -> E) -> usize {
+    v.reserve(1);
+    let id = v.len();
+    v.spare_capacity_mut()[0].write(make());
+    // SAFETY: `reserve` left room for element `id` (the first spare one), and it
+    // was just initialised; if `make` panics, nothing was written and the length
+    // is unchanged.
+    unsafe { v.set_len(id + 1) };
+    id
 }
 
 /// The check-finite panic of the backward sweep.
@@ -1011,4 +1021,32 @@ pub(crate) fn two<T: Float>(a: Option<Tensor<T>>, b: Option<Tensor<T>>) -> Paren
     v.push(a);
     v.push(b);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_in_place;
+
+    /// `push_in_place` appends at every capacity (growing the buffer when
+    /// full), returns the index, and leaves the vector as it was when the
+    /// element's constructor panics.
+    #[test]
+    fn push_in_place_appends_and_survives_a_panicking_constructor() {
+        let mut v: Vec<String> = Vec::new();
+        for i in 0..100 {
+            let full = v.len() == v.capacity();
+            assert_eq!(push_in_place(&mut v, || i.to_string()), i);
+            assert!(!full || v.capacity() > i);
+        }
+        assert!(v.iter().enumerate().all(|(i, s)| *s == i.to_string()));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            push_in_place(&mut v, || -> String {
+                std::panic::resume_unwind(Box::new("no"))
+            })
+        }));
+        assert!(caught.is_err());
+        assert_eq!(v.len(), 100);
+        assert_eq!(push_in_place(&mut v, || "last".into()), 100);
+        assert_eq!(v[100], "last");
+    }
 }
