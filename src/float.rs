@@ -196,9 +196,7 @@ impl_float!(f64, crate::gemm::dgemm, f64::tanh);
 ///   on); NaN stays NaN.
 #[inline]
 fn tanh_f32(x: f32) -> f32 {
-    if x.is_nan() {
-        return x;
-    }
+    // NaN fails both comparisons and comes out of `exp` as NaN.
     let a = (x as f64).abs();
     if a >= 9.5 {
         return 1.0f32.copysign(x);
@@ -225,7 +223,6 @@ mod tests {
     #[test]
     fn tanh_f32_is_the_rounded_f64_tanh() {
         let mut bits: u32 = 0;
-        let mut checked = 0;
         while bits < 0x8000_0000 {
             let v = f32::from_bits(bits);
             for x in [v, -v] {
@@ -235,11 +232,9 @@ mod tests {
                     got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
                     "tanh({x:e}) = {got:e}, want {want:e}"
                 );
-                checked += 1;
             }
             bits += 997;
         }
-        assert!(checked > 4_000_000);
         assert_eq!(tanh_f32(0.0).to_bits(), 0.0f32.to_bits());
         assert_eq!(tanh_f32(-0.0).to_bits(), (-0.0f32).to_bits());
         assert_eq!(tanh_f32(f32::INFINITY), 1.0);

@@ -696,11 +696,11 @@ fn non_finite_value<T: Float>(
 }
 
 /// Appends `make()` to `v` and returns its index, building the element directly in
-/// `v`'s buffer. `v.push(make())` builds a node in a stack temporary and copies it
+/// `v`'s buffer. `v.push(node)` builds a tape node in a stack temporary and copies it
 /// over, reading back at 8 and 16 bytes fields just written a byte or 4 bytes at a
 /// time, which stalls the CPU until the stores drain: writing in place takes the
-/// forward of `chain10k` (10,000 scalar ops) from ~26 to ~21 ns per node
-/// (alternating runs of the chain probe).
+/// forward of `chain10k` (10,000 scalar ops) from ~28 to ~23 ns per node (six
+/// alternating runs of a chain probe, pinned).
 #[inline(always)]
 fn push_in_place<E>(v: &mut Vec<E>, make: impl FnOnce() -> E) -> usize {
     v.reserve(1);
