@@ -174,10 +174,11 @@ impl Tiles {
 
     /// Length of each plane of [`Rows`] for a part of `rows` tile rows: the
     /// input's column groups under it, rounded up to whole chunks of
-    /// [`LANES`] (the transforms run on whole chunks), one more tile row and
-    /// one more chunk (for the reads shifted by one group).
+    /// [`LANES`] (the transforms run on whole chunks), two more tile rows
+    /// and one more chunk (for the reads shifted by one group, and the
+    /// margin of [`input_transform_adjoint`]'s planes).
     fn plane(&self, rows: usize) -> usize {
-        (rows * self.slots()).next_multiple_of(LANES) + self.slots() + LANES
+        (rows * self.slots()).next_multiple_of(LANES) + 2 * self.slots() + LANES
     }
 
     /// Columns per block: the transformed input (`cin` channels) and output
@@ -244,18 +245,21 @@ impl Tiles {
 }
 
 /// Reusable buffers for the transforms of one part of up to `rows` tile
-/// rows: `tile²` and `(tile + 2)·tile` planes of [`Tiles::plane`] values.
+/// rows: `tile²` and `(tile + 2)·tile` planes of [`Tiles::plane`] values,
+/// and for [`input_transform_adjoint`] `(tile + 2)·(tile + 4)` more.
 struct Rows<T> {
     a: Vec<T>,
     b: Vec<T>,
+    c: Vec<T>,
 }
 
 impl<T: Float> Rows<T> {
-    /// Buffers for parts of up to `rows` tile rows. Their values are
-    /// unspecified until written (NaN in debug builds, so that a value read
-    /// before it is written shows up in the tests).
-    fn new(t: &Tiles, rows: usize) -> Self {
-        let plane = t.plane(rows);
+    /// Buffers for parts of up to `rows` tile rows, with `adjoint` those of
+    /// [`input_transform_adjoint`] too. Their values are unspecified until
+    /// written (NaN in debug builds, so that a value read before it is
+    /// written shows up in the tests).
+    fn new(t: &Tiles, rows: usize, adjoint: bool) -> Self {
+        let (plane, span) = (t.plane(rows), t.tile + 2);
         let fill = if cfg!(debug_assertions) {
             T::from_f64(f64::NAN)
         } else {
@@ -263,7 +267,15 @@ impl<T: Float> Rows<T> {
         };
         Rows {
             a: vec![fill; t.tile * t.tile * plane],
-            b: vec![fill; (t.tile + 2) * t.tile * plane],
+            b: vec![fill; span * t.tile * plane],
+            c: vec![
+                fill;
+                if adjoint {
+                    span * (span + 2) * plane
+                } else {
+                    0
+                }
+            ],
         }
     }
 }
@@ -311,6 +323,51 @@ fn split_phases<T: Float, const TILE: usize>(
             let (p2, p3) = (&mut p2[lo..hi], &mut p3[lo..hi]);
             for ((((a, b), c), d), x) in p0.iter_mut().zip(p1).zip(p2).zip(p3).zip(groups) {
                 (*a, *b, *c, *d) = (x[0], x[1], x[2], x[3]);
+            }
+        }
+    }
+}
+
+/// Merges a row's columns from their phases, [`split_phases`]' adjoint:
+/// `row[TILE·q + k − pad]` gets `ph[k][q]` (with `add`, added to it) for
+/// `k < TILE`, `q < slots`, where it lies inside the row.
+#[inline(always)]
+fn merge_phases<T: Float, const TILE: usize>(
+    line: &mut [T],
+    pad: usize,
+    ph: [&[T]; TILE],
+    slots: usize,
+    add: bool,
+) {
+    let len = line.len();
+    // The groups of TILE columns that lie inside the row, as in
+    // `split_phases`; the edges column by column.
+    let lo = pad.div_ceil(TILE).min(slots);
+    let hi = ((len + pad) / TILE).clamp(lo, slots);
+    for q in (0..lo).chain(hi..slots) {
+        for (k, p) in ph.iter().enumerate() {
+            if let Some(d) = (TILE * q + k)
+                .checked_sub(pad)
+                .and_then(|i| line.get_mut(i))
+            {
+                *d = if add { *d + p[q] } else { p[q] };
+            }
+        }
+    }
+    if hi > lo {
+        let groups = line[TILE * lo - pad..TILE * hi - pad].chunks_exact_mut(TILE);
+        let ph: [&[T]; TILE] = std::array::from_fn(|k| &ph[k][lo..hi]);
+        if add {
+            for (q, g) in groups.enumerate() {
+                for (d, p) in g.iter_mut().zip(&ph) {
+                    *d += p[q];
+                }
+            }
+        } else {
+            for (q, g) in groups.enumerate() {
+                for (d, p) in g.iter_mut().zip(&ph) {
+                    *d = p[q];
+                }
             }
         }
     }
@@ -387,6 +444,133 @@ fn input_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SP
                 });
                 let at = offsets(|j| ((i * SPAN + j) * cin + c) * ld + u * tw);
                 transform::<T, W::Bt, SPAN, SPAN>(cols, v, at, tw);
+            }
+        }
+    }
+}
+
+/// The sum of two rows, as a one-axis map.
+struct Sum2;
+
+impl lanes::OneAxis<2, 1> for Sum2 {
+    #[inline(always)]
+    fn apply<V: lanes::Arith>([a, b]: [V; 2]) -> [V; 1] {
+        [a + b]
+    }
+}
+
+/// [`input_transform`]'s adjoint: `dx` (`[cin, ih, iw]`) gets the gradient
+/// of the part's input from that of its transformed input, `dv[ξ][c][t]`
+/// (row stride `ld`): each tile's `B dV_t[c] Bᵀ`, summed where tiles
+/// overlap (their last two rows and columns are the next tile's first two).
+/// Per channel, in the reverse order of [`input_transform`]'s steps:
+///
+/// 1. `B` across each tile row, into planes laid out by column group with a
+///    zero between tile rows (and before the first), then the overlap
+///    folded: column phase `kc` of group `q` is output `kc` of tile `q` plus
+///    output `kc + m` of tile `q − 1`, a read shifted by one;
+/// 2. `B` down, into planes by row group (one group of margin before), the
+///    row overlap likewise folded when the rows are merged;
+/// 3. each row merged from its column phases: written, except the top two
+///    rows of a part after a sample's first, which add to what the part
+///    before wrote (parts of a sample run in order).
+///
+/// Every pixel of `dx` under the part is written (padding is dropped).
+#[inline(always)]
+fn input_transform_adjoint<
+    T: Float,
+    W: Variant<TILE, SPAN>,
+    const TILE: usize,
+    const SPAN: usize,
+>(
+    t: &Tiles,
+    cin: usize,
+    dv: &[T],
+    rows: Range<usize>,
+    ld: usize,
+    dx: &mut [T],
+    buf: &mut Rows<T>,
+) {
+    let (s, nr, tw) = (t.slots(), rows.len(), t.tw);
+    let (ns, pl) = (nr * s, t.plane(nr));
+    let (chunks, row_chunks) = (ns.next_multiple_of(LANES), tw.next_multiple_of(LANES));
+    // Rows (or columns) under a tile past its group's m: the next group's
+    // phases 0..SPAN − TILE, which fold into them.
+    let fold = SPAN - TILE;
+    // `c`: the across step's planes `e[i][r]` (value of column q of tile row
+    // u at `1 + u·s + q`), then the folded planes of column phases below
+    // `fold`, `e[i][SPAN + kc]`; phases from `fold` on need no folding and
+    // are read from `e[i][kc]` itself.
+    let folded = |i: usize, kc: usize| {
+        if kc < fold {
+            (SPAN * SPAN + i * fold + kc) * pl
+        } else {
+            (i * SPAN + kc) * pl + 1
+        }
+    };
+    for c in 0..cin {
+        let (e, f) = buf.c.split_at_mut(SPAN * SPAN * pl);
+        for i in 0..SPAN {
+            for u in 0..nr {
+                let cols: [&[T]; SPAN] =
+                    windows(dv, row_chunks, |j| ((i * SPAN + j) * cin + c) * ld + u * tw);
+                let at = offsets(|r| (i * SPAN + r) * pl + 1 + u * s);
+                transform::<T, W::B, SPAN, SPAN>(cols, e, at, tw);
+            }
+        }
+        // The zeros before each tile row (a chunk past a row's end writes
+        // into the next row's room and the one zero between).
+        for plane in e.chunks_exact_mut(pl) {
+            for u in 0..=nr {
+                plane[u * s] = T::ZERO;
+            }
+        }
+        for i in 0..SPAN {
+            for kc in 0..fold {
+                let pair: [&[T]; 2] =
+                    windows(e, chunks, |h| (i * SPAN + kc + h * TILE) * pl + 1 - h);
+                let at = [(i * fold + kc) * pl];
+                transform::<T, Sum2, 2, 1>(pair, f, at, ns);
+            }
+        }
+        // Down: `b[r][kc]`, tile row u at `(u + 1)·s`, zero before the
+        // first and after the last, then the rows below `fold` folded: row
+        // phase kr of group g is output kr of tile row g plus output
+        // kr + m of tile row g − 1, into `a[kr][kc]` at `g·s`.
+        for kc in 0..TILE {
+            let col: [&[T]; SPAN] = windows(&buf.c, chunks, |i| folded(i, kc));
+            let at = offsets(|r| (r * TILE + kc) * pl + s);
+            transform::<T, W::B, SPAN, SPAN>(col, &mut buf.b, at, ns);
+        }
+        for plane in buf.b.chunks_exact_mut(pl).take(SPAN * TILE) {
+            plane[..s].fill(T::ZERO);
+            plane[s + ns..][..s].fill(T::ZERO);
+        }
+        let groups = ns + s;
+        for kr in 0..fold {
+            for kc in 0..TILE {
+                let pair: [&[T]; 2] = windows(&buf.b, groups.next_multiple_of(LANES), |h| {
+                    ((kr + h * TILE) * TILE + kc) * pl + s * (1 - h)
+                });
+                transform::<T, Sum2, 2, 1>(pair, &mut buf.a, [(kr * TILE + kc) * pl], groups);
+            }
+        }
+        let dxc = &mut dx[c * t.ih * t.iw..][..t.ih * t.iw];
+        for g in 0..=nr {
+            // Below the last tile row only the folded rows are left.
+            for kr in 0..if g < nr { TILE } else { fold } {
+                let r = (TILE * (rows.start + g) + kr) as isize - t.ph as isize;
+                if r < 0 || r as usize >= t.ih {
+                    continue;
+                }
+                let line = &mut dxc[r as usize * t.iw..][..t.iw];
+                let ph: [&[T]; TILE] = if kr < fold {
+                    windows(&buf.a, s, |kc| (kr * TILE + kc) * pl + g * s)
+                } else {
+                    windows(&buf.b, s, |kc| (kr * TILE + kc) * pl + (g + 1) * s)
+                };
+                let add = g == 0 && kr < fold && rows.start > 0;
+                merge_phases::<T, TILE>(line, t.pw, ph, s, add);
             }
         }
     }
@@ -558,6 +742,9 @@ fn kernel_transform_adjoints<
 multiversion!(fn input_transform_simd<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
     t: &Tiles, cin: usize, x: &[T], rows: Range<usize>, ld: usize, v: &mut [T], buf: &mut Rows<T>,
 ) => input_transform);
+multiversion!(fn input_transform_adjoint_simd<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+    t: &Tiles, cin: usize, dv: &[T], rows: Range<usize>, ld: usize, dx: &mut [T], buf: &mut Rows<T>,
+) => input_transform_adjoint);
 multiversion!(fn output_transform_simd<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
     t: &Tiles, cout: usize, m: &[T], rows: Range<usize>, ld: usize, bias: Option<&[T]>,
     y: &mut [T], buf: &mut Rows<T>,
@@ -686,7 +873,8 @@ struct Scratch<T> {
 }
 
 impl<T: Float> Scratch<T> {
-    fn new(t: &Tiles, samples: usize, cin: usize, cout: usize) -> Self {
+    /// With `adjoint`, room for [`input_transform_adjoint`] too.
+    fn new(t: &Tiles, samples: usize, cin: usize, cout: usize, adjoint: bool) -> Self {
         let (columns, rows) = t.block_limits::<T>(samples, cin, cout);
         // Room for the transforms' last chunk past the last column.
         let ld = block_stride::<T>(columns + LANES);
@@ -694,7 +882,7 @@ impl<T: Float> Scratch<T> {
             ld,
             v_len: t.xi() * cin * ld,
             m_len: t.xi() * cout * ld,
-            rows: Rows::new(t, rows),
+            rows: Rows::new(t, rows, adjoint),
         }
     }
 }
@@ -740,48 +928,85 @@ fn conv_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: u
     }
 }
 
-/// Adds one block and group's `∂L/∂U_ξ` (`du[ξ]`, `cout × cin`) from the
-/// input `x[x_at(n)]` (`[cin, ih, iw]`) and output gradient `dy[dy_at(n)]`
-/// (`[cout, oh, ow]`) of each part's sample, or with `first` writes it (`du`
-/// is not read); `v` and `wd` are scratch of the [`Scratch`] lengths.
+/// Where one block's dX goes: the packed transposed kernels `U_ξᵀ`, and
+/// `(data, range)` as in [`Samples`].
+type DxOut<'a, T, F> = (&'a [PackedA<T>], &'a mut [T], F);
+
+/// The backward pass of one block of one group, from the output gradient
+/// `dy[dy_at(n)]` (`[cout, oh, ow]`) of each part's sample: its transform
+/// `A dY_t Aᵀ` (`∂L/∂M`, into `wd`), then
+///
+/// - with `du`: adds the block's `∂L/∂U_ξ` (`cout × cin`) to it, or with
+///   `first` writes it (`du` is not read), from the input `x[x_at(n)]`
+///   (`[cin, ih, iw]`) transformed into `v`;
+/// - with `dx`: `∂L/∂V_ξ = U_ξᵀ · ∂L/∂M_ξ` from the packed transposed
+///   kernels `ut[ξ]` (`cin × cout`), into `v`, then its
+///   [`input_transform_adjoint`] into `dx[dx_at(n)]`.
+///
+/// `v` and `wd` are scratch of the [`Scratch`] lengths.
 #[allow(clippy::too_many_arguments)]
-fn weight_grad_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+fn backward_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
     t: &Tiles,
     cin: usize,
     cout: usize,
     parts: &[Part],
     (x, x_at): Samples<'_, T, impl Fn(usize) -> Range<usize>>,
     (dy, dy_at): Samples<'_, T, impl Fn(usize) -> Range<usize>>,
-    du: &mut [T],
-    first: bool,
+    du: Option<(&mut [T], bool)>,
+    dx: Option<DxOut<'_, T, impl Fn(usize) -> Range<usize>>>,
     s: &mut Scratch<T>,
     v: &mut [T],
     wd: &mut [T],
 ) {
     let ld = s.ld;
-    let beta = if first { T::ZERO } else { T::ONE };
-    for p in parts {
-        let (xs, dys) = (&x[x_at(p.n)], &dy[dy_at(p.n)]);
-        let (vs, rows) = (&mut v[p.off..], p.rows.clone());
-        input_transform_simd::<T, W, TILE, SPAN>(t, cin, xs, rows.clone(), ld, vs, &mut s.rows);
-        let ws = &mut wd[p.off..];
-        grad_transform_simd::<T, W, TILE, SPAN>(t, cout, dys, rows, ld, ws, &mut s.rows);
-    }
     let nt = parts.last().map_or(0, |p| p.off + t.part_len(p.rows.len()));
-    for xi in 0..SPAN * SPAN {
-        // dU_ξ (cout × cin) += Wd_ξ (cout × nt) · V_ξᵀ (nt × cin)
-        let a = MatRef {
-            data: &wd[xi * cout * ld..][..cout * ld],
-            rs: ld,
-            cs: 1,
-        };
-        let b = MatRef {
-            data: &v[xi * cin * ld..][..cin * ld],
-            rs: 1,
-            cs: ld,
-        };
-        let c = &mut du[xi * cout * cin..][..cout * cin];
-        gemm(cout, cin, nt, a, b, beta, c, cin);
+    for p in parts {
+        let (dys, ws) = (&dy[dy_at(p.n)], &mut wd[p.off..]);
+        grad_transform_simd::<T, W, TILE, SPAN>(t, cout, dys, p.rows.clone(), ld, ws, &mut s.rows);
+    }
+    if let Some((du, first)) = du {
+        for p in parts {
+            let (xs, vs) = (&x[x_at(p.n)], &mut v[p.off..]);
+            let rows = p.rows.clone();
+            input_transform_simd::<T, W, TILE, SPAN>(t, cin, xs, rows, ld, vs, &mut s.rows);
+        }
+        let beta = if first { T::ZERO } else { T::ONE };
+        for xi in 0..SPAN * SPAN {
+            // dU_ξ (cout × cin) += Wd_ξ (cout × nt) · V_ξᵀ (nt × cin)
+            let a = MatRef {
+                data: &wd[xi * cout * ld..][..cout * ld],
+                rs: ld,
+                cs: 1,
+            };
+            let b = MatRef {
+                data: &v[xi * cin * ld..][..cin * ld],
+                rs: 1,
+                cs: ld,
+            };
+            let c = &mut du[xi * cout * cin..][..cout * cin];
+            gemm(cout, cin, nt, a, b, beta, c, cin);
+        }
+    }
+    if let Some((ut, dx, dx_at)) = dx {
+        for (xi, ut) in ut.iter().enumerate() {
+            // dV_ξ (cin × nt) = U_ξᵀ (cin × cout) · Wd_ξ (cout × nt)
+            let wx = &wd[xi * cout * ld..][..cout * ld];
+            let vx = &mut v[xi * cin * ld..][..cin * ld];
+            gemm_prepacked(ut, nt, wx, ld, true, vx, ld);
+        }
+        for p in parts {
+            let (vs, dxs) = (&v[p.off..], &mut dx[dx_at(p.n)]);
+            let rows = p.rows.clone();
+            input_transform_adjoint_simd::<T, W, TILE, SPAN>(
+                t,
+                cin,
+                vs,
+                rows,
+                ld,
+                dxs,
+                &mut s.rows,
+            );
+        }
     }
 }
 
@@ -825,7 +1050,7 @@ fn forward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN:
         .zip(split_by(&mut y, &ranges, geom.out_channels * geom.out_hw()))
         .collect();
     run_jobs(jobs, |(samples, y)| {
-        let mut s = Scratch::new(&t, most, cg, og);
+        let mut s = Scratch::new(&t, most, cg, og, false);
         with_scratch(s.v_len, |v: &mut [T]| {
             with_scratch(s.m_len, |m: &mut [T]| {
                 for block in t.blocks::<T>(samples.len(), cg, og) {
@@ -856,10 +1081,11 @@ fn forward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN:
 }
 
 /// Backward by Winograd, in one pass over the batch (split between
-/// threads): dX as a conv of dY (kernels turned 180°, channels swapped,
-/// padding `2 − p`); dW from the transformed input and output gradient
-/// (`∂L/∂U`, summed per task, then `Gᵀ·dU·G`); db as row sums of dY. `need`
-/// is whether dX, dW and db are wanted.
+/// threads), from the forward's tiles: `∂L/∂M = A dY_t Aᵀ` once per block,
+/// then dW from it and the transformed input (`∂L/∂U`, summed per task, then
+/// `Gᵀ·dU·G`), and dX through the transposed kernels and the input
+/// transform's adjoint; db as row sums of dY. `need` is whether dX, dW and
+/// db are wanted.
 pub(super) fn backward<T: Float>(
     geom: &Conv2dGeometry,
     x: &[T],
@@ -888,96 +1114,72 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
         ranges.len(),
         ranges.iter().map(|r| r.len()).max().unwrap_or(0),
     );
-    // dX[c] = Σ_o conv(dY[o] padded by 2 − p, g[o, c] turned 180°).
     let (h, wd) = (&geom.h, &geom.w);
-    let tx = Tiles::new(TILE, h.output, wd.output, 2 - h.padding, 2 - wd.padding);
-    debug_assert_eq!((tx.oh, tx.ow), (h.input, wd.input));
-    let ux = if need_dx {
+    let t = Tiles::new(TILE, h.input, wd.input, h.padding, wd.padding);
+    // U_ξᵀ per group: entry (c, o) is kernel (o, c)'s transform.
+    let ut = if need_dx {
         transformed_kernels::<T, W, TILE, SPAN>(geom.groups, cg, og, |g, c, o| {
-            let k = &w[((g * og + o) * cg + c) * 9..][..9];
-            std::array::from_fn(|e| k[8 - e])
+            w[((g * og + o) * cg + c) * 9..][..9]
+                .try_into()
+                .expect("3x3 kernel")
         })
     } else {
         Vec::new()
     };
-    let tw = Tiles::new(TILE, h.input, wd.input, h.padding, wd.padding);
-    // Every pixel of dX is written by `conv_block`'s output transform; each
+    // Every pixel of dX is written by `input_transform_adjoint`; each
     // chunk's first block writes its partial dU, and it clears its db first.
     let need = [need_dx, need_dw, need_db];
     let mut out = BackwardBuffers::new(geom, tasks, need, geom.groups * xi * og * cg);
-    {
-        // The first block of a chunk writes its partial dU (when it has one).
-        run_backward_jobs(out.jobs(geom, &ranges), geom.out_hw() > 0, |job| {
-            let BackwardJob {
-                samples,
-                dx,
-                dw: du,
-                db,
-            } = job;
-            let n0 = samples.start;
-            let mut sx = Scratch::<T>::new(&tx, most, og, cg);
-            let mut sw = Scratch::<T>::new(&tw, most, cg, og);
-            let (v_len, m_len) = (sx.v_len.max(sw.v_len), sx.m_len.max(sw.m_len));
-            with_scratch(v_len, |v: &mut [T]| {
-                with_scratch(m_len, |m: &mut [T]| {
-                    if let Some(db) = db {
-                        for n in samples.clone() {
-                            let dyn_ = &dy[output_block(geom, n, 0).start..];
-                            for (o, plane) in
-                                dyn_.chunks_exact(ohw).take(og * geom.groups).enumerate()
-                            {
-                                db[o] += sum(plane);
-                            }
-                        }
+    run_backward_jobs(out.jobs(geom, &ranges), geom.out_hw() > 0, |job| {
+        let BackwardJob {
+            samples,
+            mut dx,
+            dw: mut du,
+            db,
+        } = job;
+        let n0 = samples.start;
+        if let Some(db) = db {
+            for n in samples.clone() {
+                let dyn_ = &dy[output_block(geom, n, 0).start..];
+                for (o, plane) in dyn_.chunks_exact(ohw).take(og * geom.groups).enumerate() {
+                    db[o] += sum(plane);
+                }
+            }
+        }
+        if dx.is_none() && du.is_none() {
+            return;
+        }
+        let mut s = Scratch::<T>::new(&t, most, cg, og, dx.is_some());
+        with_scratch(s.v_len, |v: &mut [T]| {
+            with_scratch(s.m_len, |m: &mut [T]| {
+                for (b, block) in t.blocks::<T>(samples.len(), cg, og).iter().enumerate() {
+                    for g in 0..geom.groups {
+                        let x_at = |n| input_block(geom, n0 + n, g);
+                        let dy_at = |n| output_block(geom, n0 + n, g);
+                        let dug = du
+                            .as_deref_mut()
+                            .map(|du| (&mut du[g * xi * og * cg..][..xi * og * cg], b == 0));
+                        let dxg = dx
+                            .as_deref_mut()
+                            .map(|dx| (&ut[g][..], dx, |n| input_block(geom, n, g)));
+                        backward_block::<T, W, TILE, SPAN>(
+                            &t,
+                            cg,
+                            og,
+                            block,
+                            (x, x_at),
+                            (dy, dy_at),
+                            dug,
+                            dxg,
+                            &mut s,
+                            v,
+                            m,
+                        );
                     }
-                    if let Some(dx) = dx {
-                        for block in tx.blocks::<T>(samples.len(), og, cg) {
-                            for (g, ug) in ux.iter().enumerate() {
-                                let dy_at = |n| output_block(geom, n0 + n, g);
-                                let dx_at = |n| input_block(geom, n, g);
-                                conv_block::<T, W, TILE, SPAN>(
-                                    &tx,
-                                    og,
-                                    cg,
-                                    &block,
-                                    (dy, dy_at),
-                                    ug,
-                                    None,
-                                    dx,
-                                    dx_at,
-                                    &mut sx,
-                                    v,
-                                    m,
-                                );
-                            }
-                        }
-                    }
-                    if let Some(du) = du {
-                        for (b, block) in tw.blocks::<T>(samples.len(), cg, og).iter().enumerate() {
-                            for g in 0..geom.groups {
-                                let x_at = |n| input_block(geom, n0 + n, g);
-                                let dy_at = |n| output_block(geom, n0 + n, g);
-                                let dug = &mut du[g * xi * og * cg..][..xi * og * cg];
-                                weight_grad_block::<T, W, TILE, SPAN>(
-                                    &tw,
-                                    cg,
-                                    og,
-                                    block,
-                                    (x, x_at),
-                                    (dy, dy_at),
-                                    dug,
-                                    b == 0,
-                                    &mut sw,
-                                    v,
-                                    m,
-                                );
-                            }
-                        }
-                    }
-                })
+                }
             })
         });
-    }
+    });
     // The chunks' partial dU, summed in chunk order, then transformed back.
     let dw = out.dw.sum().map(|total| {
         let dw = weight_grad_from::<T, W, TILE, SPAN>(geom.groups, og * cg, &total);
@@ -1015,7 +1217,7 @@ mod tests {
             .collect();
         let u = transform_one::<W, TILE, SPAN>(&g);
         let t = Tiles::new(TILE, SPAN, SPAN, 0, 0);
-        let mut buf = Rows::new(&t, t.th);
+        let mut buf = Rows::new(&t, t.th, false);
         let ld = t.part_len(1) + LANES;
         let mut v = vec![0.0; SPAN * SPAN * ld];
         input_transform::<f64, W, TILE, SPAN>(&t, 1, &d, 0..1, ld, &mut v, &mut buf);

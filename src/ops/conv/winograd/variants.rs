@@ -14,6 +14,8 @@ use super::lanes::{Arith, OneAxis};
 pub(super) trait Variant<const TILE: usize, const SPAN: usize> {
     /// `Bᵀ`: the input under a tile to its transform.
     type Bt: OneAxis<SPAN, SPAN>;
+    /// `B`, the adjoint of `Bᵀ`.
+    type B: OneAxis<SPAN, SPAN>;
     /// `Aᵀ`: the products to the tile's outputs.
     type At: OneAxis<SPAN, TILE>;
     /// `A`, the adjoint of `Aᵀ`.
@@ -30,6 +32,7 @@ macro_rules! variant {
     (
         $(#[$doc:meta])* $name:ident<$tile:literal, $span:literal> {
             Bt: $bt:ident = $fbt:ident,
+            B: $b:ident = $fb:ident,
             At: $at:ident = $fat:ident,
             A: $a:ident = $fa:ident,
             G: $g:ident = $fg:ident,
@@ -41,6 +44,7 @@ macro_rules! variant {
 
         impl Variant<$tile, $span> for $name {
             type Bt = $bt;
+            type B = $b;
             type At = $at;
             type A = $a;
             type G = $g;
@@ -48,6 +52,7 @@ macro_rules! variant {
         }
 
         one_axis!($bt: $span -> $span = $fbt);
+        one_axis!($b: $span -> $span = $fb);
         one_axis!($at: $span -> $tile = $fat);
         one_axis!($a: $tile -> $span = $fa);
         one_axis!($g: 3 -> $span = $fg);
@@ -71,13 +76,19 @@ macro_rules! one_axis {
 variant! {
     /// F(2×2, 3×3): 16 products per 4 outputs (2.25× fewer multiplications
     /// than the direct 36).
-    F2<2, 4> { Bt: Bt2 = bt2, At: At2 = at2, A: A2 = a2, G: G2 = g2, Gt: Gt2 = gt2 }
+    F2<2, 4> { Bt: Bt2 = bt2, B: B2 = b2, At: At2 = at2, A: A2 = a2, G: G2 = g2, Gt: Gt2 = gt2 }
 }
 
 /// `Bᵀ d = (d0 − d2, d1 + d2, d2 − d1, d1 − d3)`.
 #[inline(always)]
 fn bt2<V: Arith>([d0, d1, d2, d3]: [V; 4]) -> [V; 4] {
     [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+}
+
+/// `B y = (y0, y1 − y2 + y3, y1 + y2 − y0, −y3)`, the transpose of [`bt2`].
+#[inline(always)]
+fn b2<V: Arith>([y0, y1, y2, y3]: [V; 4]) -> [V; 4] {
+    [y0, y1 - y2 + y3, y1 + y2 - y0, V::splat(0.0) - y3]
 }
 
 /// `Aᵀ m = (m0 + m1 + m2, m1 − m2 − m3)`.
@@ -112,7 +123,7 @@ variant! {
     /// F(4×4, 3×3): 36 products per 16 outputs (4× fewer multiplications
     /// than the direct 144), for larger constants in the transforms (rounding
     /// errors of a few units in the last place more than F(2×2, 3×3)).
-    F4<4, 6> { Bt: Bt4 = bt4, At: At4 = at4, A: A4 = a4, G: G4 = g4, Gt: Gt4 = gt4 }
+    F4<4, 6> { Bt: Bt4 = bt4, B: B4 = b4, At: At4 = at4, A: A4 = a4, G: G4 = g4, Gt: Gt4 = gt4 }
 }
 
 /// `Bᵀ d`, rows `(4, 0, −5, 0, 1, 0)`, `(0, −4, −4, 1, 1, 0)`,
@@ -130,6 +141,22 @@ fn bt4<V: Arith>([d0, d1, d2, d3, d4, d5]: [V; 6]) -> [V; 6] {
         d4 - d2 + two * d31,
         d4 - d2 - two * d31,
         four * d1 - five * d3 + d5,
+    ]
+}
+
+/// `B y`, the transpose of [`bt4`].
+#[inline(always)]
+fn b4<V: Arith>([y0, y1, y2, y3, y4, y5]: [V; 6]) -> [V; 6] {
+    let (two, four, five) = (V::splat(2.0), V::splat(4.0), V::splat(5.0));
+    let (s12, d12) = (y1 + y2, y1 - y2);
+    let (s34, d34) = (y3 + y4, y3 - y4);
+    [
+        four * y0,
+        four * (y5 - d12) - two * d34,
+        V::splat(0.0) - five * y0 - four * s12 - s34,
+        d12 + two * d34 - five * y5,
+        y0 + s12 + s34,
+        y5,
     ]
 }
 
@@ -196,13 +223,21 @@ mod tests {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 
-    /// ⟨Aᵀ m, y⟩ = ⟨m, A y⟩ and ⟨G g, u⟩ = ⟨g, Gᵀ u⟩ for both variants.
+    /// ⟨Aᵀ m, y⟩ = ⟨m, A y⟩, ⟨Bᵀ d, y⟩ = ⟨d, B y⟩ and ⟨G g, u⟩ = ⟨g, Gᵀ u⟩
+    /// for both variants.
     fn adjoints<W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>() {
         let m: [f64; SPAN] = std::array::from_fn(|i| (i as f64 * 0.7).sin() + 0.3);
         let y: [f64; TILE] = std::array::from_fn(|i| (i as f64 * 1.3).cos() - 0.2);
         let k = [0.8, -1.5, 0.35];
         let lhs = dot(&<W::At as OneAxis<SPAN, TILE>>::apply(m), &y);
         assert!((lhs - dot(&m, &<W::A as OneAxis<TILE, SPAN>>::apply(y))).abs() < 1e-12);
+        // Each unit vector, so that every entry of B is checked.
+        for e in 0..SPAN {
+            let d: [f64; SPAN] = std::array::from_fn(|i| f64::from(u8::from(i == e)));
+            let lhs = dot(&<W::Bt as OneAxis<SPAN, SPAN>>::apply(d), &m);
+            let rhs = dot(&d, &<W::B as OneAxis<SPAN, SPAN>>::apply(m));
+            assert!((lhs - rhs).abs() < 1e-12, "B row {e}: {lhs} vs {rhs}");
+        }
         let lhs = dot(&<W::G as OneAxis<3, SPAN>>::apply(k), &m);
         assert!((lhs - dot(&k, &<W::Gt as OneAxis<SPAN, 3>>::apply(m))).abs() < 1e-12);
     }
