@@ -640,6 +640,9 @@ fn output_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const S
 /// `A dY_t Aᵀ` of one part: `w[ξ][o][t]` (row stride `ld`) from a
 /// `cout`-channel output gradient `dy` (`[cout, oh, ow]`): its rows split by
 /// row and column phase (0 past the edge), transformed down, then across.
+/// With `db`, each channel's sum over the part is added to `db[o]` (from the
+/// split rows, while they are in cache).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn grad_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
     t: &Tiles,
@@ -649,6 +652,7 @@ fn grad_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPA
     ld: usize,
     w: &mut [T],
     buf: &mut Rows<T>,
+    mut db: Option<&mut [T]>,
 ) {
     let (tw, nr) = (t.tw, rows.len());
     let n = t.part_len(nr);
@@ -672,6 +676,10 @@ fn grad_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPA
                     split_phases::<T, TILE>(line, 0, &mut buf.a[at..], pl, tw);
                 }
             }
+        }
+        if let Some(db) = db.as_deref_mut() {
+            let planes = buf.a.chunks_exact(pl).take(TILE * TILE);
+            db[o] += planes.map(|p| sum(&p[..n])).fold(T::ZERO, |a, b| a + b);
         }
         for l in 0..TILE {
             let col: [&[T]; TILE] = windows(&buf.a, pl, |k| (k * TILE + l) * pl);
@@ -751,6 +759,7 @@ multiversion!(fn output_transform_simd<T: Float, W: Variant<TILE, SPAN>, const T
 ) => output_transform);
 multiversion!(fn grad_transform_simd<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
     t: &Tiles, cout: usize, dy: &[T], rows: Range<usize>, ld: usize, w: &mut [T], buf: &mut Rows<T>,
+    db: Option<&mut [T]>,
 ) => grad_transform);
 multiversion!(fn kernel_transforms_simd<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
     w9: &[T], stride: usize, n: usize, u: &mut [T], tmp: &mut [T],
@@ -934,7 +943,7 @@ type DxOut<'a, T, F> = (&'a [PackedA<T>], &'a mut [T], F);
 
 /// The backward pass of one block of one group, from the output gradient
 /// `dy[dy_at(n)]` (`[cout, oh, ow]`) of each part's sample: its transform
-/// `A dY_t Aᵀ` (`∂L/∂M`, into `wd`), then
+/// `A dY_t Aᵀ` (`∂L/∂M`, into `wd`; with `db`, its sums added there), then
 ///
 /// - with `du`: adds the block's `∂L/∂U_ξ` (`cout × cin`) to it, or with
 ///   `first` writes it (`du` is not read), from the input `x[x_at(n)]`
@@ -952,6 +961,7 @@ fn backward_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPA
     parts: &[Part],
     (x, x_at): Samples<'_, T, impl Fn(usize) -> Range<usize>>,
     (dy, dy_at): Samples<'_, T, impl Fn(usize) -> Range<usize>>,
+    mut db: Option<&mut [T]>,
     du: Option<(&mut [T], bool)>,
     dx: Option<DxOut<'_, T, impl Fn(usize) -> Range<usize>>>,
     s: &mut Scratch<T>,
@@ -961,8 +971,9 @@ fn backward_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPA
     let ld = s.ld;
     let nt = parts.last().map_or(0, |p| p.off + t.part_len(p.rows.len()));
     for p in parts {
-        let (dys, ws) = (&dy[dy_at(p.n)], &mut wd[p.off..]);
-        grad_transform_simd::<T, W, TILE, SPAN>(t, cout, dys, p.rows.clone(), ld, ws, &mut s.rows);
+        let (dys, ws, rows) = (&dy[dy_at(p.n)], &mut wd[p.off..], p.rows.clone());
+        let db = db.as_deref_mut();
+        grad_transform_simd::<T, W, TILE, SPAN>(t, cout, dys, rows, ld, ws, &mut s.rows, db);
     }
     if let Some((du, first)) = du {
         for p in parts {
@@ -1138,15 +1149,17 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
             db,
         } = job;
         let n0 = samples.start;
-        if let Some(db) = db {
-            for n in samples.clone() {
-                let dyn_ = &dy[output_block(geom, n, 0).start..];
-                for (o, plane) in dyn_.chunks_exact(ohw).take(og * geom.groups).enumerate() {
-                    db[o] += sum(plane);
+        let mut db = db;
+        if dx.is_none() && du.is_none() {
+            // db alone: row sums of dY (else the blocks add them).
+            if let Some(db) = db {
+                for n in samples.clone() {
+                    let dyn_ = &dy[output_block(geom, n, 0).start..];
+                    for (o, plane) in dyn_.chunks_exact(ohw).take(og * geom.groups).enumerate() {
+                        db[o] += sum(plane);
+                    }
                 }
             }
-        }
-        if dx.is_none() && du.is_none() {
             return;
         }
         let mut s = Scratch::<T>::new(&t, most, cg, og, dx.is_some());
@@ -1162,6 +1175,7 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
                         let dxg = dx
                             .as_deref_mut()
                             .map(|dx| (&ut[g][..], dx, |n| input_block(geom, n, g)));
+                        let dbg = db.as_deref_mut().map(|db| &mut db[g * og..][..og]);
                         backward_block::<T, W, TILE, SPAN>(
                             &t,
                             cg,
@@ -1169,6 +1183,7 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
                             block,
                             (x, x_at),
                             (dy, dy_at),
+                            dbg,
                             dug,
                             dxg,
                             &mut s,
