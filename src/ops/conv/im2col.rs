@@ -32,6 +32,7 @@ use super::parallel::{
 };
 use super::Conv2dGeometry;
 use crate::gemm::{prepacked::gemm_prepacked, prepacked::PackedA};
+use crate::simd::multiversion;
 use crate::Float;
 use std::any::Any;
 use std::cell::RefCell;
@@ -277,86 +278,148 @@ impl Phases {
     /// Splits a group input `x` (`[C/G, H, W]`) into its phase planes, one
     /// pass over each input row (stride 2 across: even and odd columns at once).
     fn split<T: Float>(&self, geom: &Conv2dGeometry, x: &[T], out: &mut [T]) {
-        let (ih, iw, wq) = (geom.h.input, geom.w.input, self.wq);
-        for c in 0..geom.in_per_group() {
-            for u in 0..self.hq {
-                for a in 0..self.sh {
-                    let r = u * self.sh + a;
-                    if r >= ih {
-                        for b in 0..self.sw {
-                            out[self.offset(c, a, b) + u * wq..][..wq].fill(T::ZERO);
-                        }
-                        continue;
-                    }
-                    let src = &x[(c * ih + r) * iw..][..iw];
-                    if self.sw == 2 {
-                        let (e0, o0) = (self.offset(c, a, 0), self.offset(c, a, 1));
-                        let (head, tail) = out.split_at_mut(o0);
-                        let even = &mut head[e0 + u * wq..][..wq];
-                        let odd = &mut tail[u * wq..][..wq];
-                        let mut pairs = src.chunks_exact(2);
-                        for ((e, o), p) in even.iter_mut().zip(odd.iter_mut()).zip(&mut pairs) {
-                            *e = p[0];
-                            *o = p[1];
-                        }
-                        let done = iw / 2;
-                        match pairs.remainder() {
-                            [last] => {
-                                even[done] = *last;
-                                even[done + 1..].fill(T::ZERO);
-                                odd[done..].fill(T::ZERO);
-                            }
-                            _ => {
-                                even[done..].fill(T::ZERO);
-                                odd[done..].fill(T::ZERO);
-                            }
-                        }
-                        continue;
-                    }
-                    for b in 0..self.sw {
-                        let line = &mut out[self.offset(c, a, b) + u * wq..][..wq];
-                        let src = src.get(b..).unwrap_or(&[]);
-                        let n = src.len().div_ceil(self.sw);
-                        line[..n]
-                            .iter_mut()
-                            .zip(src.iter().step_by(self.sw))
-                            .for_each(|(d, &v)| *d = v);
-                        line[n..].fill(T::ZERO);
-                    }
-                }
-            }
-        }
+        split_simd(self, geom, x, out)
     }
 
     /// The adjoint of [`split`](Self::split) for gradients: writes each input
     /// pixel's entry of the phase planes `q` into `dx` (`[C/G, H, W]`).
     fn merge<T: Float>(&self, geom: &Conv2dGeometry, q: &[T], dx: &mut [T]) {
-        let (ih, iw, wq) = (geom.h.input, geom.w.input, self.wq);
-        for c in 0..geom.in_per_group() {
-            for r in 0..ih {
-                let (a, u) = (r % self.sh, r / self.sh);
-                let dst = &mut dx[(c * ih + r) * iw..][..iw];
-                if self.sw == 2 {
-                    let even = &q[self.offset(c, a, 0) + u * wq..][..wq];
-                    let odd = &q[self.offset(c, a, 1) + u * wq..][..wq];
-                    let mut pairs = dst.chunks_exact_mut(2);
-                    for ((p, &e), &o) in (&mut pairs).zip(even).zip(odd) {
-                        p[0] = e;
-                        p[1] = o;
-                    }
-                    if let [last] = pairs.into_remainder() {
-                        *last = even[iw / 2];
+        merge_simd(self, geom, q, dx)
+    }
+}
+
+multiversion!(fn split_simd<T: Float>(ph: &Phases, geom: &Conv2dGeometry, x: &[T], out: &mut [T]) => split);
+multiversion!(fn merge_simd<T: Float>(ph: &Phases, geom: &Conv2dGeometry, q: &[T], dx: &mut [T]) => merge);
+
+/// Pairs per chunk of [`deinterleave`] and [`interleave`]: fixed-length
+/// loops, which the compiler turns into vector shuffles.
+const PAIRS: usize = 8;
+
+/// `even[t] = src[2t]`, `odd[t] = src[2t + 1]` for `t < even.len()`; `src`
+/// holds `2·even.len()` values, `odd` as many as `even`.
+#[inline(always)]
+fn deinterleave<T: Float>(src: &[T], even: &mut [T], odd: &mut [T]) {
+    let n = even.len();
+    let (src, odd) = (&src[..2 * n], &mut odd[..n]);
+    let (mut e, mut o, mut s) = (
+        even.chunks_exact_mut(PAIRS),
+        odd.chunks_exact_mut(PAIRS),
+        src.chunks_exact(2 * PAIRS),
+    );
+    for ((e, o), s) in (&mut e).zip(&mut o).zip(&mut s) {
+        // Through local arrays, so that nothing can alias.
+        let mut x = [T::ZERO; 2 * PAIRS];
+        x.copy_from_slice(s);
+        let (ev, od): ([T; PAIRS], [T; PAIRS]) = (
+            std::array::from_fn(|i| x[2 * i]),
+            std::array::from_fn(|i| x[2 * i + 1]),
+        );
+        e.copy_from_slice(&ev);
+        o.copy_from_slice(&od);
+    }
+    let (e, o, s) = (e.into_remainder(), o.into_remainder(), s.remainder());
+    for ((e, o), s) in e.iter_mut().zip(o).zip(s.chunks_exact(2)) {
+        (*e, *o) = (s[0], s[1]);
+    }
+}
+
+/// `dst[2t] = even[t]`, `dst[2t + 1] = odd[t]` for `t < even.len()`; `dst`
+/// holds `2·even.len()` values, `odd` as many as `even`.
+#[inline(always)]
+fn interleave<T: Float>(even: &[T], odd: &[T], dst: &mut [T]) {
+    let n = even.len();
+    let (dst, odd) = (&mut dst[..2 * n], &odd[..n]);
+    let (mut e, mut o, mut d) = (
+        even.chunks_exact(PAIRS),
+        odd.chunks_exact(PAIRS),
+        dst.chunks_exact_mut(2 * PAIRS),
+    );
+    for ((e, o), d) in (&mut e).zip(&mut o).zip(&mut d) {
+        // Through local arrays, so that nothing can alias.
+        let (mut ev, mut od) = ([T::ZERO; PAIRS], [T::ZERO; PAIRS]);
+        ev.copy_from_slice(e);
+        od.copy_from_slice(o);
+        let x: [T; 2 * PAIRS] =
+            std::array::from_fn(|i| if i % 2 == 0 { ev[i / 2] } else { od[i / 2] });
+        d.copy_from_slice(&x);
+    }
+    let (e, o, d) = (e.remainder(), o.remainder(), d.into_remainder());
+    for ((&e, &o), d) in e.iter().zip(o).zip(d.chunks_exact_mut(2)) {
+        (d[0], d[1]) = (e, o);
+    }
+}
+
+/// [`Phases::split`]'s body.
+#[inline(always)]
+fn split<T: Float>(ph: &Phases, geom: &Conv2dGeometry, x: &[T], out: &mut [T]) {
+    let (ih, iw, wq) = (geom.h.input, geom.w.input, ph.wq);
+    for c in 0..geom.in_per_group() {
+        for u in 0..ph.hq {
+            for a in 0..ph.sh {
+                let r = u * ph.sh + a;
+                if r >= ih {
+                    for b in 0..ph.sw {
+                        out[ph.offset(c, a, b) + u * wq..][..wq].fill(T::ZERO);
                     }
                     continue;
                 }
-                for b in 0..self.sw.min(iw) {
-                    let src = &q[self.offset(c, a, b) + u * wq..][..wq];
-                    dst[b..]
-                        .iter_mut()
-                        .step_by(self.sw)
-                        .zip(src)
-                        .for_each(|(d, &v)| *d = v);
+                let src = &x[(c * ih + r) * iw..][..iw];
+                if ph.sw == 2 {
+                    let (e0, o0) = (ph.offset(c, a, 0), ph.offset(c, a, 1));
+                    let (head, tail) = out.split_at_mut(o0);
+                    let even = &mut head[e0 + u * wq..][..wq];
+                    let odd = &mut tail[u * wq..][..wq];
+                    let done = iw / 2;
+                    deinterleave(src, &mut even[..done], &mut odd[..done]);
+                    if iw % 2 == 1 {
+                        even[done] = src[iw - 1];
+                        even[done + 1..].fill(T::ZERO);
+                    } else {
+                        even[done..].fill(T::ZERO);
+                    }
+                    odd[done..].fill(T::ZERO);
+                    continue;
                 }
+                for b in 0..ph.sw {
+                    let line = &mut out[ph.offset(c, a, b) + u * wq..][..wq];
+                    let src = src.get(b..).unwrap_or(&[]);
+                    let n = src.len().div_ceil(ph.sw);
+                    line[..n]
+                        .iter_mut()
+                        .zip(src.iter().step_by(ph.sw))
+                        .for_each(|(d, &v)| *d = v);
+                    line[n..].fill(T::ZERO);
+                }
+            }
+        }
+    }
+}
+
+/// [`Phases::merge`]'s body.
+#[inline(always)]
+fn merge<T: Float>(ph: &Phases, geom: &Conv2dGeometry, q: &[T], dx: &mut [T]) {
+    let (ih, iw, wq) = (geom.h.input, geom.w.input, ph.wq);
+    for c in 0..geom.in_per_group() {
+        for r in 0..ih {
+            let (a, u) = (r % ph.sh, r / ph.sh);
+            let dst = &mut dx[(c * ih + r) * iw..][..iw];
+            if ph.sw == 2 {
+                let even = &q[ph.offset(c, a, 0) + u * wq..][..wq];
+                let odd = &q[ph.offset(c, a, 1) + u * wq..][..wq];
+                let done = iw / 2;
+                interleave(&even[..done], &odd[..done], dst);
+                if iw % 2 == 1 {
+                    dst[iw - 1] = even[done];
+                }
+                continue;
+            }
+            for b in 0..ph.sw.min(iw) {
+                let src = &q[ph.offset(c, a, b) + u * wq..][..wq];
+                dst[b..]
+                    .iter_mut()
+                    .step_by(ph.sw)
+                    .zip(src)
+                    .for_each(|(d, &v)| *d = v);
             }
         }
     }
