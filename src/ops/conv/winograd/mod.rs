@@ -15,13 +15,17 @@
 //! a GEMM `(O × C) · (C × tiles)`: (m+2)² products of depth C instead of one
 //! of depth 9·C.
 //!
-//! Gradients:
+//! Gradients, both from `∂L/∂M_t[o] = A dY_t[o] Aᵀ` (the adjoint of the
+//! output transform), computed once per tile and output channel:
 //!
-//! - dX is itself such a conv: dY padded by `2 − padding`, with the kernels
-//!   turned 180° and input and output channels swapped;
-//! - dW: `∂L/∂U[o, c] = Σ_t (A dY_t[o] Aᵀ) ⊙ V_t[c]` — one GEMM
+//! - dW: `∂L/∂U[o, c] = Σ_t ∂L/∂M_t[o] ⊙ V_t[c]` — one GEMM
 //!   `(O × tiles) · (tiles × C)` per ξ, summed over the batch — then
-//!   `dW[o, c] = Gᵀ (∂L/∂U[o, c]) G`.
+//!   `dW[o, c] = Gᵀ (∂L/∂U[o, c]) G`;
+//! - dX: `∂L/∂V_ξ = U_ξᵀ · ∂L/∂M_ξ` — one GEMM `(C × O) · (O × tiles)` per
+//!   ξ — then the input transform's adjoint, `B ∂L/∂V_t[c] Bᵀ`, each tile's
+//!   (m+2)×(m+2) patch added where tiles overlap
+//!   ([`input_transform_adjoint`]). (dX could also be a Winograd conv of dY
+//!   with the kernels turned 180°, but that transforms dY a second time.)
 //!
 //! Layout: transformed data is `[ξ][channel][tile]`, one GEMM operand per ξ,
 //! the tiles of a block side by side. Every one-axis transform runs as one
@@ -63,9 +67,10 @@ const MIN_CHANNELS: usize = 16;
 const BLOCK_BYTES: usize = 1 << 20;
 
 /// Whether `conv2d` takes the Winograd path for this geometry: 3×3, stride 1,
-/// dilation 1, padding at most 2 (so that dX is also such a conv), an output
-/// of at least 2×2, and at least [`MIN_CHANNELS`] input and output channels
-/// per group.
+/// dilation 1, padding at most 2 (more puts output pixels whose window lies
+/// wholly in the padding; such convs are rare and take im2col), an output of
+/// at least 2×2, and at least [`MIN_CHANNELS`] input and output channels per
+/// group.
 pub(super) fn applies(geom: &Conv2dGeometry) -> bool {
     let axis_ok = |a: &super::AxisGeometry| {
         a.kernel == 3 && a.stride == 1 && a.dilation == 1 && a.padding <= 2 && a.output >= 2
