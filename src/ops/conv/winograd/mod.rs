@@ -822,7 +822,16 @@ fn transformed_kernels<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, cons
                 kernel_transforms_simd::<T, W, TILE, SPAN>(&w9, step, len, u, &mut tmp);
                 [w9, tmp].into_iter().for_each(crate::buffer::recycle);
             });
-            let value = |x: usize, k: usize| chunks[k / step][x * step + k % step];
+            // Kernel k of plane x: chunk k / step, by subtraction (there are
+            // at most as many chunks as threads; a division per packed value
+            // cost more than the packing).
+            let value = |x: usize, k: usize| {
+                let (mut c, mut j) = (0, k);
+                while j >= step {
+                    (c, j) = (c + 1, j - step);
+                }
+                chunks[c][x * step + j]
+            };
             let mut packed: Vec<Option<PackedA<T>>> = (0..xi).map(|_| None).collect();
             let pack = |(x, slot): (usize, &mut Option<PackedA<T>>)| {
                 *slot = Some(PackedA::new(rows, cols, |i, p| value(x, i * cols + p)));
