@@ -34,6 +34,7 @@ use super::Conv2dGeometry;
 use crate::gemm::{prepacked::gemm_prepacked, prepacked::PackedA};
 use crate::simd::multiversion;
 use crate::Float;
+use smallvec::SmallVec;
 use std::any::Any;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -194,12 +195,19 @@ fn for_each_run(
 ) {
     let ow = geom.out_w();
     let (ih, iw) = (geom.h.input, geom.w.input);
+    // Per column tap, once per call: its valid outputs and the first one's
+    // input column.
+    let taps_w: SmallVec<[_; 8]> = (0..geom.w.kernel)
+        .map(|kj| {
+            let js = geom.w.valid_outputs(kj);
+            let first = geom.w.input_index(js.start, kj);
+            (js, first)
+        })
+        .collect();
     let mut row = 0;
     for c in 0..geom.in_per_group() {
         for ki in 0..geom.h.kernel {
-            for kj in 0..geom.w.kernel {
-                let js = geom.w.valid_outputs(kj);
-                let first = geom.w.input_index(js.start, kj);
+            for (js, first) in taps_w.iter().cloned() {
                 for (t, i) in rows.clone().enumerate() {
                     let at = t * ow;
                     match (geom.h.input_index(i, ki), first) {
@@ -443,22 +451,34 @@ fn for_each_slice(
     let (dh, pad_h) = (geom.h.dilation as isize, geom.h.padding as isize);
     let (dw, pad_w) = (geom.w.dilation as isize, geom.w.padding as isize);
     let (sh, sw) = (ph.sh as isize, ph.sw as isize);
+    // What depends on one kernel index only, computed once per call rather
+    // than once per channel (each is a few integer divisions): the output
+    // rows (or columns) whose tap reads inside the input, and its phase and
+    // shift.
+    let taps_h: SmallVec<[_; 8]> = (0..geom.h.kernel)
+        .map(|ki| {
+            let valid = geom.h.valid_outputs(ki);
+            let ti = ki as isize * dh - pad_h;
+            (valid, ti.rem_euclid(sh) as usize, ti.div_euclid(sh))
+        })
+        .collect();
+    let taps_w: SmallVec<[_; 8]> = (0..geom.w.kernel)
+        .map(|kj| {
+            let js = geom.w.valid_outputs(kj);
+            let tj = kj as isize * dw - pad_w;
+            (js, tj.rem_euclid(sw) as usize, tj.div_euclid(sw))
+        })
+        .collect();
     let mut row = 0;
     for c in 0..geom.in_per_group() {
-        for ki in 0..geom.h.kernel {
-            let valid = geom.h.valid_outputs(ki);
+        for (valid, a, di) in taps_h.iter().cloned() {
             let is = valid.start.max(rows.start)..valid.end.min(rows.end);
-            let ti = ki as isize * dh - pad_h;
-            let (a, di) = (ti.rem_euclid(sh) as usize, ti.div_euclid(sh));
-            for kj in 0..geom.w.kernel {
-                let js = geom.w.valid_outputs(kj);
+            for (js, b, dj) in taps_w.iter().cloned() {
                 if is.is_empty() {
                     visit(row, 0..0, 0..0, 0, js);
                     row += 1;
                     continue;
                 }
-                let tj = kj as isize * dw - pad_w;
-                let (b, dj) = (tj.rem_euclid(sw) as usize, tj.div_euclid(sw));
                 let span = (is.start - rows.start) * ow..(is.end - rows.start) * ow;
                 // Plane element of entry `span.start + t`: base + t (output row
                 // is.start reads phase row is.start + di, inside the plane; the
