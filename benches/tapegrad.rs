@@ -19,9 +19,20 @@ use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::{gemm, Conv2dOptions, Pool2dOptions, Tape, Tensor};
 
 /// Counts live and peak heap bytes, for the memory figure of `cnn_step`.
+/// Every call goes to the system allocator's own entry point, so the cases
+/// run as under the default allocator: `alloc_zeroed` stays `calloc` (fresh
+/// pages come zeroed, with no `memset`) and `realloc` stays `realloc` (the
+/// trait's defaults would allocate, fill or copy, and free instead).
 struct CountingAlloc;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+impl CountingAlloc {
+    fn grew(bytes: usize) {
+        let now = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        PEAK.fetch_max(now, Ordering::Relaxed);
+    }
+}
 
 // SAFETY: forwards every call to the system allocator unchanged; only counts bytes.
 unsafe impl GlobalAlloc for CountingAlloc {
@@ -29,10 +40,26 @@ unsafe impl GlobalAlloc for CountingAlloc {
         // SAFETY: same contract as the caller's.
         let p = unsafe { System.alloc(l) };
         if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
+            Self::grew(l.size());
         }
         p
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc_zeroed(l) };
+        if !p.is_null() {
+            Self::grew(l.size());
+        }
+        p
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let q = unsafe { System.realloc(p, l, new_size) };
+        if !q.is_null() {
+            LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+            Self::grew(new_size);
+        }
+        q
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
