@@ -1295,6 +1295,80 @@ mod tests {
         kernel_adjoint::<F4, 4, 6>();
     }
 
+    /// [`input_transform_adjoint`] is [`input_transform`]'s adjoint,
+    /// ⟨V(x), dv⟩ = ⟨x, Vᵀ(dv)⟩, with the tile rows cut into parts of one,
+    /// two and the rest (each part after the first adds into the rows it
+    /// shares with the one before), on sizes with partial tiles and each
+    /// padding from 0 to 2; and it writes every pixel of `dx` (which starts
+    /// as NaN).
+    fn input_adjoint<W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>() {
+        let value =
+            |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 1013) as f64 / 506.0 - 1.0;
+        for (ih, iw, ph, pw) in [
+            (7, 9, 1, 1),
+            (12, 5, 0, 2),
+            (6, 6, 2, 0),
+            (13, 14, 1, 2),
+            (3, 3, 0, 0),
+        ] {
+            let cin = 3;
+            let t = Tiles::new(TILE, ih, iw, ph, pw);
+            let x: Vec<f64> = (0..cin * ih * iw).map(|i| value(i, 1)).collect();
+            let cuts = [0, 1.min(t.th), 3.min(t.th), t.th];
+            let parts: Vec<Range<usize>> = cuts
+                .windows(2)
+                .map(|w| w[0]..w[1])
+                .filter(|r| !r.is_empty())
+                .collect();
+            let ld = t.part_len(t.th) + 2 * LANES;
+            let mut buf = Rows::new(&t, t.th, true);
+            let mut dx = vec![f64::NAN; x.len()];
+            let mut lhs = 0.0;
+            for (k, rows) in parts.iter().enumerate() {
+                let n = t.part_len(rows.len());
+                let mut v = vec![0.0; SPAN * SPAN * cin * ld];
+                input_transform::<f64, W, TILE, SPAN>(
+                    &t,
+                    cin,
+                    &x,
+                    rows.clone(),
+                    ld,
+                    &mut v,
+                    &mut buf,
+                );
+                let mut dv = vec![0.0; v.len()];
+                for (i, d) in dv.iter_mut().enumerate().filter(|(i, _)| i % ld < n) {
+                    *d = value(i, k + 2);
+                    lhs += v[i] * *d;
+                }
+                input_transform_adjoint::<f64, W, TILE, SPAN>(
+                    &t,
+                    cin,
+                    &dv,
+                    rows.clone(),
+                    ld,
+                    &mut dx,
+                    &mut buf,
+                );
+            }
+            assert!(
+                dx.iter().all(|d| d.is_finite()),
+                "{ih}x{iw} pad ({ph}, {pw}): a pixel of dx not written"
+            );
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
+                "{ih}x{iw} pad ({ph}, {pw}): {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    #[test]
+    fn input_transform_adjoints_are_adjoints() {
+        input_adjoint::<F2, 2, 4>();
+        input_adjoint::<F4, 4, 6>();
+    }
+
     /// F(4×4, 3×3) from 64 4×4 output tiles per sample (the bench's `mid`,
     /// 32×32), F(2×2, 3×3) below (`deep`, 16×16).
     #[test]
