@@ -503,9 +503,9 @@ fn input_transform_adjoint<
     // phases 0..SPAN − TILE, which fold into them.
     let fold = SPAN - TILE;
     // `c`: the across step's planes `e[i][r]` (value of column q of tile row
-    // u at `1 + u·s + q`), then the folded planes of column phases below
-    // `fold`, `e[i][SPAN + kc]`; phases from `fold` on need no folding and
-    // are read from `e[i][kc]` itself.
+    // u at `1 + u·s + q`), then `f[i][kc]`, the folded planes of the column
+    // phases below `fold`; phases from `fold` on need no folding and are
+    // read from `e[i][kc]` itself (from its `1`).
     let folded = |i: usize, kc: usize| {
         if kc < fold {
             (SPAN * SPAN + i * fold + kc) * pl
