@@ -53,12 +53,13 @@ unsafe impl GlobalAlloc for CountingAlloc {
         p
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
+        // Counted as holding the old and the new block at once (as a realloc
+        // that moves does for a moment), so the peak is never under-counted.
+        Self::grew(new_size);
         // SAFETY: same contract as the caller's.
         let q = unsafe { System.realloc(p, l, new_size) };
-        if !q.is_null() {
-            LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-            Self::grew(new_size);
-        }
+        let freed = if q.is_null() { new_size } else { l.size() };
+        LIVE.fetch_sub(freed, Ordering::Relaxed);
         q
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {

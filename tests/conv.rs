@@ -602,44 +602,53 @@ fn input_used_by_two_convs_gets_the_sum_of_both_gradients() {
 }
 
 /// Each gradient alone (a data input, a frozen weight, a trained bias
-/// only), on the im2col path and the Winograd one (16 channels).
+/// only), in f64 and f32: on the im2col path, on the Winograd one (16
+/// channels), and on a grouped Winograd conv large enough that each sample
+/// is cut into several blocks of tile rows.
 #[test]
 fn input_or_weight_without_grad() {
-    let mut rng = StdRng::seed_from_u64(6);
-    for (xs, ws) in [
-        ([2, 3, 5, 5], [2, 3, 3, 3]),
-        ([2, 16, 6, 6], [16, 16, 3, 3]),
-    ] {
-        let x = randn::<f64>(&xs, &mut rng);
-        let w = randn::<f64>(&ws, &mut rng);
-        let b = randn::<f64>(&ws[..1], &mut rng);
+    fn check<T: Float>(tol: f64) {
+        let mut rng = StdRng::seed_from_u64(6);
         let opts = Conv2dOptions::default().padding(1);
-        let dy = randn::<f64>(&[xs[0], ws[0], xs[2], xs[3]], &mut rng);
-        let r = reference::conv2d_backward(&x, &w, &dy, opts);
-        let grads = |x_leaf: bool, w_leaf: bool| {
-            let tape = Tape::<f64>::new();
-            let var = |t: &Tensor<f64>, leaf| {
-                if leaf {
-                    tape.leaf(t.clone())
-                } else {
-                    tape.constant(t.clone())
-                }
+        #[rustfmt::skip]
+        let cases = [
+            ([2, 3, 5, 5], [2, 3, 3, 3], opts),
+            ([2, 16, 6, 6], [16, 16, 3, 3], opts),
+            ([1, 32, 62, 62], [32, 16, 3, 3], opts.groups(2)),
+        ];
+        for (xs, ws, opts) in cases {
+            let x = randn::<T>(&xs, &mut rng);
+            let w = randn::<T>(&ws, &mut rng);
+            let b = randn::<T>(&ws[..1], &mut rng);
+            let dy = randn::<T>(&[xs[0], ws[0], xs[2], xs[3]], &mut rng);
+            let r = reference::conv2d_backward(&x, &w, &dy, opts);
+            let grads = |x_leaf: bool, w_leaf: bool| {
+                let tape = Tape::<T>::new();
+                let var = |t: &Tensor<T>, leaf| {
+                    if leaf {
+                        tape.leaf(t.clone())
+                    } else {
+                        tape.constant(t.clone())
+                    }
+                };
+                let (xv, wv, bv) = (var(&x, x_leaf), var(&w, w_leaf), tape.leaf(b.clone()));
+                let y = xv.conv2d(wv, Some(bv), opts);
+                let g = (y * tape.constant(dy.clone())).sum().backward();
+                assert_eq!(g.get(xv).is_some(), x_leaf);
+                assert_eq!(g.get(wv).is_some(), w_leaf);
+                assert_close("db", &g[bv], &r.db, tol);
+                (g.get(xv).cloned(), g.get(wv).cloned())
             };
-            let (xv, wv, bv) = (var(&x, x_leaf), var(&w, w_leaf), tape.leaf(b.clone()));
-            let y = xv.conv2d(wv, Some(bv), opts);
-            let g = (y * tape.constant(dy.clone())).sum().backward();
-            assert_eq!(g.get(xv).is_some(), x_leaf);
-            assert_eq!(g.get(wv).is_some(), w_leaf);
-            assert_close("db", &g[bv], &r.db, 1e-12);
-            (g.get(xv).cloned(), g.get(wv).cloned())
-        };
-        // Data input (first layer): no dX is computed or returned.
-        assert_close("dw", &grads(false, true).1.unwrap(), &r.dw, 1e-12);
-        // Frozen weight.
-        assert_close("dx", &grads(true, false).0.unwrap(), &r.dx, 1e-12);
-        // Bias only.
-        grads(false, false);
+            // Data input (first layer): no dX is computed or returned.
+            assert_close("dw", &grads(false, true).1.unwrap(), &r.dw, tol);
+            // Frozen weight.
+            assert_close("dx", &grads(true, false).0.unwrap(), &r.dx, tol);
+            // Bias only.
+            grads(false, false);
+        }
     }
+    check::<f64>(1e-12);
+    check::<f32>(2e-5);
 }
 
 /// The statements of docs/conv-backprop.md, with stride, padding and dilation:

@@ -304,7 +304,7 @@ multiversion!(fn merge_simd<T: Float>(ph: &Phases, geom: &Conv2dGeometry, q: &[T
 const PAIRS: usize = 8;
 
 /// `even[t] = src[2t]`, `odd[t] = src[2t + 1]` for `t < even.len()`; `src`
-/// holds `2·even.len()` values, `odd` as many as `even`.
+/// holds at least `2·even.len()` values, `odd` at least as many as `even`.
 #[inline(always)]
 fn deinterleave<T: Float>(src: &[T], even: &mut [T], odd: &mut [T]) {
     let n = even.len();
@@ -332,7 +332,7 @@ fn deinterleave<T: Float>(src: &[T], even: &mut [T], odd: &mut [T]) {
 }
 
 /// `dst[2t] = even[t]`, `dst[2t + 1] = odd[t]` for `t < even.len()`; `dst`
-/// holds `2·even.len()` values, `odd` as many as `even`.
+/// holds at least `2·even.len()` values, `odd` at least as many as `even`.
 #[inline(always)]
 fn interleave<T: Float>(even: &[T], odd: &[T], dst: &mut [T]) {
     let n = even.len();

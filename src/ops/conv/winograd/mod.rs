@@ -474,8 +474,9 @@ impl lanes::OneAxis<2, 1> for Sum2 {
 ///    zero between tile rows (and before the first), then the overlap
 ///    folded: column phase `kc` of group `q` is output `kc` of tile `q` plus
 ///    output `kc + m` of tile `q − 1`, a read shifted by one;
-/// 2. `B` down, into planes by row group (one group of margin before), the
-///    row overlap likewise folded when the rows are merged;
+/// 2. `B` down, into planes by tile row with a zeroed group before the
+///    first and after the last, then the row overlap folded likewise (a
+///    read shifted by one group) into planes by row group;
 /// 3. each row merged from its column phases: written, except the top two
 ///    rows of a part after a sample's first, which add to what the part
 ///    before wrote (parts of a sample run in order).
@@ -822,11 +823,12 @@ fn transformed_kernels<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, cons
                 kernel_transforms_simd::<T, W, TILE, SPAN>(&w9, step, len, u, &mut tmp);
                 [w9, tmp].into_iter().for_each(crate::buffer::recycle);
             });
-            // Kernel k of plane x: chunk k / step, by subtraction (there are
-            // at most as many chunks as threads; a division per packed value
-            // cost more than the packing).
+            // Kernel k of plane x: chunk k / step, by subtraction when there
+            // are a few chunks (one per thread; a division per packed value
+            // cost more than the packing), else by division.
+            let few = chunks.len() <= 4;
             let value = |x: usize, k: usize| {
-                let (mut c, mut j) = (0, k);
+                let (mut c, mut j) = if few { (0, k) } else { (k / step, k % step) };
                 while j >= step {
                     (c, j) = (c + 1, j - step);
                 }
@@ -957,7 +959,8 @@ type DxOut<'a, T, F> = (&'a [PackedA<T>], &'a mut [T], F);
 
 /// The backward pass of one block of one group, from the output gradient
 /// `dy[dy_at(n)]` (`[cout, oh, ow]`) of each part's sample: its transform
-/// `A dY_t Aᵀ` (`∂L/∂M`, into `wd`; with `db`, its sums added there), then
+/// `A dY_t Aᵀ` (`∂L/∂M`, into `wd`; with `db`, dY's sums over the block
+/// added to `db`), then
 ///
 /// - with `du`: adds the block's `∂L/∂U_ξ` (`cout × cin`) to it, or with
 ///   `first` writes it (`du` is not read), from the input `x[x_at(n)]`
@@ -1109,8 +1112,9 @@ fn forward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN:
 /// threads), from the forward's tiles: `∂L/∂M = A dY_t Aᵀ` once per block,
 /// then dW from it and the transformed input (`∂L/∂U`, summed per task, then
 /// `Gᵀ·dU·G`), and dX through the transposed kernels and the input
-/// transform's adjoint; db as row sums of dY. `need` is whether dX, dW and
-/// db are wanted.
+/// transform's adjoint; db as sums of dY (taken inside the grad transform,
+/// or in a pass of their own when db is the only gradient wanted). `need`
+/// is whether dX, dW and db are wanted.
 pub(super) fn backward<T: Float>(
     geom: &Conv2dGeometry,
     x: &[T],
@@ -1300,10 +1304,16 @@ mod tests {
     /// two and the rest (each part after the first adds into the rows it
     /// shares with the one before), on sizes with partial tiles and each
     /// padding from 0 to 2; and it writes every pixel of `dx` (which starts
-    /// as NaN).
-    fn input_adjoint<W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>() {
-        let value =
-            |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 1013) as f64 / 506.0 - 1.0;
+    /// as NaN). As tight as in `conv2d`: buffers sized for each part alone,
+    /// NaN in them and in `dv` past the part's columns, the row stride one
+    /// chunk past the widest part.
+    fn input_adjoint<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
+        tol: f64,
+    ) {
+        let value = |i: usize, salt: usize| {
+            T::from_f64(((i * 7919 + salt * 104_729) % 1013) as f64 / 506.0 - 1.0)
+        };
+        let nan = T::from_f64(f64::NAN);
         for (ih, iw, ph, pw) in [
             (7, 9, 1, 1),
             (12, 5, 0, 2),
@@ -1313,21 +1323,24 @@ mod tests {
         ] {
             let cin = 3;
             let t = Tiles::new(TILE, ih, iw, ph, pw);
-            let x: Vec<f64> = (0..cin * ih * iw).map(|i| value(i, 1)).collect();
+            let x: Vec<T> = (0..cin * ih * iw).map(|i| value(i, 1)).collect();
             let cuts = [0, 1.min(t.th), 3.min(t.th), t.th];
             let parts: Vec<Range<usize>> = cuts
                 .windows(2)
                 .map(|w| w[0]..w[1])
                 .filter(|r| !r.is_empty())
                 .collect();
-            let ld = t.part_len(t.th) + 2 * LANES;
-            let mut buf = Rows::new(&t, t.th, true);
-            let mut dx = vec![f64::NAN; x.len()];
+            let ld = t.part_len(t.th) + LANES;
+            let mut dx = vec![nan; x.len()];
             let mut lhs = 0.0;
             for (k, rows) in parts.iter().enumerate() {
                 let n = t.part_len(rows.len());
-                let mut v = vec![0.0; SPAN * SPAN * cin * ld];
-                input_transform::<f64, W, TILE, SPAN>(
+                let mut buf = Rows::new(&t, rows.len(), true);
+                for b in [&mut buf.a, &mut buf.b, &mut buf.c] {
+                    b.fill(nan);
+                }
+                let mut v = vec![nan; SPAN * SPAN * cin * ld];
+                input_transform::<T, W, TILE, SPAN>(
                     &t,
                     cin,
                     &x,
@@ -1336,37 +1349,38 @@ mod tests {
                     &mut v,
                     &mut buf,
                 );
-                let mut dv = vec![0.0; v.len()];
+                let mut dv = vec![nan; v.len()];
                 for (i, d) in dv.iter_mut().enumerate().filter(|(i, _)| i % ld < n) {
                     *d = value(i, k + 2);
-                    lhs += v[i] * *d;
+                    lhs += (v[i] * *d).to_f64();
                 }
-                input_transform_adjoint::<f64, W, TILE, SPAN>(
-                    &t,
-                    cin,
-                    &dv,
-                    rows.clone(),
-                    ld,
-                    &mut dx,
-                    &mut buf,
+                for b in [&mut buf.a, &mut buf.b, &mut buf.c] {
+                    b.fill(nan);
+                }
+                let rows = rows.clone();
+                input_transform_adjoint::<T, W, TILE, SPAN>(
+                    &t, cin, &dv, rows, ld, &mut dx, &mut buf,
                 );
             }
+            let what = format!("{ih}x{iw} pad ({ph}, {pw})");
             assert!(
-                dx.iter().all(|d| d.is_finite()),
-                "{ih}x{iw} pad ({ph}, {pw}): a pixel of dx not written"
+                dx.iter().all(|d| d.to_f64().is_finite()),
+                "{what}: a pixel of dx not written"
             );
-            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| (*a * *b).to_f64()).sum();
             assert!(
-                (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
-                "{ih}x{iw} pad ({ph}, {pw}): {lhs} vs {rhs}"
+                (lhs - rhs).abs() < tol * lhs.abs().max(1.0),
+                "{what}: {lhs} vs {rhs}"
             );
         }
     }
 
     #[test]
     fn input_transform_adjoints_are_adjoints() {
-        input_adjoint::<F2, 2, 4>();
-        input_adjoint::<F4, 4, 6>();
+        input_adjoint::<f64, F2, 2, 4>(1e-9);
+        input_adjoint::<f64, F4, 4, 6>(1e-9);
+        input_adjoint::<f32, F2, 2, 4>(1e-4);
+        input_adjoint::<f32, F4, 4, 6>(1e-4);
     }
 
     /// F(4×4, 3×3) from 64 4×4 output tiles per sample (the bench's `mid`,
