@@ -448,27 +448,9 @@ fn for_each_slice(
     mut visit: impl FnMut(usize, Range<usize>, Range<usize>, usize, Range<usize>),
 ) {
     let (ow, wq, plane) = (geom.out_w(), ph.wq as isize, ph.plane() as isize);
-    let (dh, pad_h) = (geom.h.dilation as isize, geom.h.padding as isize);
-    let (dw, pad_w) = (geom.w.dilation as isize, geom.w.padding as isize);
-    let (sh, sw) = (ph.sh as isize, ph.sw as isize);
     // What depends on one kernel index only, computed once per call rather
-    // than once per channel (each is a few integer divisions): the output
-    // rows (or columns) whose tap reads inside the input, and its phase and
-    // shift.
-    let taps_h: SmallVec<[_; 8]> = (0..geom.h.kernel)
-        .map(|ki| {
-            let valid = geom.h.valid_outputs(ki);
-            let ti = ki as isize * dh - pad_h;
-            (valid, ti.rem_euclid(sh) as usize, ti.div_euclid(sh))
-        })
-        .collect();
-    let taps_w: SmallVec<[_; 8]> = (0..geom.w.kernel)
-        .map(|kj| {
-            let js = geom.w.valid_outputs(kj);
-            let tj = kj as isize * dw - pad_w;
-            (js, tj.rem_euclid(sw) as usize, tj.div_euclid(sw))
-        })
-        .collect();
+    // than once per channel (each is a few integer divisions).
+    let (taps_h, taps_w) = (axis_taps(&geom.h, ph.sh), axis_taps(&geom.w, ph.sw));
     let mut row = 0;
     for c in 0..geom.in_per_group() {
         for (valid, a, di) in taps_h.iter().cloned() {
@@ -493,6 +475,26 @@ fn for_each_slice(
             }
         }
     }
+}
+
+/// For each kernel index `k` of one axis: the outputs whose tap reads
+/// inside the input, and the tap's phase plane and shift along the axis,
+/// `(k·dilation − padding)` modulo and divided (rounding down) by `stride`.
+fn axis_taps(
+    a: &super::AxisGeometry,
+    stride: usize,
+) -> SmallVec<[(Range<usize>, usize, isize); 8]> {
+    let (d, p, s) = (a.dilation as isize, a.padding as isize, stride as isize);
+    (0..a.kernel)
+        .map(|k| {
+            let t = k as isize * d - p;
+            (
+                a.valid_outputs(k),
+                t.rem_euclid(s) as usize,
+                t.div_euclid(s),
+            )
+        })
+        .collect()
 }
 
 /// Zeroes a slice that is usually one or two elements long, without the
