@@ -450,7 +450,7 @@ fn for_each_slice(
     let (ow, wq, plane) = (geom.out_w(), ph.wq as isize, ph.plane() as isize);
     // What depends on one kernel index only, computed once per call rather
     // than once per channel (each is a few integer divisions).
-    let (taps_h, taps_w) = (axis_taps(&geom.h, ph.sh), axis_taps(&geom.w, ph.sw));
+    let (taps_h, taps_w) = (axis_taps(&geom.h), axis_taps(&geom.w));
     let mut row = 0;
     for c in 0..geom.in_per_group() {
         for (valid, a, di) in taps_h.iter().cloned() {
@@ -479,12 +479,10 @@ fn for_each_slice(
 
 /// For each kernel index `k` of one axis: the outputs whose tap reads
 /// inside the input, and the tap's phase plane and shift along the axis,
-/// `(k·dilation − padding)` modulo and divided (rounding down) by `stride`.
-fn axis_taps(
-    a: &super::AxisGeometry,
-    stride: usize,
-) -> SmallVec<[(Range<usize>, usize, isize); 8]> {
-    let (d, p, s) = (a.dilation as isize, a.padding as isize, stride as isize);
+/// `(k·dilation − padding)` modulo and divided (rounding down) by the
+/// stride (the phase planes' count along the axis, see [`Phases`]).
+fn axis_taps(a: &super::AxisGeometry) -> SmallVec<[(Range<usize>, usize, isize); 8]> {
+    let (d, p, s) = (a.dilation as isize, a.padding as isize, a.stride as isize);
     (0..a.kernel)
         .map(|k| {
             let t = k as isize * d - p;

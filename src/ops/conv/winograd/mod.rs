@@ -285,6 +285,17 @@ impl<T: Float> Rows<T> {
     }
 }
 
+/// The groups `q < slots` of `TILE` columns of a row padded by `pad` zeros
+/// on the left whose columns `TILE·q − pad .. TILE·q + TILE − pad` all lie
+/// inside the row (`len` values): the run [`split_phases`] and
+/// [`merge_phases`] copy in one pass, leaving the edges to a column-by-column
+/// loop.
+#[inline(always)]
+fn interior_groups<const TILE: usize>(len: usize, pad: usize, slots: usize) -> Range<usize> {
+    let lo = pad.div_ceil(TILE).min(slots);
+    lo..((len + pad) / TILE).clamp(lo, slots)
+}
+
 /// Splits a row, padded by `pad` zeros on the left (and as many as needed on
 /// the right), into its columns by phase: `out[k · stride + q] =
 /// row[TILE·q + k − pad]` (0 outside the row) for `k < TILE`, `q < slots`;
@@ -304,9 +315,7 @@ fn split_phases<T: Float, const TILE: usize>(
             .copied()
             .unwrap_or(T::ZERO)
     };
-    // Interior: the groups of TILE columns that lie inside the row.
-    let lo = pad.div_ceil(TILE).min(slots);
-    let hi = ((line.len() + pad) / TILE).clamp(lo, slots);
+    let Range { start: lo, end: hi } = interior_groups::<TILE>(line.len(), pad, slots);
     for q in (0..lo).chain(hi..slots) {
         for k in 0..TILE {
             out[k * stride + q] = at(TILE * q + k);
@@ -344,11 +353,8 @@ fn merge_phases<T: Float, const TILE: usize>(
     slots: usize,
     add: bool,
 ) {
-    let len = line.len();
-    // The groups of TILE columns that lie inside the row, as in
-    // `split_phases`; the edges column by column.
-    let lo = pad.div_ceil(TILE).min(slots);
-    let hi = ((len + pad) / TILE).clamp(lo, slots);
+    // The groups inside the row in one pass, the edges column by column.
+    let Range { start: lo, end: hi } = interior_groups::<TILE>(line.len(), pad, slots);
     for q in (0..lo).chain(hi..slots) {
         for (k, p) in ph.iter().enumerate() {
             if let Some(d) = (TILE * q + k)
@@ -823,15 +829,20 @@ fn transformed_kernels<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, cons
                 kernel_transforms_simd::<T, W, TILE, SPAN>(&w9, step, len, u, &mut tmp);
                 [w9, tmp].into_iter().for_each(crate::buffer::recycle);
             });
-            // Kernel k of plane x: chunk k / step, by subtraction when there
-            // are a few chunks (one per thread; a division per packed value
-            // cost more than the packing), else by division.
+            // Kernel k of plane x: entry k mod step of chunk k / step. With a
+            // few chunks (one per thread) found by subtraction: a division
+            // per packed value cost more than the packing itself.
             let few = chunks.len() <= 4;
             let value = |x: usize, k: usize| {
-                let (mut c, mut j) = if few { (0, k) } else { (k / step, k % step) };
-                while j >= step {
-                    (c, j) = (c + 1, j - step);
-                }
+                let (c, j) = if few {
+                    let (mut c, mut j) = (0, k);
+                    while j >= step {
+                        (c, j) = (c + 1, j - step);
+                    }
+                    (c, j)
+                } else {
+                    (k / step, k % step)
+                };
                 chunks[c][x * step + j]
             };
             let mut packed: Vec<Option<PackedA<T>>> = (0..xi).map(|_| None).collect();
@@ -1164,10 +1175,9 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
             samples,
             mut dx,
             dw: mut du,
-            db,
+            mut db,
         } = job;
         let n0 = samples.start;
-        let mut db = db;
         if dx.is_none() && du.is_none() {
             // db alone: row sums of dY (else the blocks add them).
             if let Some(db) = db {
