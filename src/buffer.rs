@@ -6,32 +6,80 @@
 //! `cnn_step`, 27,300 page faults per benchmark run and ~30 % of the step's time.
 //! So large buffers (≥ [`MIN_BYTES`]) released by a dropped tensor go to a small
 //! per-thread pool instead, and the kernels that make large outputs take from it.
-//! The pool is bounded ([`MAX_BUFFERS`], [`MAX_BYTES`]); beyond that, memory goes
-//! back to the allocator as usual.
+//! The pool is bounded ([`MAX_BUFFERS`], and [`pool_limit`] bytes per thread and
+//! element type, 256 MiB unless [`set_pool_limit`] says otherwise); beyond that,
+//! memory goes back to the allocator as usual. [`release_pooled_memory`] empties
+//! every thread's pools, e.g. after a large one-off graph.
 
 use crate::Float;
 use std::any::Any;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Buffers smaller than this are left to the allocator (its bins recycle them cheaply).
 pub(crate) const MIN_BYTES: usize = 64 * 1024;
 /// At most this many buffers are kept per thread and element type.
 pub(crate) const MAX_BUFFERS: usize = 32;
-/// At most this many bytes are kept per thread and element type.
-pub(crate) const MAX_BYTES: usize = 256 << 20;
+/// The default of [`pool_limit`].
+pub(crate) const DEFAULT_MAX_BYTES: usize = 256 << 20;
+
+/// Bytes a pool may hold (per thread and element type).
+static LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_BYTES);
+/// Bumped by [`release_pooled_memory`]: a thread whose pools were last emptied
+/// in an older epoch empties them the next time it touches them.
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+/// Bytes held by all the pools of all threads.
+static HELD: AtomicUsize = AtomicUsize::new(0);
 
 /// The free buffers of one element type.
 type Pool<T> = Vec<Vec<T>>;
 
+/// One thread's pools, and the epoch they were last emptied in.
+struct Pools {
+    f32: Pool<f32>,
+    f64: Pool<f64>,
+    epoch: u64,
+}
+
+impl Pools {
+    /// Drops every pooled buffer.
+    fn clear(&mut self) {
+        let bytes = held_bytes(&self.f32) + held_bytes(&self.f64);
+        HELD.fetch_sub(bytes, Ordering::Relaxed);
+        self.f32 = Vec::new();
+        self.f64 = Vec::new();
+    }
+}
+
+impl Drop for Pools {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// Bytes held by one pool.
+fn held_bytes<T>(pool: &Pool<T>) -> usize {
+    pool.iter()
+        .map(|b| b.capacity() * std::mem::size_of::<T>())
+        .sum()
+}
+
 thread_local! {
-    static POOLS: RefCell<(Pool<f32>, Pool<f64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static POOLS: RefCell<Pools> = const {
+        RefCell::new(Pools { f32: Vec::new(), f64: Vec::new(), epoch: 0 })
+    };
 }
 
 fn with_pool<T: Float, R>(f: impl FnOnce(&mut Vec<Vec<T>>) -> R) -> Option<R> {
     POOLS
         .try_with(|p| {
             let mut p = p.try_borrow_mut().ok()?;
-            let (a, b) = &mut *p;
+            let epoch = EPOCH.load(Ordering::Relaxed);
+            if p.epoch != epoch {
+                p.clear();
+                p.epoch = epoch;
+            }
+            let Pools { f32: a, f64: b, .. } = &mut *p;
             if let Some(a) = (a as &mut dyn Any).downcast_mut::<Vec<Vec<T>>>() {
                 Some(f(a))
             } else {
@@ -40,6 +88,64 @@ fn with_pool<T: Float, R>(f: impl FnOnce(&mut Vec<Vec<T>>) -> R) -> Option<R> {
         })
         .ok()
         .flatten()
+}
+
+/// Sets the most memory tapegrad keeps for reuse, in bytes, per thread and
+/// element type (default 256 MiB; `0` turns recycling off). Pools holding
+/// more shrink to it the next time they take a buffer back. Process-wide.
+///
+/// ```
+/// use tapegrad::settings::{pool_limit, set_pool_limit};
+/// set_pool_limit(64 << 20);
+/// assert_eq!(pool_limit(), 64 << 20);
+/// set_pool_limit(256 << 20); // the default
+/// ```
+pub fn set_pool_limit(bytes: usize) {
+    LIMIT.store(bytes, Ordering::Relaxed);
+}
+
+/// The most memory kept for reuse per thread and element type, in bytes
+/// (see [`set_pool_limit`]).
+///
+/// ```
+/// assert!(tapegrad::settings::pool_limit() > 0);
+/// ```
+pub fn pool_limit() -> usize {
+    LIMIT.load(Ordering::Relaxed)
+}
+
+/// Bytes held for reuse right now, over every thread's pools.
+///
+/// ```
+/// use tapegrad::{settings, Tensor};
+/// drop(Tensor::<f32>::zeros([1 << 20])); // a 4 MiB buffer goes to the pool
+/// assert!(settings::pooled_bytes() >= 4 << 20);
+/// settings::release_pooled_memory();
+/// assert_eq!(settings::pooled_bytes(), 0);
+/// ```
+pub fn pooled_bytes() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
+
+/// Gives every buffer kept for reuse back to the allocator (and so, for large
+/// buffers, to the operating system), on every thread: the calling thread's
+/// pools and those of tapegrad's worker threads (up to
+/// [`num_threads`](crate::settings::num_threads)) are emptied before it returns. Call
+/// it after a large one-off graph (a big evaluation batch, say) when the
+/// training steps that follow are smaller; the next steps simply allocate
+/// afresh. A user thread other than the caller that has run tapegrad ops
+/// empties its pools the next time it runs one.
+///
+/// ```
+/// tapegrad::settings::release_pooled_memory();
+/// ```
+pub fn release_pooled_memory() {
+    EPOCH.fetch_add(1, Ordering::Relaxed);
+    // Each thread that touches its pools after the new epoch empties them.
+    crate::threads::on_every_thread(crate::gemm::num_threads(), || {
+        let _ = with_pool::<f32, _>(|_| ());
+    });
+    let _ = with_pool::<f32, _>(|_| ());
 }
 
 /// A pooled buffer with room for `n` elements (and its old contents), if one fits.
@@ -57,7 +163,9 @@ fn take<T: Float>(n: usize) -> Option<Vec<T>> {
             .min_by_key(|(_, v)| v.capacity())
             .map(|(i, _)| i)?;
         // `remove` keeps the pool ordered oldest first, for `recycle`.
-        Some(pool.remove(best))
+        let v = pool.remove(best);
+        HELD.fetch_sub(v.capacity() * std::mem::size_of::<T>(), Ordering::Relaxed);
+        Some(v)
     })
     .flatten()
 }
@@ -124,19 +232,22 @@ pub(crate) fn fill<T: Float>(v: &mut [T], value: T) {
 /// while old ones may be of sizes nothing uses any more.
 pub(crate) fn recycle<T: Float>(v: Vec<T>) {
     let bytes = v.capacity() * std::mem::size_of::<T>();
-    if !(MIN_BYTES..=MAX_BYTES).contains(&bytes) {
+    let limit = pool_limit();
+    if !(MIN_BYTES..=limit).contains(&bytes) {
         return;
     }
     let _ = with_pool::<T, _>(|pool| {
         let size = |b: &Vec<T>| b.capacity() * std::mem::size_of::<T>();
-        let mut held: usize = pool.iter().map(size).sum();
+        let mut held: usize = held_bytes(pool);
         let mut evict = 0;
-        while pool.len() - evict >= MAX_BUFFERS || held + bytes > MAX_BYTES {
+        while pool.len() - evict >= MAX_BUFFERS || held + bytes > limit {
             held -= size(&pool[evict]);
             evict += 1;
         }
-        pool.drain(..evict);
+        let evicted: usize = pool.drain(..evict).map(|b| size(&b)).sum();
         pool.push(v);
+        HELD.fetch_add(bytes, Ordering::Relaxed);
+        HELD.fetch_sub(evicted, Ordering::Relaxed);
     });
 }
 
@@ -204,12 +315,15 @@ mod tests {
             with_pool::<f64, _>(|p| p.iter().map(|b| b.as_ptr()).collect()).unwrap();
         assert_eq!(held, newest, "the oldest ten were dropped");
         // A buffer that would overflow the byte budget evicts as many old ones as needed.
-        recycle(vec![0.0f64; MAX_BYTES / 8 - 20_000]);
+        recycle(vec![0.0f64; DEFAULT_MAX_BYTES / 8 - 20_000]);
         let bytes: usize =
             with_pool::<f64, _>(|p| p.iter().map(|b| b.capacity() * 8).sum()).unwrap();
-        assert!(bytes <= MAX_BYTES);
+        assert!(bytes <= DEFAULT_MAX_BYTES);
         // One larger than the whole budget is not kept.
-        recycle(vec![0.0f32; MAX_BYTES / 4 + 1]);
-        assert!(with_pool::<f32, _>(|p| p.iter().all(|b| b.capacity() <= MAX_BYTES / 4)).unwrap());
+        recycle(vec![0.0f32; DEFAULT_MAX_BYTES / 4 + 1]);
+        assert!(
+            with_pool::<f32, _>(|p| p.iter().all(|b| b.capacity() <= DEFAULT_MAX_BYTES / 4))
+                .unwrap()
+        );
     }
 }

@@ -33,8 +33,41 @@ impl Shape {
     /// ```
     /// assert_eq!(tapegrad::Shape::from([2, 0, 3]).numel(), 0);
     /// ```
+    ///
+    /// Panics naming the shape if the product overflows `usize`; use
+    /// [`try_numel`](Shape::try_numel) to test for that.
+    #[inline]
     pub fn numel(&self) -> usize {
-        self.0.iter().product()
+        match self.try_numel() {
+            Some(n) => n,
+            None => numel_overflow(self),
+        }
+    }
+
+    /// Number of elements, or `None` if the product of the dimensions overflows
+    /// `usize` (a shape with a zero dimension has 0 elements whatever the others).
+    ///
+    /// ```
+    /// use tapegrad::Shape;
+    /// assert_eq!(Shape::from([3, 4]).try_numel(), Some(12));
+    /// assert_eq!(Shape::from([1 << 32, 1 << 32]).try_numel(), None);
+    /// assert_eq!(Shape::from([1 << 32, 1 << 32, 0]).try_numel(), Some(0));
+    /// ```
+    #[inline]
+    pub fn try_numel(&self) -> Option<usize> {
+        let (mut n, mut overflow) = (1usize, false);
+        for &d in self.0.iter() {
+            let (p, o) = n.overflowing_mul(d);
+            n = p;
+            overflow |= o;
+        }
+        if !overflow {
+            Some(n)
+        } else if self.0.contains(&0) {
+            Some(0)
+        } else {
+            None
+        }
     }
 
     /// Number of axes.
@@ -102,6 +135,13 @@ impl Shape {
         );
         a as usize
     }
+}
+
+/// The panic of [`Shape::numel`] on a shape too large to count.
+#[cold]
+#[inline(never)]
+fn numel_overflow(shape: &Shape) -> ! {
+    panic!("shape {shape}: the number of elements overflows usize")
 }
 
 impl Clone for Shape {

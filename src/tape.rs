@@ -8,8 +8,9 @@
 use crate::shape::Shape;
 use crate::{Float, Tensor};
 use smallvec::SmallVec;
-use std::cell::{Cell, Ref, RefCell};
+use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The gradient of each parent of a node, in parent order (`None`: no contribution).
 ///
@@ -182,6 +183,22 @@ impl<T: Float> Graph<T> {
 pub struct Tape<T: Float = f32> {
     graph: RefCell<Graph<T>>,
     check_finite: Cell<bool>,
+    /// This tape's identity (renewed by [`clear`](Tape::clear)): the [`Gradients`]
+    /// of a backward pass carry it, so indexing them with a `Var` of another tape,
+    /// or of this tape before it was cleared, panics instead of answering for
+    /// whichever node has the same index.
+    identity: TapeId,
+}
+
+/// A process-wide unique tape identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TapeId(u64);
+
+impl TapeId {
+    fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        TapeId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 impl<T: Float> Default for Tape<T> {
@@ -204,6 +221,7 @@ impl<T: Float> Tape<T> {
                 parent_ids: Vec::new(),
             }),
             check_finite: Cell::new(false),
+            identity: TapeId::fresh(),
         }
     }
 
@@ -220,6 +238,7 @@ impl<T: Float> Tape<T> {
                 parent_ids: Vec::with_capacity(n),
             }),
             check_finite: Cell::new(false),
+            identity: TapeId::fresh(),
         }
     }
 
@@ -256,6 +275,7 @@ impl<T: Float> Tape<T> {
         let graph = self.graph.get_mut();
         graph.nodes.clear();
         graph.parent_ids.clear();
+        self.identity = TapeId::fresh();
     }
 
     /// Makes every op check its output, and `backward()` every gradient, for NaN or
@@ -367,7 +387,7 @@ impl<T: Float> Tape<T> {
             "{op}: input 0 (node {}) belongs to another tape",
             parent.id
         );
-        let mut graph = self.graph.borrow_mut();
+        let mut graph = self.graph_mut(op);
         let nodes = &mut graph.nodes;
         let requires_grad = nodes[parent.id].requires_grad;
         let value = f(&nodes[parent.id].value);
@@ -401,7 +421,7 @@ impl<T: Float> Tape<T> {
         scalar: T,
         backward: impl FnOnce() -> Backward<T>,
     ) -> Var<'t, T> {
-        let mut graph = self.graph.borrow_mut();
+        let mut graph = self.graph_mut(op);
         let graph = &mut *graph;
         let mut requires_grad = false;
         for (k, p) in parents.iter().enumerate() {
@@ -446,12 +466,12 @@ impl<T: Float> Tape<T> {
 
     /// Records a node without parents (a leaf or a constant).
     fn push_input(&self, value: Tensor<T>, kind: Kind) -> Var<'_, T> {
-        let mut graph = self.graph.borrow_mut();
         let op = if kind == Kind::Leaf {
             "leaf"
         } else {
             "constant"
         };
+        let mut graph = self.graph_mut(op);
         if self.check_finite.get() && !value.all_finite() {
             non_finite_value(&graph, op, &value, &[]);
         }
@@ -482,6 +502,17 @@ impl<T: Float> Tape<T> {
     /// Borrow of the graph, for ops that only read values.
     fn graph(&self) -> Ref<'_, Graph<T>> {
         self.graph.borrow()
+    }
+
+    /// The graph, for appending the node of `op`. The only way it can be
+    /// borrowed already is a backward closure recording on the tape while
+    /// `backward()` walks it, which the tape does not support: say so.
+    #[inline(always)]
+    fn graph_mut(&self, op: &str) -> RefMut<'_, Graph<T>> {
+        match self.graph.try_borrow_mut() {
+            Ok(g) => g,
+            Err(_) => recording_during_backward(op),
+        }
     }
 
     /// The graph in Graphviz DOT: one box per node with its id, op and shape,
@@ -610,7 +641,10 @@ impl<T: Float> Tape<T> {
                 rest[0] = None;
             }
         }
-        Gradients { grads }
+        Gradients {
+            grads,
+            tape: self.identity,
+        }
     }
 
     /// Runs the closure `bw` of node `i` on its output gradient `g` and adds the
@@ -711,6 +745,17 @@ fn push_in_place<E>(v: &mut Vec<E>, make: impl FnOnce() -> E) -> usize {
     // is unchanged.
     unsafe { v.set_len(id + 1) };
     id
+}
+
+/// The panic of an op recorded while the tape is being walked backward.
+#[cold]
+#[inline(never)]
+fn recording_during_backward(op: &str) -> ! {
+    panic!(
+        "{op}: cannot record on a tape while backward() is running on it (a backward \
+         closure of a custom op called a Var op or Tape::leaf/constant/record); compute \
+         the closure's gradients with Tensor methods (map, zip_map, matmul, …) instead"
+    )
 }
 
 /// The check-finite panic of the backward sweep.
@@ -939,7 +984,9 @@ impl<'t, T: Float> Var<'t, T> {
 ///
 /// Indexing panics (naming the node) if the node got no gradient: it does not
 /// require grad, it is not an ancestor of the output, or only leaf gradients were kept.
-/// [`get`](Gradients::get) returns an `Option` instead.
+/// [`get`](Gradients::get) returns an `Option` instead. Indexing, `get` and `take`
+/// with a `Var` of another tape (or of this tape before [`Tape::clear`]) panic
+/// naming the mismatch: gradients are tied to the tape that computed them.
 ///
 /// ```
 /// use tapegrad::{Tape, Tensor};
@@ -952,6 +999,8 @@ impl<'t, T: Float> Var<'t, T> {
 /// ```
 pub struct Gradients<T: Float = f32> {
     grads: Vec<Option<Tensor<T>>>,
+    /// The tape (and its generation) the gradients were computed on.
+    tape: TapeId,
 }
 
 impl<T: Float> Gradients<T> {
@@ -963,7 +1012,29 @@ impl<T: Float> Gradients<T> {
     /// assert_eq!(x.exp().backward().get(x).unwrap().item(), 1.0f32.exp());
     /// ```
     pub fn get(&self, var: Var<'_, T>) -> Option<&Tensor<T>> {
+        self.check_tape(var, "get");
         self.by_id(var.id)
+    }
+
+    /// Panics if `var` is not a node of the tape (as it was) that computed these gradients.
+    #[inline]
+    fn check_tape(&self, var: Var<'_, T>, what: &str) {
+        if var.tape.identity != self.tape {
+            foreign_var(var.id, what);
+        }
+    }
+
+    /// Whether these gradients were computed on `tape` as it is now (not
+    /// before a [`clear`](Tape::clear)).
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let (a, b) = (Tape::<f32>::new(), Tape::<f32>::new());
+    /// let g = a.leaf(Tensor::scalar(1.0)).backward();
+    /// assert!(g.belongs_to(&a) && !g.belongs_to(&b));
+    /// ```
+    pub fn belongs_to(&self, tape: &Tape<T>) -> bool {
+        tape.identity == self.tape
     }
 
     /// The gradient of node `id`, if it got one.
@@ -987,8 +1058,19 @@ impl<T: Float> Gradients<T> {
     /// assert!(g.get(x).is_none());
     /// ```
     pub fn take(&mut self, var: Var<'_, T>) -> Option<Tensor<T>> {
+        self.check_tape(var, "take");
         self.grads.get_mut(var.id).and_then(|g| g.take())
     }
+}
+
+/// The panic of a [`Gradients`] lookup with a `Var` of another tape.
+#[cold]
+#[inline(never)]
+fn foreign_var(id: usize, what: &str) -> ! {
+    panic!(
+        "gradients: {what}: node {id} belongs to another tape (or to this tape before \
+         it was cleared) than the one these gradients were computed on"
+    )
 }
 
 impl<T: Float> std::ops::Index<Var<'_, T>> for Gradients<T> {

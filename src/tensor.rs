@@ -84,14 +84,20 @@ impl<T: Float> Tensor<T> {
     /// ```
     pub fn from_vec(data: Vec<T>, shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
-        if data.len() != shape.numel() {
+        let Some(n) = shape.try_numel() else {
+            return Err(Error::Shape {
+                op: "from_vec",
+                message: format!("shape {shape} has more elements than usize can count"),
+            });
+        };
+        if data.len() != n {
             return Err(Error::Shape {
                 op: "from_vec",
                 message: format!(
                     "{} values do not fill shape {} ({} elements)",
                     data.len(),
                     shape,
-                    shape.numel()
+                    n
                 ),
             });
         }
@@ -151,9 +157,12 @@ impl<T: Float> Tensor<T> {
     /// let t = tapegrad::Tensor::full([2, 2], 7.0f64);
     /// assert_eq!(t.data(), &[7.0; 4]);
     /// ```
+    ///
+    /// Panics naming the shape if it holds more elements than memory can address.
     pub fn full(shape: impl Into<Shape>, v: T) -> Self {
         let shape = shape.into();
-        Self::from_parts(crate::buffer::full(shape.numel(), v), shape)
+        let n = alloc_len::<T>("full", &shape);
+        Self::from_parts(crate::buffer::full(n, v), shape)
     }
 
     /// A tensor of zeros.
@@ -195,7 +204,7 @@ impl<T: Float> Tensor<T> {
     pub fn randn<R: rand::Rng + ?Sized>(shape: impl Into<Shape>, rng: &mut R) -> Self {
         use rand::RngExt;
         let shape = shape.into();
-        let n = shape.numel();
+        let n = alloc_len::<T>("randn", &shape);
         let mut v = Vec::with_capacity(n + 1);
         while v.len() < n {
             // Box–Muller: two uniforms in (0, 1] give two independent normals.
@@ -227,7 +236,7 @@ impl<T: Float> Tensor<T> {
         use rand::RngExt;
         let shape = shape.into();
         let (lo64, hi64) = (lo.to_f64(), hi.to_f64());
-        let v = (0..shape.numel())
+        let v = (0..alloc_len::<T>("rand_uniform", &shape))
             .map(|_| {
                 let v = T::from_f64(lo64 + (hi64 - lo64) * rng.random::<f64>());
                 // Rounding to f32 can land on `hi`; keep the interval half-open.
@@ -387,13 +396,14 @@ impl<T: Float> Tensor<T> {
     /// ```
     pub fn reshape(&self, shape: impl Into<Shape>) -> Tensor<T> {
         let shape = shape.into();
+        let n = shape.try_numel();
         assert!(
-            shape.numel() == self.numel(),
+            n == Some(self.numel()),
             "reshape: cannot view {} ({} elements) as {} ({} elements)",
             self.shape,
             self.numel(),
             shape,
-            shape.numel()
+            n.map_or("more than usize can count".to_string(), |n| n.to_string())
         );
         Tensor {
             data: self.data.clone(),
@@ -701,10 +711,9 @@ impl<T: Float> Tensor<T> {
     /// ```
     pub fn permute(&self, perm: &[usize]) -> Tensor<T> {
         let r = self.rank();
-        let mut seen = [false; 16];
+        let mut seen: SmallVec<[bool; 8]> = SmallVec::from_elem(false, r);
         assert!(
             perm.len() == r
-                && r <= 16
                 && perm
                     .iter()
                     .all(|&p| p < r && !std::mem::replace(&mut seen[p], true)),
@@ -722,6 +731,24 @@ impl<T: Float> Tensor<T> {
             }
         });
         Self::from_parts(v, out_shape)
+    }
+}
+
+/// The number of elements of a new tensor of `shape` made by `op`; panics naming
+/// both if it overflows `usize` or its bytes exceed `isize::MAX` (what a `Vec`
+/// can hold), rather than wrapping or failing inside the allocator.
+fn alloc_len<T>(op: &str, shape: &Shape) -> usize {
+    match shape.try_numel() {
+        Some(n)
+            if n.checked_mul(std::mem::size_of::<T>())
+                .is_some_and(|b| b <= isize::MAX as usize) =>
+        {
+            n
+        }
+        _ => panic!(
+            "{op}: shape {shape} has more elements than a tensor of {}-byte values can hold",
+            std::mem::size_of::<T>()
+        ),
     }
 }
 

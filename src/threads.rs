@@ -375,6 +375,26 @@ pub(crate) fn for_each_job<J: Send>(jobs: Vec<J>, f: impl Fn(J) + Sync) {
     });
 }
 
+/// Runs `f` once on this thread and once on each of the first
+/// `threads − 1` workers (capped by
+/// [`gemm::num_threads`](crate::gemm::num_threads)), for per-thread
+/// housekeeping. Each part waits (20 ms at most) until every part has
+/// started, so that no thread takes two; a worker that misses the region
+/// anyway (it was slow to wake, or the region ran on this thread alone)
+/// simply does not run `f`.
+pub(crate) fn on_every_thread(threads: usize, f: impl Fn() + Sync) {
+    let started = AtomicUsize::new(0);
+    run(threads, |_| {
+        f();
+        started.fetch_add(1, Ordering::AcqRel);
+        let t0 = Instant::now();
+        while started.load(Ordering::Acquire) < threads && t0.elapsed() < Duration::from_millis(20)
+        {
+            std::thread::yield_now();
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::{for_each_part_on, run};

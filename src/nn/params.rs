@@ -3,6 +3,7 @@
 use crate::{Error, Float, Gradients, Result, Tape, Tensor, Var};
 use std::ops::Index;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The index of a parameter in a [`Params`] store.
 ///
@@ -12,7 +13,34 @@ use std::path::Path;
 /// assert_eq!(p.id("w"), Some(id));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ParamId(pub(crate) usize);
+pub struct ParamId {
+    /// The store that issued it (a clone of a store shares its identity).
+    store: StoreId,
+    /// Its position in the store.
+    index: usize,
+}
+
+/// A process-wide unique identity of a [`Params`] store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StoreId(u64);
+
+impl StoreId {
+    fn fresh() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        StoreId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The panic of a [`ParamId`] used on a store that did not issue it.
+#[cold]
+#[inline(never)]
+fn foreign_id(what: &str, id: ParamId) -> ! {
+    panic!(
+        "{what}: parameter #{} was registered in another Params store (ids are only \
+         valid on the store that returned them, its clones, and their bindings and gradients)",
+        id.index
+    )
+}
 
 /// A model's parameters: named tensors (`"conv1.weight"`, …) in registration order.
 ///
@@ -32,10 +60,17 @@ pub struct ParamId(pub(crate) usize);
 /// let grads = bound.grads(loss.backward());
 /// assert_eq!(grads[w].data(), &[3.0, 3.0]);
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Params<T: Float = f32> {
     names: Vec<String>,
     values: Vec<Tensor<T>>,
+    store: StoreId,
+}
+
+impl<T: Float> Default for Params<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<T: Float> Params<T> {
@@ -48,6 +83,7 @@ impl<T: Float> Params<T> {
         Params {
             names: Vec::new(),
             values: Vec::new(),
+            store: StoreId::fresh(),
         }
     }
 
@@ -66,7 +102,7 @@ impl<T: Float> Params<T> {
         );
         self.names.push(name);
         self.values.push(value);
-        ParamId(self.values.len() - 1)
+        self.param_id(self.values.len() - 1)
     }
 
     /// Number of parameter tensors.
@@ -110,7 +146,25 @@ impl<T: Float> Params<T> {
     /// assert_eq!(p.id("b"), None);
     /// ```
     pub fn id(&self, name: &str) -> Option<ParamId> {
-        self.names.iter().position(|n| n == name).map(ParamId)
+        let i = self.names.iter().position(|n| n == name)?;
+        Some(self.param_id(i))
+    }
+
+    /// The id of the parameter at `index`.
+    fn param_id(&self, index: usize) -> ParamId {
+        ParamId {
+            store: self.store,
+            index,
+        }
+    }
+
+    /// The position of `id` in this store; panics (naming `what`) if another store issued it.
+    #[inline]
+    fn index_of(&self, id: ParamId, what: &str) -> usize {
+        if id.store != self.store {
+            foreign_id(what, id);
+        }
+        id.index
     }
 
     /// The name of a parameter.
@@ -121,7 +175,7 @@ impl<T: Float> Params<T> {
     /// assert_eq!(p.name(id), "fc.weight");
     /// ```
     pub fn name(&self, id: ParamId) -> &str {
-        &self.names[id.0]
+        &self.names[self.index_of(id, "params.name")]
     }
 
     /// The current value of a parameter.
@@ -132,7 +186,7 @@ impl<T: Float> Params<T> {
     /// assert_eq!(p.get(id).data(), &[1.0, 1.0]);
     /// ```
     pub fn get(&self, id: ParamId) -> &Tensor<T> {
-        &self.values[id.0]
+        &self.values[self.index_of(id, "params.get")]
     }
 
     /// Mutable access to a parameter (used by optimizers; copy-on-write if a tape still shares it).
@@ -144,7 +198,8 @@ impl<T: Float> Params<T> {
     /// assert_eq!(p.get(id).data(), &[5.0, 1.0]);
     /// ```
     pub fn get_mut(&mut self, id: ParamId) -> &mut Tensor<T> {
-        &mut self.values[id.0]
+        let i = self.index_of(id, "params.get_mut");
+        &mut self.values[i]
     }
 
     /// Replaces a parameter's value; panics naming it if the shape differs.
@@ -156,14 +211,15 @@ impl<T: Float> Params<T> {
     /// assert_eq!(p.get(id).data(), &[0.0, 0.0]);
     /// ```
     pub fn set(&mut self, id: ParamId, value: Tensor<T>) {
+        let i = self.index_of(id, "params.set");
         assert!(
-            value.shape() == self.values[id.0].shape(),
+            value.shape() == self.values[i].shape(),
             "params: `{}` has shape {}, cannot set a value of shape {}",
-            self.names[id.0],
-            self.values[id.0].shape(),
+            self.names[i],
+            self.values[i].shape(),
             value.shape()
         );
-        self.values[id.0] = value;
+        self.values[i] = value;
     }
 
     /// `(id, name, value)` for every parameter, in registration order.
@@ -179,7 +235,7 @@ impl<T: Float> Params<T> {
             .iter()
             .zip(&self.values)
             .enumerate()
-            .map(|(i, (n, v))| (ParamId(i), n.as_str(), v))
+            .map(|(i, (n, v))| (self.param_id(i), n.as_str(), v))
     }
 
     /// Saves every parameter, by name, in the safetensors format (opens in PyTorch with
@@ -248,7 +304,7 @@ impl<T: Float> Params<T> {
                     ),
                 });
             };
-            let want = self.values[id.0].shape();
+            let want = self.values[id.index].shape();
             if t.shape() != want {
                 return Err(Error::Parameter {
                     name,
@@ -259,7 +315,7 @@ impl<T: Float> Params<T> {
                     ),
                 });
             }
-            slots[id.0] = Some(t);
+            slots[id.index] = Some(t);
         }
         if let Some(i) = slots.iter().position(Option::is_none) {
             return Err(Error::Parameter {
@@ -286,6 +342,7 @@ impl<T: Float> Params<T> {
     pub fn bind<'t>(&self, tape: &'t Tape<T>) -> Bound<'t, T> {
         Bound {
             vars: self.values.iter().map(|v| tape.leaf(v.clone())).collect(),
+            store: self.store,
         }
     }
 
@@ -304,6 +361,7 @@ impl<T: Float> Params<T> {
                 .iter()
                 .map(|v| tape.constant(v.clone()))
                 .collect(),
+            store: self.store,
         }
     }
 }
@@ -319,6 +377,7 @@ impl<T: Float> Params<T> {
 /// ```
 pub struct Bound<'t, T: Float = f32> {
     vars: Vec<Var<'t, T>>,
+    store: StoreId,
 }
 
 impl<'t, T: Float> Bound<'t, T> {
@@ -332,15 +391,31 @@ impl<'t, T: Float> Bound<'t, T> {
     /// let g = b.grads(b[id].sum().backward());
     /// assert_eq!(g[id].data(), &[1.0, 1.0]);
     /// ```
+    ///
+    /// Panics if `grads` were computed on another tape than the one this store
+    /// was bound to.
     pub fn grads(&self, mut grads: Gradients<T>) -> ParamGrads<T> {
-        ParamGrads(self.vars.iter().map(|&v| grads.take(v)).collect())
+        if let Some(&v) = self.vars.first() {
+            assert!(
+                grads.belongs_to(v.tape()),
+                "bound.grads: the gradients were computed on another tape than the one \
+                 these parameters are bound to (call backward() on a loss built from this binding)"
+            );
+        }
+        ParamGrads {
+            grads: self.vars.iter().map(|&v| grads.take(v)).collect(),
+            store: self.store,
+        }
     }
 }
 
 impl<'t, T: Float> Index<ParamId> for Bound<'t, T> {
     type Output = Var<'t, T>;
     fn index(&self, id: ParamId) -> &Var<'t, T> {
-        &self.vars[id.0]
+        if id.store != self.store {
+            foreign_id("bound[id]", id);
+        }
+        &self.vars[id.index]
     }
 }
 
@@ -354,7 +429,10 @@ impl<'t, T: Float> Index<ParamId> for Bound<'t, T> {
 /// let grads: tapegrad::nn::ParamGrads = bound.grads((bound[w] * 2.0).sum().backward());
 /// assert_eq!(grads[w].data(), &[2.0; 3]);
 /// ```
-pub struct ParamGrads<T: Float = f32>(Vec<Option<Tensor<T>>>);
+pub struct ParamGrads<T: Float = f32> {
+    grads: Vec<Option<Tensor<T>>>,
+    store: StoreId,
+}
 
 impl<T: Float> ParamGrads<T> {
     /// Gradients in parameter order.
@@ -369,7 +447,23 @@ impl<T: Float> ParamGrads<T> {
     /// assert!(g.as_slice()[0].is_none());
     /// ```
     pub fn as_slice(&self) -> &[Option<Tensor<T>>] {
-        &self.0
+        &self.grads
+    }
+
+    /// Whether these are gradients of `params`' parameters (taken from one of
+    /// its bindings, or a clone's).
+    ///
+    /// ```
+    /// use tapegrad::{nn::Params, Tape, Tensor};
+    /// let mut p = Params::<f32>::new();
+    /// let w = p.add("w", Tensor::ones([1]));
+    /// let tape = Tape::new();
+    /// let b = p.bind(&tape);
+    /// let g = b.grads(b[w].sum().backward());
+    /// assert!(g.belongs_to(&p) && !g.belongs_to(&Params::new()));
+    /// ```
+    pub fn belongs_to(&self, params: &Params<T>) -> bool {
+        self.store == params.store
     }
 
     /// The global L2 norm of all gradients (for monitoring or clipping).
@@ -382,7 +476,7 @@ impl<T: Float> ParamGrads<T> {
     /// assert_eq!(b.grads(b[id].sum().backward()).norm(), 2.0);
     /// ```
     pub fn norm(&self) -> f64 {
-        self.0
+        self.grads
             .iter()
             .flatten()
             .map(|g| g.norm().powi(2))
@@ -403,7 +497,10 @@ impl<T: Float> ParamGrads<T> {
     /// assert!(g.get(a).is_some() && g.get(b).is_none());
     /// ```
     pub fn get(&self, id: ParamId) -> Option<&Tensor<T>> {
-        self.0[id.0].as_ref()
+        if id.store != self.store {
+            foreign_id("param grads", id);
+        }
+        self.grads[id.index].as_ref()
     }
 }
 
@@ -415,7 +512,7 @@ impl<T: Float> Index<ParamId> for ParamGrads<T> {
         self.get(id).unwrap_or_else(|| {
             panic!(
                 "param grads: parameter #{} got no gradient (the loss does not depend on it)",
-                id.0
+                id.index
             )
         })
     }

@@ -15,17 +15,58 @@ fn lanes(outer: usize, n: usize, inner: usize, mut f: impl FnMut(usize, usize)) 
     }
 }
 
-/// Writes max and log-sum-exp of each lane: y = x − max − ln Σ exp(x − max).
+/// log_softmax of each lane, computed in the frame shifted by the lane's
+/// maximum m: y = (x − m) − ln Σ exp(x − m).
+///
+/// Never `x − (m + ln Σ)`: once |m| dwarfs ln Σ (f32 from about 1e7, f64 from
+/// about 1e14) the sum rounds to m and the result loses the log-sum term. In
+/// the shifted frame every x − m is exact or rounded once, and Σ ∈ [1, n], so
+/// the result is right to rounding at any magnitude.
 pub(crate) fn log_softmax_lanes<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
     let mut y = crate::buffer::full(x.len(), T::ZERO);
     lanes(outer, n, inner, |b, s| {
-        let m = (0..n).map(|k| x[b + k * s]).fold(T::NEG_INFINITY, T::max);
-        let lse = (0..n).map(|k| (x[b + k * s] - m).exp()).sum::<T>().ln() + m;
+        let m = lane_max(x, b, s, n);
+        let ln_sum = (0..n).map(|k| (x[b + k * s] - m).exp()).sum::<T>().ln();
         for k in 0..n {
-            y[b + k * s] = x[b + k * s] - lse;
+            y[b + k * s] = (x[b + k * s] - m) - ln_sum;
         }
     });
     y
+}
+
+/// softmax of each lane: exp(x − m) / Σ exp(x − m), m the lane's maximum.
+fn softmax_lanes<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
+    let mut y = crate::buffer::full(x.len(), T::ZERO);
+    lanes(outer, n, inner, |b, s| {
+        let m = lane_max(x, b, s, n);
+        let mut sum = T::ZERO;
+        for k in 0..n {
+            let e = (x[b + k * s] - m).exp();
+            y[b + k * s] = e;
+            sum += e;
+        }
+        let inv = T::ONE / sum;
+        for k in 0..n {
+            y[b + k * s] *= inv;
+        }
+    });
+    y
+}
+
+/// The maximum of a lane (−∞ for an empty lane; NaN if the lane holds one, so
+/// that a NaN logit makes its whole lane NaN rather than being skipped).
+#[inline]
+fn lane_max<T: Float>(x: &[T], b: usize, s: usize, n: usize) -> T {
+    (0..n).map(|k| x[b + k * s]).fold(
+        T::NEG_INFINITY,
+        |m, v| {
+            if v > m || v.is_nan() {
+                v
+            } else {
+                m
+            }
+        },
+    )
 }
 
 impl<'t, T: Float> Var<'t, T> {
@@ -42,11 +83,7 @@ impl<'t, T: Float> Var<'t, T> {
         let x = self.value();
         let ax = x.shape().axis(axis, "softmax");
         let (outer, n, inner) = split_at_axis(x.shape(), ax);
-        let y: Vec<T> = log_softmax_lanes(x.data(), outer, n, inner)
-            .into_iter()
-            .map(T::exp)
-            .collect();
-        let y = Tensor::from_parts(y, x.shape().clone());
+        let y = Tensor::from_parts(softmax_lanes(x.data(), outer, n, inner), x.shape().clone());
         self.tape.record("softmax", y, &[self], move |ctx| {
             let (y, g) = (ctx.output.data(), ctx.grad.data());
             let mut dx = crate::buffer::full(y.len(), T::ZERO);

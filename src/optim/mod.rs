@@ -43,6 +43,11 @@ pub trait Optimizer<T: Float> {
 
 fn check_lengths<T: Float>(op: &str, params: &Params<T>, grads: &ParamGrads<T>) {
     assert!(
+        grads.belongs_to(params),
+        "{op}: the gradients are of another model's parameters (take them with \
+         `params.bind(&tape)` of the Params being stepped, then `bound.grads(...)`)"
+    );
+    assert!(
         params.len() == grads.as_slice().len(),
         "{op}: {} parameters but {} gradients (were the gradients taken from this model's binding?)",
         params.len(),
