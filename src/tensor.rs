@@ -358,7 +358,7 @@ impl<T: Float> Tensor<T> {
     /// assert_eq!(t.get(&[1, 0]), 3.0);
     /// ```
     pub fn get(&self, index: &[usize]) -> T {
-        self.data[self.offset(index)]
+        self.data[self.offset(index, "get")]
     }
 
     /// Sets the element at a multi-index (copy-on-write).
@@ -369,14 +369,14 @@ impl<T: Float> Tensor<T> {
     /// assert_eq!(t.data(), &[0.0, 5.0, 0.0, 0.0]);
     /// ```
     pub fn set(&mut self, index: &[usize], v: T) {
-        let o = self.offset(index);
+        let o = self.offset(index, "set");
         self.data_mut()[o] = v;
     }
 
-    fn offset(&self, index: &[usize]) -> usize {
+    fn offset(&self, index: &[usize], op: &str) -> usize {
         assert!(
             index.len() == self.rank() && index.iter().zip(self.shape.iter()).all(|(i, d)| i < d),
-            "index {index:?} is out of bounds for shape {}",
+            "{op}: index {index:?} is out of bounds for shape {}",
             self.shape
         );
         index
