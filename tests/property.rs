@@ -21,7 +21,7 @@ use tapegrad::{Conv2dOptions, Pair, Pool2dOptions, Tape, Tensor, Var};
 /// Graphs per `cargo test` run (debug profile).
 const QUICK_GRAPHS: u64 = 1500;
 /// Graphs in the long (ignored) run, meant for `--release`.
-const LONG_GRAPHS: u64 = 6000;
+const LONG_GRAPHS: u64 = 30_000;
 /// Seeds of the quick and long runs do not overlap.
 const QUICK_BASE: u64 = 0x5eed_0000;
 const LONG_BASE: u64 = 0x10_0000_0000;
