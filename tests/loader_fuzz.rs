@@ -406,6 +406,9 @@ fn safetensors_field(file: &mut Vec<u8>, rng: &mut StdRng) -> String {
 // Running the loaders
 // ---------------------------------------------------------------------------
 
+/// The largest single request any loader call made (for the summary line).
+static LARGEST_SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Self-consistency of a loaded safetensors file.
 fn check_tensors<T: tapegrad::Float>(out: &[(String, Tensor<T>)]) -> Result<(), String> {
     for (name, t) in out {
@@ -488,6 +491,7 @@ fn load(format: Format, bytes: &[u8]) -> Result<bool, String> {
             },
         }
     });
+    LARGEST_SEEN.fetch_max(stats.largest, std::sync::atomic::Ordering::Relaxed);
     let bound = (64 * bytes.len()).max(1 << 20);
     if stats.largest > bound || stats.peak > bound as isize {
         return Err(format!(
@@ -540,7 +544,7 @@ fn fuzz(format: Format, seeds: &[Vec<u8>], count: u64, base: u64) -> (u64, u64) 
 /// All formats in one test function, so the per-thread counters see one fuzz at a time.
 #[test]
 fn loaders_survive_mutations() {
-    let st = fuzz(Format::Safetensors, &safetensors_seeds(), 2500, 1);
+    let st = fuzz(Format::Safetensors, &safetensors_seeds(), 5000, 1);
     let im = fuzz(
         Format::IdxImages,
         &[
@@ -548,13 +552,20 @@ fn loaders_survive_mutations() {
             idx_images(1, 1, 1),
             idx_images(0, 28, 28),
         ],
-        1500,
+        3000,
         2,
     );
-    let lb = fuzz(Format::IdxLabels, &[idx_labels(6), idx_labels(0)], 1500, 3);
+    let lb = fuzz(Format::IdxLabels, &[idx_labels(6), idx_labels(0)], 3000, 3);
     eprintln!(
-        "accepted mutants: safetensors {}/{}, IDX images {}/{}, IDX labels {}/{}",
-        st.0, st.1, im.0, im.1, lb.0, lb.1
+        "accepted mutants: safetensors {}/{}, IDX images {}/{}, IDX labels {}/{}; \
+         largest single allocation {} bytes",
+        st.0,
+        st.1,
+        im.0,
+        im.1,
+        lb.0,
+        lb.1,
+        LARGEST_SEEN.load(std::sync::atomic::Ordering::Relaxed)
     );
     // The mutations must mostly break the files, but not always (some edits are
     // harmless, e.g. a flipped bit in the data): both paths get exercised.
