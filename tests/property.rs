@@ -15,13 +15,16 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::fmt;
-use tapegrad::gradcheck::{gradcheck, Options};
+use tapegrad::gradcheck::{gradcheck, Mode, Options};
 use tapegrad::{Conv2dOptions, Pair, Pool2dOptions, Tape, Tensor, Var};
 
 /// Graphs per `cargo test` run (debug profile).
 const QUICK_GRAPHS: u64 = 1500;
 /// Graphs in the long (ignored) run, meant for `--release`.
 const LONG_GRAPHS: u64 = 30_000;
+/// Graphs starting on conv2d's Winograd path, quick and long.
+const QUICK_WINOGRAD_GRAPHS: u64 = 60;
+const LONG_WINOGRAD_GRAPHS: u64 = 1500;
 /// Seeds of the quick and long runs do not overlap.
 const QUICK_BASE: u64 = 0x5eed_0000;
 const LONG_BASE: u64 = 0x10_0000_0000;
@@ -813,6 +816,14 @@ impl Gen<'_> {
 /// node is the only one nothing reads, and a coin says to keep a tensor output) a
 /// readout joining every unread node into a scalar.
 fn generate(rng: &mut StdRng) -> Graph {
+    generate_from(rng, false)
+}
+
+/// As [`generate`]; with `winograd`, the input is `[1, 16, H, W]` and the first op a
+/// 3×3, stride-1, undilated conv to 16 channels (padding ≤ 2, output ≥ 2×2): the
+/// shape on which conv2d takes its Winograd path. Its input and weight are not held to
+/// the input budget, so later ops draw no new leaves.
+fn generate_from(rng: &mut StdRng, winograd: bool) -> Graph {
     let mut gen = Gen {
         rng,
         g: Graph {
@@ -823,24 +834,49 @@ fn generate(rng: &mut StdRng) -> Graph {
         },
         uses: vec![],
     };
-    // Half the time an image batch [N, C, H, W], else any rank 0..=4.
-    let shape: Vec<usize> = if gen.rng.random_bool(0.5) {
-        vec![
-            gen.rng.random_range(1..=2),
-            gen.rng.random_range(1..=4),
-            gen.rng.random_range(2..=6),
-            gen.rng.random_range(2..=6),
-        ]
+    if winograd {
+        let (h, w) = (gen.rng.random_range(3..=6), gen.rng.random_range(3..=6));
+        let p = Pair::new(gen.rng.random_range(0..=2), gen.rng.random_range(0..=2));
+        let (oh, ow) = (h + 2 * p.h - 2, w + 2 * p.w - 2);
+        let (oh, ow, p) = if oh < 2 || ow < 2 {
+            (h, w, Pair::new(1, 1))
+        } else {
+            (oh, ow, p)
+        };
+        let leaf = |gen: &mut Gen, shape: Vec<usize>, dist| {
+            gen.g.inputs.push((shape.clone(), dist));
+            let k = gen.g.inputs.len() - 1;
+            gen.push(Op::Input(k), shape)
+        };
+        let x = leaf(&mut gen, vec![1, 16, h, w], Dist::Normal(1.0));
+        let wi = leaf(&mut gen, vec![16, 16, 3, 3], Dist::Normal(1.0 / 12.0));
+        let b = gen
+            .rng
+            .random_bool(0.5)
+            .then(|| leaf(&mut gen, vec![16], Dist::Normal(0.5)));
+        let opts = Conv2dOptions::default().padding(p);
+        gen.push(Op::Conv { x, w: wi, b, opts }, vec![1, 16, oh, ow]);
+        gen.g.ops += 1;
     } else {
-        let rank = gen.rng.random_range(0..=4);
-        (0..rank).map(|_| gen.rng.random_range(1..=4)).collect()
-    };
-    let shape = if numel(&shape) > 96 {
-        vec![2, 2, 4, 5]
-    } else {
-        shape
-    };
-    gen.input(shape, Dist::Normal(1.0)).unwrap();
+        // Half the time an image batch [N, C, H, W], else any rank 0..=4.
+        let shape: Vec<usize> = if gen.rng.random_bool(0.5) {
+            vec![
+                gen.rng.random_range(1..=2),
+                gen.rng.random_range(1..=4),
+                gen.rng.random_range(2..=6),
+                gen.rng.random_range(2..=6),
+            ]
+        } else {
+            let rank = gen.rng.random_range(0..=4);
+            (0..rank).map(|_| gen.rng.random_range(1..=4)).collect()
+        };
+        let shape = if numel(&shape) > 96 {
+            vec![2, 2, 4, 5]
+        } else {
+            shape
+        };
+        gen.input(shape, Dist::Normal(1.0)).unwrap();
+    }
     let target = gen.rng.random_range(3..=12);
     let mut tries = 0;
     while gen.g.ops < target && tries < 200 {
@@ -1146,6 +1182,136 @@ where
 // Driver
 // ---------------------------------------------------------------------------
 
+/// The independent check along `k` random directions u (all inputs at once):
+/// (r(x + εu) − r(x − εu)) / 2ε against Σ ∇r ⊙ u, for inputs too large to perturb one
+/// element at a time. Returns the number of directions, or the worst mismatch.
+fn independent_directional<B>(
+    build: B,
+    inputs: &[Tensor<f64>],
+    seed: u64,
+    k: usize,
+) -> Result<usize, String>
+where
+    B: for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Var<'t, f64>,
+{
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xd1d1_d1d1);
+    let tape = Tape::<f64>::new();
+    let leaves: Vec<_> = inputs.iter().map(|x| tape.leaf(x.clone())).collect();
+    let out = build(&tape, &leaves);
+    let w = Tensor::rand_uniform(out.shape(), -1.0, 1.0, &mut rng);
+    let grads = out.backward_with(w.clone());
+    let analytic: Vec<Option<Tensor<f64>>> =
+        leaves.iter().map(|&l| grads.get(l).cloned()).collect();
+    drop(grads);
+    let r = |xs: &[Tensor<f64>]| -> f64 {
+        let tape = Tape::<f64>::new();
+        let vars: Vec<_> = xs.iter().map(|x| tape.constant(x.clone())).collect();
+        let y = build(&tape, &vars).value();
+        y.data().iter().zip(w.data()).map(|(a, b)| a * b).sum()
+    };
+    for d in 0..k {
+        let us: Vec<Tensor<f64>> = inputs
+            .iter()
+            .map(|x| Tensor::rand_uniform(x.shape().clone(), -1.0, 1.0, &mut rng))
+            .collect();
+        let moved = |sign: f64| -> Vec<Tensor<f64>> {
+            inputs
+                .iter()
+                .zip(&us)
+                .map(|(x, u)| {
+                    let v = x
+                        .data()
+                        .iter()
+                        .zip(u.data())
+                        .map(|(a, b)| a + sign * FD_EPS * b);
+                    Tensor::from_vec(v.collect(), x.shape().clone()).unwrap()
+                })
+                .collect()
+        };
+        let numeric = (r(&moved(1.0)) - r(&moved(-1.0))) / (2.0 * FD_EPS);
+        let a: f64 = analytic
+            .iter()
+            .zip(&us)
+            .filter_map(|(g, u)| g.as_ref().map(|g| (g, u)))
+            .map(|(g, u)| {
+                g.data()
+                    .iter()
+                    .zip(u.data())
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+            })
+            .sum();
+        let allowed = FD_ATOL + FD_RTOL * numeric.abs();
+        if (a - numeric).abs().total_cmp(&allowed).is_gt() {
+            return Err(format!(
+                "direction {d}: backward {a:.10e}, central difference {numeric:.10e} \
+                 (|diff| {:.3e}, allowed {allowed:.3e})",
+                (a - numeric).abs()
+            ));
+        }
+    }
+    Ok(k)
+}
+
+/// Checks one graph whose first op takes conv2d's Winograd path, along random
+/// directions with both checkers; `tile` is forced (0: conv2d's own choice).
+fn run_winograd_case(seed: u64, tile: usize) -> Result<bool, String> {
+    const DIRECTIONS: usize = 12;
+    let mut rng = StdRng::seed_from_u64(seed);
+    for _structure in 0..4 {
+        let g = generate_from(&mut rng, true);
+        for _values in 0..4 {
+            let inputs = draw_inputs(&g, &mut rng);
+            let vals: Vec<Tensor<f64>> = {
+                let tape = Tape::<f64>::new();
+                let vars: Vec<_> = inputs.iter().map(|x| tape.constant(x.clone())).collect();
+                build(&g, &tape, &vars).iter().map(|v| v.value()).collect()
+            };
+            if check_values(&g, &vals).is_err() {
+                continue;
+            }
+            let describe = |what: String| {
+                format!(
+                    "winograd seed {seed} (tile {tile}): {what}\ngraph ({} ops):\n{g}",
+                    g.ops
+                )
+            };
+            let f = builder(|tape, x| output(&g, tape, x));
+            tapegrad::conv::force_winograd_tile(tile);
+            let report = gradcheck(
+                f,
+                &inputs,
+                Options {
+                    seed,
+                    mode: Mode::RandomDirections(DIRECTIONS),
+                    ..Options::default()
+                },
+            );
+            let mine = independent_directional(f, &inputs, seed, DIRECTIONS);
+            tapegrad::conv::force_winograd_tile(0);
+            if !report.passed() {
+                return Err(describe(format!("tapegrad::gradcheck: {report}")));
+            }
+            mine.map_err(|e| describe(format!("independent check: {e}")))?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn run_winograd(base: u64, count: u64) {
+    let mut checked = 0;
+    for seed in base..base + count {
+        let tile = [0, 2, 4][(seed % 3) as usize];
+        checked += run_winograd_case(seed, tile).unwrap_or_else(|msg| panic!("{msg}")) as u64;
+    }
+    eprintln!("{count} Winograd seeds: {checked} graphs checked");
+    assert!(
+        checked * 20 >= count * 19,
+        "only {checked} of {count} seeds gave a graph"
+    );
+}
+
 /// What one seed produced: the graph that was checked (or none, if no drawn graph
 /// kept its kinks clear) and the number of values compared.
 struct Outcome {
@@ -1311,6 +1477,14 @@ fn random_graphs() {
 #[ignore = "long property run: cargo test --release --test property -- --ignored"]
 fn random_graphs_long() {
     run(LONG_BASE, LONG_GRAPHS);
+    run_winograd(LONG_BASE, LONG_WINOGRAD_GRAPHS);
+}
+
+/// Graphs starting with a conv on the Winograd path (both tile sizes), checked along
+/// random directions: its weight alone has 2,304 elements.
+#[test]
+fn winograd_graphs() {
+    run_winograd(QUICK_BASE, QUICK_WINOGRAD_GRAPHS);
 }
 
 /// One seed (`PROPERTY_SEED`, default the first quick seed), printing its graph.
@@ -1332,7 +1506,7 @@ fn one_seed() {
     }
 }
 
-/// The independent check must catch a wrong gradient: a custom op whose backward is
+/// The independent checks must catch a wrong gradient: a custom op whose backward is
 /// off by 1% in one element.
 #[test]
 fn independent_check_catches_a_wrong_gradient() {
@@ -1347,8 +1521,11 @@ fn independent_check_catches_a_wrong_gradient() {
     });
     let err = independent_check(wrong, std::slice::from_ref(&x), 1).unwrap_err();
     assert!(err.starts_with("input 0 element 1:"), "{err}");
+    let err = independent_directional(wrong, std::slice::from_ref(&x), 1, 4).unwrap_err();
+    assert!(err.starts_with("direction 0:"), "{err}");
     let right = builder(|_, v| v[0].mul(v[0]).tanh());
-    assert_eq!(independent_check(right, &[x], 1), Ok(3));
+    assert_eq!(independent_check(right, std::slice::from_ref(&x), 1), Ok(3));
+    assert_eq!(independent_directional(right, &[x], 1, 4), Ok(4));
 }
 
 /// The kink guard: a gap below the margin is refused, a tie at exact zeros is not.
