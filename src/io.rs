@@ -136,7 +136,9 @@ pub fn to_safetensors_bytes<T: Float>(tensors: &[(&str, &Tensor<T>)]) -> Result<
 ///
 /// Errors: [`Error::Data`] if the bytes are not a valid safetensors file (bad or truncated
 /// header, offsets that do not match the shapes, missing or extra data);
-/// [`Error::Parameter`] naming the first tensor (by name) whose dtype is not `T`'s.
+/// [`Error::Parameter`] naming the first tensor (by name) whose dtype is not `T`'s, or
+/// whose shape has non-zero dimensions multiplying past `usize` (an empty tensor such
+/// as `[0, 2⁶³, 4]` holds no data, so only this check rejects it).
 ///
 /// ```
 /// use tapegrad::{io, Tensor};
@@ -175,6 +177,20 @@ pub fn from_safetensors_bytes<T: Float>(bytes: &[u8]) -> Result<Vec<(String, Ten
                     "stored as {}, but {} ({want}) was requested{hint}",
                     view.dtype(),
                     T::NAME
+                ),
+            });
+        }
+        // An empty tensor passes the format's own size check whatever its other
+        // dimensions are, but strides and index math need the product of the
+        // non-zero dimensions to fit in a usize.
+        let shape = view.shape();
+        let mut nonzero = shape.iter().filter(|&&d| d != 0);
+        if nonzero.try_fold(1usize, |p, &d| p.checked_mul(d)).is_none() {
+            return Err(Error::Parameter {
+                name,
+                message: format!(
+                    "shape {shape:?} is too large: the product of its non-zero dimensions \
+                     overflows usize"
                 ),
             });
         }
