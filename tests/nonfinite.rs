@@ -169,10 +169,10 @@ fn check_path<T: Float>(p: &Path, tol: f64, rng: &mut StdRng) {
     tapegrad::conv::force_winograd_tile(p.tile);
     let b_shape = [p.w[0]];
     let geom = Conv2dGeometry::new(&p.x, &p.w, Some(&b_shape), &p.opts);
-    let x0 = Tensor::<T>::randn(&p.x, rng);
-    let w0 = Tensor::<T>::randn(&p.w, rng);
-    let b0 = Tensor::<T>::randn(&b_shape, rng);
-    let dy0 = Tensor::<T>::randn(&geom.output_shape(), rng);
+    let x0 = Tensor::<T>::randn(p.x, rng);
+    let w0 = Tensor::<T>::randn(p.w, rng);
+    let b0 = Tensor::<T>::randn(b_shape, rng);
+    let dy0 = Tensor::<T>::randn(geom.output_shape(), rng);
     for target in [Target::Input, Target::Weight, Target::Bias, Target::Grad] {
         let shape: &[usize] = match target {
             Target::Input => &p.x,

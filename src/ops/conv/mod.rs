@@ -241,7 +241,7 @@ impl Conv2dOptions {
 
 /// Whether every value of `v` is finite (neither NaN nor ±∞): the check that
 /// sends a conv with a non-finite operand to the direct path. One pass over
-/// the data, which the compiler vectorises: `v − v` is +0 for a finite `v` and
+/// the data, which the compiler vectorises: `v · 0` is ±0 for a finite `v` and
 /// NaN otherwise, summed in independent lanes with no early exit inside a
 /// chunk; it costs a fraction of one read of the operands by the conv itself.
 fn all_finite<T: Float>(v: &[T]) -> bool {
@@ -251,10 +251,13 @@ fn all_finite<T: Float>(v: &[T]) -> bool {
         let mut rows = chunk.chunks_exact(LANES);
         for row in &mut rows {
             for (a, &x) in acc.iter_mut().zip(row) {
-                *a += x - x;
+                *a += x * T::ZERO;
             }
         }
-        let tail = rows.remainder().iter().fold(T::ZERO, |a, &x| a + (x - x));
+        let tail = rows
+            .remainder()
+            .iter()
+            .fold(T::ZERO, |a, &x| a + x * T::ZERO);
         acc.iter().fold(tail, |a, &b| a + b) == T::ZERO
     })
 }
@@ -343,5 +346,34 @@ impl<'t, T: Float> Var<'t, T> {
             }
             grads
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_finite;
+
+    /// Every non-finite value is found wherever it sits: in the lanes, the
+    /// tail of a chunk, a later chunk; and large finite values pass.
+    #[test]
+    fn all_finite_finds_every_non_finite_value() {
+        for len in [0usize, 1, 15, 16, 17, 100, 4096, 4097, 9000] {
+            let v: Vec<f32> = (0..len)
+                .map(|i| if i % 2 == 0 { f32::MAX } else { -f32::MAX })
+                .collect();
+            assert!(all_finite(&v), "{len}");
+            for at in [0, len / 2, len.saturating_sub(1)]
+                .into_iter()
+                .filter(|&a| a < len)
+            {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut w = v.clone();
+                    w[at] = bad;
+                    assert!(!all_finite(&w), "{len} {at} {bad}");
+                    let w: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+                    assert!(!all_finite(&w), "f64 {len} {at} {bad}");
+                }
+            }
+        }
     }
 }
