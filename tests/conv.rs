@@ -945,6 +945,7 @@ fn strides_beyond_the_input_match_the_reference() {
         [
             ([2, 2, 5, 4], [3, 2, 3, 3], opts().stride((s, 1)).padding(1)),
             ([2, 2, 5, 4], [3, 2, 3, 3], opts().stride((1, s)).padding(1)),
+            ([2, 2, 5, 4], [3, 2, 3, 3], opts().stride(s).padding(2)),
             ([2, 2, 5, 4], [3, 2, 3, 3], opts().stride(s).padding((1, 0))),
             ([2, 2, 5, 4], [3, 2, 3, 3], opts().stride((s, 2)).padding(1)),
             ([2, 2, 5, 4], [3, 2, 2, 2], opts().stride((2, s))),

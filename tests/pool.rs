@@ -530,6 +530,7 @@ fn strides_beyond_the_input_match_naive_loops() {
             Pool2dOptions::new(3).stride((s, 1)).padding(1),
             Pool2dOptions::new(3).stride((1, s)).padding(1),
             Pool2dOptions::new(3).stride(s).padding((1, 0)),
+            Pool2dOptions::new(5).stride(s).padding(2),
             Pool2dOptions::new((2, 3)).stride((s, 2)),
             Pool2dOptions::new(2).stride(s).count_include_pad(false),
         ] {

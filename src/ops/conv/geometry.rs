@@ -182,10 +182,14 @@ impl AxisGeometry {
         self.dilation * (self.kernel - 1) + 1
     }
 
-    /// Position of tap `k` of window `o` in the padded input: `o·stride + k·dilation`.
+    /// Position of tap `k` of window `o` in the padded input, `o·stride +
+    /// k·dilation`, or `None` if that overflows: a position past the padded
+    /// input, which callers may ask about (the end of an empty range of
+    /// outputs, under a stride near `usize::MAX`).
     #[inline(always)]
-    fn padded_index(&self, o: usize, k: usize) -> usize {
-        o * self.stride + k * self.dilation
+    fn padded_index(&self, o: usize, k: usize) -> Option<usize> {
+        o.checked_mul(self.stride)?
+            .checked_add(k.checked_mul(self.dilation)?)
     }
 
     /// The input position read by output `o` at kernel tap `k`:
@@ -200,7 +204,7 @@ impl AxisGeometry {
     /// ```
     #[inline]
     pub fn input_index(&self, o: usize, k: usize) -> Option<usize> {
-        self.padded_index(o, k)
+        self.padded_index(o, k)?
             .checked_sub(self.padding)
             .filter(|&i| i < self.input)
     }
@@ -237,10 +241,15 @@ impl AxisGeometry {
     /// assert_eq!(a.valid_taps(3), 0..2);
     /// ```
     pub fn valid_taps(&self, o: usize) -> Range<usize> {
-        let start = self.padded_index(o, 0);
+        let Some(start) = self.padded_index(o, 0) else {
+            return 0..0;
+        };
         // Need padding ≤ start + k·dilation ≤ input − 1 + padding.
         let lo = (self.padding.saturating_sub(start)).div_ceil(self.dilation);
-        let hi = match (self.input + self.padding).checked_sub(start + 1) {
+        let hi = match (self.input + self.padding)
+            .checked_sub(start)
+            .and_then(|t| t.checked_sub(1))
+        {
             Some(top) => (top / self.dilation + 1).min(self.kernel),
             None => 0,
         };
@@ -257,7 +266,7 @@ impl AxisGeometry {
     /// ```
     pub fn window(&self, o: usize) -> impl Iterator<Item = usize> + '_ {
         self.valid_taps(o)
-            .map(move |k| self.padded_index(o, k) - self.padding)
+            .filter_map(move |k| self.input_index(o, k))
     }
 }
 

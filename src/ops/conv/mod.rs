@@ -281,8 +281,8 @@ impl<'t, T: Float> Var<'t, T> {
     /// [`reference`](mod@reference) to rounding; Winograd rounds differently
     /// from the direct sum (in `f32`, relative differences of order 1e-6).
     ///
-    /// Panics, naming `conv2d` and the shapes, if they do not fit together
-    /// (see [`Conv2dGeometry::try_new`]).
+    /// Panics, naming `conv2d` and the shapes, if they do not fit together or
+    /// a size overflows (see [`Conv2dGeometry::try_new`]).
     ///
     /// ```
     /// use tapegrad::{Conv2dOptions, Tape, Tensor};
