@@ -928,3 +928,157 @@ fn zero_channel_convs_give_empty_or_zero_results() {
         }
     });
 }
+
+// ---------------------------------------------------------------------------
+// extreme sizes
+// ---------------------------------------------------------------------------
+
+/// A stride beyond the input is legal: the axis has one output (or a few,
+/// over a large padding), and the conv costs no more than with a stride
+/// that just fits — no buffer is sized by the stride. Every layout
+/// (plane slices, phase planes, runs) against the reference, forward and
+/// backward, at 1 and 2 threads.
+#[test]
+fn strides_beyond_the_input_match_the_reference() {
+    let opts = Conv2dOptions::default;
+    let cases = |s: usize| {
+        [
+            ([2, 2, 5, 4], [3, 2, 3, 3], opts().stride((s, 1)).padding(1)),
+            ([2, 2, 5, 4], [3, 2, 3, 3], opts().stride((1, s)).padding(1)),
+            ([2, 2, 5, 4], [3, 2, 3, 3], opts().stride(s).padding(2)),
+            ([2, 2, 5, 4], [3, 2, 3, 3], opts().stride(s).padding((1, 0))),
+            ([2, 2, 5, 4], [3, 2, 3, 3], opts().stride((s, 2)).padding(1)),
+            ([2, 2, 5, 4], [3, 2, 2, 2], opts().stride((2, s))),
+            ([2, 2, 5, 4], [3, 2, 1, 1], opts().stride(s)),
+            (
+                [2, 4, 7, 6],
+                [4, 2, 3, 2],
+                opts().stride((s, 1)).dilation(2).groups(2),
+            ),
+            // A stride over a large padding: windows in the padding (two at 2³²).
+            (
+                [1, 2, 5, 4],
+                [2, 2, 3, 3],
+                opts()
+                    .stride((s, 1))
+                    .padding(((s / 2).min(isize::MAX as usize / 2 - 8), 1)),
+            ),
+        ]
+    };
+    at_1_and_2_threads(|threads| {
+        let mut rng = StdRng::seed_from_u64(90 + threads as u64);
+        for s in [1 << 32, 1 << 63, usize::MAX] {
+            for (i, (xs, ws, o)) in cases(s).iter().enumerate() {
+                let what = format!("{threads} threads, stride {s}, case {i}");
+                check_against_reference::<f64>(&what, xs, ws, *o, 1e-12, &mut rng);
+                check_against_reference::<f32>(&what, xs, ws, *o, 1e-5, &mut rng);
+            }
+        }
+    });
+}
+
+/// Sizes whose arithmetic would wrap are errors naming conv2d and the value.
+#[test]
+fn overflowing_sizes_are_errors() {
+    let err = |x: &[usize], w: &[usize], o: Conv2dOptions| {
+        Conv2dGeometry::try_new(x, w, None, &o)
+            .expect_err("accepted")
+            .to_string()
+    };
+    let o = Conv2dOptions::default;
+    let e = err(&[1, 1, 5, 5], &[1, 1, 3, 3], o().padding((1 << 63, 0)));
+    assert!(
+        e.starts_with("conv2d: padding 9223372036854775808 on the height axis overflows"),
+        "{e}"
+    );
+    let e = err(&[1, 1, 5, 5], &[1, 1, 3, 5], o().dilation((1, 1 << 62)));
+    assert!(
+        e.starts_with("conv2d: dilation 4611686018427387904 on the width axis overflows"),
+        "{e}"
+    );
+    // The span fits, the padded input it needs does not.
+    let e = err(
+        &[1, 1, 5, 5],
+        &[1, 1, 3, 3],
+        o().dilation(1 << 61).padding(1 << 62),
+    );
+    assert!(
+        e.contains("padding 4611686018427387904 on the height axis overflows"),
+        "{e}"
+    );
+    // Each axis fits, the output does not.
+    let e = err(&[2, 1, 5, 5], &[3, 1, 3, 3], o().padding(1 << 61));
+    assert!(e.contains("has more elements than isize::MAX"), "{e}");
+    // Nor does a plane of an empty output.
+    let e = err(&[0, 1, 5, 5], &[3, 1, 3, 3], o().padding(1 << 61));
+    assert!(e.contains("has more elements than isize::MAX"), "{e}");
+    // Nor an empty input's plane.
+    let e = err(&[0, 1, 1 << 40, 1 << 40], &[3, 1, 3, 3], o());
+    assert!(e.contains("has more elements than isize::MAX"), "{e}");
+    // At the limit, and as AxisGeometry sees it.
+    assert!(AxisGeometry::new(5, 3, 1, 1 << 63, 1).is_none());
+    assert!(AxisGeometry::new(5, 5, 1, 0, 1 << 62).is_none());
+    let a = AxisGeometry::new(1, 3, 1 << 62, (isize::MAX as usize - 1) / 2, 1).unwrap();
+    assert_eq!(a.output, 2);
+    assert!(AxisGeometry::new(1, 3, 1, isize::MAX as usize / 2 + 1, 1).is_none());
+}
+
+#[test]
+#[should_panic(
+    expected = "conv2d: padding 9223372036854775808 on the height axis overflows: \
+                           the padded input 5 + 2·9223372036854775808 exceeds isize::MAX"
+)]
+fn error_padding_overflows() {
+    conv_shapes(
+        &[1, 1, 5, 5],
+        &[1, 1, 3, 3],
+        None,
+        Conv2dOptions::default().padding((1 << 63, 0)),
+    );
+}
+
+/// A large padding is legal (PyTorch allows any): outputs whose window lies
+/// in the padding hold the bias, and pass no gradient to the input.
+#[test]
+fn windows_wholly_in_the_padding_match_the_reference() {
+    let mut rng = StdRng::seed_from_u64(95);
+    let o = Conv2dOptions::default;
+    for opts in [
+        o().padding(4),
+        o().padding((3, 5)).stride(2),
+        o().padding(6).dilation(2),
+    ] {
+        check_against_reference::<f64>(
+            "large padding",
+            &[2, 2, 3, 4],
+            &[3, 2, 3, 3],
+            opts,
+            1e-12,
+            &mut rng,
+        );
+    }
+}
+
+/// Empty batches, channels and spatial sizes: empty or zero results, as the
+/// reference gives, never an internal panic.
+#[test]
+fn empty_dimensions_give_empty_results() {
+    let mut rng = StdRng::seed_from_u64(96);
+    let o = Conv2dOptions::default;
+    #[rustfmt::skip]
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 7] = [
+        ([0, 2, 5, 5], [3, 2, 3, 3], o().padding(1)),
+        ([0, 16, 8, 8], [16, 16, 3, 3], o().padding(1)),   // Winograd's geometry
+        ([0, 2, 5, 5], [3, 2, 1, 1], o()),                 // pointwise
+        ([2, 2, 0, 5], [3, 2, 1, 1], o().padding((1, 0))), // 1x1, H = 0: padding only
+        ([2, 2, 0, 5], [3, 2, 3, 3], o().padding(2)),      // H = 0: windows in the padding
+        ([2, 2, 5, 0], [3, 2, 3, 3], o().padding((1, 2)).stride(2)),
+        ([2, 0, 0, 0], [3, 0, 1, 1], o().padding(1)),
+    ];
+    at_1_and_2_threads(|threads| {
+        for (xs, ws, opts) in &cases {
+            let what = format!("{threads} threads, empty");
+            check_against_reference::<f64>(&what, xs, ws, *opts, 1e-12, &mut rng);
+        }
+    });
+}

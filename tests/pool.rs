@@ -515,3 +515,120 @@ fn error_zero_stride() {
 fn error_zero_kernel() {
     avg_pool(&[1, 1, 4, 4], Pool2dOptions::new((0, 2)));
 }
+
+// ---------------------------------------------------------------------------
+// extreme sizes
+// ---------------------------------------------------------------------------
+
+/// A stride beyond the input is legal (one output row or column) and costs
+/// nothing extra: values and gradients equal the naive loops.
+#[test]
+fn strides_beyond_the_input_match_naive_loops() {
+    let mut rng = StdRng::seed_from_u64(97);
+    for s in [1 << 32, 1 << 63, usize::MAX] {
+        for opts in [
+            Pool2dOptions::new(3).stride((s, 1)).padding(1),
+            Pool2dOptions::new(3).stride((1, s)).padding(1),
+            Pool2dOptions::new(3).stride(s).padding((1, 0)),
+            Pool2dOptions::new(5).stride(s).padding(2),
+            Pool2dOptions::new((2, 3)).stride((s, 2)),
+            Pool2dOptions::new(2).stride(s).count_include_pad(false),
+        ] {
+            for kind in [Kind::Max, Kind::Avg] {
+                let x = Tensor::randn([2, 2, 5, 4], &mut rng);
+                let (y, _) = tape_pool(kind, &x, opts, None);
+                let dy = Tensor::randn(y.shape(), &mut rng);
+                let (y_got, dx_got) = tape_pool(kind, &x, opts, Some(&dy));
+                let (y_want, dx_want) = naive_pool(kind, &x, opts, &dy);
+                let what = format!("{kind:?} {opts:?}");
+                let close = |a: &[f64], b: &[f64]| {
+                    a.len() == b.len() && a.iter().zip(b).all(|(p, q)| (p - q).abs() <= 1e-12)
+                };
+                assert!(close(y_got.data(), &y_want), "{what}: y");
+                assert!(close(dx_got.data(), &dx_want), "{what}: dx");
+            }
+        }
+    }
+}
+
+/// A kernel far larger than the input, over a padding as large (up to half
+/// the kernel): one window holding the whole input; the average's divisor
+/// `kh·kw` (2⁸⁰ here) is taken as a float, not a wrapped integer.
+#[test]
+fn kernels_beyond_the_input_pool_the_whole_plane() {
+    let x = Tensor::from_vec((1..=9).map(f64::from).collect(), [1, 1, 3, 3]).unwrap();
+    let k = 1usize << 40;
+    let opts = Pool2dOptions::new(k).padding(k / 2);
+    let (y, dx) = tape_pool(Kind::Max, &x, opts, None);
+    assert_eq!(&y.shape()[..], &[1, 1, 1, 1]);
+    assert_eq!(y.data(), &[9.0]);
+    assert_eq!(dx.data()[8], 1.0);
+    let (y, _) = tape_pool(Kind::Avg, &x, opts, None);
+    assert_eq!(y.data(), &[45.0 / 2f64.powi(80)]);
+    let (y, dx) = tape_pool(Kind::Avg, &x, opts.count_include_pad(false), None);
+    assert_eq!(y.data(), &[5.0]);
+    assert_eq!(dx.data(), &[1.0 / 9.0; 9]);
+}
+
+/// An empty batch or channel dimension (with or without padding) gives an
+/// empty output and an empty gradient, as in PyTorch.
+#[test]
+fn empty_batch_or_channels_give_empty_results() {
+    for shape in [[0, 3, 5, 4], [2, 0, 5, 4], [0, 0, 2, 2]] {
+        for opts in [
+            Pool2dOptions::new(2),
+            Pool2dOptions::new(3).stride(1).padding(1),
+            Pool2dOptions::new(2).stride((1 << 63, 1)).padding(1),
+        ] {
+            for kind in [Kind::Max, Kind::Avg] {
+                let x = Tensor::<f64>::zeros(shape);
+                let (y, dx) = tape_pool(kind, &x, opts, None);
+                let h =
+                    (shape[2] + 2 * opts.padding.h - opts.kernel.h) / opts.stride_or_kernel().h + 1;
+                let w =
+                    (shape[3] + 2 * opts.padding.w - opts.kernel.w) / opts.stride_or_kernel().w + 1;
+                assert_eq!(&y.shape()[..], &[shape[0], shape[1], h, w]);
+                assert_eq!(dx.shape(), x.shape());
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(
+    expected = "max_pool2d: input [1, 1, 0, 4] has an empty spatial dimension: every window would hold only padding"
+)]
+fn error_empty_height() {
+    max_pool(&[1, 1, 0, 4], Pool2dOptions::new(2).padding(1));
+}
+
+#[test]
+#[should_panic(expected = "avg_pool2d: input [2, 3, 4, 0] has an empty spatial dimension")]
+fn error_empty_width() {
+    avg_pool(&[2, 3, 4, 0], Pool2dOptions::new(3).stride(1).padding(1));
+}
+
+#[test]
+#[should_panic(expected = "max_pool2d: input [0, 3, 0, 4] has an empty spatial dimension")]
+fn error_empty_height_in_an_empty_batch() {
+    max_pool(&[0, 3, 0, 4], Pool2dOptions::new(2).padding(1));
+}
+
+#[test]
+#[should_panic(
+    expected = "avg_pool2d: padding 4611686018427387903 on the height axis overflows: the padded input 5 + 2·4611686018427387903 exceeds isize::MAX"
+)]
+fn error_padding_overflows() {
+    avg_pool(
+        &[1, 1, 5, 5],
+        Pool2dOptions::new((isize::MAX as usize, 1)).padding(((1 << 62) - 1, 0)),
+    );
+}
+
+#[test]
+#[should_panic(
+    expected = "max_pool2d: kernel 9223372036854775808 on the width axis overflows: it exceeds isize::MAX"
+)]
+fn error_kernel_overflows() {
+    max_pool(&[1, 1, 5, 5], Pool2dOptions::new((1, 1 << 63)));
+}

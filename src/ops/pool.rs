@@ -156,17 +156,43 @@ impl PoolGeometry {
             padding.h <= kernel.h / 2 && padding.w <= kernel.w / 2,
             "{op}: padding {padding} must be at most half the kernel {kernel} (input {input})"
         );
-        let h = AxisGeometry::new(input[2], kernel.h, stride.h, padding.h, 1);
-        let w = AxisGeometry::new(input[3], kernel.w, stride.w, padding.w, 1);
-        let (Some(h), Some(w)) = (h, w) else {
+        let (n, c, ih, iw) = (input[0], input[1], input[2], input[3]);
+        assert!(
+            ih >= 1 && iw >= 1,
+            "{op}: input {input} has an empty spatial dimension: every window would hold \
+             only padding; pooling needs H ≥ 1 and W ≥ 1 (an empty batch or channel \
+             dimension is fine)"
+        );
+        let h = AxisGeometry::build(ih, kernel.h, stride.h, padding.h, 1);
+        let w = AxisGeometry::build(iw, kernel.w, stride.w, padding.w, 1);
+        for (axis, a) in [("height", &h), ("width", &w)] {
+            if let Some(m) = a.as_ref().err().and_then(|f| f.overflow(axis)) {
+                panic!("{op}: {m} (input {input}, kernel {kernel})");
+            }
+        }
+        let (Ok(h), Ok(w)) = (h, w) else {
+            // No overflow (reported above): padding ≤ kernel / 2 and the
+            // padded input is no larger than isize::MAX on either axis.
             panic!(
                 "{op}: kernel {kernel} is larger than the padded input ({}, {}) (input {input} padded by {padding})",
-                input[2] + 2 * padding.h,
-                input[3] + 2 * padding.w
+                ih + 2 * padding.h,
+                iw + 2 * padding.w
             )
         };
+        // Every plane of the input and the output must be addressable, even
+        // when the batch or the channels are empty.
+        let fits = |dims: [usize; 4]| {
+            dims.iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1)))
+                .is_some_and(|v| v <= isize::MAX as usize)
+        };
+        let out = [n, c, h.output, w.output];
+        assert!(
+            fits([n, c, ih, iw]) && fits(out),
+            "{op}: input {input} or output {out:?} has more elements than isize::MAX"
+        );
         PoolGeometry {
-            planes: input[0] * input[1],
+            planes: n * c,
             h,
             w,
         }
@@ -188,8 +214,10 @@ impl PoolGeometry {
 
     /// The planes split between threads (one task unless the input is large).
     fn split(&self) -> Vec<Range<usize>> {
-        let window = self.h.kernel * self.w.kernel;
-        split_work(self.planes, self.out_plane() * window, MIN_PARALLEL_WORK)
+        // The taps of a window that lie in the input, at most.
+        let window = self.h.kernel.min(self.h.input) * self.w.kernel.min(self.w.input);
+        let work = self.out_plane().saturating_mul(window);
+        split_work(self.planes, work, MIN_PARALLEL_WORK)
     }
 
     /// Splits `out` (`per` elements for each (n, c) plane) between threads along
@@ -252,11 +280,13 @@ impl Windows {
     /// `count_include_pad` (windows never run past the padded input, by the
     /// floor in the output size), else its in-bounds elements.
     fn divisor<T: Float>(&self, geom: &PoolGeometry, i: usize, j: usize, include: bool) -> T {
-        T::from_usize(if include {
-            geom.h.kernel * geom.w.kernel
+        if include {
+            // As a float product: the kernel, padding included, may be
+            // larger than any addressable plane.
+            T::from_usize(geom.h.kernel) * T::from_usize(geom.w.kernel)
         } else {
-            self.rows[i].len() * self.cols[j].len()
-        })
+            T::from_usize(self.rows[i].len() * self.cols[j].len())
+        }
     }
 }
 
@@ -360,8 +390,11 @@ impl<'t, T: Float> Var<'t, T> {
     /// their contributions. (A NaN always wins its window, as in PyTorch.)
     ///
     /// Panics, naming `max_pool2d` and the input shape, if the input is not rank 4,
-    /// the kernel or stride has a zero, the padding exceeds half the kernel, or the
-    /// window does not fit the padded input.
+    /// has H = 0 or W = 0 (every window would hold only padding), the kernel or
+    /// stride has a zero, the padding exceeds half the kernel, the window does
+    /// not fit the padded input, or a size overflows. An empty batch or channel
+    /// dimension gives an empty output. Any stride is allowed: one beyond the
+    /// padded input gives a single output row or column.
     ///
     /// ```
     /// use tapegrad::{Pool2dOptions, Tape, Tensor};

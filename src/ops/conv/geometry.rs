@@ -49,15 +49,59 @@ pub struct AxisGeometry {
     pub output: usize,
 }
 
+/// Why [`AxisGeometry::build`] rejects an axis; the callers turn it into
+/// their op's message, with the shapes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AxisFault {
+    /// `kernel`, `stride` or `dilation` (named) is zero.
+    Zero(&'static str),
+    /// A size computed from `name` (padding, dilation or kernel) = `value` does not
+    /// fit `isize`; `detail` is the computation.
+    Overflow {
+        name: &'static str,
+        value: usize,
+        detail: String,
+    },
+    /// The dilated kernel spans more than the padded input.
+    DoesNotFit { span: usize, padded: usize },
+}
+
+impl AxisFault {
+    /// The fault as a message for `axis` ("height" or "width"), or `None`
+    /// for [`DoesNotFit`](Self::DoesNotFit), which the callers describe
+    /// with both axes.
+    pub(crate) fn overflow(&self, axis: &str) -> Option<String> {
+        match self {
+            AxisFault::Overflow {
+                name,
+                value,
+                detail,
+            } => Some(format!(
+                "{name} {value} on the {axis} axis overflows: {detail}"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The largest extent an axis may have: sizes are `isize`-sized, as every
+/// slice's length (and PyTorch's 64-bit signed sizes).
+const MAX_EXTENT: usize = isize::MAX as usize;
+
 impl AxisGeometry {
-    /// The geometry of one axis, or `None` if `kernel`, `stride` or `dilation` is zero
-    /// or the dilated kernel is longer than the padded input.
+    /// The geometry of one axis, or `None` if `kernel`, `stride` or `dilation` is zero,
+    /// the dilated kernel is longer than the padded input, or the padded input
+    /// `input + 2·padding` or the dilated kernel `dilation·(kernel − 1) + 1`
+    /// exceeds `isize::MAX` (no size is ever computed with wrapping arithmetic).
+    /// Any stride is allowed: one larger than the padded input gives one window.
     ///
     /// ```
     /// use tapegrad::conv::AxisGeometry;
     /// assert_eq!(AxisGeometry::new(5, 3, 1, 0, 1).unwrap().output, 3);
     /// assert_eq!(AxisGeometry::new(5, 3, 2, 1, 2).unwrap().output, 2); // span 5 over 7
     /// assert!(AxisGeometry::new(2, 3, 1, 0, 1).is_none());
+    /// assert!(AxisGeometry::new(5, 3, 1, 1 << 63, 1).is_none()); // 5 + 2·2⁶³ overflows
+    /// assert_eq!(AxisGeometry::new(5, 3, 1 << 63, 1, 1).unwrap().output, 1);
     /// ```
     pub fn new(
         input: usize,
@@ -66,16 +110,60 @@ impl AxisGeometry {
         padding: usize,
         dilation: usize,
     ) -> Option<Self> {
-        if kernel == 0 || stride == 0 || dilation == 0 {
-            return None;
+        Self::build(input, kernel, stride, padding, dilation).ok()
+    }
+
+    /// [`new`](Self::new), saying what is wrong: every size is computed with
+    /// checked arithmetic and must fit `isize`.
+    pub(crate) fn build(
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+    ) -> Result<Self, AxisFault> {
+        for (name, v) in [
+            ("kernel", kernel),
+            ("stride", stride),
+            ("dilation", dilation),
+        ] {
+            if v == 0 {
+                return Err(AxisFault::Zero(name));
+            }
         }
-        let span = dilation * (kernel - 1) + 1;
-        let padded = input + 2 * padding;
+        let span = dilation
+            .checked_mul(kernel - 1)
+            .and_then(|v| v.checked_add(1))
+            .filter(|&v| v <= MAX_EXTENT)
+            .ok_or_else(|| match dilation {
+                1 => AxisFault::Overflow {
+                    name: "kernel",
+                    value: kernel,
+                    detail: "it exceeds isize::MAX".into(),
+                },
+                _ => AxisFault::Overflow {
+                    name: "dilation",
+                    value: dilation,
+                    detail: format!(
+                        "the kernel's span {dilation}·({kernel} − 1) + 1 exceeds isize::MAX"
+                    ),
+                },
+            })?;
+        let padded = padding
+            .checked_mul(2)
+            .and_then(|v| v.checked_add(input))
+            .filter(|&v| v <= MAX_EXTENT)
+            .ok_or_else(|| AxisFault::Overflow {
+                name: "padding",
+                value: padding,
+                detail: format!("the padded input {input} + 2·{padding} exceeds isize::MAX"),
+            })?;
         if span > padded {
-            return None;
+            return Err(AxisFault::DoesNotFit { span, padded });
         }
+        // No overflow: padded − span < isize::MAX, and the quotient is smaller.
         let output = (padded - span) / stride + 1;
-        Some(AxisGeometry {
+        Ok(AxisGeometry {
             input,
             kernel,
             stride,
@@ -94,10 +182,14 @@ impl AxisGeometry {
         self.dilation * (self.kernel - 1) + 1
     }
 
-    /// Position of tap `k` of window `o` in the padded input: `o·stride + k·dilation`.
+    /// Position of tap `k` of window `o` in the padded input, `o·stride +
+    /// k·dilation`, or `None` if that overflows: a position past the padded
+    /// input, which callers may ask about (the end of an empty range of
+    /// outputs, under a stride near `usize::MAX`).
     #[inline(always)]
-    fn padded_index(&self, o: usize, k: usize) -> usize {
-        o * self.stride + k * self.dilation
+    fn padded_index(&self, o: usize, k: usize) -> Option<usize> {
+        o.checked_mul(self.stride)?
+            .checked_add(k.checked_mul(self.dilation)?)
     }
 
     /// The input position read by output `o` at kernel tap `k`:
@@ -112,7 +204,7 @@ impl AxisGeometry {
     /// ```
     #[inline]
     pub fn input_index(&self, o: usize, k: usize) -> Option<usize> {
-        self.padded_index(o, k)
+        self.padded_index(o, k)?
             .checked_sub(self.padding)
             .filter(|&i| i < self.input)
     }
@@ -149,10 +241,15 @@ impl AxisGeometry {
     /// assert_eq!(a.valid_taps(3), 0..2);
     /// ```
     pub fn valid_taps(&self, o: usize) -> Range<usize> {
-        let start = self.padded_index(o, 0);
+        let Some(start) = self.padded_index(o, 0) else {
+            return 0..0;
+        };
         // Need padding ≤ start + k·dilation ≤ input − 1 + padding.
         let lo = (self.padding.saturating_sub(start)).div_ceil(self.dilation);
-        let hi = match (self.input + self.padding).checked_sub(start + 1) {
+        let hi = match (self.input + self.padding)
+            .checked_sub(start)
+            .and_then(|t| t.checked_sub(1))
+        {
             Some(top) => (top / self.dilation + 1).min(self.kernel),
             None => 0,
         };
@@ -169,7 +266,7 @@ impl AxisGeometry {
     /// ```
     pub fn window(&self, o: usize) -> impl Iterator<Item = usize> + '_ {
         self.valid_taps(o)
-            .map(move |k| self.padded_index(o, k) - self.padding)
+            .filter_map(move |k| self.input_index(o, k))
     }
 }
 
@@ -228,12 +325,19 @@ impl Conv2dGeometry {
     /// Like [`new`](Self::new) but returns the error. Rejects: input or weight not
     /// rank 4; zero stride or dilation; zero groups; C or O not divisible by
     /// groups; weight channels ≠ C/groups; an empty kernel; a (dilated) kernel
-    /// larger than the padded input; a bias that is not `[O]`.
+    /// larger than the padded input; a padded input or dilated kernel beyond
+    /// `isize::MAX` (every size is computed with checked arithmetic); an output
+    /// of more than `isize::MAX` elements (or a plane of it, when N or O is 0);
+    /// a bias that is not `[O]`. Any stride is allowed: one beyond the padded
+    /// input gives a single output row or column.
     ///
     /// ```
     /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
     /// let e = Conv2dGeometry::try_new(&[1, 1, 2, 2], &[1, 1, 3, 3], None, &Conv2dOptions::default());
     /// assert!(e.unwrap_err().to_string().starts_with("conv2d: kernel (3, 3)"));
+    /// let huge = Conv2dOptions::default().padding((1 << 63, 0));
+    /// let e = Conv2dGeometry::try_new(&[1, 1, 5, 5], &[1, 1, 3, 3], None, &huge).unwrap_err();
+    /// assert!(e.to_string().starts_with("conv2d: padding 9223372036854775808 on the height axis overflows"));
     /// ```
     pub fn try_new(
         input: &[usize],
@@ -300,17 +404,49 @@ impl Conv2dGeometry {
                 "weight {weight:?} has an empty kernel (input {input:?})"
             ));
         }
-        let ah = AxisGeometry::new(ih, kh, stride.h, padding.h, dilation.h);
-        let aw = AxisGeometry::new(iw, kw, stride.w, padding.w, dilation.w);
-        let (Some(h), Some(w)) = (ah, aw) else {
-            let span = Pair::new(dilation.h * (kh - 1) + 1, dilation.w * (kw - 1) + 1);
-            return fail(format!(
-                "kernel ({kh}, {kw}) with dilation {dilation} spans {span}, larger than the \
-                 padded input ({}, {}) (input {input:?} padded by {padding}, weight {weight:?})",
-                ih + 2 * padding.h,
-                iw + 2 * padding.w
-            ));
+        let ah = AxisGeometry::build(ih, kh, stride.h, padding.h, dilation.h);
+        let aw = AxisGeometry::build(iw, kw, stride.w, padding.w, dilation.w);
+        for (axis, a) in [("height", &ah), ("width", &aw)] {
+            if let Some(m) = a.as_ref().err().and_then(|f| f.overflow(axis)) {
+                return fail(format!("{m} (input {input:?}, weight {weight:?})"));
+            }
+        }
+        let (h, w) = match (ah, aw) {
+            (Ok(h), Ok(w)) => (h, w),
+            (h, w) => {
+                // Sizes that fit (any overflow was reported above).
+                let extent = |a: &Result<AxisGeometry, AxisFault>,
+                              k: usize,
+                              d: usize,
+                              i: usize,
+                              p: usize| match a {
+                    Err(AxisFault::DoesNotFit { span, padded }) => (*span, *padded),
+                    _ => (d * (k - 1) + 1, i + 2 * p),
+                };
+                let (sh, ph) = extent(&h, kh, dilation.h, ih, padding.h);
+                let (sw, pw) = extent(&w, kw, dilation.w, iw, padding.w);
+                return fail(format!(
+                    "kernel ({kh}, {kw}) with dilation {dilation} spans {}, larger than the \
+                     padded input ({ph}, {pw}) (input {input:?} padded by {padding}, weight {weight:?})",
+                    Pair::new(sh, sw),
+                ));
+            }
         };
+        // The output must be addressable, and so must every plane of the
+        // input, weight and output when a tensor is empty (an empty batch or
+        // channel dimension leaves the others unbounded by any allocation).
+        let fits = |dims: &[usize]| {
+            dims.iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1)))
+                .is_some_and(|v| v <= MAX_EXTENT)
+        };
+        let out = [n, o, h.output, w.output];
+        if !(fits(input) && fits(weight) && fits(&out)) {
+            return fail(format!(
+                "input {input:?}, weight {weight:?} or the output {out:?} has more elements \
+                 than isize::MAX (stride {stride}, padding {padding}, dilation {dilation})"
+            ));
+        }
         if let Some(b) = bias {
             if b != [o] {
                 return fail(format!(

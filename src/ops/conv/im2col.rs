@@ -164,7 +164,7 @@ fn row_blocks<T>(geom: &Conv2dGeometry) -> impl Iterator<Item = Range<usize>> {
         oh
     } else {
         // `max(1)`: a conv with zero input channels has empty patches.
-        let row_bytes = geom.patch_len() * geom.out_w() * std::mem::size_of::<T>();
+        let row_bytes = (geom.patch_len() * std::mem::size_of::<T>()).saturating_mul(geom.out_w());
         (COLS_BLOCK_BYTES / row_bytes.max(1)).clamp(1, oh)
     };
     let rows = oh.div_ceil(oh.div_ceil(max_rows));
@@ -252,9 +252,17 @@ struct Phases {
 }
 
 impl Phases {
-    /// The phase layout of `geom`, if its column-block rows are plane slices.
+    /// The phase layout of `geom`, if its column-block rows are plane slices
+    /// and the stride is at most the input's size on each axis. (The planes
+    /// take `⌈H/sh⌉·sh × ⌈W/sw⌉·sw` elements: under twice the input with
+    /// such strides, but in proportion to a larger stride. A larger stride
+    /// leaves a single output row or column, or windows over a large padding:
+    /// the runs take those.)
     fn of(geom: &Conv2dGeometry) -> Option<Phases> {
         let (sh, sw) = (geom.h.stride, geom.w.stride);
+        if sh > geom.h.input.max(1) || sw > geom.w.input.max(1) {
+            return None;
+        }
         let (hq, wq) = (geom.h.input.div_ceil(sh), geom.w.input.div_ceil(sw));
         (geom.out_w() == wq).then_some(Phases { sh, sw, hq, wq })
     }
@@ -704,7 +712,9 @@ fn columns<'a, T: Float>(
 /// The batch split between threads, unless the whole conv is too small to
 /// be worth waking a second thread (then its GEMMs may still split).
 pub(super) fn batch_split(geom: &Conv2dGeometry) -> Vec<Range<usize>> {
-    let flops_per_sample = 2 * geom.out_channels * geom.out_hw() * geom.patch_len();
+    let flops_per_sample = [geom.out_channels, geom.out_hw(), geom.patch_len()]
+        .iter()
+        .fold(2usize, |acc, &d| acc.saturating_mul(d));
     split_work(geom.batch, flops_per_sample, 1 << 20)
 }
 

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! where `g = o / (O/G)` is the group of output channel `o`, `c < C/G`, and
-//! input positions in the padding read 0. Its gradients, for an upstream
+//! input positions in the padding read 0 — a 0 that is multiplied like any
+//! pixel, so a NaN or ±∞ weight makes NaN the outputs whose window puts it
+//! over the padding (PyTorch's behaviour). Its gradients, for an upstream
 //! gradient dY:
 //!
 //! - `db[o] = Σ_{n,i,j} dY[n, o, i, j]`;
@@ -41,6 +43,14 @@
 //!   gradients), else im2col + GEMM (private module `im2col`). Both split the
 //!   batch between [`gemm::num_threads`](crate::gemm::num_threads) threads;
 //!   both are tested against [`reference`](mod@reference).
+//! - Non-finite values land where the definition puts them. Winograd's
+//!   transforms mix the pixels of a tile and the taps of a kernel, so they
+//!   would spread a NaN or ±∞ over whole tiles (and turn ±∞ into NaN); every
+//!   call therefore scans its operands (input and weight forward; dY and the
+//!   operands of the gradients wanted backward) and takes im2col when any
+//!   value is not finite. im2col, the pointwise product and the reference then
+//!   give NaN and ±∞ at the same positions (a vectorised pass over the data,
+//!   small next to the conv's own reads).
 
 mod geometry;
 mod im2col;
@@ -229,6 +239,29 @@ impl Conv2dOptions {
     }
 }
 
+/// Whether every value of `v` is finite (neither NaN nor ±∞): the check that
+/// sends a conv with a non-finite operand to the direct path. One pass over
+/// the data, which the compiler vectorises: `v · 0` is ±0 for a finite `v` and
+/// NaN otherwise, summed in independent lanes with no early exit inside a
+/// chunk; it costs a fraction of one read of the operands by the conv itself.
+fn all_finite<T: Float>(v: &[T]) -> bool {
+    const LANES: usize = 16;
+    v.chunks(1 << 12).all(|chunk| {
+        let mut acc = [T::ZERO; LANES];
+        let mut rows = chunk.chunks_exact(LANES);
+        for row in &mut rows {
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a += x * T::ZERO;
+            }
+        }
+        let tail = rows
+            .remainder()
+            .iter()
+            .fold(T::ZERO, |a, &x| a + x * T::ZERO);
+        acc.iter().fold(tail, |a, &b| a + b) == T::ZERO
+    })
+}
+
 impl<'t, T: Float> Var<'t, T> {
     /// 2-D convolution (cross-correlation) of an NCHW input with an OIHW
     /// weight, plus an optional bias `[O]`; see the [module docs](crate::conv)
@@ -238,8 +271,9 @@ impl<'t, T: Float> Var<'t, T> {
     /// `out = floor((in + 2·padding − dilation·(k − 1) − 1) / stride) + 1` per axis.
     /// Runs Winograd (F(4×4, 3×3) on outputs of at least 64 4×4 tiles, else
     /// F(2×2, 3×3)) for 3×3, stride-1, undilated convs with padding
-    /// ≤ 2 and at least 16 channels per group in and out, else im2col + GEMM (a
-    /// 1x1, stride-1, unpadded conv skips im2col). The batch is split between
+    /// ≤ 2 and at least 16 channels per group in and out whose operands are
+    /// all finite, else im2col + GEMM (a 1x1, stride-1, unpadded conv skips
+    /// im2col); so NaN and ±∞ come out where the definition puts them. The batch is split between
     /// [`gemm::num_threads`](crate::gemm::num_threads) threads. The backward
     /// pass recomputes the column matrix (or the transformed input) rather than
     /// keeping it, and skips dX when the input needs no gradient (e.g. the data
@@ -247,8 +281,8 @@ impl<'t, T: Float> Var<'t, T> {
     /// [`reference`](mod@reference) to rounding; Winograd rounds differently
     /// from the direct sum (in `f32`, relative differences of order 1e-6).
     ///
-    /// Panics, naming `conv2d` and the shapes, if they do not fit together
-    /// (see [`Conv2dGeometry::try_new`]).
+    /// Panics, naming `conv2d` and the shapes, if they do not fit together or
+    /// a size overflows (see [`Conv2dGeometry::try_new`]).
     ///
     /// ```
     /// use tapegrad::{Conv2dOptions, Tape, Tensor};
@@ -279,7 +313,7 @@ impl<'t, T: Float> Var<'t, T> {
             &options,
         );
         let (x_, w_, b_) = (xv.data(), wv.data(), bv.as_ref().map(|b| b.data()));
-        let y = if winograd::applies(&geom) {
+        let y = if winograd::applies(&geom) && all_finite(x_) && all_finite(w_) {
             winograd::forward(&geom, x_, w_, b_)
         } else {
             im2col::forward(&geom, x_, w_, b_)
@@ -291,13 +325,17 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.record("conv2d", y, &parents, move |ctx| {
             let (x, w) = (ctx.inputs[0], ctx.inputs[1]);
             let need_db = ctx.inputs.len() == 3 && ctx.needs_grad[2];
-            let backward = if winograd::applies(&geom) {
+            let need = [ctx.needs_grad[0], ctx.needs_grad[1], need_db];
+            let (x_, w_, dy) = (x.data(), w.data(), ctx.grad.data());
+            // dX reads W and dY, dW reads X and dY.
+            let finite =
+                all_finite(dy) && (!need[0] || all_finite(w_)) && (!need[1] || all_finite(x_));
+            let backward = if winograd::applies(&geom) && finite {
                 winograd::backward
             } else {
                 im2col::backward
             };
-            let need = [ctx.needs_grad[0], ctx.needs_grad[1], need_db];
-            let g = backward(&geom, x.data(), w.data(), ctx.grad.data(), need);
+            let g = backward(&geom, x_, w_, dy, need);
             let dx = g.dx.map(|d| Tensor::from_parts(d, x.shape().clone()));
             let dw = g.dw.map(|d| Tensor::from_parts(d, w.shape().clone()));
             let mut grads = smallvec![dx, dw];
@@ -308,5 +346,34 @@ impl<'t, T: Float> Var<'t, T> {
             }
             grads
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_finite;
+
+    /// Every non-finite value is found wherever it sits: in the lanes, the
+    /// tail of a chunk, a later chunk; and large finite values pass.
+    #[test]
+    fn all_finite_finds_every_non_finite_value() {
+        for len in [0usize, 1, 15, 16, 17, 100, 4096, 4097, 9000] {
+            let v: Vec<f32> = (0..len)
+                .map(|i| if i % 2 == 0 { f32::MAX } else { -f32::MAX })
+                .collect();
+            assert!(all_finite(&v), "{len}");
+            for at in [0, len / 2, len.saturating_sub(1)]
+                .into_iter()
+                .filter(|&a| a < len)
+            {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut w = v.clone();
+                    w[at] = bad;
+                    assert!(!all_finite(&w), "{len} {at} {bad}");
+                    let w: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+                    assert!(!all_finite(&w), "f64 {len} {at} {bad}");
+                }
+            }
+        }
     }
 }

@@ -7,9 +7,18 @@
 //!              db[o]                  += δ
 //!              dW[o, c, ki, kj]       += δ · X[n, g·C/G + c, r, s]        (the input patch)
 //!              dX[n, g·C/G + c, r, s] += δ · W[o, c, ki, kj]
-//!            over the taps (c, ki, kj) whose (r, s) = (i·sh + ki·dh − ph, j·sw + kj·dw − pw)
-//!            is inside the input (padding reads 0 and receives nothing).
+//!            over the taps (c, ki, kj), where (r, s) = (i·sh + ki·dh − ph, j·sw + kj·dw − pw);
+//!            a tap in the padding reads X = 0 (so W · 0 and δ · 0 are still added)
+//!            and its dX term goes nowhere.
 //! ```
+//!
+//! Padding is zeros that *are multiplied*, as in PyTorch: a weight that is
+//! NaN or ±∞ makes NaN every output whose window puts that tap over the
+//! padding (∞ · 0 = NaN), and an upstream gradient that is NaN or ±∞ makes
+//! NaN the dW entries of the taps its window puts over the padding. Input
+//! pixels that no window reads (the last rows or columns, when the stride
+//! does not divide evenly) take no part at all. Every fast path gives NaN and
+//! ±∞ at the same positions as these loops.
 //!
 //! Here `g = o / (O/G)` is the group of output channel `o`. The op
 //! [`Var::conv2d`](crate::Var::conv2d) runs a much faster im2col + GEMM
@@ -55,26 +64,25 @@ fn for_each_output(geom: &Conv2dGeometry, mut f: impl FnMut(usize, usize, usize,
     }
 }
 
-/// Calls `f(x_offset, w_offset)` for every in-bounds tap of output element `(n, o, i, j)`.
+/// Calls `f(x_offset, w_offset)` for every tap of output element `(n, o, i, j)`,
+/// `x_offset` `None` when the tap reads the padding.
 fn for_each_tap(
     geom: &Conv2dGeometry,
     n: usize,
     o: usize,
     i: usize,
     j: usize,
-    mut f: impl FnMut(usize, usize),
+    mut f: impl FnMut(Option<usize>, usize),
 ) {
     let (xs, ws) = (geom.input_shape(), geom.weight_shape());
     let group = o / geom.out_per_group();
     for c in 0..geom.in_per_group() {
         for ki in 0..geom.h.kernel {
             for kj in 0..geom.w.kernel {
-                if let Some((r, s)) = geom.input_pixel(i, j, ki, kj) {
-                    f(
-                        at(xs, n, group * geom.in_per_group() + c, r, s),
-                        at(ws, o, c, ki, kj),
-                    );
-                }
+                let x = geom
+                    .input_pixel(i, j, ki, kj)
+                    .map(|(r, s)| at(xs, n, group * geom.in_per_group() + c, r, s));
+                f(x, at(ws, o, c, ki, kj));
             }
         }
     }
@@ -95,7 +103,10 @@ pub fn forward<T: Float>(geom: &Conv2dGeometry, x: &[T], w: &[T], b: Option<&[T]
     check_len(geom, x, w, y);
     for_each_output(geom, |n, o, i, j, yo| {
         let mut acc = b.map_or(T::ZERO, |b| b[o]);
-        for_each_tap(geom, n, o, i, j, |xo, wo| acc += x[xo] * w[wo]);
+        // The padding reads 0, multiplied like any pixel.
+        for_each_tap(geom, n, o, i, j, |xo, wo| {
+            acc += xo.map_or(T::ZERO, |xo| x[xo]) * w[wo];
+        });
         y[yo] = acc;
     });
 }
@@ -135,8 +146,10 @@ pub fn backward<T: Float>(
             db[o] += delta;
         }
         for_each_tap(geom, n, o, i, j, |xo, wo| {
-            dw[wo] += delta * x[xo];
-            dx[xo] += delta * w[wo];
+            dw[wo] += delta * xo.map_or(T::ZERO, |xo| x[xo]);
+            if let Some(xo) = xo {
+                dx[xo] += delta * w[wo];
+            }
         });
     });
 }

@@ -70,7 +70,9 @@ const BLOCK_BYTES: usize = 1 << 20;
 /// dilation 1, padding at most 2 (more puts output pixels whose window lies
 /// wholly in the padding; such convs are rare and take im2col), an output of
 /// at least 2×2, and at least [`MIN_CHANNELS`] input and output channels per
-/// group.
+/// group. `conv2d` also requires its operands to be finite: the transforms
+/// mix a tile's pixels, so a NaN or ±∞ would reach outputs whose windows do
+/// not hold it.
 pub(super) fn applies(geom: &Conv2dGeometry) -> bool {
     let axis_ok = |a: &super::AxisGeometry| {
         a.kernel == 3 && a.stride == 1 && a.dilation == 1 && a.padding <= 2 && a.output >= 2
