@@ -163,7 +163,7 @@ fn predict(model: &Cnn, params: &Params, set: &Dataset, norm: Normalize) -> Vec<
     let mut out = Vec::with_capacity(set.len());
     for batch in set.batches::<f32>(500, norm) {
         let tape = Tape::new();
-        let p = params.bind_frozen(&tape);
+        let p = params.bind_eval(&tape);
         out.extend(argmax_rows(
             &model.forward(&p, tape.constant(batch.images)).value(),
         ));

@@ -99,9 +99,52 @@ fn from_le_bytes<T: Float>(bytes: &[u8], shape: &[usize]) -> Result<Tensor<T>> {
 /// assert!(io::to_safetensors_bytes(&[("t", &t), ("t", &t)]).is_err());
 /// ```
 pub fn to_safetensors_bytes<T: Float>(tensors: &[(&str, &Tensor<T>)]) -> Result<Vec<u8>> {
+    let entries: Vec<Entry<'_, T>> = tensors.iter().map(|&(n, t)| Entry::float(n, t)).collect();
+    entries_to_safetensors_bytes(&entries)
+}
+
+/// One tensor to save, and how: in its own float dtype, or as whole numbers
+/// in `I64` (PyTorch's dtype for counters such as `num_batches_tracked`).
+pub(crate) struct Entry<'a, T: Float> {
+    name: &'a str,
+    tensor: &'a Tensor<T>,
+    count: bool,
+}
+
+impl<'a, T: Float> Entry<'a, T> {
+    /// Saved as `F32`/`F64`.
+    pub(crate) fn float(name: &'a str, tensor: &'a Tensor<T>) -> Self {
+        Entry {
+            name,
+            tensor,
+            count: false,
+        }
+    }
+
+    /// Saved as `I64` (each value rounded to the nearest whole number).
+    pub(crate) fn count(name: &'a str, tensor: &'a Tensor<T>) -> Self {
+        Entry {
+            name,
+            tensor,
+            count: true,
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        if self.count {
+            let ints = self.tensor.data().iter().map(|v| v.to_f64().round() as i64);
+            ints.flat_map(i64::to_le_bytes).collect()
+        } else {
+            le_bytes(self.tensor).expect("T is f32 or f64")
+        }
+    }
+}
+
+/// [`to_safetensors_bytes`] over [`Entry`]s.
+pub(crate) fn entries_to_safetensors_bytes<T: Float>(tensors: &[Entry<'_, T>]) -> Result<Vec<u8>> {
     let dtype = dtype_of::<T>()?;
     let mut seen = HashSet::new();
-    for &(name, _) in tensors {
+    for &Entry { name, .. } in tensors {
         if name == "__metadata__" {
             return Err(Error::Parameter {
                 name: name.to_string(),
@@ -115,18 +158,17 @@ pub fn to_safetensors_bytes<T: Float>(tensors: &[(&str, &Tensor<T>)]) -> Result<
             });
         }
     }
-    let buffers: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, t)| le_bytes(t).expect("T is f32 or f64"))
-        .collect();
+    let buffers: Vec<Vec<u8>> = tensors.iter().map(Entry::bytes).collect();
     let mut views = Vec::with_capacity(tensors.len());
-    for ((name, t), buf) in tensors.iter().zip(&buffers) {
-        let view =
-            TensorView::new(dtype, t.shape().to_vec(), buf).map_err(|e| Error::Parameter {
-                name: name.to_string(),
-                message: format!("cannot be serialised: {e}"),
-            })?;
-        views.push((*name, view));
+    for (e, buf) in tensors.iter().zip(&buffers) {
+        let dtype = if e.count { Dtype::I64 } else { dtype };
+        let view = TensorView::new(dtype, e.tensor.shape().to_vec(), buf).map_err(|err| {
+            Error::Parameter {
+                name: e.name.to_string(),
+                message: format!("cannot be serialised: {err}"),
+            }
+        })?;
+        views.push((e.name, view));
     }
     safetensors::serialize(views, None)
         .map_err(|e| Error::Data(format!("safetensors: cannot serialise: {e}")))
@@ -152,6 +194,16 @@ pub fn to_safetensors_bytes<T: Float>(tensors: &[(&str, &Tensor<T>)]) -> Result<
 /// assert!(err.to_string().starts_with("parameter `x`: stored as F32"));
 /// ```
 pub fn from_safetensors_bytes<T: Float>(bytes: &[u8]) -> Result<Vec<(String, Tensor<T>)>> {
+    from_safetensors_bytes_with_counts(bytes, &[])
+}
+
+/// [`from_safetensors_bytes`], where the tensors named in `counts` may also be
+/// stored as integers (`I64`, `I32`, `U8`, …, PyTorch's dtypes for counters),
+/// converted to `T` when every value is exactly representable.
+pub(crate) fn from_safetensors_bytes_with_counts<T: Float>(
+    bytes: &[u8],
+    counts: &[&str],
+) -> Result<Vec<(String, Tensor<T>)>> {
     let want = dtype_of::<T>()?;
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::Data(format!("safetensors: not a valid file: {e}")))?;
@@ -159,6 +211,16 @@ pub fn from_safetensors_bytes<T: Float>(bytes: &[u8]) -> Result<Vec<(String, Ten
     views.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = Vec::with_capacity(views.len());
     for (name, view) in views {
+        if view.dtype() != want && counts.contains(&name.as_str()) {
+            let t = counts_from_le_bytes::<T>(view.dtype(), view.data(), view.shape()).map_err(
+                |message| Error::Parameter {
+                    name: name.clone(),
+                    message,
+                },
+            )?;
+            out.push((name, t));
+            continue;
+        }
         if view.dtype() != want {
             let hint = match view.dtype() {
                 Dtype::F32 | Dtype::F64 => {
@@ -203,8 +265,44 @@ pub fn from_safetensors_bytes<T: Float>(bytes: &[u8]) -> Result<Vec<(String, Ten
     Ok(out)
 }
 
+/// A counter tensor stored as integers, converted to `T` exactly (or an error message).
+fn counts_from_le_bytes<T: Float>(
+    dtype: Dtype,
+    bytes: &[u8],
+    shape: &[usize],
+) -> std::result::Result<Tensor<T>, String> {
+    let ints: Vec<i128> = match dtype {
+        Dtype::I64 => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("chunk of 8")) as i128)
+            .collect(),
+        Dtype::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().expect("chunk of 4")) as i128)
+            .collect(),
+        Dtype::U8 => bytes.iter().map(|&b| b as i128).collect(),
+        other => {
+            return Err(format!(
+                "stored as {other}, but a count (an integer) was expected"
+            ))
+        }
+    };
+    let mut v = Vec::with_capacity(ints.len());
+    for i in ints {
+        let x = T::from_f64(i as f64);
+        if x.to_f64() as i128 != i {
+            return Err(format!(
+                "count {i} is not exactly representable as {}",
+                T::NAME
+            ));
+        }
+        v.push(x);
+    }
+    Tensor::from_vec(v, shape).map_err(|e| e.to_string())
+}
+
 /// Adds the file's path to a format error.
-fn in_file(path: &Path, e: Error) -> Error {
+pub(crate) fn in_file(path: &Path, e: Error) -> Error {
     match e {
         Error::Data(m) => Error::Data(format!("{}: {m}", path.display())),
         Error::Parameter { name, message } => Error::Parameter {
@@ -234,6 +332,12 @@ pub fn save_safetensors<T: Float>(
 ) -> Result<()> {
     let path = path.as_ref();
     let bytes = to_safetensors_bytes(tensors).map_err(|e| in_file(path, e))?;
+    write_whole(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary file next to `path`, then renames it over
+/// `path`: an existing file is replaced whole or not at all.
+pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
     let io_err = |p: &Path, source| Error::Io {
         path: p.display().to_string(),
         source,
@@ -241,7 +345,7 @@ pub fn save_safetensors<T: Float>(
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, &bytes).map_err(|e| io_err(&tmp, e))?;
+    std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io_err(path, e)

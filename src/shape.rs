@@ -87,7 +87,9 @@ impl Shape {
     pub fn strides(&self) -> SmallVec<[usize; 4]> {
         let mut s: SmallVec<[usize; 4]> = SmallVec::from_elem(1, self.0.len());
         for i in (0..self.0.len().saturating_sub(1)).rev() {
-            s[i] = s[i + 1] * self.0[i + 1];
+            // Saturating: an empty tensor may have other dimensions whose
+            // product overflows; its strides are never used to index.
+            s[i] = s[i + 1].saturating_mul(self.0[i + 1]);
         }
         s
     }

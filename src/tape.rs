@@ -72,6 +72,8 @@ enum Kind {
     Leaf,
     Constant,
     Op,
+    /// A node whose value was given back with [`Var::release`].
+    Released,
 }
 
 /// How a node maps its output gradient to its parents' gradients.
@@ -149,6 +151,16 @@ struct Graph<T: Float> {
 }
 
 impl<T: Float> Graph<T> {
+    /// The value of node `id`; panics if it was released.
+    #[inline]
+    fn value(&self, id: usize) -> &Tensor<T> {
+        let node = &self.nodes[id];
+        if node.kind == Kind::Released {
+            released(id, node.op);
+        }
+        &node.value
+    }
+
     /// The parent ids of `node`.
     #[inline]
     fn parents<'a>(&'a self, node: &'a Node<T>) -> &'a [usize] {
@@ -188,6 +200,8 @@ pub struct Tape<T: Float = f32> {
     /// or of this tape before it was cleared, panics instead of answering for
     /// whichever node has the same index.
     identity: TapeId,
+    /// False for a [`Tape::no_grad`] tape: nothing requires a gradient.
+    grad_enabled: bool,
 }
 
 /// A process-wide unique tape identity.
@@ -222,7 +236,40 @@ impl<T: Float> Tape<T> {
             }),
             check_finite: Cell::new(false),
             identity: TapeId::fresh(),
+            grad_enabled: true,
         }
+    }
+
+    /// A tape for inference (PyTorch's `torch.no_grad()` / `inference_mode()`):
+    /// nothing on it requires a gradient (a [`leaf`](Tape::leaf) is recorded as
+    /// a constant), so no op stores a backward closure, and a value nobody will
+    /// read again can be given back early with [`Var::release`] ([`Sequential`](crate::nn::Sequential)
+    /// does so for each layer's input). `backward()` on it panics.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::no_grad();
+    /// let x = tape.leaf(Tensor::ones([2]));
+    /// let h = x.exp();
+    /// let y = h * 2.0;
+    /// h.release(); // h's buffer is freed now, not when the tape is dropped
+    /// assert!(!y.requires_grad());
+    /// assert_eq!(y.value().data(), &[2.0 * 1f32.exp(); 2]);
+    /// ```
+    pub fn no_grad() -> Self {
+        let mut tape = Self::new();
+        tape.grad_enabled = false;
+        tape
+    }
+
+    /// Whether ops on this tape record gradients (false for [`Tape::no_grad`]).
+    ///
+    /// ```
+    /// assert!(tapegrad::Tape::<f32>::new().grad_enabled());
+    /// assert!(!tapegrad::Tape::<f32>::no_grad().grad_enabled());
+    /// ```
+    pub fn grad_enabled(&self) -> bool {
+        self.grad_enabled
     }
 
     /// An empty tape with room for `n` nodes (avoids regrowth on long graphs).
@@ -239,6 +286,7 @@ impl<T: Float> Tape<T> {
             }),
             check_finite: Cell::new(false),
             identity: TapeId::fresh(),
+            grad_enabled: true,
         }
     }
 
@@ -390,6 +438,9 @@ impl<T: Float> Tape<T> {
         let mut graph = self.graph_mut(op);
         let nodes = &mut graph.nodes;
         let requires_grad = nodes[parent.id].requires_grad;
+        if nodes[parent.id].kind == Kind::Released {
+            released(parent.id, nodes[parent.id].op);
+        }
         let value = f(&nodes[parent.id].value);
         let id = push_in_place(nodes, || Node {
             value,
@@ -471,6 +522,11 @@ impl<T: Float> Tape<T> {
         } else {
             "constant"
         };
+        let kind = if self.grad_enabled {
+            kind
+        } else {
+            Kind::Constant
+        };
         let mut graph = self.graph_mut(op);
         if self.check_finite.get() && !value.all_finite() {
             non_finite_value(&graph, op, &value, &[]);
@@ -491,12 +547,12 @@ impl<T: Float> Tape<T> {
     /// Applies `f` to the value of node `id` without cloning it.
     #[inline]
     pub(crate) fn with_value<R>(&self, id: usize, f: impl FnOnce(&Tensor<T>) -> R) -> R {
-        f(&self.graph.borrow().nodes[id].value)
+        f(self.graph.borrow().value(id))
     }
 
     /// The value of node `id` (a cheap clone sharing storage).
     pub(crate) fn value_of(&self, id: usize) -> Tensor<T> {
-        self.graph.borrow().nodes[id].value.clone()
+        self.graph.borrow().value(id).clone()
     }
 
     /// Borrow of the graph, for ops that only read values.
@@ -535,7 +591,12 @@ impl<T: Float> Tape<T> {
             "digraph tape {\n  rankdir=BT;\n  node [shape=box, fontname=\"monospace\"];\n",
         );
         for (i, n) in graph.nodes.iter().enumerate() {
-            let mut label = format!("#{i} {}\\n{}", n.op, n.value.shape());
+            let shape = if n.kind == Kind::Released {
+                "released".to_string()
+            } else {
+                n.value.shape().to_string()
+            };
+            let mut label = format!("#{i} {}\\n{shape}", n.op);
             if let Some(g) = grads.and_then(|g| g.by_id(i)) {
                 let _ = write!(label, "\\n|grad| = {:.4e}", g.norm());
             }
@@ -543,6 +604,7 @@ impl<T: Float> Tape<T> {
                 Kind::Leaf => ", style=filled, fillcolor=\"#dbeafe\"",
                 Kind::Constant => ", style=dashed",
                 Kind::Op => "",
+                Kind::Released => ", style=dotted",
             };
             let _ = writeln!(s, "  n{i} [label=\"{label}\"{style}];");
             for &p in graph.parents(n) {
@@ -747,6 +809,13 @@ fn push_in_place<E>(v: &mut Vec<E>, make: impl FnOnce() -> E) -> usize {
     id
 }
 
+/// The panic of a read of a released node's value.
+#[cold]
+#[inline(never)]
+fn released(id: usize, op: &str) -> ! {
+    panic!("node {id} ({op}) was released with Var::release: its value is gone")
+}
+
 /// The panic of an op recorded while the tape is being walked backward.
 #[cold]
 #[inline(never)]
@@ -874,7 +943,38 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(&tape.leaf(tapegrad::Tensor::zeros([2, 5])).shape()[..], &[2, 5]);
     /// ```
     pub fn shape(self) -> Shape {
-        self.tape.graph().nodes[self.id].value.shape().clone()
+        self.tape.graph().value(self.id).shape().clone()
+    }
+
+    /// Gives the node's value back (its buffer is freed or recycled now rather
+    /// than when the tape is dropped), for inference on a [`Tape::no_grad`]
+    /// tape, where no backward pass will need it. Reading the value afterwards
+    /// (directly or through an op) panics naming the node. Releasing twice is
+    /// harmless.
+    ///
+    /// Panics on a tape that records gradients: there every value may be
+    /// needed by `backward()`.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::no_grad();
+    /// let h = tape.leaf(Tensor::ones([1000])).exp();
+    /// let s = h.sum();
+    /// h.release();
+    /// assert_eq!(s.value().item(), 1000.0 * 1f32.exp());
+    /// ```
+    pub fn release(self) {
+        assert!(
+            !self.tape.grad_enabled,
+            "release: node {} ({}) is on a tape that records gradients, and backward() may \
+             need its value; release values on a Tape::no_grad() tape",
+            self.id,
+            self.op()
+        );
+        let mut graph = self.tape.graph_mut("release");
+        let node = &mut graph.nodes[self.id];
+        node.kind = Kind::Released;
+        node.value = Tensor::scalar(T::ZERO);
     }
 
     /// The op that produced this node (`"leaf"`, `"constant"`, `"matmul"`, …).
@@ -961,6 +1061,12 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(g[x].data(), &[1.0, 1.0]);
     /// ```
     pub fn backward_with_options(self, opts: BackwardOptions<T>) -> Gradients<T> {
+        assert!(
+            self.tape.grad_enabled,
+            "backward: node {} ({}) is on a Tape::no_grad() tape, which records no gradients",
+            self.id,
+            self.op()
+        );
         let seed = match opts.seed {
             Some(s) => s,
             None => {

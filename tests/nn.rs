@@ -206,7 +206,7 @@ fn a_short_training_run_learns_the_digits() {
     let tape = Tape::new();
     let logits = net
         .forward(
-            &params.bind_frozen(&tape),
+            &params.bind_eval(&tape),
             tape.constant(test.to_tensor::<f32>(norm)),
         )
         .value();

@@ -4,6 +4,7 @@ use crate::{Error, Float, Gradients, Result, Tape, Tensor, Var};
 use std::ops::Index;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The index of a parameter in a [`Params`] store.
 ///
@@ -20,6 +21,78 @@ pub struct ParamId {
     index: usize,
 }
 
+/// The index of a buffer (a tensor saved with the model but not trained, such
+/// as batch norm's running statistics) in a [`Params`] store.
+///
+/// ```
+/// let mut p = tapegrad::nn::Params::<f32>::new();
+/// let id: tapegrad::nn::BufferId = p.add_buffer("bn.running_mean", tapegrad::Tensor::zeros([4]));
+/// assert_eq!(p.buffer(id).data(), &[0.0; 4]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BufferId {
+    store: StoreId,
+    index: usize,
+}
+
+/// Whether a model runs in training or in evaluation mode: chosen when its
+/// parameters are bound to a tape ([`Params::bind`] trains,
+/// [`Params::bind_eval`] evaluates) and read by the layers that behave
+/// differently (dropout is the identity and batch norm uses its running
+/// statistics in evaluation). PyTorch's `model.train()` / `model.eval()`.
+///
+/// ```
+/// use tapegrad::nn::{Mode, Params};
+/// let params = Params::<f32>::new();
+/// let tape = tapegrad::Tape::new();
+/// assert_eq!(params.bind(&tape).mode(), Mode::Train);
+/// assert_eq!(params.bind_eval(&tape).mode(), Mode::Eval);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Training: batch statistics, dropout active, running statistics updated.
+    Train,
+    /// Evaluation: running statistics, dropout off, nothing updated.
+    Eval,
+}
+
+/// A buffer's value, shared by the store and its bindings (a training-mode
+/// forward pass updates it through the binding).
+type Shared<T> = Arc<Mutex<Tensor<T>>>;
+
+/// How a buffer is stored on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BufferKind {
+    /// In the store's float type.
+    Float,
+    /// A count (PyTorch's `num_batches_tracked`), stored as `I64`.
+    Count,
+}
+
+/// A named buffer.
+struct Buffer<T: Float> {
+    name: String,
+    value: Shared<T>,
+    kind: BufferKind,
+}
+
+impl<T: Float> Clone for Buffer<T> {
+    /// A deep copy: the clone's buffer is its own.
+    fn clone(&self) -> Self {
+        Buffer {
+            name: self.name.clone(),
+            value: Arc::new(Mutex::new(lock(&self.value).clone())),
+            kind: self.kind,
+        }
+    }
+}
+
+/// Locks a buffer (a panic while it was held cannot leave it half-written:
+/// buffers are replaced whole).
+fn lock<T: Float>(m: &Mutex<Tensor<T>>) -> std::sync::MutexGuard<'_, Tensor<T>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A process-wide unique identity of a [`Params`] store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct StoreId(u64);
@@ -29,6 +102,28 @@ impl StoreId {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         StoreId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
+}
+
+/// Replaces a shared buffer's value, keeping its shape.
+fn set_shared<T: Float>(name: &str, slot: &Mutex<Tensor<T>>, value: Tensor<T>) {
+    let mut cur = lock(slot);
+    assert!(
+        value.shape() == cur.shape(),
+        "params: buffer `{name}` has shape {}, cannot set a value of shape {}",
+        cur.shape(),
+        value.shape()
+    );
+    *cur = value;
+}
+
+/// The panic of a [`BufferId`] used on a store that did not issue it.
+#[cold]
+#[inline(never)]
+fn foreign_buffer(what: &str, id: BufferId) -> ! {
+    panic!(
+        "{what}: buffer #{} was registered in another Params store",
+        id.index
+    )
 }
 
 /// The panic of a [`ParamId`] used on a store that did not issue it.
@@ -64,6 +159,7 @@ fn foreign_id(what: &str, id: ParamId) -> ! {
 pub struct Params<T: Float = f32> {
     names: Vec<String>,
     values: Vec<Tensor<T>>,
+    buffers: Vec<Buffer<T>>,
     store: StoreId,
 }
 
@@ -83,6 +179,7 @@ impl<T: Float> Params<T> {
         Params {
             names: Vec::new(),
             values: Vec::new(),
+            buffers: Vec::new(),
             store: StoreId::fresh(),
         }
     }
@@ -96,13 +193,133 @@ impl<T: Float> Params<T> {
     /// ```
     pub fn add(&mut self, name: impl Into<String>, value: Tensor<T>) -> ParamId {
         let name = name.into();
-        assert!(
-            self.id(&name).is_none(),
-            "params: a parameter named `{name}` already exists"
-        );
+        self.check_new_name(&name);
         self.names.push(name);
         self.values.push(value);
         self.param_id(self.values.len() - 1)
+    }
+
+    /// Panics if `name` is taken by a parameter or a buffer.
+    fn check_new_name(&self, name: &str) {
+        assert!(
+            self.id(name).is_none() && self.buffer_id(name).is_none(),
+            "params: a parameter or buffer named `{name}` already exists"
+        );
+    }
+
+    /// Registers a buffer: a tensor saved and loaded with the parameters but
+    /// not trained (no gradient, no optimizer update), such as batch norm's
+    /// running statistics. Panics if the name is taken.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let b = p.add_buffer("bn.running_var", tapegrad::Tensor::ones([3]));
+    /// assert_eq!(p.buffer_name(b), "bn.running_var");
+    /// assert_eq!(p.len(), 0); // not a parameter
+    /// ```
+    pub fn add_buffer(&mut self, name: impl Into<String>, value: Tensor<T>) -> BufferId {
+        self.push_buffer(name.into(), value, BufferKind::Float)
+    }
+
+    /// Registers a counter buffer (a scalar holding a whole number, such as
+    /// batch norm's `num_batches_tracked`), saved as a 64-bit integer as
+    /// PyTorch does.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let n = p.add_count_buffer("bn.num_batches_tracked");
+    /// assert_eq!(p.buffer(n).item(), 0.0);
+    /// ```
+    pub fn add_count_buffer(&mut self, name: impl Into<String>) -> BufferId {
+        self.push_buffer(name.into(), Tensor::scalar(T::ZERO), BufferKind::Count)
+    }
+
+    fn push_buffer(&mut self, name: String, value: Tensor<T>, kind: BufferKind) -> BufferId {
+        self.check_new_name(&name);
+        self.buffers.push(Buffer {
+            name,
+            value: Arc::new(Mutex::new(value)),
+            kind,
+        });
+        BufferId {
+            store: self.store,
+            index: self.buffers.len() - 1,
+        }
+    }
+
+    /// The id of the buffer called `name`.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let b = p.add_buffer("m", tapegrad::Tensor::zeros([1]));
+    /// assert_eq!(p.buffer_id("m"), Some(b));
+    /// ```
+    pub fn buffer_id(&self, name: &str) -> Option<BufferId> {
+        let index = self.buffers.iter().position(|b| b.name == name)?;
+        Some(BufferId {
+            store: self.store,
+            index,
+        })
+    }
+
+    /// The position of buffer `id`; panics if another store issued it.
+    fn buffer_index(&self, id: BufferId, what: &str) -> usize {
+        if id.store != self.store {
+            foreign_buffer(what, id);
+        }
+        id.index
+    }
+
+    /// A buffer's current value (sharing storage).
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f64>::new();
+    /// let b = p.add_buffer("m", tapegrad::Tensor::full([2], 0.5));
+    /// assert_eq!(p.buffer(b).data(), &[0.5, 0.5]);
+    /// ```
+    pub fn buffer(&self, id: BufferId) -> Tensor<T> {
+        lock(&self.buffers[self.buffer_index(id, "params.buffer")].value).clone()
+    }
+
+    /// Replaces a buffer's value; panics naming it if the shape differs.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f64>::new();
+    /// let b = p.add_buffer("m", tapegrad::Tensor::zeros([2]));
+    /// p.set_buffer(b, tapegrad::Tensor::ones([2]));
+    /// assert_eq!(p.buffer(b).data(), &[1.0, 1.0]);
+    /// ```
+    pub fn set_buffer(&mut self, id: BufferId, value: Tensor<T>) {
+        let b = &self.buffers[self.buffer_index(id, "params.set_buffer")];
+        set_shared(&b.name, &b.value, value);
+    }
+
+    /// A buffer's name.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let b = p.add_buffer("bn.running_mean", tapegrad::Tensor::zeros([1]));
+    /// assert_eq!(p.buffer_name(b), "bn.running_mean");
+    /// ```
+    pub fn buffer_name(&self, id: BufferId) -> &str {
+        &self.buffers[self.buffer_index(id, "params.buffer_name")].name
+    }
+
+    /// `(id, name, value)` for every buffer, in registration order.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// p.add_buffer("a", tapegrad::Tensor::zeros([1]));
+    /// assert_eq!(p.buffers().map(|(_, n, _)| n).collect::<Vec<_>>(), ["a"]);
+    /// ```
+    pub fn buffers(&self) -> impl Iterator<Item = (BufferId, &str, Tensor<T>)> {
+        self.buffers.iter().enumerate().map(|(index, b)| {
+            let id = BufferId {
+                store: self.store,
+                index,
+            };
+            (id, b.name.as_str(), lock(&b.value).clone())
+        })
     }
 
     /// Number of parameter tensors.
@@ -249,13 +466,64 @@ impl<T: Float> Params<T> {
     /// # std::fs::remove_file(&path).ok();
     /// ```
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let named: Vec<(&str, &Tensor<T>)> = self
+        let path = path.as_ref();
+        crate::io::write_whole(path, &self.to_safetensors_bytes()?)
+    }
+
+    /// Every parameter and buffer, by name, as the bytes of a safetensors file
+    /// (what [`save`](Params::save) writes). Counter buffers are stored as `I64`.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// p.add("w", tapegrad::Tensor::ones([2]));
+    /// let mut q = tapegrad::nn::Params::<f32>::new();
+    /// let w = q.add("w", tapegrad::Tensor::zeros([2]));
+    /// q.assign_safetensors_bytes(&p.to_safetensors_bytes().unwrap()).unwrap();
+    /// assert_eq!(q.get(w).data(), &[1.0, 1.0]);
+    /// ```
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        let buffers: Vec<(String, Tensor<T>, BufferKind)> = self
+            .buffers
+            .iter()
+            .map(|b| (b.name.clone(), lock(&b.value).clone(), b.kind))
+            .collect();
+        let mut entries: Vec<crate::io::Entry<'_, T>> = self
             .names
             .iter()
-            .map(String::as_str)
             .zip(&self.values)
+            .map(|(n, v)| crate::io::Entry::float(n, v))
             .collect();
-        crate::io::save_safetensors(path, &named)
+        for (name, value, kind) in &buffers {
+            entries.push(match kind {
+                BufferKind::Float => crate::io::Entry::float(name, value),
+                BufferKind::Count => crate::io::Entry::count(name, value),
+            });
+        }
+        crate::io::entries_to_safetensors_bytes(&entries)
+    }
+
+    /// Loads the bytes of a safetensors file into the parameters and buffers
+    /// (checked as in [`load`](Params::load)).
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// p.add("w", tapegrad::Tensor::zeros([1]));
+    /// assert!(p.assign_safetensors_bytes(b"not a file").is_err());
+    /// ```
+    pub fn assign_safetensors_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let loaded = self.parse_safetensors(bytes)?;
+        self.assign(loaded)
+    }
+
+    /// The named tensors of a safetensors file, this store's counters accepted as integers.
+    fn parse_safetensors(&self, bytes: &[u8]) -> Result<Vec<(String, Tensor<T>)>> {
+        let counts: Vec<&str> = self
+            .buffers
+            .iter()
+            .filter(|b| b.kind == BufferKind::Count)
+            .map(|b| b.name.as_str())
+            .collect();
+        crate::io::from_safetensors_bytes_with_counts::<T>(bytes, &counts)
     }
 
     /// Loads values saved by [`save`](Params::save) (or by PyTorch) into this model's
@@ -279,7 +547,14 @@ impl<T: Float> Params<T> {
     /// # std::fs::remove_file(&path).ok();
     /// ```
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let loaded = crate::io::load_safetensors::<T>(path)?;
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let loaded = self
+            .parse_safetensors(&bytes)
+            .map_err(|e| crate::io::in_file(path, e))?;
         self.assign(loaded)
     }
 
@@ -293,19 +568,29 @@ impl<T: Float> Params<T> {
     /// assert_eq!(err.to_string(), "parameter `v`: is in the file but not in the model (model has: w)");
     /// ```
     pub fn assign(&mut self, named: Vec<(String, Tensor<T>)>) -> Result<()> {
-        let mut slots: Vec<Option<Tensor<T>>> = vec![None; self.len()];
+        let np = self.len();
+        // Parameters first, then buffers, in one list of slots.
+        let mut slots: Vec<Option<Tensor<T>>> = vec![None; np + self.buffers.len()];
         for (name, t) in named {
-            let Some(id) = self.id(&name) else {
+            let (slot, want) = if let Some(id) = self.id(&name) {
+                (id.index, self.values[id.index].shape().clone())
+            } else if let Some(id) = self.buffer_id(&name) {
+                (
+                    np + id.index,
+                    lock(&self.buffers[id.index].value).shape().clone(),
+                )
+            } else {
+                let mut all: Vec<&str> = self.names.iter().map(String::as_str).collect();
+                all.extend(self.buffers.iter().map(|b| b.name.as_str()));
                 return Err(Error::Parameter {
                     name,
                     message: format!(
                         "is in the file but not in the model (model has: {})",
-                        self.names.join(", ")
+                        all.join(", ")
                     ),
                 });
             };
-            let want = self.values[id.index].shape();
-            if t.shape() != want {
+            if *t.shape() != want {
                 return Err(Error::Parameter {
                     name,
                     message: format!(
@@ -315,18 +600,24 @@ impl<T: Float> Params<T> {
                     ),
                 });
             }
-            slots[id.index] = Some(t);
+            slots[slot] = Some(t);
         }
         if let Some(i) = slots.iter().position(Option::is_none) {
+            let name = if i < np {
+                self.names[i].clone()
+            } else {
+                self.buffers[i - np].name.clone()
+            };
             return Err(Error::Parameter {
-                name: self.names[i].clone(),
+                name,
                 message: "is missing from the file".into(),
             });
         }
-        self.values = slots
-            .into_iter()
-            .map(|t| t.expect("checked above"))
-            .collect();
+        let mut slots = slots.into_iter().map(|t| t.expect("checked above"));
+        self.values = slots.by_ref().take(np).collect();
+        for (b, t) in self.buffers.iter().zip(slots) {
+            *lock(&b.value) = t;
+        }
         Ok(())
     }
 
@@ -342,25 +633,53 @@ impl<T: Float> Params<T> {
     pub fn bind<'t>(&self, tape: &'t Tape<T>) -> Bound<'t, T> {
         Bound {
             vars: self.values.iter().map(|v| tape.leaf(v.clone())).collect(),
+            buffers: self.buffers.iter().map(|b| b.value.clone()).collect(),
+            mode: Mode::Train,
             store: self.store,
         }
     }
 
-    /// Records every parameter on `tape` as a constant (evaluation: no gradients, no closures kept).
+    /// Records every parameter on `tape` as a constant, in evaluation
+    /// [`Mode`]: no gradients, no closures kept, dropout off, batch norm on its
+    /// running statistics (which stay as they are). On a
+    /// [`Tape::no_grad`] tape this is graph-free inference (see
+    /// [`predict`](super::predict)).
     ///
     /// ```
     /// let mut p = tapegrad::nn::Params::<f32>::new();
     /// let id = p.add("a", tapegrad::Tensor::ones([2]));
     /// let tape = tapegrad::Tape::new();
-    /// assert!(!p.bind_frozen(&tape)[id].requires_grad());
+    /// let b = p.bind_eval(&tape);
+    /// assert!(!b[id].requires_grad());
+    /// assert_eq!(b.mode(), tapegrad::nn::Mode::Eval);
     /// ```
-    pub fn bind_frozen<'t>(&self, tape: &'t Tape<T>) -> Bound<'t, T> {
-        Bound {
-            vars: self
+    pub fn bind_eval<'t>(&self, tape: &'t Tape<T>) -> Bound<'t, T> {
+        self.bind_mode(tape, Mode::Eval)
+    }
+
+    /// Records every parameter on `tape` in the given mode: as leaves
+    /// (receiving gradients) in [`Mode::Train`], as constants in
+    /// [`Mode::Eval`]. [`bind`](Params::bind) and [`bind_eval`](Params::bind_eval) are the two cases.
+    ///
+    /// ```
+    /// use tapegrad::nn::{Mode, Params};
+    /// let p = Params::<f32>::new();
+    /// let tape = tapegrad::Tape::new();
+    /// assert_eq!(p.bind_mode(&tape, Mode::Eval).mode(), Mode::Eval);
+    /// ```
+    pub fn bind_mode<'t>(&self, tape: &'t Tape<T>, mode: Mode) -> Bound<'t, T> {
+        let vars = match mode {
+            Mode::Train => self.values.iter().map(|v| tape.leaf(v.clone())).collect(),
+            Mode::Eval => self
                 .values
                 .iter()
                 .map(|v| tape.constant(v.clone()))
                 .collect(),
+        };
+        Bound {
+            vars,
+            buffers: self.buffers.iter().map(|b| b.value.clone()).collect(),
+            mode,
             store: self.store,
         }
     }
@@ -377,10 +696,69 @@ impl<T: Float> Params<T> {
 /// ```
 pub struct Bound<'t, T: Float = f32> {
     vars: Vec<Var<'t, T>>,
+    buffers: Vec<Shared<T>>,
+    mode: Mode,
     store: StoreId,
 }
 
 impl<'t, T: Float> Bound<'t, T> {
+    /// Training or evaluation (see [`Mode`]).
+    ///
+    /// ```
+    /// let p = tapegrad::nn::Params::<f32>::new();
+    /// let tape = tapegrad::Tape::new();
+    /// assert!(p.bind(&tape).is_training());
+    /// ```
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Whether the mode is [`Mode::Train`].
+    ///
+    /// ```
+    /// let p = tapegrad::nn::Params::<f32>::new();
+    /// let tape = tapegrad::Tape::new();
+    /// assert!(!p.bind_eval(&tape).is_training());
+    /// ```
+    pub fn is_training(&self) -> bool {
+        self.mode == Mode::Train
+    }
+
+    /// A buffer's current value.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let m = p.add_buffer("m", tapegrad::Tensor::ones([2]));
+    /// let tape = tapegrad::Tape::new();
+    /// assert_eq!(p.bind(&tape).buffer(m).data(), &[1.0, 1.0]);
+    /// ```
+    pub fn buffer(&self, id: BufferId) -> Tensor<T> {
+        lock(&self.buffers[self.buffer_index(id, "bound.buffer")]).clone()
+    }
+
+    /// Replaces a buffer's value in the store this binding came from (a layer's
+    /// training-mode forward pass updating its running statistics). Panics
+    /// naming the buffer if the shape differs.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let m = p.add_buffer("m", tapegrad::Tensor::zeros([2]));
+    /// let tape = tapegrad::Tape::new();
+    /// p.bind(&tape).set_buffer(m, tapegrad::Tensor::ones([2]));
+    /// assert_eq!(p.buffer(m).data(), &[1.0, 1.0]);
+    /// ```
+    pub fn set_buffer(&self, id: BufferId, value: Tensor<T>) {
+        let i = self.buffer_index(id, "bound.set_buffer");
+        set_shared(&format!("buffer #{i}"), &self.buffers[i], value);
+    }
+
+    fn buffer_index(&self, id: BufferId, what: &str) -> usize {
+        if id.store != self.store {
+            foreign_buffer(what, id);
+        }
+        id.index
+    }
+
     /// Extracts the parameters' gradients (moving them, no copy) from a backward pass.
     ///
     /// ```
