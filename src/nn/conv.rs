@@ -98,3 +98,48 @@ impl<T: Float> Module<T> for MaxPool2d {
         x.max_pool2d(self.0)
     }
 }
+
+/// The stateless average-pooling layer; in plain code call `x.avg_pool2d(options)`.
+///
+/// ```
+/// use tapegrad::nn::{AvgPool2d, Module, Params};
+/// use tapegrad::Pool2dOptions;
+/// let tape = tapegrad::Tape::<f32>::new();
+/// let p = Params::new().bind(&tape);
+/// let x = tape.constant(tapegrad::Tensor::ones([1, 1, 4, 4]));
+/// let y = AvgPool2d(Pool2dOptions::new(2)).forward(&p, x);
+/// assert_eq!(y.value().data(), &[1.0; 4]);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct AvgPool2d(pub Pool2dOptions);
+
+impl<T: Float> Module<T> for AvgPool2d {
+    fn forward<'t>(&self, _: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        x.avg_pool2d(self.0)
+    }
+}
+
+/// Global average pooling: `[N, C, H, W]` → `[N, C]`, the mean of each
+/// channel's plane (PyTorch's `AdaptiveAvgPool2d(1)` followed by `flatten(1)`).
+/// ∂y/∂x = 1/(H·W) over the plane.
+///
+/// ```
+/// use tapegrad::nn::{GlobalAvgPool2d, Module, Params};
+/// let tape = tapegrad::Tape::<f32>::new();
+/// let p = Params::new().bind(&tape);
+/// let x = tape.constant(tapegrad::Tensor::arange(8).reshape([1, 2, 2, 2]));
+/// assert_eq!(GlobalAvgPool2d.forward(&p, x).value().data(), &[1.5, 5.5]);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GlobalAvgPool2d;
+
+impl<T: Float> Module<T> for GlobalAvgPool2d {
+    fn forward<'t>(&self, _: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        let s = x.shape();
+        assert!(
+            s.rank() == 4,
+            "global_avg_pool2d: input {s} must be [N, C, H, W] (rank 4)"
+        );
+        x.mean_axes(&[2, 3], false)
+    }
+}

@@ -1,7 +1,10 @@
 //! Layers with PyTorch's default initialisation, and [`Sequential`].
 
 use super::params::{Bound, ParamId, Params};
-use crate::{Float, Tensor, Var};
+use crate::{Float, Tape, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::sync::Mutex;
 
 /// U(−bound, bound) samples from the caller's RNG, `bound = 1/√fan_in`: PyTorch's default
 /// for both weights (kaiming-uniform with a = √5 gives exactly this bound) and biases.
@@ -121,6 +124,144 @@ impl<T: Float> Module<T> for ReLU {
     }
 }
 
+/// The stateless tanh layer; in plain code call `x.tanh()`.
+///
+/// ```
+/// use tapegrad::nn::{Module, Params, Tanh};
+/// let tape = tapegrad::Tape::<f32>::new();
+/// let p = Params::new().bind(&tape);
+/// let x = tape.constant(tapegrad::Tensor::zeros([2]));
+/// assert_eq!(Tanh.forward(&p, x).value().data(), &[0.0, 0.0]);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tanh;
+
+impl<T: Float> Module<T> for Tanh {
+    fn forward<'t>(&self, _: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        x.tanh()
+    }
+}
+
+/// The stateless sigmoid layer; in plain code call `x.sigmoid()`.
+///
+/// ```
+/// use tapegrad::nn::{Module, Params, Sigmoid};
+/// let tape = tapegrad::Tape::<f32>::new();
+/// let p = Params::new().bind(&tape);
+/// let x = tape.constant(tapegrad::Tensor::zeros([2]));
+/// assert_eq!(Sigmoid.forward(&p, x).value().data(), &[0.5, 0.5]);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sigmoid;
+
+impl<T: Float> Module<T> for Sigmoid {
+    fn forward<'t>(&self, _: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        x.sigmoid()
+    }
+}
+
+/// The leaky ReLU layer with its negative slope (PyTorch's default is 0.01);
+/// in plain code call `x.leaky_relu(slope)`.
+///
+/// ```
+/// use tapegrad::nn::{LeakyReLU, Module, Params};
+/// let tape = tapegrad::Tape::<f32>::new();
+/// let p = Params::new().bind(&tape);
+/// let x = tape.constant(tapegrad::Tensor::from_vec(vec![-2.0, 3.0], [2]).unwrap());
+/// assert_eq!(LeakyReLU(0.5).forward(&p, x).value().data(), &[-1.0, 3.0]);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct LeakyReLU(pub f64);
+
+impl Default for LeakyReLU {
+    fn default() -> Self {
+        LeakyReLU(0.01)
+    }
+}
+
+impl<T: Float> Module<T> for LeakyReLU {
+    fn forward<'t>(&self, _: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        x.leaky_relu(T::from_f64(self.0))
+    }
+}
+
+/// Dropout with probability `p` in training mode, the identity in evaluation
+/// mode (see [`Mode`](super::Mode)). The masks come from the layer's own RNG,
+/// seeded when it is built, so a run is repeatable.
+///
+/// ```
+/// use rand::SeedableRng;
+/// use tapegrad::nn::{Dropout, Module, Params};
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let drop = Dropout::new(0.5, &mut rng);
+/// let params = Params::<f32>::new();
+/// let tape = tapegrad::Tape::new();
+/// let x = tape.constant(tapegrad::Tensor::ones([100]));
+/// let train = drop.forward(&params.bind(&tape), x).value();
+/// assert!(train.data().iter().all(|&v| v == 0.0 || v == 2.0));
+/// let eval = drop.forward(&params.bind_eval(&tape), x);
+/// assert_eq!(eval.id(), x.id()); // the identity
+/// ```
+pub struct Dropout {
+    /// The drop probability.
+    pub p: f64,
+    /// Per channel (`dropout2d`) rather than per element.
+    channels: bool,
+    rng: Mutex<StdRng>,
+}
+
+impl Dropout {
+    /// Elementwise dropout with probability `p` (PyTorch's `nn.Dropout`); its
+    /// RNG is seeded from `rng`. Panics if `p` is not in [0, 1].
+    ///
+    /// ```
+    /// use rand::SeedableRng;
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// assert_eq!(tapegrad::nn::Dropout::new(0.1, &mut rng).p, 0.1);
+    /// ```
+    pub fn new<R: rand::Rng + ?Sized>(p: f64, rng: &mut R) -> Self {
+        Self::build(p, false, rng)
+    }
+
+    /// Channel dropout with probability `p` (PyTorch's `nn.Dropout2d`): whole
+    /// channels of an `[N, C, *]` input are kept or zeroed.
+    ///
+    /// ```
+    /// use rand::SeedableRng;
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// assert_eq!(tapegrad::nn::Dropout::new_2d(0.2, &mut rng).p, 0.2);
+    /// ```
+    pub fn new_2d<R: rand::Rng + ?Sized>(p: f64, rng: &mut R) -> Self {
+        Self::build(p, true, rng)
+    }
+
+    fn build<R: rand::Rng + ?Sized>(p: f64, channels: bool, rng: &mut R) -> Self {
+        assert!(
+            (0.0..=1.0).contains(&p),
+            "Dropout: the drop probability must be in [0, 1], got {p}"
+        );
+        Dropout {
+            p,
+            channels,
+            rng: Mutex::new(StdRng::seed_from_u64(rng.next_u64())),
+        }
+    }
+}
+
+impl<T: Float> Module<T> for Dropout {
+    fn forward<'t>(&self, p: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        if !p.is_training() {
+            return x;
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        if self.channels {
+            x.dropout2d(self.p, &mut *rng)
+        } else {
+            x.dropout(self.p, &mut *rng)
+        }
+    }
+}
+
 /// The stateless flatten layer (`[N, …]` → `[N, rest]`); in plain code call `x.flatten()`.
 ///
 /// ```
@@ -201,7 +342,45 @@ impl<T: Float> Sequential<T> {
 }
 
 impl<T: Float> Module<T> for Sequential<T> {
+    /// Applies the layers in order. On a [`Tape::no_grad`](crate::Tape::no_grad)
+    /// tape each layer's input (but the first's, which is the caller's) is
+    /// released as soon as the layer has run, so inference holds about two
+    /// activations at a time instead of every one.
     fn forward<'t>(&self, p: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
-        self.layers.iter().fold(x, |h, l| l.forward(p, h))
+        let release = !x.tape().grad_enabled();
+        let mut h = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let next = layer.forward(p, h);
+            if release && i > 0 && next.id() != h.id() {
+                h.release();
+            }
+            h = next;
+        }
+        h
     }
+}
+
+/// Runs `model` on `x` in evaluation mode without recording a graph (PyTorch's
+/// `model.eval()` under `torch.inference_mode()`): a [`Tape::no_grad`](crate::Tape::no_grad)
+/// tape, parameters bound with [`Params::bind_eval`], no backward closure
+/// stored, and with [`Sequential`] each activation freed once the next layer has
+/// consumed it.
+///
+/// ```
+/// use rand::SeedableRng;
+/// use tapegrad::nn::{predict, Linear, Params, ReLU, Sequential};
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut params = Params::<f32>::new();
+/// let mlp = Sequential::new()
+///     .push(Linear::new(&mut params, "fc1", 4, 8, true, &mut rng))
+///     .push(ReLU)
+///     .push(Linear::new(&mut params, "fc2", 8, 2, true, &mut rng));
+/// let y = predict(&mlp, &params, tapegrad::Tensor::ones([3, 4]));
+/// assert_eq!(&y.shape()[..], &[3, 2]);
+/// ```
+pub fn predict<T: Float>(model: &impl Module<T>, params: &Params<T>, x: Tensor<T>) -> Tensor<T> {
+    let tape = Tape::no_grad();
+    let p = params.bind_eval(&tape);
+    let y = model.forward(&p, tape.constant(x));
+    y.value()
 }

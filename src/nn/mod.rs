@@ -23,6 +23,9 @@ mod conv;
 mod layers;
 mod params;
 
-pub use conv::{Conv2d, MaxPool2d};
-pub use layers::{init_uniform, Flatten, Linear, Module, ReLU, Sequential};
-pub use params::{Bound, ParamGrads, ParamId, Params};
+pub use conv::{AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d};
+pub use layers::{
+    init_uniform, predict, Dropout, Flatten, LeakyReLU, Linear, Module, ReLU, Sequential, Sigmoid,
+    Tanh,
+};
+pub use params::{Bound, BufferId, Mode, ParamGrads, ParamId, Params};

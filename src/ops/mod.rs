@@ -4,6 +4,7 @@
 //! [`Tape::record`](crate::Tape::record); nothing else in the crate changes.
 
 mod arith;
+mod dropout;
 pub mod conv;
 mod loss;
 mod matmul;
