@@ -11,9 +11,9 @@ use rand::SeedableRng;
 use std::process::ExitCode;
 use std::time::Instant;
 use tapegrad::data::{self, Dataset, Normalize};
-use tapegrad::nn::{Bound, Conv2d, Linear, Module, Params};
+use tapegrad::nn::{self, Conv2d, Flatten, Linear, MaxPool2d, Module, Params, ReLU, Sequential};
 use tapegrad::optim::{Adam, Optimizer, Schedule};
-use tapegrad::{Conv2dOptions, Pool2dOptions, Tape, Tensor, Var};
+use tapegrad::{Conv2dOptions, Pool2dOptions, Tape, Tensor};
 
 const HELP: &str = "\
 train_digits: train a CNN on handwritten digits with tapegrad
@@ -97,30 +97,19 @@ fn parse_args() -> Result<Option<Args>, String> {
 }
 
 /// The CNN: two conv-relu-pool stages and a linear classifier.
-struct Cnn {
-    conv1: Conv2d,
-    conv2: Conv2d,
-    fc: Linear,
-    pool: Pool2dOptions,
-}
-
-impl Cnn {
-    fn new(params: &mut Params, height: usize, width: usize, rng: &mut StdRng) -> Self {
-        let pad = Conv2dOptions::default().padding(1);
-        let flat = 32 * (height / 4) * (width / 4);
-        Cnn {
-            conv1: Conv2d::new(params, "conv1", 1, 16, 3, pad, true, rng),
-            conv2: Conv2d::new(params, "conv2", 16, 32, 3, pad, true, rng),
-            fc: Linear::new(params, "fc", flat, 10, true, rng),
-            pool: Pool2dOptions::new(2),
-        }
-    }
-
-    fn forward<'t>(&self, p: &Bound<'t, f32>, x: Var<'t, f32>) -> Var<'t, f32> {
-        let h = self.conv1.forward(p, x).relu().max_pool2d(self.pool);
-        let h = self.conv2.forward(p, h).relu().max_pool2d(self.pool);
-        self.fc.forward(p, h.flatten())
-    }
+fn cnn(params: &mut Params, height: usize, width: usize, rng: &mut StdRng) -> Sequential {
+    let pad = Conv2dOptions::default().padding(1);
+    let pool = MaxPool2d(Pool2dOptions::new(2));
+    let flat = 32 * (height / 4) * (width / 4);
+    Sequential::new()
+        .push(Conv2d::new(params, "conv1", 1, 16, 3, pad, true, rng))
+        .push(ReLU)
+        .push(pool)
+        .push(Conv2d::new(params, "conv2", 16, 32, 3, pad, true, rng))
+        .push(ReLU)
+        .push(pool)
+        .push(Flatten)
+        .push(Linear::new(params, "fc", flat, 10, true, rng))
 }
 
 /// Data augmentation: shifts each image by up to one pixel in each direction (zero fill),
@@ -158,15 +147,11 @@ fn argmax_rows(logits: &Tensor<f32>) -> Vec<usize> {
         .collect()
 }
 
-/// Predictions for a whole data set, in batches, without recording gradients.
-fn predict(model: &Cnn, params: &Params, set: &Dataset, norm: Normalize) -> Vec<usize> {
+/// Predictions for a whole data set, in batches, in evaluation mode without a graph.
+fn predict(model: &Sequential, params: &Params, set: &Dataset, norm: Normalize) -> Vec<usize> {
     let mut out = Vec::with_capacity(set.len());
     for batch in set.batches::<f32>(500, norm) {
-        let tape = Tape::new();
-        let p = params.bind_eval(&tape);
-        out.extend(argmax_rows(
-            &model.forward(&p, tape.constant(batch.images)).value(),
-        ));
+        out.extend(argmax_rows(&nn::predict(model, params, batch.images)));
     }
     out
 }
@@ -202,7 +187,7 @@ fn print_confusion(pred: &[usize], set: &Dataset) {
 
 fn run(args: Args) -> Result<(), String> {
     if let Some(t) = args.threads {
-        tapegrad::gemm::set_num_threads(t);
+        tapegrad::settings::set_num_threads(t);
     }
     let (train, test, source) = match &args.mnist {
         Some(dir) => {
@@ -219,7 +204,7 @@ fn run(args: Args) -> Result<(), String> {
     let (h, w) = (train.height(), train.width());
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut params = Params::new();
-    let model = Cnn::new(&mut params, h, w, &mut rng);
+    let model = cnn(&mut params, h, w, &mut rng);
     println!(
         "{source}: {} train / {} test images of {}x{}; model with {} parameters; {} thread(s)",
         train.len(),
@@ -227,7 +212,7 @@ fn run(args: Args) -> Result<(), String> {
         h,
         w,
         params.num_elements(),
-        tapegrad::gemm::num_threads()
+        tapegrad::settings::num_threads()
     );
 
     if let Some(path) = &args.load {
