@@ -7,6 +7,7 @@ mod arith;
 pub mod conv;
 mod loss;
 mod matmul;
+pub mod norm;
 pub mod pool;
 mod reduce;
 mod reshape;
