@@ -8,6 +8,8 @@ Writes plain-text files to ``tests/fixtures/``:
 * ``pool.txt``      max_pool2d / avg_pool2d cases, including a tie case (``max_tie``)
 * ``composite.txt`` a small conv -> relu -> conv -> relu -> maxpool -> linear -> CE net
 * ``optim.txt``     5 steps of torch.optim SGD / Adam / AdamW variants
+* ``norm.txt``      batch_norm (training and eval), layer_norm, group_norm, and
+                    ``bn_running``: BatchNorm2d's running statistics over 3 steps
 
 Each file is a sequence of cases::
 
@@ -519,6 +521,144 @@ def gen_optim():
         ff.case(name, params, tensors)
     ff.write()
 
+# --------------------------------------------------------------------------
+# norm.txt
+# --------------------------------------------------------------------------
+
+AFFINE = [(1, 1), (0, 0), (1, 0), (0, 1)]  # (weight, bias) given or not
+
+NORM_NOTES = [
+    "bn_train_*: y = F.batch_norm(x, None, None, w, b, training=True, eps=eps)",
+    "bn_eval_*:  y = F.batch_norm(x, running_mean, running_var, w, b, training=False, eps=eps)",
+    "ln_*:       y = F.layer_norm(x, normalized_shape, w, b, eps)",
+    "gn_*:       y = F.group_norm(x, groups, w, b, eps)",
+    "weight / bias params say whether w / b are given (tensors w, b, dw, db only then);",
+    "dx, dw, db = gradients of sum(y * dy).",
+    "",
+    "bn_running_<momentum>: torch.nn.BatchNorm2d(C, eps, momentum) in training mode,",
+    "3 forward passes on x1, x2, x3 (no optimizer step; weight 1, bias 0). After",
+    "pass k: y<k> the output, running_mean<k>, running_var<k>, num_batches_tracked<k>.",
+    "running_mean0 / running_var0 are the initial zeros / ones. momentum param:",
+    "the factor, or -1 for momentum=None (cumulative average, factor",
+    "1/num_batches_tracked). PyTorch's rule, with count = N*H*W values per channel:",
+    "running = (1 - f)*running + f*stat, stat = batch mean, or the UNBIASED batch",
+    "variance (biased * count/(count - 1)) for running_var.",
+]
+
+
+def norm_case(ff, name, params, x, w, b, fn):
+    x = leaf(x)
+    w = leaf(w) if w is not None else None
+    b = leaf(b) if b is not None else None
+    y = fn(x, w, b)
+    dy = torch.randn(y.shape)
+    y.backward(dy)
+    tensors = [("x", x)]
+    tensors += [("w", w)] if w is not None else []
+    tensors += [("b", b)] if b is not None else []
+    tensors += [("y", y), ("dy", dy), ("dx", x.grad)]
+    tensors += [("dw", w.grad)] if w is not None else []
+    tensors += [("db", b.grad)] if b is not None else []
+    params = params + [("weight", int(w is not None)), ("bias", int(b is not None))]
+    return params, tensors
+
+
+def gen_norm():
+    ff = FixtureFile("norm.txt", NORM_NOTES)
+
+    def affine(c_shape, has_w, has_b):
+        w = torch.randn(c_shape) * 0.5 + 1.0 if has_w else None
+        b = torch.randn(c_shape) if has_b else None
+        return w, b
+
+    # batch norm, training and eval: ranks 2, 3, 4, every affine option
+    bn_shapes = [("r2", [5, 3]), ("r3", [3, 2, 5]), ("r4", [2, 3, 4, 3])]
+    for mode in ("train", "eval"):
+        for rank, shape in bn_shapes:
+            for has_w, has_b in AFFINE:
+                name = f"bn_{mode}_{rank}_w{has_w}b{has_b}"
+                seed(name)
+                eps = 1e-5
+                x = torch.randn(shape) * 2.0 + 0.5
+                w, b = affine([shape[1]], has_w, has_b)
+                tensors = []
+                if mode == "train":
+                    fn = lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True, eps=eps)
+                else:
+                    rm = torch.randn(shape[1])
+                    rv = torch.rand(shape[1]) + 0.5
+                    tensors = [("running_mean", rm), ("running_var", rv)]
+                    fn = lambda x, w, b, rm=rm, rv=rv: F.batch_norm(
+                        x, rm, rv, w, b, training=False, eps=eps)
+                params, ts = norm_case(ff, name, [("eps", eps)], x, w, b, fn)
+                ff.case(name, params, ts + tensors)
+    # a large mean offset and a larger eps
+    name = "bn_train_offset_eps"
+    seed(name)
+    x = torch.randn(4, 2, 3) * 0.01 + 100.0
+    w, b = affine([2], 1, 1)
+    eps = 1e-3
+    params, ts = norm_case(ff, name, [("eps", eps)], x, w, b,
+                           lambda x, w, b: F.batch_norm(x, None, None, w, b, True, eps=eps))
+    ff.case(name, params, ts)
+
+    # layer norm: 1 and 2 normalized dims, every affine option
+    ln_shapes = [("1d", [2, 3, 4], [4]), ("2d", [2, 3, 4], [3, 4]), ("flat", [6, 5], [5])]
+    for tag, shape, norm in ln_shapes:
+        for has_w, has_b in AFFINE:
+            name = f"ln_{tag}_w{has_w}b{has_b}"
+            seed(name)
+            eps = 1e-5
+            x = torch.randn(shape) * 1.5 - 0.3
+            w, b = affine(norm, has_w, has_b)
+            params, ts = norm_case(ff, name, [("eps", eps), ("normalized_shape", norm)], x, w, b,
+                                   lambda x, w, b: F.layer_norm(x, norm, w, b, eps))
+            ff.case(name, params, ts)
+
+    # group norm: groups 1, 2, C; every affine option; ranks 2, 3, 4
+    gn_table = [
+        ("g1", [2, 6, 3, 2], 1, (1, 1)),
+        ("g2", [2, 6, 3, 2], 2, (1, 1)),
+        ("g3", [2, 6, 3, 2], 3, (1, 1)),
+        ("gC", [2, 6, 3, 2], 6, (1, 1)),
+        ("g2_w0b0", [2, 6, 3, 2], 2, (0, 0)),
+        ("g2_w1b0", [2, 6, 3, 2], 2, (1, 0)),
+        ("g2_w0b1", [2, 6, 3, 2], 2, (0, 1)),
+        ("r2_g2", [3, 4], 2, (1, 1)),
+        ("r3_g2", [2, 4, 5], 2, (1, 1)),
+        ("r3_gC", [2, 4, 5], 4, (0, 0)),
+    ]
+    for tag, shape, groups, (has_w, has_b) in gn_table:
+        name = f"gn_{tag}"
+        seed(name)
+        eps = 1e-5
+        x = torch.randn(shape) * 0.8 + 0.2
+        w, b = affine([shape[1]], has_w, has_b)
+        params, ts = norm_case(ff, name, [("eps", eps), ("groups", groups)], x, w, b,
+                               lambda x, w, b: F.group_norm(x, groups, w, b, eps))
+        ff.case(name, params, ts)
+
+    # BatchNorm2d running statistics over 3 training passes
+    for tag, momentum in (("0.1", 0.1), ("none", None)):
+        name = f"bn_running_{tag}"
+        seed(name)
+        c, eps = 3, 1e-5
+        bn = torch.nn.BatchNorm2d(c, eps=eps, momentum=momentum)
+        bn.train()
+        tensors = [("running_mean0", bn.running_mean.clone()),
+                   ("running_var0", bn.running_var.clone())]
+        for k in range(1, 4):
+            x = torch.randn(4, c, 3, 2) * (1.0 + k) + k
+            y = bn(x)
+            tensors += [(f"x{k}", x), (f"y{k}", y),
+                        (f"running_mean{k}", bn.running_mean.clone()),
+                        (f"running_var{k}", bn.running_var.clone()),
+                        (f"num_batches_tracked{k}", bn.num_batches_tracked.clone())]
+        params = [("momentum", -1 if momentum is None else momentum), ("eps", eps),
+                  ("channels", c)]
+        ff.case(name, params, tensors)
+    ff.write()
+
 
 def main():
     os.makedirs(OUT_DIR, exist_ok=True)
@@ -527,6 +667,7 @@ def main():
     gen_pool()
     gen_composite()
     gen_optim()
+    gen_norm()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ mod dropout;
 pub mod conv;
 mod loss;
 mod matmul;
+pub mod norm;
 pub mod pool;
 mod reduce;
 mod reshape;
