@@ -1,12 +1,15 @@
 //! Dropout, training and evaluation modes, buffers saved with the weights,
 //! and graph-free inference.
 
+mod common;
+use common::fixtures;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tapegrad::gradcheck::{gradcheck, Options};
 use tapegrad::nn::{
-    predict, Dropout, Flatten, Linear, Mode, Module, Params, ReLU, Sequential, Tanh,
+    predict, BatchNorm, BatchNormOptions, Dropout, Flatten, Linear, Mode, Module, Params, ReLU,
+    Sequential, Tanh,
 };
 use tapegrad::{Tape, Tensor};
 
@@ -218,5 +221,98 @@ fn inference_records_no_graph_and_frees_activations() {
     assert_eq!(
         msg,
         "node 1 (exp) was released with Var::release: its value is gone"
+    );
+}
+
+/// A fixture tensor as an f64 tensor.
+fn fixture_tensor(case: &fixtures::Case, name: &str) -> Tensor<f64> {
+    let (shape, data) = case.tensor(name);
+    Tensor::from_vec(data.to_vec(), shape).unwrap()
+}
+
+#[test]
+fn batch_norm_layer_matches_pytorch_over_training_steps() {
+    let cases = fixtures::load("norm.txt");
+    for tag in ["0.1", "none"] {
+        let case = fixtures::find(&cases, &format!("bn_running_{tag}"));
+        let m = case.param_f64("momentum");
+        let options = BatchNormOptions {
+            momentum: (m >= 0.0).then_some(m),
+            eps: case.param_f64("eps"),
+            ..Default::default()
+        };
+        let c = case.param_usize("channels")[0];
+        let mut params = Params::<f64>::new();
+        let bn = BatchNorm::with_options(&mut params, "bn", c, &[4], options);
+        let r = bn.running.unwrap();
+        for k in 1..=3 {
+            let tape = Tape::new();
+            let x = tape.constant(fixture_tensor(case, &format!("x{k}")));
+            let y = bn.forward(&params.bind(&tape), x).value();
+            let close = |got: &Tensor<f64>, name: String| {
+                let want = fixture_tensor(case, &name);
+                assert!(
+                    got.max_abs_diff(&want) < 1e-12,
+                    "{tag} {name}: {got} vs {want}"
+                );
+            };
+            close(&y, format!("y{k}"));
+            close(&params.buffer(r.mean), format!("running_mean{k}"));
+            close(&params.buffer(r.var), format!("running_var{k}"));
+            assert_eq!(
+                params.buffer(r.num_batches_tracked).item(),
+                fixture_tensor(case, &format!("num_batches_tracked{k}")).item()
+            );
+        }
+        // Evaluation uses the running statistics and changes nothing.
+        let tape = Tape::new();
+        let x = fixture_tensor(case, "x3");
+        let y = bn
+            .forward(&params.bind_eval(&tape), tape.constant(x.clone()))
+            .value();
+        let (rm, rv) = (params.buffer(r.mean), params.buffer(r.var));
+        let hw = 6;
+        for (i, (&yi, &xi)) in y.data().iter().zip(x.data()).enumerate() {
+            let ch = (i / hw) % c;
+            let want = (xi - rm.data()[ch]) / (rv.data()[ch] + 1e-5).sqrt();
+            assert!((yi - want).abs() < 1e-12);
+        }
+        assert_eq!(params.buffer(r.num_batches_tracked).item(), 3.0);
+    }
+}
+
+#[test]
+fn batch_norm_layer_options_and_errors() {
+    // Without running statistics, batch statistics in both modes.
+    let mut params = Params::<f64>::new();
+    let o = BatchNormOptions {
+        track_running_stats: false,
+        affine: false,
+        ..Default::default()
+    };
+    let bn = BatchNorm::with_options(&mut params, "bn", 2, &[2, 3], o);
+    assert!(params.is_empty() && params.buffers().count() == 0);
+    let x = Tensor::<f64>::randn([5, 2], &mut StdRng::seed_from_u64(2));
+    let tape = Tape::new();
+    let train = bn
+        .forward(&params.bind(&tape), tape.constant(x.clone()))
+        .value();
+    let eval = bn
+        .forward(&params.bind_eval(&tape), tape.constant(x))
+        .value();
+    assert_eq!(train.data(), eval.data());
+    // The gradient flows to the affine parameters in training mode.
+    let mut params = Params::<f64>::new();
+    let bn = BatchNorm::new_1d(&mut params, "bn", 3);
+    let tape = Tape::new();
+    let p = params.bind(&tape);
+    let x = tape.leaf(Tensor::randn([4, 3, 5], &mut StdRng::seed_from_u64(3)));
+    let y = bn.forward(&p, x);
+    let g = p.grads((y * y).sum().backward());
+    assert!(g.get(bn.weight.unwrap()).is_some() && g.get(bn.bias.unwrap()).is_some());
+    let msg = panic_message(|| _ = bn.forward(&p, tape.constant(Tensor::ones([4, 2]))));
+    assert_eq!(
+        msg,
+        "batch_norm `bn`: input [4, 2] does not fit 3 features (expected rank [2, 3], channels on axis 1)"
     );
 }

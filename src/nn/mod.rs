@@ -21,6 +21,7 @@
 
 mod conv;
 mod layers;
+mod norm;
 mod params;
 
 pub use conv::{AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d};
@@ -28,4 +29,5 @@ pub use layers::{
     init_uniform, predict, Dropout, Flatten, LeakyReLU, Linear, Module, ReLU, Sequential, Sigmoid,
     Tanh,
 };
+pub use norm::{BasicBlock, BatchNorm, BatchNormOptions, GroupNorm, LayerNorm, RunningStats};
 pub use params::{Bound, BufferId, Mode, ParamGrads, ParamId, Params};

@@ -4,8 +4,8 @@
 //! [`Tape::record`](crate::Tape::record); nothing else in the crate changes.
 
 mod arith;
-mod dropout;
 pub mod conv;
+mod dropout;
 mod loss;
 mod matmul;
 pub mod norm;
