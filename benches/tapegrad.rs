@@ -14,7 +14,10 @@ use rand::SeedableRng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
-use tapegrad::nn::{Conv2d, Linear, Params};
+use tapegrad::nn::{
+    self, BasicBlock, BatchNorm, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, Module,
+    Params, ReLU, Sequential,
+};
 use tapegrad::optim::{Optimizer, Sgd};
 use tapegrad::{gemm, Conv2dOptions, Pool2dOptions, Tape, Tensor};
 
@@ -397,6 +400,79 @@ fn cnn_step_memory(rng: &mut StdRng) {
     );
 }
 
+/// One SGD-momentum (0.9, lr 0.01) training step of a ResNet-8 on a batch of
+/// 32 3×32×32 images in training mode, as `resnet_step` in the peers'
+/// `bench_torch.py`: stem conv 3→16 + BN + ReLU, residual blocks 16→16 (s1),
+/// 16→32 (s2), 32→64 (s2), global average pooling, linear 64→10, cross-entropy.
+fn resnet_step(rng: &mut StdRng) -> impl FnMut() + 'static {
+    let mut params = Params::<f32>::new();
+    let pad = Conv2dOptions::default().padding(1);
+    let net = Sequential::new()
+        .push(Conv2d::new(&mut params, "conv1", 3, 16, 3, pad, false, rng))
+        .push(BatchNorm::new_2d(&mut params, "bn1", 16))
+        .push(ReLU)
+        .push(BasicBlock::new(&mut params, "layer1", 16, 16, 1, rng))
+        .push(BasicBlock::new(&mut params, "layer2", 16, 32, 2, rng))
+        .push(BasicBlock::new(&mut params, "layer3", 32, 64, 2, rng))
+        .push(GlobalAvgPool2d)
+        .push(Linear::new(&mut params, "fc", 64, 10, true, rng));
+    let x = Tensor::<f32>::randn([32, 3, 32, 32], rng);
+    let labels: Vec<usize> = (0..32).map(|i| i % 10).collect();
+    let mut opt = Sgd::new(0.01).momentum(0.9);
+    move || {
+        let grads = {
+            let tape = Tape::new();
+            let p = params.bind(&tape);
+            let loss = net
+                .forward(&p, tape.constant(x.clone()))
+                .cross_entropy(&labels);
+            p.grads(loss.backward())
+        };
+        opt.step(&mut params, &grads);
+    }
+}
+
+/// Peak heap of predicting the 360 held-out digits in one batch with the
+/// `train_digits` model through [`nn::predict`] (no graph, each activation
+/// freed once consumed), against parameters + input + the two largest
+/// activations.
+fn predict_memory(rng: &mut StdRng) {
+    let mut params = Params::<f32>::new();
+    let pad = Conv2dOptions::default().padding(1);
+    let pool = MaxPool2d(Pool2dOptions::new(2));
+    let model = Sequential::new()
+        .push(Conv2d::new(&mut params, "conv1", 1, 16, 3, pad, true, rng))
+        .push(ReLU)
+        .push(pool)
+        .push(Conv2d::new(&mut params, "conv2", 16, 32, 3, pad, true, rng))
+        .push(ReLU)
+        .push(pool)
+        .push(Flatten)
+        .push(Linear::new(&mut params, "fc", 32 * 2 * 2, 10, true, rng));
+    let (_, test) = tapegrad::data::digits_train_test();
+    let x = test.to_tensor::<f32>(test.normalization());
+    let n = test.len();
+    tapegrad::settings::release_pooled_memory();
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let logits = nn::predict(&model, &params, x);
+    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    assert_eq!(logits.shape()[0], n);
+    drop(logits);
+    tapegrad::settings::release_pooled_memory();
+    // f32: the parameters, the input [360, 1, 8, 8] (already allocated, so not in
+    // the peak above) and the two largest activations (conv1's output and its ReLU,
+    // [360, 16, 8, 8] each).
+    let needed = 4 * (params.num_elements() + 2 * n * 16 * 64);
+    println!(
+        "# predict_digits: peak heap {:.2} MB; parameters + two largest activations {:.2} MB; ratio {:.2}; the input ({:.2} MB) was allocated before",
+        peak as f64 / 1e6,
+        needed as f64 / 1e6,
+        peak as f64 / needed as f64,
+        (4 * n * 64) as f64 / 1e6
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut cfg = Cfg {
@@ -440,6 +516,9 @@ fn main() {
     if want("cnn_step") {
         cnn_step_memory(&mut rng);
     }
+    if want("predict_digits") {
+        predict_memory(&mut rng);
+    }
     let mut measures = vec![];
     for &t in &cfg.threads {
         measures.push(Measure::peak(t));
@@ -448,6 +527,10 @@ fn main() {
         }
         if want("cnn_step") {
             measures.push(Measure::new("cnn_step".into(), t, None, cnn_step(&mut rng)));
+        }
+        if want("resnet_step") {
+            let step = resnet_step(&mut rng);
+            measures.push(Measure::new("resnet_step".into(), t, None, step));
         }
     }
     if want("chain10k") {

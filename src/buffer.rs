@@ -65,6 +65,9 @@ fn held_bytes<T>(pool: &Pool<T>) -> usize {
 }
 
 thread_local! {
+    /// Set while a value given back by `Var::release` is dropped: its buffer
+    /// goes to the allocator, not to the pool.
+    static BYPASS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static POOLS: RefCell<Pools> = const {
         RefCell::new(Pools { f32: Vec::new(), f64: Vec::new(), epoch: 0 })
     };
@@ -88,6 +91,18 @@ fn with_pool<T: Float, R>(f: impl FnOnce(&mut Vec<Vec<T>>) -> R) -> Option<R> {
         })
         .ok()
         .flatten()
+}
+
+/// Drops `value` with recycling off on this thread: its large buffers go
+/// straight back to the allocator. Graph-free inference releases each
+/// activation once it is consumed, and the next layers' outputs are of other
+/// sizes, so pooling the released buffers would only add them to the peak.
+pub(crate) fn drop_unpooled<V>(value: V) {
+    BYPASS.with(|b| {
+        let was = b.replace(true);
+        drop(value);
+        b.set(was);
+    });
 }
 
 /// Sets the most memory tapegrad keeps for reuse, in bytes, per thread and
@@ -233,7 +248,7 @@ pub(crate) fn fill<T: Float>(v: &mut [T], value: T) {
 pub(crate) fn recycle<T: Float>(v: Vec<T>) {
     let bytes = v.capacity() * std::mem::size_of::<T>();
     let limit = pool_limit();
-    if !(MIN_BYTES..=limit).contains(&bytes) {
+    if !(MIN_BYTES..=limit).contains(&bytes) || BYPASS.with(|b| b.get()) {
         return;
     }
     let _ = with_pool::<T, _>(|pool| {

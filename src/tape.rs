@@ -946,8 +946,9 @@ impl<'t, T: Float> Var<'t, T> {
         self.tape.graph().value(self.id).shape().clone()
     }
 
-    /// Gives the node's value back (its buffer is freed or recycled now rather
-    /// than when the tape is dropped), for inference on a [`Tape::no_grad`]
+    /// Gives the node's value back (its buffer goes back to the allocator now,
+    /// not to tapegrad's buffer pool, and not when the tape is dropped; a
+    /// buffer shared with another node lives on with it), for inference on a [`Tape::no_grad`]
     /// tape, where no backward pass will need it. Reading the value afterwards
     /// (directly or through an op) panics naming the node. Releasing twice is
     /// harmless.
@@ -974,7 +975,9 @@ impl<'t, T: Float> Var<'t, T> {
         let mut graph = self.tape.graph_mut("release");
         let node = &mut graph.nodes[self.id];
         node.kind = Kind::Released;
-        node.value = Tensor::scalar(T::ZERO);
+        let value = std::mem::replace(&mut node.value, Tensor::scalar(T::ZERO));
+        drop(graph);
+        crate::buffer::drop_unpooled(value);
     }
 
     /// The op that produced this node (`"leaf"`, `"constant"`, `"matmul"`, …).
