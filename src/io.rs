@@ -9,7 +9,9 @@
 //! - The element type is never converted: loading an `F64` file as `f32` (or any integer
 //!   or half-precision dtype as either) is an error naming the tensor. To change
 //!   precision, load with the stored type and use [`Tensor::cast`].
-//! - No `__metadata__` entry is written; one in a file being read is ignored.
+//! - [`to_safetensors_bytes`] writes no `__metadata__` entry and the loaders ignore one;
+//!   [`to_safetensors_bytes_with_metadata`] and [`from_safetensors_bytes_with_metadata`]
+//!   write and read its string key/value pairs (optimizer state files use them).
 //!
 //! Errors: a file that cannot be read or written is [`Error::Io`] with its path; a
 //! malformed file (bad header, truncated, inconsistent offsets) is [`Error::Data`]; a
@@ -99,6 +101,24 @@ fn from_le_bytes<T: Float>(bytes: &[u8], shape: &[usize]) -> Result<Tensor<T>> {
 /// assert!(io::to_safetensors_bytes(&[("t", &t), ("t", &t)]).is_err());
 /// ```
 pub fn to_safetensors_bytes<T: Float>(tensors: &[(&str, &Tensor<T>)]) -> Result<Vec<u8>> {
+    to_safetensors_bytes_with_metadata(tensors, &[])
+}
+
+/// Like [`to_safetensors_bytes`], plus string key/value pairs in the file's
+/// `__metadata__` header entry (none is written when `metadata` is empty).
+///
+/// ```
+/// use tapegrad::{io, Tensor};
+/// let t = Tensor::<f32>::ones([2]);
+/// let bytes = io::to_safetensors_bytes_with_metadata(&[("t", &t)], &[("lr", "0.1")]).unwrap();
+/// let (tensors, meta) = io::from_safetensors_bytes_with_metadata::<f32>(&bytes).unwrap();
+/// assert_eq!(tensors[0].0, "t");
+/// assert_eq!(meta, vec![("lr".to_string(), "0.1".to_string())]);
+/// ```
+pub fn to_safetensors_bytes_with_metadata<T: Float>(
+    tensors: &[(&str, &Tensor<T>)],
+    metadata: &[(&str, &str)],
+) -> Result<Vec<u8>> {
     let dtype = dtype_of::<T>()?;
     let mut seen = HashSet::new();
     for &(name, _) in tensors {
@@ -128,7 +148,13 @@ pub fn to_safetensors_bytes<T: Float>(tensors: &[(&str, &Tensor<T>)]) -> Result<
             })?;
         views.push((*name, view));
     }
-    safetensors::serialize(views, None)
+    let metadata = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|&(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    });
+    safetensors::serialize(views, metadata)
         .map_err(|e| Error::Data(format!("safetensors: cannot serialise: {e}")))
 }
 
@@ -150,7 +176,33 @@ pub fn to_safetensors_bytes<T: Float>(tensors: &[(&str, &Tensor<T>)]) -> Result<
 /// assert!(err.to_string().starts_with("parameter `x`: stored as F32"));
 /// ```
 pub fn from_safetensors_bytes<T: Float>(bytes: &[u8]) -> Result<Vec<(String, Tensor<T>)>> {
+    Ok(from_safetensors_bytes_with_metadata(bytes)?.0)
+}
+
+/// Like [`from_safetensors_bytes`], and also returns the `__metadata__` key/value pairs,
+/// sorted by key (empty when the file has none).
+///
+/// ```
+/// use tapegrad::{io, Tensor};
+/// let bytes = io::to_safetensors_bytes(&[("x", &Tensor::<f64>::zeros([1]))]).unwrap();
+/// let (tensors, meta) = io::from_safetensors_bytes_with_metadata::<f64>(&bytes).unwrap();
+/// assert_eq!(tensors.len(), 1);
+/// assert!(meta.is_empty());
+/// ```
+#[allow(clippy::type_complexity)]
+pub fn from_safetensors_bytes_with_metadata<T: Float>(
+    bytes: &[u8],
+) -> Result<(Vec<(String, Tensor<T>)>, Vec<(String, String)>)> {
     let want = dtype_of::<T>()?;
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::Data(format!("safetensors: not a valid file: {e}")))?;
+    let mut metadata: Vec<(String, String)> = header
+        .metadata()
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    metadata.sort();
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::Data(format!("safetensors: not a valid file: {e}")))?;
     let mut views = st.tensors();
@@ -184,11 +236,11 @@ pub fn from_safetensors_bytes<T: Float>(bytes: &[u8]) -> Result<Vec<(String, Ten
         })?;
         out.push((name, t));
     }
-    Ok(out)
+    Ok((out, metadata))
 }
 
 /// Adds the file's path to a format error.
-fn in_file(path: &Path, e: Error) -> Error {
+pub(crate) fn in_file(path: &Path, e: Error) -> Error {
     match e {
         Error::Data(m) => Error::Data(format!("{}: {m}", path.display())),
         Error::Parameter { name, message } => Error::Parameter {
@@ -218,6 +270,11 @@ pub fn save_safetensors<T: Float>(
 ) -> Result<()> {
     let path = path.as_ref();
     let bytes = to_safetensors_bytes(tensors).map_err(|e| in_file(path, e))?;
+    write_replacing(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary file next to `path`, then renames it over `path`.
+pub(crate) fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
     let io_err = |p: &Path, source| Error::Io {
         path: p.display().to_string(),
         source,
@@ -225,7 +282,7 @@ pub fn save_safetensors<T: Float>(
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, &bytes).map_err(|e| io_err(&tmp, e))?;
+    std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io_err(path, e)
@@ -250,9 +307,14 @@ pub fn save_safetensors<T: Float>(
 /// ```
 pub fn load_safetensors<T: Float>(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor<T>)>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    let bytes = read_file(path)?;
+    from_safetensors_bytes(&bytes).map_err(|e| in_file(path, e))
+}
+
+/// The bytes of the file at `path`, or [`Error::Io`] naming it.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
-    })?;
-    from_safetensors_bytes(&bytes).map_err(|e| in_file(path, e))
+    })
 }
