@@ -517,3 +517,10 @@ impl<T: Float> Index<ParamId> for ParamGrads<T> {
         })
     }
 }
+
+impl<T: Float> ParamGrads<T> {
+    /// Gradients in parameter order, mutably (for in-place clipping).
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [Option<Tensor<T>>] {
+        &mut self.grads
+    }
+}
