@@ -148,7 +148,7 @@ impl OneCycle {
     /// Sets `div_factor` (`initial = max_lr / div_factor`).
     ///
     /// ```
-    /// assert_eq!(tapegrad::optim::OneCycle::new(0.1, 10).div_factor(10.0).at(0), 0.01);
+    /// assert!((tapegrad::optim::OneCycle::new(0.1, 10).div_factor(10.0).at(0) - 0.01).abs() < 1e-15);
     /// ```
     pub fn div_factor(mut self, d: f64) -> Self {
         self.div_factor = d;
