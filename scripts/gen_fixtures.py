@@ -7,7 +7,8 @@ Writes plain-text files to ``tests/fixtures/``:
 * ``conv.txt``      a table of conv2d cases (stride, padding, dilation, groups, bias)
 * ``pool.txt``      max_pool2d / avg_pool2d cases, including a tie case (``max_tie``)
 * ``composite.txt`` a small conv -> relu -> conv -> relu -> maxpool -> linear -> CE net
-* ``optim.txt``     5 steps of torch.optim SGD / Adam / AdamW variants
+* ``optim.txt``     5 steps of torch.optim SGD / Adam / AdamW / RMSprop variants,
+                    and learning rates of torch.optim.lr_scheduler schedules
 * ``norm.txt``      batch_norm (training and eval), layer_norm, group_norm, and
                     ``bn_running``: BatchNorm2d's running statistics over 3 steps
 
@@ -27,13 +28,15 @@ Every case seeds torch from a CRC of its name, so regeneration is deterministic.
 
 Run from the repository root (needs ``pip install torch``)::
 
-    python3 scripts/gen_fixtures.py
+    python3 scripts/gen_fixtures.py            # every file
+    python3 scripts/gen_fixtures.py optim      # only optim.txt (or core, conv, pool, composite)
 
 The Rust tests never run this script: they read the committed text files via
 ``tests/common/fixtures.rs``. Regenerate and commit only when adding cases.
 """
 
 import os
+import sys
 import zlib
 
 import torch
@@ -470,7 +473,64 @@ OPTIM_TABLE = [
     ("adam_wd", torch.optim.Adam, dict(lr=1e-2, weight_decay=0.1)),
     ("adamw", torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
     ("adam_amsgrad", torch.optim.Adam, dict(lr=1e-2, amsgrad=True)),
+    ("rmsprop", torch.optim.RMSprop, dict(lr=1e-2)),
+    ("rmsprop_momentum", torch.optim.RMSprop, dict(lr=1e-2, momentum=0.9)),
+    ("rmsprop_centered", torch.optim.RMSprop, dict(lr=1e-2, alpha=0.9, centered=True)),
+    ("rmsprop_all", torch.optim.RMSprop,
+     dict(lr=1e-2, alpha=0.95, eps=1e-6, weight_decay=0.1, momentum=0.5, centered=True)),
 ]
+
+RMSPROP_DEFAULTS = dict(alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False)
+
+# Learning-rate schedules, recorded at steps 0..steps-1 (the lr used by each step).
+# warmup_*: SequentialLR([LinearLR(start_factor, total_iters=warmup), inner],
+# milestones=[warmup]); one_cycle*: OneCycleLR (cycle_momentum=False), steps 0..total.
+SCHED_TABLE = [
+    ("sched_warmup_cosine", "warmup", dict(base=0.1, start_factor=0.1, warmup=5,
+                                           inner="cosine", min=0.001, total=20), 26),
+    ("sched_warmup_step", "warmup", dict(base=0.5, start_factor=0.01, warmup=7,
+                                         inner="step", gamma=0.5, every=4), 25),
+    ("sched_one_cycle", "one_cycle", dict(max_lr=0.1, total_steps=50, pct_start=0.3,
+                                          anneal="cos", div_factor=25.0,
+                                          final_div_factor=1e4, three_phase=False), None),
+    ("sched_one_cycle_linear", "one_cycle", dict(max_lr=1.0, total_steps=40, pct_start=0.25,
+                                                 anneal="linear", div_factor=10.0,
+                                                 final_div_factor=100.0, three_phase=False), None),
+    ("sched_one_cycle_three_phase", "one_cycle", dict(max_lr=0.5, total_steps=37, pct_start=0.3,
+                                                      anneal="cos", div_factor=25.0,
+                                                      final_div_factor=1e4, three_phase=True), None),
+    ("sched_one_cycle_short", "one_cycle", dict(max_lr=0.2, total_steps=7, pct_start=0.45,
+                                                anneal="cos", div_factor=5.0,
+                                                final_div_factor=10.0, three_phase=False), None),
+]
+
+
+def schedule_lrs(kind, hp, steps):
+    p = torch.nn.Parameter(torch.zeros(1))
+    if kind == "warmup":
+        opt = torch.optim.SGD([p], lr=hp["base"])
+        warm = torch.optim.lr_scheduler.LinearLR(
+            opt, start_factor=hp["start_factor"], end_factor=1.0, total_iters=hp["warmup"])
+        if hp["inner"] == "cosine":
+            inner = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=hp["total"], eta_min=hp["min"])
+        else:
+            inner = torch.optim.lr_scheduler.StepLR(opt, step_size=hp["every"], gamma=hp["gamma"])
+        sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, inner], milestones=[hp["warmup"]])
+    else:
+        opt = torch.optim.SGD([p], lr=hp["max_lr"])
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=hp["max_lr"], total_steps=hp["total_steps"], pct_start=hp["pct_start"],
+            anneal_strategy=hp["anneal"], cycle_momentum=False, div_factor=hp["div_factor"],
+            final_div_factor=hp["final_div_factor"], three_phase=hp["three_phase"])
+        steps = hp["total_steps"] + 1
+    lrs = []
+    for i in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        if i + 1 < steps:
+            opt.step()
+            sched.step()
+    return torch.tensor(lrs, dtype=torch.float64)
 
 
 def gen_optim():
@@ -481,6 +541,12 @@ def gen_optim():
         "(decoupled weight decay). All hyperparameters are listed, defaults included.",
         "Note torch SGD momentum: buf = g on the first step (no dampening), then",
         "buf = momentum*buf + (1-dampening)*g; nesterov uses g + momentum*buf.",
+        "rmsprop* = RMSprop (square_avg, grad_avg and momentum_buffer start at 0).",
+        "sched_* cases: tensor lr [n] = the learning rate used at steps 0..n-1;",
+        "sched_warmup_*: SequentialLR([LinearLR(start_factor, total_iters=warmup),",
+        "inner], milestones=[warmup]) with inner = CosineAnnealingLR(T_max=total,",
+        "eta_min=min) or StepLR(step_size=every, gamma); anneal 0 = cos, 1 = linear;",
+        "sched_one_cycle*: OneCycleLR(cycle_momentum=False), steps 0..total_steps.",
     ])
     for name, cls, kw in OPTIM_TABLE:
         seed(name)
@@ -500,6 +566,11 @@ def gen_optim():
             params = [("lr", hp["lr"]), ("momentum", hp["momentum"]),
                       ("dampening", hp["dampening"]), ("weight_decay", hp["weight_decay"]),
                       ("nesterov", int(hp["nesterov"]))]
+        elif cls is torch.optim.RMSprop:
+            hp = dict(RMSPROP_DEFAULTS, **kw)
+            params = [("lr", hp["lr"]), ("alpha", hp["alpha"]), ("eps", hp["eps"]),
+                      ("weight_decay", hp["weight_decay"]), ("momentum", hp["momentum"]),
+                      ("centered", int(hp["centered"]))]
         else:
             hp = dict(ADAM_DEFAULTS, **kw)
             params = [("lr", hp["lr"]), ("beta1", hp["betas"][0]), ("beta2", hp["betas"][1]),
@@ -510,7 +581,7 @@ def gen_optim():
         for key, val in params:
             if key in ("beta1", "beta2"):
                 assert group["betas"][key == "beta2"] == val, (name, key)
-            elif key in ("nesterov", "amsgrad"):
+            elif key in ("nesterov", "amsgrad", "centered"):
                 assert int(group[key]) == val, (name, key)
             else:
                 assert group[key] == val, (name, key)
@@ -519,6 +590,19 @@ def gen_optim():
         tensors += [(f"g{k + 1}", g) for k, g in enumerate(grads)]
         tensors += [(f"p{k + 1}", s) for k, s in enumerate(states)]
         ff.case(name, params, tensors)
+    for name, kind, hp, steps in SCHED_TABLE:
+        lrs = schedule_lrs(kind, hp, steps)
+        params = []
+        for key, val in hp.items():
+            if key == "anneal":
+                val = int(val == "linear")
+            elif key == "inner":
+                continue
+            params.append((key, val))
+        if kind == "warmup":
+            name_ok = name.endswith(hp["inner"])
+            assert name_ok, name
+        ff.case(name, params, [("lr", lrs)])
     ff.write()
 
 # --------------------------------------------------------------------------
@@ -660,14 +744,18 @@ def gen_norm():
     ff.write()
 
 
+GENERATORS = dict(core=gen_core, conv=gen_conv, pool=gen_pool, composite=gen_composite,
+                  optim=gen_optim, norm=gen_norm)
+
+
 def main():
     os.makedirs(OUT_DIR, exist_ok=True)
-    gen_core()
-    gen_conv()
-    gen_pool()
-    gen_composite()
-    gen_optim()
-    gen_norm()
+    names = sys.argv[1:] or list(GENERATORS)
+    unknown = [n for n in names if n not in GENERATORS]
+    if unknown:
+        sys.exit(f"unknown fixture file(s) {unknown}; choose from {list(GENERATORS)}")
+    for n in names:
+        GENERATORS[n]()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@
 //! - The element type is never converted: loading an `F64` file as `f32` (or any integer
 //!   or half-precision dtype as either) is an error naming the tensor. To change
 //!   precision, load with the stored type and use [`Tensor::cast`].
-//! - No `__metadata__` entry is written; one in a file being read is ignored.
+//! - [`to_safetensors_bytes`] writes no `__metadata__` entry and the loaders ignore one;
+//!   [`to_safetensors_bytes_with_metadata`] and [`from_safetensors_bytes_with_metadata`]
+//!   write and read its string key/value pairs (optimizer state files use them).
 //!
 //! Errors: a file that cannot be read or written is [`Error::Io`] with its path; a
 //! malformed file (bad header, truncated, inconsistent offsets) is [`Error::Data`]; a
@@ -99,8 +101,26 @@ fn from_le_bytes<T: Float>(bytes: &[u8], shape: &[usize]) -> Result<Tensor<T>> {
 /// assert!(io::to_safetensors_bytes(&[("t", &t), ("t", &t)]).is_err());
 /// ```
 pub fn to_safetensors_bytes<T: Float>(tensors: &[(&str, &Tensor<T>)]) -> Result<Vec<u8>> {
+    to_safetensors_bytes_with_metadata(tensors, &[])
+}
+
+/// Like [`to_safetensors_bytes`], plus string key/value pairs in the file's
+/// `__metadata__` header entry (none is written when `metadata` is empty).
+///
+/// ```
+/// use tapegrad::{io, Tensor};
+/// let t = Tensor::<f32>::ones([2]);
+/// let bytes = io::to_safetensors_bytes_with_metadata(&[("t", &t)], &[("lr", "0.1")]).unwrap();
+/// let (tensors, meta) = io::from_safetensors_bytes_with_metadata::<f32>(&bytes).unwrap();
+/// assert_eq!(tensors[0].0, "t");
+/// assert_eq!(meta, vec![("lr".to_string(), "0.1".to_string())]);
+/// ```
+pub fn to_safetensors_bytes_with_metadata<T: Float>(
+    tensors: &[(&str, &Tensor<T>)],
+    metadata: &[(&str, &str)],
+) -> Result<Vec<u8>> {
     let entries: Vec<Entry<'_, T>> = tensors.iter().map(|&(n, t)| Entry::float(n, t)).collect();
-    entries_to_safetensors_bytes(&entries)
+    entries_to_safetensors_bytes(&entries, metadata)
 }
 
 /// One tensor to save, and how: in its own float dtype, or as whole numbers
@@ -141,7 +161,10 @@ impl<'a, T: Float> Entry<'a, T> {
 }
 
 /// [`to_safetensors_bytes`] over [`Entry`]s.
-pub(crate) fn entries_to_safetensors_bytes<T: Float>(tensors: &[Entry<'_, T>]) -> Result<Vec<u8>> {
+pub(crate) fn entries_to_safetensors_bytes<T: Float>(
+    tensors: &[Entry<'_, T>],
+    metadata: &[(&str, &str)],
+) -> Result<Vec<u8>> {
     let dtype = dtype_of::<T>()?;
     let mut seen = HashSet::new();
     for &Entry { name, .. } in tensors {
@@ -170,7 +193,13 @@ pub(crate) fn entries_to_safetensors_bytes<T: Float>(tensors: &[Entry<'_, T>]) -
         })?;
         views.push((e.name, view));
     }
-    safetensors::serialize(views, None)
+    let metadata = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|&(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    });
+    safetensors::serialize(views, metadata)
         .map_err(|e| Error::Data(format!("safetensors: cannot serialise: {e}")))
 }
 
@@ -194,17 +223,53 @@ pub(crate) fn entries_to_safetensors_bytes<T: Float>(tensors: &[Entry<'_, T>]) -
 /// assert!(err.to_string().starts_with("parameter `x`: stored as F32"));
 /// ```
 pub fn from_safetensors_bytes<T: Float>(bytes: &[u8]) -> Result<Vec<(String, Tensor<T>)>> {
-    from_safetensors_bytes_with_counts(bytes, &[])
+    Ok(from_safetensors_bytes_with_metadata(bytes)?.0)
+}
+
+/// Like [`from_safetensors_bytes`], and also returns the `__metadata__` key/value pairs,
+/// sorted by key (empty when the file has none).
+///
+/// ```
+/// use tapegrad::{io, Tensor};
+/// let bytes = io::to_safetensors_bytes(&[("x", &Tensor::<f64>::zeros([1]))]).unwrap();
+/// let (tensors, meta) = io::from_safetensors_bytes_with_metadata::<f64>(&bytes).unwrap();
+/// assert_eq!(tensors.len(), 1);
+/// assert!(meta.is_empty());
+/// ```
+#[allow(clippy::type_complexity)]
+pub fn from_safetensors_bytes_with_metadata<T: Float>(
+    bytes: &[u8],
+) -> Result<(Vec<(String, Tensor<T>)>, Vec<(String, String)>)> {
+    parse_safetensors(bytes, &[])
 }
 
 /// [`from_safetensors_bytes`], where the tensors named in `counts` may also be
-/// stored as integers (`I64`, `I32`, `U8`, …, PyTorch's dtypes for counters),
+/// stored as integers (`I64`, `I32`, `U8`, PyTorch's dtypes for counters),
 /// converted to `T` when every value is exactly representable.
 pub(crate) fn from_safetensors_bytes_with_counts<T: Float>(
     bytes: &[u8],
     counts: &[&str],
 ) -> Result<Vec<(String, Tensor<T>)>> {
+    Ok(parse_safetensors(bytes, counts)?.0)
+}
+
+/// The tensors (sorted by name) and the metadata (sorted by key) of a
+/// safetensors file; the tensors named in `counts` may be stored as integers.
+#[allow(clippy::type_complexity)]
+fn parse_safetensors<T: Float>(
+    bytes: &[u8],
+    counts: &[&str],
+) -> Result<(Vec<(String, Tensor<T>)>, Vec<(String, String)>)> {
     let want = dtype_of::<T>()?;
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::Data(format!("safetensors: not a valid file: {e}")))?;
+    let mut metadata: Vec<(String, String)> = header
+        .metadata()
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    metadata.sort();
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::Data(format!("safetensors: not a valid file: {e}")))?;
     let mut views = st.tensors();
@@ -262,7 +327,7 @@ pub(crate) fn from_safetensors_bytes_with_counts<T: Float>(
         })?;
         out.push((name, t));
     }
-    Ok(out)
+    Ok((out, metadata))
 }
 
 /// A counter tensor stored as integers, converted to `T` exactly (or an error message).
@@ -332,12 +397,12 @@ pub fn save_safetensors<T: Float>(
 ) -> Result<()> {
     let path = path.as_ref();
     let bytes = to_safetensors_bytes(tensors).map_err(|e| in_file(path, e))?;
-    write_whole(path, &bytes)
+    write_replacing(path, &bytes)
 }
 
 /// Writes `bytes` to a temporary file next to `path`, then renames it over
 /// `path`: an existing file is replaced whole or not at all.
-pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
     let io_err = |p: &Path, source| Error::Io {
         path: p.display().to_string(),
         source,
@@ -370,9 +435,14 @@ pub(crate) fn write_whole(path: &Path, bytes: &[u8]) -> Result<()> {
 /// ```
 pub fn load_safetensors<T: Float>(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor<T>)>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    let bytes = read_file(path)?;
+    from_safetensors_bytes(&bytes).map_err(|e| in_file(path, e))
+}
+
+/// The bytes of the file at `path`, or [`Error::Io`] naming it.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
-    })?;
-    from_safetensors_bytes(&bytes).map_err(|e| in_file(path, e))
+    })
 }

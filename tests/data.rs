@@ -636,3 +636,194 @@ fn mnist_load_errors_name_the_file() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------- augmentation
+
+mod augmentation {
+    use super::rng;
+    use rand::RngExt;
+    use tapegrad::data::{self, augment};
+    use tapegrad::Tensor;
+
+    /// A batch with no zero pixel (values 1..), so zero fill is recognisable.
+    fn batch(n: usize, c: usize, h: usize, w: usize) -> Tensor<f64> {
+        let v: Vec<f64> = (0..n * c * h * w).map(|i| 1.0 + i as f64).collect();
+        Tensor::from_vec(v, [n, c, h, w]).unwrap()
+    }
+
+    /// The naive definition: pixel (y − dy, x − dx) of the source, or 0 outside.
+    fn shifted_naive(x: &Tensor<f64>, offsets: &[(isize, isize)]) -> Tensor<f64> {
+        let s = x.shape().to_vec();
+        let (h, w) = (s[2] as isize, s[3] as isize);
+        let mut out = Tensor::zeros(x.shape().clone());
+        for (i, &(dy, dx)) in offsets.iter().enumerate() {
+            for c in 0..s[1] {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let (sy, sx) = (y - dy, xx - dx);
+                        if (0..h).contains(&sy) && (0..w).contains(&sx) {
+                            let v = x.get(&[i, c, sy as usize, sx as usize]);
+                            out.set(&[i, c, y as usize, xx as usize], v);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The naive random crop: zero-pad by `p`, then cut the window at (top, left),
+    /// drawing top then left per image from `0..=2p`.
+    fn crop_naive(x: &Tensor<f64>, p: usize, seed: u64) -> Tensor<f64> {
+        let s = x.shape().to_vec();
+        let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let mut r = rng(seed);
+        let mut out = Tensor::zeros(x.shape().clone());
+        for i in 0..n {
+            let top = r.random_range(0..=2 * p);
+            let left = r.random_range(0..=2 * p);
+            for ch in 0..c {
+                let mut padded = vec![vec![0.0; w + 2 * p]; h + 2 * p];
+                for y in 0..h {
+                    for xx in 0..w {
+                        padded[y + p][xx + p] = x.get(&[i, ch, y, xx]);
+                    }
+                }
+                for y in 0..h {
+                    for xx in 0..w {
+                        out.set(&[i, ch, y, xx], padded[top + y][left + xx]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn random_crop_is_a_crop_of_the_zero_padded_image() {
+        for (shape, pad) in [
+            ([6, 2, 5, 7], 2),
+            ([3, 1, 8, 8], 4),
+            ([4, 3, 3, 3], 5),
+            ([2, 1, 4, 4], 0),
+        ] {
+            let x = batch(shape[0], shape[1], shape[2], shape[3]);
+            let y = augment::random_crop(&x, pad, &mut rng(11));
+            assert_eq!(y.shape(), x.shape());
+            assert_eq!(
+                y.data(),
+                crop_naive(&x, pad, 11).data(),
+                "{shape:?} pad {pad}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_shift_moves_pixels_by_the_drawn_offsets() {
+        let x = batch(10, 2, 6, 5);
+        let k = 2;
+        let y = augment::random_shift(&x, k, &mut rng(5));
+        let mut r = rng(5);
+        let offsets: Vec<(isize, isize)> = (0..10)
+            .map(|_| {
+                let dy = r.random_range(0..=2 * k) as isize - k as isize;
+                let dx = r.random_range(0..=2 * k) as isize - k as isize;
+                (dy, dx)
+            })
+            .collect();
+        assert!(offsets.iter().all(|&(a, b)| a.abs() <= 2 && b.abs() <= 2));
+        assert!(offsets.iter().any(|&(a, b)| a != 0 || b != 0));
+        assert_eq!(y.data(), shifted_naive(&x, &offsets).data());
+    }
+
+    #[test]
+    fn translate_matches_the_definition_and_fills_with_zeros() {
+        let x = batch(7, 2, 4, 5);
+        let offsets = [(0, 0), (1, 2), (-1, -3), (3, -4), (-4, 0), (0, 5), (9, -9)];
+        let y = augment::translate(&x, &offsets);
+        assert_eq!(y.data(), shifted_naive(&x, &offsets).data());
+        // Exactly the uncovered pixels are zero: |dy|·W + |dx|·H − |dy|·|dx| per channel.
+        for (i, &(dy, dx)) in offsets.iter().enumerate() {
+            let (dy, dx) = (dy.unsigned_abs().min(4), dx.unsigned_abs().min(5));
+            let zeros = y.data()[i * 40..(i + 1) * 40]
+                .iter()
+                .filter(|&&v| v == 0.0)
+                .count();
+            assert_eq!(zeros, 2 * (dy * 5 + dx * 4 - dy * dx), "image {i}");
+        }
+        // Padding regions of a crop are zero: an all-ones image keeps exactly its ones.
+        let ones = Tensor::<f32>::ones([50, 1, 6, 6]);
+        let y = augment::random_crop(&ones, 3, &mut rng(2));
+        assert!(y.data().iter().all(|&v| v == 0.0 || v == 1.0));
+        assert!(y.data().contains(&0.0));
+    }
+
+    #[test]
+    fn flips_mirror_rows_and_twice_is_identity() {
+        let x = batch(4, 3, 2, 5);
+        let which = [true, false, true, true];
+        let y = augment::flip_horizontal(&x, &which);
+        for (i, &f) in which.iter().enumerate() {
+            for c in 0..3 {
+                for r in 0..2 {
+                    for col in 0..5 {
+                        let src = if f { 4 - col } else { col };
+                        assert_eq!(y.get(&[i, c, r, col]), x.get(&[i, c, r, src]));
+                    }
+                }
+            }
+        }
+        assert_eq!(augment::flip_horizontal(&y, &which).data(), x.data());
+        // The same seed draws the same flips, so flipping twice with it is the identity.
+        let once = augment::random_flip(&x, 0.5, &mut rng(9));
+        assert_eq!(
+            augment::random_flip(&once, 0.5, &mut rng(9)).data(),
+            x.data()
+        );
+        // About half of a large batch is flipped.
+        let big = batch(1000, 1, 1, 2);
+        let f = augment::random_flip(&big, 0.5, &mut rng(1));
+        let flipped = f.data().chunks(2).filter(|p| p[0] > p[1]).count();
+        assert!((420..580).contains(&flipped), "{flipped}");
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_augmentation() {
+        let d = data::digits();
+        let x = d
+            .batch::<f32>(&(0..64).collect::<Vec<_>>(), d.normalization())
+            .images;
+        let run = |seed| {
+            let mut r = rng(seed);
+            let y = augment::random_crop(&x, 2, &mut r);
+            let y = augment::random_shift(&y, 1, &mut r);
+            augment::random_flip(&y, 0.5, &mut r)
+        };
+        assert_eq!(run(3).data(), run(3).data());
+        assert_ne!(run(3).data(), run(4).data());
+        assert_eq!(run(3).shape(), x.shape());
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "random_crop: expected a batch of images [N, C, H, W], got shape [8, 8]"
+    )]
+    fn augmentation_needs_a_4d_batch() {
+        augment::random_crop(&Tensor::<f32>::zeros([8, 8]), 1, &mut rng(0));
+    }
+
+    #[test]
+    #[should_panic(expected = "translate: 1 offsets for a batch of 2 images")]
+    fn translate_needs_one_offset_per_image() {
+        augment::translate(&Tensor::<f32>::zeros([2, 1, 3, 3]), &[(0, 0)]);
+    }
+
+    #[test]
+    fn targets_are_the_labels_as_usize() {
+        let (train, _) = data::digits_train_test();
+        let t = train.targets();
+        assert_eq!(t.len(), train.len());
+        assert!(t.iter().zip(train.labels()).all(|(&a, &b)| a == b as usize));
+        assert!((0..train.len()).all(|i| t[i] == train.label(i)));
+    }
+}

@@ -231,6 +231,25 @@ impl Dataset {
         &self.labels
     }
 
+    /// All labels as `usize`, in image order — ready for
+    /// [`Var::cross_entropy`](crate::Var::cross_entropy) over the whole set (e.g. with
+    /// [`Dataset::to_tensor`]). [`Dataset::labels`] is the stored bytes.
+    ///
+    /// ```
+    /// use tapegrad::{data, Tape};
+    /// let (train, test) = data::digits_train_test();
+    /// let targets: Vec<usize> = test.targets();
+    /// assert_eq!(targets.len(), 360);
+    /// // Uniform logits: the loss is ln 10.
+    /// let tape = Tape::new();
+    /// let logits = tape.constant(tapegrad::Tensor::<f64>::zeros([360, 10]));
+    /// let loss = logits.cross_entropy(&test.targets()).value().data()[0];
+    /// assert!((loss - 10f64.ln()).abs() < 1e-12);
+    /// ```
+    pub fn targets(&self) -> Vec<usize> {
+        self.labels.iter().map(|&l| usize::from(l)).collect()
+    }
+
     /// How many images each class has (index = class).
     ///
     /// ```

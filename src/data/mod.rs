@@ -22,8 +22,11 @@
 //! assert_eq!(&x_test.shape()[..], &[360, 1, 8, 8]);
 //! ```
 //!
+//! [`augment`] holds random crops, shifts and flips of a batch.
+//!
 //! See `docs/data.md` for the data's provenance and licence.
 
+pub mod augment;
 mod batch;
 mod dataset;
 mod digits;

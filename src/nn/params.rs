@@ -467,7 +467,7 @@ impl<T: Float> Params<T> {
     /// ```
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        crate::io::write_whole(path, &self.to_safetensors_bytes()?)
+        crate::io::write_replacing(path, &self.to_safetensors_bytes()?)
     }
 
     /// Every parameter and buffer, by name, as the bytes of a safetensors file
@@ -499,7 +499,7 @@ impl<T: Float> Params<T> {
                 BufferKind::Count => crate::io::Entry::count(name, value),
             });
         }
-        crate::io::entries_to_safetensors_bytes(&entries)
+        crate::io::entries_to_safetensors_bytes(&entries, &[])
     }
 
     /// Loads the bytes of a safetensors file into the parameters and buffers
@@ -893,5 +893,12 @@ impl<T: Float> Index<ParamId> for ParamGrads<T> {
                 id.index
             )
         })
+    }
+}
+
+impl<T: Float> ParamGrads<T> {
+    /// Gradients in parameter order, mutably (for in-place clipping).
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [Option<Tensor<T>>] {
+        &mut self.grads
     }
 }
