@@ -94,31 +94,57 @@ impl Acc {
     }
 }
 
-/// Adds `f(a[i], b[i])` (a pair of values) into the two accumulators, for
-/// every `i` (`a` and `b` have the same length). Each block of [`BLOCK`]
-/// values is summed in `T`, [`LANES`] interleaved sums of at most 16 terms
-/// each (vector instructions, and an `f32` rounding error of a few units in
-/// the last place of the block's sum), and the block's sums are added in
-/// `f64`.
+/// Adds `fu(a[i], b[i])` into `s` and `fv(a[i], b[i])` into `t` for every
+/// `i` (`a` and `b` have the same length), [`LANES`] at a time. Each block of
+/// [`BLOCK`] values is summed in `T`, in [`LANES`] interleaved sums of at most
+/// 16 terms (an `f32` rounding error of a few units in the last place of the
+/// block's sum), and the blocks' sums are added in `f64`.
+///
+/// The two sums are separate loops over fixed-size arrays: written as one
+/// loop returning a pair, the compiler pairs `u[l]` with `v[l]` in a vector
+/// instead of the lanes of each.
 #[inline(always)]
-fn accumulate<T: Float>(s: &mut Acc, t: &mut Acc, a: &[T], b: &[T], f: impl Fn(T, T) -> (T, T)) {
+fn accumulate<T: Float>(
+    s: &mut Acc,
+    t: &mut Acc,
+    a: &[T],
+    b: &[T],
+    fu: impl Fn(T, T) -> T,
+    fv: impl Fn(T, T) -> T,
+) {
     debug_assert_eq!(a.len(), b.len());
     for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
         let (mut u, mut v) = ([T::ZERO; LANES], [T::ZERO; LANES]);
         let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
         let (ra, rb) = (ca.remainder(), cb.remainder());
         for (a, b) in ca.zip(cb) {
+            let a: &[T; LANES] = a.try_into().expect("LANES values");
+            let b: &[T; LANES] = b.try_into().expect("LANES values");
             for l in 0..LANES {
-                let (p, q) = f(a[l], b[l]);
-                u[l] += p;
-                v[l] += q;
+                u[l] += fu(a[l], b[l]);
+            }
+            for l in 0..LANES {
+                v[l] += fv(a[l], b[l]);
             }
         }
-        for (l, (&a, &b)) in ra.iter().zip(rb).enumerate() {
-            let (p, q) = f(a, b);
-            u[l] += p;
-            v[l] += q;
+        if !ra.is_empty() {
+            // The tail, padded with zeros whose terms are dropped. (Indexing
+            // `u` by a variable lane would keep it in memory for the whole
+            // loop.)
+            let n = ra.len();
+            let (mut a, mut b) = ([T::ZERO; LANES], [T::ZERO; LANES]);
+            a[..n].copy_from_slice(ra);
+            b[..n].copy_from_slice(rb);
+            for l in 0..LANES {
+                let (p, q) = (fu(a[l], b[l]), fv(a[l], b[l]));
+                u[l] += if l < n { p } else { T::ZERO };
+                v[l] += if l < n { q } else { T::ZERO };
+            }
         }
+        // Without the barrier the compiler matches the `f32` sums to the
+        // two-wide `f64` vectors they are added to and runs the whole loop on
+        // two lanes instead of four (or eight).
+        let (u, v) = std::hint::black_box((u, v));
         for l in 0..LANES {
             s.0[l] += u[l].to_f64();
             t.0[l] += v[l].to_f64();
@@ -134,17 +160,21 @@ fn moments<'a, T: Float, I: Iterator<Item = &'a [T]>>(
 ) -> (f64, f64) {
     let (mut s, mut unused) = (Acc::ZERO, Acc::ZERO);
     for x in segments() {
-        accumulate(&mut s, &mut unused, x, x, |v, _| (v, T::ZERO));
+        accumulate(&mut s, &mut unused, x, x, |v, _| v, |_, _| T::ZERO);
     }
     let m = count as f64;
     // The first pass's mean, in T: the second pass's centre.
     let centre = T::from_f64(s.total() / m);
     let (mut d, mut d2) = (Acc::ZERO, Acc::ZERO);
     for x in segments() {
-        accumulate(&mut d, &mut d2, x, x, |v, _| {
-            let e = v - centre;
-            (e, e * e)
-        });
+        accumulate(
+            &mut d,
+            &mut d2,
+            x,
+            x,
+            |v, _| v - centre,
+            |v, _| (v - centre) * (v - centre),
+        );
     }
     let (d, d2) = (d.total(), d2.total());
     // Σ(x − μ)² with μ = centre + d/m the refined mean; never below 0 (NaN stays).
@@ -170,7 +200,7 @@ fn grad_sums<'a, T: Float>(
     let (hi, lo) = split_mean::<T>(mean);
     let (mut sg, mut sgx) = (Acc::ZERO, Acc::ZERO);
     for (g, x) in segments {
-        accumulate(&mut sg, &mut sgx, g, x, |g, x| (g, g * (x - hi)));
+        accumulate(&mut sg, &mut sgx, g, x, |g, _| g, |g, x| g * (x - hi));
     }
     let sg = sg.total();
     (sg, sgx.total() - lo * sg)
