@@ -962,7 +962,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let h = tape.leaf(Tensor::ones([1000])).exp();
     /// let s = h.sum();
     /// h.release();
-    /// assert_eq!(s.value().item(), 1000.0 * 1f32.exp());
+    /// assert!((s.value().item() - 1000.0 * 1f32.exp()).abs() < 1e-2);
     /// ```
     pub fn release(self) {
         assert!(
