@@ -1,3 +1,11 @@
+// The README is the crate's front page. Its links name the guides in `docs/`
+// (right on the repository page); these definitions come first, so in rustdoc
+// the same link labels lead to the guides' rustdoc pages instead.
+#![doc = "[design]: crate::guides::design"]
+#![doc = "[conv-backprop]: crate::guides::conv_backprop"]
+#![doc = "[benchmarks]: crate::guides::benchmarks"]
+#![doc = "[data]: crate::guides::data"]
+#![doc = "[dependencies]: crate::guides::dependencies"]
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
@@ -25,6 +33,63 @@ pub use tensor::Tensor;
 
 pub mod nn;
 pub mod optim;
+
+/// The random-number crate tapegrad's API takes generators from (initialisation,
+/// shuffling, dropout, augmentation), re-exported so that a `Cargo.toml` needs
+/// only tapegrad: `tapegrad::rand::rngs::StdRng`, `tapegrad::rand::SeedableRng`.
+pub use rand;
+
+/// The small-vector crate behind [`ParentGrads`], re-exported for custom ops
+/// (`tapegrad::smallvec::smallvec![Some(dx)]`).
+pub use smallvec;
+
+/// What most programs use, in one import: `use tapegrad::prelude::*;`.
+///
+/// ```
+/// use tapegrad::prelude::*;
+/// let mut rng = StdRng::seed_from_u64(0);
+/// let mut params = Params::<f32>::new();
+/// let model = Sequential::new().push(Linear::new(&mut params, "fc", 4, 2, true, &mut rng));
+/// let tape = Tape::new();
+/// let p = params.bind(&tape);
+/// let loss = model.forward(&p, tape.constant(Tensor::ones([3, 4]))).cross_entropy(&[0, 1, 1]);
+/// let grads = p.grads(loss.backward());
+/// Sgd::new(0.1).step(&mut params, &grads);
+/// ```
+pub mod prelude {
+    pub use crate::nn::{
+        self, predict, AvgPool2d, BasicBlock, BatchNorm, Conv2d, Dropout, Flatten,
+        GlobalAvgPool2d, Linear, MaxPool2d, Mode, Module, Params, ReLU, Sequential,
+    };
+    pub use crate::optim::{Adam, Optimizer, Schedule, Sgd};
+    pub use crate::{Conv2dOptions, Pool2dOptions, Tape, Tensor, Var};
+    pub use rand::rngs::StdRng;
+    pub use rand::{Rng, SeedableRng};
+}
+
+/// The guides in the repository's `docs/` folder, readable here too.
+pub mod guides {
+    /// The architecture: tensor, tape, ops, nn, and how to add an op.
+    pub mod design {
+        #![doc = include_str!("../docs/design.md")]
+    }
+    /// The convolution backward, derived, with the worked example.
+    pub mod conv_backprop {
+        #![doc = include_str!("../docs/conv-backprop.md")]
+    }
+    /// How to run the benchmark, what each case is, and the latest figures.
+    pub mod benchmarks {
+        #![doc = include_str!("../docs/benchmarks.md")]
+    }
+    /// The embedded digits, MNIST, safetensors.
+    pub mod data {
+        #![doc = include_str!("../docs/data.md")]
+    }
+    /// Every dependency and why.
+    pub mod dependencies {
+        #![doc = include_str!("../docs/dependencies.md")]
+    }
+}
 
 pub mod settings {
     //! Process-wide settings, in one place: how many threads the parallel ops
