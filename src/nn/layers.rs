@@ -331,6 +331,31 @@ impl<T: Float> Sequential<T> {
         self.layers.len()
     }
 
+    /// Applies the layers in order and returns every layer's output (the
+    /// last is the model's output), so any intermediate activation's gradient
+    /// can be read after `backward()`.
+    ///
+    /// ```
+    /// use tapegrad::nn::{Module, Params, ReLU, Sequential, Tanh};
+    /// use tapegrad::{Tape, Tensor};
+    /// let model = Sequential::<f64>::new().push(Tanh).push(ReLU);
+    /// let tape = Tape::new();
+    /// let p = Params::new().bind(&tape);
+    /// let x = tape.leaf(Tensor::ones([2]));
+    /// let hs = model.forward_all(&p, x);
+    /// let g = hs[1].sum().backward();
+    /// assert_eq!(g[hs[0]].data(), &[1.0, 1.0]); // the gradient at tanh's output
+    /// ```
+    pub fn forward_all<'t>(&self, p: &Bound<'t, T>, x: Var<'t, T>) -> Vec<Var<'t, T>> {
+        let mut outs = Vec::with_capacity(self.layers.len());
+        let mut h = x;
+        for layer in &self.layers {
+            h = layer.forward(p, h);
+            outs.push(h);
+        }
+        outs
+    }
+
     /// Whether there are no layers.
     ///
     /// ```
