@@ -207,12 +207,119 @@ where
         })
         .collect();
     drop(grads);
+    compare(&|xs| eval(xs, &v), &analytic, inputs, options, &mut rng)
+}
 
+/// [`gradcheck`] with default options, panicking with the report if it fails.
+///
+/// ```
+/// use tapegrad::Tensor;
+/// let x = Tensor::from_vec(vec![0.3, 0.7, -0.2], [3]).unwrap();
+/// tapegrad::gradcheck::assert_gradcheck(|_, v| v[0].sigmoid(), &[x]);
+/// ```
+pub fn assert_gradcheck<F>(f: F, inputs: &[Tensor<f64>])
+where
+    F: for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Var<'t, f64>,
+{
+    let report = gradcheck(f, inputs, Options::default());
+    assert!(report.passed(), "{report}");
+}
+
+/// Checks second derivatives: the gradient of the first-order gradient,
+/// taken as a graph ([`Var::grad_graph`]), against central differences of
+/// the first-order gradient (PyTorch's `gradgradcheck` semantics, for the
+/// inputs). With `r = Σ f(x) ⊙ v` for a fixed random `v` (1 for a scalar
+/// output) and fixed random `uₖ`, it compares the gradient of
+/// `s(x) = Σₖ ⟨∂r/∂xₖ, uₖ⟩` computed by `backward()` through the graph of
+/// the gradient with `(s(x + ε) − s(x − ε)) / 2ε`, where each `s` is a
+/// first-order `backward()`. Panics (naming the op) if the graph holds an op
+/// whose gradient cannot be differentiated.
+///
+/// ```
+/// use tapegrad::gradcheck::{gradgradcheck, Options};
+/// use tapegrad::Tensor;
+/// let x = Tensor::from_vec(vec![0.3, -1.2, 2.0], [3]).unwrap();
+/// let report = gradgradcheck(|_, v| (v[0] * v[0]).tanh().sum(), &[x], Options::default());
+/// assert!(report.passed(), "{report}");
+/// ```
+pub fn gradgradcheck<F>(f: F, inputs: &[Tensor<f64>], options: Options) -> Report
+where
+    F: for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Var<'t, f64>,
+{
+    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed ^ 0x5eed);
+    // The output's shape, for v.
+    let out_shape = {
+        let tape = Tape::<f64>::new();
+        let vars: Vec<_> = inputs.iter().map(|x| tape.constant(x.clone())).collect();
+        f(&tape, &vars).shape()
+    };
+    let v = if out_shape.numel() == 1 {
+        Tensor::ones(out_shape)
+    } else {
+        Tensor::randn(out_shape, &mut rng)
+    };
+    let us: Vec<Tensor<f64>> = inputs
+        .iter()
+        .map(|x| Tensor::randn(x.shape(), &mut rng))
+        .collect();
+    let dot = |a: &Tensor<f64>, b: &Tensor<f64>| -> f64 {
+        a.data().iter().zip(b.data()).map(|(x, y)| x * y).sum()
+    };
+    // s(x) from a first-order backward.
+    let eval = |xs: &[Tensor<f64>]| -> f64 {
+        let tape = Tape::<f64>::new();
+        let vars: Vec<_> = xs.iter().map(|x| tape.leaf(x.clone())).collect();
+        let out = f(&tape, &vars);
+        if !out.requires_grad() {
+            return 0.0;
+        }
+        let g = out.backward_with(v.clone());
+        vars.iter()
+            .zip(&us)
+            .map(|(&x, u)| g.get(x).map_or(0.0, |gx| dot(gx, u)))
+            .sum()
+    };
+    // ∂s/∂x through the gradient's graph.
+    let tape = Tape::<f64>::new();
+    let vars: Vec<_> = inputs.iter().map(|x| tape.leaf(x.clone())).collect();
+    let out = f(&tape, &vars);
+    let analytic: Vec<Tensor<f64>> = if out.requires_grad() {
+        let gs = out.grad_graph_with(tape.constant(v.clone()), &vars);
+        let s = gs
+            .iter()
+            .zip(&us)
+            .map(|(&g, u)| (g * tape.constant(u.clone())).sum())
+            .reduce(|a, b| a + b)
+            .expect("at least one input");
+        let grads = s.requires_grad().then(|| s.backward());
+        vars.iter()
+            .zip(inputs)
+            .map(|(&x, t)| {
+                grads
+                    .as_ref()
+                    .and_then(|g| g.get(x).cloned())
+                    .unwrap_or_else(|| Tensor::zeros(t.shape()))
+            })
+            .collect()
+    } else {
+        inputs.iter().map(|t| Tensor::zeros(t.shape())).collect()
+    };
+    compare(&eval, &analytic, inputs, options, &mut rng)
+}
+
+/// Compares `analytic` (the gradient of the scalar `eval` at `inputs`) with
+/// central differences of `eval`, as `options.mode` says.
+fn compare(
+    eval: &dyn Fn(&[Tensor<f64>]) -> f64,
+    analytic: &[Tensor<f64>],
+    inputs: &[Tensor<f64>],
+    options: Options,
+    rng: &mut rand::rngs::StdRng,
+) -> Report {
     let mut worst: Option<Comparison> = None;
     let mut checked = 0;
     let mut consider = |c: Comparison| {
         checked += 1;
-        // `total_cmp` ranks NaN above every number, so a NaN anywhere becomes the worst.
         if worst
             .as_ref()
             .is_none_or(|w| c.excess(&options).total_cmp(&w.excess(&options)).is_gt())
@@ -227,9 +334,9 @@ where
                 for j in 0..inputs[i].numel() {
                     let x0 = inputs[i].data()[j];
                     xs[i].data_mut()[j] = x0 + options.eps;
-                    let plus = eval(&xs, &v);
+                    let plus = eval(&xs);
                     xs[i].data_mut()[j] = x0 - options.eps;
-                    let minus = eval(&xs, &v);
+                    let minus = eval(&xs);
                     xs[i].data_mut()[j] = x0;
                     consider(Comparison {
                         input: Some(i),
@@ -242,22 +349,23 @@ where
         }
         Mode::RandomDirections(k) => {
             for d in 0..k {
-                let us: Vec<Tensor<f64>> = inputs
+                let dirs: Vec<Tensor<f64>> = inputs
                     .iter()
-                    .map(|x| Tensor::randn(x.shape(), &mut rng))
+                    .map(|x| Tensor::randn(x.shape(), rng))
                     .collect();
                 let shifted = |sign: f64| -> Vec<Tensor<f64>> {
                     inputs
                         .iter()
-                        .zip(&us)
-                        .map(|(x, u)| x.zip_map(u, "gradcheck", |x, u| x + sign * options.eps * u))
+                        .zip(&dirs)
+                        .map(|(x, u)| {
+                            x.zip_map(u, "gradgradcheck", |x, u| x + sign * options.eps * u)
+                        })
                         .collect()
                 };
-                let numeric =
-                    (eval(&shifted(1.0), &v) - eval(&shifted(-1.0), &v)) / (2.0 * options.eps);
+                let numeric = (eval(&shifted(1.0)) - eval(&shifted(-1.0))) / (2.0 * options.eps);
                 let analytic: f64 = analytic
                     .iter()
-                    .zip(&us)
+                    .zip(&dirs)
                     .map(|(g, u)| {
                         g.data()
                             .iter()
@@ -280,19 +388,4 @@ where
         worst,
         options,
     }
-}
-
-/// [`gradcheck`] with default options, panicking with the report if it fails.
-///
-/// ```
-/// use tapegrad::Tensor;
-/// let x = Tensor::from_vec(vec![0.3, 0.7, -0.2], [3]).unwrap();
-/// tapegrad::gradcheck::assert_gradcheck(|_, v| v[0].sigmoid(), &[x]);
-/// ```
-pub fn assert_gradcheck<F>(f: F, inputs: &[Tensor<f64>])
-where
-    F: for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Var<'t, f64>,
-{
-    let report = gradcheck(f, inputs, Options::default());
-    assert!(report.passed(), "{report}");
 }

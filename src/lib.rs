@@ -22,13 +22,17 @@ mod threads;
 pub mod data;
 pub mod gemm;
 pub mod gradcheck;
+pub mod higher;
 pub mod io;
 
 pub use error::{Error, Result};
 pub use float::Float;
 pub use ops::{conv, conv::Conv2dOptions, conv::Pair, norm::BatchStats, pool::Pool2dOptions};
 pub use shape::Shape;
-pub use tape::{BackwardCtx, BackwardFn, BackwardOptions, Gradients, ParentGrads, Tape, Var};
+pub use tape::{
+    BackwardCtx, BackwardFn, BackwardOptions, Gradients, GraphCtx, GraphGrads, ParentGrads, Tape,
+    Var,
+};
 pub use tensor::Tensor;
 
 pub mod nn;

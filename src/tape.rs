@@ -67,6 +67,82 @@ pub struct BackwardCtx<'a, T: Float> {
     pub scalar: T,
 }
 
+/// What a differentiable backward sees when gradients are taken as a graph
+/// ([`Var::grad_graph`]): the same things as [`BackwardCtx`], as [`Var`]s on
+/// the tape, so the gradients it builds can be differentiated again.
+///
+/// ```
+/// use tapegrad::{Tape, Tensor};
+/// use tapegrad::smallvec::smallvec;
+/// // y = x³ with dy/dx = 3x² as tensors (first order) and as Vars (any order).
+/// let tape = Tape::<f64>::new();
+/// let x = tape.leaf(Tensor::full([1], 2.0));
+/// let y = tape.record_differentiable(
+///     "cube",
+///     x.value().map(|v| v * v * v),
+///     &[x],
+///     |ctx| smallvec![Some(ctx.grad.zip_map(ctx.inputs[0], "cube", |g, x| 3.0 * g * x * x))],
+///     |ctx| {
+///         let x = ctx.inputs[0];
+///         smallvec![Some(ctx.grad * x * x * 3.0)]
+///     },
+/// );
+/// let dx = y.sum().grad_graph(&[x])[0];
+/// assert_eq!(dx.value().item(), 12.0);
+/// assert_eq!(dx.sum().backward()[x].item(), 12.0); // d²y/dx² = 6x
+/// ```
+pub struct GraphCtx<'a, 't, T: Float> {
+    /// ∂loss/∂output, as a node.
+    pub grad: Var<'t, T>,
+    /// The parents, in the order the op recorded them.
+    pub inputs: &'a [Var<'t, T>],
+    /// This node.
+    pub output: Var<'t, T>,
+    /// Whether each parent wants a gradient.
+    pub needs_grad: &'a [bool],
+    /// The constant saved with the node (see [`Tape::record_scalar`]).
+    pub scalar: T,
+}
+
+/// The gradient of each parent of a node as a [`Var`] (`None`: no contribution).
+pub type GraphGrads<'t, T> = SmallVec<[Option<Var<'t, T>>; 2]>;
+
+/// An op's backward both ways: on tensors, for the fast first-order
+/// `backward()`, and as [`Var`] ops, for [`Var::grad_graph`] (gradients that
+/// can be differentiated again). The two must compute the same values.
+pub(crate) trait Differentiable<T: Float> {
+    /// First order.
+    fn backward(&self, ctx: &BackwardCtx<'_, T>) -> ParentGrads<T>;
+    /// As a graph on the tape.
+    fn backward_graph<'t>(&self, ctx: &GraphCtx<'_, 't, T>) -> GraphGrads<'t, T>;
+}
+
+/// Gives a graph-backward closure its higher-ranked type (a closure bound
+/// to a `let` is not inferred as one).
+#[inline(always)]
+pub(crate) fn graph_fn<T: Float, G>(g: G) -> G
+where
+    G: for<'a, 'g> Fn(&GraphCtx<'a, 'g, T>) -> GraphGrads<'g, T>,
+{
+    g
+}
+
+/// A [`Differentiable`] made of two closures.
+struct Both<F, G>(F, G);
+
+impl<T: Float, F, G> Differentiable<T> for Both<F, G>
+where
+    F: Fn(&BackwardCtx<'_, T>) -> ParentGrads<T>,
+    G: for<'a, 't> Fn(&GraphCtx<'a, 't, T>) -> GraphGrads<'t, T>,
+{
+    fn backward(&self, ctx: &BackwardCtx<'_, T>) -> ParentGrads<T> {
+        (self.0)(ctx)
+    }
+    fn backward_graph<'t>(&self, ctx: &GraphCtx<'_, 't, T>) -> GraphGrads<'t, T> {
+        (self.1)(ctx)
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Leaf,
@@ -86,8 +162,10 @@ pub(crate) enum Backward<T: Float> {
     /// The derivative captures nothing (see [`Backward::elementwise`]), so this is a
     /// pointer to its vtable: no allocation to make or free.
     Elementwise(&'static dyn Elementwise<T>),
-    /// Any op: a local-gradient closure (see [`Tape::record`]).
+    /// Any op: a local-gradient closure (see [`Tape::record`]); first order only.
     Closure(BackwardFn<T>),
+    /// Any op, differentiable again (see [`Tape::record_differentiable`]).
+    Twice(Box<dyn Differentiable<T>>),
 }
 
 /// The backward of a one-parent elementwise op, `dx = g · f′(x, y, c)`.
@@ -96,12 +174,19 @@ pub(crate) trait Elementwise<T: Float> {
     fn scalar(&self, g: T, x: T, y: T, c: T) -> T;
     /// Whole tensors of one shape (the derivative is inlined in the loop).
     fn tensor(&self, g: &Tensor<T>, x: &Tensor<T>, y: &Tensor<T>, c: T) -> Tensor<T>;
+    /// `g · f′(x, y, c)` as a graph (for [`Var::grad_graph`]).
+    fn graph<'t>(&self, g: Var<'t, T>, x: Var<'t, T>, y: Var<'t, T>, c: T) -> Var<'t, T>;
 }
 
-/// An [`Elementwise`] backward from a derivative `f′(x, y, c)`.
-pub(crate) struct Deriv<F>(pub(crate) F);
+/// An [`Elementwise`] backward from a derivative `f′(x, y, c)` on numbers
+/// and the gradient `g · f′(x, y, c)` built from [`Var`] ops.
+pub(crate) struct Deriv<F, G>(pub(crate) F, pub(crate) G);
 
-impl<T: Float, F: Fn(T, T, T) -> T + Sync> Elementwise<T> for Deriv<F> {
+impl<T: Float, F, G> Elementwise<T> for Deriv<F, G>
+where
+    F: Fn(T, T, T) -> T + Sync,
+    G: for<'t> Fn(Var<'t, T>, Var<'t, T>, Var<'t, T>, T) -> Var<'t, T> + Sync,
+{
     #[inline]
     fn scalar(&self, g: T, x: T, y: T, c: T) -> T {
         g * (self.0)(x, y, c)
@@ -110,20 +195,29 @@ impl<T: Float, F: Fn(T, T, T) -> T + Sync> Elementwise<T> for Deriv<F> {
     fn tensor(&self, g: &Tensor<T>, x: &Tensor<T>, y: &Tensor<T>, c: T) -> Tensor<T> {
         g.grad_map(x, y, |x, y| (self.0)(x, y, c))
     }
+
+    fn graph<'t>(&self, g: Var<'t, T>, x: Var<'t, T>, y: Var<'t, T>, c: T) -> Var<'t, T> {
+        (self.1)(g, x, y, c)
+    }
 }
 
 impl<T: Float> Backward<T> {
-    /// The elementwise backward `dx = g · df(x, y, c)`. `df` must capture nothing
-    /// (checked at compile time): a zero-sized value is "leaked" without allocating.
+    /// The elementwise backward `dx = g · df(x, y, c)`, with `dxv(g, x, y, c)`
+    /// the same gradient as a graph. Both must capture nothing (checked at
+    /// compile time): zero-sized values are "leaked" without allocating.
     #[inline]
-    pub(crate) fn elementwise<F: Fn(T, T, T) -> T + Sync + 'static>(df: F) -> Self {
+    pub(crate) fn elementwise<F, G>(df: F, dxv: G) -> Self
+    where
+        F: Fn(T, T, T) -> T + Sync + 'static,
+        G: for<'t> Fn(Var<'t, T>, Var<'t, T>, Var<'t, T>, T) -> Var<'t, T> + Sync + 'static,
+    {
         const {
             assert!(
-                std::mem::size_of::<F>() == 0,
+                std::mem::size_of::<F>() == 0 && std::mem::size_of::<G>() == 0,
                 "an elementwise derivative must capture nothing"
             )
         };
-        Backward::Elementwise(Box::leak(Box::new(Deriv(df))))
+        Backward::Elementwise(Box::leak(Box::new(Deriv(df, dxv))))
     }
 }
 
@@ -419,6 +513,70 @@ impl<T: Float> Tape<T> {
         })
     }
 
+    /// [`record`](Tape::record) for an op whose gradient can itself be
+    /// differentiated: `backward` computes the parents' gradients on tensors
+    /// (the fast path of `backward()`), and `graph` computes the same
+    /// gradients with [`Var`] ops (the path of [`Var::grad_graph`], so
+    /// gradients of gradients, Hessian-vector products and gradient
+    /// penalties work through the op). An op recorded with `record` instead
+    /// panics, naming itself, if its gradient is differentiated.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// use tapegrad::smallvec::smallvec;
+    /// // y = sin(x): dy/dx = cos(x) on tensors, and as a graph through y' = cos(x)
+    /// // recorded as another differentiable op (d cos/dx = −sin).
+    /// fn sin<'t>(x: tapegrad::Var<'t, f64>) -> tapegrad::Var<'t, f64> {
+    ///     x.tape().record_differentiable(
+    ///         "sin",
+    ///         x.value().map(f64::sin),
+    ///         &[x],
+    ///         |ctx| smallvec![Some(ctx.grad.zip_map(ctx.inputs[0], "sin", |g, x| g * x.cos()))],
+    ///         |ctx| smallvec![Some(ctx.grad * sin(ctx.inputs[0] + std::f64::consts::FRAC_PI_2))],
+    ///     )
+    /// }
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::full([1], 0.5));
+    /// let dx = sin(x).sum().grad_graph(&[x])[0];
+    /// assert!((dx.value().item() - 0.5f64.cos()).abs() < 1e-15);
+    /// let d2 = dx.sum().backward()[x].item();
+    /// assert!((d2 + 0.5f64.sin()).abs() < 1e-15);
+    /// ```
+    pub fn record_differentiable<'t, G>(
+        &'t self,
+        op: &'static str,
+        value: Tensor<T>,
+        parents: &[Var<'t, T>],
+        backward: impl Fn(&BackwardCtx<'_, T>) -> ParentGrads<T> + 'static,
+        graph: G,
+    ) -> Var<'t, T>
+    where
+        G: for<'a, 'g> Fn(&GraphCtx<'a, 'g, T>) -> GraphGrads<'g, T> + 'static,
+    {
+        self.push_op(op, value, parents, T::ZERO, move || {
+            Backward::Twice(Box::new(Both(backward, graph)))
+        })
+    }
+
+    /// [`record_differentiable`](Tape::record_differentiable) with a constant
+    /// saved on the node (`ctx.scalar` in both closures).
+    pub(crate) fn record_differentiable_scalar<'t, G>(
+        &'t self,
+        op: &'static str,
+        value: Tensor<T>,
+        parents: &[Var<'t, T>],
+        scalar: T,
+        backward: impl Fn(&BackwardCtx<'_, T>) -> ParentGrads<T> + 'static,
+        graph: G,
+    ) -> Var<'t, T>
+    where
+        G: for<'a, 'g> Fn(&GraphCtx<'a, 'g, T>) -> GraphGrads<'g, T> + 'static,
+    {
+        self.push_op(op, value, parents, scalar, move || {
+            Backward::Twice(Box::new(Both(backward, graph)))
+        })
+    }
+
     /// Records a one-parent op whose backward is not a closure (see [`Backward`]):
     /// its value is `f` of the parent's value, computed under the same borrow.
     #[inline(always)]
@@ -667,7 +825,11 @@ impl<T: Float> Tape<T> {
             match node.backward {
                 Backward::None => {}
                 Backward::Closure(ref bw) => {
-                    self.call_closure(&graph, i, bw, g, &mut inputs, &mut needs, before);
+                    self.call_closure(&graph, i, &**bw, g, &mut inputs, &mut needs, before);
+                }
+                Backward::Twice(ref bw) => {
+                    let f = |ctx: &BackwardCtx<'_, T>| bw.backward(ctx);
+                    self.call_closure(&graph, i, &f, g, &mut inputs, &mut needs, before);
                 }
                 Backward::Identity | Backward::Elementwise(_) => {
                     // One-parent elementwise ops: the parent's gradient has the node's shape
@@ -709,6 +871,86 @@ impl<T: Float> Tape<T> {
         }
     }
 
+    /// The gradient of node `root` with respect to every node, as nodes
+    /// recorded on this tape (see [`Var::grad_graph`]); `seed` is ∂L/∂root.
+    fn backward_graph_from<'t>(&'t self, root: usize, seed: Var<'t, T>) -> Vec<Option<Var<'t, T>>> {
+        let mut grads: Vec<Option<Var<'t, T>>> = vec![None; root + 1];
+        {
+            let graph = self.graph();
+            let node = &graph.nodes[root];
+            assert!(
+                seed.shape() == *node.value.shape(),
+                "grad_graph: seed of shape {} does not match node {root} ({}) of shape {}",
+                seed.shape(),
+                node.op,
+                node.value.shape()
+            );
+            if node.requires_grad || node.kind == Kind::Leaf {
+                grads[root] = Some(seed);
+            }
+        }
+        for i in (0..=root).rev() {
+            let Some(g) = grads[i] else { continue };
+            // Read what the node needs under a short borrow, and take its backward
+            // out: the backward records new nodes, which needs the tape mutably.
+            let (parents, needs, scalar, op, backward) = {
+                let mut graph = self.graph_mut("grad_graph");
+                let parents: SmallVec<[usize; 4]> = graph.parents(&graph.nodes[i]).into();
+                let needs: SmallVec<[bool; 4]> = parents
+                    .iter()
+                    .map(|&p| graph.nodes[p].requires_grad)
+                    .collect();
+                let node = &mut graph.nodes[i];
+                let backward = std::mem::replace(&mut node.backward, Backward::None);
+                (parents, needs, node.scalar, node.op, backward)
+            };
+            // Put the backward back even if it panics.
+            let guard = Restore {
+                tape: self,
+                id: i,
+                backward: Some(backward),
+            };
+            let inputs: SmallVec<[Var<'t, T>; 4]> =
+                parents.iter().map(|&id| Var { tape: self, id }).collect();
+            let output = Var { tape: self, id: i };
+            let pgrads: GraphGrads<'t, T> = match guard.backward.as_ref().expect("set above") {
+                Backward::None => SmallVec::new(),
+                Backward::Identity => std::iter::once(Some(g)).collect(),
+                Backward::Elementwise(e) => {
+                    std::iter::once(Some(e.graph(g, inputs[0], output, scalar))).collect()
+                }
+                Backward::Closure(_) => not_twice_differentiable(i, op),
+                Backward::Twice(bw) => {
+                    let ctx = GraphCtx {
+                        grad: g,
+                        inputs: &inputs,
+                        output,
+                        needs_grad: &needs,
+                        scalar,
+                    };
+                    bw.backward_graph(&ctx)
+                }
+            };
+            drop(guard);
+            for (k, (&p, pg)) in parents.iter().zip(pgrads).enumerate() {
+                let Some(pg) = pg else { continue };
+                if !needs[k] {
+                    continue;
+                }
+                let (pshape, gshape) = (inputs[k].shape(), pg.shape());
+                assert!(
+                    pshape == gshape,
+                    "grad_graph: node {i} ({op}): gradient for input {k} has shape {gshape} but the input has shape {pshape}"
+                );
+                grads[p] = Some(match grads[p] {
+                    None => pg,
+                    Some(acc) => acc + pg,
+                });
+            }
+        }
+        grads
+    }
+
     /// Runs the closure `bw` of node `i` on its output gradient `g` and adds the
     /// returned gradients into the parents' slots, checking their shapes (and, with
     /// check-finite on, their values). `inputs` and `needs` are scratch space.
@@ -717,7 +959,7 @@ impl<T: Float> Tape<T> {
         &self,
         graph: &'g Graph<T>,
         i: usize,
-        bw: &BackwardFn<T>,
+        bw: &dyn Fn(&BackwardCtx<'_, T>) -> ParentGrads<T>,
         g: &Tensor<T>,
         inputs: &mut Vec<&'g Tensor<T>>,
         needs: &mut Vec<bool>,
@@ -807,6 +1049,34 @@ fn push_in_place<E>(v: &mut Vec<E>, make: impl FnOnce() -> E) -> usize {
     // is unchanged.
     unsafe { v.set_len(id + 1) };
     id
+}
+
+/// Puts a node's backward back when the graph sweep is done with it.
+struct Restore<'t, T: Float> {
+    tape: &'t Tape<T>,
+    id: usize,
+    backward: Option<Backward<T>>,
+}
+
+impl<T: Float> Drop for Restore<'_, T> {
+    fn drop(&mut self) {
+        if let Some(b) = self.backward.take() {
+            if let Ok(mut graph) = self.tape.graph.try_borrow_mut() {
+                graph.nodes[self.id].backward = b;
+            }
+        }
+    }
+}
+
+/// The panic of an op whose backward has no graph form.
+#[cold]
+#[inline(never)]
+fn not_twice_differentiable(id: usize, op: &str) -> ! {
+    panic!(
+        "grad_graph: node {id} ({op}) cannot be differentiated twice: its backward is \
+         first-order only (a custom op recorded with Tape::record; use \
+         Tape::record_differentiable to give it a backward made of Var ops)"
+    )
 }
 
 /// The panic of a read of a released node's value.
@@ -1052,6 +1322,75 @@ impl<'t, T: Float> Var<'t, T> {
             seed: Some(seed),
             keep_intermediate: true,
         })
+    }
+
+    /// The gradients of this scalar node with respect to `wrt`, as nodes on
+    /// the same tape (PyTorch's `torch.autograd.grad(y, wrt, create_graph=True)`,
+    /// JAX's `grad`): ordinary `Var`s that every op applies to and that can be
+    /// differentiated again, to any order — for Hessian-vector products,
+    /// gradient penalties, or derivatives of a network's output with respect
+    /// to its input inside a loss. A node the output does not depend on gets
+    /// a zero gradient. Panics if the node is not a one-element tensor, or if
+    /// the graph holds an op whose backward is first-order only (naming it).
+    ///
+    /// The ordinary `backward()` is unaffected: it stays the fast path.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![1.0, 2.0], [2]).unwrap());
+    /// let y = (x * x * x).sum();                 // y = Σ x³
+    /// let g = y.grad_graph(&[x])[0];             // 3x², a Var
+    /// assert_eq!(g.value().data(), &[3.0, 12.0]);
+    /// let v = tape.constant(Tensor::from_vec(vec![1.0, 0.0], [2]).unwrap());
+    /// let hv = (g * v).sum().backward()[x].clone(); // Hessian-vector product: diag(6x)·v
+    /// assert_eq!(hv.data(), &[6.0, 0.0]);
+    /// ```
+    pub fn grad_graph(self, wrt: &[Var<'t, T>]) -> Vec<Var<'t, T>> {
+        let shape = self.shape();
+        assert!(
+            shape.numel() == 1,
+            "grad_graph: node {} ({}) has shape {shape}, not a scalar; use grad_graph_with(seed, wrt)",
+            self.id,
+            self.op()
+        );
+        let seed = self.tape.constant(Tensor::full(shape, T::ONE));
+        self.grad_graph_with(seed, wrt)
+    }
+
+    /// [`grad_graph`](Var::grad_graph) with an explicit upstream gradient
+    /// `seed` (a `Var` of this node's shape, itself differentiable): the
+    /// vector-Jacobian product seedᵀ·J as nodes.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![1.0, 2.0], [2]).unwrap());
+    /// let v = tape.leaf(Tensor::from_vec(vec![1.0, 10.0], [2]).unwrap());
+    /// let g = (x * x).grad_graph_with(v, &[x])[0]; // 2x·v
+    /// assert_eq!(g.value().data(), &[2.0, 40.0]);
+    /// ```
+    pub fn grad_graph_with(self, seed: Var<'t, T>, wrt: &[Var<'t, T>]) -> Vec<Var<'t, T>> {
+        assert!(
+            self.tape.grad_enabled,
+            "grad_graph: node {} ({}) is on a Tape::no_grad() tape, which records no gradients",
+            self.id,
+            self.op()
+        );
+        for (k, w) in wrt.iter().enumerate() {
+            assert!(
+                std::ptr::eq(w.tape, self.tape),
+                "grad_graph: wrt[{k}] (node {}) belongs to another tape",
+                w.id
+            );
+        }
+        let grads = self.tape.backward_graph_from(self.id, seed);
+        wrt.iter()
+            .map(|&w| match grads.get(w.id).copied().flatten() {
+                Some(g) => g,
+                None => self.tape.constant(Tensor::zeros(w.shape())),
+            })
+            .collect()
     }
 
     /// Backpropagates with explicit [`BackwardOptions`].

@@ -3,7 +3,8 @@
 //! The backward of a broadcast operand sums the gradient over the stretched axes
 //! ([`Tensor::sum_to`]), so every gradient has its operand's shape.
 
-use crate::tape::{one, two, Backward};
+use super::reduce::graph_one;
+use crate::tape::{one, two, Backward, GraphGrads};
 use crate::{Float, Tensor, Var};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
@@ -23,12 +24,24 @@ impl<'t, T: Float> Var<'t, T> {
         let y = self
             .value()
             .broadcast_zip(&other.value(), "add", |a, b| a + b);
-        self.tape.record("add", y, &[self, other], |ctx| {
-            two(
-                ctx.needs_grad[0].then(|| ctx.grad.sum_to(ctx.inputs[0].shape())),
-                ctx.needs_grad[1].then(|| ctx.grad.sum_to(ctx.inputs[1].shape())),
-            )
-        })
+        self.tape.record_differentiable(
+            "add",
+            y,
+            &[self, other],
+            |ctx| {
+                two(
+                    ctx.needs_grad[0].then(|| ctx.grad.sum_to(ctx.inputs[0].shape())),
+                    ctx.needs_grad[1].then(|| ctx.grad.sum_to(ctx.inputs[1].shape())),
+                )
+            },
+            |ctx| {
+                let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
+                graph_two(
+                    ctx.needs_grad[0].then(|| g.sum_to(a.shape())),
+                    ctx.needs_grad[1].then(|| g.sum_to(b.shape())),
+                )
+            },
+        )
     }
 
     /// `self - other`, broadcasting. ∂/∂a = 1, ∂/∂b = −1.
@@ -45,12 +58,24 @@ impl<'t, T: Float> Var<'t, T> {
         let y = self
             .value()
             .broadcast_zip(&other.value(), "sub", |a, b| a - b);
-        self.tape.record("sub", y, &[self, other], |ctx| {
-            two(
-                ctx.needs_grad[0].then(|| ctx.grad.sum_to(ctx.inputs[0].shape())),
-                ctx.needs_grad[1].then(|| ctx.grad.map(|g| -g).sum_to(ctx.inputs[1].shape())),
-            )
-        })
+        self.tape.record_differentiable(
+            "sub",
+            y,
+            &[self, other],
+            |ctx| {
+                two(
+                    ctx.needs_grad[0].then(|| ctx.grad.sum_to(ctx.inputs[0].shape())),
+                    ctx.needs_grad[1].then(|| ctx.grad.map(|g| -g).sum_to(ctx.inputs[1].shape())),
+                )
+            },
+            |ctx| {
+                let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
+                graph_two(
+                    ctx.needs_grad[0].then(|| g.sum_to(a.shape())),
+                    ctx.needs_grad[1].then(|| g.neg().sum_to(b.shape())),
+                )
+            },
+        )
     }
 
     /// `self * other` elementwise, broadcasting. ∂/∂a = b, ∂/∂b = a.
@@ -67,15 +92,27 @@ impl<'t, T: Float> Var<'t, T> {
         let y = self
             .value()
             .broadcast_zip(&other.value(), "mul", |a, b| a * b);
-        self.tape.record("mul", y, &[self, other], |ctx| {
-            let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
-            two(
-                ctx.needs_grad[0]
-                    .then(|| g.broadcast_zip(b, "mul", |g, b| g * b).sum_to(a.shape())),
-                ctx.needs_grad[1]
-                    .then(|| g.broadcast_zip(a, "mul", |g, a| g * a).sum_to(b.shape())),
-            )
-        })
+        self.tape.record_differentiable(
+            "mul",
+            y,
+            &[self, other],
+            |ctx| {
+                let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
+                two(
+                    ctx.needs_grad[0]
+                        .then(|| g.broadcast_zip(b, "mul", |g, b| g * b).sum_to(a.shape())),
+                    ctx.needs_grad[1]
+                        .then(|| g.broadcast_zip(a, "mul", |g, a| g * a).sum_to(b.shape())),
+                )
+            },
+            |ctx| {
+                let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
+                graph_two(
+                    ctx.needs_grad[0].then(|| (g * b).sum_to(a.shape())),
+                    ctx.needs_grad[1].then(|| (g * a).sum_to(b.shape())),
+                )
+            },
+        )
     }
 
     /// `self / other` elementwise, broadcasting. ∂/∂a = 1/b, ∂/∂b = −a/b².
@@ -93,18 +130,30 @@ impl<'t, T: Float> Var<'t, T> {
         let y = self
             .value()
             .broadcast_zip(&other.value(), "div", |a, b| a / b);
-        self.tape.record("div", y, &[self, other], |ctx| {
-            let (a, b, g, y) = (ctx.inputs[0], ctx.inputs[1], ctx.grad, ctx.output);
-            two(
-                ctx.needs_grad[0]
-                    .then(|| g.broadcast_zip(b, "div", |g, b| g / b).sum_to(a.shape())),
-                ctx.needs_grad[1].then(|| {
-                    // −a/b² · g = −(y/b) · g, computed on the broadcast output shape.
-                    let gy = g.zip_map(y, "div", |g, y| -g * y);
-                    gy.broadcast_zip(b, "div", |gy, b| gy / b).sum_to(b.shape())
-                }),
-            )
-        })
+        self.tape.record_differentiable(
+            "div",
+            y,
+            &[self, other],
+            |ctx| {
+                let (a, b, g, y) = (ctx.inputs[0], ctx.inputs[1], ctx.grad, ctx.output);
+                two(
+                    ctx.needs_grad[0]
+                        .then(|| g.broadcast_zip(b, "div", |g, b| g / b).sum_to(a.shape())),
+                    ctx.needs_grad[1].then(|| {
+                        // −a/b² · g = −(y/b) · g, computed on the broadcast output shape.
+                        let gy = g.zip_map(y, "div", |g, y| -g * y);
+                        gy.broadcast_zip(b, "div", |gy, b| gy / b).sum_to(b.shape())
+                    }),
+                )
+            },
+            |ctx| {
+                let (a, b, g, y) = (ctx.inputs[0], ctx.inputs[1], ctx.grad, ctx.output);
+                graph_two(
+                    ctx.needs_grad[0].then(|| (g / b).sum_to(a.shape())),
+                    ctx.needs_grad[1].then(|| (g.neg() * y / b).sum_to(b.shape())),
+                )
+            },
+        )
     }
 
     /// `−self`. ∂/∂x = −1.
@@ -123,7 +172,7 @@ impl<'t, T: Float> Var<'t, T> {
             self,
             f,
             T::ZERO,
-            Backward::elementwise(|_, _, _| -T::ONE),
+            Backward::elementwise(|_, _, _| -T::ONE, |g, _, _, _| g.neg()),
         )
     }
 
@@ -151,8 +200,13 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn mul_scalar(self, c: T) -> Var<'t, T> {
         let f = |x: &Tensor<T>| x.par_map(|v| v * c);
-        self.tape
-            .record_unary("mul_scalar", self, f, c, Backward::elementwise(|_, _, c| c))
+        self.tape.record_unary(
+            "mul_scalar",
+            self,
+            f,
+            c,
+            Backward::elementwise(|_, _, c| c, |g, _, _, c| g.mul_scalar(c)),
+        )
     }
 
     /// `self / c` for a scalar `c` (correctly rounded, unlike multiplying by 1/c). ∂/∂x = 1/c.
@@ -166,9 +220,14 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn div_scalar(self, c: T) -> Var<'t, T> {
         let y = self.tape.with_value(self.id, |x| x.par_map(|v| v / c));
-        self.tape.record_scalar("div_scalar", y, &[self], c, |ctx| {
-            one(ctx.grad.map(|g| g / ctx.scalar))
-        })
+        self.tape.record_differentiable_scalar(
+            "div_scalar",
+            y,
+            &[self],
+            c,
+            |ctx| one(ctx.grad.map(|g| g / ctx.scalar)),
+            |ctx| graph_one(ctx.grad.div_scalar(ctx.scalar)),
+        )
     }
 
     /// `c − self` for a scalar `c`. ∂/∂x = −1.
@@ -186,7 +245,7 @@ impl<'t, T: Float> Var<'t, T> {
             self,
             f,
             T::ZERO,
-            Backward::elementwise(|_, _, _| -T::ONE),
+            Backward::elementwise(|_, _, _| -T::ONE, |g, _, _, _| g.neg()),
         )
     }
 
@@ -200,11 +259,28 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn rdiv_scalar(self, c: T) -> Var<'t, T> {
         let y = self.value().map(|v| c / v);
-        self.tape.record("rdiv_scalar", y, &[self], |ctx| {
-            let gy = ctx.grad.zip_map(ctx.output, "rdiv_scalar", |g, y| g * y);
-            one(gy.zip_map(ctx.inputs[0], "rdiv_scalar", |gy, x| -gy / x))
-        })
+        self.tape.record_differentiable(
+            "rdiv_scalar",
+            y,
+            &[self],
+            |ctx| {
+                let gy = ctx.grad.zip_map(ctx.output, "rdiv_scalar", |g, y| g * y);
+                one(gy.zip_map(ctx.inputs[0], "rdiv_scalar", |gy, x| -gy / x))
+            },
+            |ctx| {
+                let (g, x, y) = (ctx.grad, ctx.inputs[0], ctx.output);
+                graph_one((g * y / x).neg())
+            },
+        )
     }
+}
+
+/// The graph gradients of a two-input op.
+fn graph_two<'t, T: Float>(a: Option<Var<'t, T>>, b: Option<Var<'t, T>>) -> GraphGrads<'t, T> {
+    let mut v = GraphGrads::new();
+    v.push(a);
+    v.push(b);
+    v
 }
 
 macro_rules! var_binop {

@@ -1,9 +1,10 @@
 //! Losses: mean squared error and softmax cross-entropy over logits, both mean-reduced
 //! as PyTorch's defaults.
 
+use super::reduce::graph_one;
 use super::softmax::log_softmax_lanes;
 use crate::shape::Shape;
-use crate::tape::{one, two};
+use crate::tape::{one, two, GraphGrads};
 use crate::{Float, Tensor, Var};
 
 impl<'t, T: Float> Var<'t, T> {
@@ -34,15 +35,24 @@ impl<'t, T: Float> Var<'t, T> {
             .iter()
             .zip(b.data())
             .fold(T::ZERO, |s, (&x, &y)| s + (x - y) * (x - y));
-        self.tape.record(
+        self.tape.record_differentiable_scalar(
             "mse_loss",
             Tensor::scalar(s / n),
             &[self, target],
-            move |ctx| {
-                let k = (ctx.grad.item() + ctx.grad.item()) / n;
+            n,
+            |ctx| {
+                let k = (ctx.grad.item() + ctx.grad.item()) / ctx.scalar;
                 let d = ctx.inputs[0].zip_map(ctx.inputs[1], "mse_loss", |x, y| k * (x - y));
                 let db = ctx.needs_grad[1].then(|| d.map(|v| -v));
                 two(Some(d), db)
+            },
+            |ctx| {
+                let (a, b) = (ctx.inputs[0], ctx.inputs[1]);
+                let d = (a - b) * (ctx.grad * (T::from_f64(2.0) / ctx.scalar));
+                let mut v = GraphGrads::new();
+                v.push(ctx.needs_grad[0].then_some(d));
+                v.push(ctx.needs_grad[1].then(|| d.neg()));
+                v
             },
         )
     }
@@ -87,7 +97,14 @@ impl<'t, T: Float> Var<'t, T> {
         // An empty batch gives 0/0 = NaN, as in PyTorch.
         let inv_n = T::ONE / T::from_usize(n);
         let targets = targets.to_vec();
-        self.tape.record(
+        let onehot = {
+            let mut m = crate::buffer::full(n * c, T::ZERO);
+            for (i, &t) in targets.iter().enumerate() {
+                m[i * c + t] = T::ONE;
+            }
+            Tensor::from_parts(m, Shape::from([n, c]))
+        };
+        self.tape.record_differentiable(
             "cross_entropy",
             Tensor::scalar(total * inv_n),
             &[self],
@@ -102,6 +119,11 @@ impl<'t, T: Float> Var<'t, T> {
                     row[targets[i]] -= k;
                 }
                 one(Tensor::from_parts(d, Shape::from([n, c])))
+            },
+            move |ctx| {
+                let x = ctx.inputs[0];
+                let p = x.softmax(1) - x.tape().constant(onehot.clone());
+                graph_one(p * (ctx.grad * inv_n))
             },
         )
     }

@@ -4,7 +4,7 @@
 //! the GEMM takes strides.
 
 use crate::shape::Shape;
-use crate::tape::two;
+use crate::tape::{graph_fn, two, GraphCtx, GraphGrads};
 use crate::{Float, Tensor, Var};
 
 /// `C (m×n) = A (m×k) · B (k×n)` for row-major slices, optionally transposed via strides.
@@ -73,52 +73,74 @@ impl<'t, T: Float> Var<'t, T> {
             mm(batch * m, n, k, av.data(), false, bv.data(), false, &mut y);
         }
         let y = Tensor::from_parts(y, out_shape);
-        self.tape.record("matmul", y, &[self, other], move |ctx| {
-            let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad.data());
-            let da = ctx.needs_grad[0].then(|| {
-                let mut da = crate::buffer::full(batch * m * k, T::ZERO);
-                if b_batched {
-                    for i in 0..batch {
-                        let b = &b.data()[i * k * n..][..k * n];
-                        mm(
-                            m,
-                            k,
-                            n,
-                            &g[i * m * n..][..m * n],
-                            false,
-                            b,
-                            true,
-                            &mut da[i * m * k..][..m * k],
-                        );
-                    }
-                } else {
-                    mm(batch * m, k, n, g, false, b.data(), true, &mut da);
-                }
-                Tensor::from_parts(da, a.shape().clone())
-            });
+        let graph = graph_fn(move |ctx: &GraphCtx<'_, '_, T>| {
+            let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
+            let da = ctx.needs_grad[0].then(|| g.matmul(b.transpose(-2, -1)));
             let db = ctx.needs_grad[1].then(|| {
-                let mut db = crate::buffer::full(b.numel(), T::ZERO);
-                if b_batched {
-                    for i in 0..batch {
-                        let a = &a.data()[i * m * k..][..m * k];
-                        mm(
-                            k,
-                            n,
-                            m,
-                            a,
-                            true,
-                            &g[i * m * n..][..m * n],
-                            false,
-                            &mut db[i * k * n..][..k * n],
-                        );
-                    }
+                if b_batched || a.shape().rank() == 2 {
+                    a.transpose(-2, -1).matmul(g)
                 } else {
-                    mm(k, n, batch * m, a.data(), true, g, false, &mut db);
+                    // A shared B: the batch folds into the rows.
+                    let a2 = a.reshape([batch * m, k]).transpose(0, 1);
+                    a2.matmul(g.reshape([batch * m, n]))
                 }
-                Tensor::from_parts(db, b.shape().clone())
             });
-            two(da, db)
-        })
+            let mut v = GraphGrads::new();
+            v.extend([da, db]);
+            v
+        });
+        self.tape.record_differentiable(
+            "matmul",
+            y,
+            &[self, other],
+            move |ctx| {
+                let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad.data());
+                let da = ctx.needs_grad[0].then(|| {
+                    let mut da = crate::buffer::full(batch * m * k, T::ZERO);
+                    if b_batched {
+                        for i in 0..batch {
+                            let b = &b.data()[i * k * n..][..k * n];
+                            mm(
+                                m,
+                                k,
+                                n,
+                                &g[i * m * n..][..m * n],
+                                false,
+                                b,
+                                true,
+                                &mut da[i * m * k..][..m * k],
+                            );
+                        }
+                    } else {
+                        mm(batch * m, k, n, g, false, b.data(), true, &mut da);
+                    }
+                    Tensor::from_parts(da, a.shape().clone())
+                });
+                let db = ctx.needs_grad[1].then(|| {
+                    let mut db = crate::buffer::full(b.numel(), T::ZERO);
+                    if b_batched {
+                        for i in 0..batch {
+                            let a = &a.data()[i * m * k..][..m * k];
+                            mm(
+                                k,
+                                n,
+                                m,
+                                a,
+                                true,
+                                &g[i * m * n..][..m * n],
+                                false,
+                                &mut db[i * k * n..][..k * n],
+                            );
+                        }
+                    } else {
+                        mm(k, n, batch * m, a.data(), true, g, false, &mut db);
+                    }
+                    Tensor::from_parts(db, b.shape().clone())
+                });
+                two(da, db)
+            },
+            graph,
+        )
     }
 
     /// A fully connected layer: `y = x·Wᵀ + b` with x `[N, in]`, W `[out, in]`
@@ -160,24 +182,40 @@ impl<'t, T: Float> Var<'t, T> {
             parents.push(b);
         }
         let y = Tensor::from_parts(y, Shape::from([n, outf]));
-        self.tape.record("linear", y, &parents, move |ctx| {
-            let (x, w, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad.data());
-            let dx = ctx.needs_grad[0].then(|| {
-                let mut dx = crate::buffer::full(n * inf, T::ZERO);
-                mm(n, inf, outf, g, false, w.data(), false, &mut dx);
-                Tensor::from_parts(dx, x.shape().clone())
-            });
-            let dw = ctx.needs_grad[1].then(|| {
-                let mut dw = crate::buffer::full(outf * inf, T::ZERO);
-                mm(outf, inf, n, g, true, x.data(), false, &mut dw);
-                Tensor::from_parts(dw, w.shape().clone())
-            });
-            let mut out = two(dx, dw);
+        let graph = graph_fn(move |ctx: &GraphCtx<'_, '_, T>| {
+            let (x, w, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
+            let mut v = GraphGrads::new();
+            v.push(ctx.needs_grad[0].then(|| g.matmul(w)));
+            v.push(ctx.needs_grad[1].then(|| g.transpose(0, 1).matmul(x)));
             if ctx.inputs.len() == 3 {
-                out.push(ctx.needs_grad[2].then(|| ctx.grad.sum_to([outf])));
+                v.push(ctx.needs_grad[2].then(|| g.sum_to([outf])));
             }
-            out
-        })
+            v
+        });
+        self.tape.record_differentiable(
+            "linear",
+            y,
+            &parents,
+            move |ctx| {
+                let (x, w, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad.data());
+                let dx = ctx.needs_grad[0].then(|| {
+                    let mut dx = crate::buffer::full(n * inf, T::ZERO);
+                    mm(n, inf, outf, g, false, w.data(), false, &mut dx);
+                    Tensor::from_parts(dx, x.shape().clone())
+                });
+                let dw = ctx.needs_grad[1].then(|| {
+                    let mut dw = crate::buffer::full(outf * inf, T::ZERO);
+                    mm(outf, inf, n, g, true, x.data(), false, &mut dw);
+                    Tensor::from_parts(dw, w.shape().clone())
+                });
+                let mut out = two(dx, dw);
+                if ctx.inputs.len() == 3 {
+                    out.push(ctx.needs_grad[2].then(|| ctx.grad.sum_to([outf])));
+                }
+                out
+            },
+            graph,
+        )
     }
 }
 

@@ -1,7 +1,7 @@
 //! Reductions: sum and mean (all elements or given axes), max over an axis.
 
 use crate::shape::Shape;
-use crate::tape::one;
+use crate::tape::{one, GraphGrads};
 use crate::{Float, Tensor, Var};
 use smallvec::SmallVec;
 
@@ -44,9 +44,69 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn sum(self) -> Var<'t, T> {
         let y = Tensor::scalar(self.value().sum_all());
-        self.tape.record("sum", y, &[self], |ctx| {
-            one(Tensor::full(ctx.inputs[0].shape().clone(), ctx.grad.item()))
-        })
+        self.tape.record_differentiable(
+            "sum",
+            y,
+            &[self],
+            |ctx| one(Tensor::full(ctx.inputs[0].shape().clone(), ctx.grad.item())),
+            |ctx| graph_one(ctx.grad.broadcast_to(ctx.inputs[0].shape())),
+        )
+    }
+
+    /// Sums over the axes that broadcasting would stretch to reach this
+    /// node's shape from `shape`: the reduction whose adjoint is
+    /// [`broadcast_to`](Var::broadcast_to) (the gradient of a broadcast
+    /// operand). ∂/∂x = the output gradient broadcast back to x's shape.
+    /// Panics if `shape` does not broadcast to this node's shape.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::ones([2, 3]));
+    /// assert_eq!(x.sum_to([1, 3]).value().data(), &[2.0; 3]);
+    /// assert_eq!(x.sum_to([3]).sum().backward()[x].data(), &[1.0; 6]);
+    /// ```
+    pub fn sum_to(self, shape: impl Into<Shape>) -> Var<'t, T> {
+        let shape = shape.into();
+        let x = self.value();
+        if *x.shape() == shape {
+            return self;
+        }
+        let y = x.sum_to(shape);
+        self.tape.record_differentiable(
+            "sum_to",
+            y,
+            &[self],
+            |ctx| one(ctx.grad.broadcast_to(ctx.inputs[0].shape())),
+            |ctx| graph_one(ctx.grad.broadcast_to(ctx.inputs[0].shape())),
+        )
+    }
+
+    /// Broadcasts this node to `shape` (numpy rules), copying. ∂/∂x = the
+    /// output gradient summed over the stretched axes
+    /// ([`sum_to`](Var::sum_to), its adjoint).
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::ones([3]));
+    /// let y = x.broadcast_to([2, 3]);
+    /// assert_eq!(y.sum().backward()[x].data(), &[2.0; 3]);
+    /// ```
+    pub fn broadcast_to(self, shape: impl Into<Shape>) -> Var<'t, T> {
+        let shape = shape.into();
+        let x = self.value();
+        if *x.shape() == shape {
+            return self;
+        }
+        let y = x.broadcast_to(shape);
+        self.tape.record_differentiable(
+            "broadcast_to",
+            y,
+            &[self],
+            |ctx| one(ctx.grad.sum_to(ctx.inputs[0].shape())),
+            |ctx| graph_one(ctx.grad.sum_to(ctx.inputs[0].shape())),
+        )
     }
 
     /// Mean of all elements, as a scalar. ∂/∂xᵢ = 1/n.
@@ -61,12 +121,25 @@ impl<'t, T: Float> Var<'t, T> {
         let v = self.value();
         let n = T::from_usize(v.numel());
         let y = Tensor::scalar(v.sum_all() / n);
-        self.tape.record("mean", y, &[self], move |ctx| {
-            one(Tensor::full(
-                ctx.inputs[0].shape().clone(),
-                ctx.grad.item() / n,
-            ))
-        })
+        self.tape.record_differentiable_scalar(
+            "mean",
+            y,
+            &[self],
+            n,
+            |ctx| {
+                one(Tensor::full(
+                    ctx.inputs[0].shape().clone(),
+                    ctx.grad.item() / ctx.scalar,
+                ))
+            },
+            |ctx| {
+                graph_one(
+                    ctx.grad
+                        .div_scalar(ctx.scalar)
+                        .broadcast_to(ctx.inputs[0].shape()),
+                )
+            },
+        )
     }
 
     /// Sum over `axes` (negative counts from the end); `keepdim` keeps them as size 1.
@@ -84,12 +157,25 @@ impl<'t, T: Float> Var<'t, T> {
         let (keep, dropped) = reduced_shapes(x.shape(), axes, "sum_axes");
         let s = x.sum_to(keep.clone());
         let y = if keepdim { s } else { s.reshape(dropped) };
-        self.tape.record("sum_axes", y, &[self], move |ctx| {
-            one(ctx
-                .grad
-                .reshape(keep.clone())
-                .broadcast_to(ctx.inputs[0].shape()))
-        })
+        let keep2 = keep.clone();
+        self.tape.record_differentiable(
+            "sum_axes",
+            y,
+            &[self],
+            move |ctx| {
+                one(ctx
+                    .grad
+                    .reshape(keep.clone())
+                    .broadcast_to(ctx.inputs[0].shape()))
+            },
+            move |ctx| {
+                graph_one(
+                    ctx.grad
+                        .reshape(keep2.clone())
+                        .broadcast_to(ctx.inputs[0].shape()),
+                )
+            },
+        )
     }
 
     /// Mean over `axes`; `keepdim` keeps them as size 1. ∂/∂x = broadcast gradient / count.
@@ -138,10 +224,11 @@ impl<'t, T: Float> Var<'t, T> {
                 }
             }
         }
-        let y = Tensor::from_parts(y, if keepdim { keep } else { dropped });
-        self.tape.record("max_axis", y, &[self], move |ctx| {
-            let (x, y, g) = (ctx.inputs[0].data(), ctx.output.data(), ctx.grad.data());
-            let mut dx = crate::buffer::full(x.len(), T::ZERO);
+        let y = Tensor::from_parts(y, if keepdim { keep.clone() } else { dropped });
+        // The one-hot of each lane's first maximal element: dx = g · onehot.
+        let onehot = move |x: &Tensor<T>, y: &Tensor<T>| {
+            let (x, y) = (x.data(), y.data());
+            let mut mask = crate::buffer::full(x.len(), T::ZERO);
             for o in 0..outer {
                 for i in 0..inner {
                     let m = y[o * inner + i];
@@ -150,10 +237,41 @@ impl<'t, T: Float> Var<'t, T> {
                     let k = (0..n)
                         .find(|&k| hit(x[(o * n + k) * inner + i]))
                         .unwrap_or(0);
-                    dx[(o * n + k) * inner + i] = g[o * inner + i];
+                    mask[(o * n + k) * inner + i] = T::ONE;
                 }
             }
-            one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
-        })
+            mask
+        };
+        let keep2 = keep.clone();
+        self.tape.record_differentiable(
+            "max_axis",
+            y,
+            &[self],
+            move |ctx| {
+                let x = ctx.inputs[0];
+                let mask = onehot(x, ctx.output);
+                let g = ctx.grad.reshape(keep.clone()).broadcast_to(x.shape());
+                let dx = g.zip_map(
+                    &Tensor::from_parts(mask, x.shape().clone()),
+                    "max_axis",
+                    |g, m| g * m,
+                );
+                one(dx)
+            },
+            move |ctx| {
+                let x = ctx.inputs[0];
+                let mask = onehot(&x.value(), &ctx.output.value());
+                let mask = x.tape().constant(Tensor::from_parts(mask, x.shape()));
+                graph_one(ctx.grad.reshape(keep2.clone()).broadcast_to(x.shape()) * mask)
+            },
+        )
     }
+}
+
+/// The graph gradient of a one-input op.
+#[inline]
+pub(crate) fn graph_one<'t, T: Float>(g: Var<'t, T>) -> GraphGrads<'t, T> {
+    let mut v = GraphGrads::new();
+    v.push(Some(g));
+    v
 }

@@ -1,6 +1,7 @@
 //! Shape ops: reshape, flatten, transpose, permute. Their backward undoes the
 //! rearrangement on the gradient.
 
+use super::reduce::graph_one;
 use crate::shape::Shape;
 use crate::tape::one;
 use crate::{Float, Var};
@@ -16,9 +17,13 @@ impl<'t, T: Float> Var<'t, T> {
     /// ```
     pub fn reshape(self, shape: impl Into<Shape>) -> Var<'t, T> {
         let y = self.value().reshape(shape);
-        self.tape.record("reshape", y, &[self], |ctx| {
-            one(ctx.grad.reshape(ctx.inputs[0].shape()))
-        })
+        self.tape.record_differentiable(
+            "reshape",
+            y,
+            &[self],
+            |ctx| one(ctx.grad.reshape(ctx.inputs[0].shape())),
+            |ctx| graph_one(ctx.grad.reshape(ctx.inputs[0].shape())),
+        )
     }
 
     /// Keeps the first axis and flattens the rest: `[N, C, H, W]` → `[N, C·H·W]`.
@@ -37,9 +42,13 @@ impl<'t, T: Float> Var<'t, T> {
         );
         let rest: usize = s[1..].iter().product();
         let y = self.value().reshape([s[0], rest]);
-        self.tape.record("flatten", y, &[self], |ctx| {
-            one(ctx.grad.reshape(ctx.inputs[0].shape()))
-        })
+        self.tape.record_differentiable(
+            "flatten",
+            y,
+            &[self],
+            |ctx| one(ctx.grad.reshape(ctx.inputs[0].shape())),
+            |ctx| graph_one(ctx.grad.reshape(ctx.inputs[0].shape())),
+        )
     }
 
     /// Reorders axes: output axis i is input axis `perm[i]`. ∂/∂x = dy permuted by the inverse.
@@ -56,9 +65,14 @@ impl<'t, T: Float> Var<'t, T> {
         for (i, &p) in perm.iter().enumerate() {
             inv[p] = i;
         }
-        self.tape.record("permute", y, &[self], move |ctx| {
-            one(ctx.grad.permute(&inv))
-        })
+        let inv2 = inv.clone();
+        self.tape.record_differentiable(
+            "permute",
+            y,
+            &[self],
+            move |ctx| one(ctx.grad.permute(&inv)),
+            move |ctx| graph_one(ctx.grad.permute(&inv2)),
+        )
     }
 
     /// Swaps two axes (negative counts from the end).

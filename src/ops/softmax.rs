@@ -1,6 +1,7 @@
 //! softmax and log_softmax over an axis, numerically stable (the row maximum is
 //! subtracted before exponentiating).
 
+use super::reduce::graph_one;
 use super::reduce::split_at_axis;
 use crate::tape::one;
 use crate::{Float, Tensor, Var};
@@ -84,17 +85,28 @@ impl<'t, T: Float> Var<'t, T> {
         let ax = x.shape().axis(axis, "softmax");
         let (outer, n, inner) = split_at_axis(x.shape(), ax);
         let y = Tensor::from_parts(softmax_lanes(x.data(), outer, n, inner), x.shape().clone());
-        self.tape.record("softmax", y, &[self], move |ctx| {
-            let (y, g) = (ctx.output.data(), ctx.grad.data());
-            let mut dx = crate::buffer::full(y.len(), T::ZERO);
-            lanes(outer, n, inner, |b, s| {
-                let dot: T = (0..n).map(|k| g[b + k * s] * y[b + k * s]).sum();
-                for k in 0..n {
-                    dx[b + k * s] = y[b + k * s] * (g[b + k * s] - dot);
-                }
-            });
-            one(Tensor::from_parts(dx, ctx.grad.shape().clone()))
-        })
+        let axis = ax as isize;
+        self.tape.record_differentiable_scalar(
+            "softmax",
+            y,
+            &[self],
+            T::from_usize(ax),
+            move |ctx| {
+                let (y, g) = (ctx.output.data(), ctx.grad.data());
+                let mut dx = crate::buffer::full(y.len(), T::ZERO);
+                lanes(outer, n, inner, |b, s| {
+                    let dot: T = (0..n).map(|k| g[b + k * s] * y[b + k * s]).sum();
+                    for k in 0..n {
+                        dx[b + k * s] = y[b + k * s] * (g[b + k * s] - dot);
+                    }
+                });
+                one(Tensor::from_parts(dx, ctx.grad.shape().clone()))
+            },
+            move |ctx| {
+                let (y, g) = (ctx.output, ctx.grad);
+                graph_one(y * (g - (g * y).sum_axes(&[axis], true)))
+            },
+        )
     }
 
     /// log_softmax along `axis`: yₖ = xₖ − log Σⱼ exp(xⱼ).
@@ -115,16 +127,26 @@ impl<'t, T: Float> Var<'t, T> {
             log_softmax_lanes(x.data(), outer, n, inner),
             x.shape().clone(),
         );
-        self.tape.record("log_softmax", y, &[self], move |ctx| {
-            let (y, g) = (ctx.output.data(), ctx.grad.data());
-            let mut dx = crate::buffer::full(y.len(), T::ZERO);
-            lanes(outer, n, inner, |b, s| {
-                let sum: T = (0..n).map(|k| g[b + k * s]).sum();
-                for k in 0..n {
-                    dx[b + k * s] = g[b + k * s] - y[b + k * s].exp() * sum;
-                }
-            });
-            one(Tensor::from_parts(dx, ctx.grad.shape().clone()))
-        })
+        let axis = ax as isize;
+        self.tape.record_differentiable(
+            "log_softmax",
+            y,
+            &[self],
+            move |ctx| {
+                let (y, g) = (ctx.output.data(), ctx.grad.data());
+                let mut dx = crate::buffer::full(y.len(), T::ZERO);
+                lanes(outer, n, inner, |b, s| {
+                    let sum: T = (0..n).map(|k| g[b + k * s]).sum();
+                    for k in 0..n {
+                        dx[b + k * s] = g[b + k * s] - y[b + k * s].exp() * sum;
+                    }
+                });
+                one(Tensor::from_parts(dx, ctx.grad.shape().clone()))
+            },
+            move |ctx| {
+                let (y, g) = (ctx.output, ctx.grad);
+                graph_one(g - y.exp() * g.sum_axes(&[axis], true))
+            },
+        )
     }
 }

@@ -6,37 +6,53 @@ use crate::tape::Backward;
 use crate::{Float, Tensor, Var};
 
 impl<'t, T: Float> Var<'t, T> {
-    /// Records y = f(x) with local derivative `df(x, y)`.
+    /// Records y = f(x) with local derivative `df(x, y)`, and `dxv(g, x, y)`,
+    /// the gradient g·f′ built from `Var` ops (for gradients of gradients).
     #[inline]
-    fn unary(
+    fn unary<G>(
         self,
         op: &'static str,
         f: impl Fn(T) -> T + Sync,
         df: impl Fn(T, T) -> T + Sync + 'static,
-    ) -> Var<'t, T> {
+        dxv: G,
+    ) -> Var<'t, T>
+    where
+        G: for<'v> Fn(Var<'v, T>, Var<'v, T>, Var<'v, T>) -> Var<'v, T> + Sync + 'static,
+    {
         let map = |x: &Tensor<T>| x.par_map(f);
         self.tape.record_unary(
             op,
             self,
             map,
             T::ZERO,
-            Backward::elementwise(move |x, y, _| df(x, y)),
+            Backward::elementwise(move |x, y, _| df(x, y), move |g, x, y, _| dxv(g, x, y)),
         )
     }
 
     /// Records y = f(x, c) with local derivative `df(x, y, c)` for a constant `c`,
-    /// which is saved on the node (so `df` need capture nothing and costs no allocation).
+    /// which is saved on the node (so `df` need capture nothing and costs no
+    /// allocation), and `dxv(g, x, y, c)`, the gradient as a graph.
     #[inline]
-    fn unary_with(
+    fn unary_with<G>(
         self,
         op: &'static str,
         c: T,
         f: impl Fn(T, T) -> T + Sync,
         df: impl Fn(T, T, T) -> T + Sync + 'static,
-    ) -> Var<'t, T> {
+        dxv: G,
+    ) -> Var<'t, T>
+    where
+        G: for<'v> Fn(Var<'v, T>, Var<'v, T>, Var<'v, T>, T) -> Var<'v, T> + Sync + 'static,
+    {
         let map = |x: &Tensor<T>| x.par_map(|v| f(v, c));
         self.tape
-            .record_unary(op, self, map, c, Backward::elementwise(df))
+            .record_unary(op, self, map, c, Backward::elementwise(df, dxv))
+    }
+
+    /// A constant of x's shape with `f(x)` in each element: a piecewise-constant
+    /// derivative (relu's step), whose own derivative is zero.
+    pub(crate) fn constant_map(self, f: impl Fn(T) -> T) -> Var<'t, T> {
+        self.tape.constant(self.value().map(f))
     }
 
     /// eˣ. d/dx = eˣ = y.
@@ -48,7 +64,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.exp().sum().backward()[x].item(), 1.0);
     /// ```
     pub fn exp(self) -> Var<'t, T> {
-        self.unary("exp", T::exp, |_, y| y)
+        self.unary("exp", T::exp, |_, y| y, |g, _, y| g * y)
     }
 
     /// Natural logarithm. d/dx = 1/x.
@@ -60,7 +76,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.log().sum().backward()[x].item(), 0.25);
     /// ```
     pub fn log(self) -> Var<'t, T> {
-        self.unary("log", T::ln, |x, _| T::ONE / x)
+        self.unary("log", T::ln, |x, _| T::ONE / x, |g, x, _| g / x)
     }
 
     /// √x. d/dx = 1/(2√x) = 1/(2y).
@@ -72,7 +88,12 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.sqrt().sum().backward()[x].item(), 0.25);
     /// ```
     pub fn sqrt(self) -> Var<'t, T> {
-        self.unary("sqrt", T::sqrt, |_, y| T::ONE / (y + y))
+        self.unary(
+            "sqrt",
+            T::sqrt,
+            |_, y| T::ONE / (y + y),
+            |g, _, y| g / (y * T::from_f64(2.0)),
+        )
     }
 
     /// xᵖ for a constant exponent p. d/dx = p·xᵖ⁻¹.
@@ -96,6 +117,13 @@ impl<'t, T: Float> Var<'t, T> {
                     p * x.powf(p - T::ONE)
                 }
             },
+            |g, x, _, p| {
+                if p == T::ZERO {
+                    g * T::ZERO
+                } else {
+                    g * x.powf(p - T::ONE) * p
+                }
+            },
         )
     }
 
@@ -113,6 +141,7 @@ impl<'t, T: Float> Var<'t, T> {
             // Written so that NaN passes through (NaN ≤ 0 is false), as in PyTorch.
             |x| if x <= T::ZERO { T::ZERO } else { x },
             |x, _| if x > T::ZERO { T::ONE } else { T::ZERO },
+            |g, x, _| g * x.constant_map(|x| if x > T::ZERO { T::ONE } else { T::ZERO }),
         )
     }
 
@@ -130,6 +159,7 @@ impl<'t, T: Float> Var<'t, T> {
             slope,
             |x, slope| if x > T::ZERO { x } else { slope * x },
             |x, _, slope| if x > T::ZERO { T::ONE } else { slope },
+            |g, x, _, slope| g * x.constant_map(|x| if x > T::ZERO { T::ONE } else { slope }),
         )
     }
 
@@ -153,6 +183,7 @@ impl<'t, T: Float> Var<'t, T> {
                 }
             },
             |_, y| y * (T::ONE - y),
+            |g, _, y| g * y * y.rsub_scalar(T::ONE),
         )
     }
 
@@ -165,6 +196,11 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.tanh().sum().backward()[x].item(), 1.0);
     /// ```
     pub fn tanh(self) -> Var<'t, T> {
-        self.unary("tanh", T::tanh, |_, y| T::ONE - y * y)
+        self.unary(
+            "tanh",
+            T::tanh,
+            |_, y| T::ONE - y * y,
+            |g, _, y| g * (y * y).rsub_scalar(T::ONE),
+        )
     }
 }

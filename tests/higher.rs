@@ -1,0 +1,302 @@
+//! Gradients of gradients: every op with a differentiable backward checked
+//! with `gradgradcheck` (second derivatives against central differences of
+//! first derivatives, float64), the Hessian-vector product, Hessian and
+//! Jacobian helpers against closed forms, a third derivative, a gradient
+//! penalty trained with `backward()`, and the clear panic of an op whose
+//! backward is first-order only.
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use tapegrad::gradcheck::{gradgradcheck, Options};
+use tapegrad::higher::{hessian, hvp, jacobian};
+use tapegrad::{Conv2dOptions, Tape, Tensor, Var};
+
+fn randn(shape: &[usize], seed: u64) -> Tensor<f64> {
+    Tensor::randn(shape, &mut StdRng::seed_from_u64(seed))
+}
+
+fn positive(shape: &[usize], seed: u64) -> Tensor<f64> {
+    Tensor::rand_uniform(shape, 0.5, 2.0, &mut StdRng::seed_from_u64(seed))
+}
+
+fn away_from_zero(shape: &[usize], seed: u64) -> Tensor<f64> {
+    randn(shape, seed).map(|v| if v >= 0.0 { v + 0.2 } else { v - 0.2 })
+}
+
+fn check<F>(name: &str, f: F, inputs: &[Tensor<f64>])
+where
+    F: for<'t> Fn(&'t Tape<f64>, &[Var<'t, f64>]) -> Var<'t, f64>,
+{
+    let r = gradgradcheck(f, inputs, Options::default());
+    assert!(r.passed() && r.checked > 0, "{name}: {r}");
+}
+
+#[test]
+fn arithmetic_with_broadcasting() {
+    let (a, b) = (randn(&[2, 3], 1), positive(&[3], 2));
+    check(
+        "add",
+        |_, x| (x[0] + x[1]) * (x[0] + x[1]),
+        &[a.clone(), b.clone()],
+    );
+    check(
+        "sub",
+        |_, x| (x[0] - x[1]) * (x[0] - x[1]),
+        &[a.clone(), b.clone()],
+    );
+    check("mul", |_, x| x[0] * x[1] * x[0], &[a.clone(), b.clone()]);
+    check("div", |_, x| x[0] / x[1], &[a.clone(), b.clone()]);
+    check("neg", |_, x| (-x[0]) * x[0], &[a.clone()]);
+    check(
+        "scalars",
+        |_, x| ((x[0] * 3.0 + 1.0) / 2.0 - x[0]).rsub_scalar(1.0) * x[0],
+        &[a.clone()],
+    );
+    check("rdiv_scalar", |_, x| x[0].rdiv_scalar(2.0), &[b.clone()]);
+    check(
+        "sum_to / broadcast_to",
+        |_, x| {
+            let y = x[1].broadcast_to([2, 3]) * x[0];
+            (y * y).sum_to([3])
+        },
+        &[a, b],
+    );
+}
+
+#[test]
+fn unary_functions() {
+    let x = randn(&[2, 3], 3);
+    let p = positive(&[2, 3], 4);
+    let k = away_from_zero(&[2, 3], 5);
+    check("exp", |_, v| v[0].exp(), std::slice::from_ref(&x));
+    check("log", |_, v| v[0].log(), std::slice::from_ref(&p));
+    check("sqrt", |_, v| v[0].sqrt(), std::slice::from_ref(&p));
+    check("powf", |_, v| v[0].powf(3.5), std::slice::from_ref(&p));
+    check(
+        "powf 0",
+        |_, v| v[0].powf(0.0) * v[0] * v[0],
+        std::slice::from_ref(&p),
+    );
+    check("sigmoid", |_, v| v[0].sigmoid(), std::slice::from_ref(&x));
+    check("tanh", |_, v| v[0].tanh(), std::slice::from_ref(&x));
+    check("relu", |_, v| v[0].relu() * v[0], std::slice::from_ref(&k));
+    check(
+        "leaky_relu",
+        |_, v| v[0].leaky_relu(0.1) * v[0],
+        std::slice::from_ref(&k),
+    );
+}
+
+#[test]
+fn reductions_and_shapes() {
+    let x = randn(&[2, 3, 4], 6);
+    check(
+        "sum",
+        |_, v| v[0].sum() * v[0].sum(),
+        std::slice::from_ref(&x),
+    );
+    check("mean", |_, v| v[0].mean().exp(), std::slice::from_ref(&x));
+    check(
+        "sum_axes",
+        |_, v| v[0].sum_axes(&[0, 2], false).tanh(),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "mean_axes",
+        |_, v| v[0].mean_axes(&[1], true).exp() * v[0],
+        std::slice::from_ref(&x),
+    );
+    check(
+        "max_axis",
+        |_, v| v[0].max_axis(1, false).powf(2.0),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "reshape",
+        |_, v| v[0].reshape([6, 4]).tanh(),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "flatten",
+        |_, v| v[0].flatten().sigmoid(),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "permute",
+        |_, v| v[0].permute(&[2, 0, 1]).exp() * v[0].permute(&[2, 0, 1]),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "transpose",
+        |_, v| v[0].transpose(0, 2).tanh(),
+        std::slice::from_ref(&x),
+    );
+}
+
+#[test]
+fn matmul_and_linear() {
+    let (a, b) = (randn(&[3, 4], 7), randn(&[4, 2], 8));
+    check(
+        "matmul 2-D",
+        |_, v| v[0].matmul(v[1]).tanh(),
+        &[a.clone(), b.clone()],
+    );
+    let (a3, b3) = (randn(&[2, 3, 4], 9), randn(&[2, 4, 2], 10));
+    check(
+        "matmul batched",
+        |_, v| v[0].matmul(v[1]).tanh(),
+        &[a3.clone(), b3],
+    );
+    check(
+        "matmul shared B",
+        |_, v| v[0].matmul(v[1]).tanh(),
+        &[a3, b.clone()],
+    );
+    let (w, bias) = (randn(&[2, 4], 11), randn(&[2], 12));
+    check(
+        "linear",
+        |_, v| v[0].linear(v[1], Some(v[2])).tanh(),
+        &[a.clone(), w.clone(), bias],
+    );
+    check(
+        "linear without bias",
+        |_, v| v[0].linear(v[1], None).sigmoid(),
+        &[a, w],
+    );
+}
+
+#[test]
+fn softmax_and_losses() {
+    let x = randn(&[3, 5], 13);
+    check("softmax", |_, v| v[0].softmax(1), std::slice::from_ref(&x));
+    check(
+        "softmax axis 0",
+        |_, v| v[0].softmax(0),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "log_softmax",
+        |_, v| v[0].log_softmax(-1),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "cross_entropy",
+        |_, v| v[0].cross_entropy(&[0, 4, 2]),
+        std::slice::from_ref(&x),
+    );
+    let t = randn(&[3, 5], 14);
+    check("mse_loss", |_, v| v[0].tanh().mse_loss(v[1]), &[x, t]);
+}
+
+#[test]
+fn a_small_network_end_to_end() {
+    let x = randn(&[4, 3], 15);
+    let (w1, w2) = (randn(&[5, 3], 16), randn(&[2, 5], 17));
+    check(
+        "mlp",
+        |_, v| {
+            let h = v[0].linear(v[1], None).tanh();
+            h.linear(v[2], None).cross_entropy(&[0, 1, 1, 0])
+        },
+        &[x, w1, w2],
+    );
+}
+
+#[test]
+fn helpers_match_closed_forms() {
+    // f(x) = Σ sin-free cubic: Σ xᵢ³ + x₀x₁ → ∇ = 3x² + (x₁, x₀), H = diag(6x) + [[0,1],[1,0]].
+    fn f<'t>(x: Var<'t, f64>) -> Var<'t, f64> {
+        let c = x
+            .tape()
+            .constant(Tensor::from_vec(vec![1.0, 0.0], [2]).unwrap());
+        let d = x
+            .tape()
+            .constant(Tensor::from_vec(vec![0.0, 1.0], [2]).unwrap());
+        (x * x * x).sum() + (x * c).sum() * (x * d).sum()
+    }
+    let x = Tensor::from_vec(vec![1.5, -2.0], [2]).unwrap();
+    let h = hessian(f, &x);
+    assert_eq!(h.data(), &[9.0, 1.0, 1.0, -12.0]);
+    let v = Tensor::from_vec(vec![2.0, 1.0], [2]).unwrap();
+    let (val, g, hv) = hvp(f, &x, &v);
+    assert_eq!(val, 1.5f64.powi(3) - 8.0 - 3.0);
+    assert_eq!(g.data(), &[3.0 * 2.25 - 2.0, 12.0 + 1.5]);
+    assert_eq!(hv.data(), &[19.0, -10.0]);
+    let j = jacobian(|x| (x * x).softmax(0), &x);
+    // softmax Jacobian times diag(2x): J = (diag(s) − s sᵀ)·diag(2x).
+    let s = Tensor::<f64>::from_vec(vec![2.25, 4.0], [2]).unwrap();
+    let e: Vec<f64> = s.data().iter().map(|v: &f64| v.exp()).collect();
+    let z: f64 = e.iter().sum();
+    let s: Vec<f64> = e.iter().map(|v| v / z).collect();
+    for r in 0..2 {
+        for c in 0..2 {
+            let want = (if r == c { s[r] } else { 0.0 } - s[r] * s[c]) * 2.0 * x.data()[c];
+            assert!((j.get(&[r, c]) - want).abs() < 1e-14, "J[{r},{c}]");
+        }
+    }
+}
+
+#[test]
+fn third_derivatives_and_mixing_with_backward() {
+    let tape = Tape::<f64>::new();
+    let x = tape.leaf(Tensor::from_vec(vec![2.0], [1]).unwrap());
+    let y = x.powf(4.0).sum(); // y = x⁴
+    let d1 = y.grad_graph(&[x])[0]; // 4x³ = 32
+    let d2 = d1.sum().grad_graph(&[x])[0]; // 12x² = 48
+    let d3 = d2.sum().backward()[x].item(); // 24x = 48
+    assert_eq!(d1.value().item(), 32.0);
+    assert_eq!(d2.value().item(), 48.0);
+    assert_eq!(d3, 48.0);
+    // The first-order backward of the same graph is untouched.
+    assert_eq!(y.backward()[x].item(), 32.0);
+}
+
+#[test]
+fn a_gradient_penalty_trains_its_parameters() {
+    // Penalise ‖∂D/∂x‖ against 1 for D(x) = tanh(x·w), and check the
+    // penalty's gradient with respect to w against central differences.
+    let x = Tensor::from_vec(vec![0.5, -1.0, 2.0], [1, 3]).unwrap();
+    let w = Tensor::from_vec(vec![0.3, 0.8, -0.4], [3, 1]).unwrap();
+    let penalty = |w: &Tensor<f64>| -> (f64, Tensor<f64>) {
+        let tape = Tape::<f64>::new();
+        let (xv, wv) = (tape.leaf(x.clone()), tape.leaf(w.clone()));
+        let d = xv.matmul(wv).tanh().sum();
+        let gx = d.grad_graph(&[xv])[0];
+        let p = ((gx * gx).sum().sqrt() - 1.0).powf(2.0);
+        (p.value().item(), p.backward()[wv].clone())
+    };
+    let (_, g) = penalty(&w);
+    for i in 0..3 {
+        let mut wp = w.clone();
+        wp.data_mut()[i] += 1e-6;
+        let mut wm = w.clone();
+        wm.data_mut()[i] -= 1e-6;
+        let numeric = (penalty(&wp).0 - penalty(&wm).0) / 2e-6;
+        assert!(
+            (g.data()[i] - numeric).abs() < 1e-7,
+            "w[{i}]: {} vs {numeric}",
+            g.data()[i]
+        );
+    }
+}
+
+#[test]
+fn an_op_without_a_differentiable_backward_says_so() {
+    let tape = Tape::<f64>::new();
+    let x = tape.leaf(Tensor::ones([1, 1, 3, 3]));
+    let w = tape.leaf(Tensor::ones([1, 1, 2, 2]));
+    let y = x.conv2d(w, None, Conv2dOptions::default()).sum();
+    let e = catch_unwind(AssertUnwindSafe(|| y.grad_graph(&[x]))).unwrap_err();
+    let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.starts_with("grad_graph: node 2 (conv2d) cannot be differentiated twice"),
+        "{msg}"
+    );
+    // The tape is intact: the first-order backward still works.
+    assert_eq!(y.backward()[w].data(), &[4.0; 4]);
+    // A node the output does not depend on gets a zero gradient.
+    let z = tape.leaf(Tensor::ones([2]));
+    let g = (x * x).sum().grad_graph(&[z])[0];
+    assert_eq!(g.value().data(), &[0.0, 0.0]);
+}
