@@ -47,13 +47,13 @@ fn arithmetic_with_broadcasting() {
     );
     check("mul", |_, x| x[0] * x[1] * x[0], &[a.clone(), b.clone()]);
     check("div", |_, x| x[0] / x[1], &[a.clone(), b.clone()]);
-    check("neg", |_, x| (-x[0]) * x[0], &[a.clone()]);
+    check("neg", |_, x| (-x[0]) * x[0], std::slice::from_ref(&a));
     check(
         "scalars",
         |_, x| ((x[0] * 3.0 + 1.0) / 2.0 - x[0]).rsub_scalar(1.0) * x[0],
-        &[a.clone()],
+        std::slice::from_ref(&a),
     );
-    check("rdiv_scalar", |_, x| x[0].rdiv_scalar(2.0), &[b.clone()]);
+    check("rdiv_scalar", |_, x| x[0].rdiv_scalar(2.0), std::slice::from_ref(&b));
     check(
         "sum_to / broadcast_to",
         |_, x| {
