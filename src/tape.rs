@@ -873,7 +873,16 @@ impl<T: Float> Tape<T> {
 
     /// The gradient of node `root` with respect to every node, as nodes
     /// recorded on this tape (see [`Var::grad_graph`]); `seed` is ∂L/∂root.
-    fn backward_graph_from<'t>(&'t self, root: usize, seed: Var<'t, T>) -> Vec<Option<Var<'t, T>>> {
+    ///
+    /// With `inputs`, the sweep treats those nodes as inputs: it stops at the
+    /// lowest of them and does not go on through any of them (for an op that
+    /// takes its graph backward from a composite of its inputs).
+    fn backward_graph_from<'t>(
+        &'t self,
+        root: usize,
+        seed: Var<'t, T>,
+        inputs: Option<&[usize]>,
+    ) -> Vec<Option<Var<'t, T>>> {
         let mut grads: Vec<Option<Var<'t, T>>> = vec![None; root + 1];
         {
             let graph = self.graph();
@@ -889,8 +898,12 @@ impl<T: Float> Tape<T> {
                 grads[root] = Some(seed);
             }
         }
-        for i in (0..=root).rev() {
+        let lowest = inputs.map_or(0, |ids| ids.iter().copied().min().unwrap_or(0));
+        for i in (lowest..=root).rev() {
             let Some(g) = grads[i] else { continue };
+            if inputs.is_some_and(|ids| ids.contains(&i)) {
+                continue;
+            }
             // Read what the node needs under a short borrow, and take its backward
             // out: the backward records new nodes, which needs the tape mutably.
             let (parents, needs, scalar, op, backward) = {
@@ -1384,11 +1397,35 @@ impl<'t, T: Float> Var<'t, T> {
                 w.id
             );
         }
-        let grads = self.tape.backward_graph_from(self.id, seed);
+        let grads = self.tape.backward_graph_from(self.id, seed, None);
         wrt.iter()
             .map(|&w| match grads.get(w.id).copied().flatten() {
                 Some(g) => g,
                 None => self.tape.constant(Tensor::zeros(w.shape())),
+            })
+            .collect()
+    }
+
+    /// The graph gradients of an op from a composite of its inputs: `self` is
+    /// the op's value rebuilt from `inputs` with twice-differentiable ops, and
+    /// `seed` the op's output gradient. Only the composite's own nodes are
+    /// walked (it stops at `inputs`), and inputs that need no gradient get `None`.
+    pub(crate) fn composite_grads(
+        self,
+        seed: Var<'t, T>,
+        inputs: &[Var<'t, T>],
+        needs: &[bool],
+    ) -> GraphGrads<'t, T> {
+        let ids: SmallVec<[usize; 4]> = inputs.iter().map(|v| v.id).collect();
+        let grads = self.tape.backward_graph_from(self.id, seed, Some(&ids));
+        inputs
+            .iter()
+            .zip(needs)
+            .map(|(v, &need)| {
+                need.then(|| match grads.get(v.id).copied().flatten() {
+                    Some(g) => g,
+                    None => self.tape.constant(Tensor::zeros(v.shape())),
+                })
             })
             .collect()
     }

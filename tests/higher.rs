@@ -53,7 +53,11 @@ fn arithmetic_with_broadcasting() {
         |_, x| ((x[0] * 3.0 + 1.0) / 2.0 - x[0]).rsub_scalar(1.0) * x[0],
         std::slice::from_ref(&a),
     );
-    check("rdiv_scalar", |_, x| x[0].rdiv_scalar(2.0), std::slice::from_ref(&b));
+    check(
+        "rdiv_scalar",
+        |_, x| x[0].rdiv_scalar(2.0),
+        std::slice::from_ref(&b),
+    );
     check(
         "sum_to / broadcast_to",
         |_, x| {
@@ -299,4 +303,55 @@ fn an_op_without_a_differentiable_backward_says_so() {
     let z = tape.leaf(Tensor::ones([2]));
     let g = (x * x).sum().grad_graph(&[z])[0];
     assert_eq!(g.value().data(), &[0.0, 0.0]);
+}
+
+#[test]
+fn normalisation_and_dropout() {
+    let x = randn(&[4, 3, 2, 2], 20);
+    let (w, b) = (positive(&[3], 21), randn(&[3], 22));
+    check(
+        "batch_norm_train",
+        |_, v| v[0].batch_norm_train(Some(v[1]), Some(v[2]), 1e-5).0.tanh(),
+        &[x.clone(), w.clone(), b.clone()],
+    );
+    check(
+        "batch_norm_train without affine",
+        |_, v| v[0].batch_norm_train(None, None, 1e-5).0.powf(3.0),
+        std::slice::from_ref(&x),
+    );
+    let (rm, rv) = (randn(&[3], 23), positive(&[3], 24));
+    check(
+        "batch_norm_eval",
+        |_, v| {
+            v[0].batch_norm_eval(Some(v[1]), Some(v[2]), &rm, &rv, 1e-5)
+                .tanh()
+        },
+        &[x.clone(), w.clone(), b.clone()],
+    );
+    let (lw, lb) = (positive(&[2, 2], 25), randn(&[2, 2], 26));
+    check(
+        "layer_norm",
+        |_, v| {
+            v[0].layer_norm(&[2, 2], Some(v[1]), Some(v[2]), 1e-5)
+                .tanh()
+        },
+        &[x.clone(), lw, lb],
+    );
+    let x6 = randn(&[2, 4, 3], 27);
+    let (gw, gb) = (positive(&[4], 28), randn(&[4], 29));
+    check(
+        "group_norm",
+        |_, v| v[0].group_norm(2, Some(v[1]), Some(v[2]), 1e-5).tanh(),
+        &[x6, gw, gb],
+    );
+    check(
+        "dropout",
+        |_, v| v[0].dropout(0.4, &mut StdRng::seed_from_u64(3)).tanh(),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "dropout2d",
+        |_, v| v[0].dropout2d(0.4, &mut StdRng::seed_from_u64(3)).tanh(),
+        std::slice::from_ref(&x),
+    );
 }

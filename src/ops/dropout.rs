@@ -4,6 +4,7 @@
 //! run is repeatable for a seed. These ops always drop: a layer in evaluation
 //! mode simply does not call them (see [`nn::Dropout`](crate::nn::Dropout)).
 
+use super::reduce::graph_one;
 use crate::tape::one;
 use crate::{Float, Tensor, Var};
 use rand::RngExt;
@@ -107,8 +108,13 @@ impl<'t, T: Float> Var<'t, T> {
     /// y = x ⊙ mask, dx = g ⊙ mask.
     fn apply_mask(self, op: &'static str, mask: Tensor<T>) -> Var<'t, T> {
         let y = self.value().zip_map(&mask, op, |x, m| x * m);
-        self.tape.record(op, y, &[self], move |ctx| {
-            one(ctx.grad.zip_map(&mask, op, |g, m| g * m))
-        })
+        let mask2 = mask.clone();
+        self.tape.record_differentiable(
+            op,
+            y,
+            &[self],
+            move |ctx| one(ctx.grad.zip_map(&mask, op, |g, m| g * m)),
+            move |ctx| graph_one(ctx.grad * ctx.grad.tape().constant(mask2.clone())),
+        )
     }
 }

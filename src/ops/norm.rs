@@ -39,6 +39,7 @@
 
 use super::conv::parallel::{run_jobs, split_by, split_work};
 use crate::shape::Shape;
+use crate::tape::{graph_fn, GraphCtx};
 use crate::{Float, ParentGrads, Tensor, Var};
 use std::ops::Range;
 
@@ -507,62 +508,75 @@ impl<'t, T: Float> Var<'t, T> {
             count,
         });
         let (parents, wi, bi) = parents(self, weight, bias);
-        let y = self.tape.record(op, y, &parents, move |ctx| {
-            let (x, g) = (ctx.inputs[0].data(), ctx.grad.data());
-            let gamma = wi.map(|i| ctx.inputs[i].data());
-            let (want_dw, want_db) = (wants(ctx, wi), wants(ctx, bi));
-            let mut dx = ctx.needs_grad[0].then(|| crate::buffer::scratch(x.len()));
-            // Per channel: Σ g and Σ g·(x − μ), if needed.
-            let need_sums = train || want_dw || want_db;
-            let mut sums = vec![(0.0, 0.0); if need_sums { l.c } else { 0 }];
-            let ranges = l.split();
-            let jobs: Vec<_> = ranges
-                .iter()
-                .cloned()
-                .zip(l.by_channel(dx.as_deref_mut(), &ranges))
-                .zip(split_by(&mut sums, &ranges, usize::from(need_sums)))
-                .map(|((r, dx), s)| (r, dx, s))
-                .collect();
-            run_jobs(jobs, |(channels, mut dxs, sums)| {
-                for (k, c) in channels.enumerate() {
-                    let (sg, sgx) = if need_sums {
-                        let planes = (0..l.n).map(|i| (l.plane(g, i, c), l.plane(x, i, c)));
-                        sums[k] = grad_sums(planes, mean[c]);
-                        sums[k]
-                    } else {
-                        (0.0, 0.0)
-                    };
-                    if dxs.is_empty() {
-                        continue;
-                    }
-                    let (r, m) = (rstd[c], count as f64);
-                    let gr = gamma.map_or(1.0, |w| w[c].to_f64()) * r;
-                    // dx = γr·g − γr³·Σg(x − μ)/M·(x − μ) − γr·Σg/M (training).
-                    let (b, cc) = if train {
-                        (-gr * r * r * sgx / m, -gr * sg / m)
-                    } else {
-                        (0.0, 0.0)
-                    };
-                    // b·(x − μ) = b·(x − hi) − b·lo.
-                    let (mu, lo) = split_mean(mean[c]);
-                    let (a, b, cc) = (T::from_f64(gr), T::from_f64(b), T::from_f64(cc - b * lo));
-                    for (i, dx) in dxs[k * l.n..(k + 1) * l.n].iter_mut().enumerate() {
-                        input_grad(dx, l.plane(g, i, c), l.plane(x, i, c), mu, a, b, cc);
-                    }
-                }
-            });
-            let shape = Shape::from([l.c]);
-            let dw = want_dw.then(|| {
-                let dw: Vec<f64> = sums.iter().zip(&rstd).map(|(s, r)| s.1 * r).collect();
-                tensor_from_f64(&dw, shape.clone())
-            });
-            let db = want_db.then(|| {
-                let db: Vec<f64> = sums.iter().map(|s| s.0).collect();
-                tensor_from_f64(&db, shape.clone())
-            });
-            let dx = dx.map(|dx| Tensor::from_parts(dx, ctx.inputs[0].shape().clone()));
-            grads(dx, wi.map(|_| dw), bi.map(|_| db))
+        let running_t = running.map(|(m, v)| (m.clone(), v.clone()));
+        let graph = graph_fn(move |ctx: &GraphCtx<'_, '_, T>| {
+            let (w, b) = (wi.map(|i| ctx.inputs[i]), bi.map(|i| ctx.inputs[i]));
+            let y = batch_norm_composite(ctx.inputs[0], w, b, running_t.as_ref(), eps);
+            y.composite_grads(ctx.grad, ctx.inputs, ctx.needs_grad)
         });
+        let y = self.tape.record_differentiable(
+            op,
+            y,
+            &parents,
+            move |ctx| {
+                let (x, g) = (ctx.inputs[0].data(), ctx.grad.data());
+                let gamma = wi.map(|i| ctx.inputs[i].data());
+                let (want_dw, want_db) = (wants(ctx, wi), wants(ctx, bi));
+                let mut dx = ctx.needs_grad[0].then(|| crate::buffer::scratch(x.len()));
+                // Per channel: Σ g and Σ g·(x − μ), if needed.
+                let need_sums = train || want_dw || want_db;
+                let mut sums = vec![(0.0, 0.0); if need_sums { l.c } else { 0 }];
+                let ranges = l.split();
+                let jobs: Vec<_> = ranges
+                    .iter()
+                    .cloned()
+                    .zip(l.by_channel(dx.as_deref_mut(), &ranges))
+                    .zip(split_by(&mut sums, &ranges, usize::from(need_sums)))
+                    .map(|((r, dx), s)| (r, dx, s))
+                    .collect();
+                run_jobs(jobs, |(channels, mut dxs, sums)| {
+                    for (k, c) in channels.enumerate() {
+                        let (sg, sgx) = if need_sums {
+                            let planes = (0..l.n).map(|i| (l.plane(g, i, c), l.plane(x, i, c)));
+                            sums[k] = grad_sums(planes, mean[c]);
+                            sums[k]
+                        } else {
+                            (0.0, 0.0)
+                        };
+                        if dxs.is_empty() {
+                            continue;
+                        }
+                        let (r, m) = (rstd[c], count as f64);
+                        let gr = gamma.map_or(1.0, |w| w[c].to_f64()) * r;
+                        // dx = γr·g − γr³·Σg(x − μ)/M·(x − μ) − γr·Σg/M (training).
+                        let (b, cc) = if train {
+                            (-gr * r * r * sgx / m, -gr * sg / m)
+                        } else {
+                            (0.0, 0.0)
+                        };
+                        // b·(x − μ) = b·(x − hi) − b·lo.
+                        let (mu, lo) = split_mean(mean[c]);
+                        let (a, b, cc) =
+                            (T::from_f64(gr), T::from_f64(b), T::from_f64(cc - b * lo));
+                        for (i, dx) in dxs[k * l.n..(k + 1) * l.n].iter_mut().enumerate() {
+                            input_grad(dx, l.plane(g, i, c), l.plane(x, i, c), mu, a, b, cc);
+                        }
+                    }
+                });
+                let shape = Shape::from([l.c]);
+                let dw = want_dw.then(|| {
+                    let dw: Vec<f64> = sums.iter().zip(&rstd).map(|(s, r)| s.1 * r).collect();
+                    tensor_from_f64(&dw, shape.clone())
+                });
+                let db = want_db.then(|| {
+                    let db: Vec<f64> = sums.iter().map(|s| s.0).collect();
+                    tensor_from_f64(&db, shape.clone())
+                });
+                let dx = dx.map(|dx| Tensor::from_parts(dx, ctx.inputs[0].shape().clone()));
+                grads(dx, wi.map(|_| dw), bi.map(|_| db))
+            },
+            graph,
+        );
         (y, stats)
     }
 
@@ -646,55 +660,69 @@ impl<'t, T: Float> Var<'t, T> {
         });
         let y = Tensor::from_parts(y, shape.clone());
         let (parents, wi, bi) = parents(self, weight, bias);
-        self.tape.record(op, y, &parents, move |ctx| {
-            let (x, g) = (ctx.inputs[0].data(), ctx.grad.data());
-            let (want_dw, want_db) = (wants(ctx, wi), wants(ctx, bi));
-            let dx = ctx.needs_grad[0].then(|| {
-                let mut dx = crate::buffer::scratch(x.len());
-                let gamma = wi.map(|i| ctx.inputs[i].data());
-                let ranges = split_work(rows, m, MIN_PARALLEL_WORK);
-                let jobs: Vec<_> = ranges
-                    .iter()
-                    .cloned()
-                    .zip(split_by(&mut dx, &ranges, m))
-                    .collect();
-                run_jobs(jobs, |(rows, dx)| {
-                    for (row, dx) in rows.zip(dx.chunks_exact_mut(m)) {
-                        let (g, x) = (&g[row * m..][..m], &x[row * m..][..m]);
-                        let (mu, r) = (mean[row], rstd[row]);
-                        layer_norm_row_grad(dx, g, x, gamma, mu, r);
-                    }
-                });
-                Tensor::from_parts(dx, ctx.inputs[0].shape().clone())
-            });
-            // dγ and dβ, split by columns: each column sums its rows in order.
-            let (mut dw, mut db) = (vec![0.0; m], vec![0.0; m]);
-            if want_dw || want_db {
-                let ranges = split_work(m, rows, MIN_PARALLEL_WORK);
-                let jobs: Vec<_> = ranges
-                    .iter()
-                    .cloned()
-                    .zip(split_by(&mut dw, &ranges, 1))
-                    .zip(split_by(&mut db, &ranges, 1))
-                    .map(|((r, w), b)| (r, w, b))
-                    .collect();
-                run_jobs(jobs, |(cols, dw, db)| {
-                    for row in 0..rows {
-                        let (mu, r) = (mean[row], rstd[row]);
-                        let g = &g[row * m..][cols.clone()];
-                        let x = &x[row * m..][cols.clone()];
-                        for (((dw, db), &g), &x) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(x) {
-                            let g = g.to_f64();
-                            *dw += g * (x.to_f64() - mu) * r;
-                            *db += g;
+        let k = normalized_shape.len();
+        let graph = graph_fn(move |ctx: &GraphCtx<'_, '_, T>| {
+            let (w, b) = (wi.map(|i| ctx.inputs[i]), bi.map(|i| ctx.inputs[i]));
+            let y = layer_norm_composite(ctx.inputs[0], k, w, b, eps);
+            y.composite_grads(ctx.grad, ctx.inputs, ctx.needs_grad)
+        });
+        self.tape.record_differentiable(
+            op,
+            y,
+            &parents,
+            move |ctx| {
+                let (x, g) = (ctx.inputs[0].data(), ctx.grad.data());
+                let (want_dw, want_db) = (wants(ctx, wi), wants(ctx, bi));
+                let dx = ctx.needs_grad[0].then(|| {
+                    let mut dx = crate::buffer::scratch(x.len());
+                    let gamma = wi.map(|i| ctx.inputs[i].data());
+                    let ranges = split_work(rows, m, MIN_PARALLEL_WORK);
+                    let jobs: Vec<_> = ranges
+                        .iter()
+                        .cloned()
+                        .zip(split_by(&mut dx, &ranges, m))
+                        .collect();
+                    run_jobs(jobs, |(rows, dx)| {
+                        for (row, dx) in rows.zip(dx.chunks_exact_mut(m)) {
+                            let (g, x) = (&g[row * m..][..m], &x[row * m..][..m]);
+                            let (mu, r) = (mean[row], rstd[row]);
+                            layer_norm_row_grad(dx, g, x, gamma, mu, r);
                         }
-                    }
+                    });
+                    Tensor::from_parts(dx, ctx.inputs[0].shape().clone())
                 });
-            }
-            let dw = want_dw.then(|| tensor_from_f64(&dw, norm.clone()));
-            let db = want_db.then(|| tensor_from_f64(&db, norm.clone()));
-            grads(dx, wi.map(|_| dw), bi.map(|_| db))
-        })
+                // dγ and dβ, split by columns: each column sums its rows in order.
+                let (mut dw, mut db) = (vec![0.0; m], vec![0.0; m]);
+                if want_dw || want_db {
+                    let ranges = split_work(m, rows, MIN_PARALLEL_WORK);
+                    let jobs: Vec<_> = ranges
+                        .iter()
+                        .cloned()
+                        .zip(split_by(&mut dw, &ranges, 1))
+                        .zip(split_by(&mut db, &ranges, 1))
+                        .map(|((r, w), b)| (r, w, b))
+                        .collect();
+                    run_jobs(jobs, |(cols, dw, db)| {
+                        for row in 0..rows {
+                            let (mu, r) = (mean[row], rstd[row]);
+                            let g = &g[row * m..][cols.clone()];
+                            let x = &x[row * m..][cols.clone()];
+                            for (((dw, db), &g), &x) in
+                                dw.iter_mut().zip(db.iter_mut()).zip(g).zip(x)
+                            {
+                                let g = g.to_f64();
+                                *dw += g * (x.to_f64() - mu) * r;
+                                *db += g;
+                            }
+                        }
+                    });
+                }
+                let dw = want_dw.then(|| tensor_from_f64(&dw, norm.clone()));
+                let db = want_db.then(|| tensor_from_f64(&db, norm.clone()));
+                grads(dx, wi.map(|_| dw), bi.map(|_| db))
+            },
+            graph,
+        )
     }
 
     /// Group normalisation (PyTorch's `F.group_norm`) of an `[N, C]` or
@@ -788,72 +816,83 @@ impl<'t, T: Float> Var<'t, T> {
         });
         let y = Tensor::from_parts(y, shape.clone());
         let (parents, wi, bi) = parents(self, weight, bias);
-        self.tape.record(op, y, &parents, move |ctx| {
-            let (x, g) = (ctx.inputs[0].data(), ctx.grad.data());
-            let (want_dw, want_db) = (wants(ctx, wi), wants(ctx, bi));
-            let mut dx = ctx.needs_grad[0].then(|| crate::buffer::scratch(x.len()));
-            // Per (sample, channel) plane: Σ g and Σ g·(x − μ).
-            let mut sums = vec![(0.0, 0.0); l.n * l.c];
-            let ranges = split_work(blocks, m, MIN_PARALLEL_WORK);
-            let dx_parts: Vec<Option<&mut [T]>> = match dx.as_deref_mut() {
-                Some(dx) => split_by(dx, &ranges, m).into_iter().map(Some).collect(),
-                None => ranges.iter().map(|_| None).collect(),
-            };
-            let jobs: Vec<_> = ranges
-                .iter()
-                .cloned()
-                .zip(dx_parts)
-                .zip(split_by(&mut sums, &ranges, cpg))
-                .map(|((r, dx), s)| (r, dx, s))
-                .collect();
-            run_jobs(jobs, |(range, mut dx, sums)| {
-                let inner = l.inner.max(1);
-                for (k, block) in range.enumerate() {
-                    let (xb, gb) = (&x[block * m..][..m], &g[block * m..][..m]);
-                    let (mu, r) = (mean[block], rstd[block]);
-                    let first = (block % groups) * cpg;
-                    // Σ d and Σ d·(x − μ) over the block, d = γ·g.
-                    let (mut sd, mut sdx) = (0.0, 0.0);
-                    let planes = gb.chunks_exact(inner).zip(xb.chunks_exact(inner));
-                    for (j, (gp, xp)) in planes.enumerate() {
-                        let s = grad_sums(std::iter::once((gp, xp)), mu);
-                        sums[k * cpg + j] = s;
-                        sd += gamma[first + j] * s.0;
-                        sdx += gamma[first + j] * s.1;
+        let graph = graph_fn(move |ctx: &GraphCtx<'_, '_, T>| {
+            let (w, b) = (wi.map(|i| ctx.inputs[i]), bi.map(|i| ctx.inputs[i]));
+            let y = group_norm_composite(ctx.inputs[0], groups, w, b, eps);
+            y.composite_grads(ctx.grad, ctx.inputs, ctx.needs_grad)
+        });
+        self.tape.record_differentiable(
+            op,
+            y,
+            &parents,
+            move |ctx| {
+                let (x, g) = (ctx.inputs[0].data(), ctx.grad.data());
+                let (want_dw, want_db) = (wants(ctx, wi), wants(ctx, bi));
+                let mut dx = ctx.needs_grad[0].then(|| crate::buffer::scratch(x.len()));
+                // Per (sample, channel) plane: Σ g and Σ g·(x − μ).
+                let mut sums = vec![(0.0, 0.0); l.n * l.c];
+                let ranges = split_work(blocks, m, MIN_PARALLEL_WORK);
+                let dx_parts: Vec<Option<&mut [T]>> = match dx.as_deref_mut() {
+                    Some(dx) => split_by(dx, &ranges, m).into_iter().map(Some).collect(),
+                    None => ranges.iter().map(|_| None).collect(),
+                };
+                let jobs: Vec<_> = ranges
+                    .iter()
+                    .cloned()
+                    .zip(dx_parts)
+                    .zip(split_by(&mut sums, &ranges, cpg))
+                    .map(|((r, dx), s)| (r, dx, s))
+                    .collect();
+                run_jobs(jobs, |(range, mut dx, sums)| {
+                    let inner = l.inner.max(1);
+                    for (k, block) in range.enumerate() {
+                        let (xb, gb) = (&x[block * m..][..m], &g[block * m..][..m]);
+                        let (mu, r) = (mean[block], rstd[block]);
+                        let first = (block % groups) * cpg;
+                        // Σ d and Σ d·(x − μ) over the block, d = γ·g.
+                        let (mut sd, mut sdx) = (0.0, 0.0);
+                        let planes = gb.chunks_exact(inner).zip(xb.chunks_exact(inner));
+                        for (j, (gp, xp)) in planes.enumerate() {
+                            let s = grad_sums(std::iter::once((gp, xp)), mu);
+                            sums[k * cpg + j] = s;
+                            sd += gamma[first + j] * s.0;
+                            sdx += gamma[first + j] * s.1;
+                        }
+                        let Some(dx) = dx.as_deref_mut() else {
+                            continue;
+                        };
+                        let mf = m as f64;
+                        let (b, cc) = (-r * r * r * sdx / mf, -r * sd / mf);
+                        let (mu, lo) = split_mean(mu);
+                        let (b, cc) = (T::from_f64(b), T::from_f64(cc - b * lo));
+                        let dxb = &mut dx[k * m..][..m];
+                        let planes = dxb
+                            .chunks_exact_mut(inner)
+                            .zip(gb.chunks_exact(inner))
+                            .zip(xb.chunks_exact(inner));
+                        for (j, ((dx, g), x)) in planes.enumerate() {
+                            let a = T::from_f64(gamma[first + j] * r);
+                            input_grad(dx, g, x, mu, a, b, cc);
+                        }
                     }
-                    let Some(dx) = dx.as_deref_mut() else {
-                        continue;
-                    };
-                    let mf = m as f64;
-                    let (b, cc) = (-r * r * r * sdx / mf, -r * sd / mf);
-                    let (mu, lo) = split_mean(mu);
-                    let (b, cc) = (T::from_f64(b), T::from_f64(cc - b * lo));
-                    let dxb = &mut dx[k * m..][..m];
-                    let planes = dxb
-                        .chunks_exact_mut(inner)
-                        .zip(gb.chunks_exact(inner))
-                        .zip(xb.chunks_exact(inner));
-                    for (j, ((dx, g), x)) in planes.enumerate() {
-                        let a = T::from_f64(gamma[first + j] * r);
-                        input_grad(dx, g, x, mu, a, b, cc);
+                });
+                // dγ_c = Σₙ r(n, group of c)·Σ g(x − μ), dβ_c = Σₙ Σ g, samples in order.
+                let (mut dw, mut db) = (vec![0.0; l.c], vec![0.0; l.c]);
+                for i in 0..l.n {
+                    for c in 0..l.c {
+                        let (sg, sgx) = sums[i * l.c + c];
+                        dw[c] += sgx * rstd[i * groups + c / cpg];
+                        db[c] += sg;
                     }
                 }
-            });
-            // dγ_c = Σₙ r(n, group of c)·Σ g(x − μ), dβ_c = Σₙ Σ g, samples in order.
-            let (mut dw, mut db) = (vec![0.0; l.c], vec![0.0; l.c]);
-            for i in 0..l.n {
-                for c in 0..l.c {
-                    let (sg, sgx) = sums[i * l.c + c];
-                    dw[c] += sgx * rstd[i * groups + c / cpg];
-                    db[c] += sg;
-                }
-            }
-            let shape = Shape::from([l.c]);
-            let dw = want_dw.then(|| tensor_from_f64(&dw, shape.clone()));
-            let db = want_db.then(|| tensor_from_f64(&db, shape.clone()));
-            let dx = dx.map(|dx| Tensor::from_parts(dx, ctx.inputs[0].shape().clone()));
-            grads(dx, wi.map(|_| dw), bi.map(|_| db))
-        })
+                let shape = Shape::from([l.c]);
+                let dw = want_dw.then(|| tensor_from_f64(&dw, shape.clone()));
+                let db = want_db.then(|| tensor_from_f64(&db, shape.clone()));
+                let dx = dx.map(|dx| Tensor::from_parts(dx, ctx.inputs[0].shape().clone()));
+                grads(dx, wi.map(|_| dw), bi.map(|_| db))
+            },
+            graph,
+        )
     }
 }
 
@@ -934,4 +973,88 @@ mod tests {
             .iter()
             .all(Vec::is_empty));
     }
+}
+
+/// `(x − μ)/√(σ² + eps)` over `axes` (kept as size 1), with the biased variance.
+fn normalize<'t, T: Float>(x: Var<'t, T>, axes: &[isize], eps: f64) -> Var<'t, T> {
+    let d = x - x.mean_axes(axes, true);
+    let var = (d * d).mean_axes(axes, true);
+    d * (var + T::from_f64(eps)).powf(T::from_f64(-0.5))
+}
+
+/// `y·w + b` with `w` and `b` reshaped to `shape` (for broadcasting), each if given.
+fn scale_shift<'t, T: Float>(
+    y: Var<'t, T>,
+    w: Option<Var<'t, T>>,
+    b: Option<Var<'t, T>>,
+    shape: &[usize],
+) -> Var<'t, T> {
+    let y = match w {
+        Some(w) => y * w.reshape(shape),
+        None => y,
+    };
+    match b {
+        Some(b) => y + b.reshape(shape),
+        None => y,
+    }
+}
+
+/// Batch norm rebuilt from twice-differentiable ops (its graph backward):
+/// statistics over every axis but 1, or the given running statistics.
+fn batch_norm_composite<'t, T: Float>(
+    x: Var<'t, T>,
+    w: Option<Var<'t, T>>,
+    b: Option<Var<'t, T>>,
+    running: Option<&(Tensor<T>, Tensor<T>)>,
+    eps: f64,
+) -> Var<'t, T> {
+    let s = x.shape();
+    let mut pshape = vec![1; s.rank()];
+    pshape[1] = s[1];
+    let y = match running {
+        None => {
+            let axes: Vec<isize> = (0..s.rank() as isize).filter(|&a| a != 1).collect();
+            normalize(x, &axes, eps)
+        }
+        Some((m, v)) => {
+            let tape = x.tape();
+            let m = tape.constant(m.reshape(&pshape[..]));
+            let r = v
+                .reshape(&pshape[..])
+                .map(|v| T::ONE / (v + T::from_f64(eps)).sqrt());
+            (x - m) * tape.constant(r)
+        }
+    };
+    scale_shift(y, w, b, &pshape)
+}
+
+/// Layer norm over the trailing `k` axes, rebuilt from twice-differentiable ops.
+fn layer_norm_composite<'t, T: Float>(
+    x: Var<'t, T>,
+    k: usize,
+    w: Option<Var<'t, T>>,
+    b: Option<Var<'t, T>>,
+    eps: f64,
+) -> Var<'t, T> {
+    let s = x.shape();
+    let r = s.rank();
+    let axes: Vec<isize> = ((r - k) as isize..r as isize).collect();
+    scale_shift(normalize(x, &axes, eps), w, b, &s[r - k..])
+}
+
+/// Group norm rebuilt from twice-differentiable ops.
+fn group_norm_composite<'t, T: Float>(
+    x: Var<'t, T>,
+    groups: usize,
+    w: Option<Var<'t, T>>,
+    b: Option<Var<'t, T>>,
+    eps: f64,
+) -> Var<'t, T> {
+    let s = x.shape();
+    let (n, c) = (s[0], s[1]);
+    let rest = s.numel() / (n * groups).max(1);
+    let y = normalize(x.reshape([n, groups, rest]), &[2], eps).reshape(s.clone());
+    let mut pshape = vec![1; s.rank()];
+    pshape[1] = c;
+    scale_shift(y, w, b, &pshape)
 }
