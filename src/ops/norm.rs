@@ -935,46 +935,6 @@ fn layer_norm_row_grad<T: Float>(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{moments, split_mean, Planes};
-
-    #[test]
-    fn moments_are_exact_far_from_zero() {
-        // 1e4 + k/8 for k < 1000 (exact in f32): mean 1e4 + 999/16, variance (1000² − 1)/(12·64).
-        let x: Vec<f32> = (0..1000).map(|k| 1e4 + k as f32 / 8.0).collect();
-        let (mean, var) = moments(|| x.chunks(37), x.len());
-        assert_eq!(mean, 1e4 + 999.0 / 16.0);
-        let want = (1e6 - 1.0) / (12.0 * 64.0);
-        assert!((var - want).abs() <= 1e-12 * want, "{var} vs {want}");
-        // A mean that f32 cannot hold: the remainder keeps it.
-        let (hi, lo) = split_mean::<f32>(mean + 1e-3);
-        assert_eq!(hi as f64 + lo, mean + 1e-3);
-    }
-
-    #[test]
-    fn planes_are_grouped_by_channel() {
-        let l = Planes {
-            n: 2,
-            c: 3,
-            inner: 2,
-        };
-        let mut out: Vec<usize> = (0..12).collect();
-        let ranges = [0..2, 2..3];
-        let groups = l.by_channel(Some(&mut out), &ranges);
-        let firsts: Vec<Vec<usize>> = groups
-            .iter()
-            .map(|g| g.iter().map(|p| p[0]).collect())
-            .collect();
-        // Channel 0 (samples 0, 1), channel 1, then channel 2.
-        assert_eq!(firsts, vec![vec![0, 6, 2, 8], vec![4, 10]]);
-        assert!(l
-            .by_channel::<usize>(None, &ranges)
-            .iter()
-            .all(Vec::is_empty));
-    }
-}
-
 /// `(x − μ)/√(σ² + eps)` over `axes` (kept as size 1), with the biased variance.
 fn normalize<'t, T: Float>(x: Var<'t, T>, axes: &[isize], eps: f64) -> Var<'t, T> {
     let d = x - x.mean_axes(axes, true);
@@ -1057,4 +1017,44 @@ fn group_norm_composite<'t, T: Float>(
     let mut pshape = vec![1; s.rank()];
     pshape[1] = c;
     scale_shift(y, w, b, &pshape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{moments, split_mean, Planes};
+
+    #[test]
+    fn moments_are_exact_far_from_zero() {
+        // 1e4 + k/8 for k < 1000 (exact in f32): mean 1e4 + 999/16, variance (1000² − 1)/(12·64).
+        let x: Vec<f32> = (0..1000).map(|k| 1e4 + k as f32 / 8.0).collect();
+        let (mean, var) = moments(|| x.chunks(37), x.len());
+        assert_eq!(mean, 1e4 + 999.0 / 16.0);
+        let want = (1e6 - 1.0) / (12.0 * 64.0);
+        assert!((var - want).abs() <= 1e-12 * want, "{var} vs {want}");
+        // A mean that f32 cannot hold: the remainder keeps it.
+        let (hi, lo) = split_mean::<f32>(mean + 1e-3);
+        assert_eq!(hi as f64 + lo, mean + 1e-3);
+    }
+
+    #[test]
+    fn planes_are_grouped_by_channel() {
+        let l = Planes {
+            n: 2,
+            c: 3,
+            inner: 2,
+        };
+        let mut out: Vec<usize> = (0..12).collect();
+        let ranges = [0..2, 2..3];
+        let groups = l.by_channel(Some(&mut out), &ranges);
+        let firsts: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|g| g.iter().map(|p| p[0]).collect())
+            .collect();
+        // Channel 0 (samples 0, 1), channel 1, then channel 2.
+        assert_eq!(firsts, vec![vec![0, 6, 2, 8], vec![4, 10]]);
+        assert!(l
+            .by_channel::<usize>(None, &ranges)
+            .iter()
+            .all(Vec::is_empty));
+    }
 }
