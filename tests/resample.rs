@@ -221,6 +221,9 @@ fn matches_pytorch_fixtures() {
 // large inputs against naive definitions, 1 and 2 threads, f32 and f64
 // ---------------------------------------------------------------------------
 
+/// For each output position along an axis, the input positions it reads and their weights.
+type AxisTaps = Vec<Vec<(usize, f64)>>;
+
 /// The definition of each op as, for every output element, the input
 /// elements it reads and their weights (for max pooling the first maximum of
 /// its window, a NaN winning). y = Σ w·x, dx = Σ w·dy over the same lists.
@@ -228,89 +231,88 @@ fn naive_taps(op: Op, shape: [usize; 4], x: &[f64]) -> (Vec<usize>, Vec<Vec<(usi
     let [n, c, h, w] = shape;
     let planes = n * c;
     // Per-axis tap lists, combined as an outer product per plane.
-    let (oh, ow, rows, cols): (usize, usize, Vec<Vec<(usize, f64)>>, Vec<Vec<(usize, f64)>>) =
-        match op {
-            Op::Nearest(size) => {
-                let ((oh, ow), [sh, sw]) = out_size(size, h, w);
-                let axis = |i: usize, o: usize, s: Option<f64>| -> Vec<Vec<(usize, f64)>> {
-                    (0..o)
-                        .map(|d| {
-                            let src = if o == i {
-                                d
-                            } else if o == 2 * i {
-                                d / 2
+    let (oh, ow, rows, cols): (usize, usize, AxisTaps, AxisTaps) = match op {
+        Op::Nearest(size) => {
+            let ((oh, ow), [sh, sw]) = out_size(size, h, w);
+            let axis = |i: usize, o: usize, s: Option<f64>| -> AxisTaps {
+                (0..o)
+                    .map(|d| {
+                        let src = if o == i {
+                            d
+                        } else if o == 2 * i {
+                            d / 2
+                        } else {
+                            let scale = s.map_or(i as f32 / o as f32, |s| (1.0 / s) as f32);
+                            ((d as f32 * scale).floor() as usize).min(i - 1)
+                        };
+                        vec![(src, 1.0)]
+                    })
+                    .collect()
+            };
+            (oh, ow, axis(h, oh, sh), axis(w, ow, sw))
+        }
+        Op::Bilinear(size, align) => {
+            let ((oh, ow), [sh, sw]) = out_size(size, h, w);
+            let axis = |i: usize, o: usize, s: Option<f64>| -> AxisTaps {
+                (0..o)
+                    .map(|d| {
+                        if o == i {
+                            return vec![(d, 1.0)];
+                        }
+                        let src = if align {
+                            if o > 1 {
+                                d as f64 * (i - 1) as f64 / (o - 1) as f64
                             } else {
-                                let scale = s.map_or(i as f32 / o as f32, |s| (1.0 / s) as f32);
-                                ((d as f32 * scale).floor() as usize).min(i - 1)
-                            };
-                            vec![(src, 1.0)]
-                        })
-                        .collect()
-                };
-                (oh, ow, axis(h, oh, sh), axis(w, ow, sw))
-            }
-            Op::Bilinear(size, align) => {
-                let ((oh, ow), [sh, sw]) = out_size(size, h, w);
-                let axis = |i: usize, o: usize, s: Option<f64>| -> Vec<Vec<(usize, f64)>> {
-                    (0..o)
-                        .map(|d| {
-                            if o == i {
-                                return vec![(d, 1.0)];
+                                0.0
                             }
-                            let src = if align {
-                                if o > 1 {
-                                    d as f64 * (i - 1) as f64 / (o - 1) as f64
-                                } else {
-                                    0.0
-                                }
+                        } else {
+                            let ratio = s.map_or(i as f64 / o as f64, |s| 1.0 / s);
+                            ((d as f64 + 0.5) * ratio - 0.5).max(0.0)
+                        };
+                        let i0 = (src.floor() as usize).min(i - 1);
+                        let l = (src - i0 as f64).clamp(0.0, 1.0);
+                        vec![(i0, 1.0 - l), ((i0 + 1).min(i - 1), l)]
+                    })
+                    .collect()
+            };
+            (oh, ow, axis(h, oh, sh), axis(w, ow, sw))
+        }
+        Op::Pad([l, r, t, b], mode) => {
+            let axis = |i: usize, before: usize, after: usize| -> AxisTaps {
+                (0..i + before + after)
+                    .map(|o| {
+                        let p = o as isize - before as isize;
+                        let last = i as isize - 1;
+                        let src = match mode {
+                            PadMode::Constant(_) => (0..=last).contains(&p).then_some(p),
+                            PadMode::Reflect => Some(if p < 0 {
+                                -p
+                            } else if p > last {
+                                2 * last - p
                             } else {
-                                let ratio = s.map_or(i as f64 / o as f64, |s| 1.0 / s);
-                                ((d as f64 + 0.5) * ratio - 0.5).max(0.0)
-                            };
-                            let i0 = (src.floor() as usize).min(i - 1);
-                            let l = (src - i0 as f64).clamp(0.0, 1.0);
-                            vec![(i0, 1.0 - l), ((i0 + 1).min(i - 1), l)]
-                        })
-                        .collect()
-                };
-                (oh, ow, axis(h, oh, sh), axis(w, ow, sw))
-            }
-            Op::Pad([l, r, t, b], mode) => {
-                let axis = |i: usize, before: usize, after: usize| -> Vec<Vec<(usize, f64)>> {
-                    (0..i + before + after)
-                        .map(|o| {
-                            let p = o as isize - before as isize;
-                            let last = i as isize - 1;
-                            let src = match mode {
-                                PadMode::Constant(_) => (0..=last).contains(&p).then_some(p),
-                                PadMode::Reflect => Some(if p < 0 {
-                                    -p
-                                } else if p > last {
-                                    2 * last - p
-                                } else {
-                                    p
-                                }),
-                                PadMode::Replicate => Some(p.clamp(0, last)),
-                            };
-                            src.map(|s| vec![(s as usize, 1.0)]).unwrap_or_default()
-                        })
-                        .collect()
-                };
-                (h + t + b, w + l + r, axis(h, t, b), axis(w, l, r))
-            }
-            Op::AdaptiveAvg((oh, ow)) | Op::AdaptiveMax((oh, ow)) => {
-                let axis = |i: usize, o: usize| -> Vec<Vec<(usize, f64)>> {
-                    (0..o)
-                        .map(|d| {
-                            let (s, e) = (d * i / o, ((d + 1) * i).div_ceil(o));
-                            (s..e).map(|k| (k, 1.0 / (e - s) as f64)).collect()
-                        })
-                        .collect()
-                };
-                (oh, ow, axis(h, oh), axis(w, ow))
-            }
-            _ => unreachable!("naive_taps: {op:?}"),
-        };
+                                p
+                            }),
+                            PadMode::Replicate => Some(p.clamp(0, last)),
+                        };
+                        src.map(|s| vec![(s as usize, 1.0)]).unwrap_or_default()
+                    })
+                    .collect()
+            };
+            (h + t + b, w + l + r, axis(h, t, b), axis(w, l, r))
+        }
+        Op::AdaptiveAvg((oh, ow)) | Op::AdaptiveMax((oh, ow)) => {
+            let axis = |i: usize, o: usize| -> AxisTaps {
+                (0..o)
+                    .map(|d| {
+                        let (s, e) = (d * i / o, ((d + 1) * i).div_ceil(o));
+                        (s..e).map(|k| (k, 1.0 / (e - s) as f64)).collect()
+                    })
+                    .collect()
+            };
+            (oh, ow, axis(h, oh), axis(w, ow))
+        }
+        _ => unreachable!("naive_taps: {op:?}"),
+    };
     let mut taps = Vec::with_capacity(planes * oh * ow);
     for p in 0..planes {
         for row in &rows {
