@@ -11,6 +11,8 @@ Writes plain-text files to ``tests/fixtures/``:
                     and learning rates of torch.optim.lr_scheduler schedules
 * ``norm.txt``      batch_norm (training and eval), layer_norm, group_norm, and
                     ``bn_running``: BatchNorm2d's running statistics over 3 steps
+* ``resample.txt``  upsampling (nearest, bilinear), padding, adaptive pooling,
+                    ceil_mode pooling, flatten(start, end)
 
 Each file is a sequence of cases::
 
@@ -744,8 +746,107 @@ def gen_norm():
     ff.write()
 
 
+# --------------------------------------------------------------------------
+# resample.txt
+# --------------------------------------------------------------------------
+
+RESAMPLE_NOTES = [
+    "Upsampling (F.interpolate, nearest and bilinear, by size or scale_factor with",
+    "recompute_scale_factor=None), F.pad over the last two dims (constant, reflect,",
+    "replicate; pad = [left, right, top, bottom], mode 0 constant, 1 reflect, 2",
+    "replicate), adaptive avg/max pooling (param out), max/avg pooling with",
+    "ceil_mode=True (kind 0 max, 1 avg) and torch.flatten(x, start, end).",
+    "The case name's prefix names the op; x is the input, y the output, dy a random",
+    "upstream gradient and dx = dy·dy/dx. Values are continuous: no max ties.",
+]
+
+
+def resample_case(ff, name, params, x, fn):
+    seed(name)
+    x = leaf(x)
+    y = fn(x)
+    dy = torch.randn(y.shape)
+    y.backward(dy)
+    ff.case(name, params, [("x", x), ("y", y), ("dy", dy), ("dx", x.grad)])
+
+
+def gen_resample():
+    ff = FixtureFile("resample.txt", RESAMPLE_NOTES)
+    rand = lambda name, shape: (seed(name + "/x"), torch.randn(shape))[1]
+    # upsampling: (tag, input shape, ("size", (h, w)) or ("scale", (sh, sw)))
+    up = [
+        ("size_up", [2, 2, 3, 4], "size", (7, 9)),
+        ("size_down", [1, 2, 5, 7], "size", (3, 4)),
+        ("size_double", [1, 1, 3, 4], "size", (6, 8)),
+        ("size_one", [1, 2, 3, 4], "size", (1, 5)),
+        ("scale_2", [1, 2, 3, 4], "scale", (2.0, 2.0)),
+        ("scale_frac", [2, 1, 4, 5], "scale", (1.5, 2.5)),
+        ("scale_down", [1, 2, 7, 6], "scale", (0.5, 0.7)),
+        ("scale_2_1", [1, 1, 5, 6], "scale", (2.1, 1.7)),
+        ("scale_odd", [1, 1, 4, 7], "scale", (1.3, 0.6)),
+        ("scale_third", [1, 1, 3, 9], "scale", (3.0, 1.0 / 3.0)),
+        ("scale_keep", [1, 1, 4, 5], "scale", (1.1, 1.0)),
+    ]
+    for tag, shape, how, v in up:
+        kw = dict(size=v) if how == "size" else dict(scale_factor=v)
+        params = [(how, list(v))]
+        name = f"nearest_{tag}"
+        resample_case(ff, name, params, rand(name, shape),
+                      lambda x: F.interpolate(x, mode="nearest", **kw))
+        for align in (False, True):
+            name = f"bilinear_{tag}_a{int(align)}"
+            resample_case(ff, name, params + [("align_corners", int(align))], rand(name, shape),
+                          lambda x: F.interpolate(x, mode="bilinear", align_corners=align, **kw))
+    # padding
+    modes = [(0, "constant", 0.0), (0, "constant", 1.5), (1, "reflect", 0.0), (2, "replicate", 0.0)]
+    pads = [("asym", [2, 2, 4, 4], [1, 2, 0, 3]), ("even", [1, 2, 4, 5], [2, 2, 2, 2]),
+            ("top", [2, 1, 3, 3], [0, 0, 1, 0]), ("max", [1, 1, 4, 3], [2, 1, 3, 2]),
+            ("none", [1, 1, 2, 3], [0, 0, 0, 0])]
+    for code, mode, value in modes:
+        for tag, shape, pad in pads:
+            name = f"pad_{mode}{'_v' if value else ''}_{tag}"
+            kw = dict(value=value) if mode == "constant" else {}
+            resample_case(ff, name, [("padding", pad), ("mode", code), ("value", value)],
+                          rand(name, shape), lambda x: F.pad(x, pad, mode=mode, **kw))
+    # adaptive pooling
+    adaptive = [("5x7_3x4", [2, 2, 5, 7], (3, 4)), ("7x5_2x3", [1, 2, 7, 5], (2, 3)),
+                ("4x4_2x2", [1, 1, 4, 4], (2, 2)), ("global", [2, 3, 5, 5], (1, 1)),
+                ("3x3_5x4", [1, 1, 3, 3], (5, 4)), ("6x10_4x3", [1, 1, 6, 10], (4, 3))]
+    for tag, shape, out in adaptive:
+        for kind, fn in (("avg", F.adaptive_avg_pool2d), ("max", F.adaptive_max_pool2d)):
+            name = f"adaptive_{kind}_{tag}"
+            resample_case(ff, name, [("out", list(out))], rand(name, shape),
+                          lambda x: fn(x, out))
+    # ceil_mode pooling: (tag, shape, kernel, stride, padding)
+    ceil = [("k2s2", [2, 2, 5, 7], (2, 2), (2, 2), (0, 0)),
+            ("k3s2p1", [1, 2, 6, 7], (3, 3), (2, 2), (1, 1)),
+            ("k3s2", [1, 1, 6, 8], (3, 3), (2, 2), (0, 0)),
+            ("k3x2s2x3p1x0", [1, 2, 7, 8], (3, 2), (2, 3), (1, 0)),
+            ("k3s3p1", [1, 1, 7, 8], (3, 3), (3, 3), (1, 1)),
+            ("k2s1", [1, 1, 4, 5], (2, 2), (1, 1), (0, 0)),
+            ("k4s3p2", [1, 1, 8, 6], (4, 4), (3, 3), (2, 2)),
+            ("kernel_over_input", [1, 2, 2, 2], (3, 3), (2, 2), (0, 0))]
+    for tag, shape, kernel, stride, padding in ceil:
+        params = [("kernel", list(kernel)), ("stride", list(stride)), ("padding", list(padding))]
+        name = f"ceil_max_{tag}"
+        resample_case(ff, name, params + [("kind", 0)], rand(name, shape),
+                      lambda x: F.max_pool2d(x, kernel, stride, padding, ceil_mode=True))
+        for cip in (1, 0):
+            name = f"ceil_avg_{tag}_cip{cip}"
+            resample_case(ff, name, params + [("kind", 1), ("count_include_pad", cip)],
+                          rand(name, shape),
+                          lambda x: F.avg_pool2d(x, kernel, stride, padding, ceil_mode=True,
+                                                 count_include_pad=bool(cip)))
+    # flatten
+    for start, end in ((1, 2), (-3, -1), (0, -1), (2, 2), (0, 1)):
+        name = f"flatten_{start}_{end}"
+        resample_case(ff, name, [("start", start), ("end", end)], rand(name, [2, 3, 4, 5]),
+                      lambda x: torch.flatten(x, start, end))
+    ff.write()
+
+
 GENERATORS = dict(core=gen_core, conv=gen_conv, pool=gen_pool, composite=gen_composite,
-                  optim=gen_optim, norm=gen_norm)
+                  optim=gen_optim, norm=gen_norm, resample=gen_resample)
 
 
 def main():

@@ -27,7 +27,14 @@ pub mod io;
 
 pub use error::{Error, Result};
 pub use float::Float;
-pub use ops::{conv, conv::Conv2dOptions, conv::Pair, norm::BatchStats, pool::Pool2dOptions};
+pub use ops::{
+    conv,
+    conv::Conv2dOptions,
+    conv::Pair,
+    norm::BatchStats,
+    pool::Pool2dOptions,
+    resample::{PadMode, UpsampleSize},
+};
 pub use shape::Shape;
 pub use tape::{
     BackwardCtx, BackwardFn, BackwardOptions, Gradients, GraphCtx, GraphGrads, ParentGrads, Tape,

@@ -1,5 +1,7 @@
 //! max_pool2d and avg_pool2d: gradients against finite differences, values and
-//! gradients against PyTorch, the max-pool tie rule, and the shape errors.
+//! gradients against PyTorch, the max-pool tie rule, and the shape errors, with
+//! and without ceil_mode (whose PyTorch fixtures are in resample.txt, checked by
+//! tests/resample.rs).
 
 mod common;
 
@@ -78,31 +80,33 @@ fn gradcheck_table() {
     let mut rng = StdRng::seed_from_u64(11);
     let mut checked = 0;
     for (i, &(shape, kernel, stride, padding)) in GRADCHECK_CASES.iter().enumerate() {
-        let mut opts = Pool2dOptions::new(kernel).padding(padding);
-        if let Some(s) = stride {
-            opts = opts.stride(s);
+        for ceil in [false, true] {
+            let mut opts = Pool2dOptions::new(kernel).padding(padding).ceil_mode(ceil);
+            if let Some(s) = stride {
+                opts = opts.stride(s);
+            }
+            let x = well_separated(shape, &mut rng);
+            let o = Options {
+                seed: i as u64,
+                ..Options::default()
+            };
+            let max = gradcheck(|_, v| v[0].max_pool2d(opts), std::slice::from_ref(&x), o);
+            assert!(max.passed(), "max case {i} {opts:?}: {max}");
+            for include in [true, false] {
+                let avg = gradcheck(
+                    |_, v| v[0].avg_pool2d(opts.count_include_pad(include)),
+                    std::slice::from_ref(&x),
+                    o,
+                );
+                assert!(
+                    avg.passed(),
+                    "avg case {i} {opts:?} include_pad {include}: {avg}"
+                );
+            }
+            checked += 3;
         }
-        let x = well_separated(shape, &mut rng);
-        let o = Options {
-            seed: i as u64,
-            ..Options::default()
-        };
-        let max = gradcheck(|_, v| v[0].max_pool2d(opts), std::slice::from_ref(&x), o);
-        assert!(max.passed(), "max case {i} {opts:?}: {max}");
-        for include in [true, false] {
-            let avg = gradcheck(
-                |_, v| v[0].avg_pool2d(opts.count_include_pad(include)),
-                std::slice::from_ref(&x),
-                o,
-            );
-            assert!(
-                avg.passed(),
-                "avg case {i} {opts:?} include_pad {include}: {avg}"
-            );
-        }
-        checked += 3;
     }
-    assert_eq!(checked, 3 * GRADCHECK_CASES.len());
+    assert_eq!(checked, 6 * GRADCHECK_CASES.len());
 }
 
 // ---------------------------------------------------------------------------
@@ -303,8 +307,20 @@ fn naive_pool(
     let (planes, h, w) = (s[0] * s[1], s[2], s[3]);
     let st = o.stride_or_kernel();
     let (k, p) = (o.kernel, o.padding);
-    let oh = (h + 2 * p.h - k.h) / st.h + 1;
-    let ow = (w + 2 * p.w - k.w) / st.w + 1;
+    // PyTorch's output size, in signed arithmetic.
+    let size = |i: usize, k: usize, s: usize, p: usize| -> usize {
+        let (i, k, s, p) = (i as i128, k as i128, s as i128, p as i128);
+        if !o.ceil_mode {
+            return ((i + 2 * p - k) / s + 1) as usize;
+        }
+        let mut out = (i + 2 * p - k + s - 1).div_euclid(s) + 1;
+        if (out - 1) * s >= i + p {
+            out -= 1;
+        }
+        out as usize
+    };
+    let oh = size(h, k.h, st.h, p.h);
+    let ow = size(w, k.w, st.w, p.w);
     let (mut y, mut dx) = (vec![], vec![0.0; x.numel()]);
     for pl in 0..planes {
         for i in 0..oh {
@@ -335,8 +351,11 @@ fn naive_pool(
                         dx[best] += g;
                     }
                     Kind::Avg => {
+                        // With count_include_pad: the window's positions
+                        // inside the padded input (a ceil-mode overhang excluded).
                         let div = if o.count_include_pad {
-                            k.h * k.w
+                            ((i * st.h + k.h).min(h + 2 * p.h) - i * st.h)
+                                * ((j * st.w + k.w).min(w + 2 * p.w) - j * st.w)
                         } else {
                             cells.len()
                         } as f64;
@@ -362,65 +381,67 @@ fn large_inputs_match_naive_loops_at_1_and_2_threads() {
         tapegrad::gemm::set_num_threads(threads);
         let mut rng = StdRng::seed_from_u64(70 + threads as u64);
         for (i, &(_, kernel, stride, padding)) in GRADCHECK_CASES.iter().enumerate() {
-            let mut opts = Pool2dOptions::new(kernel).padding(padding);
-            if let Some(s) = stride {
-                opts = opts.stride(s);
-            }
-            let shape = [8, 16, 29 + i % 3, 30 - i % 2];
-            let n: usize = shape.iter().product();
-            // Small integers: many ties. A few NaNs for max pooling.
-            let v: Vec<f64> = (0..n).map(|_| rng.random_range(0..4) as f64).collect();
-            let mut with_nan = v.clone();
-            for _ in 0..20 {
-                with_nan[rng.random_range(0..n)] = f64::NAN;
-            }
-            for (kind, data) in [
-                (Kind::Max, with_nan),
-                (Kind::Max, v.clone()),
-                (Kind::Avg, v),
-            ] {
-                let x = Tensor::from_vec(data, shape).unwrap();
-                for include in [true, false] {
-                    let o = opts.count_include_pad(include);
-                    let tape = Tape::<f64>::new();
-                    let y = match kind {
-                        Kind::Max => tape.leaf(x.clone()).max_pool2d(o),
-                        Kind::Avg => tape.leaf(x.clone()).avg_pool2d(o),
-                    };
-                    let dy = Tensor::from_vec(
-                        (0..y.value().numel())
-                            .map(|_| rng.random_range(-2.0..2.0))
-                            .collect(),
-                        y.shape(),
-                    )
-                    .unwrap();
-                    let (y_got, dx_got) = tape_pool(kind, &x, o, Some(&dy));
-                    let (y_want, dx_want) = naive_pool(kind, &x, o, &dy);
-                    let what = format!("{threads} threads, {kind:?} case {i} {o:?}");
-                    let same =
-                        |a: f64, b: f64| (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-12;
-                    assert!(
-                        y_got.data().iter().zip(&y_want).all(|(&a, &b)| same(a, b)),
-                        "{what}: y"
-                    );
-                    assert!(
-                        dx_got
-                            .data()
-                            .iter()
-                            .zip(&dx_want)
-                            .all(|(&a, &b)| same(a, b)),
-                        "{what}: dx"
-                    );
-                    if kind == Kind::Max {
+            for ceil in [false, true] {
+                let mut opts = Pool2dOptions::new(kernel).padding(padding).ceil_mode(ceil);
+                if let Some(s) = stride {
+                    opts = opts.stride(s);
+                }
+                let shape = [8, 16, 29 + i % 3, 30 - i % 2];
+                let n: usize = shape.iter().product();
+                // Small integers: many ties. A few NaNs for max pooling.
+                let v: Vec<f64> = (0..n).map(|_| rng.random_range(0..4) as f64).collect();
+                let mut with_nan = v.clone();
+                for _ in 0..20 {
+                    with_nan[rng.random_range(0..n)] = f64::NAN;
+                }
+                for (kind, data) in [
+                    (Kind::Max, with_nan),
+                    (Kind::Max, v.clone()),
+                    (Kind::Avg, v),
+                ] {
+                    let x = Tensor::from_vec(data, shape).unwrap();
+                    for include in [true, false] {
+                        let o = opts.count_include_pad(include);
+                        let tape = Tape::<f64>::new();
+                        let y = match kind {
+                            Kind::Max => tape.leaf(x.clone()).max_pool2d(o),
+                            Kind::Avg => tape.leaf(x.clone()).avg_pool2d(o),
+                        };
+                        let dy = Tensor::from_vec(
+                            (0..y.value().numel())
+                                .map(|_| rng.random_range(-2.0..2.0))
+                                .collect(),
+                            y.shape(),
+                        )
+                        .unwrap();
+                        let (y_got, dx_got) = tape_pool(kind, &x, o, Some(&dy));
+                        let (y_want, dx_want) = naive_pool(kind, &x, o, &dy);
+                        let what = format!("{threads} threads, {kind:?} case {i} {o:?}");
+                        let same =
+                            |a: f64, b: f64| (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-12;
+                        assert!(
+                            y_got.data().iter().zip(&y_want).all(|(&a, &b)| same(a, b)),
+                            "{what}: y"
+                        );
                         assert!(
                             dx_got
                                 .data()
                                 .iter()
                                 .zip(&dx_want)
-                                .all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{what}: dx not bit-exact"
+                                .all(|(&a, &b)| same(a, b)),
+                            "{what}: dx"
                         );
-                        break; // count_include_pad does not apply
+                        if kind == Kind::Max {
+                            assert!(
+                                dx_got
+                                    .data()
+                                    .iter()
+                                    .zip(&dx_want)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{what}: dx not bit-exact"
+                            );
+                            break; // count_include_pad does not apply
+                        }
                     }
                 }
             }
@@ -534,7 +555,13 @@ fn strides_beyond_the_input_match_naive_loops() {
             Pool2dOptions::new((2, 3)).stride((s, 2)),
             Pool2dOptions::new(2).stride(s).count_include_pad(false),
         ] {
-            for kind in [Kind::Max, Kind::Avg] {
+            for (kind, ceil) in [
+                (Kind::Max, false),
+                (Kind::Avg, false),
+                (Kind::Max, true),
+                (Kind::Avg, true),
+            ] {
+                let opts = opts.ceil_mode(ceil);
                 let x = Tensor::randn([2, 2, 5, 4], &mut rng);
                 let (y, _) = tape_pool(kind, &x, opts, None);
                 let dy = Tensor::randn(y.shape(), &mut rng);
@@ -631,4 +658,49 @@ fn error_padding_overflows() {
 )]
 fn error_kernel_overflows() {
     max_pool(&[1, 1, 5, 5], Pool2dOptions::new((1, 1 << 63)));
+}
+
+#[test]
+#[should_panic(
+    expected = "max_pool2d: kernel (5, 5) is larger than the padded input (2, 2) (input [1, 1, 2, 2] padded by (0, 0))"
+)]
+fn error_window_does_not_fit_in_ceil_mode() {
+    // ceil((2 − 5) / 2) + 1 = 0 windows: PyTorch's "output size is too small".
+    max_pool(
+        &[1, 1, 2, 2],
+        Pool2dOptions::new(5).stride(2).ceil_mode(true),
+    );
+}
+
+/// Ceil mode adds a last window that is clipped at the end of the input,
+/// unless it would start past the input and its left padding; a kernel
+/// longer than the input fits when the rounded-up count is one window.
+#[test]
+fn ceil_mode_output_sizes_and_clipped_windows() {
+    let tape = Tape::<f64>::new();
+    let x = tape.leaf(Tensor::arange(7).reshape([1, 1, 1, 7]));
+    let opts = Pool2dOptions::new((1, 2)).ceil_mode(true);
+    let y = x.max_pool2d(opts);
+    assert_eq!(y.value().data(), &[1.0, 3.0, 5.0, 6.0]);
+    let avg = x.avg_pool2d(opts);
+    assert_eq!(avg.value().data(), &[0.5, 2.5, 4.5, 6.0]); // the clipped window divides by 1
+                                                           // Padding 1, kernel 2, stride 2 over 6: windows start at −1, 1, 3, 5; the
+                                                           // last covers input 5 and the right padding, so it divides by 2 with
+                                                           // count_include_pad, by 1 without.
+    let x = tape.leaf(Tensor::ones([1, 1, 1, 6]));
+    let o = Pool2dOptions::new((1, 2)).padding((0, 1)).ceil_mode(true);
+    assert_eq!(x.avg_pool2d(o).value().data(), &[0.5, 1.0, 1.0, 0.5]);
+    let excl = x.avg_pool2d(o.count_include_pad(false));
+    assert_eq!(excl.value().data(), &[1.0; 4]);
+    // Kernel 3 over 2 with stride 2: one window, clipped to the input.
+    let x = tape.leaf(Tensor::arange(4).reshape([1, 1, 2, 2]));
+    let o = Pool2dOptions::new(3).stride(2).ceil_mode(true);
+    assert_eq!(x.max_pool2d(o).value().data(), &[3.0]);
+    assert_eq!(x.avg_pool2d(o).value().data(), &[1.5]);
+    // Without ceil mode the same sizes round down.
+    assert_eq!(
+        &x.max_pool2d(Pool2dOptions::new(3).stride(2).padding(1))
+            .shape()[..],
+        &[1, 1, 1, 1]
+    );
 }

@@ -1,5 +1,6 @@
 //! Layers and parameters: [`Params`] (named tensors outside the tape), [`Linear`],
-//! [`Conv2d`], stateless layers, and [`Sequential`] for simple stacks.
+//! [`Conv2d`], stateless layers (activations, pooling, [`Upsample`], [`Pad2d`],
+//! adaptive pooling), and [`Sequential`] for simple stacks.
 //!
 //! A model is plain Rust: a struct holding layers, with a `forward(&bound, x)`
 //! method. Each training step binds the parameters to a fresh tape:
@@ -23,6 +24,7 @@ mod conv;
 mod layers;
 mod norm;
 mod params;
+mod resample;
 
 pub use conv::{AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d};
 pub use layers::{
@@ -31,3 +33,4 @@ pub use layers::{
 };
 pub use norm::{BasicBlock, BatchNorm, BatchNormOptions, GroupNorm, LayerNorm, RunningStats};
 pub use params::{Bound, BufferId, Mode, ParamGrads, ParamId, Params};
+pub use resample::{AdaptiveAvgPool2d, AdaptiveMaxPool2d, Pad2d, Upsample, UpsampleMode};

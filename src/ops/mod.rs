@@ -11,6 +11,7 @@ mod matmul;
 pub mod norm;
 pub mod pool;
 mod reduce;
+pub mod resample;
 mod reshape;
 mod softmax;
 mod unary;

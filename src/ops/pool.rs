@@ -1,10 +1,18 @@
-//! 2-D pooling over NCHW inputs: [`Var::max_pool2d`] and [`Var::avg_pool2d`].
+//! 2-D pooling over NCHW inputs: [`Var::max_pool2d`], [`Var::avg_pool2d`],
+//! [`Var::adaptive_max_pool2d`] and [`Var::adaptive_avg_pool2d`].
 //!
 //! Windows follow the same axis geometry as `conv2d` ([`AxisGeometry`], with
 //! dilation 1): output `(i, j)` covers input rows `i·sh − ph .. i·sh − ph + kh`
-//! and columns likewise, and `out = floor((in + 2p − k) / s) + 1`. Padding
+//! and columns likewise, and `out = floor((in + 2p − k) / s) + 1`, or with
+//! [`ceil_mode`](Pool2dOptions::ceil_mode) `ceil((in + 2p − k) / s) + 1`, less
+//! one if the last window would start past the input and its left padding
+//! (windows running past the end are clipped). Padding
 //! never contributes a value: max-pooling treats it as −∞, average-pooling as 0
 //! (counted in the divisor or not, see [`Pool2dOptions::count_include_pad`]).
+//!
+//! Adaptive pooling chooses the windows from the output size: output row `i` of
+//! `out` covers input rows `floor(i·in/out) .. ceil((i + 1)·in/out)`
+//! (PyTorch's rule; neighbouring windows may overlap), columns likewise.
 //!
 //! Gradients, for an upstream gradient dY (windows may overlap, the stride may
 //! differ from the kernel and need not divide the input; contributions add up):
@@ -16,7 +24,7 @@
 //!   other elements get 0.
 //! - avg: `dX[r, s] += dY[i, j] / divisor(i, j)` for every in-bounds `(r, s)` in the window.
 
-use super::conv::parallel::{run_jobs, split_by, split_work};
+use super::conv::parallel::{run_jobs, split_by, Planes};
 use super::conv::{AxisGeometry, Pair};
 use crate::shape::Shape;
 use crate::tape::one;
@@ -25,7 +33,8 @@ use std::ops::Range;
 
 /// Options of [`Var::max_pool2d`] and [`Var::avg_pool2d`]: the window size
 /// (`kernel`), the `stride` (default: the kernel, i.e. non-overlapping windows),
-/// zero `padding` (at most half the kernel, like PyTorch) and, for average
+/// zero `padding` (at most half the kernel, like PyTorch), whether the output
+/// size rounds up (`ceil_mode`) and, for average
 /// pooling, whether padded positions count in the divisor. Each of kernel,
 /// stride and padding is one number or `(h, w)`.
 ///
@@ -37,6 +46,7 @@ use std::ops::Range;
 /// assert_eq!(o.kernel, Pair::new(3, 3));
 /// assert_eq!(o.stride_or_kernel(), Pair::new(2, 2));
 /// assert!(o.count_include_pad); // PyTorch's default
+/// assert!(!o.ceil_mode); // PyTorch's default
 /// let p: Pool2dOptions = (2, 1).into();
 /// assert_eq!(p.stride_or_kernel(), Pair::new(2, 1));
 /// ```
@@ -48,9 +58,16 @@ pub struct Pool2dOptions {
     pub stride: Option<Pair>,
     /// Implicit padding on each side (≤ kernel / 2 on each axis).
     pub padding: Pair,
-    /// Average pooling only: divide by the full window size `kh·kw` (`true`, the
+    /// Average pooling only: divide by the window size `kh·kw` (`true`, the
     /// default, as PyTorch) or by the number of in-bounds elements (`false`).
+    /// A window clipped by `ceil_mode` counts its positions inside the padded
+    /// input only.
     pub count_include_pad: bool,
+    /// Round the output size up instead of down (PyTorch's `ceil_mode`;
+    /// default `false`): `ceil((in + 2p − k) / s) + 1` windows, less one if the
+    /// last would start at or past `in + p`. The last window may then run
+    /// past the padded input and is clipped.
+    pub ceil_mode: bool,
 }
 
 impl Pool2dOptions {
@@ -67,7 +84,24 @@ impl Pool2dOptions {
             stride: None,
             padding: Pair::square(0),
             count_include_pad: true,
+            ceil_mode: false,
         }
+    }
+
+    /// Sets `ceil_mode`: the output size rounds up (see [`ceil_mode`](Self::ceil_mode)).
+    ///
+    /// ```
+    /// use tapegrad::{Pool2dOptions, Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::arange(25).reshape([1, 1, 5, 5]));
+    /// assert_eq!(&x.max_pool2d(2).shape()[..], &[1, 1, 2, 2]);
+    /// let y = x.max_pool2d(Pool2dOptions::new(2).ceil_mode(true));
+    /// assert_eq!(&y.shape()[..], &[1, 1, 3, 3]); // the last row and column in windows of their own
+    /// assert_eq!(y.value().data()[8], 24.0);
+    /// ```
+    pub fn ceil_mode(mut self, ceil: bool) -> Self {
+        self.ceil_mode = ceil;
+        self
     }
 
     /// Sets the stride.
@@ -163,8 +197,9 @@ impl PoolGeometry {
              only padding; pooling needs H ≥ 1 and W ≥ 1 (an empty batch or channel \
              dimension is fine)"
         );
-        let h = AxisGeometry::build(ih, kernel.h, stride.h, padding.h, 1);
-        let w = AxisGeometry::build(iw, kernel.w, stride.w, padding.w, 1);
+        let ceil = o.ceil_mode;
+        let h = AxisGeometry::build_with(ih, kernel.h, stride.h, padding.h, 1, ceil);
+        let w = AxisGeometry::build_with(iw, kernel.w, stride.w, padding.w, 1, ceil);
         for (axis, a) in [("height", &h), ("width", &w)] {
             if let Some(m) = a.as_ref().err().and_then(|f| f.overflow(axis)) {
                 panic!("{op}: {m} (input {input}, kernel {kernel})");
@@ -172,7 +207,8 @@ impl PoolGeometry {
         }
         let (Ok(h), Ok(w)) = (h, w) else {
             // No overflow (reported above): padding ≤ kernel / 2 and the
-            // padded input is no larger than isize::MAX on either axis.
+            // padded input is no larger than isize::MAX on either axis. (In
+            // ceil mode a kernel up to stride − 1 longer than the padded input fits.)
             panic!(
                 "{op}: kernel {kernel} is larger than the padded input ({}, {}) (input {input} padded by {padding})",
                 ih + 2 * padding.h,
@@ -202,44 +238,19 @@ impl PoolGeometry {
         Shape::from([input[0], input[1], self.h.output, self.w.output])
     }
 
-    /// Input pixels per plane.
-    fn in_plane(&self) -> usize {
-        self.h.input * self.w.input
-    }
-
-    /// Output pixels per plane.
-    fn out_plane(&self) -> usize {
-        self.h.output * self.w.output
-    }
-
-    /// The planes split between threads (one task unless the input is large).
-    fn split(&self) -> Vec<Range<usize>> {
-        // The taps of a window that lie in the input, at most.
+    /// The planes, their sizes, and the work per plane: the taps of a
+    /// window that lie in the input, at most, per output.
+    fn planes(&self) -> Planes {
         let window = self.h.kernel.min(self.h.input) * self.w.kernel.min(self.w.input);
-        let work = self.out_plane().saturating_mul(window);
-        split_work(self.planes, work, MIN_PARALLEL_WORK)
-    }
-
-    /// Splits `out` (`per` elements for each (n, c) plane) between threads along
-    /// [`split`](Self::split) and runs `f(planes, chunk)` on each part.
-    fn par_planes<U: Send>(
-        &self,
-        out: &mut [U],
-        per: usize,
-        f: impl Fn(Range<usize>, &mut [U]) + Sync,
-    ) {
-        let ranges = self.split();
-        let jobs: Vec<_> = ranges
-            .iter()
-            .cloned()
-            .zip(split_by(out, &ranges, per))
-            .collect();
-        run_jobs(jobs, |(planes, out)| f(planes, out));
+        let output = self.h.output * self.w.output;
+        Planes {
+            count: self.planes,
+            input: self.h.input * self.w.input,
+            output,
+            work: output.saturating_mul(window),
+        }
     }
 }
-
-/// Below this many window elements visited in all, a pooling op runs on one thread.
-const MIN_PARALLEL_WORK: usize = 1 << 16;
 
 /// The input positions `start..end` covered by each window along an axis
 /// (padding excluded), computed once per call.
@@ -254,36 +265,74 @@ fn spans(a: &AxisGeometry) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// Adaptive pooling's window along an axis: output `o` of `output` covers
+/// inputs `floor(o·input/output) .. ceil((o + 1)·input/output)` (PyTorch's
+/// rule), computed in 128 bits (the products may exceed `usize`).
+fn adaptive_span(o: usize, input: usize, output: usize) -> Range<usize> {
+    let (o, input, output) = (o as u128, input as u128, output as u128);
+    let start = o * input / output;
+    let end = ((o + 1) * input).div_ceil(output);
+    start as usize..end as usize
+}
+
 /// The windows of one plane: rows and columns of each, and the divisor of
-/// average pooling.
+/// average pooling. Forward and backward passes read them from here.
 struct Windows {
     rows: Vec<Range<usize>>,
     cols: Vec<Range<usize>>,
+    /// The positions of each window inside the padded input (padding
+    /// included, a ceil-mode overhang excluded): the divisor with
+    /// `count_include_pad`.
+    rows_padded: Vec<usize>,
+    cols_padded: Vec<usize>,
     iw: usize,
-    /// 2x2 windows, stride 2, no padding: the windows tile the plane.
+    /// 2x2 windows, stride 2, no padding, none clipped: the windows tile the plane.
     tiles_2x2: bool,
 }
 
 impl Windows {
     fn new(geom: &PoolGeometry) -> Self {
+        let padded = |a: &AxisGeometry| (0..a.output).map(|o| a.padded_taps(o)).collect();
         Windows {
             rows: spans(&geom.h),
             cols: spans(&geom.w),
+            rows_padded: padded(&geom.h),
+            cols_padded: padded(&geom.w),
             iw: geom.w.input,
-            tiles_2x2: [geom.h, geom.w]
-                .iter()
-                .all(|a| a.kernel == 2 && a.stride == 2 && a.padding == 0),
+            tiles_2x2: [geom.h, geom.w].iter().all(|a| {
+                a.kernel == 2 && a.stride == 2 && a.padding == 0 && 2 * a.output <= a.input
+            }),
         }
     }
 
-    /// Average-pool divisor of window `(i, j)`: the full window with
-    /// `count_include_pad` (windows never run past the padded input, by the
-    /// floor in the output size), else its in-bounds elements.
-    fn divisor<T: Float>(&self, geom: &PoolGeometry, i: usize, j: usize, include: bool) -> T {
+    /// The windows of adaptive pooling from an `(ih, iw)` plane to `(oh, ow)`.
+    fn adaptive((ih, iw): (usize, usize), (oh, ow): (usize, usize)) -> Self {
+        let rows: Vec<_> = (0..oh).map(|o| adaptive_span(o, ih, oh)).collect();
+        let cols: Vec<_> = (0..ow).map(|o| adaptive_span(o, iw, ow)).collect();
+        Windows {
+            rows_padded: rows.iter().map(|r| r.len()).collect(),
+            cols_padded: cols.iter().map(|c| c.len()).collect(),
+            rows,
+            cols,
+            iw,
+            tiles_2x2: false,
+        }
+    }
+
+    /// The taps a window visits, at most.
+    fn max_window(&self) -> usize {
+        let longest = |v: &[Range<usize>]| v.iter().map(|r| r.len()).max().unwrap_or(0);
+        longest(&self.rows) * longest(&self.cols)
+    }
+
+    /// Average-pool divisor of window `(i, j)`: its positions inside the
+    /// padded input with `count_include_pad` (the full kernel except for a
+    /// window clipped by ceil mode; PyTorch's rule), else its in-bounds
+    /// elements. As a float product: the kernel, padding included, may be
+    /// larger than any addressable plane.
+    fn divisor<T: Float>(&self, i: usize, j: usize, include: bool) -> T {
         if include {
-            // As a float product: the kernel, padding included, may be
-            // larger than any addressable plane.
-            T::from_usize(geom.h.kernel) * T::from_usize(geom.w.kernel)
+            T::from_usize(self.rows_padded[i]) * T::from_usize(self.cols_padded[j])
         } else {
             T::from_usize(self.rows[i].len() * self.cols[j].len())
         }
@@ -419,57 +468,14 @@ impl<'t, T: Float> Var<'t, T> {
     pub fn max_pool2d(self, options: impl Into<Pool2dOptions>) -> Var<'t, T> {
         let xv = self.value();
         let geom = PoolGeometry::new("max_pool2d", xv.shape(), &options.into());
-        assert!(
-            u32::try_from(geom.in_plane()).is_ok(),
-            "max_pool2d: input {} has planes too large",
-            xv.shape()
-        );
         let out_shape = geom.output_shape(xv.shape());
-        let x = xv.data();
-        let (ip, op) = (geom.in_plane(), geom.out_plane());
-        let win = Windows::new(&geom);
-        // Every window writes its output.
-        let mut y = crate::buffer::scratch(out_shape.numel());
-        // The selected element of each window, as an offset within its (n, c) plane.
-        let mut argmax = vec![0u32; out_shape.numel()];
-        let ranges = geom.split();
-        let jobs: Vec<_> = ranges
-            .iter()
-            .zip(split_by(&mut y, &ranges, op))
-            .zip(split_by(&mut argmax, &ranges, op))
-            .map(|((r, y), a)| (r.clone(), y, a))
-            .collect();
-        run_jobs(jobs, |(planes, y, arg)| {
-            let x = &x[planes.start * ip..planes.end * ip];
-            for ((plane, y), arg) in x
-                .chunks_exact(ip)
-                .zip(y.chunks_exact_mut(op))
-                .zip(arg.chunks_exact_mut(op))
-            {
-                max_plane(&win, plane, y, arg);
-            }
-        });
-        let y = Tensor::from_parts(y, out_shape);
-        self.tape.record("max_pool2d", y, &[self], move |ctx| {
-            // Cleared part by part by the thread that adds into it.
-            let mut dx = crate::buffer::scratch(ctx.inputs[0].numel());
-            let g = ctx.grad.data();
-            geom.par_planes(&mut dx, ip, |planes, dx| {
-                dx.fill(T::ZERO);
-                let g = &g[planes.start * op..planes.end * op];
-                let arg = &argmax[planes.start * op..planes.end * op];
-                for ((dx, g), arg) in dx
-                    .chunks_exact_mut(ip)
-                    .zip(g.chunks_exact(op))
-                    .zip(arg.chunks_exact(op))
-                {
-                    for (&gv, &k) in g.iter().zip(arg) {
-                        dx[k as usize] += gv;
-                    }
-                }
-            });
-            one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
-        })
+        max_pool(
+            "max_pool2d",
+            self,
+            geom.planes(),
+            Windows::new(&geom),
+            out_shape,
+        )
     }
 
     /// Average pooling over each `kh × kw` window of an NCHW input. Padded
@@ -495,55 +501,228 @@ impl<'t, T: Float> Var<'t, T> {
         let options = options.into();
         let xv = self.value();
         let geom = PoolGeometry::new("avg_pool2d", xv.shape(), &options);
-        let include = options.count_include_pad;
         let out_shape = geom.output_shape(xv.shape());
-        let x = xv.data();
-        let (ip, op) = (geom.in_plane(), geom.out_plane());
-        let win = Windows::new(&geom);
-        // Every window writes its output.
-        let mut y = crate::buffer::scratch(out_shape.numel());
-        geom.par_planes(&mut y, op, |planes, y| {
-            let x = &x[planes.start * ip..planes.end * ip];
-            for (plane, y) in x.chunks_exact(ip).zip(y.chunks_exact_mut(op)) {
+        let (planes, win) = (geom.planes(), Windows::new(&geom));
+        avg_pool(
+            "avg_pool2d",
+            self,
+            planes,
+            win,
+            options.count_include_pad,
+            out_shape,
+        )
+    }
+
+    /// Adaptive max pooling of an NCHW input to `out = (oh, ow)`: output
+    /// `(i, j)` is the maximum over input rows `floor(i·H/oh) .. ceil((i + 1)·H/oh)`
+    /// and columns `floor(j·W/ow) .. ceil((j + 1)·W/ow)` (PyTorch's windows,
+    /// which need not divide the input and may overlap). `out = (1, 1)` is
+    /// global max pooling.
+    ///
+    /// Gradient: as [`max_pool2d`](Var::max_pool2d), each window's upstream
+    /// gradient goes to the first maximal element of the window in row-major
+    /// order (a NaN always wins); overlapping windows add up.
+    ///
+    /// Panics, naming `adaptive_max_pool2d` and the shape, if the input is not
+    /// rank 4, has H = 0 or W = 0, or `out` has a zero.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::arange(15).reshape([1, 1, 3, 5]));
+    /// let y = x.adaptive_max_pool2d((2, 2)); // rows 0..2 and 1..3, columns 0..3 and 2..5
+    /// assert_eq!(y.value().data(), &[7.0, 9.0, 12.0, 14.0]);
+    /// let g = y.sum().backward();
+    /// assert_eq!(g[x].data()[7], 1.0);
+    /// ```
+    pub fn adaptive_max_pool2d(self, out: (usize, usize)) -> Var<'t, T> {
+        let (planes, win, out_shape) = adaptive("adaptive_max_pool2d", self, out);
+        max_pool("adaptive_max_pool2d", self, planes, win, out_shape)
+    }
+
+    /// Adaptive average pooling of an NCHW input to `out = (oh, ow)`: output
+    /// `(i, j)` is the mean over input rows `floor(i·H/oh) .. ceil((i + 1)·H/oh)`
+    /// and columns `floor(j·W/ow) .. ceil((j + 1)·W/ow)` (PyTorch's windows).
+    /// `out = (1, 1)` is global average pooling.
+    ///
+    /// Gradient: `dX[r, s] += dY[i, j] / |window(i, j)|` for every `(r, s)` of
+    /// window `(i, j)` (overlapping windows add up).
+    ///
+    /// Panics, naming `adaptive_avg_pool2d` and the shape, if the input is not
+    /// rank 4, has H = 0 or W = 0, or `out` has a zero.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::arange(6).reshape([1, 1, 2, 3]));
+    /// let y = x.adaptive_avg_pool2d((1, 2)); // columns 0..2 and 1..3
+    /// assert_eq!(y.value().data(), &[2.0, 3.0]);
+    /// let g = y.sum().backward();
+    /// assert_eq!(g[x].data(), &[0.25, 0.5, 0.25, 0.25, 0.5, 0.25]);
+    /// assert_eq!(x.adaptive_avg_pool2d((1, 1)).value().data(), &[2.5]); // global
+    /// ```
+    pub fn adaptive_avg_pool2d(self, out: (usize, usize)) -> Var<'t, T> {
+        let (planes, win, out_shape) = adaptive("adaptive_avg_pool2d", self, out);
+        avg_pool("adaptive_avg_pool2d", self, planes, win, true, out_shape)
+    }
+}
+
+/// Validates an adaptive pooling call (panicking with `op`'s name) and
+/// returns its planes, windows and output shape.
+fn adaptive<T: Float>(
+    op: &str,
+    x: Var<'_, T>,
+    (oh, ow): (usize, usize),
+) -> (Planes, Windows, Shape) {
+    let s = x.shape();
+    assert!(
+        s.rank() == 4,
+        "{op}: input {s} must be [N, C, H, W] (rank 4)"
+    );
+    let (n, c, ih, iw) = (s[0], s[1], s[2], s[3]);
+    assert!(
+        ih >= 1 && iw >= 1,
+        "{op}: input {s} has an empty spatial dimension; adaptive pooling needs H ≥ 1 and W ≥ 1"
+    );
+    assert!(
+        oh >= 1 && ow >= 1,
+        "{op}: output size ({oh}, {ow}) must be at least 1 on both axes (input {s})"
+    );
+    let out_shape = [n, c, oh, ow];
+    let fits = out_shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1)))
+        .is_some_and(|v| v <= isize::MAX as usize);
+    assert!(
+        fits,
+        "{op}: output {out_shape:?} has more elements than isize::MAX (input {s})"
+    );
+    let win = Windows::adaptive((ih, iw), (oh, ow));
+    let planes = Planes {
+        count: n * c,
+        input: ih * iw,
+        output: oh * ow,
+        work: (oh * ow).saturating_mul(win.max_window()),
+    };
+    (planes, win, Shape::from(out_shape))
+}
+
+/// Max pooling over `win` in every plane, recorded as `op`.
+fn max_pool<'t, T: Float>(
+    op: &'static str,
+    xvar: Var<'t, T>,
+    planes: Planes,
+    win: Windows,
+    out_shape: Shape,
+) -> Var<'t, T> {
+    let xv = xvar.value();
+    assert!(
+        u32::try_from(planes.input).is_ok(),
+        "{op}: input {} has planes too large",
+        xv.shape()
+    );
+    let x = xv.data();
+    let (ip, op_) = (planes.input, planes.output);
+    // Every window writes its output.
+    let mut y = crate::buffer::scratch(out_shape.numel());
+    // The selected element of each window, as an offset within its (n, c) plane.
+    let mut argmax = vec![0u32; out_shape.numel()];
+    let ranges = planes.split();
+    let jobs: Vec<_> = ranges
+        .iter()
+        .zip(split_by(&mut y, &ranges, op_))
+        .zip(split_by(&mut argmax, &ranges, op_))
+        .map(|((r, y), a)| (r.clone(), y, a))
+        .collect();
+    run_jobs(jobs, |(range, y, arg)| {
+        let x = &x[range.start * ip..range.end * ip];
+        for ((plane, y), arg) in x
+            .chunks_exact(ip)
+            .zip(y.chunks_exact_mut(op_))
+            .zip(arg.chunks_exact_mut(op_))
+        {
+            max_plane(&win, plane, y, arg);
+        }
+    });
+    let y = Tensor::from_parts(y, out_shape);
+    xvar.tape.record(op, y, &[xvar], move |ctx| {
+        // Cleared part by part by the thread that adds into it.
+        let mut dx = crate::buffer::scratch(ctx.inputs[0].numel());
+        let g = ctx.grad.data();
+        planes.par(&mut dx, ip, |range, dx| {
+            dx.fill(T::ZERO);
+            let g = &g[range.start * op_..range.end * op_];
+            let arg = &argmax[range.start * op_..range.end * op_];
+            for ((dx, g), arg) in dx
+                .chunks_exact_mut(ip)
+                .zip(g.chunks_exact(op_))
+                .zip(arg.chunks_exact(op_))
+            {
+                for (&gv, &k) in g.iter().zip(arg) {
+                    dx[k as usize] += gv;
+                }
+            }
+        });
+        one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
+    })
+}
+
+/// Average pooling over `win` in every plane (divisors as
+/// [`Windows::divisor`] with `include`), recorded as `op`.
+fn avg_pool<'t, T: Float>(
+    op: &'static str,
+    xvar: Var<'t, T>,
+    planes: Planes,
+    win: Windows,
+    include: bool,
+    out_shape: Shape,
+) -> Var<'t, T> {
+    let xv = xvar.value();
+    let x = xv.data();
+    let (ip, op_) = (planes.input, planes.output);
+    // Every window writes its output.
+    let mut y = crate::buffer::scratch(out_shape.numel());
+    planes.par(&mut y, op_, |range, y| {
+        let x = &x[range.start * ip..range.end * ip];
+        for (plane, y) in x.chunks_exact(ip).zip(y.chunks_exact_mut(op_)) {
+            let mut at = 0;
+            for (i, rows) in win.rows.iter().enumerate() {
+                for (j, cols) in win.cols.iter().enumerate() {
+                    let mut sum = T::ZERO;
+                    for r in rows.clone() {
+                        for &v in &plane[r * win.iw..][cols.clone()] {
+                            sum += v;
+                        }
+                    }
+                    y[at] = sum / win.divisor::<T>(i, j, include);
+                    at += 1;
+                }
+            }
+        }
+    });
+    let y = Tensor::from_parts(y, out_shape);
+    xvar.tape.record(op, y, &[xvar], move |ctx| {
+        // Cleared part by part by the thread that adds into it.
+        let mut dx = crate::buffer::scratch(ctx.inputs[0].numel());
+        let g = ctx.grad.data();
+        planes.par(&mut dx, ip, |range, dx| {
+            dx.fill(T::ZERO);
+            let g = &g[range.start * op_..range.end * op_];
+            for (dx, g) in dx.chunks_exact_mut(ip).zip(g.chunks_exact(op_)) {
                 let mut at = 0;
                 for (i, rows) in win.rows.iter().enumerate() {
                     for (j, cols) in win.cols.iter().enumerate() {
-                        let mut sum = T::ZERO;
+                        let share = g[at] / win.divisor::<T>(i, j, include);
+                        at += 1;
                         for r in rows.clone() {
-                            for &v in &plane[r * win.iw..][cols.clone()] {
-                                sum += v;
+                            for d in &mut dx[r * win.iw..][cols.clone()] {
+                                *d += share;
                             }
                         }
-                        y[at] = sum / win.divisor::<T>(&geom, i, j, include);
-                        at += 1;
                     }
                 }
             }
         });
-        let y = Tensor::from_parts(y, out_shape);
-        self.tape.record("avg_pool2d", y, &[self], move |ctx| {
-            // Cleared part by part by the thread that adds into it.
-            let mut dx = crate::buffer::scratch(ctx.inputs[0].numel());
-            let g = ctx.grad.data();
-            geom.par_planes(&mut dx, ip, |planes, dx| {
-                dx.fill(T::ZERO);
-                let g = &g[planes.start * op..planes.end * op];
-                for (dx, g) in dx.chunks_exact_mut(ip).zip(g.chunks_exact(op)) {
-                    let mut at = 0;
-                    for (i, rows) in win.rows.iter().enumerate() {
-                        for (j, cols) in win.cols.iter().enumerate() {
-                            let share = g[at] / win.divisor::<T>(&geom, i, j, include);
-                            at += 1;
-                            for r in rows.clone() {
-                                for d in &mut dx[r * win.iw..][cols.clone()] {
-                                    *d += share;
-                                }
-                            }
-                        }
-                    }
-                }
-            });
-            one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
-        })
-    }
+        one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
+    })
 }

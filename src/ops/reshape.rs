@@ -1,4 +1,4 @@
-//! Shape ops: reshape, flatten, transpose, permute. Their backward undoes the
+//! Shape ops: reshape, flatten, flatten_dims, transpose, permute. Their backward undoes the
 //! rearrangement on the gradient.
 
 use super::reduce::graph_one;
@@ -49,6 +49,49 @@ impl<'t, T: Float> Var<'t, T> {
             |ctx| one(ctx.grad.reshape(ctx.inputs[0].shape())),
             |ctx| graph_one(ctx.grad.reshape(ctx.inputs[0].shape())),
         )
+    }
+
+    /// Flattens axes `start..=end` into one (PyTorch's `torch.flatten(x,
+    /// start_dim, end_dim)`; negative axes count from the end). No copy;
+    /// ∂/∂x = dy reshaped back. A rank-0 input becomes `[1]` (with axes 0 or −1).
+    ///
+    /// Panics, naming `flatten_dims` and the shape, if an axis is out of range
+    /// or `start` comes after `end`.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::zeros([2, 3, 4, 5]));
+    /// assert_eq!(&x.flatten_dims(1, 2).shape()[..], &[2, 12, 5]);
+    /// assert_eq!(&x.flatten_dims(-2, -1).shape()[..], &[2, 3, 20]);
+    /// assert_eq!(&x.flatten_dims(0, -1).shape()[..], &[120]);
+    /// assert_eq!(&x.flatten_dims(2, 2).shape()[..], &[2, 3, 4, 5]);
+    /// ```
+    pub fn flatten_dims(self, start: isize, end: isize) -> Var<'t, T> {
+        let s = self.shape();
+        let dims: Vec<usize> = if s.rank() == 0 {
+            for a in [start, end] {
+                assert!(
+                    a == 0 || a == -1,
+                    "flatten_dims: axis {a} is out of range for shape {s} (rank 0)"
+                );
+            }
+            vec![1]
+        } else {
+            let (a, b) = (s.axis(start, "flatten_dims"), s.axis(end, "flatten_dims"));
+            assert!(
+                a <= b,
+                "flatten_dims: start axis {start} comes after end axis {end} (shape {s})"
+            );
+            let mut dims = s[..a].to_vec();
+            dims.push(s[a..=b].iter().product());
+            dims.extend_from_slice(&s[b + 1..]);
+            dims
+        };
+        let y = self.value().reshape(dims);
+        self.tape.record("flatten_dims", y, &[self], |ctx| {
+            one(ctx.grad.reshape(ctx.inputs[0].shape()))
+        })
     }
 
     /// Reorders axes: output axis i is input axis `perm[i]`. ∂/∂x = dy permuted by the inverse.

@@ -122,6 +122,55 @@ impl AxisGeometry {
         padding: usize,
         dilation: usize,
     ) -> Result<Self, AxisFault> {
+        Self::build_with(input, kernel, stride, padding, dilation, false)
+    }
+
+    /// The geometry of a pooling axis in PyTorch's `ceil_mode`, or `None`
+    /// where [`new`](Self::new) gives `None` — except that a kernel longer
+    /// than the padded input is allowed when the rounded-up count below is
+    /// still one window:
+    ///
+    /// `output = ceil((input + 2·padding − dilation·(kernel − 1) − 1) / stride) + 1`,
+    /// minus one if the last window would start at or past `input + padding`
+    /// (every window starts inside the input or its left padding). The last
+    /// window may run past the padded input; [`valid_taps`](Self::valid_taps)
+    /// and [`window`](Self::window) clip it, and
+    /// [`padded_taps`](Self::padded_taps) counts its taps inside the padded bounds.
+    ///
+    /// ```
+    /// use tapegrad::conv::AxisGeometry;
+    /// // 6 inputs, kernel 2, stride 2, padding 1: ceil(6/2) + 1 = 4 windows,
+    /// // the last starting at 3·2 − 1 = 5 and reading input 5 only.
+    /// let a = AxisGeometry::new_ceil(6, 2, 2, 1, 1).unwrap();
+    /// assert_eq!(a.output, 4);
+    /// assert_eq!(a.window(3).collect::<Vec<_>>(), vec![5]);
+    /// assert_eq!(a.padded_taps(3), 2); // taps at padded positions 6 and 7 (input 5, right padding)
+    /// // 5 inputs, kernel 2, stride 2: ceil(3/2) + 1 = 3, the last window clipped to input 4.
+    /// assert_eq!(AxisGeometry::new_ceil(5, 2, 2, 0, 1).unwrap().output, 3);
+    /// assert_eq!(AxisGeometry::new(5, 2, 2, 0, 1).unwrap().output, 2);
+    /// // A kernel of 3 over 2 inputs with stride 2: ceil(−1/2) + 1 = 1 window.
+    /// assert_eq!(AxisGeometry::new_ceil(2, 3, 2, 0, 1).unwrap().output, 1);
+    /// assert!(AxisGeometry::new_ceil(2, 5, 2, 0, 1).is_none());
+    /// ```
+    pub fn new_ceil(
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+    ) -> Option<Self> {
+        Self::build_with(input, kernel, stride, padding, dilation, true).ok()
+    }
+
+    /// [`build`](Self::build) with or without `ceil_mode` (see [`new_ceil`](Self::new_ceil)).
+    pub(crate) fn build_with(
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+        ceil_mode: bool,
+    ) -> Result<Self, AxisFault> {
         for (name, v) in [
             ("kernel", kernel),
             ("stride", stride),
@@ -158,11 +207,32 @@ impl AxisGeometry {
                 value: padding,
                 detail: format!("the padded input {input} + 2·{padding} exceeds isize::MAX"),
             })?;
-        if span > padded {
+        // In ceil mode the numerator gains stride − 1 and may start below
+        // zero: down to −(stride − 1) it still rounds up to one window.
+        let slack = if ceil_mode { stride - 1 } else { 0 };
+        if span > padded.saturating_add(slack) {
             return Err(AxisFault::DoesNotFit { span, padded });
         }
-        // No overflow: padded − span < isize::MAX, and the quotient is smaller.
-        let output = (padded - span) / stride + 1;
+        let output = if ceil_mode {
+            // ceil((padded − span) / stride) + 1 = floor((padded + stride − 1 − span) / stride) + 1,
+            // computed without forming padded + stride − 1 (which may overflow).
+            let mut output = match padded.checked_sub(span) {
+                Some(d) => d / stride + usize::from(d % stride != 0) + 1,
+                None => 1,
+            };
+            // The last window must start inside the input or its left
+            // padding: (output − 1)·stride < input + padding.
+            if (output - 1)
+                .checked_mul(stride)
+                .is_none_or(|start| start >= input + padding)
+            {
+                output -= 1;
+            }
+            output
+        } else {
+            // No overflow: padded − span < isize::MAX, and the quotient is smaller.
+            (padded - span) / stride + 1
+        };
         Ok(AxisGeometry {
             input,
             kernel,
@@ -254,6 +324,28 @@ impl AxisGeometry {
             None => 0,
         };
         lo.min(hi)..hi
+    }
+
+    /// How many taps of window `o` lie inside the padded input (the input and
+    /// the padding on both sides): the kernel, except for a last window that
+    /// runs past the end in ceil mode. Average pooling with
+    /// `count_include_pad` divides by this (PyTorch's rule).
+    ///
+    /// ```
+    /// use tapegrad::conv::AxisGeometry;
+    /// let a = AxisGeometry::new_ceil(7, 3, 2, 1, 1).unwrap(); // padded input 9, 4 windows
+    /// assert_eq!((0..4).map(|o| a.padded_taps(o)).collect::<Vec<_>>(), vec![3, 3, 3, 3]);
+    /// let b = AxisGeometry::new_ceil(6, 3, 2, 1, 1).unwrap(); // padded input 8, 4 windows
+    /// assert_eq!(b.padded_taps(3), 2);
+    /// ```
+    pub fn padded_taps(&self, o: usize) -> usize {
+        let padded = self.input + 2 * self.padding;
+        match self.padded_index(o, 0) {
+            Some(start) if start < padded => {
+                (padded - start).div_ceil(self.dilation).min(self.kernel)
+            }
+            _ => 0,
+        }
     }
 
     /// The input positions window `o` reads, in tap order (padding skipped).
@@ -622,30 +714,78 @@ mod tests {
                 for stride in 1..4 {
                     for padding in 0..3 {
                         for dilation in 1..3 {
-                            let Some(a) =
-                                AxisGeometry::new(input, kernel, stride, padding, dilation)
-                            else {
-                                continue;
-                            };
-                            for k in 0..kernel {
-                                let want: Vec<usize> = (0..a.output)
-                                    .filter(|&o| a.input_index(o, k).is_some())
-                                    .collect();
-                                let got: Vec<usize> = a.valid_outputs(k).collect();
-                                assert_eq!(got, want, "{a:?} tap {k}");
+                            for a in [
+                                AxisGeometry::new(input, kernel, stride, padding, dilation),
+                                AxisGeometry::new_ceil(input, kernel, stride, padding, dilation),
+                            ]
+                            .into_iter()
+                            .flatten()
+                            {
+                                for k in 0..kernel {
+                                    let want: Vec<usize> = (0..a.output)
+                                        .filter(|&o| a.input_index(o, k).is_some())
+                                        .collect();
+                                    let got: Vec<usize> = a.valid_outputs(k).collect();
+                                    assert_eq!(got, want, "{a:?} tap {k}");
+                                }
+                                for o in 0..a.output {
+                                    let want: Vec<usize> = (0..kernel)
+                                        .filter(|&k| a.input_index(o, k).is_some())
+                                        .collect();
+                                    assert_eq!(
+                                        a.valid_taps(o).collect::<Vec<_>>(),
+                                        want,
+                                        "{a:?} out {o}"
+                                    );
+                                    let pos: Vec<usize> =
+                                        (0..kernel).filter_map(|k| a.input_index(o, k)).collect();
+                                    assert_eq!(
+                                        a.window(o).collect::<Vec<_>>(),
+                                        pos,
+                                        "{a:?} out {o}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ceil mode against PyTorch's formula in signed arithmetic: the
+    /// rounded-up count, one fewer if the last window would start at or past
+    /// `input + padding`, and no geometry where that leaves no window.
+    #[test]
+    fn ceil_mode_follows_pytorchs_rule() {
+        for input in 1..9i64 {
+            for kernel in 1..6i64 {
+                for stride in 1..5i64 {
+                    for padding in 0..3i64 {
+                        let num = input + 2 * padding - (kernel - 1) - 1 + stride - 1;
+                        let mut out = num.div_euclid(stride) + 1;
+                        if (out - 1) * stride >= input + padding {
+                            out -= 1;
+                        }
+                        let [i, k, s, p] = [input, kernel, stride, padding].map(|v| v as usize);
+                        let got = AxisGeometry::new_ceil(i, k, s, p, 1).map(|a| a.output as i64);
+                        assert_eq!(
+                            got,
+                            (out >= 1).then_some(out),
+                            "{input} {kernel} {stride} {padding}"
+                        );
+                        if let Some(a) = AxisGeometry::new_ceil(i, k, s, p, 1) {
+                            let floor = AxisGeometry::new(i, k, s, p, 1).map_or(0, |f| f.output);
+                            if 2 * p <= k {
+                                assert!(a.output >= floor && a.output <= floor + 1, "{a:?}");
                             }
                             for o in 0..a.output {
-                                let want: Vec<usize> = (0..kernel)
-                                    .filter(|&k| a.input_index(o, k).is_some())
-                                    .collect();
-                                assert_eq!(
-                                    a.valid_taps(o).collect::<Vec<_>>(),
-                                    want,
-                                    "{a:?} out {o}"
-                                );
-                                let pos: Vec<usize> =
-                                    (0..kernel).filter_map(|k| a.input_index(o, k)).collect();
-                                assert_eq!(a.window(o).collect::<Vec<_>>(), pos, "{a:?} out {o}");
+                                // Windows that start in the padding (≤ kernel / 2) still read the input.
+                                if 2 * p <= k {
+                                    assert!(!a.valid_taps(o).is_empty(), "{a:?} {o}");
+                                }
+                                let end = (o * s + k).min(i + 2 * p);
+                                assert_eq!(a.padded_taps(o), end - o * s, "{a:?} {o}");
                             }
                         }
                     }

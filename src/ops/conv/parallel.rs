@@ -38,6 +38,46 @@ pub(crate) fn split_work(items: usize, work_per_item: usize, min_work: usize) ->
         .collect()
 }
 
+/// The independent planes of a pooling or resampling call (the N·C planes of
+/// an NCHW input): `count` of them, `input` and `output` elements each, and
+/// about `work` units of work (elements visited) per plane.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Planes {
+    pub count: usize,
+    pub input: usize,
+    pub output: usize,
+    pub work: usize,
+}
+
+/// Below this many elements visited in all, a plane-wise op runs on one thread.
+const MIN_PLANE_WORK: usize = 1 << 16;
+
+impl Planes {
+    /// The planes split between threads (one range unless the work is large).
+    pub(crate) fn split(&self) -> Vec<Range<usize>> {
+        split_work(self.count, self.work, MIN_PLANE_WORK)
+    }
+
+    /// Splits `out` (`per` elements for each plane) along [`split`](Self::split)
+    /// and runs `f(planes, chunk)` on each part, in parallel. Each plane is
+    /// computed by one thread alone, so the result does not depend on the
+    /// thread count.
+    pub(crate) fn par<U: Send>(
+        &self,
+        out: &mut [U],
+        per: usize,
+        f: impl Fn(Range<usize>, &mut [U]) + Sync,
+    ) {
+        let ranges = self.split();
+        let jobs: Vec<_> = ranges
+            .iter()
+            .cloned()
+            .zip(split_by(out, &ranges, per))
+            .collect();
+        run_jobs(jobs, |(planes, out)| f(planes, out));
+    }
+}
+
 /// Cuts `data` into one chunk per range, `per` elements per index of the range.
 pub(crate) fn split_by<'a, T>(
     mut data: &'a mut [T],
