@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod buffer;
+mod erf;
 mod error;
 mod float;
 mod ops;
