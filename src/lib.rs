@@ -19,6 +19,8 @@ pub mod io;
 
 pub use error::{Error, Result};
 pub use float::Float;
+pub use ops::loss::{CrossEntropyOptions, Reduction};
+pub use ops::select::Mask;
 pub use ops::{conv, conv::Conv2dOptions, conv::Pair, norm::BatchStats, pool::Pool2dOptions};
 pub use shape::Shape;
 pub use tape::{BackwardCtx, BackwardFn, BackwardOptions, Gradients, ParentGrads, Tape, Var};

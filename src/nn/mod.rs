@@ -1,5 +1,5 @@
 //! Layers and parameters: [`Params`] (named tensors outside the tape), [`Linear`],
-//! [`Conv2d`], stateless layers, and [`Sequential`] for simple stacks.
+//! [`Conv2d`], stateless layers (activations included), and [`Sequential`] for simple stacks.
 //!
 //! A model is plain Rust: a struct holding layers, with a `forward(&bound, x)`
 //! method. Each training step binds the parameters to a fresh tape:
@@ -19,11 +19,13 @@
 //! assert_eq!(grads[fc.weight].shape(), params.get(fc.weight).shape());
 //! ```
 
+mod activation;
 mod conv;
 mod layers;
 mod norm;
 mod params;
 
+pub use activation::{Hardtanh, SiLU, Softplus, ELU, GELU};
 pub use conv::{AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d};
 pub use layers::{
     init_uniform, predict, Dropout, Flatten, LeakyReLU, Linear, Module, ReLU, Sequential, Sigmoid,

@@ -8,7 +8,7 @@ use crate::{Float, Tensor, Var};
 impl<'t, T: Float> Var<'t, T> {
     /// Records y = f(x) with local derivative `df(x, y)`.
     #[inline]
-    fn unary(
+    pub(super) fn unary(
         self,
         op: &'static str,
         f: impl Fn(T) -> T + Sync,
@@ -27,7 +27,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// Records y = f(x, c) with local derivative `df(x, y, c)` for a constant `c`,
     /// which is saved on the node (so `df` need capture nothing and costs no allocation).
     #[inline]
-    fn unary_with(
+    pub(super) fn unary_with(
         self,
         op: &'static str,
         c: T,
