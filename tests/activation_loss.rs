@@ -615,3 +615,36 @@ fn activation_layers_run_in_sequential() {
     assert_eq!(y.value().data(), want.value().data());
     assert!(y.sum().backward()[x].all_finite());
 }
+
+#[test]
+fn degenerate_means_are_nan_as_in_pytorch() {
+    let tape = Tape::<f64>::new();
+    let x = tape.leaf(randn(&[2, 3], 90));
+    // Every target ignored: the loss is 0/0, the gradient 0.
+    for ls in [0.0, 0.2] {
+        let o = CrossEntropyOptions {
+            ignore_index: Some(1),
+            label_smoothing: ls,
+            ..Default::default()
+        };
+        let l = x.cross_entropy_with(&[1, 1], o);
+        assert!(l.value().item().is_nan());
+        assert!(l.backward()[x].data().iter().all(|&g| g == 0.0));
+    }
+    let l = x.nll_loss(&[1, 1], None, Some(1), Reduction::Mean);
+    assert!(l.value().item().is_nan());
+    assert!(l.backward()[x].data().iter().all(|&g| g == 0.0));
+    // Targets whose weights are all 0: loss and gradient NaN.
+    let w = Tensor::from_vec(vec![1.0, 0.0, 1.0], [3]).unwrap();
+    let o = CrossEntropyOptions {
+        weight: Some(w),
+        ..Default::default()
+    };
+    let l = x.cross_entropy_with(&[1, 1], o);
+    assert!(l.value().item().is_nan());
+    assert!(l.backward()[x].data().iter().all(|g| g.is_nan()));
+    // Mean over no elements.
+    let e = tape.leaf(Tensor::zeros([0]));
+    assert!(e.l1_loss(e, Reduction::Mean).value().item().is_nan());
+    assert_eq!(e.l1_loss(e, Reduction::Sum).value().item(), 0.0);
+}
