@@ -13,6 +13,9 @@ Writes plain-text files to ``tests/fixtures/``:
                     ``bn_running``: BatchNorm2d's running statistics over 3 steps
 * ``resample.txt``  upsampling (nearest, bilinear), padding, adaptive pooling,
                     ceil_mode pooling, flatten(start, end)
+* ``actloss.txt``   activations (gelu, silu, softplus, elu, hardtanh, clamp, abs),
+                    maximum / minimum / where, and the losses with every reduction
+                    (mse, l1, smooth_l1, huber, BCE with logits, nll, cross_entropy)
 
 Each file is a sequence of cases::
 
@@ -842,11 +845,218 @@ def gen_resample():
         name = f"flatten_{start}_{end}"
         resample_case(ff, name, [("start", start), ("end", end)], rand(name, [2, 3, 4, 5]),
                       lambda x: torch.flatten(x, start, end))
+# actloss.txt
+# --------------------------------------------------------------------------
+
+REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+
+
+def gen_actloss():
+    ff = FixtureFile("actloss.txt", [
+        "act__<op>__<tag>: y = op(x; params); dx = d sum(y*v) / dx",
+        "bin__<op>__<tag>: y = op(a, b) (broadcasting); da, db = grads of sum(y*v)",
+        "where__<tag>: y = torch.where(cond != 0, a, b); da, db = grads of sum(y*v)",
+        "loss__<op>__<tag>: loss = op(x, t; params, reduction); dx, dt = grads of sum(loss*v)",
+        "  (v is 1 for a reduced loss); reduction: 0 none, 1 sum, 2 mean",
+        "nll__<tag> / ce__<tag>: loss over x [N, C, d...] and integer targets [N, d...];",
+        "  ignore_index -1 means none (torch's -100); dx = grad of sum(loss*v)",
+    ])
+
+    def rnd(name, shape, scale=1.0):
+        seed(name)
+        return torch.randn(shape) * scale
+
+    # -- activations -------------------------------------------------------
+    acts = [
+        ("gelu", [], lambda x: F.gelu(x)),
+        ("gelu_tanh", [], lambda x: F.gelu(x, approximate="tanh")),
+        ("silu", [], F.silu),
+        ("softplus", [("beta", 1.0), ("threshold", 20.0)], lambda x: F.softplus(x, 1.0, 20.0)),
+        ("softplus", [("beta", 2.0), ("threshold", 20.0)], lambda x: F.softplus(x, 2.0, 20.0)),
+        ("softplus", [("beta", 0.5), ("threshold", 3.0)], lambda x: F.softplus(x, 0.5, 3.0)),
+        ("elu", [("alpha", 1.0)], lambda x: F.elu(x, 1.0)),
+        ("elu", [("alpha", 0.3)], lambda x: F.elu(x, 0.3)),
+        ("hardtanh", [("min", -1.0), ("max", 1.0)], lambda x: F.hardtanh(x, -1.0, 1.0)),
+        ("hardtanh", [("min", -0.5), ("max", 2.0)], lambda x: F.hardtanh(x, -0.5, 2.0)),
+        ("clamp", [("min", -1.0), ("max", 1.0)], lambda x: torch.clamp(x, -1.0, 1.0)),
+        ("clamp", [("min", 0.0), ("max", 0.5)], lambda x: torch.clamp(x, 0.0, 0.5)),
+        ("clamp", [("min", 1.0), ("max", -1.0)], lambda x: torch.clamp(x, 1.0, -1.0)),
+        ("abs", [], torch.abs),
+    ]
+    for k, (op, params, fn) in enumerate(acts):
+        pv = dict(params)
+        # The kinks and boundaries of this op (and 0), exactly, then random values.
+        special = [0.0, -0.0]
+        if "min" in pv:
+            special += [pv["min"], pv["max"]]
+        if op == "softplus":
+            special += [pv["threshold"] / pv["beta"], 1e4, -1e4]
+        if op in ("gelu", "gelu_tanh", "silu"):
+            special += [-1e3, 1e3, -7.5, 7.5, 30.0, -30.0]
+        for tag, x in (("rand", rnd(f"act{k}_rand", [3, 4], 2.0)),
+                       ("kinks", torch.tensor(special))):
+            name = f"act__{op}__{k}_{tag}"
+            x = leaf(x)
+            seed(name + "v")
+            v = torch.randn(x.shape)
+            y = fn(x)
+            (y * v).sum().backward()
+            ff.case(name, params, [("x", x), ("v", v), ("y", y), ("dx", x.grad)])
+
+    # -- maximum / minimum, ties included -------------------------------------
+    bins = [
+        ("same", [3, 4], [3, 4]),
+        ("row", [3, 4], [4]),
+        ("col", [3, 1], [1, 4]),
+        ("scalar", [2, 3], []),
+    ]
+    for op, fn in (("maximum", torch.maximum), ("minimum", torch.minimum)):
+        for tag, sa, sb in bins:
+            name = f"bin__{op}__{tag}"
+            seed(name)
+            # Values on a coarse grid, so many pairs tie exactly.
+            a = leaf(torch.randint(-2, 3, sa).double() * 0.5)
+            b = leaf(torch.randint(-2, 3, sb).double() * 0.5)
+            y = fn(a, b)
+            v = torch.randn(y.shape)
+            (y * v).sum().backward()
+            ff.case(name, [], [("a", a), ("b", b), ("v", v), ("y", y), ("da", a.grad), ("db", b.grad)])
+
+    # -- where ---------------------------------------------------------------
+    wheres = [("same", [3, 4], [3, 4], [3, 4]), ("bcast", [3, 1], [4], [3, 4]),
+              ("scalar_b", [2, 3], [2, 3], [])]
+    for tag, sc, sa, sb in wheres:
+        name = f"where__{tag}"
+        seed(name)
+        cond = torch.rand(sc) > 0.5
+        a, b = leaf(torch.randn(sa)), leaf(torch.randn(sb))
+        y = torch.where(cond, a, b)
+        v = torch.randn(y.shape)
+        (y * v).sum().backward()
+        ff.case(name, [], [("cond", cond.double()), ("a", a), ("b", b), ("v", v), ("y", y),
+                           ("da", a.grad), ("db", b.grad)])
+
+    # -- elementwise losses ------------------------------------------------------
+    def pointwise(name, op, params, x, t, red, fn, extra=()):
+        x, t = leaf(x), leaf(t)
+        loss = fn(x, t, ["none", "sum", "mean"][red])
+        seed(name + "v")
+        v = torch.randn(loss.shape) if red == 0 else torch.ones(())
+        (loss * v).sum().backward()
+        ff.case(name, list(params) + [("reduction", red)],
+                list(extra) + [("x", x), ("t", t), ("v", v), ("loss", loss), ("dx", x.grad),
+                               ("dt", t.grad)])
+
+    for red in (0, 1, 2):
+        for op, params, fn in (
+            ("mse", [], lambda x, t, r: F.mse_loss(x, t, reduction=r)),
+            ("l1", [], lambda x, t, r: F.l1_loss(x, t, reduction=r)),
+            ("smooth_l1", [("beta", 1.0)], lambda x, t, r: F.smooth_l1_loss(x, t, reduction=r, beta=1.0)),
+            ("smooth_l1", [("beta", 0.5)], lambda x, t, r: F.smooth_l1_loss(x, t, reduction=r, beta=0.5)),
+            ("smooth_l1", [("beta", 0.0)], lambda x, t, r: F.smooth_l1_loss(x, t, reduction=r, beta=0.0)),
+            ("huber", [("delta", 1.0)], lambda x, t, r: F.huber_loss(x, t, reduction=r, delta=1.0)),
+            ("huber", [("delta", 0.5)], lambda x, t, r: F.huber_loss(x, t, reduction=r, delta=0.5)),
+        ):
+            tag = "_".join(f"{k}{v}" for k, v in params)
+            name = f"loss__{op}__{tag}_r{red}"
+            x = rnd(name, [3, 4], 1.5)
+            t = rnd(name + "t", [3, 4])
+            # Kinks: x = t, and |x - t| equal to the threshold.
+            x[0, 0] = t[0, 0]
+            thr = dict(params).get("beta", dict(params).get("delta", 1.0))
+            x[0, 1] = t[0, 1] + thr
+            x[0, 2] = t[0, 2] - thr
+            pointwise(name, op, params, x, t, red, fn)
+
+    # BCE with logits: soft targets, pos_weight per class or per element, large logits.
+    bce = [
+        ("plain", [3, 4], None, 2.0),
+        ("pw_class", [3, 4], [4], 2.0),
+        ("pw_full", [2, 3], [2, 3], 2.0),
+        ("pw_col", [3, 2, 4], [2, 1], 2.0),
+        ("large", [2, 4], [4], 1e4),
+    ]
+    for red in (0, 1, 2):
+        for tag, shape, pw_shape, scale in bce:
+            name = f"loss__bce__{tag}_r{red}"
+            x = rnd(name, shape, scale)
+            seed(name + "t")
+            t = torch.rand(shape)
+            t.view(-1)[0] = 1.0
+            t.view(-1)[1] = 0.0
+            pw = None if pw_shape is None else torch.rand(pw_shape) * 3.0
+            extra = [] if pw is None else [("pos_weight", pw)]
+            pointwise(name, "bce", [], x, t, red,
+                      lambda x, t, r: F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction=r),
+                      extra)
+
+    # -- nll_loss and cross_entropy ----------------------------------------------
+    # (tag, shape [N, C, d...], weight?, ignore_index or None, label_smoothing, reduction)
+    cls = [
+        ("plain", [4, 5], False, None, 0.0, 2),
+        ("plain_sum", [4, 5], False, None, 0.0, 1),
+        ("plain_none", [4, 5], False, None, 0.0, 0),
+        ("w", [5, 4], True, None, 0.0, 2),
+        ("w_none", [5, 4], True, None, 0.0, 0),
+        ("ign", [6, 3], False, 1, 0.0, 2),
+        ("w_ign", [6, 3], True, 2, 0.0, 2),
+        ("w_ign_sum", [6, 3], True, 2, 0.0, 1),
+        ("ign255", [5, 3], True, 255, 0.0, 2),
+        ("ls", [4, 5], False, None, 0.1, 2),
+        ("ls_w", [4, 5], True, None, 0.2, 2),
+        ("ls_w_ign", [6, 4], True, 0, 0.3, 2),
+        ("ls_w_ign_sum", [6, 4], True, 0, 0.3, 1),
+        ("ls_w_ign_none", [6, 4], True, 0, 0.3, 0),
+        ("ls_ign_none", [6, 4], False, 3, 0.15, 0),
+        ("ls1", [3, 4], True, None, 1.0, 2),
+        ("nchw", [2, 3, 2, 3], False, None, 0.0, 2),
+        ("nchw_w_ign_ls", [2, 3, 2, 3], True, 1, 0.1, 2),
+        ("nchw_w_ign_ls_none", [2, 3, 2, 3], True, 1, 0.1, 0),
+        ("ncd_sum", [2, 4, 5], True, None, 0.05, 1),
+        ("large", [3, 4], True, None, 0.1, 2),
+    ]
+    for kind in ("nll", "ce"):
+        for tag, shape, has_w, ign, ls, red in cls:
+            if kind == "nll" and ls != 0.0:
+                continue
+            name = f"{kind}__{tag}"
+            scale = 1e4 if tag == "large" else 2.0
+            x = rnd(name, shape, scale)
+            c = shape[1]
+            tshape = [shape[0]] + shape[2:]
+            seed(name + "t")
+            target = torch.randint(0, c, tshape)
+            if ign is not None:
+                flat = target.view(-1)
+                flat[1] = ign
+                flat[-1] = ign
+            w = torch.rand(c) * 2.0 if has_w else None
+            if kind == "nll":
+                x = torch.log_softmax(x, 1)
+            x = leaf(x)
+            rname = ["none", "sum", "mean"][red]
+            ii = -100 if ign is None else ign
+            if kind == "nll":
+                loss = F.nll_loss(x, target, weight=w, ignore_index=ii, reduction=rname)
+            else:
+                loss = F.cross_entropy(x, target, weight=w, ignore_index=ii, reduction=rname,
+                                       label_smoothing=ls)
+            seed(name + "v")
+            v = torch.randn(loss.shape) if red == 0 else torch.ones(())
+            (loss * v).sum().backward()
+            params = [("ignore_index", -1 if ign is None else ign), ("label_smoothing", ls),
+                      ("reduction", red)]
+            tensors = [("x", x), ("target", target)]
+            if w is not None:
+                tensors.append(("weight", w))
+            tensors += [("v", v), ("loss", loss), ("dx", x.grad)]
+            ff.case(name, params, tensors)
     ff.write()
 
 
 GENERATORS = dict(core=gen_core, conv=gen_conv, pool=gen_pool, composite=gen_composite,
-                  optim=gen_optim, norm=gen_norm, resample=gen_resample)
+                  optim=gen_optim, norm=gen_norm, resample=gen_resample,
+                  actloss=gen_actloss)
 
 
 def main():

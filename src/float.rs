@@ -66,6 +66,16 @@ pub trait Float:
     fn sqrt(self) -> Self;
     /// Hyperbolic tangent.
     fn tanh(self) -> Self;
+    /// ln(1 + x), accurate for small x.
+    fn ln_1p(self) -> Self;
+    /// eˣ − 1, accurate for small x.
+    fn exp_m1(self) -> Self;
+    /// The error function erf(x) = (2/√π) ∫₀ˣ e^(−t²) dt, to a few units in
+    /// the last place (`f32` is the `f64` value rounded once).
+    fn erf(self) -> Self;
+    /// The complementary error function erfc(x) = 1 − erf(x), accurate also
+    /// where it is tiny (large positive x).
+    fn erfc(self) -> Self;
     /// xʸ.
     fn powf(self, y: Self) -> Self;
     /// |x|.
@@ -130,6 +140,22 @@ macro_rules! impl_float {
             #[inline(always)]
             fn tanh(self) -> Self {
                 $tanh(self)
+            }
+            #[inline(always)]
+            fn ln_1p(self) -> Self {
+                $t::ln_1p(self)
+            }
+            #[inline(always)]
+            fn exp_m1(self) -> Self {
+                $t::exp_m1(self)
+            }
+            #[inline(always)]
+            fn erf(self) -> Self {
+                crate::erf::erf(self as f64) as $t
+            }
+            #[inline(always)]
+            fn erfc(self) -> Self {
+                crate::erf::erfc(self as f64) as $t
             }
             #[inline(always)]
             fn powf(self, y: Self) -> Self {

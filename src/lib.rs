@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod buffer;
+mod erf;
 mod error;
 mod float;
 mod ops;
@@ -27,6 +28,8 @@ pub mod io;
 
 pub use error::{Error, Result};
 pub use float::Float;
+pub use ops::loss::{CrossEntropyOptions, Reduction};
+pub use ops::select::Mask;
 pub use ops::{
     conv,
     conv::Conv2dOptions,

@@ -355,3 +355,33 @@ fn normalisation_and_dropout() {
         std::slice::from_ref(&x),
     );
 }
+
+#[test]
+fn activations() {
+    let x = away_from_zero(&[2, 3], 30);
+    check("erf", |_, v| v[0].erf(), std::slice::from_ref(&x));
+    check("gelu", |_, v| v[0].gelu(), std::slice::from_ref(&x));
+    check(
+        "gelu_tanh",
+        |_, v| v[0].gelu_tanh(),
+        std::slice::from_ref(&x),
+    );
+    check("silu", |_, v| v[0].silu(), std::slice::from_ref(&x));
+    check(
+        "softplus",
+        |_, v| v[0].softplus(2.0, 3.0),
+        std::slice::from_ref(&x),
+    );
+    check("elu", |_, v| v[0].elu(0.7), std::slice::from_ref(&x));
+    check(
+        "hardtanh",
+        |_, v| v[0].hardtanh(-0.9, 0.9) * v[0],
+        std::slice::from_ref(&x),
+    );
+    check(
+        "clamp",
+        |_, v| v[0].clamp(-0.9, 0.9) * v[0],
+        std::slice::from_ref(&x),
+    );
+    check("abs", |_, v| v[0].abs() * v[0], std::slice::from_ref(&x));
+}

@@ -4,7 +4,9 @@
 //! degrade into an index panic from deep inside a kernel.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use tapegrad::{Conv2dOptions, Pool2dOptions, Tape, Tensor, Var};
+use tapegrad::{
+    Conv2dOptions, CrossEntropyOptions, Mask, Pool2dOptions, Reduction, Tape, Tensor, Var,
+};
 
 /// The panic message of `f`, or `"no panic"`.
 fn panic_message(f: impl FnOnce()) -> String {
@@ -126,6 +128,111 @@ fn cases() -> Vec<Case> {
             "cross_entropy target",
             Box::new(|t| _ = leaf(t, &[2, 3]).cross_entropy(&[0, 3])),
             "cross_entropy: target[1] = 3 is out of range for 3 classes (logits [2, 3])",
+        ),
+        (
+            "maximum",
+            Box::new(|t| _ = leaf(t, &[2, 3]).maximum(leaf(t, &[4]))),
+            "maximum: shapes [2, 3] and [4] cannot be broadcast together",
+        ),
+        (
+            "minimum",
+            Box::new(|t| _ = leaf(t, &[3]).minimum(leaf(t, &[2, 2]))),
+            "minimum: shapes [3] and [2, 2] cannot be broadcast together",
+        ),
+        (
+            "select",
+            Box::new(|t| _ = Var::select(&Mask::new(vec![true; 6], [2, 3]).unwrap(), leaf(t, &[4]), leaf(t, &[2, 3]))),
+            "select: mask [2, 3], a [4] and b [2, 3] cannot be broadcast together",
+        ),
+        (
+            "hardtanh min > max",
+            Box::new(|t| _ = leaf(t, &[2]).hardtanh(1.0, -1.5)),
+            "hardtanh: min 1 is greater than max -1.5",
+        ),
+        (
+            "mse_loss_with",
+            Box::new(|t| _ = leaf(t, &[2, 3]).mse_loss_with(leaf(t, &[3, 2]), Reduction::Sum)),
+            "mse_loss_with: input [2, 3] and target [3, 2] must have the same shape",
+        ),
+        (
+            "l1_loss",
+            Box::new(|t| _ = leaf(t, &[2, 3]).l1_loss(leaf(t, &[3]), Reduction::Mean)),
+            "l1_loss: input [2, 3] and target [3] must have the same shape",
+        ),
+        (
+            "smooth_l1_loss beta",
+            Box::new(|t| _ = leaf(t, &[2]).smooth_l1_loss(leaf(t, &[2]), -0.5, Reduction::Mean)),
+            "smooth_l1_loss: beta -0.5 must be non-negative",
+        ),
+        (
+            "huber_loss delta",
+            Box::new(|t| _ = leaf(t, &[2]).huber_loss(leaf(t, &[2]), 0.0, Reduction::Mean)),
+            "huber_loss: delta 0 must be positive",
+        ),
+        (
+            "huber_loss shapes",
+            Box::new(|t| _ = leaf(t, &[2]).huber_loss(leaf(t, &[1]), 1.0, Reduction::None)),
+            "huber_loss: input [2] and target [1] must have the same shape",
+        ),
+        (
+            "bce_with_logits shapes",
+            Box::new(|t| _ = leaf(t, &[2, 4]).binary_cross_entropy_with_logits(leaf(t, &[2, 1]), None, Reduction::Mean)),
+            "binary_cross_entropy_with_logits: input [2, 4] and target [2, 1] must have the same shape",
+        ),
+        (
+            "bce_with_logits pos_weight shape",
+            Box::new(|t| _ = leaf(t, &[2, 4]).binary_cross_entropy_with_logits(leaf(t, &[2, 4]), Some(&Tensor::ones([3])), Reduction::Mean)),
+            "binary_cross_entropy_with_logits: pos_weight [3] does not broadcast to input [2, 4]",
+        ),
+        (
+            "bce_with_logits pos_weight negative",
+            Box::new(|t| _ = leaf(t, &[2, 2]).binary_cross_entropy_with_logits(leaf(t, &[2, 2]), Some(&Tensor::from_vec(vec![1.0, -2.0], [2]).unwrap()), Reduction::Mean)),
+            "binary_cross_entropy_with_logits: pos_weight[1] = -2 is negative",
+        ),
+        (
+            "nll_loss rank",
+            Box::new(|t| _ = leaf(t, &[3]).nll_loss(&[0, 1, 2], None, None, Reduction::Mean)),
+            "nll_loss: input must be [N, C] or [N, C, d1, …], got [3]",
+        ),
+        (
+            "nll_loss no classes",
+            Box::new(|t| _ = leaf(t, &[2, 0]).nll_loss(&[0, 0], None, None, Reduction::Mean)),
+            "nll_loss: input [2, 0] has no classes",
+        ),
+        (
+            "nll_loss count",
+            Box::new(|t| _ = leaf(t, &[2, 3, 4]).nll_loss(&[0; 5], None, None, Reduction::Mean)),
+            "nll_loss: input [2, 3, 4] needs 8 targets (one per element of [2, 4]), got 5",
+        ),
+        (
+            "nll_loss target",
+            Box::new(|t| _ = leaf(t, &[2, 3]).nll_loss(&[0, 3], None, Some(4), Reduction::Mean)),
+            "nll_loss: target[1] = 3 is out of range for 3 classes (input [2, 3])",
+        ),
+        (
+            "nll_loss weight shape",
+            Box::new(|t| _ = leaf(t, &[2, 3]).nll_loss(&[0, 1], Some(&Tensor::ones([2])), None, Reduction::Mean)),
+            "nll_loss: weight [2] must be [C] = [3] for input [2, 3]",
+        ),
+        (
+            "nll_loss weight negative",
+            Box::new(|t| _ = leaf(t, &[2, 3]).nll_loss(&[0, 1], Some(&Tensor::from_vec(vec![1.0, 1.0, -0.5], [3]).unwrap()), None, Reduction::Mean)),
+            "nll_loss: weight[2] = -0.5 is negative",
+        ),
+        (
+            "cross_entropy_with target",
+            Box::new(|t| _ = leaf(t, &[1, 3, 2, 2]).cross_entropy_with(&[0, 255, 1, 7], CrossEntropyOptions { ignore_index: Some(255), ..Default::default() })),
+            "cross_entropy_with: target[3] = 7 is out of range for 3 classes (input [1, 3, 2, 2])",
+        ),
+        (
+            "cross_entropy_with label_smoothing",
+            Box::new(|t| _ = leaf(t, &[2, 3]).cross_entropy_with(&[0, 1], CrossEntropyOptions { label_smoothing: 1.5, ..Default::default() })),
+            "cross_entropy_with: label_smoothing 1.5 must be in [0, 1]",
+        ),
+        (
+            "cross_entropy_with weight shape",
+            Box::new(|t| _ = leaf(t, &[2, 3]).cross_entropy_with(&[0, 1], CrossEntropyOptions { weight: Some(Tensor::ones([3, 1])), ..Default::default() })),
+            "cross_entropy_with: weight [3, 1] must be [C] = [3] for input [2, 3]",
         ),
         (
             "conv2d rank",
@@ -259,5 +366,10 @@ fn fallible_constructors_return_errors_naming_the_op() {
     assert_eq!(
         err.to_string(),
         "from_vec: shape [8589934592, 8589934592] has more elements than usize can count"
+    );
+    let err = Mask::new(vec![true; 3], [2, 2]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Mask::new: 3 values do not fill shape [2, 2] (4 elements)"
     );
 }

@@ -20,12 +20,14 @@
 //! assert_eq!(grads[fc.weight].shape(), params.get(fc.weight).shape());
 //! ```
 
+mod activation;
 mod conv;
 mod layers;
 mod norm;
 mod params;
 mod resample;
 
+pub use activation::{Hardtanh, SiLU, Softplus, ELU, GELU};
 pub use conv::{AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d};
 pub use layers::{
     init_uniform, predict, Dropout, Flatten, LeakyReLU, Linear, Module, ReLU, Sequential, Sigmoid,

@@ -9,7 +9,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// Records y = f(x) with local derivative `df(x, y)`, and `dxv(g, x, y)`,
     /// the gradient g·f′ built from `Var` ops (for gradients of gradients).
     #[inline]
-    fn unary<G>(
+    pub(super) fn unary<G>(
         self,
         op: &'static str,
         f: impl Fn(T) -> T + Sync,
@@ -33,7 +33,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// which is saved on the node (so `df` need capture nothing and costs no
     /// allocation), and `dxv(g, x, y, c)`, the gradient as a graph.
     #[inline]
-    fn unary_with<G>(
+    pub(super) fn unary_with<G>(
         self,
         op: &'static str,
         c: T,
