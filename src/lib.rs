@@ -18,7 +18,10 @@ pub mod io;
 
 pub use error::{Error, Result};
 pub use float::Float;
-pub use ops::{conv, conv::Conv2dOptions, conv::Pair, norm::BatchStats, pool::Pool2dOptions};
+pub use ops::{
+    conv, conv::Conv2dOptions, conv::ConvTranspose2dOptions, conv::Pair, norm::BatchStats,
+    pool::Pool2dOptions,
+};
 pub use shape::Shape;
 pub use tape::{BackwardCtx, BackwardFn, BackwardOptions, Gradients, ParentGrads, Tape, Var};
 pub use tensor::Tensor;
