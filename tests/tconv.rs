@@ -655,3 +655,38 @@ fn error_empty_kernel() {
 fn error_empty_input_plane() {
     tconv_shapes(&[1, 1, 0, 5], &[1, 1, 3, 3], None, opts());
 }
+
+// ---------------------------------------------------------------------------
+// the layer
+// ---------------------------------------------------------------------------
+
+/// PyTorch's ConvTranspose2d initialisation: weight and bias U(±1/√fan_in)
+/// with fan_in = weight.size(1)·kh·kw = out/groups·kh·kw; forward = the op.
+#[test]
+fn layer_initialisation_and_forward() {
+    use tapegrad::nn::{ConvTranspose2d, Module, Params};
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut params = Params::<f64>::new();
+    let opts = opts().stride(2).padding(1).output_padding(1).groups(2);
+    let layer = ConvTranspose2d::new(&mut params, "up", 4, 6, (3, 2), opts, true, &mut rng);
+    let (w, b) = (
+        params.get(layer.weight).clone(),
+        params.get(layer.bias.unwrap()).clone(),
+    );
+    assert_eq!(&w.shape()[..], &[4, 3, 3, 2]);
+    assert_eq!(&b.shape()[..], &[6]);
+    let bound = 1.0 / ((3 * 3 * 2) as f64).sqrt();
+    let max = |t: &Tensor<f64>| t.data().iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(
+        max(&w) <= bound && max(&w) > 0.8 * bound,
+        "{} {bound}",
+        max(&w)
+    );
+    assert!(max(&b) <= bound);
+    let x = randn::<f64>(&[2, 4, 3, 3], &mut rng);
+    let tape = Tape::new();
+    let y = layer.forward(&params.bind(&tape), tape.constant(x.clone()));
+    assert_eq!(&y.shape()[..], &[2, 6, 6, 5]);
+    let want = reference::conv_transpose2d(&x, &w, Some(&b), opts);
+    assert_close("layer", &y.value(), &want, 1e-12);
+}

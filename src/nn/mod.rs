@@ -1,5 +1,5 @@
 //! Layers and parameters: [`Params`] (named tensors outside the tape), [`Linear`],
-//! [`Conv2d`], stateless layers, and [`Sequential`] for simple stacks.
+//! [`Conv2d`], [`ConvTranspose2d`], stateless layers, and [`Sequential`] for simple stacks.
 //!
 //! A model is plain Rust: a struct holding layers, with a `forward(&bound, x)`
 //! method. Each training step binds the parameters to a fresh tape:
@@ -24,7 +24,7 @@ mod layers;
 mod norm;
 mod params;
 
-pub use conv::{AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d};
+pub use conv::{AvgPool2d, Conv2d, ConvTranspose2d, GlobalAvgPool2d, MaxPool2d};
 pub use layers::{
     init_uniform, predict, Dropout, Flatten, LeakyReLU, Linear, Module, ReLU, Sequential, Sigmoid,
     Tanh,
