@@ -358,7 +358,7 @@ pub fn conv_transpose2d<T: Float>(
 /// let dy = Tensor::from_vec(vec![1.0, 0.0, 3.0], [1, 1, 1, 3]).unwrap();
 /// let g = reference::conv_transpose2d_backward(&x, &w, &dy, ConvTranspose2dOptions::default());
 /// assert_eq!(g.dx.data(), &[1.0, 30.0]); // dy[0]·1 + dy[1]·10, dy[1]·1 + dy[2]·10
-/// assert_eq!(g.dw.data(), &[7.0, 3.0]);  // x·dy[0..2], x·dy[1..3]
+/// assert_eq!(g.dw.data(), &[1.0, 6.0]);  // x·dy[0..2], x·dy[1..3]
 /// assert_eq!(g.db.data(), &[4.0]);
 /// ```
 pub fn conv_transpose2d_backward<T: Float>(
