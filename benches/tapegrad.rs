@@ -5,7 +5,8 @@
 //! figure also reads as a fraction of the physical limit. Lines starting with `#` are notes
 //! (ns per node for `chain10k`, peak heap for `cnn_step`, fractions of peak).
 //!
-//! Options (after `--`): `--quick` (fewer repetitions), `--threads 1,2`, `--case NAME` (repeatable),
+//! Options (after `--`): `--quick` (fewer repetitions), `--threads 1,2`, `--case NAME` (repeatable;
+//! a conv case's name runs its `_fwd` and `_fwdbwd` lines, `tconv` both transposed-conv lines),
 //! `--avx2` (cap the kernels, and `peak_fma`, at AVX2 on an AVX-512 machine), `--winograd-tile 2|4`
 //! (every Winograd conv with that variant instead of the one its shape picks).
 
@@ -19,7 +20,7 @@ use tapegrad::nn::{
     Params, ReLU, Sequential,
 };
 use tapegrad::optim::{Optimizer, Sgd};
-use tapegrad::{gemm, Conv2dOptions, Pool2dOptions, Tape, Tensor};
+use tapegrad::{gemm, Conv2dOptions, ConvTranspose2dOptions, Pool2dOptions, Tape, Tensor};
 
 /// Counts live and peak heap bytes, for the memory figure of `cnn_step`.
 /// Every call goes to the system allocator's own entry point, so the cases
@@ -304,6 +305,49 @@ fn conv_case(cc: &ConvCase, threads: usize, rng: &mut StdRng) -> [Measure; 2] {
     ]
 }
 
+/// `tconv_fwd` and `tconv_fwdbwd` at `threads`, as the peers' `tconv`: a
+/// DCGAN-style decoder layer, N=32, C_in=32, 16×16 → C_out=16, k4, stride 2,
+/// padding 1 → 32×32; the forward without a graph (a no-grad tape), then
+/// forward + sum + backward for x, w and b. FLOPs counted as the equivalent
+/// direct conv, `2·N·C_in·H·W·C_out·k²` per pass.
+fn tconv_case(threads: usize, want: impl Fn(&str) -> bool, rng: &mut StdRng) -> Vec<Measure> {
+    let (n, cin, h, w, cout, k) = (32, 32, 16, 16, 16, 4);
+    let opts = ConvTranspose2dOptions::default().stride(2).padding(1);
+    let flops = 2.0 * (n * cin * h * w * cout * k * k) as f64;
+    let x = Tensor::<f32>::randn([n, cin, h, w], rng);
+    let wt = Tensor::<f32>::randn([cin, cout, k, k], rng);
+    let b = Tensor::<f32>::randn([cout], rng);
+    let (x2, wt2, b2) = (x.clone(), wt.clone(), b.clone());
+    let fwd = move || {
+        let tape = Tape::no_grad();
+        let y = tape.leaf(x.clone()).conv_transpose2d(
+            tape.leaf(wt.clone()),
+            Some(tape.leaf(b.clone())),
+            opts,
+        );
+        std::hint::black_box(y.value());
+    };
+    let fwdbwd = move || {
+        let tape = Tape::new();
+        let (xv, wv, bv) = (
+            tape.leaf(x2.clone()),
+            tape.leaf(wt2.clone()),
+            tape.leaf(b2.clone()),
+        );
+        let g = xv.conv_transpose2d(wv, Some(bv), opts).sum().backward();
+        std::hint::black_box((&g[xv], &g[wv], &g[bv]));
+    };
+    let mut out = vec![];
+    if want("tconv_fwd") {
+        out.push(Measure::new("tconv_fwd".into(), threads, Some(flops), fwd));
+    }
+    if want("tconv_fwdbwd") {
+        let m = Measure::new("tconv_fwdbwd".into(), threads, Some(3.0 * flops), fwdbwd);
+        out.push(m);
+    }
+    out
+}
+
 /// A chain of `N` scalar ops, recorded, differentiated and dropped.
 const CHAIN: usize = 10_000;
 
@@ -525,6 +569,7 @@ fn main() {
         for cc in CASES.iter().filter(|c| want(c.name)) {
             measures.extend(conv_case(cc, t, &mut rng));
         }
+        measures.extend(tconv_case(t, |c| want("tconv") || want(c), &mut rng));
         if want("cnn_step") {
             measures.push(Measure::new("cnn_step".into(), t, None, cnn_step(&mut rng)));
         }

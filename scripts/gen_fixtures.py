@@ -16,6 +16,8 @@ Writes plain-text files to ``tests/fixtures/``:
 * ``actloss.txt``   activations (gelu, silu, softplus, elu, hardtanh, clamp, abs),
                     maximum / minimum / where, and the losses with every reduction
                     (mse, l1, smooth_l1, huber, BCE with logits, nll, cross_entropy)
+* ``tconv.txt``     a table of conv_transpose2d cases (stride, padding,
+                    output_padding, dilation, groups, bias)
 
 Each file is a sequence of cases::
 
@@ -1051,12 +1053,70 @@ def gen_actloss():
                 tensors.append(("weight", w))
             tensors += [("v", v), ("loss", loss), ("dx", x.grad)]
             ff.case(name, params, tensors)
+# tconv.txt
+# --------------------------------------------------------------------------
+
+# (n, c_in, h, w, c_out, (kh, kw), stride, padding, output_padding, dilation, groups, bias)
+TCONV_TABLE = [
+    (1, 1, 3, 3, 1, (3, 3), (1, 1), (0, 0), (0, 0), (1, 1), 1, 1),  # 00 basic
+    (2, 3, 4, 4, 2, (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 1, 0),  # 01 padding 1, batch 2
+    (1, 2, 3, 4, 3, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, 1),  # 02 DCGAN k4 s2 p1
+    (2, 2, 3, 3, 2, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 1, 1),  # 03 output_padding 1
+    (1, 2, 3, 2, 2, (2, 3), (3, 2), (0, 1), (2, 1), (1, 1), 1, 0),  # 04 stride (3,2), op (2,1)
+    (1, 1, 4, 4, 2, (3, 3), (1, 1), (0, 0), (0, 0), (2, 2), 1, 1),  # 05 dilation 2
+    (1, 2, 3, 3, 2, (3, 2), (1, 1), (1, 0), (1, 1), (2, 2), 1, 0),  # 06 output_padding < dilation, stride 1
+    (1, 2, 4, 3, 1, (2, 2), (2, 1), (1, 0), (1, 2), (3, 3), 1, 1),  # 07 op >= stride (< dilation), per axis
+    (2, 4, 3, 3, 6, (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 2, 1),  # 08 groups 2
+    (1, 4, 3, 4, 4, (2, 2), (2, 2), (0, 0), (1, 1), (1, 1), 2, 0),  # 09 groups 2, stride 2, op 1
+    (2, 3, 4, 4, 3, (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 3, 1),  # 10 depthwise
+    (1, 3, 3, 3, 6, (3, 3), (2, 2), (2, 2), (1, 0), (2, 1), 3, 1),  # 11 depthwise x2, dilated, strided
+    (1, 2, 3, 3, 3, (1, 1), (1, 1), (0, 0), (0, 0), (1, 1), 1, 1),  # 12 1x1 (pointwise)
+    (1, 2, 3, 3, 2, (1, 1), (2, 2), (0, 0), (1, 0), (1, 1), 1, 0),  # 13 1x1 stride 2 (gaps)
+    (1, 1, 2, 2, 1, (2, 2), (3, 3), (0, 0), (0, 0), (1, 1), 1, 1),  # 14 stride > kernel
+    (1, 2, 4, 5, 3, (3, 2), (2, 3), (2, 1), (1, 2), (1, 2), 1, 1),  # 15 everything per axis
+    (1, 4, 3, 3, 2, (3, 3), (3, 3), (2, 2), (2, 0), (2, 2), 2, 1),  # 16 s3 p2 d2 op (2,0), groups 2
+    (1, 16, 4, 4, 16, (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 1, 1),  # 17 Winograd-sized
+]
+
+
+def gen_tconv():
+    ff = FixtureFile("tconv.txt", [
+        "y = torch.nn.functional.conv_transpose2d(x, w, b, stride, padding,",
+        "    output_padding, groups, dilation)",
+        "x [N,C_in,H,W], w [C_in,C_out/groups,kh,kw], b [C_out] (only if bias 1)",
+        "dx, dw, db = gradients of sum(y * dy)",
+    ])
+    for i, (n, cin, h, wd, cout, (kh, kw), st, pd, op, dl, g, bias) in enumerate(TCONV_TABLE):
+        name = f"tconv_{i:02d}"
+        assert cin % g == 0 and cout % g == 0, name
+        for a in range(2):
+            assert op[a] < st[a] or op[a] < dl[a], name
+        seed(name)
+        x = leaf(torch.randn(n, cin, h, wd))
+        w = leaf(torch.randn(cin, cout // g, kh, kw))
+        b = leaf(torch.randn(cout)) if bias else None
+        y = F.conv_transpose2d(x, w, b, stride=st, padding=pd, output_padding=op,
+                               groups=g, dilation=dl)
+        for a, (size, k) in enumerate(((h, kh), (wd, kw))):
+            want = (size - 1) * st[a] - 2 * pd[a] + dl[a] * (k - 1) + op[a] + 1
+            assert y.shape[2 + a] == want, name
+        dy = torch.randn(y.shape)
+        y.backward(dy)
+        params = [("stride", list(st)), ("padding", list(pd)), ("output_padding", list(op)),
+                  ("dilation", list(dl)), ("groups", g), ("bias", 1 if bias else 0)]
+        tensors = [("x", x), ("w", w)]
+        if b is not None:
+            tensors.append(("b", b))
+        tensors += [("y", y), ("dy", dy), ("dx", x.grad), ("dw", w.grad)]
+        if b is not None:
+            tensors.append(("db", b.grad))
+        ff.case(name, params, tensors)
     ff.write()
 
 
 GENERATORS = dict(core=gen_core, conv=gen_conv, pool=gen_pool, composite=gen_composite,
                   optim=gen_optim, norm=gen_norm, resample=gen_resample,
-                  actloss=gen_actloss)
+                  actloss=gen_actloss, tconv=gen_tconv)
 
 
 def main():

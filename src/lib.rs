@@ -33,6 +33,7 @@ pub use ops::select::Mask;
 pub use ops::{
     conv,
     conv::Conv2dOptions,
+    conv::ConvTranspose2dOptions,
     conv::Pair,
     norm::BatchStats,
     pool::Pool2dOptions,

@@ -1,8 +1,8 @@
-//! The convolution and pooling layers.
+//! The convolution, transposed convolution and pooling layers.
 
 use super::params::{Bound, ParamId, Params};
 use super::{init_uniform, Module};
-use crate::{Conv2dOptions, Float, Pair, Pool2dOptions, Var};
+use crate::{Conv2dOptions, ConvTranspose2dOptions, Float, Pair, Pool2dOptions, Var};
 
 /// A 2-D convolution layer, weight `[out, in/groups, kh, kw]`, bias `[out]`.
 ///
@@ -77,6 +77,91 @@ impl Conv2d {
 impl<T: Float> Module<T> for Conv2d {
     fn forward<'t>(&self, p: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
         x.conv2d(p[self.weight], self.bias.map(|b| p[b]), self.options)
+    }
+}
+
+/// A 2-D transposed convolution layer ([`Var::conv_transpose2d`]), weight
+/// `[in, out/groups, kh, kw]` (PyTorch's layout), bias `[out]`: the usual
+/// upsampling layer of decoders and generators.
+///
+/// ```
+/// use rand::SeedableRng;
+/// use tapegrad::nn::{ConvTranspose2d, Module, Params};
+/// use tapegrad::ConvTranspose2dOptions;
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut params = Params::<f32>::new();
+/// let up = ConvTranspose2dOptions::default().stride(2).padding(1);
+/// let deconv = ConvTranspose2d::new(&mut params, "up1", 8, 4, 4, up, true, &mut rng);
+/// let tape = tapegrad::Tape::new();
+/// let y = deconv.forward(&params.bind(&tape), tape.constant(tapegrad::Tensor::ones([2, 8, 7, 7])));
+/// assert_eq!(&y.shape()[..], &[2, 4, 14, 14]); // twice the size
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConvTranspose2d {
+    /// The weight `[in, out/groups, kh, kw]` (named `<name>.weight`).
+    pub weight: ParamId,
+    /// The bias `[out]` (named `<name>.bias`), if any.
+    pub bias: Option<ParamId>,
+    /// Stride, padding, output padding, dilation and groups.
+    pub options: ConvTranspose2dOptions,
+}
+
+impl ConvTranspose2d {
+    /// Registers `<name>.weight` and `<name>.bias` for a `kernel` (square `k`
+    /// or `(kh, kw)`), with PyTorch's default initialisation for
+    /// `ConvTranspose2d`: U(−1/√fan_in, 1/√fan_in) for both, where PyTorch
+    /// computes fan_in from the weight's second dimension,
+    /// `out/groups · kh · kw`.
+    ///
+    /// ```
+    /// use rand::SeedableRng;
+    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let opts = tapegrad::ConvTranspose2dOptions::default().groups(2);
+    /// let c = tapegrad::nn::ConvTranspose2d::new(&mut p, "c", 4, 8, (3, 1), opts, false, &mut rng);
+    /// let w = p.get(c.weight);
+    /// assert_eq!(&w.shape()[..], &[4, 4, 3, 1]);
+    /// assert!(w.data().iter().all(|v| v.abs() <= 1.0 / 12f32.sqrt())); // fan_in 4·3·1
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn new<T: Float, R: rand::Rng + ?Sized>(
+        params: &mut Params<T>,
+        name: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: impl Into<Pair>,
+        options: ConvTranspose2dOptions,
+        bias: bool,
+        rng: &mut R,
+    ) -> Self {
+        let k = kernel.into();
+        let g = options.groups.max(1);
+        assert!(
+            in_channels.is_multiple_of(g) && out_channels.is_multiple_of(g),
+            "ConvTranspose2d `{name}`: {in_channels} input and {out_channels} output channels must both be divisible by groups ({g})"
+        );
+        let fan_in = out_channels / g * k.h * k.w;
+        let weight = params.add(
+            format!("{name}.weight"),
+            init_uniform([in_channels, out_channels / g, k.h, k.w], fan_in, rng),
+        );
+        let bias = bias.then(|| {
+            params.add(
+                format!("{name}.bias"),
+                init_uniform([out_channels], fan_in, rng),
+            )
+        });
+        ConvTranspose2d {
+            weight,
+            bias,
+            options,
+        }
+    }
+}
+
+impl<T: Float> Module<T> for ConvTranspose2d {
+    fn forward<'t>(&self, p: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
+        x.conv_transpose2d(p[self.weight], self.bias.map(|b| p[b]), self.options)
     }
 }
 

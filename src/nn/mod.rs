@@ -1,6 +1,6 @@
 //! Layers and parameters: [`Params`] (named tensors outside the tape), [`Linear`],
-//! [`Conv2d`], stateless layers (activations, pooling, [`Upsample`], [`Pad2d`],
-//! adaptive pooling), and [`Sequential`] for simple stacks.
+//! [`Conv2d`], [`ConvTranspose2d`], stateless layers (activations, pooling,
+//! [`Upsample`], [`Pad2d`], adaptive pooling), and [`Sequential`] for simple stacks.
 //!
 //! A model is plain Rust: a struct holding layers, with a `forward(&bound, x)`
 //! method. Each training step binds the parameters to a fresh tape:
@@ -28,7 +28,7 @@ mod params;
 mod resample;
 
 pub use activation::{Hardtanh, SiLU, Softplus, ELU, GELU};
-pub use conv::{AvgPool2d, Conv2d, GlobalAvgPool2d, MaxPool2d};
+pub use conv::{AvgPool2d, Conv2d, ConvTranspose2d, GlobalAvgPool2d, MaxPool2d};
 pub use layers::{
     init_uniform, predict, Dropout, Flatten, LeakyReLU, Linear, Module, ReLU, Sequential, Sigmoid,
     Tanh,

@@ -7,7 +7,7 @@
 //! the im2col fast path, their backward passes and the pooling ops all read
 //! their indices from here.
 
-use super::{Conv2dOptions, Pair};
+use super::{Conv2dOptions, ConvTranspose2dOptions, Pair};
 use crate::{Error, Result};
 use std::ops::Range;
 
@@ -556,6 +556,202 @@ impl Conv2dGeometry {
         })
     }
 
+    /// The geometry of a transposed convolution ([`Var::conv_transpose2d`](crate::Var::conv_transpose2d)),
+    /// as the `conv2d` it is the adjoint of: the conv that maps the transposed
+    /// convolution's *output* back to its *input*, with the same weight read
+    /// as OIHW. So for a transposed convolution of `input` `[N, C_in, H, W]`
+    /// and `weight` `[C_in, C_out/groups, kh, kw]`, the geometry's
+    /// [`output_shape`](Self::output_shape) is `input`, its
+    /// [`weight_shape`](Self::weight_shape) is `weight`, and its
+    /// [`input_shape`](Self::input_shape) is the transposed convolution's
+    /// output `[N, C_out, H_out, W_out]`, with per axis
+    /// `out = (in − 1)·stride − 2·padding + dilation·(k − 1) + output_padding + 1`.
+    ///
+    /// When `output_padding ≥ stride` (allowed when it is below the dilation)
+    /// the conv over that output would have `⌊output_padding/stride⌋` more
+    /// rows (or columns) than the transposed convolution's input; the
+    /// geometry keeps only the first `in` ([`AxisGeometry::output`] is
+    /// `in`): the rows past them are read by no input pixel. Panics, naming
+    /// `conv_transpose2d` and the shapes, on bad input (see
+    /// [`try_transposed`](Self::try_transposed)).
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, ConvTranspose2dOptions};
+    /// let o = ConvTranspose2dOptions::default().stride(2).padding(1).output_padding(1);
+    /// let g = Conv2dGeometry::transposed(&[8, 4, 5, 5], &[4, 3, 3, 3], None, &o);
+    /// assert_eq!(g.input_shape(), [8, 3, 10, 10]); // (5 − 1)·2 − 2 + 2 + 1 + 1
+    /// assert_eq!(g.output_shape(), [8, 4, 5, 5]);
+    /// assert_eq!(g.weight_shape(), [4, 3, 3, 3]);
+    /// ```
+    pub fn transposed(
+        input: &[usize],
+        weight: &[usize],
+        bias: Option<&[usize]>,
+        options: &ConvTranspose2dOptions,
+    ) -> Self {
+        Self::try_transposed(input, weight, bias, options).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`transposed`](Self::transposed) but returns the error. Rejects:
+    /// input or weight not rank 4; zero stride, dilation or groups; C_in not
+    /// divisible by groups; weight's first dimension ≠ C_in; an empty kernel;
+    /// an input with no rows or columns; an `output_padding` not smaller than
+    /// the stride or the dilation on some axis (PyTorch's rule); an output size
+    /// that is not positive or overflows `isize` (checked arithmetic
+    /// throughout); tensors of more than `isize::MAX` elements; a bias that is
+    /// not `[C_out]`.
+    ///
+    /// ```
+    /// use tapegrad::conv::{Conv2dGeometry, ConvTranspose2dOptions};
+    /// let o = ConvTranspose2dOptions::default().stride(2).output_padding(2);
+    /// let e = Conv2dGeometry::try_transposed(&[1, 1, 3, 3], &[1, 1, 3, 3], None, &o).unwrap_err();
+    /// assert!(e.to_string().starts_with("conv_transpose2d: output_padding (2, 2) must be smaller than"));
+    /// ```
+    pub fn try_transposed(
+        input: &[usize],
+        weight: &[usize],
+        bias: Option<&[usize]>,
+        options: &ConvTranspose2dOptions,
+    ) -> Result<Self> {
+        let fail = |message: String| {
+            Err(Error::Shape {
+                op: "conv_transpose2d",
+                message,
+            })
+        };
+        let ConvTranspose2dOptions {
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+        } = *options;
+        if input.len() != 4 || weight.len() != 4 {
+            return fail(format!(
+                "input {input:?} and weight {weight:?} must be rank 4: \
+                 input [N, C_in, H, W], weight [C_in, C_out/groups, kh, kw]"
+            ));
+        }
+        let (n, c, ih, iw) = (input[0], input[1], input[2], input[3]);
+        let (wc, og, kh, kw) = (weight[0], weight[1], weight[2], weight[3]);
+        if stride.h == 0 || stride.w == 0 {
+            return fail(format!(
+                "stride {stride} must be at least 1 on both axes (input {input:?}, weight {weight:?})"
+            ));
+        }
+        if dilation.h == 0 || dilation.w == 0 {
+            return fail(format!(
+                "dilation {dilation} must be at least 1 on both axes (input {input:?}, weight {weight:?})"
+            ));
+        }
+        if groups == 0 {
+            return fail(format!(
+                "groups must be at least 1 (input {input:?}, weight {weight:?})"
+            ));
+        }
+        if c % groups != 0 {
+            return fail(format!(
+                "input {input:?} has {c} channels, which groups({groups}) does not divide \
+                 (weight {weight:?})"
+            ));
+        }
+        if wc != c {
+            return fail(format!(
+                "input {input:?} has {c} channels but weight {weight:?} expects {wc} \
+                 (weight [C_in, C_out/groups, kh, kw])"
+            ));
+        }
+        let Some(o) = og.checked_mul(groups).filter(|&o| o <= MAX_EXTENT) else {
+            return fail(format!(
+                "weight {weight:?} with groups({groups}) has more than isize::MAX output channels \
+                 (input {input:?})"
+            ));
+        };
+        if kh == 0 || kw == 0 {
+            return fail(format!(
+                "weight {weight:?} has an empty kernel (input {input:?})"
+            ));
+        }
+        if ih == 0 || iw == 0 {
+            return fail(format!(
+                "input {input:?} has no rows or columns (weight {weight:?})"
+            ));
+        }
+        let op_ok = |op: usize, s: usize, d: usize| op < s || op < d;
+        if !(op_ok(output_padding.h, stride.h, dilation.h)
+            && op_ok(output_padding.w, stride.w, dilation.w))
+        {
+            return fail(format!(
+                "output_padding {output_padding} must be smaller than stride {stride} or \
+                 dilation {dilation} on each axis (input {input:?}, weight {weight:?})"
+            ));
+        }
+        let extent = |axis: &str, i: usize, k: usize, s: usize, p: usize, d: usize, op: usize| {
+            transposed_extent(i, k, s, p, d, op).map_err(|m| {
+                format!("{m} on the {axis} axis (input {input:?}, weight {weight:?}, stride {stride}, padding {padding}, output_padding {output_padding}, dilation {dilation})")
+            })
+        };
+        let oh = extent(
+            "height",
+            ih,
+            kh,
+            stride.h,
+            padding.h,
+            dilation.h,
+            output_padding.h,
+        );
+        let ow = extent(
+            "width",
+            iw,
+            kw,
+            stride.w,
+            padding.w,
+            dilation.w,
+            output_padding.w,
+        );
+        let (oh, ow) = match (oh, ow) {
+            (Ok(oh), Ok(ow)) => (oh, ow),
+            (Err(m), _) | (_, Err(m)) => return fail(m),
+        };
+        let fits = |dims: &[usize]| {
+            dims.iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1)))
+                .is_some_and(|v| v <= MAX_EXTENT)
+        };
+        let out = [n, o, oh, ow];
+        if !(fits(input) && fits(weight) && fits(&out)) {
+            return fail(format!(
+                "input {input:?}, weight {weight:?} or the output {out:?} has more elements \
+                 than isize::MAX (stride {stride}, padding {padding}, dilation {dilation})"
+            ));
+        }
+        if let Some(b) = bias {
+            if b != [o] {
+                return fail(format!(
+                    "bias {b:?} does not match weight {weight:?} and groups({groups}): \
+                     expected [{o}] (input {input:?})"
+                ));
+            }
+        }
+        // The conv from the output back to the input: it fits by construction
+        // (its padded input is (in − 1)·stride + dilation·(k − 1) + output_padding + 1).
+        let axis = |out: usize, i: usize, k: usize, s: usize, p: usize, d: usize| {
+            let mut a = AxisGeometry::build(out, k, s, p, d).expect("the adjoint conv fits");
+            // ⌊output_padding / stride⌋ windows past the input's last pixel, if any, are dropped.
+            debug_assert!(a.output >= i);
+            a.output = i;
+            a
+        };
+        Ok(Conv2dGeometry {
+            batch: n,
+            in_channels: o,
+            out_channels: c,
+            groups,
+            h: axis(oh, ih, kh, stride.h, padding.h, dilation.h),
+            w: axis(ow, iw, kw, stride.w, padding.w, dilation.w),
+        })
+    }
+
     /// Output height: `floor((H + 2p − d(kh − 1) − 1) / s) + 1`.
     ///
     /// ```
@@ -698,6 +894,44 @@ impl Conv2dGeometry {
     #[inline]
     pub fn input_pixel(&self, i: usize, j: usize, ki: usize, kj: usize) -> Option<(usize, usize)> {
         Some((self.h.input_index(i, ki)?, self.w.input_index(j, kj)?))
+    }
+}
+
+/// One axis of a transposed convolution's output,
+/// `(input − 1)·stride − 2·padding + dilation·(kernel − 1) + output_padding + 1`,
+/// with checked arithmetic: it must be positive and fit `isize`. The error
+/// says which term overflows or what the size would be.
+fn transposed_extent(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    output_padding: usize,
+) -> std::result::Result<usize, String> {
+    let fit = |v: Option<usize>| v.filter(|&v| v <= MAX_EXTENT);
+    let grown = fit((input - 1).checked_mul(stride)).ok_or_else(|| {
+        format!("stride {stride} overflows: ({input} − 1)·{stride} exceeds isize::MAX")
+    })?;
+    let span = fit(dilation.checked_mul(kernel - 1)).ok_or_else(|| {
+        format!("dilation {dilation} overflows: {dilation}·({kernel} − 1) exceeds isize::MAX")
+    })?;
+    let full = fit(grown
+        .checked_add(span)
+        .and_then(|v| v.checked_add(output_padding))
+        .and_then(|v| v.checked_add(1)))
+    .ok_or_else(|| {
+        format!(
+            "the output size {grown} + {span} + {output_padding} + 1 (before padding) exceeds isize::MAX"
+        )
+    })?;
+    match padding.checked_mul(2).filter(|&p2| p2 < full) {
+        Some(p2) => Ok(full - p2),
+        None => Err(format!(
+            "the output size ({input} − 1)·{stride} − 2·{padding} + {dilation}·({kernel} − 1) + \
+             {output_padding} + 1 = {} is not positive",
+            full as i128 - 2 * padding as i128
+        )),
     }
 }
 

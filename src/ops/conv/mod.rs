@@ -1,4 +1,5 @@
-//! 2-D convolution: [`Var::conv2d`], its options, its geometry and its definition.
+//! 2-D convolution: [`Var::conv2d`] and its adjoint [`Var::conv_transpose2d`],
+//! their options, their geometry and their definitions.
 //!
 //! Layouts are PyTorch's: input NCHW `[N, C, H, W]`, weight OIHW
 //! `[O, C/groups, kh, kw]`, bias `[O]`, output `[N, O, out_h, out_w]`.
@@ -34,6 +35,38 @@
 //! assert_eq!(y.value().get(&[0, 0, 5, 5]), 9.0);
 //! ```
 //!
+//! ## Transposed convolution
+//!
+//! [`Var::conv_transpose2d`] (input `[N, C_in, H, W]`, weight PyTorch's
+//! `[C_in, C_out/groups, kh, kw]`, bias `[C_out]`) scatters each input pixel,
+//! weighted by the kernel, into the output:
+//!
+//! ```text
+//! Y[n, g·C_out/G + o, i·sh + ki·dh − ph, j·sw + kj·dw − pw] += X[n, c, i, j] · W[c, o, ki, kj]
+//! ```
+//!
+//! over input channels `c` (group `g = c / (C_in/G)`), `o < C_out/G` and the
+//! taps that land inside the output (plus `b[g·C_out/G + o]`). That is
+//! conv2d's input gradient for the conv that maps the output's shape back
+//! to the input's, with the same weight read as OIHW
+//! ([`Conv2dGeometry::transposed`] builds that conv's geometry). So the op
+//! runs conv2d's own passes on it: forward = conv2d's dX with dY := X,
+//! dX = conv2d's forward of dY, dW = conv2d's dW with its input and output
+//! gradient played by dY and X, db = Σ dY over n, h, w. Its gradients read
+//! the cropped border (the padding) as zeros that are multiplied, as
+//! conv2d's forward and dW do, and as PyTorch does.
+//!
+//! ```
+//! use tapegrad::{ConvTranspose2dOptions, Tape, Tensor};
+//! let tape = Tape::<f32>::new();
+//! let x = tape.constant(Tensor::ones([2, 8, 16, 16]));
+//! let w = tape.leaf(Tensor::ones([8, 4, 4, 4])); // [C_in, C_out, kh, kw]
+//! let y = x.conv_transpose2d(w, None, ConvTranspose2dOptions::default().stride(2).padding(1));
+//! assert_eq!(&y.shape()[..], &[2, 4, 32, 32]); // (16 − 1)·2 − 2 + 3 + 1
+//! ```
+//!
+//! ## Code
+//!
 //! - [`reference`](mod@reference) holds the naive loops: the definition, used by tests.
 //! - [`Conv2dGeometry`] (and [`AxisGeometry`]) hold the index math, written once.
 //! - The op itself runs one of two fast paths: Winograd for 3×3, stride-1
@@ -56,9 +89,11 @@ mod geometry;
 mod im2col;
 pub(crate) mod parallel;
 pub mod reference;
+mod transpose;
 mod winograd;
 
 pub use geometry::{AxisGeometry, Conv2dGeometry};
+pub use transpose::ConvTranspose2dOptions;
 
 /// Makes every Winograd conv use F(`tile`×`tile`, 3×3) (`tile` 2 or 4), or
 /// lets each conv's geometry choose again (`0`, the default). Process-wide;

@@ -1,5 +1,6 @@
-//! THE DEFINITION of `conv2d` and of its gradients: naive loops, one output
-//! element (or one multiply-add) at a time, straight from the formulas.
+//! THE DEFINITION of `conv2d`, of `conv_transpose2d` and of their gradients:
+//! naive loops, one output element (or one multiply-add) at a time, straight
+//! from the formulas.
 //!
 //! ```text
 //! forward    Y[n, o, i, j] = b[o] + Σ_{c, ki, kj} X[n, g·C/G + c, i·sh + ki·dh − ph, j·sw + kj·dw − pw] · W[o, c, ki, kj]
@@ -39,7 +40,7 @@
 //! assert_eq!(g.db.data(), &[4.0]);
 //! ```
 
-use super::{Conv2dGeometry, Conv2dOptions};
+use super::{Conv2dGeometry, Conv2dOptions, ConvTranspose2dOptions};
 use crate::shape::Shape;
 use crate::{Float, Tensor};
 
@@ -256,5 +257,141 @@ pub fn conv2d_backward<T: Float>(
         dx: Tensor::from_parts(dx, x.shape().clone()),
         dw: Tensor::from_parts(dw, w.shape().clone()),
         db: Tensor::from_parts(db, Shape::from([geom.out_channels])),
+    }
+}
+
+/// Calls `f(x_offset, w_offset, y_offset)` for every product of a transposed
+/// convolution: input pixel `(n, c, i, j)` times weight tap `(c, o, ki, kj)`,
+/// landing at output pixel `(n, g·C_out/G + o, i·sh + ki·dh − ph, j·sw + kj·dw − pw)`,
+/// `y_offset` `None` when that falls outside the output (cropped by the padding).
+/// `geom` is the transposed convolution's [`Conv2dGeometry::transposed`]: the
+/// input is its output, the output its input.
+fn for_each_scatter(geom: &Conv2dGeometry, mut f: impl FnMut(usize, usize, Option<usize>)) {
+    let (xs, ws, ys) = (geom.output_shape(), geom.weight_shape(), geom.input_shape());
+    let (c_in, c_out_g) = (geom.out_channels, geom.in_per_group());
+    let in_g = c_in / geom.groups;
+    for n in 0..xs[0] {
+        for c in 0..c_in {
+            let g = c / in_g;
+            for i in 0..xs[2] {
+                for j in 0..xs[3] {
+                    for o in 0..c_out_g {
+                        for ki in 0..geom.h.kernel {
+                            for kj in 0..geom.w.kernel {
+                                let y = geom
+                                    .input_pixel(i, j, ki, kj)
+                                    .map(|(r, s)| at(ys, n, g * c_out_g + o, r, s));
+                                f(at(xs, n, c, i, j), at(ws, c, o, ki, kj), y);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The definition of `conv_transpose2d` (the adjoint of `conv2d`): every input
+/// pixel, times every kernel tap, is added into the output pixel it lands on;
+/// products that land outside the output (in the padding, which crops it)
+/// are dropped.
+///
+/// ```text
+/// Y[n, g·C_out/G + o, i·sh + ki·dh − ph, j·sw + kj·dw − pw] += X[n, c, i, j] · W[c, o, ki, kj]
+/// Y[n, q, ·, ·] += b[q]
+/// ```
+///
+/// with input `[N, C_in, H, W]`, weight `[C_in, C_out/G, kh, kw]`, `g` the group of
+/// input channel `c`, and the output size `(in − 1)·s − 2p + d·(k − 1) + output_padding + 1`
+/// per axis. Panics like [`Var::conv_transpose2d`](crate::Var::conv_transpose2d) on bad shapes.
+///
+/// ```
+/// use tapegrad::conv::reference;
+/// use tapegrad::{ConvTranspose2dOptions, Tensor};
+/// let x = Tensor::from_vec(vec![1.0, 2.0], [1, 1, 1, 2]).unwrap();
+/// let w = Tensor::from_vec(vec![1.0, 10.0], [1, 1, 1, 2]).unwrap();
+/// let y = reference::conv_transpose2d(&x, &w, None, ConvTranspose2dOptions::default());
+/// assert_eq!(y.data(), &[1.0, 12.0, 20.0]); // [1, 10] + [0, 2, 20]
+/// ```
+pub fn conv_transpose2d<T: Float>(
+    x: &Tensor<T>,
+    w: &Tensor<T>,
+    b: Option<&Tensor<T>>,
+    options: ConvTranspose2dOptions,
+) -> Tensor<T> {
+    let geom =
+        Conv2dGeometry::transposed(x.shape(), w.shape(), b.map(|b| &b.shape()[..]), &options);
+    let ys = geom.input_shape();
+    let mut y = vec![T::ZERO; ys.iter().product()];
+    let (xd, wd) = (x.data(), w.data());
+    for_each_scatter(&geom, |xo, wo, yo| {
+        if let Some(yo) = yo {
+            y[yo] += xd[xo] * wd[wo];
+        }
+    });
+    if let Some(b) = b {
+        let plane = ys[2] * ys[3];
+        for (e, v) in y.iter_mut().enumerate() {
+            *v += b.data()[(e / plane) % ys[1]];
+        }
+    }
+    Tensor::from_parts(y, Shape::from(ys))
+}
+
+/// The definition of the gradients of `conv_transpose2d` for an upstream
+/// gradient `dy` (the output's shape): for every product of the forward pass,
+/// with δ = dY at the output pixel it lands on (0 when that is outside the
+/// output: the cropped border reads 0, and that 0 *is* multiplied, as in
+/// conv2d's padding and in PyTorch):
+///
+/// ```text
+/// dX[n, c, i, j]   += δ · W[c, o, ki, kj]
+/// dW[c, o, ki, kj] += δ · X[n, c, i, j]
+/// db[q]            = Σ_{n, h, w} dY[n, q, h, w]
+/// ```
+///
+/// ```
+/// use tapegrad::conv::reference;
+/// use tapegrad::{ConvTranspose2dOptions, Tensor};
+/// let x = Tensor::from_vec(vec![1.0, 2.0], [1, 1, 1, 2]).unwrap();
+/// let w = Tensor::from_vec(vec![1.0, 10.0], [1, 1, 1, 2]).unwrap();
+/// let dy = Tensor::from_vec(vec![1.0, 0.0, 3.0], [1, 1, 1, 3]).unwrap();
+/// let g = reference::conv_transpose2d_backward(&x, &w, &dy, ConvTranspose2dOptions::default());
+/// assert_eq!(g.dx.data(), &[1.0, 30.0]); // dy[0]·1 + dy[1]·10, dy[1]·1 + dy[2]·10
+/// assert_eq!(g.dw.data(), &[1.0, 6.0]);  // x·dy[0..2], x·dy[1..3]
+/// assert_eq!(g.db.data(), &[4.0]);
+/// ```
+pub fn conv_transpose2d_backward<T: Float>(
+    x: &Tensor<T>,
+    w: &Tensor<T>,
+    dy: &Tensor<T>,
+    options: ConvTranspose2dOptions,
+) -> Conv2dGrads<T> {
+    let geom = Conv2dGeometry::transposed(x.shape(), w.shape(), None, &options);
+    let ys = geom.input_shape();
+    assert!(
+        dy.shape()[..] == ys,
+        "conv_transpose2d reference: dy {} does not match the output {ys:?} of input {} and weight {}",
+        dy.shape(),
+        x.shape(),
+        w.shape()
+    );
+    let (xd, wd, dyd) = (x.data(), w.data(), dy.data());
+    let mut dx = vec![T::ZERO; x.numel()];
+    let mut dw = vec![T::ZERO; w.numel()];
+    for_each_scatter(&geom, |xo, wo, yo| {
+        let delta = yo.map_or(T::ZERO, |yo| dyd[yo]);
+        dx[xo] += delta * wd[wo];
+        dw[wo] += delta * xd[xo];
+    });
+    let mut db = vec![T::ZERO; ys[1]];
+    let plane = ys[2] * ys[3];
+    for (e, &v) in dyd.iter().enumerate() {
+        db[(e / plane) % ys[1]] += v;
+    }
+    Conv2dGrads {
+        dx: Tensor::from_parts(dx, x.shape().clone()),
+        dw: Tensor::from_parts(dw, w.shape().clone()),
+        db: Tensor::from_parts(db, Shape::from([ys[1]])),
     }
 }
