@@ -13,6 +13,9 @@ Writes to tests/fixtures/:
   mode (so its batch-norm running statistics and num_batches_tracked are not
   the initial ones), saved with safetensors.torch.save_file (float32; the
   counters as int64, as PyTorch keeps them).
+* ``interop_decoder.safetensors``: a decoder with ConvTranspose2d and bilinear
+  upsampling (class Decoder below), saved the same way; case ``decoder`` of
+  ``interop.txt`` holds an input z and its output y.
 * ``interop.txt``: case ``torch_to_tapegrad`` (an input x and PyTorch's
   eval-mode output y of that model) and case ``tapegrad_to_torch`` (the eval-mode
   output of the same architecture after ``load_state_dict(..., strict=True)`` of
@@ -55,6 +58,24 @@ class Net(nn.Module):
         return self.fc2(h)
 
 
+class Decoder(nn.Module):
+    """linear 8->32, reshape [N, 8, 2, 2], ConvTranspose2d 8->4 (k4, s2, p1) -> 4x4,
+    ReLU, Upsample bilinear x2 (align_corners=False) -> 8x8, ConvTranspose2d 4->1
+    (k3, s1, p1), sigmoid."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 32)
+        self.up1 = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)
+        self.up2 = nn.ConvTranspose2d(4, 1, 3, stride=1, padding=1)
+
+    def forward(self, z):
+        h = self.fc(z).reshape(-1, 8, 2, 2)
+        h = F.relu(self.up1(h))
+        h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return torch.sigmoid(self.up2(h))
+
+
 def main():
     torch.manual_seed(0)
     ff = FixtureFile("interop.txt", notes=[
@@ -89,6 +110,14 @@ def main():
     with torch.no_grad():
         y2 = other(x)
     ff.case("tapegrad_to_torch", [], [("x", x), ("y", y2)])
+
+    dec = Decoder()
+    save_file({k: v.contiguous() for k, v in dec.state_dict().items()},
+              os.path.join(OUT, "interop_decoder.safetensors"))
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        y3 = dec(z)
+    ff.case("decoder", [], [("z", z), ("y", y3)])
     ff.write()
 
 

@@ -112,3 +112,40 @@ fn a_tapegrad_state_dict_loads_strictly_in_pytorch_with_the_same_outputs() {
     let want = fixture_f32(case, "y");
     assert!(y.max_abs_diff(&want) < 1e-5, "{y}\nvs PyTorch\n{want}");
 }
+
+#[test]
+fn a_pytorch_decoder_with_transposed_convs_and_upsampling_loads_strictly() {
+    use tapegrad::nn::{ConvTranspose2d, Module, Upsample};
+    use tapegrad::{ConvTranspose2dOptions, Tape, UpsampleSize};
+    let cases = fixtures::load("interop.txt");
+    let case = fixtures::find(&cases, "decoder");
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut params = Params::<f32>::new();
+    let fc = Linear::new(&mut params, "fc", 8, 32, true, &mut rng);
+    let o1 = ConvTranspose2dOptions::new().stride(2).padding(1);
+    let up1 = ConvTranspose2d::new(&mut params, "up1", 8, 4, 4, o1, true, &mut rng);
+    let up2 = ConvTranspose2d::new(
+        &mut params,
+        "up2",
+        4,
+        1,
+        3,
+        ConvTranspose2dOptions::new().padding(1),
+        true,
+        &mut rng,
+    );
+    let upsample = Upsample::bilinear(UpsampleSize::Scale(2.0, 2.0), false);
+    params
+        .load(fixture_path("interop_decoder.safetensors"))
+        .unwrap();
+    let z = fixture_f32(case, "z");
+    let n = z.shape()[0];
+    let tape = Tape::no_grad();
+    let p = params.bind_eval(&tape);
+    let h = fc.forward(&p, tape.constant(z)).reshape([n, 8, 2, 2]);
+    let h = upsample.forward(&p, up1.forward(&p, h).relu());
+    let y = up2.forward(&p, h).sigmoid().value();
+    let want = fixture_f32(case, "y");
+    assert_eq!(y.shape(), want.shape());
+    assert!(y.max_abs_diff(&want) < 1e-5, "{y}\nvs PyTorch\n{want}");
+}
