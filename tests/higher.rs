@@ -290,11 +290,19 @@ fn an_op_without_a_differentiable_backward_says_so() {
     let tape = Tape::<f64>::new();
     let x = tape.leaf(Tensor::ones([1, 1, 3, 3]));
     let w = tape.leaf(Tensor::ones([1, 1, 2, 2]));
-    let y = x.conv2d(w, None, Conv2dOptions::default()).sum();
+    // A custom op recorded with `Tape::record` is first-order only.
+    let y = tape
+        .record("my_op", x.value(), &[x], |ctx| {
+            let mut g = tapegrad::ParentGrads::new();
+            g.push(Some(ctx.grad.clone()));
+            g
+        })
+        .conv2d(w, None, Conv2dOptions::default())
+        .sum();
     let e = catch_unwind(AssertUnwindSafe(|| y.grad_graph(&[x]))).unwrap_err();
     let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(
-        msg.starts_with("grad_graph: node 2 (conv2d) cannot be differentiated twice"),
+        msg.starts_with("grad_graph: node 2 (my_op) cannot be differentiated twice"),
         "{msg}"
     );
     // The tape is intact: the first-order backward still works.
@@ -384,4 +392,104 @@ fn activations() {
         std::slice::from_ref(&x),
     );
     check("abs", |_, v| v[0].abs() * v[0], std::slice::from_ref(&x));
+}
+
+#[test]
+fn convolutions_to_any_order() {
+    use tapegrad::ConvTranspose2dOptions;
+    let cases = [
+        (Conv2dOptions::new(), [1, 2, 5, 5], [3, 2, 3, 3]),
+        (
+            Conv2dOptions::new().stride(2).padding(1),
+            [2, 2, 6, 5],
+            [2, 2, 3, 3],
+        ),
+        (
+            Conv2dOptions::new().dilation((2, 1)).padding((1, 0)),
+            [1, 2, 6, 6],
+            [2, 2, 2, 3],
+        ),
+        (
+            Conv2dOptions::new().groups(2).stride((1, 2)),
+            [1, 4, 5, 6],
+            [4, 2, 3, 2],
+        ),
+    ];
+    for (k, (o, xs, ws)) in cases.into_iter().enumerate() {
+        let (x, w, b) = (
+            randn(&xs, 40 + k as u64),
+            randn(&ws, 50 + k as u64),
+            randn(&[ws[0]], 60),
+        );
+        check(
+            &format!("conv2d {k}"),
+            |_, v| v[0].conv2d(v[1], Some(v[2]), o).tanh(),
+            &[x.clone(), w.clone(), b],
+        );
+        // A product of two convolutions: second derivatives in x and w mix.
+        check(
+            &format!("conv2d squared {k}"),
+            |_, v| {
+                let y = v[0].conv2d(v[1], None, o);
+                y * y
+            },
+            &[x, w],
+        );
+    }
+    let o = ConvTranspose2dOptions::new()
+        .stride(2)
+        .padding(1)
+        .output_padding(1);
+    let (x, w, b) = (
+        randn(&[2, 3, 3, 3], 70),
+        randn(&[3, 2, 3, 3], 71),
+        randn(&[2], 72),
+    );
+    check(
+        "conv_transpose2d",
+        |_, v| v[0].conv_transpose2d(v[1], Some(v[2]), o).tanh(),
+        &[x.clone(), w.clone(), b],
+    );
+    check(
+        "conv_transpose2d squared",
+        |_, v| {
+            let y = v[0].conv_transpose2d(v[1], None, o);
+            y * y
+        },
+        &[x, w],
+    );
+    // Third order through the weight-gradient op: d³/dw³ of Σ conv(x, w)³.
+    let tape = Tape::<f64>::new();
+    let x = tape.leaf(randn(&[1, 1, 4, 4], 73));
+    let w = tape.leaf(randn(&[1, 1, 2, 2], 74));
+    let y = x.conv2d(w, None, Conv2dOptions::new()).powf(3.0).sum();
+    let g1 = y.grad_graph(&[w])[0];
+    let g2 = g1.sum().grad_graph(&[w])[0];
+    let g3 = g2.sum().backward()[w].clone();
+    // Σ over windows of 6·(Σ patch)³ for each tap: check against patches directly.
+    let (xv, wv) = (x.value(), w.value());
+    let mut want = [0.0; 4];
+    for i in 0..3 {
+        for j in 0..3 {
+            let patch = [
+                xv.get(&[0, 0, i, j]),
+                xv.get(&[0, 0, i, j + 1]),
+                xv.get(&[0, 0, i + 1, j]),
+                xv.get(&[0, 0, i + 1, j + 1]),
+            ];
+            let _ = wv.data();
+            let s: f64 = patch.iter().sum();
+            for (t, p) in patch.iter().enumerate() {
+                want[t] += 6.0 * p * s * s;
+            }
+        }
+    }
+    for t in 0..4 {
+        assert!(
+            (g3.data()[t] - want[t]).abs() < 1e-9,
+            "tap {t}: {} vs {}",
+            g3.data()[t],
+            want[t]
+        );
+    }
 }

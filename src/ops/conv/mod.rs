@@ -347,6 +347,26 @@ impl<'t, T: Float> Var<'t, T> {
             bv.as_ref().map(|b| &b.shape()[..]),
             &options,
         );
+        self.conv2d_geom(weight, bias, geom)
+    }
+
+    /// [`conv2d`](Var::conv2d) with its geometry already built (and checked).
+    ///
+    /// Its graph backward (for [`Var::grad_graph`]) stays in the family of
+    /// three ops on one geometry G: conv2d F(x, w), its adjoint in x,
+    /// A(y, w) = [`conv_transpose2d`](Var::conv_transpose2d), and its weight
+    /// gradient Wg(x, y). dF = (A(g, w), Wg(x, g), Σg); dA = (F(g, w), Wg(g, y),
+    /// Σg); dWg = (A(y, G), F(x, G)) for an upstream G of the weight's shape
+    /// (from ⟨G, Wg(x, y)⟩ = ⟨F(x, G), y⟩ = ⟨x, A(y, G)⟩), so gradients of any
+    /// order are convolutions.
+    pub(crate) fn conv2d_geom(
+        self,
+        weight: Var<'t, T>,
+        bias: Option<Var<'t, T>>,
+        geom: Conv2dGeometry,
+    ) -> Var<'t, T> {
+        let (xv, wv) = (self.value(), weight.value());
+        let bv = bias.map(|b| b.value());
         let (x_, w_, b_) = (xv.data(), wv.data(), bv.as_ref().map(|b| b.data()));
         let y = if winograd::applies(&geom) && all_finite(x_) && all_finite(w_) {
             winograd::forward(&geom, x_, w_, b_)
@@ -357,31 +377,88 @@ impl<'t, T: Float> Var<'t, T> {
         let mut parents = smallvec::SmallVec::<[Var<'t, T>; 3]>::new();
         parents.extend([self, weight]);
         parents.extend(bias);
-        self.tape.record("conv2d", y, &parents, move |ctx| {
-            let (x, w) = (ctx.inputs[0], ctx.inputs[1]);
-            let need_db = ctx.inputs.len() == 3 && ctx.needs_grad[2];
-            let need = [ctx.needs_grad[0], ctx.needs_grad[1], need_db];
-            let (x_, w_, dy) = (x.data(), w.data(), ctx.grad.data());
-            // dX reads W and dY, dW reads X and dY.
-            let finite =
-                all_finite(dy) && (!need[0] || all_finite(w_)) && (!need[1] || all_finite(x_));
-            let backward = if winograd::applies(&geom) && finite {
-                winograd::backward
-            } else {
-                im2col::backward
-            };
-            let g = backward(&geom, x_, w_, dy, need);
-            let dx = g.dx.map(|d| Tensor::from_parts(d, x.shape().clone()));
-            let dw = g.dw.map(|d| Tensor::from_parts(d, w.shape().clone()));
-            let mut grads = smallvec![dx, dw];
+        let graph = crate::tape::graph_fn(move |ctx: &crate::GraphCtx<'_, '_, T>| {
+            let (x, w, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
+            let mut grads = crate::GraphGrads::new();
+            grads.push(ctx.needs_grad[0].then(|| g.conv_transpose2d_geom(w, None, geom)));
+            grads.push(ctx.needs_grad[1].then(|| conv2d_weight_grad(x, g, geom)));
             if ctx.inputs.len() == 3 {
-                let db =
-                    g.db.map(|d| Tensor::from_parts(d, Shape::from([geom.out_channels])));
-                grads.push(db);
+                grads.push(ctx.needs_grad[2].then(|| g.sum_axes(&[0, 2, 3], false)));
             }
             grads
-        })
+        });
+        self.tape.record_differentiable(
+            "conv2d",
+            y,
+            &parents,
+            move |ctx| {
+                let (x, w) = (ctx.inputs[0], ctx.inputs[1]);
+                let need_db = ctx.inputs.len() == 3 && ctx.needs_grad[2];
+                let need = [ctx.needs_grad[0], ctx.needs_grad[1], need_db];
+                let (x_, w_, dy) = (x.data(), w.data(), ctx.grad.data());
+                // dX reads W and dY, dW reads X and dY.
+                let finite =
+                    all_finite(dy) && (!need[0] || all_finite(w_)) && (!need[1] || all_finite(x_));
+                let backward = if winograd::applies(&geom) && finite {
+                    winograd::backward
+                } else {
+                    im2col::backward
+                };
+                let g = backward(&geom, x_, w_, dy, need);
+                let dx = g.dx.map(|d| Tensor::from_parts(d, x.shape().clone()));
+                let dw = g.dw.map(|d| Tensor::from_parts(d, w.shape().clone()));
+                let mut grads = smallvec![dx, dw];
+                if ctx.inputs.len() == 3 {
+                    let db =
+                        g.db.map(|d| Tensor::from_parts(d, Shape::from([geom.out_channels])));
+                    grads.push(db);
+                }
+                grads
+            },
+            graph,
+        )
     }
+}
+
+/// The weight gradient of the convolution `geom` as an op: Wg(x, dy), the
+/// correlation of the input `x` with the output gradient `dy` (shape of the
+/// weight). Linear in each argument; its own gradients, for an upstream G of
+/// the weight's shape, are ∂/∂x = conv_transpose(dy, G) and ∂/∂dy = conv2d(x, G).
+pub(crate) fn conv2d_weight_grad<'t, T: Float>(
+    x: Var<'t, T>,
+    dy: Var<'t, T>,
+    geom: Conv2dGeometry,
+) -> Var<'t, T> {
+    let (xv, dyv) = (x.value(), dy.value());
+    let wshape = Shape::from(geom.weight_shape());
+    let (x_, dy_) = (xv.data(), dyv.data());
+    let g = im2col::backward(&geom, x_, &[], dy_, [false, true, false]);
+    let w = Tensor::from_parts(g.dw.expect("the weight gradient was asked for"), wshape);
+    let graph = crate::tape::graph_fn(move |ctx: &crate::GraphCtx<'_, '_, T>| {
+        let (x, dy, gw) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
+        let mut grads = crate::GraphGrads::new();
+        grads.push(ctx.needs_grad[0].then(|| dy.conv_transpose2d_geom(gw, None, geom)));
+        grads.push(ctx.needs_grad[1].then(|| x.conv2d_geom(gw, None, geom)));
+        grads
+    });
+    x.tape().record_differentiable(
+        "conv2d_weight_grad",
+        w,
+        &[x, dy],
+        move |ctx| {
+            let (x, dy, gw) = (ctx.inputs[0], ctx.inputs[1], ctx.grad.data());
+            let dx = ctx.needs_grad[0].then(|| {
+                let g = im2col::backward(&geom, &[], gw, dy.data(), [true, false, false]);
+                Tensor::from_parts(g.dx.expect("asked for"), x.shape().clone())
+            });
+            let ddy = ctx.needs_grad[1].then(|| {
+                let y = im2col::forward(&geom, x.data(), gw, None);
+                Tensor::from_parts(y, dy.shape().clone())
+            });
+            smallvec![dx, ddy]
+        },
+        graph,
+    )
 }
 
 #[cfg(test)]

@@ -248,6 +248,20 @@ impl<'t, T: Float> Var<'t, T> {
             bv.as_ref().map(|b| &b.shape()[..]),
             &options,
         );
+        self.conv_transpose2d_geom(weight, bias, geom)
+    }
+
+    /// The adjoint in x of the convolution `geom` (`conv_transpose2d` with
+    /// its geometry built): `self` has the convolution's output shape and the
+    /// result its input shape. See [`Var::conv2d`] for the family's graph backward.
+    pub(crate) fn conv_transpose2d_geom(
+        self,
+        weight: Var<'t, T>,
+        bias: Option<Var<'t, T>>,
+        geom: Conv2dGeometry,
+    ) -> Var<'t, T> {
+        let (xv, wv) = (self.value(), weight.value());
+        let bv = bias.map(|b| b.value());
         let (x_, w_) = (xv.data(), wv.data());
         // conv2d's dX with dY := X; its input (our output) is not read.
         let wanted = [true, false, false];
@@ -264,8 +278,21 @@ impl<'t, T: Float> Var<'t, T> {
         let mut parents = smallvec::SmallVec::<[Var<'t, T>; 3]>::new();
         parents.extend([self, weight]);
         parents.extend(bias);
-        self.tape
-            .record("conv_transpose2d", y, &parents, move |ctx| {
+        let graph = crate::tape::graph_fn(move |ctx: &crate::GraphCtx<'_, '_, T>| {
+            let (x, w, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
+            let mut grads = crate::GraphGrads::new();
+            grads.push(ctx.needs_grad[0].then(|| g.conv2d_geom(w, None, geom)));
+            grads.push(ctx.needs_grad[1].then(|| super::conv2d_weight_grad(g, x, geom)));
+            if ctx.inputs.len() == 3 {
+                grads.push(ctx.needs_grad[2].then(|| g.sum_axes(&[0, 2, 3], false)));
+            }
+            grads
+        });
+        self.tape.record_differentiable(
+            "conv_transpose2d",
+            y,
+            &parents,
+            move |ctx| {
                 let (x, w) = (ctx.inputs[0], ctx.inputs[1]);
                 let (x_, w_, dy) = (x.data(), w.data(), ctx.grad.data());
                 let dy_finite = all_finite(dy);
@@ -298,6 +325,8 @@ impl<'t, T: Float> Var<'t, T> {
                     grads.push(db);
                 }
                 grads
-            })
+            },
+            graph,
+        )
     }
 }
