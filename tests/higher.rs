@@ -487,3 +487,58 @@ fn convolutions_to_any_order() {
         assert!((got - want).abs() < 1e-9, "tap {t}: {got} vs {want}");
     }
 }
+
+#[test]
+fn pooling_to_any_order() {
+    use tapegrad::Pool2dOptions;
+    // Distinct values: no ties within a window.
+    let x = Tensor::<f64>::from_vec(
+        (0..72)
+            .map(|i| ((i * 37) % 72) as f64 * 0.1 - 3.0)
+            .collect(),
+        [1, 2, 6, 6],
+    )
+    .unwrap();
+    check(
+        "max_pool2d",
+        |_, v| v[0].max_pool2d(2).powf(2.0),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "max_pool2d overlapping, padded",
+        |_, v| {
+            v[0].max_pool2d(Pool2dOptions::new(3).stride(2).padding(1))
+                .tanh()
+        },
+        std::slice::from_ref(&x),
+    );
+    check(
+        "avg_pool2d",
+        |_, v| {
+            v[0].avg_pool2d(Pool2dOptions::new(3).stride(2).padding(1).ceil_mode(true))
+                .tanh()
+        },
+        std::slice::from_ref(&x),
+    );
+    check(
+        "adaptive_avg_pool2d",
+        |_, v| v[0].adaptive_avg_pool2d((4, 3)).tanh(),
+        std::slice::from_ref(&x),
+    );
+    check(
+        "adaptive_max_pool2d",
+        |_, v| v[0].adaptive_max_pool2d((2, 4)).powf(2.0),
+        std::slice::from_ref(&x),
+    );
+    // A third derivative through max pooling's scatter and gather.
+    let tape = Tape::<f64>::new();
+    let xv = tape.leaf(x.clone());
+    let y = xv.max_pool2d(2).powf(3.0).sum();
+    let g1 = y.grad_graph(&[xv])[0];
+    let g2 = g1.sum().grad_graph(&[xv])[0];
+    let g3 = g2.sum().backward()[xv].clone();
+    // Each window's maximum m gets d³(m³)/dm³ = 6, every other element 0.
+    let maxima = g3.data().iter().filter(|&&v| v == 6.0).count();
+    assert_eq!(maxima, 18);
+    assert!(g3.data().iter().all(|&v| v == 6.0 || v == 0.0));
+}

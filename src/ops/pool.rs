@@ -26,8 +26,8 @@
 
 use super::conv::parallel::{run_jobs, split_by, Planes};
 use super::conv::{AxisGeometry, Pair};
+use super::{record_linear_backward, LinearMap};
 use crate::shape::Shape;
-use crate::tape::one;
 use crate::{Float, Tensor, Var};
 use std::ops::Range;
 
@@ -277,6 +277,7 @@ fn adaptive_span(o: usize, input: usize, output: usize) -> Range<usize> {
 
 /// The windows of one plane: rows and columns of each, and the divisor of
 /// average pooling. Forward and backward passes read them from here.
+#[derive(Clone)]
 struct Windows {
     rows: Vec<Range<usize>>,
     cols: Vec<Range<usize>>,
@@ -644,11 +645,16 @@ fn max_pool<'t, T: Float>(
             max_plane(&win, plane, y, arg);
         }
     });
-    let y = Tensor::from_parts(y, out_shape);
-    xvar.tape.record(op, y, &[xvar], move |ctx| {
+    let y = Tensor::from_parts(y, out_shape.clone());
+    let in_shape = xv.shape().clone();
+    let argmax = std::sync::Arc::new(argmax);
+    let arg2 = argmax.clone();
+    // The backward scatters each output gradient to its window's maximum; its
+    // adjoint gathers from there.
+    let scatter = move |g: &Tensor<T>| {
         // Cleared part by part by the thread that adds into it.
-        let mut dx = crate::buffer::scratch(ctx.inputs[0].numel());
-        let g = ctx.grad.data();
+        let mut dx = crate::buffer::scratch(in_shape.numel());
+        let g = g.data();
         planes.par(&mut dx, ip, |range, dx| {
             dx.fill(T::ZERO);
             let g = &g[range.start * op_..range.end * op_];
@@ -663,22 +669,41 @@ fn max_pool<'t, T: Float>(
                 }
             }
         });
-        one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
-    })
+        Tensor::from_parts(dx, in_shape.clone())
+    };
+    let gather = move |x: &Tensor<T>| {
+        let x = x.data();
+        let mut y = crate::buffer::scratch(out_shape.numel());
+        planes.par(&mut y, op_, |range, y| {
+            let x = &x[range.start * ip..range.end * ip];
+            let arg = &arg2[range.start * op_..range.end * op_];
+            for ((x, y), arg) in x
+                .chunks_exact(ip)
+                .zip(y.chunks_exact_mut(op_))
+                .zip(arg.chunks_exact(op_))
+            {
+                for (y, &k) in y.iter_mut().zip(arg) {
+                    *y = x[k as usize];
+                }
+            }
+        });
+        Tensor::from_parts(y, out_shape.clone())
+    };
+    let backward = LinearMap::new("max_pool2d_backward", scatter, "max_pool2d_gather", gather);
+    record_linear_backward(xvar, op, y, backward)
 }
 
-/// Average pooling over `win` in every plane (divisors as
-/// [`Windows::divisor`] with `include`), recorded as `op`.
-fn avg_pool<'t, T: Float>(
-    op: &'static str,
-    xvar: Var<'t, T>,
-    planes: Planes,
-    win: Windows,
+/// The average of every window of every plane of `x` (divisors as
+/// [`Windows::divisor`] with `include`): the forward of average pooling, and
+/// the adjoint of its backward.
+fn avg_planes<T: Float>(
+    x: &Tensor<T>,
+    planes: &Planes,
+    win: &Windows,
     include: bool,
-    out_shape: Shape,
-) -> Var<'t, T> {
-    let xv = xvar.value();
-    let x = xv.data();
+    out_shape: &Shape,
+) -> Tensor<T> {
+    let x = x.data();
     let (ip, op_) = (planes.input, planes.output);
     // Every window writes its output.
     let mut y = crate::buffer::scratch(out_shape.numel());
@@ -700,11 +725,30 @@ fn avg_pool<'t, T: Float>(
             }
         }
     });
-    let y = Tensor::from_parts(y, out_shape);
-    xvar.tape.record(op, y, &[xvar], move |ctx| {
+    Tensor::from_parts(y, out_shape.clone())
+}
+
+/// Average pooling over `win` in every plane (divisors as
+/// [`Windows::divisor`] with `include`), recorded as `op`.
+fn avg_pool<'t, T: Float>(
+    op: &'static str,
+    xvar: Var<'t, T>,
+    planes: Planes,
+    win: Windows,
+    include: bool,
+    out_shape: Shape,
+) -> Var<'t, T> {
+    let xv = xvar.value();
+    let (ip, op_) = (planes.input, planes.output);
+    let y = avg_planes(&xv, &planes, &win, include, &out_shape);
+    let in_shape = xv.shape().clone();
+    let win2 = win.clone();
+    // The backward spreads each output gradient over its window; its adjoint
+    // is the pooling itself.
+    let spread = move |g: &Tensor<T>| {
         // Cleared part by part by the thread that adds into it.
-        let mut dx = crate::buffer::scratch(ctx.inputs[0].numel());
-        let g = ctx.grad.data();
+        let mut dx = crate::buffer::scratch(in_shape.numel());
+        let g = g.data();
         planes.par(&mut dx, ip, |range, dx| {
             dx.fill(T::ZERO);
             let g = &g[range.start * op_..range.end * op_];
@@ -723,6 +767,9 @@ fn avg_pool<'t, T: Float>(
                 }
             }
         });
-        one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
-    })
+        Tensor::from_parts(dx, in_shape.clone())
+    };
+    let pool = move |x: &Tensor<T>| avg_planes(x, &planes, &win2, include, &out_shape);
+    let backward = LinearMap::new("avg_pool2d_backward", spread, "avg_pool2d", pool);
+    record_linear_backward(xvar, op, y, backward)
 }
