@@ -542,3 +542,68 @@ fn pooling_to_any_order() {
     assert_eq!(maxima, 18);
     assert!(g3.data().iter().all(|&v| v == 6.0 || v == 0.0));
 }
+
+#[test]
+fn losses_with_every_reduction() {
+    use tapegrad::{CrossEntropyOptions, Reduction};
+    let x = away_from_zero(&[3, 4], 80);
+    let t = randn(&[3, 4], 81);
+    let tb = Tensor::<f64>::rand_uniform([3, 4], 0.0, 1.0, &mut StdRng::seed_from_u64(82));
+    for r in [Reduction::None, Reduction::Sum, Reduction::Mean] {
+        check(
+            &format!("mse {r:?}"),
+            |_, v| v[0].tanh().mse_loss_with(v[1], r),
+            &[x.clone(), t.clone()],
+        );
+        check(
+            &format!("l1 {r:?}"),
+            |_, v| (v[0] * v[0]).l1_loss(v[1], r),
+            &[x.clone(), t.clone()],
+        );
+        check(
+            &format!("smooth_l1 {r:?}"),
+            |_, v| (v[0] * v[0]).smooth_l1_loss(v[1], 0.7, r),
+            &[x.clone(), t.clone()],
+        );
+        check(
+            &format!("huber {r:?}"),
+            |_, v| (v[0] * v[0]).huber_loss(v[1], 0.7, r),
+            &[x.clone(), t.clone()],
+        );
+        let pw = Tensor::from_vec(vec![0.5, 2.0, 1.0, 3.0], [4]).unwrap();
+        check(
+            &format!("bce_with_logits {r:?}"),
+            |_, v| v[0].binary_cross_entropy_with_logits(v[1], Some(&pw), r),
+            &[x.clone(), tb.clone()],
+        );
+        let w = Tensor::from_vec(vec![1.0, 0.5, 2.0, 1.5], [4]).unwrap();
+        check(
+            &format!("nll {r:?}"),
+            |_, v| {
+                (v[0] * v[0])
+                    .log_softmax(1)
+                    .nll_loss(&[0, 3, 1], Some(&w), Some(3), r)
+            },
+            std::slice::from_ref(&x),
+        );
+        let o = CrossEntropyOptions {
+            weight: Some(w.clone()),
+            ignore_index: Some(1),
+            label_smoothing: 0.1,
+            reduction: r,
+        };
+        check(
+            &format!("cross_entropy_with {r:?}"),
+            |_, v| (v[0] * v[0]).cross_entropy_with(&[0, 1, 2], o.clone()),
+            std::slice::from_ref(&x),
+        );
+    }
+    // Segmentation layout: [N, C, H, W] logits, [N, H, W] targets.
+    let x4 = randn(&[2, 3, 2, 2], 83);
+    let targets = [0, 1, 2, 1, 2, 0, 0, 1];
+    check(
+        "cross_entropy_with NCHW",
+        |_, v| v[0].cross_entropy_with(&targets, CrossEntropyOptions::default()),
+        std::slice::from_ref(&x4),
+    );
+}

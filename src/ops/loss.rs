@@ -8,7 +8,7 @@
 use super::reduce::graph_one;
 use super::softmax::log_softmax_lanes;
 use crate::shape::Shape;
-use crate::tape::{one, two, GraphGrads};
+use crate::tape::{graph_fn, one, two, GraphCtx, GraphGrads};
 use crate::{Float, Tensor, Var};
 
 /// How a loss combines its per-element (or per-sample) values: PyTorch's
@@ -261,9 +261,16 @@ fn sigmoid<T: Float>(x: T) -> T {
 /// An elementwise loss ℓ(x, t, c, k) and its derivatives (∂ℓ/∂x, ∂ℓ/∂t), where
 /// c is a per-element constant (BCE's pos_weight, else 1) and k a constant of
 /// the loss (β, δ).
-struct Pointwise<T> {
+struct Pointwise<T: Float> {
     loss: fn(T, T, T, T) -> T,
     partials: fn(T, T, T, T) -> (T, T),
+    /// The elementwise loss from twice-differentiable ops (its graph backward).
+    composite: for<'v> fn(Var<'v, T>, Var<'v, T>, Option<Var<'v, T>>, T) -> Var<'v, T>,
+}
+
+/// A 0/1 constant of `d`'s shape: 1 where `inside(d)`.
+fn mask<'v, T: Float>(d: Var<'v, T>, inside: impl Fn(T) -> bool) -> Var<'v, T> {
+    d.constant_map(|v| if inside(v) { T::ONE } else { T::ZERO })
 }
 
 impl<'t, T: Float> Var<'t, T> {
@@ -278,7 +285,11 @@ impl<'t, T: Float> Var<'t, T> {
         reduction: Reduction,
         f: Pointwise<T>,
     ) -> Var<'t, T> {
-        let Pointwise { loss, partials } = f;
+        let Pointwise {
+            loss,
+            partials,
+            composite,
+        } = f;
         let (x, t) = (self.value(), target.value());
         assert!(
             x.shape() == t.shape(),
@@ -293,26 +304,44 @@ impl<'t, T: Float> Var<'t, T> {
         // Mean over zero elements is 0/0 = NaN, as in PyTorch.
         let n = T::from_usize(x.numel());
         let y = reduce(l, x.shape().clone(), reduction, n);
-        self.tape.record(op, y, &[self, target], move |ctx| {
+        let per_element2 = per_element.clone();
+        let graph = graph_fn(move |ctx: &GraphCtx<'_, '_, T>| {
             let (x, t) = (ctx.inputs[0], ctx.inputs[1]);
-            let g = upstream(ctx.grad, reduction, n);
-            let (mut dx, mut dt) = (Vec::new(), Vec::new());
-            for i in 0..x.numel() {
-                let (px, pt) = partials(x.data()[i], t.data()[i], c_at(&per_element, i), k);
-                let gi = g(i);
-                if ctx.needs_grad[0] {
-                    dx.push(gi * px);
+            let c = per_element2.as_ref().map(|c| x.tape().constant(c.clone()));
+            let l = composite(x, t, c, k);
+            let l = match reduction {
+                Reduction::None => l,
+                Reduction::Sum => l.sum(),
+                Reduction::Mean => l.sum().div_scalar(n),
+            };
+            l.composite_grads(ctx.grad, ctx.inputs, ctx.needs_grad)
+        });
+        self.tape.record_differentiable(
+            op,
+            y,
+            &[self, target],
+            move |ctx| {
+                let (x, t) = (ctx.inputs[0], ctx.inputs[1]);
+                let g = upstream(ctx.grad, reduction, n);
+                let (mut dx, mut dt) = (Vec::new(), Vec::new());
+                for i in 0..x.numel() {
+                    let (px, pt) = partials(x.data()[i], t.data()[i], c_at(&per_element, i), k);
+                    let gi = g(i);
+                    if ctx.needs_grad[0] {
+                        dx.push(gi * px);
+                    }
+                    if ctx.needs_grad[1] {
+                        dt.push(gi * pt);
+                    }
                 }
-                if ctx.needs_grad[1] {
-                    dt.push(gi * pt);
-                }
-            }
-            let wrap = |v: Vec<T>| Tensor::from_parts(v, x.shape().clone());
-            two(
-                ctx.needs_grad[0].then(|| wrap(dx)),
-                ctx.needs_grad[1].then(|| wrap(dt)),
-            )
-        })
+                let wrap = |v: Vec<T>| Tensor::from_parts(v, x.shape().clone());
+                two(
+                    ctx.needs_grad[0].then(|| wrap(dx)),
+                    ctx.needs_grad[1].then(|| wrap(dt)),
+                )
+            },
+            graph,
+        )
     }
 
     /// Squared error (x − t)², reduced: `mse_loss` with a [`Reduction`].
@@ -340,6 +369,7 @@ impl<'t, T: Float> Var<'t, T> {
                     let d = (x - t) + (x - t);
                     (d, -d)
                 },
+                composite: |x, t, _, _| (x - t) * (x - t),
             },
         )
     }
@@ -369,6 +399,7 @@ impl<'t, T: Float> Var<'t, T> {
                     let s = sgn(x - t);
                     (s, -s)
                 },
+                composite: |x, t, _, _| (x - t).abs(),
             },
         )
     }
@@ -411,6 +442,16 @@ impl<'t, T: Float> Var<'t, T> {
                     let d = x - t;
                     let p = if d.abs() < beta { d / beta } else { sgn(d) };
                     (p, -p)
+                },
+                composite: |x, t, _, beta| {
+                    let d = x - t;
+                    if beta == T::ZERO {
+                        return d.abs();
+                    }
+                    let inside = mask(d, |v| v.abs() < beta);
+                    let half = T::from_f64(0.5);
+                    inside * d * d * (half / beta)
+                        + inside.rsub_scalar(T::ONE) * (d.abs() - half * beta)
                 },
             },
         )
@@ -457,6 +498,13 @@ impl<'t, T: Float> Var<'t, T> {
                         d
                     };
                     (p, -p)
+                },
+                composite: |x, t, _, delta| {
+                    let d = x - t;
+                    let inside = mask(d, |v| v.abs() < delta);
+                    let half = T::from_f64(0.5);
+                    inside * d * d * half
+                        + inside.rsub_scalar(T::ONE) * (d.abs() - half * delta) * delta
                 },
             },
         )
@@ -516,6 +564,15 @@ impl<'t, T: Float> Var<'t, T> {
                     let dt = -x - (p - T::ONE) * log_sigmoid(x);
                     (dx, dt)
                 },
+                // (1 − t)·x + (1 + (p − 1)·t)·softplus(−x), softplus(−x) = −ln σ(x).
+                composite: |x, t, p, _| {
+                    let sp = x.neg().softplus(1.0, f64::INFINITY);
+                    let scale = match p {
+                        Some(p) => t * p.add_scalar(-T::ONE) + T::ONE,
+                        None => t * T::ZERO + T::ONE,
+                    };
+                    t.rsub_scalar(T::ONE) * x + scale * sp
+                },
             },
         )
     }
@@ -524,6 +581,7 @@ impl<'t, T: Float> Var<'t, T> {
 /// The layout of a class-index loss: input `[N, C, d1, …]` viewed as
 /// `(N, C, inner)`, `inner = d1·…` (1 for `[N, C]`), one target per `(n, d…)`,
 /// with the class weights, the ignored class and the output shape `[N, d1, …]`.
+#[derive(Clone)]
 struct ClassLoss<T: Float> {
     c: usize,
     inner: usize,
@@ -588,6 +646,29 @@ impl<T: Float> ClassLoss<T> {
 
     /// The weight of class `k`.
     #[inline]
+    /// The loss rebuilt from twice-differentiable ops on the log-probabilities
+    /// `logp` (its graph backward): −Σ_j M_j·logp_j per position, with
+    /// M = (1 − ε)·w_t at the target plus ε·w_j/C at every class (0 where the
+    /// target is ignored), then reduced (the mean divides by `wsum`).
+    fn composite<'t>(&self, logp: Var<'t, T>, eps: T, reduction: Reduction, wsum: T) -> Var<'t, T> {
+        let shape = logp.shape();
+        let mut m = crate::buffer::full(shape.numel(), T::ZERO);
+        let eps_c = eps / T::from_usize(self.c);
+        self.for_each(|_, base, t| {
+            for j in 0..self.c {
+                m[base + j * self.inner] = eps_c * self.w(j);
+            }
+            m[base + t * self.inner] += (T::ONE - eps) * self.w(t);
+        });
+        let m = logp.tape().constant(Tensor::from_parts(m, shape));
+        let l = (logp * m).sum_axes(&[1], false).neg();
+        match reduction {
+            Reduction::None => l,
+            Reduction::Sum => l.sum(),
+            Reduction::Mean => l.sum().div_scalar(wsum),
+        }
+    }
+
     fn w(&self, k: usize) -> T {
         self.weight.as_ref().map_or(T::ONE, |w| w[k])
     }
@@ -659,12 +740,22 @@ impl<'t, T: Float> Var<'t, T> {
         let cl = ClassLoss::new("nll_loss", x.shape(), targets, weight, ignore_index);
         let (l, wsum) = cl.losses(x.data(), T::ZERO);
         let y = reduce(l, cl.out_shape.clone(), reduction, wsum);
-        self.tape.record("nll_loss", y, &[self], move |ctx| {
-            let g = upstream(ctx.grad, reduction, wsum);
-            let mut d = crate::buffer::full(ctx.inputs[0].numel(), T::ZERO);
-            cl.for_each(|p, base, t| d[base + t * cl.inner] = -g(p) * cl.w(t));
-            one(Tensor::from_parts(d, ctx.inputs[0].shape().clone()))
-        })
+        let cl2 = cl.clone();
+        self.tape.record_differentiable(
+            "nll_loss",
+            y,
+            &[self],
+            move |ctx| {
+                let g = upstream(ctx.grad, reduction, wsum);
+                let mut d = crate::buffer::full(ctx.inputs[0].numel(), T::ZERO);
+                cl.for_each(|p, base, t| d[base + t * cl.inner] = -g(p) * cl.w(t));
+                one(Tensor::from_parts(d, ctx.inputs[0].shape().clone()))
+            },
+            move |ctx| {
+                let l = cl2.composite(ctx.inputs[0], T::ZERO, reduction, wsum);
+                l.composite_grads(ctx.grad, ctx.inputs, ctx.needs_grad)
+            },
+        )
     }
 
     /// Cross-entropy of logits `[N, C]` or `[N, C, d1, …]` (classes on axis 1,
@@ -725,36 +816,47 @@ impl<'t, T: Float> Var<'t, T> {
         let (l, wsum) = cl.losses(&logp, eps);
         drop(logp);
         let y = reduce(l, cl.out_shape.clone(), reduction, wsum);
-        self.tape.record(OP, y, &[self], move |ctx| {
-            let x = ctx.inputs[0];
-            let g = upstream(ctx.grad, reduction, wsum);
-            let eps_c = eps / T::from_usize(cl.c);
-            let w_all = (0..cl.c).fold(T::ZERO, |s, k| s + cl.w(k));
-            // Starts as log p; every position not ignored is overwritten with its
-            // gradient, the ignored ones are zeroed below.
-            let mut d = log_softmax_lanes(x.data(), n, cl.c, cl.inner);
-            let mut done = vec![false; cl.targets.len()];
-            cl.for_each(|p, base, t| {
-                let k = g(p);
-                let wt = (T::ONE - eps) * cl.w(t);
-                let total = wt + eps_c * w_all;
-                for j in 0..cl.c {
-                    let i = base + j * cl.inner;
-                    let mut v = d[i].exp() * total - eps_c * cl.w(j);
-                    if j == t {
-                        v -= wt;
+        let cl2 = cl.clone();
+        let graph = graph_fn(move |ctx: &GraphCtx<'_, '_, T>| {
+            let l = cl2.composite(ctx.inputs[0].log_softmax(1), eps, reduction, wsum);
+            l.composite_grads(ctx.grad, ctx.inputs, ctx.needs_grad)
+        });
+        self.tape.record_differentiable(
+            OP,
+            y,
+            &[self],
+            move |ctx| {
+                let x = ctx.inputs[0];
+                let g = upstream(ctx.grad, reduction, wsum);
+                let eps_c = eps / T::from_usize(cl.c);
+                let w_all = (0..cl.c).fold(T::ZERO, |s, k| s + cl.w(k));
+                // Starts as log p; every position not ignored is overwritten with its
+                // gradient, the ignored ones are zeroed below.
+                let mut d = log_softmax_lanes(x.data(), n, cl.c, cl.inner);
+                let mut done = vec![false; cl.targets.len()];
+                cl.for_each(|p, base, t| {
+                    let k = g(p);
+                    let wt = (T::ONE - eps) * cl.w(t);
+                    let total = wt + eps_c * w_all;
+                    for j in 0..cl.c {
+                        let i = base + j * cl.inner;
+                        let mut v = d[i].exp() * total - eps_c * cl.w(j);
+                        if j == t {
+                            v -= wt;
+                        }
+                        d[i] = k * v;
                     }
-                    d[i] = k * v;
+                    done[p] = true;
+                });
+                for (p, _) in done.iter().enumerate().filter(|(_, &f)| !f) {
+                    let (i, s) = (p / cl.inner, p % cl.inner);
+                    for j in 0..cl.c {
+                        d[i * cl.c * cl.inner + j * cl.inner + s] = T::ZERO;
+                    }
                 }
-                done[p] = true;
-            });
-            for (p, _) in done.iter().enumerate().filter(|(_, &f)| !f) {
-                let (i, s) = (p / cl.inner, p % cl.inner);
-                for j in 0..cl.c {
-                    d[i * cl.c * cl.inner + j * cl.inner + s] = T::ZERO;
-                }
-            }
-            one(Tensor::from_parts(d, x.shape().clone()))
-        })
+                one(Tensor::from_parts(d, x.shape().clone()))
+            },
+            graph,
+        )
     }
 }
