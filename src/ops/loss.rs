@@ -265,8 +265,11 @@ struct Pointwise<T: Float> {
     loss: fn(T, T, T, T) -> T,
     partials: fn(T, T, T, T) -> (T, T),
     /// The elementwise loss from twice-differentiable ops (its graph backward).
-    composite: for<'v> fn(Var<'v, T>, Var<'v, T>, Option<Var<'v, T>>, T) -> Var<'v, T>,
+    composite: Composite<T>,
 }
+
+/// An elementwise loss ℓ(x, t, c, k) built from `Var` ops.
+type Composite<T> = for<'v> fn(Var<'v, T>, Var<'v, T>, Option<Var<'v, T>>, T) -> Var<'v, T>;
 
 /// A 0/1 constant of `d`'s shape: 1 where `inside(d)`.
 fn mask<'v, T: Float>(d: Var<'v, T>, inside: impl Fn(T) -> bool) -> Var<'v, T> {
