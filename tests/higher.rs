@@ -607,3 +607,53 @@ fn losses_with_every_reduction() {
         std::slice::from_ref(&x4),
     );
 }
+
+#[test]
+fn resampling_padding_selection() {
+    use tapegrad::{Mask, PadMode, UpsampleSize};
+    let x = randn(&[1, 2, 3, 4], 90);
+    check(
+        "upsample_nearest2d",
+        |_, v| v[0].upsample_nearest2d(UpsampleSize::Size(5, 7)).powf(2.0),
+        std::slice::from_ref(&x),
+    );
+    for align in [false, true] {
+        check(
+            &format!("upsample_bilinear2d align {align}"),
+            |_, v| {
+                v[0].upsample_bilinear2d(UpsampleSize::Scale(1.5, 2.0), align)
+                    .powf(2.0)
+            },
+            std::slice::from_ref(&x),
+        );
+    }
+    for mode in [PadMode::Constant(0.5), PadMode::Reflect, PadMode::Replicate] {
+        check(
+            &format!("pad2d {mode:?}"),
+            |_, v| v[0].pad2d([1, 2, 2, 1], mode).powf(2.0),
+            std::slice::from_ref(&x),
+        );
+    }
+    check(
+        "flatten_dims",
+        |_, v| v[0].flatten_dims(1, 2).tanh(),
+        std::slice::from_ref(&x),
+    );
+    let y = randn(&[4], 91);
+    check(
+        "maximum",
+        |_, v| v[0].maximum(v[1]) * v[0],
+        &[x.clone(), y.clone()],
+    );
+    check(
+        "minimum",
+        |_, v| v[0].minimum(v[1]) * v[1],
+        &[x.clone(), y.clone()],
+    );
+    let mask = Mask::from_fn(&y, |v| v > 0.0);
+    check(
+        "select",
+        |_, v| Var::select(&mask, v[0], v[1]).powf(2.0),
+        &[x, y],
+    );
+}

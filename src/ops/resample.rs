@@ -10,8 +10,8 @@
 //! plane is computed by one thread, so results do not depend on the thread count.
 
 use super::conv::parallel::Planes;
+use super::{record_linear_backward, LinearMap};
 use crate::shape::Shape;
-use crate::tape::one;
 use crate::{Float, Tensor, Var};
 
 /// The output size of [`Var::upsample_nearest2d`] and
@@ -130,6 +130,7 @@ fn nearest_axis(input: usize, out: usize, scale: Option<f64>) -> Vec<usize> {
 /// `i0` is its floor (at most `in − 1`), `i1 = i0 + 1` unless `i0` is the last
 /// input, and `l1` the fraction, clamped to [0, 1]. An axis whose size does
 /// not change is copied (`l0 = 1`, `l1 = 0`), whatever the scale.
+#[derive(Clone)]
 struct LinearAxis<T> {
     i0: Vec<usize>,
     i1: Vec<usize>,
@@ -282,27 +283,33 @@ impl<'t, T: Float> Var<'t, T> {
             work: oh * ow,
         };
         let xv = self.value();
-        let x = xv.data();
-        let mut y = crate::buffer::scratch(shape.numel());
-        planes.par(&mut y, planes.output, |range, y| {
-            let x = &x[range.start * planes.input..range.end * planes.input];
-            for (x, y) in x
-                .chunks_exact(planes.input)
-                .zip(y.chunks_exact_mut(planes.output))
-            {
-                for (y, &r) in y.chunks_exact_mut(ow).zip(&rows) {
-                    let line = &x[r * iw..][..iw];
-                    for (y, &c) in y.iter_mut().zip(&cols) {
-                        *y = line[c];
+        let in_shape = xv.shape().clone();
+        let fwd = {
+            let (rows, cols, shape) = (rows.clone(), cols.clone(), shape.clone());
+            move |x: &Tensor<T>| {
+                let x = x.data();
+                let mut y = crate::buffer::scratch(shape.numel());
+                planes.par(&mut y, planes.output, |range, y| {
+                    let x = &x[range.start * planes.input..range.end * planes.input];
+                    for (x, y) in x
+                        .chunks_exact(planes.input)
+                        .zip(y.chunks_exact_mut(planes.output))
+                    {
+                        for (y, &r) in y.chunks_exact_mut(ow).zip(&rows) {
+                            let line = &x[r * iw..][..iw];
+                            for (y, &c) in y.iter_mut().zip(&cols) {
+                                *y = line[c];
+                            }
+                        }
                     }
-                }
+                });
+                Tensor::from_parts(y, shape.clone())
             }
-        });
-        let y = Tensor::from_parts(y, shape);
-        self.tape.record(OP, y, &[self], move |ctx| {
+        };
+        let bwd = move |g: &Tensor<T>| {
             // Cleared part by part by the thread that adds into it.
-            let mut dx = crate::buffer::scratch(ctx.inputs[0].numel());
-            let g = ctx.grad.data();
+            let mut dx = crate::buffer::scratch(in_shape.numel());
+            let g = g.data();
             planes.par(&mut dx, planes.input, |range, dx| {
                 dx.fill(T::ZERO);
                 let g = &g[range.start * planes.output..range.end * planes.output];
@@ -318,8 +325,11 @@ impl<'t, T: Float> Var<'t, T> {
                     }
                 }
             });
-            one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
-        })
+            Tensor::from_parts(dx, in_shape.clone())
+        };
+        let y = fwd(&xv);
+        let backward = LinearMap::new("upsample_nearest2d_backward", bwd, OP, fwd);
+        record_linear_backward(self, OP, y, backward)
     }
 
     /// Bilinear upsampling (or downsampling) of an NCHW input to `size`:
@@ -363,33 +373,39 @@ impl<'t, T: Float> Var<'t, T> {
             work: 4 * oh * ow,
         };
         let xv = self.value();
-        let x = xv.data();
-        let mut y = crate::buffer::scratch(shape.numel());
-        planes.par(&mut y, planes.output, |range, y| {
-            let x = &x[range.start * planes.input..range.end * planes.input];
-            for (x, y) in x
-                .chunks_exact(planes.input)
-                .zip(y.chunks_exact_mut(planes.output))
-            {
-                for (i, y) in y.chunks_exact_mut(ow).enumerate() {
-                    let top = &x[rows.i0[i] * iw..][..iw];
-                    let bottom = &x[rows.i1[i] * iw..][..iw];
-                    let (h0, h1) = (rows.l0[i], rows.l1[i]);
-                    for (j, y) in y.iter_mut().enumerate() {
-                        let (c0, c1) = (cols.i0[j], cols.i1[j]);
-                        let (w0, w1) = (cols.l0[j], cols.l1[j]);
-                        // PyTorch's order: rows outside, columns inside.
-                        *y = (top[c0] * w0 + top[c1] * w1) * h0
-                            + (bottom[c0] * w0 + bottom[c1] * w1) * h1;
+        let in_shape = xv.shape().clone();
+        let fwd = {
+            let (rows, cols, shape) = (rows.clone(), cols.clone(), shape.clone());
+            move |x: &Tensor<T>| {
+                let x = x.data();
+                let mut y = crate::buffer::scratch(shape.numel());
+                planes.par(&mut y, planes.output, |range, y| {
+                    let x = &x[range.start * planes.input..range.end * planes.input];
+                    for (x, y) in x
+                        .chunks_exact(planes.input)
+                        .zip(y.chunks_exact_mut(planes.output))
+                    {
+                        for (i, y) in y.chunks_exact_mut(ow).enumerate() {
+                            let top = &x[rows.i0[i] * iw..][..iw];
+                            let bottom = &x[rows.i1[i] * iw..][..iw];
+                            let (h0, h1) = (rows.l0[i], rows.l1[i]);
+                            for (j, y) in y.iter_mut().enumerate() {
+                                let (c0, c1) = (cols.i0[j], cols.i1[j]);
+                                let (w0, w1) = (cols.l0[j], cols.l1[j]);
+                                // PyTorch's order: rows outside, columns inside.
+                                *y = (top[c0] * w0 + top[c1] * w1) * h0
+                                    + (bottom[c0] * w0 + bottom[c1] * w1) * h1;
+                            }
+                        }
                     }
-                }
+                });
+                Tensor::from_parts(y, shape.clone())
             }
-        });
-        let y = Tensor::from_parts(y, shape);
-        self.tape.record(OP, y, &[self], move |ctx| {
+        };
+        let bwd = move |g: &Tensor<T>| {
             // Cleared part by part by the thread that adds into it.
-            let mut dx = crate::buffer::scratch(ctx.inputs[0].numel());
-            let g = ctx.grad.data();
+            let mut dx = crate::buffer::scratch(in_shape.numel());
+            let g = g.data();
             planes.par(&mut dx, planes.input, |range, dx| {
                 dx.fill(T::ZERO);
                 let g = &g[range.start * planes.output..range.end * planes.output];
@@ -411,8 +427,11 @@ impl<'t, T: Float> Var<'t, T> {
                     }
                 }
             });
-            one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
-        })
+            Tensor::from_parts(dx, in_shape.clone())
+        };
+        let y = fwd(&xv);
+        let backward = LinearMap::new("upsample_bilinear2d_backward", bwd, OP, fwd);
+        record_linear_backward(self, OP, y, backward)
     }
 
     /// Pads the last two axes by `padding = [left, right, top, bottom]`:
@@ -486,29 +505,39 @@ impl<'t, T: Float> Var<'t, T> {
             _ => T::ZERO,
         };
         let xv = self.value();
-        let x = xv.data();
-        let mut y = crate::buffer::scratch(shape.numel());
-        planes.par(&mut y, planes.output, |range, y| {
-            let x = &x[range.start * planes.input..range.end * planes.input];
-            for (p, y) in y.chunks_exact_mut(planes.output.max(1)).enumerate() {
-                let x = &x[p * planes.input..][..planes.input];
-                for (y, r) in y.chunks_exact_mut(ow).zip(&rows) {
-                    match r {
-                        Some(r) => {
-                            let line = &x[r * iw..][..iw];
-                            for (y, c) in y.iter_mut().zip(&cols) {
-                                *y = c.map_or(fill, |c| line[c]);
+        let in_shape = xv.shape().clone();
+        // The forward with a border value (the op uses `fill`; its linear
+        // part, the adjoint of the backward, uses 0).
+        let make_fwd = |fill: T| {
+            let (rows, cols, shape) = (rows.clone(), cols.clone(), shape.clone());
+            move |x: &Tensor<T>| {
+                let x = x.data();
+                let mut y = crate::buffer::scratch(shape.numel());
+                planes.par(&mut y, planes.output, |range, y| {
+                    let x = &x[range.start * planes.input..range.end * planes.input];
+                    for (p, y) in y.chunks_exact_mut(planes.output.max(1)).enumerate() {
+                        let x = &x[p * planes.input..][..planes.input];
+                        for (y, r) in y.chunks_exact_mut(ow).zip(&rows) {
+                            match r {
+                                Some(r) => {
+                                    let line = &x[r * iw..][..iw];
+                                    for (y, c) in y.iter_mut().zip(&cols) {
+                                        *y = c.map_or(fill, |c| line[c]);
+                                    }
+                                }
+                                None => y.fill(fill),
                             }
                         }
-                        None => y.fill(fill),
                     }
-                }
+                });
+                Tensor::from_parts(y, shape.clone())
             }
-        });
-        let y = Tensor::from_parts(y, shape);
-        self.tape.record(OP, y, &[self], move |ctx| {
-            let mut dx = crate::buffer::scratch(ctx.inputs[0].numel());
-            let g = ctx.grad.data();
+        };
+        let (brows, bcols) = (rows.clone(), cols.clone());
+        let bwd = move |g: &Tensor<T>| {
+            let (rows, cols) = (brows.clone(), bcols.clone());
+            let mut dx = crate::buffer::scratch(in_shape.numel());
+            let g = g.data();
             planes.par(&mut dx, planes.input, |range, dx| {
                 let g = &g[range.start * planes.output..range.end * planes.output];
                 if let PadMode::Constant(_) = mode {
@@ -536,7 +565,10 @@ impl<'t, T: Float> Var<'t, T> {
                     }
                 }
             });
-            one(Tensor::from_parts(dx, ctx.inputs[0].shape().clone()))
-        })
+            Tensor::from_parts(dx, in_shape.clone())
+        };
+        let y = make_fwd(fill)(&xv);
+        let backward = LinearMap::new("pad2d_backward", bwd, OP, make_fwd(T::ZERO));
+        record_linear_backward(self, OP, y, backward)
     }
 }

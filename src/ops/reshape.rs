@@ -89,9 +89,13 @@ impl<'t, T: Float> Var<'t, T> {
             dims
         };
         let y = self.value().reshape(dims);
-        self.tape.record("flatten_dims", y, &[self], |ctx| {
-            one(ctx.grad.reshape(ctx.inputs[0].shape()))
-        })
+        self.tape.record_differentiable(
+            "flatten_dims",
+            y,
+            &[self],
+            |ctx| one(ctx.grad.reshape(ctx.inputs[0].shape())),
+            |ctx| graph_one(ctx.grad.reshape(ctx.inputs[0].shape())),
+        )
     }
 
     /// Reorders axes: output axis i is input axis `perm[i]`. ∂/∂x = dy permuted by the inverse.

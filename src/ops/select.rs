@@ -3,7 +3,7 @@
 //! `torch.where`) with its boolean [`Mask`].
 
 use crate::shape::Shape;
-use crate::tape::two;
+use crate::tape::{graph_fn, two, GraphCtx, GraphGrads};
 use crate::{Error, Float, Result, Tensor, Var};
 
 /// A boolean tensor: the condition of [`Var::select`]. Contiguous,
@@ -152,8 +152,24 @@ impl<'t, T: Float> Var<'t, T> {
         share: fn(T, T) -> T,
     ) -> Var<'t, T> {
         let y = self.value().broadcast_zip(&other.value(), op, f);
-        self.tape
-            .record_scalar(op, y, &[self, other], T::ZERO, move |ctx| {
+        // As a graph: the output gradient times each operand's share, a
+        // piecewise-constant factor (a constant node).
+        let graph = graph_fn(move |ctx: &GraphCtx<'_, '_, T>| {
+            let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
+            let (av, bv) = (a.value(), b.value());
+            let tape = a.tape();
+            let share_of =
+                |x: &Tensor<T>, o: &Tensor<T>| tape.constant(x.broadcast_zip(o, op, share));
+            let mut v = GraphGrads::new();
+            v.push(ctx.needs_grad[0].then(|| (g * share_of(&av, &bv)).sum_to(a.shape())));
+            v.push(ctx.needs_grad[1].then(|| (g * share_of(&bv, &av)).sum_to(b.shape())));
+            v
+        });
+        self.tape.record_differentiable(
+            op,
+            y,
+            &[self, other],
+            move |ctx| {
                 let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
                 // Broadcasting is symmetric: both shares have the output's shape.
                 let grad = |x: &Tensor<T>, o: &Tensor<T>| {
@@ -164,7 +180,9 @@ impl<'t, T: Float> Var<'t, T> {
                     ctx.needs_grad[0].then(|| grad(a, b)),
                     ctx.needs_grad[1].then(|| grad(b, a)),
                 )
-            })
+            },
+            graph,
+        )
     }
 
     /// Elementwise maximum, broadcasting; NaN if either operand is NaN.
@@ -249,20 +267,35 @@ impl<'t, T: Float> Var<'t, T> {
             out,
             picked.map(|(&m, (&a, &b))| if m == T::ZERO { b } else { a }),
         );
-        a.tape.record("select", y, &[a, b], move |ctx| {
-            let pick = |keep: bool| {
-                ctx.grad.zip_map(&m, "select", |g, m| {
-                    if (m != T::ZERO) == keep {
-                        g
-                    } else {
-                        T::ZERO
-                    }
-                })
-            };
-            two(
-                ctx.needs_grad[0].then(|| pick(true).sum_to(ctx.inputs[0].shape())),
-                ctx.needs_grad[1].then(|| pick(false).sum_to(ctx.inputs[1].shape())),
-            )
-        })
+        let m2 = m.clone();
+        let graph = graph_fn(move |ctx: &GraphCtx<'_, '_, T>| {
+            let (a, b, g) = (ctx.inputs[0], ctx.inputs[1], ctx.grad);
+            let keep = a.tape().constant(m2.clone());
+            let mut v = GraphGrads::new();
+            v.push(ctx.needs_grad[0].then(|| (g * keep).sum_to(a.shape())));
+            v.push(ctx.needs_grad[1].then(|| (g * keep.rsub_scalar(T::ONE)).sum_to(b.shape())));
+            v
+        });
+        a.tape.record_differentiable(
+            "select",
+            y,
+            &[a, b],
+            move |ctx| {
+                let pick = |keep: bool| {
+                    ctx.grad.zip_map(&m, "select", |g, m| {
+                        if (m != T::ZERO) == keep {
+                            g
+                        } else {
+                            T::ZERO
+                        }
+                    })
+                };
+                two(
+                    ctx.needs_grad[0].then(|| pick(true).sum_to(ctx.inputs[0].shape())),
+                    ctx.needs_grad[1].then(|| pick(false).sum_to(ctx.inputs[1].shape())),
+                )
+            },
+            graph,
+        )
     }
 }
