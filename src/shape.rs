@@ -37,6 +37,7 @@ impl Shape {
     /// Panics naming the shape if the product overflows `usize`; use
     /// [`try_numel`](Shape::try_numel) to test for that.
     #[inline]
+    #[track_caller]
     pub fn numel(&self) -> usize {
         match self.try_numel() {
             Some(n) => n,
@@ -128,6 +129,7 @@ impl Shape {
     }
 
     /// Normalises a possibly negative axis (`-1` is the last) for an `op` message.
+    #[track_caller]
     pub(crate) fn axis(&self, axis: isize, op: &str) -> usize {
         let r = self.rank() as isize;
         let a = if axis < 0 { axis + r } else { axis };

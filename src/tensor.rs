@@ -159,6 +159,7 @@ impl<T: Float> Tensor<T> {
     /// ```
     ///
     /// Panics naming the shape if it holds more elements than memory can address.
+    #[track_caller]
     pub fn full(shape: impl Into<Shape>, v: T) -> Self {
         let shape = shape.into();
         let n = alloc_len::<T>("full", &shape);
@@ -341,6 +342,7 @@ impl<T: Float> Tensor<T> {
     /// ```
     /// assert_eq!(tapegrad::Tensor::full([1, 1], 3.0f32).item(), 3.0);
     /// ```
+    #[track_caller]
     pub fn item(&self) -> T {
         assert!(
             self.numel() == 1,
@@ -357,6 +359,7 @@ impl<T: Float> Tensor<T> {
     /// let t = tapegrad::Tensor::<f32>::arange(6).reshape([2, 3]);
     /// assert_eq!(t.get(&[1, 0]), 3.0);
     /// ```
+    #[track_caller]
     pub fn get(&self, index: &[usize]) -> T {
         self.data[self.offset(index, "get")]
     }
@@ -368,11 +371,13 @@ impl<T: Float> Tensor<T> {
     /// t.set(&[0, 1], 5.0);
     /// assert_eq!(t.data(), &[0.0, 5.0, 0.0, 0.0]);
     /// ```
+    #[track_caller]
     pub fn set(&mut self, index: &[usize], v: T) {
         let o = self.offset(index, "set");
         self.data_mut()[o] = v;
     }
 
+    #[track_caller]
     fn offset(&self, index: &[usize], op: &str) -> usize {
         assert!(
             index.len() == self.rank() && index.iter().zip(self.shape.iter()).all(|(i, d)| i < d),
@@ -394,6 +399,7 @@ impl<T: Float> Tensor<T> {
     /// let r = t.reshape([3, 2]);
     /// assert!(r.shares_storage(&t));
     /// ```
+    #[track_caller]
     pub fn reshape(&self, shape: impl Into<Shape>) -> Tensor<T> {
         let shape = shape.into();
         let n = shape.try_numel();
@@ -453,6 +459,7 @@ impl<T: Float> Tensor<T> {
     /// let s = a.zip_map(&a, "add", |x, y| x + y);
     /// assert_eq!(s.data(), &[0.0, 2.0, 4.0]);
     /// ```
+    #[track_caller]
     pub fn zip_map(&self, other: &Tensor<T>, op: &str, f: impl Fn(T, T) -> T) -> Tensor<T> {
         assert!(
             self.shape == other.shape,
@@ -599,6 +606,7 @@ impl<T: Float> Tensor<T> {
     }
 
     /// Elementwise `op` with numpy broadcasting; `name` is the op named in the panic message.
+    #[track_caller]
     pub(crate) fn broadcast_zip(
         &self,
         other: &Tensor<T>,
@@ -616,12 +624,12 @@ impl<T: Float> Tensor<T> {
             let a = self.data[0];
             return other.map(|b| f(a, b));
         }
-        let out = Shape::broadcast(&self.shape, &other.shape).unwrap_or_else(|| {
+        let Some(out) = Shape::broadcast(&self.shape, &other.shape) else {
             panic!(
                 "{name}: shapes {} and {} cannot be broadcast together",
                 self.shape, other.shape
             )
-        });
+        };
         let sa = broadcast_strides(&self.shape, &out);
         let sb = broadcast_strides(&other.shape, &out);
         let mut v = crate::buffer::with_capacity(out.numel());
@@ -645,6 +653,7 @@ impl<T: Float> Tensor<T> {
     /// assert_eq!(g.sum_to([3]).data(), &[2.0, 2.0, 2.0]);
     /// assert_eq!(g.sum_to([2, 1]).data(), &[3.0, 3.0]);
     /// ```
+    #[track_caller]
     pub fn sum_to(&self, target: impl Into<Shape>) -> Tensor<T> {
         let target = target.into();
         if target == self.shape {
@@ -681,6 +690,7 @@ impl<T: Float> Tensor<T> {
     /// let t = tapegrad::Tensor::<f32>::arange(2).reshape([2, 1]).broadcast_to([2, 3]);
     /// assert_eq!(t.data(), &[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
     /// ```
+    #[track_caller]
     pub fn broadcast_to(&self, shape: impl Into<Shape>) -> Tensor<T> {
         let shape = shape.into();
         if shape == self.shape {
@@ -709,6 +719,7 @@ impl<T: Float> Tensor<T> {
     /// let t = tapegrad::Tensor::<f32>::arange(6).reshape([2, 3]).permute(&[1, 0]);
     /// assert_eq!(t.data(), &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
     /// ```
+    #[track_caller]
     pub fn permute(&self, perm: &[usize]) -> Tensor<T> {
         let r = self.rank();
         let mut seen: SmallVec<[bool; 8]> = SmallVec::from_elem(false, r);

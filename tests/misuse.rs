@@ -373,3 +373,69 @@ fn fallible_constructors_return_errors_naming_the_op() {
         "Mask::new: 3 values do not fill shape [2, 2] (4 elements)"
     );
 }
+
+/// A misuse panic points at the user's line, not into tapegrad's source.
+#[test]
+fn panics_point_at_the_callers_line() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let hook_seen = seen.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let at = info
+            .location()
+            .map(|l| l.file().to_string())
+            .unwrap_or_default();
+        hook_seen.lock().unwrap().push(at);
+    }));
+    let tape = Tape::<f64>::new();
+    type Case<'a> = (&'static str, Box<dyn Fn() + 'a>);
+    let cases: Vec<Case> = vec![
+        (
+            "add",
+            Box::new(|| _ = leaf(&tape, &[2, 3]) + leaf(&tape, &[4])),
+        ),
+        (
+            "matmul",
+            Box::new(|| _ = leaf(&tape, &[2, 3]).matmul(leaf(&tape, &[4, 5]))),
+        ),
+        (
+            "reshape",
+            Box::new(|| _ = leaf(&tape, &[2, 3]).reshape([4])),
+        ),
+        ("softmax", Box::new(|| _ = leaf(&tape, &[2, 3]).softmax(2))),
+        (
+            "cross_entropy",
+            Box::new(|| _ = leaf(&tape, &[2, 3]).cross_entropy(&[0, 3])),
+        ),
+        (
+            "conv2d",
+            Box::new(|| {
+                _ = leaf(&tape, &[1, 3, 5, 5]).conv2d(
+                    leaf(&tape, &[2, 2, 3, 3]),
+                    None,
+                    Conv2dOptions::default(),
+                )
+            }),
+        ),
+        (
+            "max_pool2d",
+            Box::new(|| _ = leaf(&tape, &[3, 5, 5]).max_pool2d(2)),
+        ),
+        ("item", Box::new(|| _ = Tensor::<f64>::ones([2]).item())),
+    ];
+    let mut wrong = vec![];
+    for (name, f) in cases {
+        seen.lock().unwrap().clear();
+        let _ = catch_unwind(AssertUnwindSafe(f));
+        let at = seen.lock().unwrap().last().cloned().unwrap_or_default();
+        if !at.ends_with("tests/misuse.rs") {
+            wrong.push(format!("{name}: {at}"));
+        }
+    }
+    std::panic::set_hook(previous);
+    assert!(
+        wrong.is_empty(),
+        "panics located inside tapegrad: {wrong:?}"
+    );
+}

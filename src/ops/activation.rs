@@ -61,6 +61,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert!((y.value().data()[1] - 0.8427007929497149).abs() < 1e-15);
     /// assert!((y.sum().backward()[x].data()[0] - 2.0 / std::f64::consts::PI.sqrt()).abs() < 1e-15);
     /// ```
+    #[track_caller]
     pub fn erf(self) -> Var<'t, T> {
         self.unary(
             "erf",
@@ -85,6 +86,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert!((y.value().data()[1] - 0.8413447460685429).abs() < 1e-15);
     /// assert_eq!(y.sum().backward()[x].data()[0], 0.5);
     /// ```
+    #[track_caller]
     pub fn gelu(self) -> Var<'t, T> {
         self.unary(
             "gelu",
@@ -115,6 +117,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert!((y.value().data()[1] - 0.8411919906082768).abs() < 1e-15);
     /// assert_eq!(y.sum().backward()[x].data()[0], 0.5);
     /// ```
+    #[track_caller]
     pub fn gelu_tanh(self) -> Var<'t, T> {
         self.unary(
             "gelu_tanh",
@@ -160,6 +163,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(y.value().data(), &[0.0, 0.0]);
     /// assert_eq!(y.sum().backward()[x].data(), &[0.5, 0.0]);
     /// ```
+    #[track_caller]
     pub fn silu(self) -> Var<'t, T> {
         self.unary(
             "silu",
@@ -188,6 +192,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(y.value().data(), &[2f64.ln(), 30.0]);
     /// assert_eq!(y.sum().backward()[x].data(), &[0.5, 1.0]);
     /// ```
+    #[track_caller]
     pub fn softplus(self, beta: f64, threshold: f64) -> Var<'t, T> {
         let (beta, threshold) = (T::from_f64(beta), T::from_f64(threshold));
         self.unary_closure(
@@ -239,6 +244,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(y.value().data(), &[0.0, 2.0]);
     /// assert_eq!(y.sum().backward()[x].data(), &[0.5, 1.0]);
     /// ```
+    #[track_caller]
     pub fn elu(self, alpha: f64) -> Var<'t, T> {
         self.unary_with(
             "elu",
@@ -272,6 +278,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(y.value().data(), &[-1.0, -1.0, 0.5, 1.0]);
     /// assert_eq!(y.sum().backward()[x].data(), &[0.0, 0.0, 1.0, 0.0]);
     /// ```
+    #[track_caller]
     pub fn hardtanh(self, min: f64, max: f64) -> Var<'t, T> {
         assert!(min <= max, "hardtanh: min {min} is greater than max {max}");
         let (lo, hi) = (T::from_f64(min), T::from_f64(max));
@@ -310,6 +317,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(y.value().data(), &[0.0, 0.0, 0.5, 1.0]);
     /// assert_eq!(y.sum().backward()[x].data(), &[0.0, 0.0, 1.0, 0.0]);
     /// ```
+    #[track_caller]
     pub fn clamp(self, min: f64, max: f64) -> Var<'t, T> {
         let (lo, hi) = (T::from_f64(min), T::from_f64(max));
         self.unary_closure(
@@ -343,6 +351,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(y.value().data(), &[2.0, 0.0, 3.0]);
     /// assert_eq!(y.sum().backward()[x].data(), &[-1.0, 0.0, 1.0]);
     /// ```
+    #[track_caller]
     pub fn abs(self) -> Var<'t, T> {
         fn sign<T: Float>(x: T) -> T {
             if x > T::ZERO {

@@ -20,6 +20,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(g[b].data(), &[2.0, 2.0, 2.0]);
     /// ```
     #[allow(clippy::should_implement_trait)]
+    #[track_caller]
     pub fn add(self, other: Var<'t, T>) -> Var<'t, T> {
         let y = self
             .value()
@@ -54,6 +55,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(a.sub(b).sum().backward()[b].data(), &[-1.0, -1.0]);
     /// ```
     #[allow(clippy::should_implement_trait)]
+    #[track_caller]
     pub fn sub(self, other: Var<'t, T>) -> Var<'t, T> {
         let y = self
             .value()
@@ -88,6 +90,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(a.mul(b).sum().backward()[a].data(), &[5.0, 5.0]);
     /// ```
     #[allow(clippy::should_implement_trait)]
+    #[track_caller]
     pub fn mul(self, other: Var<'t, T>) -> Var<'t, T> {
         let y = self
             .value()
@@ -126,6 +129,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!((g[a].item(), g[b].item()), (0.5, -1.5));
     /// ```
     #[allow(clippy::should_implement_trait)]
+    #[track_caller]
     pub fn div(self, other: Var<'t, T>) -> Var<'t, T> {
         let y = self
             .value()
@@ -165,6 +169,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.neg().sum().backward()[x].data(), &[-1.0, -1.0]);
     /// ```
     #[allow(clippy::should_implement_trait)]
+    #[track_caller]
     pub fn neg(self) -> Var<'t, T> {
         let f = |x: &Tensor<T>| x.par_map(|v| -v);
         self.tape.record_unary(
@@ -184,6 +189,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::ones([2]));
     /// assert_eq!(x.add_scalar(2.0).value().data(), &[3.0, 3.0]);
     /// ```
+    #[track_caller]
     pub fn add_scalar(self, c: T) -> Var<'t, T> {
         let f = |x: &Tensor<T>| x.par_map(|v| v + c);
         self.tape
@@ -198,6 +204,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::ones([2]));
     /// assert_eq!(x.mul_scalar(3.0).sum().backward()[x].data(), &[3.0, 3.0]);
     /// ```
+    #[track_caller]
     pub fn mul_scalar(self, c: T) -> Var<'t, T> {
         let f = |x: &Tensor<T>| x.par_map(|v| v * c);
         self.tape.record_unary(
@@ -218,6 +225,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.div_scalar(0.1).value().item(), 0.3 / 0.1);
     /// assert_eq!(x.div_scalar(4.0).sum().backward()[x].item(), 0.25);
     /// ```
+    #[track_caller]
     pub fn div_scalar(self, c: T) -> Var<'t, T> {
         let y = self.tape.with_value(self.id, |x| x.par_map(|v| v / c));
         self.tape.record_differentiable_scalar(
@@ -238,6 +246,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::ones([1]));
     /// assert_eq!(x.rsub_scalar(5.0).value().item(), 4.0);
     /// ```
+    #[track_caller]
     pub fn rsub_scalar(self, c: T) -> Var<'t, T> {
         let f = |x: &Tensor<T>| x.par_map(|v| c - v);
         self.tape.record_unary(
@@ -257,6 +266,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::full([1], 2.0));
     /// assert_eq!(x.rdiv_scalar(1.0).sum().backward()[x].item(), -0.25);
     /// ```
+    #[track_caller]
     pub fn rdiv_scalar(self, c: T) -> Var<'t, T> {
         let y = self.value().map(|v| c / v);
         self.tape.record_differentiable(
@@ -287,12 +297,14 @@ macro_rules! var_binop {
     ($tr:ident, $m:ident, $scalar:expr) => {
         impl<'t, T: Float> $tr for Var<'t, T> {
             type Output = Var<'t, T>;
+            #[track_caller]
             fn $m(self, rhs: Var<'t, T>) -> Var<'t, T> {
                 Var::$m(self, rhs)
             }
         }
         impl<'t, T: Float> $tr<T> for Var<'t, T> {
             type Output = Var<'t, T>;
+            #[track_caller]
             fn $m(self, rhs: T) -> Var<'t, T> {
                 let f: fn(Var<'t, T>, T) -> Var<'t, T> = $scalar;
                 f(self, rhs)
@@ -308,6 +320,7 @@ var_binop!(Div, div, |x, c| x.div_scalar(c));
 
 impl<'t, T: Float> Neg for Var<'t, T> {
     type Output = Var<'t, T>;
+    #[track_caller]
     fn neg(self) -> Var<'t, T> {
         Var::neg(self)
     }
@@ -317,24 +330,28 @@ macro_rules! scalar_lhs {
     ($t:ty) => {
         impl<'t> Add<Var<'t, $t>> for $t {
             type Output = Var<'t, $t>;
+            #[track_caller]
             fn add(self, rhs: Var<'t, $t>) -> Var<'t, $t> {
                 rhs.add_scalar(self)
             }
         }
         impl<'t> Sub<Var<'t, $t>> for $t {
             type Output = Var<'t, $t>;
+            #[track_caller]
             fn sub(self, rhs: Var<'t, $t>) -> Var<'t, $t> {
                 rhs.rsub_scalar(self)
             }
         }
         impl<'t> Mul<Var<'t, $t>> for $t {
             type Output = Var<'t, $t>;
+            #[track_caller]
             fn mul(self, rhs: Var<'t, $t>) -> Var<'t, $t> {
                 rhs.mul_scalar(self)
             }
         }
         impl<'t> Div<Var<'t, $t>> for $t {
             type Output = Var<'t, $t>;
+            #[track_caller]
             fn div(self, rhs: Var<'t, $t>) -> Var<'t, $t> {
                 rhs.rdiv_scalar(self)
             }

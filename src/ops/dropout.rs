@@ -57,6 +57,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let g = y.sum().backward();
     /// assert_eq!(g[x].data(), y.value().data()); // dy/dx is the mask
     /// ```
+    #[track_caller]
     pub fn dropout<R: rand::Rng + ?Sized>(self, p: f64, rng: &mut R) -> Var<'t, T> {
         check_p("dropout", p);
         if p == 0.0 {
@@ -83,6 +84,7 @@ impl<'t, T: Float> Var<'t, T> {
     ///     assert!(plane.iter().all(|&v| v == plane[0])); // whole channels kept or dropped
     /// }
     /// ```
+    #[track_caller]
     pub fn dropout2d<R: rand::Rng + ?Sized>(self, p: f64, rng: &mut R) -> Var<'t, T> {
         check_p("dropout2d", p);
         let x = self.value();

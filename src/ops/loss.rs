@@ -118,6 +118,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(l.value().item(), 2.5);
     /// assert_eq!(l.backward()[a].data(), &[1.0, 2.0]);
     /// ```
+    #[track_caller]
     pub fn mse_loss(self, target: Var<'t, T>) -> Var<'t, T> {
         let (a, b) = (self.value(), target.value());
         assert!(
@@ -170,6 +171,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let g = loss.backward();
     /// assert_eq!(g[logits].get(&[0, 1]), (0.25 - 1.0) / 2.0);
     /// ```
+    #[track_caller]
     pub fn cross_entropy(self, targets: &[usize]) -> Var<'t, T> {
         let x = self.value();
         let s = x.shape();
@@ -359,6 +361,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(l.value().item(), 5.0);
     /// assert_eq!(l.backward()[a].data(), &[2.0, 4.0]);
     /// ```
+    #[track_caller]
     pub fn mse_loss_with(self, target: Var<'t, T>, reduction: Reduction) -> Var<'t, T> {
         self.pointwise_loss(
             target,
@@ -389,6 +392,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(l.value().item(), 4.0 / 3.0);
     /// assert_eq!(l.backward()[a].data(), &[1.0 / 3.0, 0.0, -1.0 / 3.0]);
     /// ```
+    #[track_caller]
     pub fn l1_loss(self, target: Var<'t, T>, reduction: Reduction) -> Var<'t, T> {
         self.pointwise_loss(
             target,
@@ -421,6 +425,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(l.value().item(), 0.125 + 2.5);
     /// assert_eq!(l.backward()[a].data(), &[0.5, 1.0]);
     /// ```
+    #[track_caller]
     pub fn smooth_l1_loss(self, target: Var<'t, T>, beta: f64, reduction: Reduction) -> Var<'t, T> {
         assert!(
             beta >= 0.0,
@@ -474,6 +479,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(l.value().item(), 0.125 + 4.0);
     /// assert_eq!(l.backward()[a].data(), &[0.5, 2.0]);
     /// ```
+    #[track_caller]
     pub fn huber_loss(self, target: Var<'t, T>, delta: f64, reduction: Reduction) -> Var<'t, T> {
         assert!(delta > 0.0, "huber_loss: delta {delta} must be positive");
         self.pointwise_loss(
@@ -535,6 +541,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let g = l.sum().backward();
     /// assert_eq!(g[x].data(), &[-0.5, 0.0, 0.0]);
     /// ```
+    #[track_caller]
     pub fn binary_cross_entropy_with_logits(
         self,
         target: Var<'t, T>,
@@ -732,6 +739,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(l.value().item(), (1.0 + 3.0 * 4.0) / 4.0);
     /// assert_eq!(l.backward()[logp].data(), &[-0.25, 0.0, 0.0, -0.75]);
     /// ```
+    #[track_caller]
     pub fn nll_loss(
         self,
         targets: &[usize],
@@ -794,6 +802,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(&per_pixel.shape()[..], &[1, 1, 3]);
     /// assert_eq!(per_pixel.value().data()[1], 0.0);
     /// ```
+    #[track_caller]
     pub fn cross_entropy_with(
         self,
         targets: &[usize],

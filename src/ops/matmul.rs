@@ -18,22 +18,28 @@ fn mm<T: Float>(m: usize, n: usize, k: usize, a: &[T], ta: bool, b: &[T], tb: bo
 }
 
 /// Which matmul form two shapes make: (batch, m, k, n, b_is_batched).
+#[track_caller]
 fn matmul_dims(a: &Shape, b: &Shape) -> (usize, usize, usize, usize, bool) {
-    let bad = |why: &str| -> ! { panic!("matmul: {a} × {b}: {why}") };
+    // A macro, not a closure: a closure's panic would point here, not at the caller.
+    macro_rules! bad {
+        ($why:expr) => {
+            panic!("matmul: {a} × {b}: {}", $why)
+        };
+    }
     let (batch, m, k, n, bb) = match (a.rank(), b.rank()) {
         (2, 2) => (1, a[0], a[1], b[1], false),
         (3, 3) => {
             if a[0] != b[0] {
-                bad(&format!("batch sizes {} and {} differ", a[0], b[0]));
+                bad!(&format!("batch sizes {} and {} differ", a[0], b[0]));
             }
             (a[0], a[1], a[2], b[2], true)
         }
         (3, 2) => (a[0], a[1], a[2], b[1], false),
-        _ => bad("expected 2-D × 2-D, 3-D × 3-D or 3-D × 2-D"),
+        _ => bad!("expected 2-D × 2-D, 3-D × 3-D or 3-D × 2-D"),
     };
     let kb = if b.rank() == 3 { b[1] } else { b[0] };
     if k != kb {
-        bad(&format!("inner dimensions {k} and {kb} differ"));
+        bad!(&format!("inner dimensions {k} and {kb} differ"));
     }
     (batch, m, k, n, bb)
 }
@@ -51,6 +57,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let b = tape.leaf(Tensor::from_vec(vec![1.0, 0.0, 0.0, 1.0], [2, 2]).unwrap());
     /// assert_eq!(a.matmul(b).value().data(), &[1.0, 2.0, 3.0, 4.0]);
     /// ```
+    #[track_caller]
     pub fn matmul(self, other: Var<'t, T>) -> Var<'t, T> {
         let (av, bv) = (self.value(), other.value());
         let (batch, m, k, n, b_batched) = matmul_dims(av.shape(), bv.shape());
@@ -156,6 +163,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let b = tape.leaf(Tensor::from_vec(vec![0.5, -0.5], [2]).unwrap());
     /// assert_eq!(x.linear(w, Some(b)).value().data(), &[3.5, 2.5]);
     /// ```
+    #[track_caller]
     pub fn linear(self, weight: Var<'t, T>, bias: Option<Var<'t, T>>) -> Var<'t, T> {
         let (xv, wv) = (self.value(), weight.value());
         let (xs, ws) = (xv.shape(), wv.shape());

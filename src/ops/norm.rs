@@ -390,6 +390,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert!(g[x].data().iter().all(|d| d.abs() < 1e-12)); // a constant shift does nothing
     /// assert_eq!(g[b].data(), &[4.0]);
     /// ```
+    #[track_caller]
     pub fn batch_norm_train(
         self,
         weight: Option<Var<'t, T>>,
@@ -422,6 +423,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(y.value().data(), &[0.0, 0.0, 2.0, 2.0]);
     /// assert_eq!(y.sum().backward()[x].data(), &[0.5; 4]);
     /// ```
+    #[track_caller]
     pub fn batch_norm_eval(
         self,
         weight: Option<Var<'t, T>>,
@@ -602,6 +604,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(y.value().data(), &[-0.5, 0.5, -0.5, 0.5]);
     /// assert_eq!(y.sum().backward()[b].data(), &[2.0, 2.0]);
     /// ```
+    #[track_caller]
     pub fn layer_norm(
         self,
         normalized_shape: &[usize],
@@ -749,6 +752,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(y.value().data(), &[-1.0, 1.0, -2.0, 2.0]);
     /// assert_eq!(y.sum().backward()[w].data(), &[-1.0, 1.0, -1.0, 1.0]);
     /// ```
+    #[track_caller]
     pub fn group_norm(
         self,
         groups: usize,

@@ -172,6 +172,7 @@ struct PoolGeometry {
 
 impl PoolGeometry {
     /// Validates `input` against the options; panics naming `op` and the shape.
+    #[track_caller]
     fn new(op: &str, input: &Shape, o: &Pool2dOptions) -> Self {
         let (kernel, stride, padding) = (o.kernel, o.stride_or_kernel(), o.padding);
         assert!(
@@ -466,6 +467,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let overlapping = x.max_pool2d(Pool2dOptions::new(3).stride(1).padding(1));
     /// assert_eq!(&overlapping.shape()[..], &[1, 1, 4, 4]);
     /// ```
+    #[track_caller]
     pub fn max_pool2d(self, options: impl Into<Pool2dOptions>) -> Var<'t, T> {
         let xv = self.value();
         let geom = PoolGeometry::new("max_pool2d", xv.shape(), &options.into());
@@ -498,6 +500,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(excl.value().data(), &[1.0; 4]); // /4
     /// assert_eq!(excl.sum().backward()[x].data(), &[1.0; 4]); // four windows × 1/4
     /// ```
+    #[track_caller]
     pub fn avg_pool2d(self, options: impl Into<Pool2dOptions>) -> Var<'t, T> {
         let options = options.into();
         let xv = self.value();
@@ -536,6 +539,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let g = y.sum().backward();
     /// assert_eq!(g[x].data()[7], 1.0);
     /// ```
+    #[track_caller]
     pub fn adaptive_max_pool2d(self, out: (usize, usize)) -> Var<'t, T> {
         let (planes, win, out_shape) = adaptive("adaptive_max_pool2d", self, out);
         max_pool("adaptive_max_pool2d", self, planes, win, out_shape)
@@ -562,6 +566,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(g[x].data(), &[0.25, 0.5, 0.25, 0.25, 0.5, 0.25]);
     /// assert_eq!(x.adaptive_avg_pool2d((1, 1)).value().data(), &[2.5]); // global
     /// ```
+    #[track_caller]
     pub fn adaptive_avg_pool2d(self, out: (usize, usize)) -> Var<'t, T> {
         let (planes, win, out_shape) = adaptive("adaptive_avg_pool2d", self, out);
         avg_pool("adaptive_avg_pool2d", self, planes, win, true, out_shape)

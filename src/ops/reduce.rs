@@ -42,6 +42,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(s.value().item(), 6.0);
     /// assert_eq!(s.backward()[x].data(), &[1.0; 6]);
     /// ```
+    #[track_caller]
     pub fn sum(self) -> Var<'t, T> {
         let y = Tensor::scalar(self.value().sum_all());
         self.tape.record_differentiable(
@@ -66,6 +67,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.sum_to([1, 3]).value().data(), &[2.0; 3]);
     /// assert_eq!(x.sum_to([3]).sum().backward()[x].data(), &[1.0; 6]);
     /// ```
+    #[track_caller]
     pub fn sum_to(self, shape: impl Into<Shape>) -> Var<'t, T> {
         let shape = shape.into();
         let x = self.value();
@@ -93,6 +95,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let y = x.broadcast_to([2, 3]);
     /// assert_eq!(y.sum().backward()[x].data(), &[2.0; 3]);
     /// ```
+    #[track_caller]
     pub fn broadcast_to(self, shape: impl Into<Shape>) -> Var<'t, T> {
         let shape = shape.into();
         let x = self.value();
@@ -117,6 +120,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::ones([4]));
     /// assert_eq!(x.mean().backward()[x].data(), &[0.25; 4]);
     /// ```
+    #[track_caller]
     pub fn mean(self) -> Var<'t, T> {
         let v = self.value();
         let n = T::from_usize(v.numel());
@@ -152,6 +156,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(x.sum_axes(&[1], false).value().data(), &[3.0, 12.0]);
     /// assert_eq!(&x.sum_axes(&[0], true).shape()[..], &[1, 3]);
     /// ```
+    #[track_caller]
     pub fn sum_axes(self, axes: &[isize], keepdim: bool) -> Var<'t, T> {
         let x = self.value();
         let (keep, dropped) = reduced_shapes(x.shape(), axes, "sum_axes");
@@ -186,6 +191,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::arange(6).reshape([2, 3]));
     /// assert_eq!(x.mean_axes(&[-1], false).value().data(), &[1.0, 4.0]);
     /// ```
+    #[track_caller]
     pub fn mean_axes(self, axes: &[isize], keepdim: bool) -> Var<'t, T> {
         let shape = self.shape();
         let (keep, _) = reduced_shapes(&shape, axes, "mean_axes");
@@ -205,6 +211,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// // the second row ties: the gradient goes to the first 4
     /// assert_eq!(m.sum().backward()[x].data(), &[0.0, 1.0, 1.0, 0.0]);
     /// ```
+    #[track_caller]
     pub fn max_axis(self, axis: isize, keepdim: bool) -> Var<'t, T> {
         let x = self.value();
         let ax = x.shape().axis(axis, "max_axis");

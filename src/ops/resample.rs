@@ -269,6 +269,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let g = y.sum().backward();
     /// assert_eq!(g[x].data(), &[4.0, 2.0, 4.0, 2.0]);
     /// ```
+    #[track_caller]
     pub fn upsample_nearest2d(self, size: UpsampleSize) -> Var<'t, T> {
         const OP: &str = "upsample_nearest2d";
         let s = self.shape();
@@ -358,6 +359,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(half_pixel.value().data(), &[0.0, 1.0, 3.0, 4.0]);
     /// assert_eq!(half_pixel.sum().backward()[x].data(), &[2.0, 2.0]);
     /// ```
+    #[track_caller]
     pub fn upsample_bilinear2d(self, size: UpsampleSize, align_corners: bool) -> Var<'t, T> {
         const OP: &str = "upsample_bilinear2d";
         let s = self.shape();
@@ -460,6 +462,7 @@ impl<'t, T: Float> Var<'t, T> {
     ///     2.0, 2.0, 3.0]);
     /// assert_eq!(y.sum().backward()[x].data(), &[2.0, 1.0, 4.0, 2.0]);
     /// ```
+    #[track_caller]
     pub fn pad2d(self, padding: [usize; 4], mode: PadMode) -> Var<'t, T> {
         const OP: &str = "pad2d";
         let s = self.shape();

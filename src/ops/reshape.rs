@@ -15,6 +15,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::arange(6));
     /// assert_eq!(&x.reshape([2, 3]).shape()[..], &[2, 3]);
     /// ```
+    #[track_caller]
     pub fn reshape(self, shape: impl Into<Shape>) -> Var<'t, T> {
         let y = self.value().reshape(shape);
         self.tape.record_differentiable(
@@ -34,6 +35,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::zeros([2, 3, 4, 5]));
     /// assert_eq!(&x.flatten().shape()[..], &[2, 60]);
     /// ```
+    #[track_caller]
     pub fn flatten(self) -> Var<'t, T> {
         let s = self.shape();
         assert!(
@@ -67,6 +69,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(&x.flatten_dims(0, -1).shape()[..], &[120]);
     /// assert_eq!(&x.flatten_dims(2, 2).shape()[..], &[2, 3, 4, 5]);
     /// ```
+    #[track_caller]
     pub fn flatten_dims(self, start: isize, end: isize) -> Var<'t, T> {
         let s = self.shape();
         let dims: Vec<usize> = if s.rank() == 0 {
@@ -106,6 +109,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::zeros([2, 3, 4]));
     /// assert_eq!(&x.permute(&[2, 0, 1]).shape()[..], &[4, 2, 3]);
     /// ```
+    #[track_caller]
     pub fn permute(self, perm: &[usize]) -> Var<'t, T> {
         let y = self.value().permute(perm);
         let mut inv = vec![0; perm.len()];
@@ -130,6 +134,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::arange(6).reshape([2, 3]));
     /// assert_eq!(x.transpose(0, 1).value().data(), &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
     /// ```
+    #[track_caller]
     pub fn transpose(self, a: isize, b: isize) -> Var<'t, T> {
         let s = self.shape();
         let (a, b) = (s.axis(a, "transpose"), s.axis(b, "transpose"));

@@ -202,6 +202,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(g[a].data(), &[0.0, 0.5, 1.0]);
     /// assert_eq!(g[b].data(), &[1.5]);
     /// ```
+    #[track_caller]
     pub fn maximum(self, other: Var<'t, T>) -> Var<'t, T> {
         self.choose(other, "maximum", nan_max, max_share)
     }
@@ -221,6 +222,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(g[a].data(), &[1.0, 0.5, 0.0]);
     /// assert_eq!(g[b].data(), &[1.5]);
     /// ```
+    #[track_caller]
     pub fn minimum(self, other: Var<'t, T>) -> Var<'t, T> {
         self.choose(other, "minimum", nan_min, min_share)
     }
@@ -244,6 +246,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// assert_eq!(g[a].data(), &[0.0, 1.0, 1.0]);
     /// assert_eq!(g[b].item(), 1.0);
     /// ```
+    #[track_caller]
     pub fn select(mask: &Mask, a: Var<'t, T>, b: Var<'t, T>) -> Var<'t, T> {
         let (av, bv) = (a.value(), b.value());
         let out = Shape::broadcast(&mask.shape, av.shape())

@@ -80,6 +80,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::zeros([2, 4]));
     /// assert_eq!(x.softmax(1).value().data(), &[0.25; 8]);
     /// ```
+    #[track_caller]
     pub fn softmax(self, axis: isize) -> Var<'t, T> {
         let x = self.value();
         let ax = x.shape().axis(axis, "softmax");
@@ -119,6 +120,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let y = x.log_softmax(0).value();
     /// assert!((y.data()[0] + 2f64.ln()).abs() < 1e-12); // no overflow
     /// ```
+    #[track_caller]
     pub fn log_softmax(self, axis: isize) -> Var<'t, T> {
         let x = self.value();
         let ax = x.shape().axis(axis, "log_softmax");

@@ -63,6 +63,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::zeros([1]));
     /// assert_eq!(x.exp().sum().backward()[x].item(), 1.0);
     /// ```
+    #[track_caller]
     pub fn exp(self) -> Var<'t, T> {
         self.unary("exp", T::exp, |_, y| y, |g, _, y| g * y)
     }
@@ -75,6 +76,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::full([1], 4.0));
     /// assert_eq!(x.log().sum().backward()[x].item(), 0.25);
     /// ```
+    #[track_caller]
     pub fn log(self) -> Var<'t, T> {
         self.unary("log", T::ln, |x, _| T::ONE / x, |g, x, _| g / x)
     }
@@ -87,6 +89,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::full([1], 4.0));
     /// assert_eq!(x.sqrt().sum().backward()[x].item(), 0.25);
     /// ```
+    #[track_caller]
     pub fn sqrt(self) -> Var<'t, T> {
         self.unary(
             "sqrt",
@@ -104,6 +107,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::full([1], 3.0));
     /// assert_eq!(x.powf(2.0).sum().backward()[x].item(), 6.0);
     /// ```
+    #[track_caller]
     pub fn powf(self, p: T) -> Var<'t, T> {
         self.unary_with(
             "powf",
@@ -135,6 +139,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::from_vec(vec![-1.0, 0.0, 2.0], [3]).unwrap());
     /// assert_eq!(x.relu().sum().backward()[x].data(), &[0.0, 0.0, 1.0]);
     /// ```
+    #[track_caller]
     pub fn relu(self) -> Var<'t, T> {
         self.unary(
             "relu",
@@ -153,6 +158,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::from_vec(vec![-2.0, 3.0], [2]).unwrap());
     /// assert_eq!(x.leaky_relu(0.1).value().data(), &[-0.2, 3.0]);
     /// ```
+    #[track_caller]
     pub fn leaky_relu(self, slope: T) -> Var<'t, T> {
         self.unary_with(
             "leaky_relu",
@@ -171,6 +177,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::zeros([1]));
     /// assert_eq!(x.sigmoid().sum().backward()[x].item(), 0.25);
     /// ```
+    #[track_caller]
     pub fn sigmoid(self) -> Var<'t, T> {
         self.unary(
             "sigmoid",
@@ -195,6 +202,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let x = tape.leaf(Tensor::zeros([1]));
     /// assert_eq!(x.tanh().sum().backward()[x].item(), 1.0);
     /// ```
+    #[track_caller]
     pub fn tanh(self) -> Var<'t, T> {
         self.unary(
             "tanh",

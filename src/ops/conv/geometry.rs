@@ -405,13 +405,17 @@ impl Conv2dGeometry {
     /// // panics: "conv2d: input [2, 3, 8, 8] has 3 channels but weight [4, 2, 3, 3] expects 2·groups(1) = 2"
     /// Conv2dGeometry::new(&[2, 3, 8, 8], &[4, 2, 3, 3], None, &Conv2dOptions::default());
     /// ```
+    #[track_caller]
     pub fn new(
         input: &[usize],
         weight: &[usize],
         bias: Option<&[usize]>,
         options: &Conv2dOptions,
     ) -> Self {
-        Self::try_new(input, weight, bias, options).unwrap_or_else(|e| panic!("{e}"))
+        match Self::try_new(input, weight, bias, options) {
+            Ok(g) => g,
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// Like [`new`](Self::new) but returns the error. Rejects: input or weight not
@@ -583,6 +587,7 @@ impl Conv2dGeometry {
     /// assert_eq!(g.output_shape(), [8, 4, 5, 5]);
     /// assert_eq!(g.weight_shape(), [4, 3, 3, 3]);
     /// ```
+    #[track_caller]
     pub fn transposed(
         input: &[usize],
         weight: &[usize],

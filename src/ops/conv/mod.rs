@@ -333,6 +333,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let strided = x.conv2d(w, None, Conv2dOptions::default().stride(2).padding(1));
     /// assert_eq!(&strided.shape()[..], &[1, 1, 2, 2]);
     /// ```
+    #[track_caller]
     pub fn conv2d(
         self,
         weight: Var<'t, T>,

@@ -234,6 +234,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// let z = x.conv_transpose2d(w, None, ConvTranspose2dOptions::default());
     /// assert_eq!(z.value().data(), &[1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 3.0, 7.0, 4.0]);
     /// ```
+    #[track_caller]
     pub fn conv_transpose2d(
         self,
         weight: Var<'t, T>,
