@@ -657,3 +657,43 @@ fn resampling_padding_selection() {
         &[x, y],
     );
 }
+
+#[test]
+fn closed_forms_of_second_and_third_derivatives() {
+    // log-sum-exp: ∇ = p = softmax(x), H = diag(p) − p pᵀ.
+    fn lse<'t>(x: Var<'t, f64>) -> Var<'t, f64> {
+        x.exp().sum().log()
+    }
+    let x = Tensor::from_vec(vec![0.3, -1.2, 2.0, 0.5], [4]).unwrap();
+    let h = hessian(lse, &x);
+    let e: Vec<f64> = x.data().iter().map(|v: &f64| v.exp()).collect();
+    let z: f64 = e.iter().sum();
+    let p: Vec<f64> = e.iter().map(|v| v / z).collect();
+    for i in 0..4 {
+        for j in 0..4 {
+            let want = if i == j { p[i] } else { 0.0 } - p[i] * p[j];
+            assert!((h.get(&[i, j]) - want).abs() < 1e-15, "H[{i},{j}]");
+        }
+    }
+    // A quadratic ½xᵀAx + bᵀx has Hessian (A + Aᵀ)/2·2 = A + Aᵀ… with A symmetric, A.
+    fn quad<'t>(x: Var<'t, f64>) -> Var<'t, f64> {
+        let a =
+            Tensor::from_vec(vec![2.0, 0.5, 0.0, 0.5, 3.0, -1.0, 0.0, -1.0, 4.0], [3, 3]).unwrap();
+        let a = x.tape().constant(a);
+        let xc = x.reshape([3, 1]);
+        (xc.transpose(0, 1).matmul(a).matmul(xc) * 0.5).sum() + x.sum()
+    }
+    let h = hessian(quad, &Tensor::from_vec(vec![1.0, -2.0, 0.5], [3]).unwrap());
+    assert_eq!(h.data(), &[2.0, 0.5, 0.0, 0.5, 3.0, -1.0, 0.0, -1.0, 4.0]);
+    // tanh: y‴ = −2·sech²(x)·(1 − 3·tanh²(x)).
+    for x0 in [-1.5, -0.2, 0.0, 0.7, 2.0] {
+        let tape = Tape::<f64>::new();
+        let x = tape.leaf(Tensor::scalar(x0));
+        let d1 = x.tanh().grad_graph(&[x])[0];
+        let d2 = d1.grad_graph(&[x])[0];
+        let d3 = d2.backward()[x].item();
+        let t = f64::tanh(x0);
+        let want = -2.0 * (1.0 - t * t) * (1.0 - 3.0 * t * t);
+        assert!((d3 - want).abs() < 1e-14, "tanh‴({x0}) = {d3}, want {want}");
+    }
+}
