@@ -1114,9 +1114,136 @@ def gen_tconv():
     ff.write()
 
 
+def gen_higher():
+    ff = FixtureFile("higher.txt", [
+        "second-order (create_graph) references: every tensor of a case is a float64 leaf;",
+        "param wrt lists the indices (file order of the inputs) differentiated against.",
+        "r = sum(f(inputs) * v); g_<n> = dr/d<n> (create_graph=True);",
+        "s = sum_k sum(g_k * u_k); h_<n> = ds/d<n> (zeros where unused)",
+    ])
+
+    def hcase(name, make, fn, wrt, extra=()):
+        seed(name)
+        named = make()
+        names = [n for n, _ in named]
+        leaves = [leaf(t) for _, t in named]
+        y = fn(*leaves)
+        v = torch.randn(y.shape)
+        r = (y * v).sum()
+        ins = [leaves[names.index(n)] for n in wrt]
+        grads = torch.autograd.grad(r, ins, create_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(i) if g is None else g for g, i in zip(grads, ins)]
+        us = [torch.randn(i.shape) for i in ins]
+        s = sum((g * u).sum() for g, u in zip(grads, us))
+        if torch.is_tensor(s) and s.requires_grad:
+            second = torch.autograd.grad(s, ins, allow_unused=True)
+        else:
+            second = [None] * len(ins)
+        second = [torch.zeros_like(i) if h is None else h for h, i in zip(second, ins)]
+        tensors = list(named) + list(extra) + [("v", v)]
+        tensors += [("u_" + n, u) for n, u in zip(wrt, us)]
+        tensors += [("g_" + n, g) for n, g in zip(wrt, grads)]
+        tensors += [("h_" + n, h) for n, h in zip(wrt, second)]
+        ff.case(name, [("wrt", [names.index(n) for n in wrt])], tensors)
+
+    def positive(*shape):
+        return torch.rand(shape) * 1.5 + 0.5
+
+    def away(*shape):
+        t = torch.randn(shape)
+        return t + 0.2 * torch.sign(t)
+
+    x34 = lambda: [("x", torch.randn(3, 4))]
+    hcase("tanh", x34, torch.tanh, ["x"])
+    hcase("sigmoid", x34, torch.sigmoid, ["x"])
+    hcase("exp", x34, torch.exp, ["x"])
+    hcase("log", lambda: [("x", positive(3, 4))], torch.log, ["x"])
+    hcase("sqrt", lambda: [("x", positive(3, 4))], torch.sqrt, ["x"])
+    hcase("powf", lambda: [("x", positive(3, 4))], lambda x: x ** 2.5, ["x"])
+    hcase("gelu", x34, F.gelu, ["x"])
+    hcase("silu", x34, F.silu, ["x"])
+    hcase("softplus", lambda: [("x", torch.randn(3, 4) * 2)],
+          lambda x: F.softplus(x, beta=2.0, threshold=3.0), ["x"])
+    hcase("elu", lambda: [("x", away(3, 4))], lambda x: F.elu(x, alpha=0.7), ["x"])
+    hcase("mul_broadcast", lambda: [("a", torch.randn(2, 3)), ("b", torch.randn(3))],
+          lambda a, b: a * b * a, ["a", "b"])
+    hcase("div_broadcast", lambda: [("a", torch.randn(2, 3)), ("b", positive(2, 1))],
+          lambda a, b: a / b, ["a", "b"])
+    hcase("matmul", lambda: [("a", torch.randn(3, 4)), ("b", torch.randn(4, 2))],
+          lambda a, b: a @ b, ["a", "b"])
+    hcase("linear", lambda: [("x", torch.randn(3, 4)), ("w", torch.randn(5, 4)),
+                             ("b", torch.randn(5))],
+          lambda x, w, b: F.linear(x, w, b).tanh(), ["x", "w", "b"])
+    hcase("sum_axes", lambda: [("x", torch.randn(2, 3, 4))],
+          lambda x: x.sum(dim=(0, 2)) * x.sum(dim=(0, 2)), ["x"])
+    hcase("mean", lambda: [("x", torch.randn(2, 3, 4))],
+          lambda x: x.mean() * x.mean(), ["x"])
+    hcase("softmax", x34, lambda x: torch.softmax(x, 1), ["x"])
+    hcase("softmax_axis0", lambda: [("x", torch.randn(2, 3, 4))],
+          lambda x: torch.softmax(x, 0), ["x"])
+    hcase("log_softmax", x34, lambda x: torch.log_softmax(x, 1), ["x"])
+    targets = torch.tensor([0, 4, 2, 1])
+    hcase("cross_entropy", lambda: [("x", torch.randn(4, 5))],
+          lambda x: F.cross_entropy(x, targets), ["x"], extra=[("targets", targets)])
+    hcase("mse_loss", lambda: [("a", torch.randn(3, 4)), ("b", torch.randn(3, 4))],
+          F.mse_loss, ["a", "b"])
+    hcase("conv2d", lambda: [("x", torch.randn(2, 4, 6, 6)), ("w", torch.randn(6, 2, 3, 3)),
+                             ("b", torch.randn(6))],
+          lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1, groups=2).tanh(),
+          ["x", "w", "b"])
+    hcase("conv_transpose2d",
+          lambda: [("x", torch.randn(2, 4, 3, 3)), ("w", torch.randn(4, 3, 3, 3)),
+                   ("b", torch.randn(3))],
+          lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1,
+                                             output_padding=1).tanh(),
+          ["x", "w", "b"])
+    hcase("max_pool2d",
+          lambda: [("x", (torch.randperm(32).to(torch.float64) / 8.0 - 2.0).reshape(2, 1, 4, 4))],
+          lambda x: F.max_pool2d(x, 2) * F.max_pool2d(x, 2), ["x"])
+    hcase("avg_pool2d", lambda: [("x", torch.randn(2, 2, 4, 4))],
+          lambda x: F.avg_pool2d(x, 2) * F.avg_pool2d(x, 2), ["x"])
+    hcase("batch_norm_train",
+          lambda: [("x", torch.randn(4, 3, 2, 2)), ("w", torch.randn(3)), ("b", torch.randn(3))],
+          lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True, eps=1e-5),
+          ["x", "w", "b"])
+    hcase("layer_norm",
+          lambda: [("x", torch.randn(3, 2, 4)), ("w", torch.randn(2, 4)), ("b", torch.randn(2, 4))],
+          lambda x, w, b: F.layer_norm(x, [2, 4], w, b, eps=1e-5), ["x", "w", "b"])
+    hcase("upsample_bilinear", lambda: [("x", torch.randn(1, 2, 3, 3))],
+          lambda x: F.interpolate(x, scale_factor=2.0, mode="bilinear",
+                                  align_corners=False) ** 2, ["x"])
+
+    # (a) small CNN: Hessian-vector products of the loss
+    cnn_targets = torch.tensor([0, 2])
+
+    def cnn_make():
+        return [("x", torch.randn(2, 1, 4, 4)), ("cw", torch.randn(2, 1, 3, 3)),
+                ("cb", torch.randn(2)), ("lw", torch.randn(3, 8)), ("lb", torch.randn(3))]
+
+    def cnn(x, cw, cb, lw, lb):
+        h = F.avg_pool2d(torch.tanh(F.conv2d(x, cw, cb, padding=1)), 2).flatten(1)
+        return F.cross_entropy(F.linear(h, lw, lb), cnn_targets)
+
+    for suffix, wrt in [("x", ["x"]), ("w", ["cw"]), ("xw", ["x", "cw"]),
+                        ("all", ["x", "cw", "cb", "lw", "lb"])]:
+        hcase("cnn_hvp_" + suffix, cnn_make, cnn, wrt, extra=[("targets", cnn_targets)])
+
+    # (b) WGAN-GP gradient penalty
+    def gp(x, w1, w2):
+        d = (torch.tanh(x @ w1) @ w2).sum()
+        gx = torch.autograd.grad(d, x, create_graph=True)[0]
+        return ((gx.norm(dim=1) - 1) ** 2).mean()
+
+    hcase("wgan_gp",
+          lambda: [("x", torch.randn(4, 3)), ("w1", torch.randn(3, 5) * 0.7),
+                   ("w2", torch.randn(5, 1))],
+          gp, ["w1", "w2"])
+    ff.write()
+
+
 GENERATORS = dict(core=gen_core, conv=gen_conv, pool=gen_pool, composite=gen_composite,
                   optim=gen_optim, norm=gen_norm, resample=gen_resample,
-                  actloss=gen_actloss, tconv=gen_tconv)
+                  actloss=gen_actloss, tconv=gen_tconv, higher=gen_higher)
 
 
 def main():
