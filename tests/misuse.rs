@@ -381,7 +381,13 @@ fn panics_point_at_the_callers_line() {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let hook_seen = seen.clone();
     let previous = std::panic::take_hook();
+    // Other tests of this binary panic on their own threads at the same time:
+    // record only this thread's panics.
+    let me = std::thread::current().id();
     std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != me {
+            return;
+        }
         let at = info
             .location()
             .map(|l| l.file().to_string())

@@ -720,11 +720,11 @@ impl<T: Float> ClassLoss<T> {
 impl<'t, T: Float> Var<'t, T> {
     /// Negative log-likelihood of log-probabilities `[N, C]` or `[N, C, d1, …]`
     /// (e.g. the output of `log_softmax(1)`) against class indices, one per
-    /// `[N, d1, …]` position, flattened row-major: ℓ = −w_t·x[t] per position,
+    /// `[N, d1, …]` position, flattened row-major: ℓ = −w_t·x\[t\] per position,
     /// 0 for a target equal to `ignore_index`. With [`Reduction::Mean`] the sum
     /// is divided by the sum of the weights of the targets not ignored (PyTorch's
     /// weighted mean); [`Reduction::None`] gives the `[N, d1, …]` losses.
-    /// ∂ℓ/∂x[t] = −w_t, 0 for every other class.
+    /// ∂ℓ/∂x\[t\] = −w_t, 0 for every other class.
     ///
     /// Panics naming the op for a rank below 2, no classes, a wrong number
     /// of targets, a target out of range (other than `ignore_index`), or a
