@@ -3,23 +3,15 @@
 
 mod common;
 use common::fixtures;
+use common::panics::panic_message;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use tapegrad::gradcheck::{gradcheck, Options};
 use tapegrad::nn::{
     predict, BatchNorm, BatchNormOptions, Dropout, Flatten, Linear, Mode, Module, Params, ReLU,
     Sequential, Tanh,
 };
 use tapegrad::{Tape, Tensor};
-
-fn panic_message(f: impl FnOnce()) -> String {
-    let e = catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
-    e.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
-}
 
 #[test]
 fn dropout_gradients_with_a_fixed_mask() {

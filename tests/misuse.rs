@@ -3,22 +3,13 @@
 //! misuse, checked against the exact text, so a message cannot silently
 //! degrade into an index panic from deep inside a kernel.
 
+mod common;
+use common::panics::panic_message;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tapegrad::{
     Conv2dOptions, CrossEntropyOptions, Mask, Pool2dOptions, Reduction, Tape, Tensor, Var,
 };
-
-/// The panic message of `f`, or `"no panic"`.
-fn panic_message(f: impl FnOnce()) -> String {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(()) => "no panic".into(),
-        Err(e) => e
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "non-string panic".into()),
-    }
-}
 
 /// A misuse: its name, what it does on a fresh tape, and the exact message expected.
 type Case = (&'static str, Box<dyn Fn(&Tape<f64>)>, &'static str);

@@ -6,9 +6,9 @@
 
 mod common;
 use common::fixtures::{self, Case};
+use common::panics::panic_message;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use tapegrad::gradcheck::{gradcheck, Options};
 use tapegrad::{settings, Float, Tape, Tensor, Var};
 
@@ -380,18 +380,6 @@ fn layer_and_group_norm_are_thread_count_independent() {
 // ---------------------------------------------------------------------------
 // Misuse
 // ---------------------------------------------------------------------------
-
-/// The panic message of `f`, or `"no panic"`.
-fn panic_message(f: impl FnOnce()) -> String {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(()) => "no panic".into(),
-        Err(e) => e
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "non-string panic".into()),
-    }
-}
 
 type Misuse = (&'static str, Box<dyn Fn(&Tape<f64>)>, &'static str);
 

@@ -4,18 +4,11 @@
 //! overflow, recording inside a backward closure, high-rank permutes, and the
 //! buffer pools' release and cap.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+mod common;
+use common::panics::panic_message;
+
 use tapegrad::nn::Params;
 use tapegrad::{settings, Float, Shape, Tape, Tensor};
-
-/// The panic message of `f`, which must panic.
-fn panic_message(f: impl FnOnce()) -> String {
-    let err = catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
-    err.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
-}
 
 /// softmax, log_softmax and cross-entropy (value and gradient) of lanes of
 /// logits near `a`, against the same formulas evaluated in f64 from the exact

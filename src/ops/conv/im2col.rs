@@ -805,7 +805,7 @@ pub(super) fn forward<T: Float>(
 }
 
 /// The gradients of one conv2d call, each computed only if asked for.
-pub(super) struct Grads<T> {
+pub(crate) struct Grads<T> {
     /// ∂L/∂X (NCHW).
     pub dx: Option<Vec<T>>,
     /// ∂L/∂W (OIHW).

@@ -369,11 +369,7 @@ impl<'t, T: Float> Var<'t, T> {
         let (xv, wv) = (self.value(), weight.value());
         let bv = bias.map(|b| b.value());
         let (x_, w_, b_) = (xv.data(), wv.data(), bv.as_ref().map(|b| b.data()));
-        let y = if winograd::applies(&geom) && all_finite(x_) && all_finite(w_) {
-            winograd::forward(&geom, x_, w_, b_)
-        } else {
-            im2col::forward(&geom, x_, w_, b_)
-        };
+        let y = forward_pass(&geom, x_, w_, b_);
         let y = Tensor::from_parts(y, Shape::from(geom.output_shape()));
         let mut parents = smallvec::SmallVec::<[Var<'t, T>; 3]>::new();
         parents.extend([self, weight]);
@@ -396,16 +392,7 @@ impl<'t, T: Float> Var<'t, T> {
                 let (x, w) = (ctx.inputs[0], ctx.inputs[1]);
                 let need_db = ctx.inputs.len() == 3 && ctx.needs_grad[2];
                 let need = [ctx.needs_grad[0], ctx.needs_grad[1], need_db];
-                let (x_, w_, dy) = (x.data(), w.data(), ctx.grad.data());
-                // dX reads W and dY, dW reads X and dY.
-                let finite =
-                    all_finite(dy) && (!need[0] || all_finite(w_)) && (!need[1] || all_finite(x_));
-                let backward = if winograd::applies(&geom) && finite {
-                    winograd::backward
-                } else {
-                    im2col::backward
-                };
-                let g = backward(&geom, x_, w_, dy, need);
+                let g = backward_pass(&geom, x.data(), w.data(), ctx.grad.data(), need);
                 let dx = g.dx.map(|d| Tensor::from_parts(d, x.shape().clone()));
                 let dw = g.dw.map(|d| Tensor::from_parts(d, w.shape().clone()));
                 let mut grads = smallvec![dx, dw];
@@ -418,6 +405,35 @@ impl<'t, T: Float> Var<'t, T> {
             },
             graph,
         )
+    }
+}
+
+/// conv2d's forward pass: Winograd where it applies and every operand is
+/// finite (its transforms mix a tile's pixels, which would spread a NaN or an
+/// infinity over the tile), else im2col + GEMM.
+fn forward_pass<T: Float>(geom: &Conv2dGeometry, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
+    if winograd::applies(geom) && all_finite(x) && all_finite(w) {
+        winograd::forward(geom, x, w, b)
+    } else {
+        im2col::forward(geom, x, w, b)
+    }
+}
+
+/// conv2d's backward pass for the gradients in `need` (dX, dW, db), on the
+/// same rule as [`forward_pass`]: dX reads W and dY, dW reads X and dY, and
+/// an operand that is not read may be empty.
+fn backward_pass<T: Float>(
+    geom: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    need: [bool; 3],
+) -> im2col::Grads<T> {
+    let finite = all_finite(dy) && (!need[0] || all_finite(w)) && (!need[1] || all_finite(x));
+    if winograd::applies(geom) && finite {
+        winograd::backward(geom, x, w, dy, need)
+    } else {
+        im2col::backward(geom, x, w, dy, need)
     }
 }
 

@@ -31,7 +31,7 @@
 //! [`reference::conv_transpose2d`](super::reference::conv_transpose2d) holds
 //! the definition as direct loops.
 
-use super::{all_finite, im2col, winograd, Conv2dGeometry, Pair};
+use super::{backward_pass, forward_pass, im2col, Conv2dGeometry, Pair};
 use crate::shape::Shape;
 use crate::{Float, Tensor, Var};
 use smallvec::smallvec;
@@ -266,11 +266,7 @@ impl<'t, T: Float> Var<'t, T> {
         let (x_, w_) = (xv.data(), wv.data());
         // conv2d's dX with dY := X; its input (our output) is not read.
         let wanted = [true, false, false];
-        let grads = if winograd::applies(&geom) && all_finite(x_) && all_finite(w_) {
-            winograd::backward(&geom, &[], w_, x_, wanted)
-        } else {
-            im2col::backward(&geom, &[], w_, x_, wanted)
-        };
+        let grads = backward_pass(&geom, &[], w_, x_, wanted);
         let mut y = grads.dx.expect("the input gradient was asked for");
         if let Some(b) = &bv {
             add_bias(&mut y, b.data(), geom.in_hw());
@@ -296,24 +292,15 @@ impl<'t, T: Float> Var<'t, T> {
             move |ctx| {
                 let (x, w) = (ctx.inputs[0], ctx.inputs[1]);
                 let (x_, w_, dy) = (x.data(), w.data(), ctx.grad.data());
-                let dy_finite = all_finite(dy);
-                // dX = conv2d(dY, W): reads dY and W.
+                // dX = conv2d(dY, W).
                 let dx = ctx.needs_grad[0].then(|| {
-                    let d = if winograd::applies(&geom) && dy_finite && all_finite(w_) {
-                        winograd::forward(&geom, dy, w_, None)
-                    } else {
-                        im2col::forward(&geom, dy, w_, None)
-                    };
+                    let d = forward_pass(&geom, dy, w_, None);
                     Tensor::from_parts(d, x.shape().clone())
                 });
                 // dW: conv2d's weight gradient with input dY and output gradient X.
                 let dw = ctx.needs_grad[1].then(|| {
                     let wanted = [false, true, false];
-                    let g = if winograd::applies(&geom) && dy_finite && all_finite(x_) {
-                        winograd::backward(&geom, dy, w_, x_, wanted)
-                    } else {
-                        im2col::backward(&geom, dy, w_, x_, wanted)
-                    };
+                    let g = backward_pass(&geom, dy, w_, x_, wanted);
                     let d = g.dw.expect("the weight gradient was asked for");
                     Tensor::from_parts(d, w.shape().clone())
                 });
