@@ -11,6 +11,39 @@ use super::{Conv2dOptions, ConvTranspose2dOptions, Pair};
 use crate::{Error, Result};
 use std::ops::Range;
 
+/// What is wrong with the options shared by conv2d and conv_transpose2d
+/// (a zero stride or dilation, zero groups, groups not dividing the input's
+/// channels), if anything: the message, with both shapes.
+fn option_error(
+    input: &[usize],
+    weight: &[usize],
+    stride: Pair,
+    dilation: Pair,
+    groups: usize,
+) -> Option<String> {
+    let c = input[1];
+    if stride.h == 0 || stride.w == 0 {
+        Some(format!(
+            "stride {stride} must be at least 1 on both axes (input {input:?}, weight {weight:?})"
+        ))
+    } else if dilation.h == 0 || dilation.w == 0 {
+        Some(format!(
+            "dilation {dilation} must be at least 1 on both axes (input {input:?}, weight {weight:?})"
+        ))
+    } else if groups == 0 {
+        Some(format!(
+            "groups must be at least 1 (input {input:?}, weight {weight:?})"
+        ))
+    } else if c % groups != 0 {
+        Some(format!(
+            "input {input:?} has {c} channels, which groups({groups}) does not divide \
+             (weight {weight:?})"
+        ))
+    } else {
+        None
+    }
+}
+
 /// One spatial axis of a sliding-window op: `output` windows of `kernel` taps,
 /// `dilation` apart, the window moving by `stride` over an input of `input`
 /// positions zero-padded by `padding` on both sides.
@@ -461,26 +494,8 @@ impl Conv2dGeometry {
         }
         let (n, c, ih, iw) = (input[0], input[1], input[2], input[3]);
         let (o, cg, kh, kw) = (weight[0], weight[1], weight[2], weight[3]);
-        if stride.h == 0 || stride.w == 0 {
-            return fail(format!(
-                "stride {stride} must be at least 1 on both axes (input {input:?}, weight {weight:?})"
-            ));
-        }
-        if dilation.h == 0 || dilation.w == 0 {
-            return fail(format!(
-                "dilation {dilation} must be at least 1 on both axes (input {input:?}, weight {weight:?})"
-            ));
-        }
-        if groups == 0 {
-            return fail(format!(
-                "groups must be at least 1 (input {input:?}, weight {weight:?})"
-            ));
-        }
-        if c % groups != 0 {
-            return fail(format!(
-                "input {input:?} has {c} channels, which groups({groups}) does not divide \
-                 (weight {weight:?})"
-            ));
+        if let Some(message) = option_error(input, weight, stride, dilation, groups) {
+            return fail(message);
         }
         if o % groups != 0 {
             return fail(format!(
@@ -639,26 +654,8 @@ impl Conv2dGeometry {
         }
         let (n, c, ih, iw) = (input[0], input[1], input[2], input[3]);
         let (wc, og, kh, kw) = (weight[0], weight[1], weight[2], weight[3]);
-        if stride.h == 0 || stride.w == 0 {
-            return fail(format!(
-                "stride {stride} must be at least 1 on both axes (input {input:?}, weight {weight:?})"
-            ));
-        }
-        if dilation.h == 0 || dilation.w == 0 {
-            return fail(format!(
-                "dilation {dilation} must be at least 1 on both axes (input {input:?}, weight {weight:?})"
-            ));
-        }
-        if groups == 0 {
-            return fail(format!(
-                "groups must be at least 1 (input {input:?}, weight {weight:?})"
-            ));
-        }
-        if c % groups != 0 {
-            return fail(format!(
-                "input {input:?} has {c} channels, which groups({groups}) does not divide \
-                 (weight {weight:?})"
-            ));
+        if let Some(message) = option_error(input, weight, stride, dilation, groups) {
+            return fail(message);
         }
         if wc != c {
             return fail(format!(
