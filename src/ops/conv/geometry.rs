@@ -34,7 +34,7 @@ fn option_error(
         Some(format!(
             "groups must be at least 1 (input {input:?}, weight {weight:?})"
         ))
-    } else if c % groups != 0 {
+    } else if !c.is_multiple_of(groups) {
         Some(format!(
             "input {input:?} has {c} channels, which groups({groups}) does not divide \
              (weight {weight:?})"
