@@ -145,6 +145,13 @@ fn main() {
     );
     identities(&x, &w, &dh, &dx, &dw, 0.0);
 
+    println!("--- The chain rule node by node: tape.trace(&grads) for L = Σ relu(H) ---\n");
+    let tape = Tape::<f64>::new();
+    let (xv, wv) = (tape.leaf(x.clone()), tape.leaf(w.clone()));
+    let loss = xv.conv2d(wv, None, Conv2dOptions::default()).relu().sum();
+    let grads = loss.backward();
+    println!("{}", tape.trace(&grads));
+
     println!("==================================================================");
     println!(" Part 2 — the same for a random X 5x6, W 3x2, dH 3x5 (seed 42)");
     println!("==================================================================\n");
@@ -201,4 +208,63 @@ fn main() {
     );
     assert!(report.passed(), "{report}");
     println!("tapegrad::gradcheck (PyTorch's tolerances): {report}");
+    part3_deeplearning_ai();
+}
+
+/// The arrays of `data/dlai_conv_step_by_step.txt` (see `scripts/gen_dlai_conv.py`).
+fn dlai_arrays() -> Vec<(String, Vec<usize>, Vec<f64>)> {
+    let text = include_str!("../data/dlai_conv_step_by_step.txt");
+    let mut out: Vec<(String, Vec<usize>, Vec<f64>)> = vec![];
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut words = line.split_whitespace();
+        let first = words.next().expect("a non-empty line");
+        match first.parse::<f64>() {
+            Ok(v) => out.last_mut().expect("a header first").2.push(v),
+            Err(_) => out.push((
+                first.to_string(),
+                words.map(|d| d.parse().unwrap()).collect(),
+                vec![],
+            )),
+        }
+    }
+    out
+}
+
+/// Part 3: deeplearning.ai's "Convolution model — Step by Step" check
+/// (NHWC there, NCHW here): the four means it prints, reproduced.
+fn part3_deeplearning_ai() {
+    println!("==================================================================");
+    println!(" Part 3 — deeplearning.ai's conv_forward / conv_backward check");
+    println!("==================================================================\n");
+    let arrays = dlai_arrays();
+    let get = |name: &str| {
+        let (_, shape, v) = arrays.iter().find(|a| a.0 == name).expect("in the file");
+        Tensor::<f64>::from_vec(v.clone(), &shape[..]).unwrap()
+    };
+    // NHWC → NCHW, (f, f, C_in, C_out) → OIHW, (1, 1, 1, C_out) → [C_out].
+    let a = get("A_prev").permute(&[0, 3, 1, 2]);
+    let w = get("W").permute(&[3, 2, 0, 1]);
+    let b = get("b").reshape([8]);
+    let tape = Tape::<f64>::new();
+    let (av, wv, bv) = (tape.leaf(a), tape.leaf(w), tape.leaf(b));
+    let z = av.conv2d(wv, Some(bv), Conv2dOptions::default().stride(2).padding(2));
+    let grads = z.backward_with(z.value()); // upstream dZ = Z, as the notebook does
+    let mean = |t: &Tensor<f64>| t.data().iter().sum::<f64>() / t.numel() as f64;
+    let rows = [
+        ("Z's mean", mean(&z.value()), 0.0489952035289),
+        ("dA_mean", mean(&grads[av]), 1.45243777754),
+        ("dW_mean", mean(&grads[wv]), 1.72699145831),
+        ("db_mean", mean(&grads[bv]), 7.83923256462),
+    ];
+    println!(
+        "A_prev [10, 4, 4, 3] (NHWC), W [2, 2, 3, 8], b [1, 1, 1, 8], pad 2, stride 2, dZ = Z:\n"
+    );
+    for (name, got, want) in rows {
+        println!(
+            "{name:<9} {got:>16.12}   (notebook: {want}, |diff| {:.1e})",
+            (got - want).abs()
+        );
+        assert!((got - want).abs() < 1e-10, "{name}");
+    }
+    println!();
 }

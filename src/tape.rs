@@ -796,6 +796,63 @@ impl<T: Float> Tape<T> {
         s
     }
 
+    /// The chain rule, node by node: one row per node in creation order with
+    /// its id, op, parents, shape, value and gradient (each shown in full
+    /// when it has at most 4 elements, else as norm, min and max), for
+    /// following how an output gradient turns into every other one.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f64>::new();
+    /// let x = tape.leaf(Tensor::from_vec(vec![1.0, 2.0], [2]).unwrap());
+    /// let y = (x * x).sum();
+    /// let g = y.backward();
+    /// let t = tape.trace(&g);
+    /// assert!(t.contains("mul") && t.contains("[2, 4]")); // dy/dx = 2x
+    /// ```
+    pub fn trace(&self, grads: &Gradients<T>) -> String {
+        fn describe<T: Float>(t: &Tensor<T>) -> String {
+            let v = t.data();
+            if v.len() <= 4 {
+                let items: Vec<String> = v.iter().map(|x| format!("{:.4}", x.to_f64())).collect();
+                return format!("[{}]", items.join(", ")).replace(".0000", "");
+            }
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                    (lo.min(x.to_f64()), hi.max(x.to_f64()))
+                });
+            format!("‖·‖ {:.4}, min {lo:.4}, max {hi:.4}", t.norm())
+        }
+        let graph = self.graph();
+        let mut s = format!(
+            "{:<5} {:<18} {:<10} {:<14} {:<38} {}\n",
+            "node", "op", "parents", "shape", "value", "gradient"
+        );
+        for (i, n) in graph.nodes.iter().enumerate() {
+            let parents: Vec<String> = graph.parents(n).iter().map(|p| p.to_string()).collect();
+            let value = if n.kind == Kind::Released {
+                "released".to_string()
+            } else {
+                describe(&n.value)
+            };
+            let grad = if grads.tape == self.identity {
+                grads.by_id(i).map_or("-".to_string(), describe)
+            } else {
+                "(other tape)".to_string()
+            };
+            let _ = writeln!(
+                s,
+                "#{i:<4} {:<18} {:<10} {:<14} {:<38} {grad}",
+                n.op,
+                parents.join(","),
+                n.value.shape().to_string(),
+                value
+            );
+        }
+        s
+    }
+
     fn backward_from(&self, root: usize, seed: Tensor<T>, keep_intermediate: bool) -> Gradients<T> {
         let graph = self.graph();
         let nodes = &graph.nodes[..];
