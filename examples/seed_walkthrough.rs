@@ -151,6 +151,16 @@ fn main() {
     let loss = xv.conv2d(wv, None, Conv2dOptions::default()).relu().sum();
     let grads = loss.backward();
     println!("{}", tape.trace(&grads));
+    let path = std::env::current_dir()
+        .unwrap_or_default()
+        .join("seed_graph.svg");
+    match std::fs::write(&path, tape.to_svg(Some(&grads))) {
+        Ok(()) => println!(
+            "the graph, with each node's gradient norm: {}\n",
+            path.display()
+        ),
+        Err(e) => println!("could not write {}: {e}\n", path.display()),
+    }
 
     println!("==================================================================");
     println!(" Part 2 — the same for a random X 5x6, W 3x2, dH 3x5 (seed 42)");

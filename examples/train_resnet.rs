@@ -35,6 +35,7 @@ OPTIONS:
     --mnist DIR       train on MNIST IDX files in DIR (train-images-idx3-ubyte, …) and
                       report accuracy on t10k, instead of the embedded digits
     --no-augment      train without the random one-pixel shifts
+    --plot PATH       write the loss and accuracy per epoch and the confusion matrix as an SVG
     --threads N       worker threads (default: all cores; also TAPEGRAD_THREADS)
     -h, --help        print this help
 

@@ -773,6 +773,101 @@ impl<T: Float> Tape<T> {
         s
     }
 
+    /// The graph as an SVG picture, with nothing to install: one box per node
+    /// (id, op, shape and, if `grads` is given, the gradient's norm), leaves
+    /// shaded and constants dashed, in rows by depth (a node sits one row
+    /// below its deepest parent), with an edge from each parent to its child.
+    ///
+    /// ```
+    /// use tapegrad::{Tape, Tensor};
+    /// let tape = Tape::<f32>::new();
+    /// let x = tape.leaf(Tensor::ones([2]));
+    /// let y = (x * 2.0).relu().sum();
+    /// let svg = tape.to_svg(Some(&y.backward()));
+    /// assert!(svg.starts_with("<svg") && svg.contains("relu") && svg.contains("|grad|"));
+    /// ```
+    pub fn to_svg(&self, grads: Option<&Gradients<T>>) -> String {
+        let graph = self.graph();
+        let nodes = &graph.nodes;
+        // Row of each node: one below its deepest parent; column: order within the row.
+        let mut depth = vec![0usize; nodes.len()];
+        let mut column = vec![0usize; nodes.len()];
+        let mut per_row: Vec<usize> = vec![];
+        for (i, n) in nodes.iter().enumerate() {
+            depth[i] = graph
+                .parents(n)
+                .iter()
+                .map(|&p| depth[p] + 1)
+                .max()
+                .unwrap_or(0);
+            if per_row.len() <= depth[i] {
+                per_row.resize(depth[i] + 1, 0);
+            }
+            column[i] = per_row[depth[i]];
+            per_row[depth[i]] += 1;
+        }
+        let (bw, bh, gx, gy) = (170.0, 48.0, 30.0, 46.0);
+        let pos = |i: usize| {
+            (
+                20.0 + column[i] as f64 * (bw + gx),
+                20.0 + depth[i] as f64 * (bh + gy),
+            )
+        };
+        let width = 40.0 + per_row.iter().max().copied().unwrap_or(1) as f64 * (bw + gx);
+        let height = 40.0 + per_row.len() as f64 * (bh + gy);
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+             font-family=\"monospace\" font-size=\"11\">\n\
+             <defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" \
+             markerWidth=\"6\" markerHeight=\"6\" orient=\"auto\"><path d=\"M0,0 L10,5 L0,10 z\"/></marker></defs>\n"
+        );
+        for (i, n) in nodes.iter().enumerate() {
+            let (x, y) = pos(i);
+            for &p in graph.parents(n) {
+                let (px, py) = pos(p);
+                let _ = writeln!(
+                    s,
+                    "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{y}\" stroke=\"#888\" marker-end=\"url(#arrow)\"/>",
+                    px + bw / 2.0,
+                    py + bh,
+                    x + bw / 2.0
+                );
+            }
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            let (x, y) = pos(i);
+            let (fill, dash) = match n.kind {
+                Kind::Leaf => ("#dbeafe", ""),
+                Kind::Constant | Kind::Released => ("#ffffff", " stroke-dasharray=\"4 3\""),
+                Kind::Op => ("#f5f5f5", ""),
+            };
+            let shape = if n.kind == Kind::Released {
+                "released".to_string()
+            } else {
+                n.value.shape().to_string()
+            };
+            let grad = grads
+                .filter(|g| g.tape == self.identity)
+                .and_then(|g| g.by_id(i))
+                .map(|g| format!("|grad| = {:.4e}", g.norm()))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x}\" y=\"{y}\" width=\"{bw}\" height=\"{bh}\" rx=\"6\" fill=\"{fill}\" stroke=\"#333\"{dash}/>\n\
+                 <text x=\"{}\" y=\"{}\">#{i} {}</text>\n<text x=\"{}\" y=\"{}\">{shape}</text>\n<text x=\"{}\" y=\"{}\">{grad}</text>",
+                x + 8.0,
+                y + 15.0,
+                n.op,
+                x + 8.0,
+                y + 29.0,
+                x + 8.0,
+                y + 43.0
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+
     /// One line per node: id, op, shape, parents (for debugging and teaching).
     ///
     /// ```

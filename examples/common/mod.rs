@@ -34,6 +34,7 @@ pub struct Args {
     mnist: Option<String>,
     threads: Option<usize>,
     augment: bool,
+    plot: Option<String>,
 }
 
 fn parse_args(ex: &Example) -> Result<Option<Args>, String> {
@@ -47,6 +48,7 @@ fn parse_args(ex: &Example) -> Result<Option<Args>, String> {
         mnist: None,
         threads: None,
         augment: true,
+        plot: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +70,7 @@ fn parse_args(ex: &Example) -> Result<Option<Args>, String> {
             "--load" => a.load = Some(value("--load")?),
             "--mnist" => a.mnist = Some(value("--mnist")?),
             "--no-augment" => a.augment = false,
+            "--plot" => a.plot = Some(value("--plot")?),
             other => return Err(format!("unknown option `{other}`")),
         }
     }
@@ -136,11 +139,126 @@ fn accuracy(pred: &[usize], set: &Dataset) -> f64 {
     hits as f64 / set.len().max(1) as f64
 }
 
-fn print_confusion(pred: &[usize], set: &Dataset) {
+/// The confusion matrix: counts by true digit (rows) and prediction (columns).
+fn confusion(pred: &[usize], set: &Dataset) -> [[usize; 10]; 10] {
     let mut m = [[0usize; 10]; 10];
     for (i, &p) in pred.iter().enumerate() {
         m[set.label(i)][p] += 1;
     }
+    m
+}
+
+/// One epoch's figures, for the plot.
+struct EpochLog {
+    loss: f64,
+    train_acc: f64,
+    test_acc: f64,
+}
+
+/// An SVG page: the training loss and the train and test accuracy per epoch
+/// (left), and the confusion matrix as a heat map (right). Written by hand:
+/// a few lines of SVG need no plotting library.
+fn plot_svg(log: &[EpochLog], m: &[[usize; 10]; 10]) -> String {
+    use std::fmt::Write as _;
+    let (w, h, left, top) = (420.0, 260.0, 50.0, 30.0);
+    let mut s = String::from(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"900\" height=\"330\" font-family=\"sans-serif\" font-size=\"12\">\n",
+    );
+    let _ = writeln!(s, "<rect x=\"{left}\" y=\"{top}\" width=\"{w}\" height=\"{h}\" fill=\"none\" stroke=\"#333\"/>");
+    let n = log.len().max(2) as f64 - 1.0;
+    let max_loss = log.iter().map(|e| e.loss).fold(1e-9, f64::max);
+    let x = |i: usize| left + w * i as f64 / n;
+    let series = [
+        (
+            "loss (scaled to its maximum)",
+            "#d62728",
+            Box::new(|e: &EpochLog| e.loss / max_loss) as Box<dyn Fn(&EpochLog) -> f64>,
+        ),
+        (
+            "train accuracy",
+            "#1f77b4",
+            Box::new(|e: &EpochLog| e.train_acc),
+        ),
+        (
+            "test accuracy",
+            "#2ca02c",
+            Box::new(|e: &EpochLog| e.test_acc),
+        ),
+    ];
+    for (k, (name, colour, f)) in series.iter().enumerate() {
+        let points: Vec<String> = log
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{:.1},{:.1}", x(i), top + h * (1.0 - f(e))))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" fill=\"{colour}\">{name}</text>",
+            left + 10.0,
+            top + h - 40.0 + 15.0 * k as f64
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{left}\" y=\"20\">per epoch (1 to {}); accuracies from 0 to 1</text>",
+        log.len()
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\">epoch</text>",
+        left + w / 2.0 - 15.0,
+        top + h + 20.0
+    );
+    // The confusion matrix.
+    let (cx, cy, cell) = (540.0, top, 26.0);
+    let most = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
+    let _ = writeln!(
+        s,
+        "<text x=\"{cx}\" y=\"20\">confusion matrix (rows: true digit, columns: predicted)</text>"
+    );
+    for (i, row) in m.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            let shade = 255.0 - 200.0 * (v as f64 / most).sqrt();
+            let (r, g) = if i == j {
+                (shade, 255.0)
+            } else {
+                (255.0, shade)
+            };
+            let (px, py) = (cx + cell * j as f64, cy + cell * i as f64);
+            let _ = writeln!(s, "<rect x=\"{px}\" y=\"{py}\" width=\"{cell}\" height=\"{cell}\" fill=\"rgb({r:.0},{g:.0},{shade:.0})\" stroke=\"#ccc\"/>");
+            if v > 0 {
+                let _ = writeln!(
+                    s,
+                    "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{v}</text>",
+                    px + cell / 2.0,
+                    py + cell / 2.0 + 4.0
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{i}</text>",
+            cx - 4.0,
+            cy + cell * i as f64 + cell / 2.0 + 4.0
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{i}</text>",
+            cx + cell * i as f64 + cell / 2.0,
+            cy + 10.0 * cell + 14.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn print_confusion(pred: &[usize], set: &Dataset) {
+    let m = confusion(pred, set);
     println!("\nconfusion matrix (rows: true digit, columns: predicted)");
     print!("      ");
     for j in 0..10 {
@@ -208,6 +326,7 @@ fn run(ex: &Example, args: Args) -> Result<(), String> {
     let mut opt = Adam::new(args.lr);
     let start = Instant::now();
     let mut step = 0;
+    let mut log = Vec::with_capacity(args.epochs);
     for epoch in 1..=args.epochs {
         let t0 = Instant::now();
         let (mut loss_sum, mut hits, mut seen) = (0.0f64, 0usize, 0usize);
@@ -239,6 +358,11 @@ fn run(ex: &Example, args: Args) -> Result<(), String> {
         }
         let secs = t0.elapsed().as_secs_f64();
         let test_acc = accuracy(&predict(&model, &params, &test, norm), &test);
+        log.push(EpochLog {
+            loss: loss_sum / seen as f64,
+            train_acc: hits as f64 / seen as f64,
+            test_acc,
+        });
         println!(
             "epoch {epoch:>3}/{}  loss {:.4}  train acc {:>6.2} %  test acc {:>6.2} %  {:>7.0} samples/s  elapsed {:.2} s",
             args.epochs,
@@ -251,6 +375,11 @@ fn run(ex: &Example, args: Args) -> Result<(), String> {
     }
     let pred = predict(&model, &params, &test, norm);
     print_confusion(&pred, &test);
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot_svg(&log, &confusion(&pred, &test)))
+            .map_err(|e| format!("cannot write the plot to {path}: {e}"))?;
+        println!("\nwrote the training curves and the confusion matrix to {path}");
+    }
     println!(
         "\ntest accuracy: {:.2} % on {} held-out images ({:.2} s training)",
         100.0 * accuracy(&pred, &test),
