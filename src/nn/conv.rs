@@ -49,23 +49,16 @@ impl Conv2d {
         bias: bool,
         rng: &mut R,
     ) -> Self {
-        let k = kernel.into();
-        let g = options.groups.max(1);
-        assert!(
-            in_channels.is_multiple_of(g) && out_channels.is_multiple_of(g),
-            "Conv2d `{name}`: {in_channels} input and {out_channels} output channels must both be divisible by groups ({g})"
+        let (weight, bias) = register(
+            params,
+            ("Conv2d", name),
+            (in_channels, out_channels),
+            kernel.into(),
+            options.groups,
+            false,
+            bias,
+            rng,
         );
-        let fan_in = in_channels / g * k.h * k.w;
-        let weight = params.add(
-            format!("{name}.weight"),
-            init_uniform([out_channels, in_channels / g, k.h, k.w], fan_in, rng),
-        );
-        let bias = bias.then(|| {
-            params.add(
-                format!("{name}.bias"),
-                init_uniform([out_channels], fan_in, rng),
-            )
-        });
         Conv2d {
             weight,
             bias,
@@ -134,23 +127,16 @@ impl ConvTranspose2d {
         bias: bool,
         rng: &mut R,
     ) -> Self {
-        let k = kernel.into();
-        let g = options.groups.max(1);
-        assert!(
-            in_channels.is_multiple_of(g) && out_channels.is_multiple_of(g),
-            "ConvTranspose2d `{name}`: {in_channels} input and {out_channels} output channels must both be divisible by groups ({g})"
+        let (weight, bias) = register(
+            params,
+            ("ConvTranspose2d", name),
+            (in_channels, out_channels),
+            kernel.into(),
+            options.groups,
+            true,
+            bias,
+            rng,
         );
-        let fan_in = out_channels / g * k.h * k.w;
-        let weight = params.add(
-            format!("{name}.weight"),
-            init_uniform([in_channels, out_channels / g, k.h, k.w], fan_in, rng),
-        );
-        let bias = bias.then(|| {
-            params.add(
-                format!("{name}.bias"),
-                init_uniform([out_channels], fan_in, rng),
-            )
-        });
         ConvTranspose2d {
             weight,
             bias,
@@ -227,4 +213,45 @@ impl<T: Float> Module<T> for GlobalAvgPool2d {
         );
         x.mean_axes(&[2, 3], false)
     }
+}
+
+/// Registers a convolution's `<name>.weight` and optional `<name>.bias` with
+/// PyTorch's initialisation, U(±1/√fan_in) for both, fan_in being the
+/// weight's second dimension times the kernel: a conv2d weight is
+/// `[out, in/groups, kh, kw]`, a transposed one (`transposed`)
+/// `[in, out/groups, kh, kw]`. Panics, naming the layer, if `groups` does
+/// not divide both channel counts.
+#[allow(clippy::too_many_arguments)]
+fn register<T: Float, R: rand::Rng + ?Sized>(
+    params: &mut Params<T>,
+    (layer, name): (&str, &str),
+    (in_channels, out_channels): (usize, usize),
+    k: Pair,
+    groups: usize,
+    transposed: bool,
+    bias: bool,
+    rng: &mut R,
+) -> (ParamId, Option<ParamId>) {
+    let g = groups.max(1);
+    assert!(
+        in_channels.is_multiple_of(g) && out_channels.is_multiple_of(g),
+        "{layer} `{name}`: {in_channels} input and {out_channels} output channels must both be divisible by groups ({g})"
+    );
+    let (first, second) = if transposed {
+        (in_channels, out_channels / g)
+    } else {
+        (out_channels, in_channels / g)
+    };
+    let fan_in = second * k.h * k.w;
+    let weight = params.add(
+        format!("{name}.weight"),
+        init_uniform([first, second, k.h, k.w], fan_in, rng),
+    );
+    let bias = bias.then(|| {
+        params.add(
+            format!("{name}.bias"),
+            init_uniform([out_channels], fan_in, rng),
+        )
+    });
+    (weight, bias)
 }

@@ -232,42 +232,42 @@ impl<'t, T: Float> Var<'t, T> {
             }
         }
         let y = Tensor::from_parts(y, if keepdim { keep.clone() } else { dropped });
-        // The one-hot of each lane's first maximal element: dx = g · onehot.
-        let onehot = move |x: &Tensor<T>, y: &Tensor<T>| {
+        // The position along the axis of each lane's first maximal element
+        // (recomputed from x and y, not stored): dx = g there, 0 elsewhere.
+        let argmax = move |x: &Tensor<T>, y: &Tensor<T>| -> Vec<usize> {
             let (x, y) = (x.data(), y.data());
-            let mut mask = crate::buffer::full(x.len(), T::ZERO);
+            let mut at = Vec::with_capacity(outer * inner);
             for o in 0..outer {
                 for i in 0..inner {
                     let m = y[o * inner + i];
-                    // First index attaining the maximum (recomputed, not stored).
                     let hit = |v: T| v == m || (v.is_nan() && m.is_nan());
                     let k = (0..n)
                         .find(|&k| hit(x[(o * n + k) * inner + i]))
                         .unwrap_or(0);
-                    mask[(o * n + k) * inner + i] = T::ONE;
+                    at.push((o * n + k) * inner + i);
                 }
             }
-            mask
+            at
         };
-        let keep2 = keep.clone();
+        let keep2 = keep;
         self.tape.record_differentiable(
             "max_axis",
             y,
             &[self],
             move |ctx| {
                 let x = ctx.inputs[0];
-                let mask = onehot(x, ctx.output);
-                let g = ctx.grad.reshape(keep.clone()).broadcast_to(x.shape());
-                let dx = g.zip_map(
-                    &Tensor::from_parts(mask, x.shape().clone()),
-                    "max_axis",
-                    |g, m| g * m,
-                );
-                one(dx)
+                let mut dx = crate::buffer::full(x.numel(), T::ZERO);
+                for (&at, &g) in argmax(x, ctx.output).iter().zip(ctx.grad.data()) {
+                    dx[at] = g;
+                }
+                one(Tensor::from_parts(dx, x.shape().clone()))
             },
             move |ctx| {
                 let x = ctx.inputs[0];
-                let mask = onehot(&x.value(), &ctx.output.value());
+                let mut mask = crate::buffer::full(x.shape().numel(), T::ZERO);
+                for at in argmax(&x.value(), &ctx.output.value()) {
+                    mask[at] = T::ONE;
+                }
                 let mask = x.tape().constant(Tensor::from_parts(mask, x.shape()));
                 graph_one(ctx.grad.reshape(keep2.clone()).broadcast_to(x.shape()) * mask)
             },

@@ -538,7 +538,6 @@ impl<'t, T: Float> Var<'t, T> {
         };
         let (brows, bcols) = (rows.clone(), cols.clone());
         let bwd = move |g: &Tensor<T>| {
-            let (rows, cols) = (brows.clone(), bcols.clone());
             let mut dx = crate::buffer::scratch(in_shape.numel());
             let g = g.data();
             planes.par(&mut dx, planes.input, |range, dx| {
@@ -557,10 +556,10 @@ impl<'t, T: Float> Var<'t, T> {
                 dx.fill(T::ZERO);
                 for (p, dx) in dx.chunks_exact_mut(planes.input).enumerate() {
                     let g = &g[p * planes.output..][..planes.output];
-                    for (g, r) in g.chunks_exact(ow).zip(&rows) {
+                    for (g, r) in g.chunks_exact(ow).zip(&brows) {
                         let Some(r) = r else { continue };
                         let line = &mut dx[r * iw..][..iw];
-                        for (&g, c) in g.iter().zip(&cols) {
+                        for (&g, c) in g.iter().zip(&bcols) {
                             if let Some(c) = c {
                                 line[*c] += g;
                             }

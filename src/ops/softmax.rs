@@ -87,11 +87,10 @@ impl<'t, T: Float> Var<'t, T> {
         let (outer, n, inner) = split_at_axis(x.shape(), ax);
         let y = Tensor::from_parts(softmax_lanes(x.data(), outer, n, inner), x.shape().clone());
         let axis = ax as isize;
-        self.tape.record_differentiable_scalar(
+        self.tape.record_differentiable(
             "softmax",
             y,
             &[self],
-            T::from_usize(ax),
             move |ctx| {
                 let (y, g) = (ctx.output.data(), ctx.grad.data());
                 let mut dx = crate::buffer::full(y.len(), T::ZERO);
