@@ -393,3 +393,23 @@ fn gradcheck_catches_a_nan_gradient() {
         "a NaN must not compare as close"
     );
 }
+
+#[test]
+fn erf_sum_to_and_broadcast_to() {
+    check("erf", |_, x| x[0].erf(), &[randn(&[2, 3], 40)]);
+    check(
+        "sum_to",
+        |_, x| x[0].sum_to([1, 3]).tanh(),
+        &[randn(&[4, 3], 41)],
+    );
+    check(
+        "sum_to rank",
+        |_, x| x[0].sum_to([3]).tanh(),
+        &[randn(&[2, 4, 3], 42)],
+    );
+    check(
+        "broadcast_to",
+        |_, x| x[0].broadcast_to([2, 4, 3]).tanh(),
+        &[randn(&[4, 1], 43)],
+    );
+}
