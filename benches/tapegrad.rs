@@ -377,12 +377,12 @@ struct Cnn {
 /// One SGD-momentum training step of the small CNN, as a closure owning its
 /// model, data and optimizer.
 fn cnn_step(rng: &mut StdRng) -> impl FnMut() + 'static {
-    let mut params = Params::<f32>::new();
+    let mut params = Params::new();
     let pad1 = Conv2dOptions::default().padding(1);
     let net = Cnn {
-        conv1: Conv2d::new(&mut params, "conv1", 1, 8, 3, pad1, true, rng),
-        conv2: Conv2d::new(&mut params, "conv2", 8, 16, 3, pad1, true, rng),
-        fc: Linear::new(&mut params, "fc", 16 * 7 * 7, 10, true, rng),
+        conv1: Conv2d::with_options(&mut params, "conv1", 1, 8, 3, pad1, true, rng),
+        conv2: Conv2d::with_options(&mut params, "conv2", 8, 16, 3, pad1, true, rng),
+        fc: Linear::with_options(&mut params, "fc", 16 * 7 * 7, 10, true, rng),
     };
     let x = Tensor::<f32>::randn([64, 1, 28, 28], rng);
     let labels: Vec<usize> = (0..64).map(|i| i % 10).collect();
@@ -449,17 +449,17 @@ fn cnn_step_memory(rng: &mut StdRng) {
 /// `bench_torch.py`: stem conv 3→16 + BN + ReLU, residual blocks 16→16 (s1),
 /// 16→32 (s2), 32→64 (s2), global average pooling, linear 64→10, cross-entropy.
 fn resnet_step(rng: &mut StdRng) -> impl FnMut() + 'static {
-    let mut params = Params::<f32>::new();
+    let mut params = Params::new();
     let pad = Conv2dOptions::default().padding(1);
     let net = Sequential::new()
-        .push(Conv2d::new(&mut params, "conv1", 3, 16, 3, pad, false, rng))
+        .push(Conv2d::with_options(&mut params, "conv1", 3, 16, 3, pad, false, rng))
         .push(BatchNorm::new_2d(&mut params, "bn1", 16))
         .push(ReLU)
-        .push(BasicBlock::new(&mut params, "layer1", 16, 16, 1, rng))
-        .push(BasicBlock::new(&mut params, "layer2", 16, 32, 2, rng))
-        .push(BasicBlock::new(&mut params, "layer3", 32, 64, 2, rng))
+        .push(BasicBlock::with_rng(&mut params, "layer1", 16, 16, 1, rng))
+        .push(BasicBlock::with_rng(&mut params, "layer2", 16, 32, 2, rng))
+        .push(BasicBlock::with_rng(&mut params, "layer3", 32, 64, 2, rng))
         .push(GlobalAvgPool2d)
-        .push(Linear::new(&mut params, "fc", 64, 10, true, rng));
+        .push(Linear::with_options(&mut params, "fc", 64, 10, true, rng));
     let x = Tensor::<f32>::randn([32, 3, 32, 32], rng);
     let labels: Vec<usize> = (0..32).map(|i| i % 10).collect();
     let mut opt = Sgd::new(0.01).momentum(0.9);
@@ -481,18 +481,18 @@ fn resnet_step(rng: &mut StdRng) -> impl FnMut() + 'static {
 /// freed once consumed), against parameters + input + the two largest
 /// activations.
 fn predict_memory(rng: &mut StdRng) {
-    let mut params = Params::<f32>::new();
+    let mut params = Params::new();
     let pad = Conv2dOptions::default().padding(1);
     let pool = MaxPool2d(Pool2dOptions::new(2));
     let model = Sequential::new()
-        .push(Conv2d::new(&mut params, "conv1", 1, 16, 3, pad, true, rng))
+        .push(Conv2d::with_options(&mut params, "conv1", 1, 16, 3, pad, true, rng))
         .push(ReLU)
         .push(pool)
-        .push(Conv2d::new(&mut params, "conv2", 16, 32, 3, pad, true, rng))
+        .push(Conv2d::with_options(&mut params, "conv2", 16, 32, 3, pad, true, rng))
         .push(ReLU)
         .push(pool)
         .push(Flatten)
-        .push(Linear::new(&mut params, "fc", 32 * 2 * 2, 10, true, rng));
+        .push(Linear::with_options(&mut params, "fc", 32 * 2 * 2, 10, true, rng));
     let (_, test) = tapegrad::data::digits_train_test();
     let x = test.to_tensor::<f32>(test.normalization());
     let n = test.len();

@@ -62,19 +62,17 @@ pub use smallvec;
 ///
 /// ```
 /// use tapegrad::prelude::*;
-/// let mut rng = StdRng::seed_from_u64(0);
-/// let mut params = Params::<f32>::new();
-/// let model = Sequential::new().push(Linear::new(&mut params, "fc", 4, 2, true, &mut rng));
+/// let mut params = Params::new();
+/// let model = Sequential::new().push(Linear::new(&mut params, "fc", 4, 2));
 /// let tape = Tape::new();
-/// let p = params.bind(&tape);
-/// let loss = model.forward(&p, tape.constant(Tensor::ones([3, 4]))).cross_entropy(&[0, 1, 1]);
-/// let grads = p.grads(loss.backward());
-/// Sgd::new(0.1).step(&mut params, &grads);
+/// let x = tape.constant(Tensor::ones([3, 4]));
+/// let loss = model.forward(&params.bind(&tape), x).cross_entropy(&[0, 1, 1]);
+/// Sgd::new(0.1).step(&mut params, &loss.backward());
 /// ```
 pub mod prelude {
     pub use crate::nn::{
         self, predict, AvgPool2d, BasicBlock, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
-        Linear, MaxPool2d, Mode, Module, Params, ReLU, Sequential, Sigmoid, Tanh,
+        Linear, MaxPool2d, Mode, Module, ParamGradsSource, Params, ReLU, Sequential, Sigmoid, Tanh,
     };
     pub use crate::optim::{Adam, Optimizer, Schedule, Sgd};
     pub use crate::{Conv2dOptions, Pool2dOptions, Tape, Tensor, Var};

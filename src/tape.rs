@@ -296,6 +296,17 @@ pub struct Tape<T: Float = f32> {
     identity: TapeId,
     /// False for a [`Tape::no_grad`] tape: nothing requires a gradient.
     grad_enabled: bool,
+    /// The parameter stores bound to this tape for training, so that an
+    /// optimizer can take this tape's [`Gradients`] directly.
+    bindings: RefCell<Vec<Binding>>,
+}
+
+/// A parameter store bound to a tape: the store's identity and the node of
+/// each of its parameters, in parameter order.
+#[derive(Clone, Debug)]
+pub(crate) struct Binding {
+    pub(crate) store: u64,
+    pub(crate) leaves: Vec<usize>,
 }
 
 /// A process-wide unique tape identity.
@@ -331,6 +342,7 @@ impl<T: Float> Tape<T> {
             check_finite: Cell::new(false),
             identity: TapeId::fresh(),
             grad_enabled: true,
+            bindings: RefCell::new(Vec::new()),
         }
     }
 
@@ -381,6 +393,7 @@ impl<T: Float> Tape<T> {
             check_finite: Cell::new(false),
             identity: TapeId::fresh(),
             grad_enabled: true,
+            bindings: RefCell::new(Vec::new()),
         }
     }
 
@@ -417,7 +430,16 @@ impl<T: Float> Tape<T> {
         let graph = self.graph.get_mut();
         graph.nodes.clear();
         graph.parent_ids.clear();
+        self.bindings.get_mut().clear();
         self.identity = TapeId::fresh();
+    }
+
+    /// Notes that the parameters of store `store` are the leaves `leaves`
+    /// (in parameter order), for [`Gradients::bound_leaves`].
+    pub(crate) fn note_binding(&self, store: u64, leaves: Vec<usize>) {
+        if self.grad_enabled {
+            self.bindings.borrow_mut().push(Binding { store, leaves });
+        }
     }
 
     /// Makes every op check its output, and `backward()` every gradient, for NaN or
@@ -1020,6 +1042,7 @@ impl<T: Float> Tape<T> {
         Gradients {
             grads,
             tape: self.identity,
+            bindings: self.bindings.borrow().clone(),
         }
     }
 
@@ -1638,6 +1661,8 @@ pub struct Gradients<T: Float = f32> {
     grads: Vec<Option<Tensor<T>>>,
     /// The tape (and its generation) the gradients were computed on.
     tape: TapeId,
+    /// The parameter stores bound to that tape when they were computed.
+    bindings: Vec<Binding>,
 }
 
 impl<T: Float> Gradients<T> {
@@ -1683,6 +1708,15 @@ impl<T: Float> Gradients<T> {
     /// ```
     pub fn by_id(&self, id: usize) -> Option<&Tensor<T>> {
         self.grads.get(id).and_then(|g| g.as_ref())
+    }
+
+    /// The nodes of each binding of parameter store `store` to the tape these
+    /// gradients were computed on (one slice per binding, in parameter order).
+    pub(crate) fn bound_leaves(&self, store: u64) -> impl Iterator<Item = &[usize]> {
+        self.bindings
+            .iter()
+            .filter(move |b| b.store == store)
+            .map(|b| b.leaves.as_slice())
     }
 
     /// Removes and returns the gradient of `var` (no copy), e.g. to hand it to an optimizer.

@@ -601,7 +601,7 @@ fn activation_layers_run_in_sequential() {
         .push(Softplus::default())
         .push(ELU(0.5))
         .push(Hardtanh { min: 0.0, max: 6.0 });
-    let params = Params::new();
+    let params = Params::<f64>::default();
     let tape = Tape::new();
     let x = tape.leaf(randn(&[4, 3], 80));
     let y = model.forward(&params.bind(&tape), x);

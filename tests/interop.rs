@@ -36,17 +36,17 @@ fn model(params: &mut Params<f32>, seed: u64) -> Sequential<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     let pad = Conv2dOptions::default().padding(1);
     Sequential::new()
-        .push(Conv2d::new(params, "conv", 1, 4, 3, pad, true, &mut rng))
+        .push(Conv2d::with_options(params, "conv", 1, 4, 3, pad, true, &mut rng))
         .push(BatchNorm::new_2d(params, "bn1", 4))
         .push(ReLU)
         .push(Dropout::new_2d(0.2, &mut rng))
         .push(MaxPool2d(Pool2dOptions::new(2)))
         .push(Flatten)
-        .push(Linear::new(params, "fc1", 64, 16, true, &mut rng))
+        .push(Linear::with_options(params, "fc1", 64, 16, true, &mut rng))
         .push(BatchNorm::new_1d(params, "bn2", 16))
         .push(ReLU)
         .push(Dropout::new(0.5, &mut rng))
-        .push(Linear::new(params, "fc2", 16, 10, true, &mut rng))
+        .push(Linear::with_options(params, "fc2", 16, 10, true, &mut rng))
 }
 
 fn fixture_f32(case: &fixtures::Case, name: &str) -> Tensor<f32> {
@@ -60,7 +60,7 @@ fn fixture_f32(case: &fixtures::Case, name: &str) -> Tensor<f32> {
 fn a_pytorch_state_dict_loads_strictly_and_gives_pytorchs_outputs() {
     let cases = fixtures::load("interop.txt");
     let case = fixtures::find(&cases, "torch_to_tapegrad");
-    let mut params = Params::<f32>::new();
+    let mut params = Params::new();
     let net = model(&mut params, 0);
     params
         .load(fixture_path("interop_torch.safetensors"))
@@ -74,7 +74,7 @@ fn a_pytorch_state_dict_loads_strictly_and_gives_pytorchs_outputs() {
 
 /// tapegrad's side: the model with seed 7 and running statistics set to known values.
 fn tapegrad_side() -> (Params<f32>, Sequential<f32>) {
-    let mut params = Params::<f32>::new();
+    let mut params = Params::new();
     let net = model(&mut params, 7);
     for (bn, c) in [("bn1", 4), ("bn2", 16)] {
         let mean = Tensor::from_vec((0..c).map(|i| 0.1 * i as f32 - 0.3).collect(), [c]).unwrap();
@@ -120,11 +120,11 @@ fn a_pytorch_decoder_with_transposed_convs_and_upsampling_loads_strictly() {
     let cases = fixtures::load("interop.txt");
     let case = fixtures::find(&cases, "decoder");
     let mut rng = StdRng::seed_from_u64(0);
-    let mut params = Params::<f32>::new();
-    let fc = Linear::new(&mut params, "fc", 8, 32, true, &mut rng);
+    let mut params = Params::new();
+    let fc = Linear::with_options(&mut params, "fc", 8, 32, true, &mut rng);
     let o1 = ConvTranspose2dOptions::new().stride(2).padding(1);
-    let up1 = ConvTranspose2d::new(&mut params, "up1", 8, 4, 4, o1, true, &mut rng);
-    let up2 = ConvTranspose2d::new(
+    let up1 = ConvTranspose2d::with_options(&mut params, "up1", 8, 4, 4, o1, true, &mut rng);
+    let up2 = ConvTranspose2d::with_options(
         &mut params,
         "up2",
         4,

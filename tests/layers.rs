@@ -73,7 +73,7 @@ fn dropout_scales_survivors_and_keeps_the_mean() {
 fn modes_switch_dropout_and_are_chosen_at_binding() {
     let mut rng = StdRng::seed_from_u64(0);
     let drop = Dropout::new(0.5, &mut rng);
-    let params = Params::<f32>::new();
+    let params = Params::new();
     let tape = Tape::new();
     let x = tape.constant(Tensor::ones([64]));
     let train = params.bind(&tape);
@@ -96,7 +96,7 @@ fn modes_switch_dropout_and_are_chosen_at_binding() {
 
 #[test]
 fn buffers_are_saved_loaded_and_not_trained() {
-    let mut p = Params::<f32>::new();
+    let mut p = Params::new();
     let w = p.add("fc.weight", Tensor::ones([2, 2]));
     let m = p.add_buffer("bn.running_mean", Tensor::full([2], 0.5));
     let n = p.add_count_buffer("bn.num_batches_tracked");
@@ -109,7 +109,7 @@ fn buffers_are_saved_loaded_and_not_trained() {
         header.contains(r#""bn.num_batches_tracked":{"dtype":"I64","shape":[]"#),
         "{header}"
     );
-    let mut q = Params::<f32>::new();
+    let mut q = Params::new();
     let w2 = q.add("fc.weight", Tensor::zeros([2, 2]));
     let m2 = q.add_buffer("bn.running_mean", Tensor::zeros([2]));
     let n2 = q.add_count_buffer("bn.num_batches_tracked");
@@ -118,7 +118,7 @@ fn buffers_are_saved_loaded_and_not_trained() {
     assert_eq!(q.buffer(m2).data(), &[0.5, 0.5]);
     assert_eq!(q.buffer(n2).item(), 7.0);
     // Strict: a model without the buffer refuses the file, naming it.
-    let mut r = Params::<f32>::new();
+    let mut r = Params::new();
     r.add("fc.weight", Tensor::zeros([2, 2]));
     r.add_count_buffer("bn.num_batches_tracked");
     let e = r.assign_safetensors_bytes(&bytes).unwrap_err();
@@ -128,7 +128,7 @@ fn buffers_are_saved_loaded_and_not_trained() {
         "{e}"
     );
     // A buffer missing from the file is an error too.
-    let mut s = Params::<f32>::new();
+    let mut s = Params::new();
     s.add("fc.weight", Tensor::zeros([2, 2]));
     s.add_buffer("bn.running_mean", Tensor::zeros([2]));
     s.add_count_buffer("bn.num_batches_tracked");
@@ -165,14 +165,14 @@ fn buffers_are_saved_loaded_and_not_trained() {
 #[test]
 fn inference_records_no_graph_and_frees_activations() {
     let mut rng = StdRng::seed_from_u64(0);
-    let mut params = Params::<f64>::new();
+    let mut params = Params::<f64>::default();
     let mlp = Sequential::new()
-        .push(Linear::new(&mut params, "fc1", 6, 8, true, &mut rng))
+        .push(Linear::with_options(&mut params, "fc1", 6, 8, true, &mut rng))
         .push(ReLU)
         .push(Dropout::new(0.5, &mut rng))
         .push(Tanh)
         .push(Flatten)
-        .push(Linear::new(&mut params, "fc2", 8, 3, true, &mut rng));
+        .push(Linear::with_options(&mut params, "fc2", 8, 3, true, &mut rng));
     let x = Tensor::<f64>::randn([4, 6], &mut rng);
     // The same numbers as an evaluation-mode pass on a recording tape.
     let tape = Tape::new();
@@ -234,7 +234,7 @@ fn batch_norm_layer_matches_pytorch_over_training_steps() {
             ..Default::default()
         };
         let c = case.param_usize("channels")[0];
-        let mut params = Params::<f64>::new();
+        let mut params = Params::<f64>::default();
         let bn = BatchNorm::with_options(&mut params, "bn", c, &[4], options);
         let r = bn.running.unwrap();
         for k in 1..=3 {
@@ -276,7 +276,7 @@ fn batch_norm_layer_matches_pytorch_over_training_steps() {
 #[test]
 fn batch_norm_layer_options_and_errors() {
     // Without running statistics, batch statistics in both modes.
-    let mut params = Params::<f64>::new();
+    let mut params = Params::<f64>::default();
     let o = BatchNormOptions {
         track_running_stats: false,
         affine: false,
@@ -294,7 +294,7 @@ fn batch_norm_layer_options_and_errors() {
         .value();
     assert_eq!(train.data(), eval.data());
     // The gradient flows to the affine parameters in training mode.
-    let mut params = Params::<f64>::new();
+    let mut params = Params::<f64>::default();
     let bn = BatchNorm::new_1d(&mut params, "bn", 3);
     let tape = Tape::new();
     let p = params.bind(&tape);

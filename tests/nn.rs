@@ -10,7 +10,7 @@ use tapegrad::{Conv2dOptions, Error, Pool2dOptions, Tape, Tensor};
 fn model(params: &mut Params, seed: u64) -> Sequential {
     let mut rng = StdRng::seed_from_u64(seed);
     Sequential::new()
-        .push(Conv2d::new(
+        .push(Conv2d::with_options(
             params,
             "conv1",
             1,
@@ -23,7 +23,7 @@ fn model(params: &mut Params, seed: u64) -> Sequential {
         .push(ReLU)
         .push(MaxPool2d(Pool2dOptions::new(2)))
         .push(Flatten)
-        .push(Linear::new(params, "fc", 8 * 4 * 4, 10, true, &mut rng))
+        .push(Linear::with_options(params, "fc", 8 * 4 * 4, 10, true, &mut rng))
 }
 
 #[test]
@@ -119,12 +119,12 @@ fn loading_mismatched_weights_names_the_parameter() {
     let dir = std::env::temp_dir().join(format!("tapegrad_nn_mismatch_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("w.safetensors");
-    let mut saved = Params::<f32>::new();
+    let mut saved = Params::new();
     saved.add("fc.weight", Tensor::zeros([10, 4]));
     saved.add("fc.bias", Tensor::zeros([10]));
     saved.save(&path).unwrap();
 
-    let mut wrong_shape = Params::<f32>::new();
+    let mut wrong_shape = Params::new();
     wrong_shape.add("fc.weight", Tensor::zeros([10, 5]));
     wrong_shape.add("fc.bias", Tensor::zeros([10]));
     let e = wrong_shape.load(&path).unwrap_err();
@@ -145,7 +145,7 @@ fn loading_mismatched_weights_names_the_parameter() {
         "nothing changes on error"
     );
 
-    let mut missing = Params::<f32>::new();
+    let mut missing = Params::new();
     missing.add("fc.weight", Tensor::zeros([10, 4]));
     missing.add("fc.bias", Tensor::zeros([10]));
     missing.add("head.weight", Tensor::zeros([2, 2]));
@@ -155,7 +155,7 @@ fn loading_mismatched_weights_names_the_parameter() {
         "parameter `head.weight`: is missing from the file"
     );
 
-    let mut extra = Params::<f32>::new();
+    let mut extra = Params::new();
     extra.add("fc.weight", Tensor::zeros([10, 4]));
     let e = extra.load(&path).unwrap_err();
     assert!(

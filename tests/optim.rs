@@ -62,7 +62,7 @@ fn every_optimizer_matches_torch_for_five_steps() {
         4
     );
     for case in &cases {
-        let mut params = Params::<f64>::new();
+        let mut params = Params::<f64>::default();
         let w = params.add("w", tensor(case, "p0"));
         let mut opt = optimizer_for(case);
         for k in 1..=5 {
@@ -87,7 +87,7 @@ fn every_optimizer_matches_torch_for_five_steps() {
 
 #[test]
 fn parameters_without_gradient_are_untouched() {
-    let mut params = Params::<f64>::new();
+    let mut params = Params::<f64>::default();
     let a = params.add("a", Tensor::ones([2]));
     let b = params.add("b", Tensor::ones([2]));
     let mut opt = Adam::new(0.1);
@@ -126,9 +126,9 @@ fn schedules() {
 #[test]
 #[should_panic(expected = "Sgd::step: the gradients are of another model's parameters")]
 fn gradients_from_another_model_are_rejected() {
-    let mut small = Params::<f32>::new();
+    let mut small = Params::new();
     small.add("a", Tensor::ones([1]));
-    let mut big = Params::<f32>::new();
+    let mut big = Params::new();
     let x = big.add("x", Tensor::ones([1]));
     big.add("y", Tensor::ones([1]));
     let tape = Tape::new();
@@ -201,7 +201,7 @@ fn one_cycle_past_the_end_stays_at_the_last_rate() {
 
 /// Gradients of `L = Σ w ⊙ g` for each given `g`: exactly the `g`s.
 fn grads_equal_to(gs: &[Vec<f64>]) -> (Params<f64>, tapegrad::nn::ParamGrads<f64>) {
-    let mut params = Params::<f64>::new();
+    let mut params = Params::<f64>::default();
     let ids: Vec<_> = gs
         .iter()
         .enumerate()
@@ -273,4 +273,117 @@ fn clip_value_clamps_each_element() {
     assert_eq!(&v[..2], &[-1.0, 0.25]);
     assert!(v[2].is_nan());
     assert_eq!(v[3], 1.0);
+}
+
+/// A small model's loss on a fixed batch, for the step tests below.
+fn toy_model() -> (Params, tapegrad::nn::Sequential<f32>, Tensor<f32>) {
+    use tapegrad::nn::{Conv2d, Flatten, Linear, ReLU, Sequential};
+    let mut params = Params::new();
+    let model = Sequential::new()
+        .push(Conv2d::new(&mut params, "conv", 2, 3, 3).padding(1))
+        .push(ReLU)
+        .push(Flatten)
+        .push(Linear::new(&mut params, "fc", 3 * 4 * 4, 5));
+    let x = Tensor::from_vec((0..96).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect(), [3, 2, 4, 4]).unwrap();
+    (params, model, x)
+}
+
+/// Stepping with a backward pass's `Gradients` is the same update, to the
+/// bit, as stepping with the binding's `ParamGrads`, for every optimizer.
+#[test]
+fn optimizers_take_a_backward_pass_gradients_directly() {
+    use tapegrad::nn::Module;
+    let makers: Vec<fn() -> Box<dyn Optimizer<f32>>> = vec![
+        || Box::new(Sgd::new(0.1).momentum(0.9)),
+        || Box::new(Adam::new(0.01)),
+        || Box::new(Adam::adamw(0.01, 0.1)),
+        || Box::new(RmsProp::new(0.01).momentum(0.5)),
+    ];
+    for make in makers {
+        let (mut a, model, x) = toy_model();
+        let mut b = a.clone();
+        let (mut oa, mut ob) = (make(), make());
+        for _ in 0..3 {
+            let tape = Tape::new();
+            let loss = model.forward(&a.bind(&tape), tape.constant(x.clone())).cross_entropy(&[0, 3, 4]);
+            oa.step(&mut a, &loss.backward());
+            let tape = Tape::new();
+            let p = b.bind(&tape);
+            let loss = model.forward(&p, tape.constant(x.clone())).cross_entropy(&[0, 3, 4]);
+            ob.step(&mut b, &p.grads(loss.backward()));
+        }
+        for ((_, name, va), (_, _, vb)) in a.iter().zip(b.iter()) {
+            assert_eq!(va.data(), vb.data(), "{name}");
+        }
+        let (_, _, first) = a.iter().next().unwrap();
+        let (fresh, _, _) = toy_model();
+        assert_ne!(first.data(), fresh.iter().next().unwrap().2.data(), "the step moved the weights");
+    }
+}
+
+/// A store bound twice to one tape (a model applied to two inputs) gets
+/// the sum of both uses' gradients, as in PyTorch.
+#[test]
+fn a_store_bound_twice_gets_the_sum_of_both_gradients() {
+    use tapegrad::nn::{Module, ParamGradsSource};
+    let (params, model, x) = toy_model();
+    let x2 = x.map(|v| v * 0.5 - 0.25);
+    let tape = Tape::new();
+    let (p1, p2) = (params.bind(&tape), params.bind(&tape));
+    let l1 = model.forward(&p1, tape.constant(x.clone())).cross_entropy(&[1, 2, 0]);
+    let l2 = model.forward(&p2, tape.constant(x2.clone())).cross_entropy(&[4, 4, 1]);
+    let both = (l1 + l2).backward();
+    let summed = both.param_grads(&params);
+    let one = |x: &Tensor<f32>, y: &[usize]| {
+        let tape = Tape::new();
+        let p = params.bind(&tape);
+        let loss = model.forward(&p, tape.constant(x.clone())).cross_entropy(y);
+        p.grads(loss.backward())
+    };
+    let (g1, g2) = (one(&x, &[1, 2, 0]), one(&x2, &[4, 4, 1]));
+    for (id, name, _) in params.iter() {
+        let want = g1[id].zip_map(&g2[id], "test", |a, b| a + b);
+        assert_eq!(summed[id].data(), want.data(), "{name}");
+    }
+}
+
+#[test]
+#[should_panic(expected = "Adam::step: the gradients were computed on a tape these parameters were not bound to")]
+fn gradients_of_a_tape_the_store_was_not_bound_to_are_rejected() {
+    let mut params = Params::new();
+    params.add("w", Tensor::ones([2]));
+    let mut other = Params::new();
+    let v = other.add("v", Tensor::ones([2]));
+    let tape = Tape::new();
+    let _eval = params.bind_eval(&tape); // an evaluation binding has no gradients
+    let grads = other.bind(&tape)[v].sum().backward();
+    Adam::new(0.1).step(&mut params, &grads);
+}
+
+/// Layers' short constructors draw from the store's generator: the same
+/// model on every run, another one after `set_seed`, PyTorch's bounds.
+#[test]
+fn short_constructors_initialise_reproducibly_from_the_store_seed() {
+    use tapegrad::nn::{Conv2d, Linear};
+    let build = |seed: Option<u64>| {
+        let mut p = Params::new();
+        if let Some(s) = seed {
+            p.set_seed(s);
+        }
+        let c = Conv2d::new(&mut p, "c", 4, 6, 3);
+        let l = Linear::new(&mut p, "l", 10, 2);
+        (p, c, l)
+    };
+    let (a, c, l) = build(None);
+    let (b, _, _) = build(None);
+    let (s, _, _) = build(Some(1));
+    for ((_, n, va), ((_, _, vb), (_, _, vs))) in a.iter().zip(b.iter().zip(s.iter())) {
+        assert_eq!(va.data(), vb.data(), "{n}");
+        assert_ne!(va.data(), vs.data(), "{n}");
+    }
+    let bound = |t: &Tensor<f32>, fan_in: usize| t.data().iter().all(|v| v.abs() <= 1.0 / (fan_in as f32).sqrt());
+    assert!(bound(a.get(c.weight), 36) && bound(a.get(c.bias.unwrap()), 36));
+    assert!(bound(a.get(l.weight), 10) && bound(a.get(l.bias.unwrap()), 10));
+    // The two layers draw from different generators: not the same numbers.
+    assert_ne!(&a.get(c.weight).data()[..20], &a.get(l.weight).data()[..20]);
 }

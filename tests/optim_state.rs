@@ -13,7 +13,7 @@ use tapegrad::{Conv2dOptions, Tape, Tensor};
 fn model(seed: u64) -> (Params<f32>, Sequential<f32>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut params = Params::new();
-    let conv = Conv2d::new(
+    let conv = Conv2d::with_options(
         &mut params,
         "conv1",
         1,
@@ -26,7 +26,7 @@ fn model(seed: u64) -> (Params<f32>, Sequential<f32>) {
         true,
         &mut rng,
     );
-    let fc = Linear::new(&mut params, "fc", 4 * 8 * 8, 10, true, &mut rng);
+    let fc = Linear::with_options(&mut params, "fc", 4 * 8 * 8, 10, true, &mut rng);
     let net = Sequential::new()
         .push(conv)
         .push(ReLU)
@@ -232,7 +232,7 @@ fn mismatched_states_are_rejected_and_change_nothing() {
     assert!(err.to_string().contains("cannot be loaded into AdamW"));
 
     // A model with other parameter names.
-    let mut other = Params::<f32>::new();
+    let mut other = Params::new();
     for (_, n, t) in params.iter() {
         let n = if n == "fc.bias" { "head.bias" } else { n };
         other.add(n, t.clone());
@@ -251,7 +251,7 @@ fn mismatched_states_are_rejected_and_change_nothing() {
     let err = fresh().load_state_bytes(&bigger, &bytes).unwrap_err();
     assert!(err.to_string().starts_with("parameter `extra`"));
     // A model lacking one.
-    let mut smaller = Params::<f32>::new();
+    let mut smaller = Params::new();
     for (_, n, t) in params.iter().take(3) {
         smaller.add(n, t.clone());
     }
@@ -261,7 +261,7 @@ fn mismatched_states_are_rejected_and_change_nothing() {
         .starts_with("parameter `fc.bias`: is in the optimizer state but not in the model"));
 
     // Same names, another shape.
-    let mut reshaped = Params::<f32>::new();
+    let mut reshaped = Params::new();
     for (_, n, t) in params.iter() {
         let t = if n == "fc.bias" {
             Tensor::zeros([11])
@@ -309,7 +309,7 @@ fn mismatched_states_are_rejected_and_change_nothing() {
 
     // The wrong element type, and a file that is not an optimizer state.
     assert!(Adam::<f64>::new(0.1)
-        .load_state_bytes(&Params::new(), &bytes)
+        .load_state_bytes(&Params::<f64>::default(), &bytes)
         .is_err());
     let plain = tapegrad::io::to_safetensors_bytes(&[("w", &Tensor::<f32>::ones([1]))]).unwrap();
     assert!(fresh()
@@ -329,7 +329,7 @@ fn mismatched_states_are_rejected_and_change_nothing() {
 
 #[test]
 fn load_errors_name_the_file() {
-    let params = Params::<f32>::new();
+    let params = Params::new();
     let path = temp("not-a-state");
     tapegrad::io::save_safetensors(&path, &[("w", &Tensor::<f32>::ones([1]))]).unwrap();
     let err = Sgd::<f32>::new(0.1).load_state(&params, &path).unwrap_err();

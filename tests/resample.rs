@@ -477,7 +477,7 @@ fn layers_run_in_a_sequential() {
         .push(AdaptiveMaxPool2d((3, 3)))
         .push(AdaptiveAvgPool2d((1, 1)))
         .push(Flatten);
-    let params = Params::new();
+    let params = Params::<f64>::default();
     let tape = Tape::new();
     let x = tape.leaf(Tensor::arange(2 * 3 * 4 * 4).reshape([2, 3, 4, 4]));
     let y = model.forward(&params.bind(&tape), x);

@@ -133,8 +133,8 @@ fn gradients_are_tied_to_their_tape() {
 
 #[test]
 fn param_ids_and_gradients_are_tied_to_their_store() {
-    let mut p = Params::<f64>::new();
-    let mut q = Params::<f64>::new();
+    let mut p = Params::<f64>::default();
+    let mut q = Params::<f64>::default();
     let wp = p.add("w", Tensor::ones([2]));
     let wq = q.add("w", Tensor::ones([3]));
     let _ = q.add("v", Tensor::ones([1]));

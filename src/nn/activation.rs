@@ -12,7 +12,7 @@ use crate::{Float, Var};
 /// ```
 /// use tapegrad::nn::{Module, Params, GELU};
 /// let tape = tapegrad::Tape::<f64>::new();
-/// let p = Params::new().bind(&tape);
+/// let p = Params::default().bind(&tape);
 /// let x = tape.constant(tapegrad::Tensor::from_vec(vec![0.0, 1.0], [2]).unwrap());
 /// let exact = GELU::default().forward(&p, x).value();
 /// let approx = GELU::tanh().forward(&p, x).value();
@@ -71,7 +71,7 @@ impl<T: Float> Module<T> for SiLU {
 /// ```
 /// use tapegrad::nn::{Module, Params, Softplus};
 /// let tape = tapegrad::Tape::<f64>::new();
-/// let p = Params::new().bind(&tape);
+/// let p = Params::default().bind(&tape);
 /// let x = tape.constant(tapegrad::Tensor::from_vec(vec![0.0, 50.0], [2]).unwrap());
 /// assert_eq!(Softplus::default().forward(&p, x).value().data(), &[2f64.ln(), 50.0]);
 /// ```
@@ -103,7 +103,7 @@ impl<T: Float> Module<T> for Softplus {
 /// ```
 /// use tapegrad::nn::{Module, Params, ELU};
 /// let tape = tapegrad::Tape::<f64>::new();
-/// let p = Params::new().bind(&tape);
+/// let p = Params::default().bind(&tape);
 /// let x = tape.constant(tapegrad::Tensor::from_vec(vec![-1.0, 2.0], [2]).unwrap());
 /// assert_eq!(ELU(2.0).forward(&p, x).value().data(), &[2.0 * (-1f64).exp_m1(), 2.0]);
 /// ```

@@ -11,8 +11,8 @@ use crate::{Conv2dOptions, ConvTranspose2dOptions, Float, Pair, Pool2dOptions, V
 /// use tapegrad::nn::{Conv2d, Module, Params};
 /// use tapegrad::Conv2dOptions;
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-/// let mut params = Params::<f32>::new();
-/// let conv = Conv2d::new(&mut params, "conv1", 1, 8, 3, Conv2dOptions::default().padding(1), true, &mut rng);
+/// let mut params = Params::new();
+/// let conv = Conv2d::with_options(&mut params, "conv1", 1, 8, 3, Conv2dOptions::default().padding(1), true, &mut rng);
 /// let tape = tapegrad::Tape::new();
 /// let y = conv.forward(&params.bind(&tape), tape.constant(tapegrad::Tensor::ones([2, 1, 8, 8])));
 /// assert_eq!(&y.shape()[..], &[2, 8, 8, 8]);
@@ -28,18 +28,79 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// A convolution from `in_channels` to `out_channels` with a `kernel`
+    /// (square `k` or `(kh, kw)`), stride 1, no padding, and a bias, as
+    /// PyTorch's `nn.Conv2d(in, out, k)`: registers `<name>.weight` and
+    /// `<name>.bias` with PyTorch's initialisation drawn from the store's
+    /// generator ([`Params::init_rng`]). Set the geometry with
+    /// [`stride`](Conv2d::stride), [`padding`](Conv2d::padding) and
+    /// [`dilation`](Conv2d::dilation); [`with_options`](Conv2d::with_options)
+    /// takes groups, no bias, or your own generator.
+    ///
+    /// ```
+    /// use tapegrad::nn::{Conv2d, Params};
+    /// let mut p = Params::new();
+    /// let c = Conv2d::new(&mut p, "conv", 3, 8, 3).stride(2).padding(1);
+    /// assert_eq!(&p.get(c.weight).shape()[..], &[8, 3, 3, 3]);
+    /// assert_eq!(c.options.stride.h, 2);
+    /// ```
+    pub fn new<T: Float>(
+        params: &mut Params<T>,
+        name: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: impl Into<Pair>,
+    ) -> Self {
+        let mut rng = params.init_rng();
+        let opts = Conv2dOptions::default();
+        Self::with_options(params, name, in_channels, out_channels, kernel, opts, true, &mut rng)
+    }
+
+    /// The same layer with another stride (`s` or `(sh, sw)`).
+    ///
+    /// ```
+    /// let c = tapegrad::nn::Conv2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 3).stride((1, 2));
+    /// assert_eq!((c.options.stride.h, c.options.stride.w), (1, 2));
+    /// ```
+    pub fn stride(mut self, stride: impl Into<Pair>) -> Self {
+        self.options = self.options.stride(stride);
+        self
+    }
+
+    /// The same layer with another zero padding (`p` or `(ph, pw)`).
+    ///
+    /// ```
+    /// let c = tapegrad::nn::Conv2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 3).padding(1);
+    /// assert_eq!(c.options.padding.w, 1);
+    /// ```
+    pub fn padding(mut self, padding: impl Into<Pair>) -> Self {
+        self.options = self.options.padding(padding);
+        self
+    }
+
+    /// The same layer with another dilation (`d` or `(dh, dw)`).
+    ///
+    /// ```
+    /// let c = tapegrad::nn::Conv2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 3).dilation(2);
+    /// assert_eq!(c.options.dilation.h, 2);
+    /// ```
+    pub fn dilation(mut self, dilation: impl Into<Pair>) -> Self {
+        self.options = self.options.dilation(dilation);
+        self
+    }
+
     /// Registers `<name>.weight` and `<name>.bias` (PyTorch's default initialisation,
     /// fan_in = in/groups·kh·kw) for a `kernel` (square `k` or `(kh, kw)`).
     ///
     /// ```
     /// use rand::SeedableRng;
     /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
-    /// let c = tapegrad::nn::Conv2d::new(&mut p, "c", 4, 8, (3, 1), Default::default(), false, &mut rng);
+    /// let mut p = tapegrad::nn::Params::new();
+    /// let c = tapegrad::nn::Conv2d::with_options(&mut p, "c", 4, 8, (3, 1), Default::default(), false, &mut rng);
     /// assert_eq!(&p.get(c.weight).shape()[..], &[8, 4, 3, 1]);
     /// ```
     #[allow(clippy::too_many_arguments)]
-    pub fn new<T: Float, R: rand::Rng + ?Sized>(
+    pub fn with_options<T: Float, R: rand::Rng + ?Sized>(
         params: &mut Params<T>,
         name: &str,
         in_channels: usize,
@@ -82,9 +143,9 @@ impl<T: Float> Module<T> for Conv2d {
 /// use tapegrad::nn::{ConvTranspose2d, Module, Params};
 /// use tapegrad::ConvTranspose2dOptions;
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-/// let mut params = Params::<f32>::new();
+/// let mut params = Params::new();
 /// let up = ConvTranspose2dOptions::default().stride(2).padding(1);
-/// let deconv = ConvTranspose2d::new(&mut params, "up1", 8, 4, 4, up, true, &mut rng);
+/// let deconv = ConvTranspose2d::with_options(&mut params, "up1", 8, 4, 4, up, true, &mut rng);
 /// let tape = tapegrad::Tape::new();
 /// let y = deconv.forward(&params.bind(&tape), tape.constant(tapegrad::Tensor::ones([2, 8, 7, 7])));
 /// assert_eq!(&y.shape()[..], &[2, 4, 14, 14]); // twice the size
@@ -100,6 +161,83 @@ pub struct ConvTranspose2d {
 }
 
 impl ConvTranspose2d {
+    /// A transposed convolution from `in_channels` to `out_channels` with a
+    /// `kernel` (square `k` or `(kh, kw)`), stride 1, no padding, and a bias,
+    /// as PyTorch's `nn.ConvTranspose2d(in, out, k)`, initialised from the
+    /// store's generator ([`Params::init_rng`]). Set the geometry with
+    /// [`stride`](ConvTranspose2d::stride), [`padding`](ConvTranspose2d::padding),
+    /// [`output_padding`](ConvTranspose2d::output_padding) and
+    /// [`dilation`](ConvTranspose2d::dilation);
+    /// [`with_options`](ConvTranspose2d::with_options) takes groups, no bias,
+    /// or your own generator.
+    ///
+    /// ```
+    /// use tapegrad::nn::{ConvTranspose2d, Params};
+    /// let mut p = Params::new();
+    /// let up = ConvTranspose2d::new(&mut p, "up", 8, 4, 4).stride(2).padding(1);
+    /// assert_eq!(&p.get(up.weight).shape()[..], &[8, 4, 4, 4]);
+    /// ```
+    pub fn new<T: Float>(
+        params: &mut Params<T>,
+        name: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: impl Into<Pair>,
+    ) -> Self {
+        let mut rng = params.init_rng();
+        let opts = ConvTranspose2dOptions::default();
+        Self::with_options(params, name, in_channels, out_channels, kernel, opts, true, &mut rng)
+    }
+
+    /// The same layer with another stride (`s` or `(sh, sw)`).
+    ///
+    /// ```
+    /// let c = tapegrad::nn::ConvTranspose2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 4).stride(2);
+    /// assert_eq!(c.options.stride.h, 2);
+    /// ```
+    pub fn stride(mut self, stride: impl Into<Pair>) -> Self {
+        self.options = self.options.stride(stride);
+        self
+    }
+
+    /// The same layer with another padding (`p` or `(ph, pw)`), removed from
+    /// the output's borders.
+    ///
+    /// ```
+    /// let c = tapegrad::nn::ConvTranspose2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 4).padding(1);
+    /// assert_eq!(c.options.padding.w, 1);
+    /// ```
+    pub fn padding(mut self, padding: impl Into<Pair>) -> Self {
+        self.options = self.options.padding(padding);
+        self
+    }
+
+    /// The same layer with another output padding (`p` or `(ph, pw)`), added
+    /// to one side of the output to pick among the sizes a strided
+    /// convolution maps to the same input size.
+    ///
+    /// ```
+    /// let c = tapegrad::nn::ConvTranspose2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 3)
+    ///     .stride(2)
+    ///     .output_padding(1);
+    /// assert_eq!(c.options.output_padding.h, 1);
+    /// ```
+    pub fn output_padding(mut self, output_padding: impl Into<Pair>) -> Self {
+        self.options = self.options.output_padding(output_padding);
+        self
+    }
+
+    /// The same layer with another dilation (`d` or `(dh, dw)`).
+    ///
+    /// ```
+    /// let c = tapegrad::nn::ConvTranspose2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 3).dilation(2);
+    /// assert_eq!(c.options.dilation.w, 2);
+    /// ```
+    pub fn dilation(mut self, dilation: impl Into<Pair>) -> Self {
+        self.options = self.options.dilation(dilation);
+        self
+    }
+
     /// Registers `<name>.weight` and `<name>.bias` for a `kernel` (square `k`
     /// or `(kh, kw)`), with PyTorch's default initialisation for
     /// `ConvTranspose2d`: U(−1/√fan_in, 1/√fan_in) for both, where PyTorch
@@ -109,15 +247,15 @@ impl ConvTranspose2d {
     /// ```
     /// use rand::SeedableRng;
     /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let opts = tapegrad::ConvTranspose2dOptions::default().groups(2);
-    /// let c = tapegrad::nn::ConvTranspose2d::new(&mut p, "c", 4, 8, (3, 1), opts, false, &mut rng);
+    /// let c = tapegrad::nn::ConvTranspose2d::with_options(&mut p, "c", 4, 8, (3, 1), opts, false, &mut rng);
     /// let w = p.get(c.weight);
     /// assert_eq!(&w.shape()[..], &[4, 4, 3, 1]);
     /// assert!(w.data().iter().all(|v| v.abs() <= 1.0 / 12f32.sqrt())); // fan_in 4·3·1
     /// ```
     #[allow(clippy::too_many_arguments)]
-    pub fn new<T: Float, R: rand::Rng + ?Sized>(
+    pub fn with_options<T: Float, R: rand::Rng + ?Sized>(
         params: &mut Params<T>,
         name: &str,
         in_channels: usize,
@@ -164,6 +302,19 @@ impl<T: Float> Module<T> for ConvTranspose2d {
 #[derive(Clone, Copy, Debug)]
 pub struct MaxPool2d(pub Pool2dOptions);
 
+impl MaxPool2d {
+    /// Max pooling over `kernel` windows (square `k` or `(kh, kw)`) with the
+    /// stride equal to the kernel, as PyTorch's `nn.MaxPool2d(k)`; other
+    /// options through `MaxPool2d(Pool2dOptions::new(k)…)`.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::nn::MaxPool2d::new(2).0.kernel.h, 2);
+    /// ```
+    pub fn new(kernel: impl Into<Pair>) -> Self {
+        MaxPool2d(Pool2dOptions::new(kernel))
+    }
+}
+
 impl<T: Float> Module<T> for MaxPool2d {
     fn forward<'t>(&self, _: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {
         x.max_pool2d(self.0)
@@ -183,6 +334,19 @@ impl<T: Float> Module<T> for MaxPool2d {
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct AvgPool2d(pub Pool2dOptions);
+
+impl AvgPool2d {
+    /// Average pooling over `kernel` windows (square `k` or `(kh, kw)`) with
+    /// the stride equal to the kernel, as PyTorch's `nn.AvgPool2d(k)`; other
+    /// options through `AvgPool2d(Pool2dOptions::new(k)…)`.
+    ///
+    /// ```
+    /// assert_eq!(tapegrad::nn::AvgPool2d::new((2, 3)).0.kernel.w, 3);
+    /// ```
+    pub fn new(kernel: impl Into<Pair>) -> Self {
+        AvgPool2d(Pool2dOptions::new(kernel))
+    }
+}
 
 impl<T: Float> Module<T> for AvgPool2d {
     fn forward<'t>(&self, _: &Bound<'t, T>, x: Var<'t, T>) -> Var<'t, T> {

@@ -53,8 +53,8 @@ pub trait Module<T: Float> {
 /// use rand::SeedableRng;
 /// use tapegrad::nn::{Linear, Module, Params};
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-/// let mut params = Params::<f32>::new();
-/// let fc = Linear::new(&mut params, "fc", 3, 2, true, &mut rng);
+/// let mut params = Params::new();
+/// let fc = Linear::with_options(&mut params, "fc", 3, 2, true, &mut rng);
 /// assert_eq!(&params.get(fc.weight).shape()[..], &[2, 3]);
 /// let tape = tapegrad::Tape::new();
 /// let y = fc.forward(&params.bind(&tape), tape.constant(tapegrad::Tensor::ones([5, 3])));
@@ -69,16 +69,38 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A fully connected layer from `in_features` to `out_features` with a
+    /// bias, as PyTorch's `nn.Linear(in, out)`: registers `<name>.weight`
+    /// `[out, in]` and `<name>.bias` with PyTorch's initialisation drawn from
+    /// the store's generator ([`Params::init_rng`]);
+    /// [`with_options`](Linear::with_options) takes no bias or your own generator.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::new();
+    /// let fc = tapegrad::nn::Linear::new(&mut p, "fc", 8, 10);
+    /// assert_eq!(&p.get(fc.weight).shape()[..], &[10, 8]);
+    /// assert!(fc.bias.is_some());
+    /// ```
+    pub fn new<T: Float>(
+        params: &mut Params<T>,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+    ) -> Self {
+        let mut rng = params.init_rng();
+        Self::with_options(params, name, in_features, out_features, true, &mut rng)
+    }
+
     /// Registers `<name>.weight` and `<name>.bias` with PyTorch's default initialisation.
     ///
     /// ```
     /// use rand::SeedableRng;
     /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
-    /// tapegrad::nn::Linear::new(&mut p, "head", 8, 10, false, &mut rng);
+    /// let mut p = tapegrad::nn::Params::new();
+    /// tapegrad::nn::Linear::with_options(&mut p, "head", 8, 10, false, &mut rng);
     /// assert_eq!(p.len(), 1);
     /// ```
-    pub fn new<T: Float, R: rand::Rng + ?Sized>(
+    pub fn with_options<T: Float, R: rand::Rng + ?Sized>(
         params: &mut Params<T>,
         name: &str,
         in_features: usize,
@@ -194,7 +216,7 @@ impl<T: Float> Module<T> for LeakyReLU {
 /// use tapegrad::nn::{Dropout, Module, Params};
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
 /// let drop = Dropout::new(0.5, &mut rng);
-/// let params = Params::<f32>::new();
+/// let params = Params::new();
 /// let tape = tapegrad::Tape::new();
 /// let x = tape.constant(tapegrad::Tensor::ones([100]));
 /// let train = drop.forward(&params.bind(&tape), x).value();
@@ -286,11 +308,11 @@ impl<T: Float> Module<T> for Flatten {
 /// use rand::SeedableRng;
 /// use tapegrad::nn::{Linear, Module, Params, ReLU, Sequential};
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-/// let mut params = Params::<f32>::new();
+/// let mut params = Params::new();
 /// let mlp = Sequential::new()
-///     .push(Linear::new(&mut params, "fc1", 4, 8, true, &mut rng))
+///     .push(Linear::with_options(&mut params, "fc1", 4, 8, true, &mut rng))
 ///     .push(ReLU)
-///     .push(Linear::new(&mut params, "fc2", 8, 2, true, &mut rng));
+///     .push(Linear::with_options(&mut params, "fc2", 8, 2, true, &mut rng));
 /// let tape = tapegrad::Tape::new();
 /// let y = mlp.forward(&params.bind(&tape), tape.constant(tapegrad::Tensor::ones([3, 4])));
 /// assert_eq!(&y.shape()[..], &[3, 2]);
@@ -340,7 +362,7 @@ impl<T: Float> Sequential<T> {
     /// use tapegrad::{Tape, Tensor};
     /// let model = Sequential::<f64>::new().push(Tanh).push(ReLU);
     /// let tape = Tape::new();
-    /// let p = Params::new().bind(&tape);
+    /// let p = Params::default().bind(&tape);
     /// let x = tape.leaf(Tensor::ones([2]));
     /// let hs = model.forward_all(&p, x);
     /// let g = hs[1].sum().backward();
@@ -395,11 +417,11 @@ impl<T: Float> Module<T> for Sequential<T> {
 /// use rand::SeedableRng;
 /// use tapegrad::nn::{predict, Linear, Params, ReLU, Sequential};
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-/// let mut params = Params::<f32>::new();
+/// let mut params = Params::new();
 /// let mlp = Sequential::new()
-///     .push(Linear::new(&mut params, "fc1", 4, 8, true, &mut rng))
+///     .push(Linear::with_options(&mut params, "fc1", 4, 8, true, &mut rng))
 ///     .push(ReLU)
-///     .push(Linear::new(&mut params, "fc2", 8, 2, true, &mut rng));
+///     .push(Linear::with_options(&mut params, "fc2", 8, 2, true, &mut rng));
 /// let y = predict(&mlp, &params, tapegrad::Tensor::ones([3, 4]));
 /// assert_eq!(&y.shape()[..], &[3, 2]);
 /// ```

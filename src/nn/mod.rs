@@ -10,8 +10,8 @@
 //! use tapegrad::nn::{Linear, Module, Params};
 //! use tapegrad::{Tape, Tensor};
 //! let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-//! let mut params = Params::<f32>::new();
-//! let fc = Linear::new(&mut params, "fc", 4, 3, true, &mut rng);
+//! let mut params = Params::new();
+//! let fc = Linear::with_options(&mut params, "fc", 4, 3, true, &mut rng);
 //! let tape = Tape::new();
 //! let p = params.bind(&tape);
 //! let x = tape.constant(Tensor::ones([2, 4]));
@@ -34,5 +34,5 @@ pub use layers::{
     Tanh,
 };
 pub use norm::{BasicBlock, BatchNorm, BatchNormOptions, GroupNorm, LayerNorm, RunningStats};
-pub use params::{Bound, BufferId, Mode, ParamGrads, ParamId, Params};
+pub use params::{Bound, BufferId, Mode, ParamGrads, ParamGradsSource, ParamId, Params};
 pub use resample::{AdaptiveAvgPool2d, AdaptiveMaxPool2d, Pad2d, Upsample, UpsampleMode};

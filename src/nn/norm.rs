@@ -66,7 +66,7 @@ pub struct RunningStats {
 /// ```
 /// use tapegrad::nn::{BatchNorm, Module, Params};
 /// use tapegrad::{Tape, Tensor};
-/// let mut params = Params::<f64>::new();
+/// let mut params = Params::<f64>::default();
 /// let bn = BatchNorm::new_2d(&mut params, "bn1", 2);
 /// let x = Tensor::from_vec(vec![1.0, 3.0, 10.0, 10.0, 5.0, 7.0, 20.0, 20.0], [2, 2, 2, 1]).unwrap();
 /// let tape = Tape::new();
@@ -101,7 +101,7 @@ impl BatchNorm {
     /// `<name>.running_mean`, `<name>.running_var` and `<name>.num_batches_tracked`.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// tapegrad::nn::BatchNorm::new_2d(&mut p, "bn", 8);
     /// assert_eq!((p.len(), p.buffers().count()), (2, 3));
     /// ```
@@ -118,7 +118,7 @@ impl BatchNorm {
     /// PyTorch's `BatchNorm1d(num_features)` for `[N, C]` or `[N, C, L]` inputs.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let bn = tapegrad::nn::BatchNorm::new_1d(&mut p, "bn", 8);
     /// assert_eq!(bn.num_features, 8);
     /// ```
@@ -137,7 +137,7 @@ impl BatchNorm {
     ///
     /// ```
     /// use tapegrad::nn::{BatchNorm, BatchNormOptions, Params};
-    /// let mut p = Params::<f32>::new();
+    /// let mut p = Params::new();
     /// let o = BatchNormOptions { affine: false, track_running_stats: false, ..Default::default() };
     /// let bn = BatchNorm::with_options(&mut p, "bn", 4, &[4], o);
     /// assert!(bn.weight.is_none() && bn.running.is_none() && p.is_empty());
@@ -238,7 +238,7 @@ impl<T: Float> Module<T> for BatchNorm {
 ///
 /// ```
 /// use tapegrad::nn::{LayerNorm, Module, Params};
-/// let mut params = Params::<f64>::new();
+/// let mut params = Params::<f64>::default();
 /// let ln = LayerNorm::new(&mut params, "ln", &[4], 1e-5);
 /// let tape = tapegrad::Tape::new();
 /// let x = tape.constant(tapegrad::Tensor::arange(8).reshape([2, 4]));
@@ -261,7 +261,7 @@ impl LayerNorm {
     /// Registers `<name>.weight` and `<name>.bias`.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let ln = tapegrad::nn::LayerNorm::new(&mut p, "ln", &[3, 4], 1e-5);
     /// assert_eq!(&p.get(ln.weight).shape()[..], &[3, 4]);
     /// ```
@@ -297,7 +297,7 @@ impl<T: Float> Module<T> for LayerNorm {
 ///
 /// ```
 /// use tapegrad::nn::{GroupNorm, Module, Params};
-/// let mut params = Params::<f32>::new();
+/// let mut params = Params::new();
 /// let gn = GroupNorm::new(&mut params, "gn", 2, 4, 1e-5);
 /// let tape = tapegrad::Tape::new();
 /// let x = tape.constant(tapegrad::Tensor::ones([1, 4, 2, 2]));
@@ -319,7 +319,7 @@ impl GroupNorm {
     /// Registers `<name>.weight` and `<name>.bias` for `channels` channels in `groups` groups.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let gn = tapegrad::nn::GroupNorm::new(&mut p, "gn", 4, 8, 1e-5);
     /// assert_eq!(gn.groups, 4);
     /// ```
@@ -361,8 +361,8 @@ impl<T: Float> Module<T> for GroupNorm {
 /// use rand::SeedableRng;
 /// use tapegrad::nn::{BasicBlock, Module, Params};
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-/// let mut params = Params::<f32>::new();
-/// let block = BasicBlock::new(&mut params, "layer1", 8, 16, 2, &mut rng);
+/// let mut params = Params::new();
+/// let block = BasicBlock::with_rng(&mut params, "layer1", 8, 16, 2, &mut rng);
 /// let tape = tapegrad::Tape::new();
 /// let x = tape.constant(tapegrad::Tensor::ones([2, 8, 8, 8]));
 /// assert_eq!(&block.forward(&params.bind(&tape), x).shape()[..], &[2, 16, 4, 4]);
@@ -382,16 +382,36 @@ pub struct BasicBlock {
 }
 
 impl BasicBlock {
+    /// A block from `in_channels` to `out_channels` with the given stride,
+    /// its convolutions initialised from the store's generator
+    /// ([`Params::init_rng`]); [`with_rng`](BasicBlock::with_rng) takes your own.
+    ///
+    /// ```
+    /// let mut p = tapegrad::nn::Params::new();
+    /// let b = tapegrad::nn::BasicBlock::new(&mut p, "layer2.0", 16, 32, 2);
+    /// assert!(b.shortcut.is_some()); // a 1×1 strided projection
+    /// ```
+    pub fn new<T: Float>(
+        params: &mut Params<T>,
+        name: &str,
+        in_channels: usize,
+        out_channels: usize,
+        stride: usize,
+    ) -> Self {
+        let mut rng = params.init_rng();
+        Self::with_rng(params, name, in_channels, out_channels, stride, &mut rng)
+    }
+
     /// A block from `in_channels` to `out_channels` with the given stride.
     ///
     /// ```
     /// use rand::SeedableRng;
     /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
-    /// let b = tapegrad::nn::BasicBlock::new(&mut p, "blk", 16, 16, 1, &mut rng);
+    /// let mut p = tapegrad::nn::Params::new();
+    /// let b = tapegrad::nn::BasicBlock::with_rng(&mut p, "blk", 16, 16, 1, &mut rng);
     /// assert!(b.shortcut.is_none());
     /// ```
-    pub fn new<T: Float, R: rand::Rng + ?Sized>(
+    pub fn with_rng<T: Float, R: rand::Rng + ?Sized>(
         params: &mut Params<T>,
         name: &str,
         in_channels: usize,
@@ -400,7 +420,7 @@ impl BasicBlock {
         rng: &mut R,
     ) -> Self {
         let o3 = |s: usize| Conv2dOptions::default().stride(s).padding(1);
-        let conv1 = Conv2d::new(
+        let conv1 = Conv2d::with_options(
             params,
             &format!("{name}.conv1"),
             in_channels,
@@ -411,7 +431,7 @@ impl BasicBlock {
             rng,
         );
         let bn1 = BatchNorm::new_2d(params, &format!("{name}.bn1"), out_channels);
-        let conv2 = Conv2d::new(
+        let conv2 = Conv2d::with_options(
             params,
             &format!("{name}.conv2"),
             out_channels,
@@ -425,7 +445,7 @@ impl BasicBlock {
         let shortcut = (stride != 1 || in_channels != out_channels).then(|| {
             let o1 = Conv2dOptions::default().stride(stride);
             (
-                Conv2d::new(
+                Conv2d::with_options(
                     params,
                     &format!("{name}.downsample.0"),
                     in_channels,

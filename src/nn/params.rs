@@ -1,6 +1,9 @@
 //! Named parameters that live outside the tape, and their binding to a tape.
 
 use crate::{Error, Float, Gradients, Result, Tape, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::borrow::Cow;
 use std::ops::Index;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +12,7 @@ use std::sync::{Arc, Mutex};
 /// The index of a parameter in a [`Params`] store.
 ///
 /// ```
-/// let mut p = tapegrad::nn::Params::<f32>::new();
+/// let mut p = tapegrad::nn::Params::new();
 /// let id: tapegrad::nn::ParamId = p.add("w", tapegrad::Tensor::zeros([1]));
 /// assert_eq!(p.id("w"), Some(id));
 /// ```
@@ -25,7 +28,7 @@ pub struct ParamId {
 /// as batch norm's running statistics) in a [`Params`] store.
 ///
 /// ```
-/// let mut p = tapegrad::nn::Params::<f32>::new();
+/// let mut p = tapegrad::nn::Params::new();
 /// let id: tapegrad::nn::BufferId = p.add_buffer("bn.running_mean", tapegrad::Tensor::zeros([4]));
 /// assert_eq!(p.buffer(id).data(), &[0.0; 4]);
 /// ```
@@ -43,7 +46,7 @@ pub struct BufferId {
 ///
 /// ```
 /// use tapegrad::nn::{Mode, Params};
-/// let params = Params::<f32>::new();
+/// let params = Params::new();
 /// let tape = tapegrad::Tape::new();
 /// assert_eq!(params.bind(&tape).mode(), Mode::Train);
 /// assert_eq!(params.bind_eval(&tape).mode(), Mode::Eval);
@@ -147,7 +150,7 @@ fn foreign_id(what: &str, id: ParamId) -> ! {
 /// ```
 /// use tapegrad::nn::Params;
 /// use tapegrad::{Tape, Tensor};
-/// let mut params = Params::<f32>::new();
+/// let mut params = Params::new();
 /// let w = params.add("w", Tensor::ones([2]));
 /// let tape = Tape::new();
 /// let bound = params.bind(&tape);
@@ -161,33 +164,91 @@ pub struct Params<T: Float = f32> {
     values: Vec<Tensor<T>>,
     buffers: Vec<Buffer<T>>,
     store: StoreId,
+    /// The seed the layers' short constructors initialise from, and how many
+    /// generators [`init_rng`](Params::init_rng) has handed out since.
+    init_seed: u64,
+    init_draws: u64,
 }
+
+/// The seed of a new store's initialisation generator.
+const DEFAULT_SEED: u64 = 0;
 
 impl<T: Float> Default for Params<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T: Float> Params<T> {
-    /// An empty store.
+    /// An empty store of any float type (`Params::<f64>::default()`);
+    /// [`Params::new`] is the `f32` one.
     ///
     /// ```
-    /// assert!(tapegrad::nn::Params::<f32>::new().is_empty());
+    /// let p = tapegrad::nn::Params::<f64>::default();
+    /// assert!(p.is_empty());
     /// ```
-    pub fn new() -> Self {
+    fn default() -> Self {
         Params {
             names: Vec::new(),
             values: Vec::new(),
             buffers: Vec::new(),
             store: StoreId::fresh(),
+            init_seed: DEFAULT_SEED,
+            init_draws: 0,
         }
+    }
+}
+
+impl Params<f32> {
+    /// An empty `f32` store (no type annotation needed); `Params::<f64>::default()`
+    /// makes one of another float type. Its initialisation generator, which the
+    /// layers' short constructors ([`Conv2d::new`](super::Conv2d::new),
+    /// [`Linear::new`](super::Linear::new), …) draw from, starts from a fixed
+    /// seed, so a model is the same on every run unless you
+    /// [`set_seed`](Params::set_seed).
+    ///
+    /// ```
+    /// let p = tapegrad::nn::Params::new();
+    /// assert!(p.is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<T: Float> Params<T> {
+    /// Re-seeds the initialisation that the layers' short constructors draw
+    /// from (PyTorch's `torch.manual_seed` before building a model).
+    ///
+    /// ```
+    /// use tapegrad::nn::{Linear, Params};
+    /// let (mut a, mut b) = (Params::new(), Params::new());
+    /// b.set_seed(7);
+    /// let (fa, fb) = (Linear::new(&mut a, "fc", 4, 2), Linear::new(&mut b, "fc", 4, 2));
+    /// assert_ne!(a.get(fa.weight).data(), b.get(fb.weight).data());
+    /// ```
+    pub fn set_seed(&mut self, seed: u64) {
+        self.init_seed = seed;
+        self.init_draws = 0;
+    }
+
+    /// A generator for one layer's initial values: the `k`-th call since the
+    /// store was made (or [`set_seed`](Params::set_seed)) returns the same
+    /// generator on every run, and a different one for every `k`. The layers'
+    /// short constructors use it; custom layers can too (see
+    /// [`init_uniform`](super::init_uniform)).
+    ///
+    /// ```
+    /// use tapegrad::nn::{init_uniform, Params};
+    /// let mut p = Params::new();
+    /// let w = init_uniform([3, 2], 2, &mut p.init_rng());
+    /// p.add("w", w);
+    /// assert_eq!(p.len(), 1);
+    /// ```
+    pub fn init_rng(&mut self) -> StdRng {
+        let k = self.init_draws;
+        self.init_draws += 1;
+        StdRng::seed_from_u64(self.init_seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
     /// Registers a tensor under `name`; panics if the name is taken.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let id = p.add("bias", tapegrad::Tensor::zeros([3]));
     /// assert_eq!(p.name(id), "bias");
     /// ```
@@ -212,7 +273,7 @@ impl<T: Float> Params<T> {
     /// running statistics. Panics if the name is taken.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let b = p.add_buffer("bn.running_var", tapegrad::Tensor::ones([3]));
     /// assert_eq!(p.buffer_name(b), "bn.running_var");
     /// assert_eq!(p.len(), 0); // not a parameter
@@ -226,7 +287,7 @@ impl<T: Float> Params<T> {
     /// PyTorch does.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let n = p.add_count_buffer("bn.num_batches_tracked");
     /// assert_eq!(p.buffer(n).item(), 0.0);
     /// ```
@@ -250,7 +311,7 @@ impl<T: Float> Params<T> {
     /// The id of the buffer called `name`.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let b = p.add_buffer("m", tapegrad::Tensor::zeros([1]));
     /// assert_eq!(p.buffer_id("m"), Some(b));
     /// ```
@@ -273,7 +334,7 @@ impl<T: Float> Params<T> {
     /// A buffer's current value (sharing storage).
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f64>::new();
+    /// let mut p = tapegrad::nn::Params::<f64>::default();
     /// let b = p.add_buffer("m", tapegrad::Tensor::full([2], 0.5));
     /// assert_eq!(p.buffer(b).data(), &[0.5, 0.5]);
     /// ```
@@ -284,7 +345,7 @@ impl<T: Float> Params<T> {
     /// Replaces a buffer's value; panics naming it if the shape differs.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f64>::new();
+    /// let mut p = tapegrad::nn::Params::<f64>::default();
     /// let b = p.add_buffer("m", tapegrad::Tensor::zeros([2]));
     /// p.set_buffer(b, tapegrad::Tensor::ones([2]));
     /// assert_eq!(p.buffer(b).data(), &[1.0, 1.0]);
@@ -297,7 +358,7 @@ impl<T: Float> Params<T> {
     /// A buffer's name.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let b = p.add_buffer("bn.running_mean", tapegrad::Tensor::zeros([1]));
     /// assert_eq!(p.buffer_name(b), "bn.running_mean");
     /// ```
@@ -308,7 +369,7 @@ impl<T: Float> Params<T> {
     /// `(id, name, value)` for every buffer, in registration order.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// p.add_buffer("a", tapegrad::Tensor::zeros([1]));
     /// assert_eq!(p.buffers().map(|(_, n, _)| n).collect::<Vec<_>>(), ["a"]);
     /// ```
@@ -325,7 +386,7 @@ impl<T: Float> Params<T> {
     /// Number of parameter tensors.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// p.add("a", tapegrad::Tensor::zeros([3]));
     /// assert_eq!(p.len(), 1);
     /// ```
@@ -336,7 +397,7 @@ impl<T: Float> Params<T> {
     /// Whether the store is empty.
     ///
     /// ```
-    /// assert!(tapegrad::nn::Params::<f64>::new().is_empty());
+    /// assert!(tapegrad::nn::Params::<f64>::default().is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
@@ -345,7 +406,7 @@ impl<T: Float> Params<T> {
     /// Total number of scalar parameters.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// p.add("a", tapegrad::Tensor::zeros([3, 4]));
     /// p.add("b", tapegrad::Tensor::zeros([4]));
     /// assert_eq!(p.num_elements(), 16);
@@ -357,7 +418,7 @@ impl<T: Float> Params<T> {
     /// The id of the parameter called `name`.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let id = p.add("a", tapegrad::Tensor::zeros([1]));
     /// assert_eq!(p.id("a"), Some(id));
     /// assert_eq!(p.id("b"), None);
@@ -387,7 +448,7 @@ impl<T: Float> Params<T> {
     /// The name of a parameter.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let id = p.add("fc.weight", tapegrad::Tensor::zeros([1]));
     /// assert_eq!(p.name(id), "fc.weight");
     /// ```
@@ -398,7 +459,7 @@ impl<T: Float> Params<T> {
     /// The current value of a parameter.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let id = p.add("a", tapegrad::Tensor::ones([2]));
     /// assert_eq!(p.get(id).data(), &[1.0, 1.0]);
     /// ```
@@ -409,7 +470,7 @@ impl<T: Float> Params<T> {
     /// Mutable access to a parameter (used by optimizers; copy-on-write if a tape still shares it).
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let id = p.add("a", tapegrad::Tensor::ones([2]));
     /// p.get_mut(id).data_mut()[0] = 5.0;
     /// assert_eq!(p.get(id).data(), &[5.0, 1.0]);
@@ -422,7 +483,7 @@ impl<T: Float> Params<T> {
     /// Replaces a parameter's value; panics naming it if the shape differs.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let id = p.add("a", tapegrad::Tensor::ones([2]));
     /// p.set(id, tapegrad::Tensor::zeros([2]));
     /// assert_eq!(p.get(id).data(), &[0.0, 0.0]);
@@ -442,7 +503,7 @@ impl<T: Float> Params<T> {
     /// `(id, name, value)` for every parameter, in registration order.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// p.add("a", tapegrad::Tensor::ones([2]));
     /// let names: Vec<&str> = p.iter().map(|(_, n, _)| n).collect();
     /// assert_eq!(names, ["a"]);
@@ -459,7 +520,7 @@ impl<T: Float> Params<T> {
     /// `safetensors.torch.load_file`, or in candle).
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// p.add("fc.weight", tapegrad::Tensor::ones([2, 3]));
     /// let path = std::env::temp_dir().join("tapegrad_params_save_doc.safetensors");
     /// p.save(&path).unwrap();
@@ -474,9 +535,9 @@ impl<T: Float> Params<T> {
     /// (what [`save`](Params::save) writes). Counter buffers are stored as `I64`.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// p.add("w", tapegrad::Tensor::ones([2]));
-    /// let mut q = tapegrad::nn::Params::<f32>::new();
+    /// let mut q = tapegrad::nn::Params::new();
     /// let w = q.add("w", tapegrad::Tensor::zeros([2]));
     /// q.assign_safetensors_bytes(&p.to_safetensors_bytes().unwrap()).unwrap();
     /// assert_eq!(q.get(w).data(), &[1.0, 1.0]);
@@ -506,7 +567,7 @@ impl<T: Float> Params<T> {
     /// (checked as in [`load`](Params::load)).
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// p.add("w", tapegrad::Tensor::zeros([1]));
     /// assert!(p.assign_safetensors_bytes(b"not a file").is_err());
     /// ```
@@ -534,14 +595,14 @@ impl<T: Float> Params<T> {
     /// ```
     /// use tapegrad::{nn::Params, Tensor};
     /// let path = std::env::temp_dir().join("tapegrad_params_load_doc.safetensors");
-    /// let mut a = Params::<f32>::new();
+    /// let mut a = Params::new();
     /// a.add("w", Tensor::full([2], 7.0));
     /// a.save(&path).unwrap();
-    /// let mut b = Params::<f32>::new();
+    /// let mut b = Params::new();
     /// let w = b.add("w", Tensor::zeros([2]));
     /// b.load(&path).unwrap();
     /// assert_eq!(b.get(w).data(), &[7.0, 7.0]);
-    /// let mut c = Params::<f32>::new();
+    /// let mut c = Params::new();
     /// c.add("w", Tensor::zeros([3]));
     /// assert!(c.load(&path).unwrap_err().to_string().contains("`w`"));
     /// # std::fs::remove_file(&path).ok();
@@ -562,7 +623,7 @@ impl<T: Float> Params<T> {
     ///
     /// ```
     /// use tapegrad::{nn::Params, Tensor};
-    /// let mut p = Params::<f32>::new();
+    /// let mut p = Params::new();
     /// p.add("w", Tensor::zeros([1]));
     /// let err = p.assign(vec![("v".to_string(), Tensor::zeros([1]))]).unwrap_err();
     /// assert_eq!(err.to_string(), "parameter `v`: is in the file but not in the model (model has: w)");
@@ -624,19 +685,14 @@ impl<T: Float> Params<T> {
     /// Records every parameter on `tape` as a leaf (sharing storage, no copy).
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let id = p.add("a", tapegrad::Tensor::ones([2]));
     /// let tape = tapegrad::Tape::new();
     /// let b = p.bind(&tape);
     /// assert!(b[id].value().shares_storage(p.get(id)));
     /// ```
     pub fn bind<'t>(&self, tape: &'t Tape<T>) -> Bound<'t, T> {
-        Bound {
-            vars: self.values.iter().map(|v| tape.leaf(v.clone())).collect(),
-            buffers: self.buffers.iter().map(|b| b.value.clone()).collect(),
-            mode: Mode::Train,
-            store: self.store,
-        }
+        self.bind_mode(tape, Mode::Train)
     }
 
     /// Records every parameter on `tape` as a constant, in evaluation
@@ -646,7 +702,7 @@ impl<T: Float> Params<T> {
     /// [`predict`](super::predict)).
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let id = p.add("a", tapegrad::Tensor::ones([2]));
     /// let tape = tapegrad::Tape::new();
     /// let b = p.bind_eval(&tape);
@@ -663,12 +719,12 @@ impl<T: Float> Params<T> {
     ///
     /// ```
     /// use tapegrad::nn::{Mode, Params};
-    /// let p = Params::<f32>::new();
+    /// let p = Params::new();
     /// let tape = tapegrad::Tape::new();
     /// assert_eq!(p.bind_mode(&tape, Mode::Eval).mode(), Mode::Eval);
     /// ```
     pub fn bind_mode<'t>(&self, tape: &'t Tape<T>, mode: Mode) -> Bound<'t, T> {
-        let vars = match mode {
+        let vars: Vec<Var<'t, T>> = match mode {
             Mode::Train => self.values.iter().map(|v| tape.leaf(v.clone())).collect(),
             Mode::Eval => self
                 .values
@@ -676,6 +732,9 @@ impl<T: Float> Params<T> {
                 .map(|v| tape.constant(v.clone()))
                 .collect(),
         };
+        if mode == Mode::Train {
+            tape.note_binding(self.store.0, vars.iter().map(|v| v.id()).collect());
+        }
         Bound {
             vars,
             buffers: self.buffers.iter().map(|b| b.value.clone()).collect(),
@@ -688,7 +747,7 @@ impl<T: Float> Params<T> {
 /// A [`Params`] store bound to one tape: the [`Var`] of each parameter, indexed by [`ParamId`].
 ///
 /// ```
-/// let mut p = tapegrad::nn::Params::<f32>::new();
+/// let mut p = tapegrad::nn::Params::new();
 /// let w = p.add("w", tapegrad::Tensor::ones([3]));
 /// let tape = tapegrad::Tape::new();
 /// let bound = p.bind(&tape);
@@ -705,7 +764,7 @@ impl<'t, T: Float> Bound<'t, T> {
     /// Training or evaluation (see [`Mode`]).
     ///
     /// ```
-    /// let p = tapegrad::nn::Params::<f32>::new();
+    /// let p = tapegrad::nn::Params::new();
     /// let tape = tapegrad::Tape::new();
     /// assert!(p.bind(&tape).is_training());
     /// ```
@@ -716,7 +775,7 @@ impl<'t, T: Float> Bound<'t, T> {
     /// Whether the mode is [`Mode::Train`].
     ///
     /// ```
-    /// let p = tapegrad::nn::Params::<f32>::new();
+    /// let p = tapegrad::nn::Params::new();
     /// let tape = tapegrad::Tape::new();
     /// assert!(!p.bind_eval(&tape).is_training());
     /// ```
@@ -727,7 +786,7 @@ impl<'t, T: Float> Bound<'t, T> {
     /// A buffer's current value.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let m = p.add_buffer("m", tapegrad::Tensor::ones([2]));
     /// let tape = tapegrad::Tape::new();
     /// assert_eq!(p.bind(&tape).buffer(m).data(), &[1.0, 1.0]);
@@ -741,7 +800,7 @@ impl<'t, T: Float> Bound<'t, T> {
     /// naming the buffer if the shape differs.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let m = p.add_buffer("m", tapegrad::Tensor::zeros([2]));
     /// let tape = tapegrad::Tape::new();
     /// p.bind(&tape).set_buffer(m, tapegrad::Tensor::ones([2]));
@@ -762,7 +821,7 @@ impl<'t, T: Float> Bound<'t, T> {
     /// Extracts the parameters' gradients (moving them, no copy) from a backward pass.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let id = p.add("a", tapegrad::Tensor::ones([2]));
     /// let tape = tapegrad::Tape::new();
     /// let b = p.bind(&tape);
@@ -800,13 +859,14 @@ impl<'t, T: Float> Index<ParamId> for Bound<'t, T> {
 /// The gradient of each parameter after a backward pass (`None`: the loss did not depend on it).
 ///
 /// ```
-/// let mut p = tapegrad::nn::Params::<f32>::new();
+/// let mut p = tapegrad::nn::Params::new();
 /// let w = p.add("w", tapegrad::Tensor::ones([3]));
 /// let tape = tapegrad::Tape::new();
 /// let bound = p.bind(&tape);
 /// let grads: tapegrad::nn::ParamGrads = bound.grads((bound[w] * 2.0).sum().backward());
 /// assert_eq!(grads[w].data(), &[2.0; 3]);
 /// ```
+#[derive(Clone)]
 pub struct ParamGrads<T: Float = f32> {
     grads: Vec<Option<Tensor<T>>>,
     store: StoreId,
@@ -816,7 +876,7 @@ impl<T: Float> ParamGrads<T> {
     /// Gradients in parameter order.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// p.add("a", tapegrad::Tensor::ones([2]));
     /// let tape = tapegrad::Tape::new();
     /// let b = p.bind(&tape);
@@ -833,7 +893,7 @@ impl<T: Float> ParamGrads<T> {
     ///
     /// ```
     /// use tapegrad::{nn::Params, Tape, Tensor};
-    /// let mut p = Params::<f32>::new();
+    /// let mut p = Params::new();
     /// let w = p.add("w", Tensor::ones([1]));
     /// let tape = Tape::new();
     /// let b = p.bind(&tape);
@@ -847,7 +907,7 @@ impl<T: Float> ParamGrads<T> {
     /// The global L2 norm of all gradients (for monitoring or clipping).
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let id = p.add("a", tapegrad::Tensor::ones([4]));
     /// let tape = tapegrad::Tape::new();
     /// let b = p.bind(&tape);
@@ -867,7 +927,7 @@ impl<T: Float> ParamGrads<T> {
     /// The gradient of one parameter, if the loss depended on it.
     ///
     /// ```
-    /// let mut p = tapegrad::nn::Params::<f32>::new();
+    /// let mut p = tapegrad::nn::Params::new();
     /// let (a, b) = (p.add("a", tapegrad::Tensor::ones([1])), p.add("b", tapegrad::Tensor::ones([1])));
     /// let tape = tapegrad::Tape::new();
     /// let bound = p.bind(&tape);
@@ -900,5 +960,82 @@ impl<T: Float> ParamGrads<T> {
     /// Gradients in parameter order, mutably (for in-place clipping).
     pub(crate) fn as_mut_slice(&mut self) -> &mut [Option<Tensor<T>>] {
         &mut self.grads
+    }
+}
+
+/// What an optimizer's [`step`](crate::optim::Optimizer::step) takes: the
+/// [`ParamGrads`] of a binding, or the [`Gradients`] of a backward pass
+/// straight away — on a tape the parameters were bound to for training, the
+/// gradient of each parameter is the one of its leaf (summed over the
+/// bindings when the store was bound more than once, e.g. a model applied
+/// twice).
+///
+/// ```
+/// use tapegrad::nn::{Linear, Module, ParamGradsSource, Params};
+/// use tapegrad::{Tape, Tensor};
+/// let mut params = Params::new();
+/// let fc = Linear::new(&mut params, "fc", 3, 2);
+/// let tape = Tape::new();
+/// let x = tape.constant(Tensor::ones([4, 3]));
+/// let grads = fc.forward(&params.bind(&tape), x).sum().backward();
+/// let by_param = grads.param_grads(&params);
+/// assert_eq!(by_param[fc.weight].data(), &[4.0; 6]); // Σ over the batch of x
+/// ```
+pub trait ParamGradsSource<T: Float>: sealed::Sealed {
+    /// The gradient of each parameter of `params`, in registration order.
+    /// Panics if these are not gradients of `params` (another store's, or a
+    /// tape `params` was not bound to for training).
+    fn param_grads(&self, params: &Params<T>) -> Cow<'_, ParamGrads<T>> {
+        self.param_grads_for("param_grads", params)
+    }
+
+    /// [`param_grads`](ParamGradsSource::param_grads), with `op` (the caller)
+    /// named in the panic.
+    #[doc(hidden)]
+    fn param_grads_for(&self, op: &str, params: &Params<T>) -> Cow<'_, ParamGrads<T>>;
+}
+
+mod sealed {
+    /// Only tapegrad's gradient types are [`ParamGradsSource`](super::ParamGradsSource)s.
+    pub trait Sealed {}
+    impl<T: crate::Float> Sealed for super::ParamGrads<T> {}
+    impl<T: crate::Float> Sealed for crate::Gradients<T> {}
+}
+
+impl<T: Float> ParamGradsSource<T> for ParamGrads<T> {
+    fn param_grads_for(&self, op: &str, params: &Params<T>) -> Cow<'_, ParamGrads<T>> {
+        assert!(
+            self.belongs_to(params),
+            "{op}: the gradients are of another model's parameters (take them with \
+             `params.bind(&tape)` of the Params being stepped, then `bound.grads(...)`)"
+        );
+        Cow::Borrowed(self)
+    }
+}
+
+impl<T: Float> ParamGradsSource<T> for Gradients<T> {
+    fn param_grads_for(&self, op: &str, params: &Params<T>) -> Cow<'_, ParamGrads<T>> {
+        let mut grads: Vec<Option<Tensor<T>>> = vec![None; params.len()];
+        let mut bound = false;
+        for leaves in self.bound_leaves(params.store.0) {
+            bound = true;
+            for (slot, &id) in grads.iter_mut().zip(leaves) {
+                let Some(g) = self.by_id(id) else { continue };
+                match slot {
+                    Some(acc) => *acc = acc.zip_map(g, op, |a, b| a + b),
+                    None => *slot = Some(g.clone()),
+                }
+            }
+        }
+        assert!(
+            bound,
+            "{op}: the gradients were computed on a tape these parameters were not bound \
+             to for training (bind them with `params.bind(&tape)` and call backward() on a \
+             loss built from that binding)"
+        );
+        Cow::Owned(ParamGrads {
+            grads,
+            store: params.store,
+        })
     }
 }

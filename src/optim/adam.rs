@@ -2,7 +2,7 @@
 
 use super::state::{check_state_len, StateReader};
 use super::{check_lengths, check_shape, Optimizer, OptimizerState};
-use crate::nn::{ParamGrads, Params};
+use crate::nn::{ParamGradsSource, Params};
 use crate::{Error, Float, Result};
 
 /// Adam and AdamW, exactly as `torch.optim.Adam` / `torch.optim.AdamW`:
@@ -111,7 +111,9 @@ impl<T: Float> Adam<T> {
 }
 
 impl<T: Float> Optimizer<T> for Adam<T> {
-    fn step(&mut self, params: &mut Params<T>, grads: &ParamGrads<T>) {
+    fn step(&mut self, params: &mut Params<T>, grads: &dyn ParamGradsSource<T>) {
+        let grads = grads.param_grads_for("Adam::step", params);
+        let grads = &*grads;
         check_lengths("Adam::step", params, grads);
         self.state.resize_with(params.len(), || None);
         let ids: Vec<_> = params.iter().map(|(id, _, _)| id).collect();

@@ -19,7 +19,7 @@ impl<T: Float> ParamGrads<T> {
     ///
     /// ```
     /// use tapegrad::{nn::Params, Tape, Tensor};
-    /// let mut p = Params::<f64>::new();
+    /// let mut p = Params::<f64>::default();
     /// let w = p.add("w", Tensor::from_vec(vec![3.0, 4.0], [2]).unwrap());
     /// let tape = Tape::new();
     /// let b = p.bind(&tape);
@@ -73,7 +73,7 @@ impl<T: Float> ParamGrads<T> {
     ///
     /// ```
     /// use tapegrad::{nn::Params, Tape, Tensor};
-    /// let mut p = Params::<f32>::new();
+    /// let mut p = Params::new();
     /// let w = p.add("w", Tensor::from_vec(vec![-3.0, 0.5], [2]).unwrap());
     /// let tape = Tape::new();
     /// let b = p.bind(&tape);

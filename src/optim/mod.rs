@@ -6,7 +6,7 @@
 //! use tapegrad::nn::Params;
 //! use tapegrad::optim::{Optimizer, Sgd};
 //! use tapegrad::{Tape, Tensor};
-//! let mut params = Params::<f64>::new();
+//! let mut params = Params::<f64>::default();
 //! let w = params.add("w", Tensor::from_vec(vec![1.0, -2.0], [2]).unwrap());
 //! let mut opt = Sgd::new(0.1);
 //! for _ in 0..100 {
@@ -36,7 +36,7 @@ pub use schedule::{Anneal, OneCycle, Schedule};
 pub use sgd::Sgd;
 pub use state::OptimizerState;
 
-use crate::nn::{ParamGrads, Params};
+use crate::nn::{ParamGrads, ParamGradsSource, Params};
 use crate::{Float, Result, Tensor};
 use std::path::Path;
 
@@ -52,8 +52,24 @@ use std::path::Path;
 /// assert_eq!(opts[0].lr(), 0.05);
 /// ```
 pub trait Optimizer<T: Float> {
-    /// One update. Parameters whose gradient is `None` are left untouched (and their state too).
-    fn step(&mut self, params: &mut Params<T>, grads: &ParamGrads<T>);
+    /// One update from `grads`: the [`Gradients`](crate::Gradients) of a
+    /// backward pass through a tape `params` were bound to, or the
+    /// [`ParamGrads`] of a binding (e.g. after clipping). Parameters without a
+    /// gradient (the loss did not depend on them) are left untouched, and so
+    /// is their state.
+    ///
+    /// ```
+    /// use tapegrad::nn::Params;
+    /// use tapegrad::optim::{Optimizer, Sgd};
+    /// use tapegrad::{Tape, Tensor};
+    /// let mut params = Params::new();
+    /// let w = params.add("w", Tensor::ones([2]));
+    /// let tape = Tape::new();
+    /// let grads = (params.bind(&tape)[w] * 3.0).sum().backward();
+    /// Sgd::new(0.1).step(&mut params, &grads);
+    /// assert_eq!(params.get(w).data(), &[0.7, 0.7]);
+    /// ```
+    fn step(&mut self, params: &mut Params<T>, grads: &dyn ParamGradsSource<T>);
 
     /// The current learning rate.
     fn lr(&self) -> f64;
@@ -69,7 +85,7 @@ pub trait Optimizer<T: Float> {
     ///
     /// ```
     /// use tapegrad::optim::{Optimizer, Sgd};
-    /// let params = tapegrad::nn::Params::<f32>::new();
+    /// let params = tapegrad::nn::Params::new();
     /// let state = Sgd::<f32>::new(0.1).momentum(0.9).state_dict(&params);
     /// assert_eq!(state.kind, "Sgd");
     /// assert_eq!(state.hyper("momentum"), Some(0.9));
@@ -86,7 +102,7 @@ pub trait Optimizer<T: Float> {
     ///
     /// ```
     /// use tapegrad::optim::{Adam, Optimizer, Sgd};
-    /// let params = tapegrad::nn::Params::<f32>::new();
+    /// let params = tapegrad::nn::Params::new();
     /// let state = Sgd::<f32>::new(0.5).state_dict(&params);
     /// let mut other = Sgd::<f32>::new(0.1);
     /// other.load_state_dict(&params, state.clone()).unwrap();
@@ -101,7 +117,7 @@ pub trait Optimizer<T: Float> {
     ///
     /// ```
     /// use tapegrad::optim::{Optimizer, Sgd};
-    /// let params = tapegrad::nn::Params::<f32>::new();
+    /// let params = tapegrad::nn::Params::new();
     /// let opt = Sgd::<f32>::new(0.1);
     /// let bytes = opt.save_state_bytes(&params).unwrap();
     /// let mut back = Sgd::<f32>::new(1.0);
@@ -117,7 +133,7 @@ pub trait Optimizer<T: Float> {
     ///
     /// ```
     /// use tapegrad::optim::{Optimizer, Sgd};
-    /// let params = tapegrad::nn::Params::<f32>::new();
+    /// let params = tapegrad::nn::Params::new();
     /// assert!(Sgd::<f32>::new(0.1).load_state_bytes(&params, b"not safetensors").is_err());
     /// ```
     fn load_state_bytes(&mut self, params: &Params<T>, bytes: &[u8]) -> Result<()> {
@@ -129,7 +145,7 @@ pub trait Optimizer<T: Float> {
     ///
     /// ```
     /// use tapegrad::optim::{Adam, Optimizer};
-    /// let params = tapegrad::nn::Params::<f32>::new();
+    /// let params = tapegrad::nn::Params::new();
     /// let path = std::env::temp_dir().join(format!("tapegrad-doc-opt-{}.safetensors", std::process::id()));
     /// Adam::<f32>::new(1e-3).save_state(&params, &path).unwrap();
     /// let mut opt = Adam::<f32>::new(0.5);
@@ -149,7 +165,7 @@ pub trait Optimizer<T: Float> {
     ///
     /// ```
     /// use tapegrad::optim::{Optimizer, Sgd};
-    /// let params = tapegrad::nn::Params::<f32>::new();
+    /// let params = tapegrad::nn::Params::new();
     /// let missing = std::env::temp_dir().join("tapegrad-doc-no-such-file.safetensors");
     /// assert!(Sgd::<f32>::new(0.1).load_state(&params, &missing).is_err());
     /// ```

@@ -2,7 +2,7 @@
 
 use super::state::{check_state_len, StateReader};
 use super::{check_lengths, check_shape, Optimizer, OptimizerState};
-use crate::nn::{ParamGrads, Params};
+use crate::nn::{ParamGradsSource, Params};
 use crate::{Float, Result};
 
 /// RMSprop, exactly as `torch.optim.RMSprop`:
@@ -116,7 +116,9 @@ impl<T: Float> RmsProp<T> {
 }
 
 impl<T: Float> Optimizer<T> for RmsProp<T> {
-    fn step(&mut self, params: &mut Params<T>, grads: &ParamGrads<T>) {
+    fn step(&mut self, params: &mut Params<T>, grads: &dyn ParamGradsSource<T>) {
+        let grads = grads.param_grads_for("RmsProp::step", params);
+        let grads = &*grads;
         check_lengths("RmsProp::step", params, grads);
         self.state.resize_with(params.len(), || None);
         let ids: Vec<_> = params.iter().map(|(id, _, _)| id).collect();

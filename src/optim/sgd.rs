@@ -2,7 +2,7 @@
 
 use super::state::{check_state_len, StateReader};
 use super::{check_lengths, check_shape, Optimizer, OptimizerState};
-use crate::nn::{ParamGrads, Params};
+use crate::nn::{ParamGradsSource, Params};
 use crate::{Float, Result};
 
 /// Stochastic gradient descent with momentum, dampening, Nesterov and weight decay,
@@ -89,7 +89,9 @@ impl<T: Float> Sgd<T> {
 }
 
 impl<T: Float> Optimizer<T> for Sgd<T> {
-    fn step(&mut self, params: &mut Params<T>, grads: &ParamGrads<T>) {
+    fn step(&mut self, params: &mut Params<T>, grads: &dyn ParamGradsSource<T>) {
+        let grads = grads.param_grads_for("Sgd::step", params);
+        let grads = &*grads;
         check_lengths("Sgd::step", params, grads);
         assert!(
             !self.nesterov || (self.momentum > 0.0 && self.dampening == 0.0),

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 /// use tapegrad::nn::Params;
 /// use tapegrad::optim::{Adam, Optimizer, OptimizerState};
 /// use tapegrad::{Tape, Tensor};
-/// let mut params = Params::<f32>::new();
+/// let mut params = Params::new();
 /// let w = params.add("w", Tensor::ones([2]));
 /// let mut opt = Adam::new(0.1);
 /// let grads = {
@@ -113,7 +113,7 @@ impl<T: Float> OptimizerState<T> {
     ///
     /// ```
     /// use tapegrad::optim::{Optimizer, Sgd};
-    /// let state = Sgd::<f64>::new(0.1).state_dict(&tapegrad::nn::Params::new());
+    /// let state = Sgd::<f64>::new(0.1).state_dict(&tapegrad::nn::Params::default());
     /// let (tensors, meta) = tapegrad::io::from_safetensors_bytes_with_metadata::<f64>(&state.to_bytes().unwrap()).unwrap();
     /// assert!(tensors.is_empty());
     /// assert!(meta.contains(&("optimizer".to_string(), "Sgd".to_string())));
