@@ -452,7 +452,16 @@ fn resnet_step(rng: &mut StdRng) -> impl FnMut() + 'static {
     let mut params = Params::new();
     let pad = Conv2dOptions::default().padding(1);
     let net = Sequential::new()
-        .push(Conv2d::with_options(&mut params, "conv1", 3, 16, 3, pad, false, rng))
+        .push(Conv2d::with_options(
+            &mut params,
+            "conv1",
+            3,
+            16,
+            3,
+            pad,
+            false,
+            rng,
+        ))
         .push(BatchNorm::new_2d(&mut params, "bn1", 16))
         .push(ReLU)
         .push(BasicBlock::with_rng(&mut params, "layer1", 16, 16, 1, rng))
@@ -485,14 +494,39 @@ fn predict_memory(rng: &mut StdRng) {
     let pad = Conv2dOptions::default().padding(1);
     let pool = MaxPool2d(Pool2dOptions::new(2));
     let model = Sequential::new()
-        .push(Conv2d::with_options(&mut params, "conv1", 1, 16, 3, pad, true, rng))
+        .push(Conv2d::with_options(
+            &mut params,
+            "conv1",
+            1,
+            16,
+            3,
+            pad,
+            true,
+            rng,
+        ))
         .push(ReLU)
         .push(pool)
-        .push(Conv2d::with_options(&mut params, "conv2", 16, 32, 3, pad, true, rng))
+        .push(Conv2d::with_options(
+            &mut params,
+            "conv2",
+            16,
+            32,
+            3,
+            pad,
+            true,
+            rng,
+        ))
         .push(ReLU)
         .push(pool)
         .push(Flatten)
-        .push(Linear::with_options(&mut params, "fc", 32 * 2 * 2, 10, true, rng));
+        .push(Linear::with_options(
+            &mut params,
+            "fc",
+            32 * 2 * 2,
+            10,
+            true,
+            rng,
+        ));
     let (_, test) = tapegrad::data::digits_train_test();
     let x = test.to_tensor::<f32>(test.normalization());
     let n = test.len();

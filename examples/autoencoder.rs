@@ -34,9 +34,13 @@ fn autoencoder(params: &mut Params, rng: &mut StdRng) -> Sequential {
     let down = Conv2dOptions::default().stride(2).padding(1);
     let up = ConvTranspose2dOptions::default().stride(2).padding(1);
     Sequential::new()
-        .push(Conv2d::with_options(params, "enc1", 1, 16, 3, down, true, rng))
+        .push(Conv2d::with_options(
+            params, "enc1", 1, 16, 3, down, true, rng,
+        ))
         .push(ReLU)
-        .push(Conv2d::with_options(params, "enc2", 16, 32, 3, down, true, rng))
+        .push(Conv2d::with_options(
+            params, "enc2", 16, 32, 3, down, true, rng,
+        ))
         .push(ReLU)
         .push(ConvTranspose2d::with_options(
             params, "dec1", 32, 16, 4, up, true, rng,

@@ -16,11 +16,32 @@ fn main() {
     let mut rng = StdRng::seed_from_u64(0);
     let mut params = Params::new();
     let critic = Sequential::new()
-        .push(Linear::with_options(&mut params, "fc1", 2, 32, true, &mut rng))
+        .push(Linear::with_options(
+            &mut params,
+            "fc1",
+            2,
+            32,
+            true,
+            &mut rng,
+        ))
         .push(Tanh)
-        .push(Linear::with_options(&mut params, "fc2", 32, 32, true, &mut rng))
+        .push(Linear::with_options(
+            &mut params,
+            "fc2",
+            32,
+            32,
+            true,
+            &mut rng,
+        ))
         .push(Tanh)
-        .push(Linear::with_options(&mut params, "fc3", 32, 1, true, &mut rng));
+        .push(Linear::with_options(
+            &mut params,
+            "fc3",
+            32,
+            1,
+            true,
+            &mut rng,
+        ));
     let mut opt = Adam::new(2e-3).betas(0.5, 0.9);
     let (batch, lambda) = (128, 10.0f32);
     // Real: a Gaussian at (2, 2); fake: a wider Gaussian at (−1, 0), √13 ≈ 3.6 away.

@@ -42,10 +42,14 @@ fn cnn(params: &mut Params, height: usize, width: usize, rng: &mut StdRng) -> Se
     let pool = MaxPool2d(Pool2dOptions::new(2));
     let flat = 32 * (height / 4) * (width / 4);
     Sequential::new()
-        .push(Conv2d::with_options(params, "conv1", 1, 16, 3, pad, true, rng))
+        .push(Conv2d::with_options(
+            params, "conv1", 1, 16, 3, pad, true, rng,
+        ))
         .push(ReLU)
         .push(pool)
-        .push(Conv2d::with_options(params, "conv2", 16, 32, 3, pad, true, rng))
+        .push(Conv2d::with_options(
+            params, "conv2", 16, 32, 3, pad, true, rng,
+        ))
         .push(ReLU)
         .push(pool)
         .push(Flatten)

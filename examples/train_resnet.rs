@@ -47,7 +47,9 @@ global average pooling; dropout 0.2; linear 64 → 10; softmax cross-entropy; Ad
 fn resnet(params: &mut Params, _height: usize, _width: usize, rng: &mut StdRng) -> Sequential {
     let pad = Conv2dOptions::default().padding(1);
     Sequential::new()
-        .push(Conv2d::with_options(params, "conv1", 1, 16, 3, pad, false, rng))
+        .push(Conv2d::with_options(
+            params, "conv1", 1, 16, 3, pad, false, rng,
+        ))
         .push(BatchNorm::new_2d(params, "bn1", 16))
         .push(ReLU)
         .push(BasicBlock::with_rng(params, "layer1", 16, 16, 1, rng))

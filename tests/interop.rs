@@ -36,7 +36,9 @@ fn model(params: &mut Params<f32>, seed: u64) -> Sequential<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     let pad = Conv2dOptions::default().padding(1);
     Sequential::new()
-        .push(Conv2d::with_options(params, "conv", 1, 4, 3, pad, true, &mut rng))
+        .push(Conv2d::with_options(
+            params, "conv", 1, 4, 3, pad, true, &mut rng,
+        ))
         .push(BatchNorm::new_2d(params, "bn1", 4))
         .push(ReLU)
         .push(Dropout::new_2d(0.2, &mut rng))

@@ -167,12 +167,26 @@ fn inference_records_no_graph_and_frees_activations() {
     let mut rng = StdRng::seed_from_u64(0);
     let mut params = Params::<f64>::default();
     let mlp = Sequential::new()
-        .push(Linear::with_options(&mut params, "fc1", 6, 8, true, &mut rng))
+        .push(Linear::with_options(
+            &mut params,
+            "fc1",
+            6,
+            8,
+            true,
+            &mut rng,
+        ))
         .push(ReLU)
         .push(Dropout::new(0.5, &mut rng))
         .push(Tanh)
         .push(Flatten)
-        .push(Linear::with_options(&mut params, "fc2", 8, 3, true, &mut rng));
+        .push(Linear::with_options(
+            &mut params,
+            "fc2",
+            8,
+            3,
+            true,
+            &mut rng,
+        ));
     let x = Tensor::<f64>::randn([4, 6], &mut rng);
     // The same numbers as an evaluation-mode pass on a recording tape.
     let tape = Tape::new();

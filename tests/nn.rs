@@ -23,7 +23,14 @@ fn model(params: &mut Params, seed: u64) -> Sequential {
         .push(ReLU)
         .push(MaxPool2d(Pool2dOptions::new(2)))
         .push(Flatten)
-        .push(Linear::with_options(params, "fc", 8 * 4 * 4, 10, true, &mut rng))
+        .push(Linear::with_options(
+            params,
+            "fc",
+            8 * 4 * 4,
+            10,
+            true,
+            &mut rng,
+        ))
 }
 
 #[test]

@@ -284,7 +284,13 @@ fn toy_model() -> (Params, tapegrad::nn::Sequential<f32>, Tensor<f32>) {
         .push(ReLU)
         .push(Flatten)
         .push(Linear::new(&mut params, "fc", 3 * 4 * 4, 5));
-    let x = Tensor::from_vec((0..96).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect(), [3, 2, 4, 4]).unwrap();
+    let x = Tensor::from_vec(
+        (0..96)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect(),
+        [3, 2, 4, 4],
+    )
+    .unwrap();
     (params, model, x)
 }
 
@@ -293,7 +299,8 @@ fn toy_model() -> (Params, tapegrad::nn::Sequential<f32>, Tensor<f32>) {
 #[test]
 fn optimizers_take_a_backward_pass_gradients_directly() {
     use tapegrad::nn::Module;
-    let makers: Vec<fn() -> Box<dyn Optimizer<f32>>> = vec![
+    type Maker = fn() -> Box<dyn Optimizer<f32>>;
+    let makers: Vec<Maker> = vec![
         || Box::new(Sgd::new(0.1).momentum(0.9)),
         || Box::new(Adam::new(0.01)),
         || Box::new(Adam::adamw(0.01, 0.1)),
@@ -305,11 +312,15 @@ fn optimizers_take_a_backward_pass_gradients_directly() {
         let (mut oa, mut ob) = (make(), make());
         for _ in 0..3 {
             let tape = Tape::new();
-            let loss = model.forward(&a.bind(&tape), tape.constant(x.clone())).cross_entropy(&[0, 3, 4]);
+            let loss = model
+                .forward(&a.bind(&tape), tape.constant(x.clone()))
+                .cross_entropy(&[0, 3, 4]);
             oa.step(&mut a, &loss.backward());
             let tape = Tape::new();
             let p = b.bind(&tape);
-            let loss = model.forward(&p, tape.constant(x.clone())).cross_entropy(&[0, 3, 4]);
+            let loss = model
+                .forward(&p, tape.constant(x.clone()))
+                .cross_entropy(&[0, 3, 4]);
             ob.step(&mut b, &p.grads(loss.backward()));
         }
         for ((_, name, va), (_, _, vb)) in a.iter().zip(b.iter()) {
@@ -317,7 +328,11 @@ fn optimizers_take_a_backward_pass_gradients_directly() {
         }
         let (_, _, first) = a.iter().next().unwrap();
         let (fresh, _, _) = toy_model();
-        assert_ne!(first.data(), fresh.iter().next().unwrap().2.data(), "the step moved the weights");
+        assert_ne!(
+            first.data(),
+            fresh.iter().next().unwrap().2.data(),
+            "the step moved the weights"
+        );
     }
 }
 
@@ -330,8 +345,12 @@ fn a_store_bound_twice_gets_the_sum_of_both_gradients() {
     let x2 = x.map(|v| v * 0.5 - 0.25);
     let tape = Tape::new();
     let (p1, p2) = (params.bind(&tape), params.bind(&tape));
-    let l1 = model.forward(&p1, tape.constant(x.clone())).cross_entropy(&[1, 2, 0]);
-    let l2 = model.forward(&p2, tape.constant(x2.clone())).cross_entropy(&[4, 4, 1]);
+    let l1 = model
+        .forward(&p1, tape.constant(x.clone()))
+        .cross_entropy(&[1, 2, 0]);
+    let l2 = model
+        .forward(&p2, tape.constant(x2.clone()))
+        .cross_entropy(&[4, 4, 1]);
     let both = (l1 + l2).backward();
     let summed = both.param_grads(&params);
     let one = |x: &Tensor<f32>, y: &[usize]| {
@@ -348,7 +367,9 @@ fn a_store_bound_twice_gets_the_sum_of_both_gradients() {
 }
 
 #[test]
-#[should_panic(expected = "Adam::step: the gradients were computed on a tape these parameters were not bound to")]
+#[should_panic(
+    expected = "Adam::step: the gradients were computed on a tape these parameters were not bound to"
+)]
 fn gradients_of_a_tape_the_store_was_not_bound_to_are_rejected() {
     let mut params = Params::new();
     params.add("w", Tensor::ones([2]));
@@ -381,7 +402,11 @@ fn short_constructors_initialise_reproducibly_from_the_store_seed() {
         assert_eq!(va.data(), vb.data(), "{n}");
         assert_ne!(va.data(), vs.data(), "{n}");
     }
-    let bound = |t: &Tensor<f32>, fan_in: usize| t.data().iter().all(|v| v.abs() <= 1.0 / (fan_in as f32).sqrt());
+    let bound = |t: &Tensor<f32>, fan_in: usize| {
+        t.data()
+            .iter()
+            .all(|v| v.abs() <= 1.0 / (fan_in as f32).sqrt())
+    };
     assert!(bound(a.get(c.weight), 36) && bound(a.get(c.bias.unwrap()), 36));
     assert!(bound(a.get(l.weight), 10) && bound(a.get(l.bias.unwrap()), 10));
     // The two layers draw from different generators: not the same numbers.

@@ -668,7 +668,8 @@ fn layer_initialisation_and_forward() {
     let mut rng = StdRng::seed_from_u64(5);
     let mut params = Params::<f64>::default();
     let opts = opts().stride(2).padding(1).output_padding(1).groups(2);
-    let layer = ConvTranspose2d::with_options(&mut params, "up", 4, 6, (3, 2), opts, true, &mut rng);
+    let layer =
+        ConvTranspose2d::with_options(&mut params, "up", 4, 6, (3, 2), opts, true, &mut rng);
     let (w, b) = (
         params.get(layer.weight).clone(),
         params.get(layer.bias.unwrap()).clone(),

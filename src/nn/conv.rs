@@ -53,7 +53,16 @@ impl Conv2d {
     ) -> Self {
         let mut rng = params.init_rng();
         let opts = Conv2dOptions::default();
-        Self::with_options(params, name, in_channels, out_channels, kernel, opts, true, &mut rng)
+        Self::with_options(
+            params,
+            name,
+            in_channels,
+            out_channels,
+            kernel,
+            opts,
+            true,
+            &mut rng,
+        )
     }
 
     /// The same layer with another stride (`s` or `(sh, sw)`).
@@ -186,7 +195,16 @@ impl ConvTranspose2d {
     ) -> Self {
         let mut rng = params.init_rng();
         let opts = ConvTranspose2dOptions::default();
-        Self::with_options(params, name, in_channels, out_channels, kernel, opts, true, &mut rng)
+        Self::with_options(
+            params,
+            name,
+            in_channels,
+            out_channels,
+            kernel,
+            opts,
+            true,
+            &mut rng,
+        )
     }
 
     /// The same layer with another stride (`s` or `(sh, sw)`).
