@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The gradient of each parent of a node, in parent order (`None`: no contribution).
 ///
 /// ```
-/// use smallvec::smallvec;
+/// use tapegrad::smallvec::smallvec;
 /// let g: tapegrad::ParentGrads<f32> = smallvec![Some(tapegrad::Tensor::ones([2])), None];
 /// assert_eq!(g.len(), 2);
 /// ```
@@ -25,7 +25,7 @@ pub type ParentGrads<T> = SmallVec<[Option<Tensor<T>>; 2]>;
 /// read from the tape) to each parent's gradient contribution.
 ///
 /// ```
-/// use smallvec::smallvec;
+/// use tapegrad::smallvec::smallvec;
 /// // The local gradient of y = 2x.
 /// let f: tapegrad::BackwardFn<f32> = Box::new(|ctx| smallvec![Some(ctx.grad.map(|g| 2.0 * g))]);
 /// # let _ = f;
@@ -39,7 +39,7 @@ pub type BackwardFn<T> = Box<dyn Fn(&BackwardCtx<'_, T>) -> ParentGrads<T>>;
 ///
 /// ```
 /// use tapegrad::{Tape, Tensor};
-/// use smallvec::smallvec;
+/// use tapegrad::smallvec::smallvec;
 /// // y = a·b elementwise: da = g·b, db = g·a, skipping parents that need no gradient.
 /// let tape = Tape::<f64>::new();
 /// let a = tape.leaf(Tensor::full([2], 3.0));
@@ -486,7 +486,7 @@ impl<T: Float> Tape<T> {
     ///
     /// ```
     /// use tapegrad::{Tape, Tensor};
-    /// use smallvec::smallvec;
+    /// use tapegrad::smallvec::smallvec;
     /// // y = x³, dy/dx = 3x²
     /// let tape = Tape::<f64>::new();
     /// let x = tape.leaf(Tensor::from_vec(vec![2.0], [1]).unwrap());
@@ -512,7 +512,7 @@ impl<T: Float> Tape<T> {
     ///
     /// ```
     /// use tapegrad::{Tape, Tensor};
-    /// use smallvec::smallvec;
+    /// use tapegrad::smallvec::smallvec;
     /// // y = c·x, dy/dx = c
     /// let tape = Tape::<f64>::new();
     /// let x = tape.leaf(Tensor::from_vec(vec![1.0, 2.0], [2]).unwrap());

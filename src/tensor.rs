@@ -196,10 +196,10 @@ impl<T: Float> Tensor<T> {
     /// Standard normal samples (Box–Muller) drawn from the caller's RNG: same seed, same tensor.
     ///
     /// ```
-    /// use rand::SeedableRng;
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// use tapegrad::rand::SeedableRng;
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
     /// let a = tapegrad::Tensor::<f32>::randn([2, 3], &mut rng);
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
     /// assert_eq!(a.data(), tapegrad::Tensor::<f32>::randn([2, 3], &mut rng).data());
     /// ```
     pub fn randn<R: rand::Rng + ?Sized>(shape: impl Into<Shape>, rng: &mut R) -> Self {
@@ -223,8 +223,8 @@ impl<T: Float> Tensor<T> {
     /// Uniform samples in `[lo, hi)` drawn from the caller's RNG.
     ///
     /// ```
-    /// use rand::SeedableRng;
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    /// use tapegrad::rand::SeedableRng;
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(1);
     /// let t = tapegrad::Tensor::<f64>::rand_uniform([100], -1.0, 1.0, &mut rng);
     /// assert!(t.data().iter().all(|&v| (-1.0..1.0).contains(&v)));
     /// ```

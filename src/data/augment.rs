@@ -8,11 +8,11 @@
 //! augmentation after normalising and 0 is the mean pixel, or before, and it is black.
 //!
 //! ```
-//! use rand::SeedableRng;
+//! use tapegrad::rand::SeedableRng;
 //! use tapegrad::data::{self, augment};
 //! let d = data::digits();
-//! let mut order = rand::rngs::StdRng::seed_from_u64(0);
-//! let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+//! let mut order = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
+//! let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(1);
 //! for batch in d.shuffled_batches::<f32>(64, d.normalization(), &mut order).take(2) {
 //!     let x = augment::random_crop(&batch.images, 1, &mut rng);
 //!     let x = augment::random_flip(&x, 0.5, &mut rng);
@@ -116,10 +116,10 @@ pub fn flip_horizontal<T: Float>(images: &Tensor<T>, which: &[bool]) -> Tensor<T
 /// `(padding − top, padding − left)`. Panics if `images` is not `[N, C, H, W]`.
 ///
 /// ```
-/// use rand::SeedableRng;
+/// use tapegrad::rand::SeedableRng;
 /// use tapegrad::{data::augment, Tensor};
 /// let x = Tensor::<f32>::ones([8, 1, 4, 4]);
-/// let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+/// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(1);
 /// let y = augment::random_crop(&x, 2, &mut rng);
 /// assert_eq!(&y.shape()[..], &[8, 1, 4, 4]);
 /// assert!(y.data().iter().all(|&v| v == 0.0 || v == 1.0));
@@ -147,10 +147,10 @@ pub fn random_crop<T: Float, R: Rng + ?Sized>(
 /// [`translate`] by `(dy, dx)` (zero fill). Panics if `images` is not `[N, C, H, W]`.
 ///
 /// ```
-/// use rand::SeedableRng;
+/// use tapegrad::rand::SeedableRng;
 /// use tapegrad::{data::augment, Tensor};
 /// let x = Tensor::<f32>::ones([4, 2, 5, 5]);
-/// let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+/// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(7);
 /// let y = augment::random_shift(&x, 1, &mut rng);
 /// // At most one row and one column of each image are uncovered.
 /// for img in y.data().chunks(50) {
@@ -180,10 +180,10 @@ pub fn random_shift<T: Float, R: Rng + ?Sized>(
 /// `[N, C, H, W]`.
 ///
 /// ```
-/// use rand::SeedableRng;
+/// use tapegrad::rand::SeedableRng;
 /// use tapegrad::{data::augment, Tensor};
 /// let x = Tensor::<f32>::arange(6).reshape([3, 1, 1, 2]);
-/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
 /// assert_eq!(augment::random_flip(&x, 1.0, &mut rng).data(), &[1.0, 0.0, 3.0, 2.0, 5.0, 4.0]);
 /// assert_eq!(augment::random_flip(&x, 0.0, &mut rng).data(), x.data());
 /// ```

@@ -228,14 +228,14 @@ impl Dataset {
     }
 
     /// Mini-batches of `batch_size` images in a random order: a permutation of
-    /// `0..len()` is drawn once, up front, with `rand::seq::SliceRandom::shuffle` on `rng`
+    /// `0..len()` is drawn once, up front, with `tapegrad::rand::seq::SliceRandom::shuffle` on `rng`
     /// (so the same RNG state gives the same batches), then cut like [`Dataset::batches`].
     /// Panics if `batch_size == 0`.
     ///
     /// ```
-    /// use rand::SeedableRng;
+    /// use tapegrad::rand::SeedableRng;
     /// let d = tapegrad::data::digits();
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(42);
     /// let first = d.shuffled_batches::<f32>(32, d.normalization(), &mut rng).next().unwrap();
     /// assert_eq!(&first.images.shape()[..], &[32, 1, 8, 8]);
     /// ```

@@ -342,9 +342,9 @@ impl Dataset {
     /// How it is computed:
     /// 1. class `c` (of `k`) gets a test quota of `test_count / k`, plus one more for
     ///    the first `test_count % k` classes (`c < test_count % k`);
-    /// 2. one `rand::rngs::StdRng::seed_from_u64(seed)` is created; for `c = 0, 1, …, k−1`
+    /// 2. one `tapegrad::rand::rngs::StdRng::seed_from_u64(seed)` is created; for `c = 0, 1, …, k−1`
     ///    in turn, the indices of class `c` (ascending) are shuffled with
-    ///    `rand::seq::SliceRandom::shuffle` and the first `quota(c)` go to the test set;
+    ///    `tapegrad::rand::seq::SliceRandom::shuffle` and the first `quota(c)` go to the test set;
     /// 3. both sets keep the original order (ascending indices).
     ///
     /// So the test set is *balanced* (equal counts per class, not proportional). For the

@@ -8,12 +8,12 @@
 //! to the test set.
 //!
 //! ```
-//! use rand::SeedableRng;
+//! use tapegrad::rand::SeedableRng;
 //! use tapegrad::data;
 //!
 //! let (train, test) = data::digits_train_test(); // 1,437 / 360, 36 test images per class
 //! let norm = train.normalization();
-//! let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+//! let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
 //! for batch in train.shuffled_batches::<f32>(64, norm, &mut rng) {
 //!     assert_eq!(&batch.images.shape()[1..], &[1, 8, 8]);
 //!     assert_eq!(batch.labels.len(), batch.images.shape()[0]);

@@ -7,10 +7,10 @@ use crate::{Conv2dOptions, ConvTranspose2dOptions, Float, Pair, Pool2dOptions, V
 /// A 2-D convolution layer, weight `[out, in/groups, kh, kw]`, bias `[out]`.
 ///
 /// ```
-/// use rand::SeedableRng;
+/// use tapegrad::rand::SeedableRng;
 /// use tapegrad::nn::{Conv2d, Module, Params};
 /// use tapegrad::Conv2dOptions;
-/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
 /// let mut params = Params::new();
 /// let conv = Conv2d::with_options(&mut params, "conv1", 1, 8, 3, Conv2dOptions::default().padding(1), true, &mut rng);
 /// let tape = tapegrad::Tape::new();
@@ -102,8 +102,8 @@ impl Conv2d {
     /// fan_in = in/groups·kh·kw) for a `kernel` (square `k` or `(kh, kw)`).
     ///
     /// ```
-    /// use rand::SeedableRng;
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// use tapegrad::rand::SeedableRng;
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
     /// let mut p = tapegrad::nn::Params::new();
     /// let c = tapegrad::nn::Conv2d::with_options(&mut p, "c", 4, 8, (3, 1), Default::default(), false, &mut rng);
     /// assert_eq!(&p.get(c.weight).shape()[..], &[8, 4, 3, 1]);
@@ -148,10 +148,10 @@ impl<T: Float> Module<T> for Conv2d {
 /// upsampling layer of decoders and generators.
 ///
 /// ```
-/// use rand::SeedableRng;
+/// use tapegrad::rand::SeedableRng;
 /// use tapegrad::nn::{ConvTranspose2d, Module, Params};
 /// use tapegrad::ConvTranspose2dOptions;
-/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
 /// let mut params = Params::new();
 /// let up = ConvTranspose2dOptions::default().stride(2).padding(1);
 /// let deconv = ConvTranspose2d::with_options(&mut params, "up1", 8, 4, 4, up, true, &mut rng);
@@ -263,8 +263,8 @@ impl ConvTranspose2d {
     /// `out/groups · kh · kw`.
     ///
     /// ```
-    /// use rand::SeedableRng;
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// use tapegrad::rand::SeedableRng;
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
     /// let mut p = tapegrad::nn::Params::new();
     /// let opts = tapegrad::ConvTranspose2dOptions::default().groups(2);
     /// let c = tapegrad::nn::ConvTranspose2d::with_options(&mut p, "c", 4, 8, (3, 1), opts, false, &mut rng);

@@ -10,8 +10,8 @@ use std::sync::Mutex;
 /// for both weights (kaiming-uniform with a = √5 gives exactly this bound) and biases.
 ///
 /// ```
-/// use rand::SeedableRng;
-/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// use tapegrad::rand::SeedableRng;
+/// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
 /// let w = tapegrad::nn::init_uniform::<f32, _>([8, 4], 4, &mut rng);
 /// assert!(w.data().iter().all(|v| v.abs() <= 0.5));
 /// ```
@@ -50,9 +50,9 @@ pub trait Module<T: Float> {
 /// A fully connected layer: `y = x·Wᵀ + b`, W `[out, in]`, b `[out]`.
 ///
 /// ```
-/// use rand::SeedableRng;
+/// use tapegrad::rand::SeedableRng;
 /// use tapegrad::nn::{Linear, Module, Params};
-/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
 /// let mut params = Params::new();
 /// let fc = Linear::with_options(&mut params, "fc", 3, 2, true, &mut rng);
 /// assert_eq!(&params.get(fc.weight).shape()[..], &[2, 3]);
@@ -94,8 +94,8 @@ impl Linear {
     /// Registers `<name>.weight` and `<name>.bias` with PyTorch's default initialisation.
     ///
     /// ```
-    /// use rand::SeedableRng;
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// use tapegrad::rand::SeedableRng;
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
     /// let mut p = tapegrad::nn::Params::new();
     /// tapegrad::nn::Linear::with_options(&mut p, "head", 8, 10, false, &mut rng);
     /// assert_eq!(p.len(), 1);
@@ -212,9 +212,9 @@ impl<T: Float> Module<T> for LeakyReLU {
 /// seeded when it is built, so a run is repeatable.
 ///
 /// ```
-/// use rand::SeedableRng;
+/// use tapegrad::rand::SeedableRng;
 /// use tapegrad::nn::{Dropout, Module, Params};
-/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
 /// let drop = Dropout::new(0.5, &mut rng);
 /// let params = Params::new();
 /// let tape = tapegrad::Tape::new();
@@ -237,8 +237,8 @@ impl Dropout {
     /// RNG is seeded from `rng`. Panics if `p` is not in [0, 1].
     ///
     /// ```
-    /// use rand::SeedableRng;
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// use tapegrad::rand::SeedableRng;
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
     /// assert_eq!(tapegrad::nn::Dropout::new(0.1, &mut rng).p, 0.1);
     /// ```
     pub fn new<R: rand::Rng + ?Sized>(p: f64, rng: &mut R) -> Self {
@@ -249,8 +249,8 @@ impl Dropout {
     /// channels of an `[N, C, *]` input are kept or zeroed.
     ///
     /// ```
-    /// use rand::SeedableRng;
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// use tapegrad::rand::SeedableRng;
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
     /// assert_eq!(tapegrad::nn::Dropout::new_2d(0.2, &mut rng).p, 0.2);
     /// ```
     pub fn new_2d<R: rand::Rng + ?Sized>(p: f64, rng: &mut R) -> Self {
@@ -305,9 +305,9 @@ impl<T: Float> Module<T> for Flatten {
 /// Layers applied in order.
 ///
 /// ```
-/// use rand::SeedableRng;
+/// use tapegrad::rand::SeedableRng;
 /// use tapegrad::nn::{Linear, Module, Params, ReLU, Sequential};
-/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
 /// let mut params = Params::new();
 /// let mlp = Sequential::new()
 ///     .push(Linear::with_options(&mut params, "fc1", 4, 8, true, &mut rng))
@@ -414,9 +414,9 @@ impl<T: Float> Module<T> for Sequential<T> {
 /// consumed it.
 ///
 /// ```
-/// use rand::SeedableRng;
+/// use tapegrad::rand::SeedableRng;
 /// use tapegrad::nn::{predict, Linear, Params, ReLU, Sequential};
-/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
 /// let mut params = Params::new();
 /// let mlp = Sequential::new()
 ///     .push(Linear::with_options(&mut params, "fc1", 4, 8, true, &mut rng))

@@ -6,10 +6,10 @@
 //! method. Each training step binds the parameters to a fresh tape:
 //!
 //! ```
-//! use rand::SeedableRng;
+//! use tapegrad::rand::SeedableRng;
 //! use tapegrad::nn::{Linear, Module, Params};
 //! use tapegrad::{Tape, Tensor};
-//! let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+//! let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
 //! let mut params = Params::new();
 //! let fc = Linear::with_options(&mut params, "fc", 4, 3, true, &mut rng);
 //! let tape = Tape::new();

@@ -358,9 +358,9 @@ impl<T: Float> Module<T> for GroupNorm {
 /// `<name>.conv2`, `<name>.bn2`, `<name>.downsample.0`, `<name>.downsample.1` (torchvision's names).
 ///
 /// ```
-/// use rand::SeedableRng;
+/// use tapegrad::rand::SeedableRng;
 /// use tapegrad::nn::{BasicBlock, Module, Params};
-/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
 /// let mut params = Params::new();
 /// let block = BasicBlock::with_rng(&mut params, "layer1", 8, 16, 2, &mut rng);
 /// let tape = tapegrad::Tape::new();
@@ -405,8 +405,8 @@ impl BasicBlock {
     /// A block from `in_channels` to `out_channels` with the given stride.
     ///
     /// ```
-    /// use rand::SeedableRng;
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// use tapegrad::rand::SeedableRng;
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
     /// let mut p = tapegrad::nn::Params::new();
     /// let b = tapegrad::nn::BasicBlock::with_rng(&mut p, "blk", 16, 16, 1, &mut rng);
     /// assert!(b.shortcut.is_none());

@@ -46,9 +46,9 @@ impl<'t, T: Float> Var<'t, T> {
     /// p = 0 returns `self`; p = 1 gives zeros. Panics if p is not in [0, 1].
     ///
     /// ```
-    /// use rand::SeedableRng;
+    /// use tapegrad::rand::SeedableRng;
     /// use tapegrad::{Tape, Tensor};
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(0);
     /// let tape = Tape::<f32>::new();
     /// let x = tape.leaf(Tensor::ones([1000]));
     /// let y = x.dropout(0.5, &mut rng);
@@ -74,9 +74,9 @@ impl<'t, T: Float> Var<'t, T> {
     /// `self`. Panics if p is not in [0, 1] or the input has rank < 2.
     ///
     /// ```
-    /// use rand::SeedableRng;
+    /// use tapegrad::rand::SeedableRng;
     /// use tapegrad::{Tape, Tensor};
-    /// let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    /// let mut rng = tapegrad::rand::rngs::StdRng::seed_from_u64(1);
     /// let tape = Tape::<f32>::new();
     /// let x = tape.leaf(Tensor::ones([2, 8, 3, 3]));
     /// let y = x.dropout2d(0.5, &mut rng).value();
