@@ -78,13 +78,13 @@ impl Dataset {
         if let Some((i, &l)) = labels
             .iter()
             .enumerate()
-            .find(|(_, &l)| l as usize >= num_classes)
+            .find(|&(_, &l)| l as usize >= num_classes)
         {
             return Err(Error::Data(format!(
                 "dataset: label {l} of image {i} is out of range for {num_classes} classes"
             )));
         }
-        if let Some((k, &v)) = images.iter().enumerate().find(|(_, &v)| v > max_value) {
+        if let Some((k, &v)) = images.iter().enumerate().find(|&(_, &v)| v > max_value) {
             return Err(Error::Data(format!(
                 "dataset: pixel {} of image {} is {v}, above max_value {max_value}",
                 k % per,

@@ -218,7 +218,7 @@ pub fn parse_idx_labels(bytes: &[u8]) -> Result<Vec<u8>> {
     if let Some((i, &l)) = labels
         .iter()
         .enumerate()
-        .find(|(_, &l)| l as usize >= NUM_CLASSES)
+        .find(|&(_, &l)| l as usize >= NUM_CLASSES)
     {
         return Err(data_err(
             what,

@@ -185,7 +185,7 @@ impl<'t, T: Float> Var<'t, T> {
             "cross_entropy: logits {s} need {n} targets, got {}",
             targets.len()
         );
-        if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t >= c) {
+        if let Some((i, &t)) = targets.iter().enumerate().find(|&(_, &t)| t >= c) {
             panic!("cross_entropy: target[{i}] = {t} is out of range for {c} classes (logits {s})");
         }
         assert!(c > 0, "cross_entropy: logits {s} have no classes");
@@ -556,7 +556,7 @@ impl<'t, T: Float> Var<'t, T> {
                 "{OP}: pos_weight {} does not broadcast to input {shape}",
                 p.shape()
             );
-            if let Some((i, v)) = p.data().iter().enumerate().find(|(_, &v)| v < T::ZERO) {
+            if let Some((i, v)) = p.data().iter().enumerate().find(|&(_, &v)| v < T::ZERO) {
                 panic!("{OP}: pos_weight[{i}] = {v} is negative");
             }
             p.broadcast_to(shape)
@@ -632,7 +632,7 @@ impl<T: Float> ClassLoss<T> {
                 "{op}: weight {} must be [C] = [{c}] for input {shape}",
                 w.shape()
             );
-            if let Some((i, v)) = w.data().iter().enumerate().find(|(_, &v)| v < T::ZERO) {
+            if let Some((i, v)) = w.data().iter().enumerate().find(|&(_, &v)| v < T::ZERO) {
                 panic!("{op}: weight[{i}] = {v} is negative");
             }
         }
@@ -640,7 +640,7 @@ impl<T: Float> ClassLoss<T> {
         if let Some((i, &t)) = targets
             .iter()
             .enumerate()
-            .find(|(_, &t)| t >= c && !ignored(t))
+            .find(|&(_, &t)| t >= c && !ignored(t))
         {
             panic!("{op}: target[{i}] = {t} is out of range for {c} classes (input {shape})");
         }
@@ -860,7 +860,7 @@ impl<'t, T: Float> Var<'t, T> {
                     }
                     done[p] = true;
                 });
-                for (p, _) in done.iter().enumerate().filter(|(_, &f)| !f) {
+                for (p, _) in done.iter().enumerate().filter(|&(_, &f)| !f) {
                     let (i, s) = (p / cl.inner, p % cl.inner);
                     for j in 0..cl.c {
                         d[i * cl.c * cl.inner + j * cl.inner + s] = T::ZERO;
