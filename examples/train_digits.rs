@@ -11,7 +11,6 @@ mod common;
 use rand::rngs::StdRng;
 use std::process::ExitCode;
 use tapegrad::nn::{Conv2d, Flatten, Linear, MaxPool2d, Params, ReLU, Sequential};
-use tapegrad::{Conv2dOptions, Pool2dOptions};
 
 const HELP: &str = "\
 train_digits: train a CNN on handwritten digits with tapegrad
@@ -36,24 +35,23 @@ OPTIONS:
 Model: conv 1→16 3x3 pad 1, relu, maxpool 2, conv 16→32 3x3 pad 1, relu, maxpool 2,
 flatten, linear → 10; softmax cross-entropy; Adam.";
 
-/// The CNN: two conv-relu-pool stages and a linear classifier.
-fn cnn(params: &mut Params, height: usize, width: usize, rng: &mut StdRng) -> Sequential {
-    let pad = Conv2dOptions::default().padding(1);
-    let pool = MaxPool2d(Pool2dOptions::new(2));
-    let flat = 32 * (height / 4) * (width / 4);
+/// The CNN: two conv-relu-pool stages and a linear classifier (initialised
+/// from the parameter store's generator, which the driver seeds with `--seed`).
+fn cnn(params: &mut Params, height: usize, width: usize, _: &mut StdRng) -> Sequential {
     Sequential::new()
-        .push(Conv2d::with_options(
-            params, "conv1", 1, 16, 3, pad, true, rng,
-        ))
+        .push(Conv2d::new(params, "conv1", 1, 16, 3).padding(1))
         .push(ReLU)
-        .push(pool)
-        .push(Conv2d::with_options(
-            params, "conv2", 16, 32, 3, pad, true, rng,
-        ))
+        .push(MaxPool2d::new(2))
+        .push(Conv2d::new(params, "conv2", 16, 32, 3).padding(1))
         .push(ReLU)
-        .push(pool)
+        .push(MaxPool2d::new(2))
         .push(Flatten)
-        .push(Linear::with_options(params, "fc", flat, 10, true, rng))
+        .push(Linear::new(
+            params,
+            "fc",
+            32 * (height / 4) * (width / 4),
+            10,
+        ))
 }
 
 fn main() -> ExitCode {

@@ -293,6 +293,7 @@ fn run(ex: &Example, args: Args) -> Result<(), String> {
     let (h, w) = (train.height(), train.width());
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut params = Params::new();
+    params.set_seed(args.seed); // the layers' short constructors initialise from it
     let model = (ex.model)(&mut params, h, w, &mut rng);
     println!(
         "{source}: {} train / {} test images of {}x{}; model with {} parameters; {} thread(s)",
