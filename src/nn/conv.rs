@@ -65,39 +65,6 @@ impl Conv2d {
         )
     }
 
-    /// The same layer with another stride (`s` or `(sh, sw)`).
-    ///
-    /// ```
-    /// let c = tapegrad::nn::Conv2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 3).stride((1, 2));
-    /// assert_eq!((c.options.stride.h, c.options.stride.w), (1, 2));
-    /// ```
-    pub fn stride(mut self, stride: impl Into<Pair>) -> Self {
-        self.options = self.options.stride(stride);
-        self
-    }
-
-    /// The same layer with another zero padding (`p` or `(ph, pw)`).
-    ///
-    /// ```
-    /// let c = tapegrad::nn::Conv2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 3).padding(1);
-    /// assert_eq!(c.options.padding.w, 1);
-    /// ```
-    pub fn padding(mut self, padding: impl Into<Pair>) -> Self {
-        self.options = self.options.padding(padding);
-        self
-    }
-
-    /// The same layer with another dilation (`d` or `(dh, dw)`).
-    ///
-    /// ```
-    /// let c = tapegrad::nn::Conv2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 3).dilation(2);
-    /// assert_eq!(c.options.dilation.h, 2);
-    /// ```
-    pub fn dilation(mut self, dilation: impl Into<Pair>) -> Self {
-        self.options = self.options.dilation(dilation);
-        self
-    }
-
     /// Registers `<name>.weight` and `<name>.bias` (PyTorch's default initialisation,
     /// fan_in = in/groups·kh·kw) for a `kernel` (square `k` or `(kh, kw)`).
     ///
@@ -207,29 +174,6 @@ impl ConvTranspose2d {
         )
     }
 
-    /// The same layer with another stride (`s` or `(sh, sw)`).
-    ///
-    /// ```
-    /// let c = tapegrad::nn::ConvTranspose2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 4).stride(2);
-    /// assert_eq!(c.options.stride.h, 2);
-    /// ```
-    pub fn stride(mut self, stride: impl Into<Pair>) -> Self {
-        self.options = self.options.stride(stride);
-        self
-    }
-
-    /// The same layer with another padding (`p` or `(ph, pw)`), removed from
-    /// the output's borders.
-    ///
-    /// ```
-    /// let c = tapegrad::nn::ConvTranspose2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 4).padding(1);
-    /// assert_eq!(c.options.padding.w, 1);
-    /// ```
-    pub fn padding(mut self, padding: impl Into<Pair>) -> Self {
-        self.options = self.options.padding(padding);
-        self
-    }
-
     /// The same layer with another output padding (`p` or `(ph, pw)`), added
     /// to one side of the output to pick among the sizes a strided
     /// convolution maps to the same input size.
@@ -242,17 +186,6 @@ impl ConvTranspose2d {
     /// ```
     pub fn output_padding(mut self, output_padding: impl Into<Pair>) -> Self {
         self.options = self.options.output_padding(output_padding);
-        self
-    }
-
-    /// The same layer with another dilation (`d` or `(dh, dw)`).
-    ///
-    /// ```
-    /// let c = tapegrad::nn::ConvTranspose2d::new(&mut tapegrad::nn::Params::new(), "c", 1, 1, 3).dilation(2);
-    /// assert_eq!(c.options.dilation.w, 2);
-    /// ```
-    pub fn dilation(mut self, dilation: impl Into<Pair>) -> Self {
-        self.options = self.options.dilation(dilation);
         self
     }
 
@@ -306,6 +239,50 @@ impl<T: Float> Module<T> for ConvTranspose2d {
         x.conv_transpose2d(p[self.weight], self.bias.map(|b| p[b]), self.options)
     }
 }
+
+/// The geometry setters both convolution layers have: each returns the layer
+/// with one of its `options` changed (none of them changes the parameters).
+macro_rules! geometry_setters {
+    ($layer:ident) => {
+        impl $layer {
+            #[doc = concat!(
+                        "The same layer with another stride (`s` or `(sh, sw)`).\n\n```\n",
+                        "let c = tapegrad::nn::", stringify!($layer),
+                        "::new(&mut tapegrad::nn::Params::new(), \"c\", 1, 1, 3).stride((1, 2));\n",
+                        "assert_eq!((c.options.stride.h, c.options.stride.w), (1, 2));\n```"
+                    )]
+            pub fn stride(mut self, stride: impl Into<Pair>) -> Self {
+                self.options = self.options.stride(stride);
+                self
+            }
+
+            #[doc = concat!(
+                        "The same layer with another padding (`p` or `(ph, pw)`).\n\n```\n",
+                        "let c = tapegrad::nn::", stringify!($layer),
+                        "::new(&mut tapegrad::nn::Params::new(), \"c\", 1, 1, 3).padding(1);\n",
+                        "assert_eq!(c.options.padding.w, 1);\n```"
+                    )]
+            pub fn padding(mut self, padding: impl Into<Pair>) -> Self {
+                self.options = self.options.padding(padding);
+                self
+            }
+
+            #[doc = concat!(
+                        "The same layer with another dilation (`d` or `(dh, dw)`).\n\n```\n",
+                        "let c = tapegrad::nn::", stringify!($layer),
+                        "::new(&mut tapegrad::nn::Params::new(), \"c\", 1, 1, 3).dilation(2);\n",
+                        "assert_eq!(c.options.dilation.h, 2);\n```"
+                    )]
+            pub fn dilation(mut self, dilation: impl Into<Pair>) -> Self {
+                self.options = self.options.dilation(dilation);
+                self
+            }
+        }
+    };
+}
+
+geometry_setters!(Conv2d);
+geometry_setters!(ConvTranspose2d);
 
 /// The stateless max-pooling layer; in plain code call `x.max_pool2d(options)`.
 ///
