@@ -483,6 +483,24 @@ impl<T: Float> Tensor<T> {
         Self::collect(self.shape.clone(), v)
     }
 
+    /// [`zip_map`](Self::zip_map) of two tensors of one shape, split between
+    /// threads when they are large.
+    #[inline]
+    pub(crate) fn par_zip_map(&self, other: &Tensor<T>, f: impl Fn(T, T) -> T + Sync) -> Tensor<T> {
+        debug_assert!(self.shape == other.shape);
+        let (a, b) = (&self.data[..], &other.data[..]);
+        if a.len() < PAR_ELEMENTWISE {
+            return self.zip_map(other, "zip", f);
+        }
+        let mut out = crate::buffer::scratch(a.len());
+        crate::threads::for_each_part(&mut out, PAR_ELEMENTWISE, |off, part| {
+            for ((o, &a), &b) in part.iter_mut().zip(&a[off..]).zip(&b[off..]) {
+                *o = f(a, b);
+            }
+        });
+        Self::from_parts(out, self.shape.clone())
+    }
+
     /// The value of a tensor stored inline (one element), else `None`.
     #[inline(always)]
     pub(crate) fn as_one(&self) -> Option<T> {
@@ -643,10 +661,10 @@ impl<T: Float> Tensor<T> {
         &self,
         other: &Tensor<T>,
         name: &str,
-        f: impl Fn(T, T) -> T,
+        f: impl Fn(T, T) -> T + Sync,
     ) -> Tensor<T> {
         if self.shape == other.shape {
-            return self.zip_map(other, name, f);
+            return self.par_zip_map(other, f);
         }
         if other.numel() == 1 && other.rank() <= self.rank() {
             let b = other.data[0];
@@ -1046,6 +1064,17 @@ mod tests {
         let mut one = Tensor::<f64>::scalar(1.5);
         one.add_assign_same_shape(Tensor::scalar(2.0));
         assert_eq!(one.item(), 3.5);
+    }
+
+    #[test]
+    fn large_same_shape_zips_match_the_serial_loop() {
+        let n = 2 * PAR_ELEMENTWISE + 5;
+        let a = Tensor::<f32>::from_vec((0..n).map(|i| i as f32 / 3.0).collect(), [n]).unwrap();
+        let b = Tensor::<f32>::from_vec((0..n).map(|i| 7.0 - i as f32).collect(), [n]).unwrap();
+        let f = |x: f32, y: f32| x * y - 0.5;
+        // Split between the default number of threads (elementwise: the split
+        // cannot change a value).
+        assert_eq!(a.broadcast_zip(&b, "test", f), a.zip_map(&b, "test", f));
     }
 
     #[test]
