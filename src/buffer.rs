@@ -322,6 +322,18 @@ mod tests {
     }
 
     #[test]
+    fn a_step_that_frees_sixty_buffers_gets_every_one_back() {
+        // A ResNet-8 training step frees about 60 large buffers; the next
+        // step must find them all (each one fresh allocation is page faults).
+        let sizes: Vec<usize> = (0..60).map(|i| 20_000 + 3_000 * (i % 6)).collect();
+        let bufs: Vec<Vec<f64>> = sizes.iter().map(|&n| with_capacity(n)).collect();
+        let ptrs: std::collections::HashSet<*const f64> = bufs.iter().map(|b| b.as_ptr()).collect();
+        bufs.into_iter().for_each(recycle);
+        let again: Vec<Vec<f64>> = sizes.iter().map(|&n| with_capacity(n)).collect();
+        assert!(again.iter().all(|b| ptrs.contains(&b.as_ptr())));
+    }
+
+    #[test]
     fn the_pool_is_bounded_and_keeps_the_newest_buffers() {
         let mut newest = vec![];
         for i in 0..(MAX_BUFFERS + 10) {
