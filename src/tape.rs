@@ -1298,7 +1298,7 @@ fn non_finite_gradient(i: usize, op: &str, k: usize, p: usize, parent_op: &str) 
 fn accumulate<T: Float>(slot: &mut Option<Tensor<T>>, g: Tensor<T>) {
     match slot {
         None => *slot = Some(g),
-        Some(acc) => acc.add_assign_same_shape(&g),
+        Some(acc) => acc.add_assign_same_shape(g),
     }
 }
 

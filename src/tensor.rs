@@ -38,8 +38,16 @@ enum Storage<T: Float> {
 /// A heap buffer. When its last owner drops it, a large buffer goes to the
 /// recycling pool (see `buffer.rs`). (The hook sits here rather than on `Storage`,
 /// so dropping a one-element tensor has nothing to run.)
-#[derive(Clone)]
 struct Buf<T: Float>(Vec<T>);
+
+/// A copy (copy-on-write in [`Tensor::data_mut`]) goes into a recycled buffer too.
+impl<T: Float> Clone for Buf<T> {
+    fn clone(&self) -> Self {
+        let mut v = crate::buffer::with_capacity(self.0.len());
+        v.extend_from_slice(&self.0);
+        Buf(v)
+    }
+}
 
 impl<T: Float> Drop for Buf<T> {
     fn drop(&mut self) {
@@ -475,6 +483,24 @@ impl<T: Float> Tensor<T> {
         Self::collect(self.shape.clone(), v)
     }
 
+    /// [`zip_map`](Self::zip_map) of two tensors of one shape, split between
+    /// threads when they are large.
+    #[inline]
+    pub(crate) fn par_zip_map(&self, other: &Tensor<T>, f: impl Fn(T, T) -> T + Sync) -> Tensor<T> {
+        debug_assert!(self.shape == other.shape);
+        let (a, b) = (&self.data[..], &other.data[..]);
+        if a.len() < PAR_ELEMENTWISE {
+            return self.zip_map(other, "zip", f);
+        }
+        let mut out = crate::buffer::scratch(a.len());
+        crate::threads::for_each_part(&mut out, PAR_ELEMENTWISE, |off, part| {
+            for ((o, &a), &b) in part.iter_mut().zip(&a[off..]).zip(&b[off..]) {
+                *o = f(a, b);
+            }
+        });
+        Self::from_parts(out, self.shape.clone())
+    }
+
     /// The value of a tensor stored inline (one element), else `None`.
     #[inline(always)]
     pub(crate) fn as_one(&self) -> Option<T> {
@@ -522,16 +548,40 @@ impl<T: Float> Tensor<T> {
         Self::from_parts(out, self.shape.clone())
     }
 
-    /// `self += other` elementwise (copy-on-write); the shapes must match.
+    /// `self += other` elementwise; the shapes must match. Gradient
+    /// accumulation: the sum lands in whichever buffer is not shared (the
+    /// addition commutes exactly), else in a new (recycled) buffer written in
+    /// one pass, never a copy of `self` then an add. Large tensors are split
+    /// between threads.
     #[inline]
-    pub(crate) fn add_assign_same_shape(&mut self, other: &Tensor<T>) {
+    pub(crate) fn add_assign_same_shape(&mut self, mut other: Tensor<T>) {
         debug_assert!(self.shape == other.shape);
-        if let (Storage::One(a), Storage::One(b)) = (&mut self.data, &other.data) {
-            *a += *b;
+        let (Storage::Shared(a), Storage::Shared(b)) = (&mut self.data, &mut other.data) else {
+            for (a, b) in self.data_mut().iter_mut().zip(other.data()) {
+                *a += *b;
+            }
             return;
+        };
+        if Arc::get_mut(a).is_none() && Arc::get_mut(b).is_some() {
+            std::mem::swap(a, b);
         }
-        for (a, b) in self.data_mut().iter_mut().zip(other.data()) {
-            *a += *b;
+        let b = &b.0[..];
+        match Arc::get_mut(a) {
+            Some(a) => crate::threads::for_each_part(&mut a.0, PAR_ELEMENTWISE, |off, part| {
+                for (a, &b) in part.iter_mut().zip(&b[off..]) {
+                    *a += b;
+                }
+            }),
+            None => {
+                let x = &a.0[..];
+                let mut out = crate::buffer::scratch(x.len());
+                crate::threads::for_each_part(&mut out, PAR_ELEMENTWISE, |off, part| {
+                    for ((o, &x), &b) in part.iter_mut().zip(&x[off..]).zip(&b[off..]) {
+                        *o = x + b;
+                    }
+                });
+                *a = Arc::new(Buf(out));
+            }
         }
     }
 
@@ -611,10 +661,10 @@ impl<T: Float> Tensor<T> {
         &self,
         other: &Tensor<T>,
         name: &str,
-        f: impl Fn(T, T) -> T,
+        f: impl Fn(T, T) -> T + Sync,
     ) -> Tensor<T> {
         if self.shape == other.shape {
-            return self.zip_map(other, name, f);
+            return self.par_zip_map(other, f);
         }
         if other.numel() == 1 && other.rank() <= self.rank() {
             let b = other.data[0];
@@ -979,6 +1029,52 @@ mod tests {
         let p = t.data().as_ptr();
         let v = t.into_vec();
         assert_eq!(v.as_ptr(), p);
+    }
+
+    #[test]
+    fn accumulation_adds_into_an_unshared_buffer_or_a_new_one() {
+        // Small, and large enough to be split between threads.
+        for n in [5, 3 * PAR_ELEMENTWISE + 3] {
+            let a = Tensor::<f32>::from_vec((0..n).map(|i| i as f32 * 0.5).collect(), [n]).unwrap();
+            let b = Tensor::<f32>::from_vec((0..n).map(|i| 1.0 / (i as f32 + 1.0)).collect(), [n])
+                .unwrap();
+            let want: Vec<f32> = a.data().iter().zip(b.data()).map(|(x, y)| x + y).collect();
+            let fresh = |t: &Tensor<f32>| Tensor::from_vec(t.data().to_vec(), [n]).unwrap();
+            // `self` unshared: summed in place.
+            let mut acc = fresh(&a);
+            let p = acc.data().as_ptr();
+            acc.add_assign_same_shape(b.clone());
+            assert_eq!(acc.data(), &want[..]);
+            assert_eq!(acc.data().as_ptr(), p);
+            // `self` shared, `other` not: summed into `other`'s buffer; `a` untouched.
+            let (mut acc, other) = (a.clone(), fresh(&b));
+            let p = other.data().as_ptr();
+            acc.add_assign_same_shape(other);
+            assert_eq!(acc.data(), &want[..]);
+            assert_eq!(acc.data().as_ptr(), p);
+            assert!(!acc.shares_storage(&a));
+            // Both shared: a new buffer; neither input changes.
+            let mut acc = a.clone();
+            acc.add_assign_same_shape(b.clone());
+            assert_eq!(acc.data(), &want[..]);
+            assert!(!acc.shares_storage(&a) && !acc.shares_storage(&b));
+            assert_eq!(a.data()[1], 0.5);
+            assert_eq!(b.data()[1], 0.5);
+        }
+        let mut one = Tensor::<f64>::scalar(1.5);
+        one.add_assign_same_shape(Tensor::scalar(2.0));
+        assert_eq!(one.item(), 3.5);
+    }
+
+    #[test]
+    fn large_same_shape_zips_match_the_serial_loop() {
+        let n = 2 * PAR_ELEMENTWISE + 5;
+        let a = Tensor::<f32>::from_vec((0..n).map(|i| i as f32 / 3.0).collect(), [n]).unwrap();
+        let b = Tensor::<f32>::from_vec((0..n).map(|i| 7.0 - i as f32).collect(), [n]).unwrap();
+        let f = |x: f32, y: f32| x * y - 0.5;
+        // Split between the default number of threads (elementwise: the split
+        // cannot change a value).
+        assert_eq!(a.broadcast_zip(&b, "test", f), a.zip_map(&b, "test", f));
     }
 
     #[test]
