@@ -377,7 +377,7 @@ trait Engine: Elem {
     #[allow(clippy::too_many_arguments)]
     fn run_prepacked_simd(
         avx512: bool,
-        s: prepacked::Shape<'_>,
+        s: prepacked::Shape<'_, Self>,
         a: &[Self],
         n: usize,
         b: &[Self],
@@ -436,7 +436,7 @@ macro_rules! impl_engine {
             #[cfg(target_arch = "x86_64")]
             fn run_prepacked_simd(
                 avx512: bool,
-                s: prepacked::Shape<'_>,
+                s: prepacked::Shape<'_, Self>,
                 a: &[Self],
                 n: usize,
                 b: &[Self],

@@ -31,7 +31,7 @@ use super::parallel::{
     run_backward_jobs, run_jobs, split_by, split_work, BackwardBuffers, BackwardJob,
 };
 use super::Conv2dGeometry;
-use crate::gemm::{prepacked::gemm_prepacked, prepacked::PackedA};
+use crate::gemm::prepacked::{gemm_prepacked, gemm_prepacked_ahead, PackedA};
 use crate::simd::multiversion;
 use crate::Float;
 use smallvec::SmallVec;
@@ -731,11 +731,31 @@ pub(super) fn block_stride<T>(width: usize) -> usize {
     (lines | 1) * line_len::<T>()
 }
 
+/// The group input read after that of group `g` of sample `n` by a task
+/// that runs `samples` (empty after its last).
+fn next_input<'a, T>(
+    geom: &Conv2dGeometry,
+    x: &'a [T],
+    samples: &Range<usize>,
+    n: usize,
+    g: usize,
+) -> &'a [T] {
+    if g + 1 < geom.groups {
+        &x[input_block(geom, n, g + 1)]
+    } else if n + 1 < samples.end {
+        &x[input_block(geom, n + 1, 0)]
+    } else {
+        &[]
+    }
+}
+
 /// Forward: `Y_ng = W_g · cols_ng + b` for every sample and group, by blocks
 /// of output rows. Each group's weights are packed once for the whole batch;
 /// the column block is read by the micro-kernel in place (no second copy).
 /// The bias is an extra column of the packed weights, against a row of ones
-/// under the column block, so the GEMM writes the finished output.
+/// under the column block, so the GEMM writes the finished output. While the
+/// last block of a group input is multiplied, the next group input (the next
+/// read from memory) is prefetched.
 pub(super) fn forward<T: Float>(
     geom: &Conv2dGeometry,
     x: &[T],
@@ -772,7 +792,7 @@ pub(super) fn forward<T: Float>(
     run_jobs(jobs, |(samples, y)| {
         with_scratch(scratch_len, |scratch: &mut [T]| {
             with_scratch(phases_len(geom), |planes: &mut [T]| {
-                for (local, n) in samples.enumerate() {
+                for (local, n) in samples.clone().enumerate() {
                     for (g, wg) in packed.iter().enumerate() {
                         let xg = source(geom, &x[input_block(geom, n, g)], planes);
                         let yg = &mut y[output_block(geom, local, g)];
@@ -790,11 +810,17 @@ pub(super) fn forward<T: Float>(
                             }
                             let ld = block_stride::<T>(nc);
                             let cols = &mut scratch[..depth * ld];
+                            // The last block's GEMM also brings the next group
+                            // input this task reads into cache.
+                            let ahead = match rows.end == geom.out_h() {
+                                true => next_input(geom, x, &samples, n, g),
+                                false => &[],
+                            };
                             im2col(geom, xg, rows, ld, cols);
                             if fused_bias.is_some() {
                                 cols[ckk * ld..][..nc].fill(T::ONE);
                             }
-                            gemm_prepacked(wg, nc, cols, ld, true, &mut yg[j0..], ohw);
+                            gemm_prepacked_ahead(wg, nc, cols, ld, true, &mut yg[j0..], ohw, ahead);
                         }
                     }
                 }
