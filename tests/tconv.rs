@@ -220,8 +220,7 @@ fn matches_pytorch_fixtures() {
 // the op against the reference
 // ---------------------------------------------------------------------------
 
-/// Held while a test changes the thread count or forces a Winograd variant
-/// (process-wide settings).
+/// Held while a test changes the thread count (a process-wide setting).
 static SETTINGS: Mutex<()> = Mutex::new(());
 
 /// Runs `f` at 1 and at 2 threads, then restores the default.
@@ -284,17 +283,16 @@ fn large_shapes_match_reference_at_1_and_2_threads() {
 /// with a larger batch, in f32 and f64.
 #[test]
 fn every_variant_matches_reference() {
-    let _guard = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::seed_from_u64(70);
     for tile in [2, 4] {
-        tapegrad::conv::force_winograd_tile(tile);
+        // On this thread and the workers of its convs only.
+        let _tile = tapegrad::conv::force_winograd_tile(tile);
         for c in &LARGE_CASES[1..4] {
             let what = format!("Winograd F({tile}x{tile})");
             check_against_reference::<f64>(&what, c, 1e-12, &mut rng);
             check_against_reference::<f32>(&what, c, 2e-5, &mut rng);
         }
     }
-    tapegrad::conv::force_winograd_tile(0);
     for (i, c) in GRADCHECK_CASES.iter().enumerate() {
         let c = Case {
             x: [5, c.x[1], c.x[2] + 3, c.x[3] + 2],
@@ -484,10 +482,9 @@ fn non_finite_paths<T: Float>(tol: f64, seed: u64) {
         ("1x1 strided", case([2, 3, 4, 3], 2, (1, 1), (2, 2), (1, 0), (1, 1), (1, 1), 1, true), 0),
         ("op beyond stride", case([1, 2, 4, 4], 2, (2, 2), (1, 1), (1, 0), (2, 1), (3, 2), 1, true), 0),
     ];
-    let _guard = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::seed_from_u64(seed);
     for (name, c, tile) in paths {
-        tapegrad::conv::force_winograd_tile(tile);
+        let _tile = tapegrad::conv::force_winograd_tile(tile);
         let opts = c.options();
         let ys = c.geometry().input_shape();
         let x0 = randn::<T>(&c.x, &mut rng);
@@ -524,7 +521,6 @@ fn non_finite_paths<T: Float>(tol: f64, seed: u64) {
             }
         }
     }
-    tapegrad::conv::force_winograd_tile(0);
 }
 
 #[test]
