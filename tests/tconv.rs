@@ -371,6 +371,69 @@ fn adjoint_of_conv2d() {
     }
 }
 
+/// With both x and w wanted, the backward builds the columns of dY once for
+/// both gradients (im2col's path); each must match the one computed alone,
+/// in f32 and f64, at 1 and 2 threads: stride beyond the kernel, groups with
+/// dilation, pointwise, odd sizes, output_padding, a zero-size weight.
+#[test]
+fn shared_columns_give_the_gradients_computed_alone() {
+    #[rustfmt::skip]
+    let cases = [
+        case([3, 5, 7, 6], 4, (2, 2), (3, 3), (1, 0), (2, 1), (1, 1), 1, true),   // stride > kernel
+        case([2, 6, 9, 8], 9, (3, 2), (2, 1), (2, 1), (1, 0), (2, 3), 3, false),  // groups, dilation
+        case([3, 7, 5, 9], 5, (1, 1), (1, 1), (0, 0), (0, 0), (1, 1), 1, true),   // pointwise
+        case([5, 32, 8, 8], 16, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, true), // the benchmark's layer, batch 5
+        case([2, 3, 4, 5], 0, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 1, false),  // no output channels
+    ];
+    fn grads<T: Float>(
+        c: &Case,
+        x: &Tensor<T>,
+        w: &Tensor<T>,
+        dy: &Tensor<T>,
+        which: [bool; 2],
+    ) -> [Option<Tensor<T>>; 2] {
+        let tape = Tape::<T>::new();
+        let var = |t: &Tensor<T>, grad: bool| {
+            if grad {
+                tape.leaf(t.clone())
+            } else {
+                tape.constant(t.clone())
+            }
+        };
+        let (xv, wv) = (var(x, which[0]), var(w, which[1]));
+        let g = xv
+            .conv_transpose2d(wv, None, c.options())
+            .backward_with(dy.clone());
+        [g.get(xv).cloned(), g.get(wv).cloned()]
+    }
+    fn check<T: Float>(what: &str, c: &Case, tol: f64, rng: &mut StdRng) {
+        let x = randn::<T>(&c.x, rng);
+        let w = randn::<T>(&c.w_shape(), rng);
+        let dy = randn::<T>(&c.geometry().input_shape(), rng);
+        let [dx, dw] = grads(c, &x, &w, &dy, [true, true]);
+        let [dx_alone, _] = grads(c, &x, &w, &dy, [true, false]);
+        let [_, dw_alone] = grads(c, &x, &w, &dy, [false, true]);
+        let what = format!("{} {what}: {c:?}", T::NAME);
+        assert_close(&format!("{what} dx"), &dx.unwrap(), &dx_alone.unwrap(), tol);
+        assert_close(&format!("{what} dw"), &dw.unwrap(), &dw_alone.unwrap(), tol);
+        let r = reference::conv_transpose2d_backward(&x, &w, &dy, c.options());
+        assert_close(
+            &format!("{what} dw, reference"),
+            &grads(c, &x, &w, &dy, [true, true])[1].clone().unwrap(),
+            &r.dw,
+            100.0 * tol,
+        );
+    }
+    at_1_and_2_threads(|threads| {
+        let mut rng = StdRng::seed_from_u64(95 + threads as u64);
+        for (i, c) in cases.iter().enumerate() {
+            let what = format!("{threads} threads, case {i}");
+            check::<f64>(&what, c, 1e-13, &mut rng);
+            check::<f32>(&what, c, 1e-6, &mut rng);
+        }
+    });
+}
+
 #[test]
 fn input_without_grad_and_empty_batch() {
     let c = case(
