@@ -156,7 +156,7 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     if std::env::args().any(|a| a == "--avx2") {
-        tapegrad::gemm::force_avx2(true);
+        tapegrad::gemm::force_avx2_process_wide(true);
     }
     let wanted =
         |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));

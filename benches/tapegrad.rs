@@ -573,10 +573,11 @@ fn main() {
                 i += 1;
                 cfg.only.push(args[i].clone());
             }
-            "--avx2" => gemm::force_avx2(true),
+            "--avx2" => gemm::force_avx2_process_wide(true),
             "--winograd-tile" => {
                 i += 1;
-                tapegrad::conv::force_winograd_tile(args[i].parse().expect("--winograd-tile 2|4"));
+                let tile = args[i].parse().expect("--winograd-tile 2|4");
+                tapegrad::conv::force_winograd_tile_process_wide(tile);
             }
             "--bench" => {}
             other => eprintln!("ignoring unknown argument {other}"),

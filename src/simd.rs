@@ -7,8 +7,8 @@
 //! defines a function that calls an `#[inline(always)]` body either from a
 //! copy compiled with AVX2 and FMA enabled — so that the body is inlined
 //! there and auto-vectorised 8 lanes wide — or, without AVX2 (or when
-//! [`gemm::force_portable`](crate::gemm::force_portable) is on, or on other
-//! architectures), directly. The results are the same either way: only the
+//! [`gemm::force_portable`](crate::gemm::force_portable) holds on this thread,
+//! or on other architectures), directly. The results are the same either way: only the
 //! instructions differ (Rust never contracts `a * b + c` into an FMA).
 
 /// Whether the AVX2+FMA copies may run: the CPU has both, and SIMD is not
@@ -96,10 +96,10 @@ mod tests {
         let mut got = vec![0.0; 1000];
         scale(&x, 1.5, &mut got);
         assert_eq!(got, want);
-        crate::gemm::force_portable(true);
+        let portable_kernels = crate::gemm::force_portable(true);
         let mut portable = vec![0.0; 1000];
         scale(&x, 1.5, &mut portable);
-        crate::gemm::force_portable(false);
+        drop(portable_kernels);
         assert_eq!(portable, want);
     }
 }

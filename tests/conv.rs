@@ -454,7 +454,8 @@ fn winograd_shapes_match_reference_at_1_and_2_threads() {
         ([2, 40, 5, 6], [33, 40, 3, 3], opts().padding(1)),
     ];
     for tile in [2, 4] {
-        tapegrad::conv::force_winograd_tile(tile);
+        // On this thread and the workers of its convs only.
+        let _tile = tapegrad::conv::force_winograd_tile(tile);
         at_1_and_2_threads(|threads| {
             let mut rng = StdRng::seed_from_u64(60 + threads as u64);
             for (i, (xs, ws, o)) in cases.iter().enumerate() {
@@ -464,14 +465,13 @@ fn winograd_shapes_match_reference_at_1_and_2_threads() {
             }
         });
     }
-    tapegrad::conv::force_winograd_tile(0);
 }
 
 /// The same f32 comparisons with the GEMM micro-kernels capped at AVX2
 /// (on an AVX-512 machine the default tests above run the AVX-512 kernels,
 /// so this is what covers the AVX2 ones there; elsewhere it repeats them),
-/// and with the portable kernels. The setting is process-wide; concurrent
-/// tests only change speed, since every result is compared with the reference.
+/// and with the portable kernels, set on this thread (and the workers of its
+/// ops) only.
 #[test]
 fn f32_fast_path_matches_reference_with_avx2_and_portable_kernels() {
     let opts = Conv2dOptions::default;
@@ -482,13 +482,13 @@ fn f32_fast_path_matches_reference_with_avx2_and_portable_kernels() {
         ([3, 12, 70, 66], [4, 12, 1, 1], opts()),                      // pointwise
         ([2, 9, 41, 47], [6, 3, 3, 3], opts().stride((1, 2)).padding(1).groups(3)),
     ];
-    type Force = fn(bool);
+    type Force = fn(bool) -> tapegrad::gemm::SwitchGuard;
     let forces: [(&str, Force); 2] = [
         ("avx2", tapegrad::gemm::force_avx2),
         ("portable", tapegrad::gemm::force_portable),
     ];
     for (name, force) in forces {
-        force(true);
+        let _kernels = force(true);
         let mut rng = StdRng::seed_from_u64(70);
         for (i, (xs, ws, o)) in cases.iter().enumerate() {
             check_against_reference::<f32>(
@@ -501,8 +501,78 @@ fn f32_fast_path_matches_reference_with_avx2_and_portable_kernels() {
             );
         }
         fast_path_matches_reference::<f32>(3, 1e-5);
-        force(false);
     }
+}
+
+/// The kernel and Winograd switches hold on the thread that sets them (and
+/// on the workers of the ops it starts) only: while one thread holds
+/// `force_portable` and `force_winograd_tile(2)` and runs a conv and a GEMM
+/// over and over, another thread running the same ones at the same time gets
+/// the default path's results, bitwise.
+#[test]
+fn switches_stay_on_their_thread() {
+    use tapegrad::conv::{force_winograd_tile, winograd_tile};
+    use tapegrad::gemm::{force_portable, kernel_family, sgemm};
+    let mut rng = StdRng::seed_from_u64(91);
+    let opts = Conv2dOptions::default().padding(1);
+    // 32 × 32 kernels, transformed and packed by the workers at 2 threads;
+    // 64 4×4 output tiles per sample, so F(4×4) by default.
+    let x = randn::<f32>(&[2, 32, 32, 32], &mut rng);
+    let w = randn::<f32>(&[32, 32, 3, 3], &mut rng);
+    let geom = Conv2dGeometry::new(x.shape(), w.shape(), None, &opts);
+    // Small enough to stay on the calling thread.
+    let (m, n, k) = (13, 37, 64);
+    let a = randn::<f32>(&[m, k], &mut rng);
+    let b = randn::<f32>(&[k, n], &mut rng);
+    let run = || {
+        let tape = Tape::<f32>::new();
+        let y = tape
+            .constant(x.clone())
+            .conv2d(tape.constant(w.clone()), None, opts);
+        let mut c = vec![0.0f32; m * n];
+        sgemm(m, n, k, 1.0, a.data(), k, 1, b.data(), n, 1, 0.0, &mut c, n);
+        (y.value().data().to_vec(), c)
+    };
+    let family = kernel_family::<f32>();
+    assert_eq!(winograd_tile(&geom), Some(4));
+    let default = run();
+    let forced = {
+        let _portable = force_portable(true);
+        let _f2 = force_winograd_tile(2);
+        assert_eq!(kernel_family::<f32>(), "portable");
+        assert_eq!(winograd_tile(&geom), Some(2));
+        let mut runs = vec![];
+        at_1_and_2_threads(|_| runs.push(run()));
+        assert!(runs[0] == runs[1], "the switches reach the worker threads");
+        runs.swap_remove(0)
+    };
+    // The paths must differ, or the comparisons below prove nothing.
+    assert!(forced.0 != default.0, "F(2×2) and F(4×4) round differently");
+    if family != "portable" {
+        assert!(
+            forced.1 != default.1,
+            "portable and SIMD kernels round differently"
+        );
+    }
+    let start = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _portable = force_portable(true);
+            let _f2 = force_winograd_tile(2);
+            start.wait();
+            for _ in 0..10 {
+                assert!(run() == forced, "the guarded thread left its path");
+            }
+        });
+        s.spawn(|| {
+            start.wait();
+            for _ in 0..10 {
+                assert_eq!(kernel_family::<f32>(), family);
+                assert_eq!(winograd_tile(&geom), Some(4));
+                assert!(run() == default, "another thread's switch leaked");
+            }
+        });
+    });
 }
 
 // ---------------------------------------------------------------------------

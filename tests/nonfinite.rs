@@ -7,7 +7,6 @@
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::sync::Mutex;
 use tapegrad::conv::{reference, Conv2dGeometry};
 use tapegrad::{Conv2dOptions, Float, Tape, Tensor};
 
@@ -161,12 +160,9 @@ fn poison<T: Float>(t: &Tensor<T>, at: usize, v: f64) -> Tensor<T> {
     Tensor::from_vec(d, t.shape().clone()).unwrap()
 }
 
-/// Held while a test forces the Winograd variant (a process-wide setting).
-static TILE: Mutex<()> = Mutex::new(());
-
 fn check_path<T: Float>(p: &Path, tol: f64, rng: &mut StdRng) {
-    let _tile = TILE.lock().unwrap_or_else(|e| e.into_inner());
-    tapegrad::conv::force_winograd_tile(p.tile);
+    // On this thread and the workers of its convs only.
+    let _tile = tapegrad::conv::force_winograd_tile(p.tile);
     let b_shape = [p.w[0]];
     let geom = Conv2dGeometry::new(&p.x, &p.w, Some(&b_shape), &p.opts);
     let x0 = Tensor::<T>::randn(p.x, rng);
@@ -208,7 +204,6 @@ fn check_path<T: Float>(p: &Path, tol: f64, rng: &mut StdRng) {
             }
         }
     }
-    tapegrad::conv::force_winograd_tile(0);
 }
 
 #[test]

@@ -1277,7 +1277,7 @@ fn run_winograd_case(seed: u64, tile: usize) -> Result<bool, String> {
                 )
             };
             let f = builder(|tape, x| output(&g, tape, x));
-            tapegrad::conv::force_winograd_tile(tile);
+            let tile_guard = tapegrad::conv::force_winograd_tile(tile);
             let report = gradcheck(
                 f,
                 &inputs,
@@ -1288,7 +1288,7 @@ fn run_winograd_case(seed: u64, tile: usize) -> Result<bool, String> {
                 },
             );
             let mine = independent_directional(f, &inputs, seed, DIRECTIONS);
-            tapegrad::conv::force_winograd_tile(0);
+            drop(tile_guard);
             if !report.passed() {
                 return Err(describe(format!("tapegrad::gradcheck: {report}")));
             }

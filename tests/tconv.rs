@@ -220,8 +220,7 @@ fn matches_pytorch_fixtures() {
 // the op against the reference
 // ---------------------------------------------------------------------------
 
-/// Held while a test changes the thread count or forces a Winograd variant
-/// (process-wide settings).
+/// Held while a test changes the thread count (a process-wide setting).
 static SETTINGS: Mutex<()> = Mutex::new(());
 
 /// Runs `f` at 1 and at 2 threads, then restores the default.
@@ -284,17 +283,16 @@ fn large_shapes_match_reference_at_1_and_2_threads() {
 /// with a larger batch, in f32 and f64.
 #[test]
 fn every_variant_matches_reference() {
-    let _guard = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::seed_from_u64(70);
     for tile in [2, 4] {
-        tapegrad::conv::force_winograd_tile(tile);
+        // On this thread and the workers of its convs only.
+        let _tile = tapegrad::conv::force_winograd_tile(tile);
         for c in &LARGE_CASES[1..4] {
             let what = format!("Winograd F({tile}x{tile})");
             check_against_reference::<f64>(&what, c, 1e-12, &mut rng);
             check_against_reference::<f32>(&what, c, 2e-5, &mut rng);
         }
     }
-    tapegrad::conv::force_winograd_tile(0);
     for (i, c) in GRADCHECK_CASES.iter().enumerate() {
         let c = Case {
             x: [5, c.x[1], c.x[2] + 3, c.x[3] + 2],
@@ -371,6 +369,69 @@ fn adjoint_of_conv2d() {
         assert_close("dy = conv2d(x)", &gt[yv], &cx.value(), 1e-12);
         assert_close("dw", &gt[wv], &gc[wv], 1e-12);
     }
+}
+
+/// With both x and w wanted, the backward builds the columns of dY once for
+/// both gradients (im2col's path); each must match the one computed alone,
+/// in f32 and f64, at 1 and 2 threads: stride beyond the kernel, groups with
+/// dilation, pointwise, odd sizes, output_padding, a zero-size weight.
+#[test]
+fn shared_columns_give_the_gradients_computed_alone() {
+    #[rustfmt::skip]
+    let cases = [
+        case([3, 5, 7, 6], 4, (2, 2), (3, 3), (1, 0), (2, 1), (1, 1), 1, true),   // stride > kernel
+        case([2, 6, 9, 8], 9, (3, 2), (2, 1), (2, 1), (1, 0), (2, 3), 3, false),  // groups, dilation
+        case([3, 7, 5, 9], 5, (1, 1), (1, 1), (0, 0), (0, 0), (1, 1), 1, true),   // pointwise
+        case([5, 32, 8, 8], 16, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, true), // the benchmark's layer, batch 5
+        case([2, 3, 4, 5], 0, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 1, false),  // no output channels
+    ];
+    fn grads<T: Float>(
+        c: &Case,
+        x: &Tensor<T>,
+        w: &Tensor<T>,
+        dy: &Tensor<T>,
+        which: [bool; 2],
+    ) -> [Option<Tensor<T>>; 2] {
+        let tape = Tape::<T>::new();
+        let var = |t: &Tensor<T>, grad: bool| {
+            if grad {
+                tape.leaf(t.clone())
+            } else {
+                tape.constant(t.clone())
+            }
+        };
+        let (xv, wv) = (var(x, which[0]), var(w, which[1]));
+        let g = xv
+            .conv_transpose2d(wv, None, c.options())
+            .backward_with(dy.clone());
+        [g.get(xv).cloned(), g.get(wv).cloned()]
+    }
+    fn check<T: Float>(what: &str, c: &Case, tol: f64, rng: &mut StdRng) {
+        let x = randn::<T>(&c.x, rng);
+        let w = randn::<T>(&c.w_shape(), rng);
+        let dy = randn::<T>(&c.geometry().input_shape(), rng);
+        let [dx, dw] = grads(c, &x, &w, &dy, [true, true]);
+        let [dx_alone, _] = grads(c, &x, &w, &dy, [true, false]);
+        let [_, dw_alone] = grads(c, &x, &w, &dy, [false, true]);
+        let what = format!("{} {what}: {c:?}", T::NAME);
+        assert_close(&format!("{what} dx"), &dx.unwrap(), &dx_alone.unwrap(), tol);
+        assert_close(&format!("{what} dw"), &dw.unwrap(), &dw_alone.unwrap(), tol);
+        let r = reference::conv_transpose2d_backward(&x, &w, &dy, c.options());
+        assert_close(
+            &format!("{what} dw, reference"),
+            &grads(c, &x, &w, &dy, [true, true])[1].clone().unwrap(),
+            &r.dw,
+            100.0 * tol,
+        );
+    }
+    at_1_and_2_threads(|threads| {
+        let mut rng = StdRng::seed_from_u64(95 + threads as u64);
+        for (i, c) in cases.iter().enumerate() {
+            let what = format!("{threads} threads, case {i}");
+            check::<f64>(&what, c, 1e-13, &mut rng);
+            check::<f32>(&what, c, 1e-6, &mut rng);
+        }
+    });
 }
 
 #[test]
@@ -484,10 +545,9 @@ fn non_finite_paths<T: Float>(tol: f64, seed: u64) {
         ("1x1 strided", case([2, 3, 4, 3], 2, (1, 1), (2, 2), (1, 0), (1, 1), (1, 1), 1, true), 0),
         ("op beyond stride", case([1, 2, 4, 4], 2, (2, 2), (1, 1), (1, 0), (2, 1), (3, 2), 1, true), 0),
     ];
-    let _guard = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::seed_from_u64(seed);
     for (name, c, tile) in paths {
-        tapegrad::conv::force_winograd_tile(tile);
+        let _tile = tapegrad::conv::force_winograd_tile(tile);
         let opts = c.options();
         let ys = c.geometry().input_shape();
         let x0 = randn::<T>(&c.x, &mut rng);
@@ -524,7 +584,6 @@ fn non_finite_paths<T: Float>(tol: f64, seed: u64) {
             }
         }
     }
-    tapegrad::conv::force_winograd_tile(0);
 }
 
 #[test]

@@ -58,15 +58,17 @@ mod kernel;
 mod pack;
 pub mod peak;
 pub(crate) mod prepacked;
+pub(crate) mod switches;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use kernel::{Elem, MicroKernel, Portable};
 use pack::{pack_a, pack_b, packed_len, MatRef};
+pub use switches::SwitchGuard;
 
 // ---------------------------------------------------------------------------
 // Public API
@@ -221,42 +223,93 @@ pub fn num_threads() -> usize {
     }
 }
 
-/// Forces the portable (non-SIMD) micro-kernels on or off for all
-/// subsequent [`sgemm`] / [`dgemm`] calls in the process. Intended for
-/// testing and benchmarking the fallback path on machines that have AVX2;
-/// results agree with the SIMD path up to floating-point rounding.
+/// Runs the portable (non-SIMD) micro-kernels (`true`) or the best ones
+/// the CPU supports (`false`) in every [`sgemm`] / [`dgemm`] call and
+/// convolution started on the calling thread, for as long as the returned
+/// guard lives (the ops hand the setting to their worker threads; other
+/// threads are unaffected). Intended for testing and benchmarking the
+/// fallback path on machines that have AVX2; results agree with the SIMD
+/// path up to floating-point rounding.
 ///
 /// # Example
 /// ```
 /// use tapegrad::gemm::{force_portable, sgemm};
-/// force_portable(true);
 /// let mut c = [0.0f32];
-/// sgemm(1, 1, 2, 1.0, &[1.0, 2.0], 2, 1, &[3.0, 4.0], 1, 1, 0.0, &mut c, 1);
-/// force_portable(false);
+/// {
+///     let _portable = force_portable(true);
+///     sgemm(1, 1, 2, 1.0, &[1.0, 2.0], 2, 1, &[3.0, 4.0], 1, 1, 0.0, &mut c, 1);
+/// } // dropped: this thread's previous setting is back
 /// assert_eq!(c, [11.0]);
 /// ```
 #[doc(hidden)]
-pub fn force_portable(on: bool) {
-    FORCE_PORTABLE.store(on, Ordering::Relaxed);
+pub fn force_portable(on: bool) -> SwitchGuard {
+    switches::force_path(if on { Path::Portable } else { Path::Auto })
 }
 
-/// Caps the micro-kernels at AVX2+FMA (on) or lets them use AVX-512 where
-/// the CPU has it (off, the default) for all subsequent GEMM and
-/// convolution calls in the process. Intended for testing and benchmarking
-/// the AVX2 kernels on AVX-512 machines; results agree up to rounding.
+/// Caps the micro-kernels at AVX2+FMA (`true`) or lets them use AVX-512
+/// where the CPU has it (`false`) in every GEMM and convolution started on
+/// the calling thread, for as long as the returned guard lives (handed to
+/// the ops' worker threads; other threads are unaffected). Intended for
+/// testing the AVX2 kernels on AVX-512 machines; results agree up to
+/// rounding. [`force_avx2_process_wide`] sets the default of threads that
+/// hold no guard.
 ///
 /// # Example
 /// ```
 /// use tapegrad::gemm::{force_avx2, sgemm};
-/// force_avx2(true);
+/// let _avx2 = force_avx2(true);
 /// let mut c = [0.0f32];
 /// sgemm(1, 1, 2, 1.0, &[1.0, 2.0], 2, 1, &[3.0, 4.0], 1, 1, 0.0, &mut c, 1);
-/// force_avx2(false);
+/// drop(_avx2);
 /// assert_eq!(c, [11.0]);
 /// ```
 #[doc(hidden)]
-pub fn force_avx2(on: bool) {
-    FORCE_AVX2.store(on, Ordering::Relaxed);
+pub fn force_avx2(on: bool) -> SwitchGuard {
+    switches::force_path(if on { Path::Avx2 } else { Path::Auto })
+}
+
+/// [`force_avx2`] as the process-wide default: what every thread that holds
+/// no guard runs (the benchmark's `--avx2`). A guard still overrides it on
+/// its thread.
+///
+/// # Example
+/// ```
+/// use tapegrad::gemm::{force_avx2_process_wide, sgemm};
+/// force_avx2_process_wide(true);
+/// let mut c = [0.0f32];
+/// sgemm(1, 1, 2, 1.0, &[1.0, 2.0], 2, 1, &[3.0, 4.0], 1, 1, 0.0, &mut c, 1);
+/// force_avx2_process_wide(false);
+/// assert_eq!(c, [11.0]);
+/// ```
+#[doc(hidden)]
+pub fn force_avx2_process_wide(on: bool) {
+    switches::set_default_path(if on { Path::Avx2 } else { Path::Auto });
+}
+
+/// The kernel family a GEMM started now on this thread runs: `"avx512"`,
+/// `"avx2"` or `"portable"` (the [`force_avx2`] / [`force_portable`]
+/// guards and the CPU decide). For tests.
+///
+/// ```
+/// use tapegrad::gemm::{force_portable, kernel_family};
+/// let _g = force_portable(true);
+/// assert_eq!(kernel_family::<f32>(), "portable");
+/// ```
+#[doc(hidden)]
+pub fn kernel_family<T: 'static>() -> &'static str {
+    let path = default_path();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let f32_ = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+        if path == Path::Auto && f32_ && x86::Avx512::detect().is_some() {
+            return "avx512";
+        }
+        if path != Path::Portable && x86::Avx2Fma::detect().is_some() {
+            return "avx2";
+        }
+    }
+    let _ = path;
+    "portable"
 }
 
 /// Runs `f` with every [`sgemm`] / [`dgemm`] call it makes on this thread
@@ -280,8 +333,6 @@ pub(crate) fn on_this_thread<R>(f: impl FnOnce() -> R) -> R {
 // ---------------------------------------------------------------------------
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
-static FORCE_PORTABLE: AtomicBool = AtomicBool::new(false);
-static FORCE_AVX2: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// Set inside [`on_this_thread`]: GEMM calls on this thread run serially.
@@ -324,14 +375,10 @@ pub(crate) fn simd_allowed() -> bool {
     default_path() != Path::Portable
 }
 
+/// The kernel family for a product started now on this thread (see
+/// [`switches`]).
 fn default_path() -> Path {
-    if FORCE_PORTABLE.load(Ordering::Relaxed) {
-        Path::Portable
-    } else if FORCE_AVX2.load(Ordering::Relaxed) {
-        Path::Avx2
-    } else {
-        Path::Auto
-    }
+    switches::path()
 }
 
 // ---------------------------------------------------------------------------
@@ -377,7 +424,7 @@ trait Engine: Elem {
     #[allow(clippy::too_many_arguments)]
     fn run_prepacked_simd(
         avx512: bool,
-        s: prepacked::Shape<'_>,
+        s: prepacked::Shape<'_, Self>,
         a: &[Self],
         n: usize,
         b: &[Self],
@@ -436,7 +483,7 @@ macro_rules! impl_engine {
             #[cfg(target_arch = "x86_64")]
             fn run_prepacked_simd(
                 avx512: bool,
-                s: prepacked::Shape<'_>,
+                s: prepacked::Shape<'_, Self>,
                 a: &[Self],
                 n: usize,
                 b: &[Self],
@@ -893,8 +940,13 @@ fn run_parallel<K: MicroKernel>(kern: K, alpha: K::T, tasks: Vec<Task<'_, K::T>>
 where
     K::T: Engine,
 {
+    // The kernel is chosen; the switches still travel, for anything the
+    // tasks consult them for.
+    let sw = switches::current();
     let run = move |mut t: Task<'_, K::T>| {
-        gemm_serial(kern, t.m, t.n, t.k, alpha, t.a, t.b, t.beta, &mut t.c)
+        switches::with(sw, || {
+            gemm_serial(kern, t.m, t.n, t.k, alpha, t.a, t.b, t.beta, &mut t.c)
+        })
     };
     crate::threads::for_each_job(tasks, run);
 }

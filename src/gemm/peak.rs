@@ -54,10 +54,12 @@ pub fn peak_fma_gflops(threads: usize) -> f64 {
 /// ```
 pub fn fma_sample(threads: usize, scale: f64) -> f64 {
     let iters = ((ITERS as f64 * scale) as u64).max(1000);
+    // The calling thread's kernel family, for the threads spawned here.
+    let path = super::default_path();
     let start = Instant::now();
     let flops: u64 = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads.max(1))
-            .map(|_| s.spawn(move || fma_loop(iters)))
+            .map(|_| s.spawn(move || fma_loop(iters, path)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
     });
@@ -71,17 +73,17 @@ pub fn fma_sample(threads: usize, scale: f64) -> f64 {
 
 /// Runs the FMA loop once on the current thread, `iters` iterations' worth,
 /// and returns the number of floating-point operations it performed.
-fn fma_loop(iters: u64) -> u64 {
+fn fma_loop(iters: u64, path: super::Path) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if super::default_path() == super::Path::Auto && super::x86::Avx512::detect().is_some() {
+        if path == super::Path::Auto && super::x86::Avx512::detect().is_some() {
             // SAFETY: `fma_loop_avx512` only requires AVX-512F, whose
             // presence was just checked at run time.
             let out = unsafe { fma_loop_avx512(iters / 2, std::hint::black_box(1e-9)) };
             std::hint::black_box(out);
             return (iters / 2) * (CHAINS * 2 * LANES * 2) as u64;
         }
-        if super::default_path() != super::Path::Portable
+        if path != super::Path::Portable
             && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
         {
@@ -92,6 +94,7 @@ fn fma_loop(iters: u64) -> u64 {
             return iters * (CHAINS * LANES * 2) as u64;
         }
     }
+    let _ = path;
     let out = fma_loop_portable(iters / 4, std::hint::black_box(1e-9));
     std::hint::black_box(out);
     (iters / 4) * (CHAINS * LANES * 2) as u64

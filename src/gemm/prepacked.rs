@@ -192,6 +192,23 @@ pub(crate) fn gemm_prepacked<T: Copy + Default + 'static>(
     c: &mut [T],
     ldc: usize,
 ) {
+    gemm_prepacked_ahead(a, n, b, ldb, beta_zero, c, ldc, &[])
+}
+
+/// [`gemm_prepacked`] that also brings `ahead` — data the caller reads next,
+/// such as the next sample's input — into cache, a few lines per tile, so
+/// that its misses overlap the arithmetic instead of stalling the next read.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_prepacked_ahead<T: Copy + Default + 'static>(
+    a: &PackedA<T>,
+    n: usize,
+    b: &[T],
+    ldb: usize,
+    beta_zero: bool,
+    c: &mut [T],
+    ldc: usize,
+    ahead: &[T],
+) {
     let (m, k) = (a.m, a.k);
     if m == 0 || n == 0 {
         return;
@@ -210,10 +227,12 @@ pub(crate) fn gemm_prepacked<T: Copy + Default + 'static>(
     );
     if let Some(c32) = cast_mut::<T, f32>(c) {
         let (a32, b32) = (cast(&a.data).unwrap(), cast(b).unwrap());
-        run::<f32, T>(a, a32, n, b32, ldb, beta_zero, c32, ldc);
+        let ahead = cast(ahead).unwrap();
+        run::<f32, T>(a, a32, n, b32, ldb, beta_zero, c32, ldc, ahead);
     } else if let Some(c64) = cast_mut::<T, f64>(c) {
         let (a64, b64) = (cast(&a.data).unwrap(), cast(b).unwrap());
-        run::<f64, T>(a, a64, n, b64, ldb, beta_zero, c64, ldc);
+        let ahead = cast(ahead).unwrap();
+        run::<f64, T>(a, a64, n, b64, ldb, beta_zero, c64, ldc, ahead);
     } else {
         unreachable!("PackedA::new admits only f32 and f64");
     }
@@ -230,6 +249,7 @@ fn run<E: Engine, X>(
     beta_zero: bool,
     c: &mut [E],
     ldc: usize,
+    ahead: &[E],
 ) where
     Portable<E>: MicroKernel<T = E>,
 {
@@ -240,6 +260,7 @@ fn run<E: Engine, X>(
         mr: a.mr,
         kc: a.kc,
         panels: &a.panels,
+        ahead,
     };
     match a.kind {
         #[cfg(target_arch = "x86_64")]
@@ -252,12 +273,14 @@ fn run<E: Engine, X>(
 
 /// The sizes and micro-panels of a packed A.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Shape<'a> {
+pub(super) struct Shape<'a, T> {
     m: usize,
     k: usize,
     mr: usize,
     kc: usize,
     panels: &'a [(usize, usize)],
+    /// Data to prefetch while the tiles run (see [`gemm_prepacked_ahead`]).
+    ahead: &'a [T],
 }
 
 /// Whether `rows` cache lines `ld` elements apart would crowd L1: 64 sets of
@@ -283,7 +306,7 @@ fn gcd(a: usize, b: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn drive<K: MicroKernel>(
     kern: K,
-    s: Shape<'_>,
+    s: Shape<'_, K::T>,
     a: &[K::T],
     n: usize,
     b: &[K::T],
@@ -309,6 +332,11 @@ pub(super) fn drive<K: MicroKernel>(
         }
         return;
     }
+    // Cache lines of `ahead` to prefetch per tile, spread over all tiles.
+    let line = (64 / std::mem::size_of::<K::T>()).max(1);
+    let tiles = k.div_ceil(s.kc) * n.div_ceil(nr) * panels;
+    let per_tile = s.ahead.len().div_ceil(line).div_ceil(tiles.max(1));
+    let mut next_line = 0;
     K::T::with_pack_buffers(|_, copy| {
         for pc in (0..k).step_by(s.kc) {
             let kcb = s.kc.min(k - pc);
@@ -350,6 +378,12 @@ pub(super) fn drive<K: MicroKernel>(
                     (&edge, nr)
                 };
                 for (ap, &(start, rows)) in ablock.chunks_exact(mr * kcb).zip(s.panels) {
+                    for _ in 0..per_tile {
+                        if let Some(x) = s.ahead.get(next_line * line) {
+                            super::prefetch(x);
+                        }
+                        next_line += 1;
+                    }
                     let mut tile: [&mut [K::T]; MAX_MR] = Default::default();
                     view.tile(start, jr, rows, cols, &mut tile);
                     kern.run(kcb, K::T::ONE, ap, bp, ldbp, beta_eff, &mut tile[..rows]);
@@ -385,5 +419,9 @@ mod tests {
         gemm_prepacked(&packed, n, &b, ldb, true, &mut c, n);
         // Integers well inside f32's exact range: the sums are exact.
         assert!(c.iter().zip(&want).all(|(&c, &w)| c as f64 == w));
+        // Prefetching other data (longer than the tiles can spread) changes nothing.
+        let mut c2 = vec![f32::NAN; m * n];
+        gemm_prepacked_ahead(&packed, n, &b, ldb, true, &mut c2, n, &a);
+        assert_eq!(c, c2);
     }
 }

@@ -770,12 +770,125 @@ unsafe fn dot_f32_512<const R: usize, const C: usize>(
             }
         }
     }
-    for (r, accr) in acc.iter().enumerate() {
+    // All (up to) sixteen sums at once: lane `4r + j` of `sums` is the sum
+    // of `acc[r][j]`. Every index below is a constant, so that the
+    // accumulators stay in registers (an index computed at run time would
+    // keep the array in memory, and the loop above with it).
+    let z = _mm512_setzero_ps();
+    let g = |r: usize, j: usize| if r < R && j < C { acc[r][j] } else { z };
+    let sums = reduce16([
+        g(0, 0),
+        g(0, 2),
+        g(0, 1),
+        g(0, 3),
+        g(2, 0),
+        g(2, 2),
+        g(2, 1),
+        g(2, 3),
+        g(1, 0),
+        g(1, 2),
+        g(1, 1),
+        g(1, 3),
+        g(3, 0),
+        g(3, 2),
+        g(3, 1),
+        g(3, 3),
+    ]);
+    let mut out = [0.0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), sums);
+    for r in 0..R {
         let row: &mut [f32] = c.get_unchecked_mut(r);
-        for (j, &x) in accr.iter().enumerate() {
-            let s = alpha * _mm512_reduce_add_ps(x);
+        for j in 0..C {
+            let s = alpha * out[4 * r + j];
             let d = row.get_unchecked_mut(j);
             *d = if beta == 0.0 { s } else { s + beta * *d };
+        }
+    }
+}
+
+/// The sums of the lanes of sixteen vectors in one vector: a tree of 15
+/// additions of shuffled halves, quarters, pairs and single lanes, instead of
+/// sixteen separate horizontal reductions (four additions and as many
+/// shuffles each). Lane `l` of the result is the sum of input
+/// `[0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15][l]` (a map that
+/// is its own inverse: the caller passes the vector to sum into lane `l` at
+/// that position).
+///
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn reduce16(w: [__m512; 16]) -> __m512 {
+    // 16 → 8: the low and high 256-bit halves of inputs `i` and `i + 8`, added.
+    let half = |a: __m512, b: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+            _mm512_shuffle_f32x4::<0xEE>(a, b),
+        )
+    };
+    // 8 → 4: alternate 128-bit quarters.
+    let quarter = |a: __m512, b: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(a, b),
+            _mm512_shuffle_f32x4::<0xDD>(a, b),
+        )
+    };
+    // 4 → 2: pairs of lanes within each quarter.
+    let pair = |a: __m512, b: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(a, b),
+            _mm512_shuffle_ps::<0xEE>(a, b),
+        )
+    };
+    // 2 → 1: single lanes.
+    let single = |a: __m512, b: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(a, b),
+            _mm512_shuffle_ps::<0xDD>(a, b),
+        )
+    };
+    let h = [
+        half(w[0], w[8]),
+        half(w[1], w[9]),
+        half(w[2], w[10]),
+        half(w[3], w[11]),
+        half(w[4], w[12]),
+        half(w[5], w[13]),
+        half(w[6], w[14]),
+        half(w[7], w[15]),
+    ];
+    let q = [
+        quarter(h[0], h[4]),
+        quarter(h[1], h[5]),
+        quarter(h[2], h[6]),
+        quarter(h[3], h[7]),
+    ];
+    single(pair(q[0], q[2]), pair(q[1], q[3]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lane `l` of `reduce16` sums the input its map names.
+    #[test]
+    fn reduce16_sums_each_input_into_its_lane() {
+        if Avx512::detect().is_none() {
+            return;
+        }
+        const SLOT: [usize; 16] = [0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15];
+        // Input s has lanes s·100 + lane index; its sum is 1600·s + 120.
+        let vals: Vec<[f32; 16]> = (0..16)
+            .map(|s| std::array::from_fn(|i| (s * 100 + i) as f32))
+            .collect();
+        let mut out = [0.0f32; 16];
+        // SAFETY: AVX-512F was detected above; every pointer covers 16 floats.
+        unsafe {
+            let v: [__m512; 16] = std::array::from_fn(|s| _mm512_loadu_ps(vals[s].as_ptr()));
+            _mm512_storeu_ps(out.as_mut_ptr(), reduce16(v));
+        }
+        for l in 0..16 {
+            assert_eq!(out[l], (1600 * SLOT[l] + 120) as f32, "lane {l}");
         }
     }
 }

@@ -31,7 +31,7 @@ use super::parallel::{
     run_backward_jobs, run_jobs, split_by, split_work, BackwardBuffers, BackwardJob,
 };
 use super::Conv2dGeometry;
-use crate::gemm::{prepacked::gemm_prepacked, prepacked::PackedA};
+use crate::gemm::prepacked::{gemm_prepacked, gemm_prepacked_ahead, PackedA};
 use crate::simd::multiversion;
 use crate::Float;
 use smallvec::SmallVec;
@@ -731,11 +731,31 @@ pub(super) fn block_stride<T>(width: usize) -> usize {
     (lines | 1) * line_len::<T>()
 }
 
+/// The group input read after that of group `g` of sample `n` by a task
+/// that runs `samples` (empty after its last).
+fn next_input<'a, T>(
+    geom: &Conv2dGeometry,
+    x: &'a [T],
+    samples: &Range<usize>,
+    n: usize,
+    g: usize,
+) -> &'a [T] {
+    if g + 1 < geom.groups {
+        &x[input_block(geom, n, g + 1)]
+    } else if n + 1 < samples.end {
+        &x[input_block(geom, n + 1, 0)]
+    } else {
+        &[]
+    }
+}
+
 /// Forward: `Y_ng = W_g · cols_ng + b` for every sample and group, by blocks
 /// of output rows. Each group's weights are packed once for the whole batch;
 /// the column block is read by the micro-kernel in place (no second copy).
 /// The bias is an extra column of the packed weights, against a row of ones
-/// under the column block, so the GEMM writes the finished output.
+/// under the column block, so the GEMM writes the finished output. While the
+/// last block of a group input is multiplied, the next group input (the next
+/// read from memory) is prefetched.
 pub(super) fn forward<T: Float>(
     geom: &Conv2dGeometry,
     x: &[T],
@@ -772,7 +792,7 @@ pub(super) fn forward<T: Float>(
     run_jobs(jobs, |(samples, y)| {
         with_scratch(scratch_len, |scratch: &mut [T]| {
             with_scratch(phases_len(geom), |planes: &mut [T]| {
-                for (local, n) in samples.enumerate() {
+                for (local, n) in samples.clone().enumerate() {
                     for (g, wg) in packed.iter().enumerate() {
                         let xg = source(geom, &x[input_block(geom, n, g)], planes);
                         let yg = &mut y[output_block(geom, local, g)];
@@ -790,11 +810,17 @@ pub(super) fn forward<T: Float>(
                             }
                             let ld = block_stride::<T>(nc);
                             let cols = &mut scratch[..depth * ld];
+                            // The last block's GEMM also brings the next group
+                            // input this task reads into cache.
+                            let ahead = match rows.end == geom.out_h() {
+                                true => next_input(geom, x, &samples, n, g),
+                                false => &[],
+                            };
                             im2col(geom, xg, rows, ld, cols);
                             if fused_bias.is_some() {
                                 cols[ckk * ld..][..nc].fill(T::ONE);
                             }
-                            gemm_prepacked(wg, nc, cols, ld, true, &mut yg[j0..], ohw);
+                            gemm_prepacked_ahead(wg, nc, cols, ld, true, &mut yg[j0..], ohw, ahead);
                         }
                     }
                 }
@@ -927,6 +953,106 @@ pub(super) fn backward<T: Float>(
     }
     let (dw, db) = (out.dw.sum(), out.db.sum());
     Grads { dx: out.dx, dw, db }
+}
+
+/// conv2d's forward without bias, `Y_n = W · cols(X_n)`, and its weight
+/// gradient for an output gradient `G`, `dW = Σ_n G_n · cols(X_n)ᵀ`, in one
+/// pass that builds each column block once for both products: the
+/// backward of `conv_transpose2d`, whose dX is conv2d's forward of dY and
+/// whose dW is conv2d's weight gradient with input dY (so both read the
+/// columns of dY). `x` is NCHW of the conv's input shape, `g` of its output
+/// shape; returns `(Y, dW)`.
+pub(super) fn forward_and_weight_grad<T: Float>(
+    geom: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    g: &[T],
+) -> (Vec<T>, Vec<T>) {
+    let (og, ckk, ohw, ow) = (
+        geom.out_per_group(),
+        geom.patch_len(),
+        geom.out_hw(),
+        geom.out_w(),
+    );
+    let pointwise = geom.is_pointwise();
+    let packed: Vec<PackedA<T>> = (0..geom.groups)
+        .map(|gr| PackedA::new(og, ckk, |o, p| w[(gr * og + o) * ckk + p]))
+        .collect();
+    let max_rows = row_blocks::<T>(geom).map(|r| r.len()).max().unwrap_or(0);
+    let stride = block_stride::<T>(max_rows * ow);
+    let scratch_len = if pointwise { 0 } else { ckk * stride };
+    let ranges = batch_split(geom);
+    let mut out = BackwardBuffers::new(
+        geom,
+        ranges.len(),
+        [false, true, false],
+        og * geom.groups * ckk,
+    );
+    // Overwritten block by block (the GEMMs run with beta = 0).
+    let mut y = crate::buffer::scratch(geom.output_shape().iter().product());
+    {
+        let chunks = split_by(&mut y, &ranges, geom.out_channels * ohw);
+        let jobs: Vec<_> = out.jobs(geom, &ranges).into_iter().zip(chunks).collect();
+        run_jobs(jobs, |(job, y)| {
+            let BackwardJob { samples, dw, .. } = job;
+            // (No partial sum when the weight is empty.)
+            let dw = dw.unwrap_or_default();
+            if samples.is_empty() || ohw == 0 {
+                // No product writes this chunk's partial sum.
+                dw.fill(T::ZERO);
+            }
+            with_scratch(scratch_len, |scratch: &mut [T]| {
+                with_scratch(phases_len(geom), |planes: &mut [T]| {
+                    for (local, n) in samples.clone().enumerate() {
+                        for (gr, wg) in packed.iter().enumerate() {
+                            let xg = source(geom, &x[input_block(geom, n, gr)], planes);
+                            let yg = &mut y[output_block(geom, local, gr)];
+                            let gg = &g[output_block(geom, n, gr)];
+                            let dwg = &mut dw[gr * og * ckk..][..og * ckk];
+                            for rows in row_blocks::<T>(geom) {
+                                let (j0, nc) = (rows.start * ow, rows.len() * ow);
+                                let cols = if pointwise {
+                                    MatRef {
+                                        data: &xg[j0..],
+                                        rs: ohw,
+                                        cs: 1,
+                                    }
+                                } else {
+                                    let ld = block_stride::<T>(nc);
+                                    let cols = &mut scratch[..ckk * ld];
+                                    im2col(geom, xg, rows, ld, cols);
+                                    MatRef::rows(cols, ld)
+                                };
+                                gemm_prepacked(
+                                    wg,
+                                    nc,
+                                    cols.data,
+                                    cols.rs,
+                                    true,
+                                    &mut yg[j0..],
+                                    ohw,
+                                );
+                                // The first product of the chunk writes its partial dW.
+                                let beta = if local == 0 && j0 == 0 {
+                                    T::ZERO
+                                } else {
+                                    T::ONE
+                                };
+                                let gb = MatRef {
+                                    data: &gg[j0..],
+                                    rs: ohw,
+                                    cs: 1,
+                                };
+                                gemm(og, ckk, nc, gb, cols.t(), beta, dwg, ckk);
+                            }
+                        }
+                    }
+                })
+            })
+        });
+    }
+    let dw = out.dw.sum().expect("the weight gradient was asked for");
+    (y, dw)
 }
 
 #[cfg(test)]

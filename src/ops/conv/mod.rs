@@ -95,26 +95,62 @@ mod winograd;
 pub use geometry::{AxisGeometry, Conv2dGeometry};
 pub use transpose::ConvTranspose2dOptions;
 
-/// Makes every Winograd conv use F(`tile`×`tile`, 3×3) (`tile` 2 or 4), or
-/// lets each conv's geometry choose again (`0`, the default). Process-wide;
-/// for tests that check both variants on the same shapes.
+/// Makes every Winograd conv started on the calling thread use
+/// F(`tile`×`tile`, 3×3) (`tile` 2 or 4), or lets each conv's geometry choose
+/// (`0`), for as long as the returned guard lives (the convs hand the setting
+/// to their worker threads; other threads are unaffected). For tests that
+/// check both variants on the same shapes.
 ///
 /// # Panics
 /// If `tile` is not 0, 2 or 4.
 ///
 /// ```
 /// use tapegrad::{conv::force_winograd_tile, Conv2dOptions, Tape, Tensor};
-/// force_winograd_tile(4);
+/// let _f4 = force_winograd_tile(4);
 /// let tape = Tape::<f64>::new();
 /// let x = tape.leaf(Tensor::ones([1, 16, 8, 8]));
 /// let w = tape.leaf(Tensor::ones([16, 16, 3, 3]));
 /// let y = x.conv2d(w, None, Conv2dOptions::default().padding(1));
-/// force_winograd_tile(0);
 /// assert_eq!(y.value().get(&[0, 0, 4, 4]), 144.0); // 16 channels × 9 taps
 /// ```
 #[doc(hidden)]
-pub fn force_winograd_tile(tile: usize) {
-    winograd::force_tile(tile)
+pub fn force_winograd_tile(tile: usize) -> crate::gemm::SwitchGuard {
+    winograd::check_tile(tile);
+    crate::gemm::switches::force_tile(tile)
+}
+
+/// [`force_winograd_tile`] as the process-wide default: what every thread
+/// that holds no guard uses (the benchmark's `--winograd-tile`). A guard
+/// still overrides it on its thread.
+///
+/// # Panics
+/// If `tile` is not 0, 2 or 4.
+///
+/// ```
+/// tapegrad::conv::force_winograd_tile_process_wide(2);
+/// tapegrad::conv::force_winograd_tile_process_wide(0); // each geometry chooses again
+/// ```
+#[doc(hidden)]
+pub fn force_winograd_tile_process_wide(tile: usize) {
+    winograd::check_tile(tile);
+    crate::gemm::switches::set_default_tile(tile);
+}
+
+/// The Winograd tile (2 or 4) a conv of this geometry started now on this
+/// thread takes, if Winograd applies to it (its operands finite). For tests.
+///
+/// ```
+/// use tapegrad::conv::{force_winograd_tile, winograd_tile, Conv2dGeometry};
+/// use tapegrad::Conv2dOptions;
+/// let opts = Conv2dOptions::default().padding(1);
+/// let geom = Conv2dGeometry::new(&[1, 16, 32, 32], &[16, 16, 3, 3], None, &opts);
+/// assert_eq!(winograd_tile(&geom), Some(4)); // 64 tiles of 4×4
+/// let _f2 = force_winograd_tile(2);
+/// assert_eq!(winograd_tile(&geom), Some(2));
+/// ```
+#[doc(hidden)]
+pub fn winograd_tile(geom: &Conv2dGeometry) -> Option<usize> {
+    winograd::applies(geom).then(|| winograd::tile_for(geom))
 }
 
 use crate::shape::Shape;

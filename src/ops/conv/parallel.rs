@@ -97,7 +97,8 @@ pub(crate) fn split_by<'a, T>(
 /// Runs `f` on every job: on the calling thread when there is one job or one
 /// thread (its GEMMs may then use every thread), else on the calling thread
 /// and the pool's workers together, each job's GEMMs kept on its own thread
-/// ([`gemm::on_this_thread`]). Thread `t` of `T` runs the `t`-th of `T`
+/// ([`gemm::on_this_thread`]) and the calling thread's test switches
+/// ([`gemm::force_avx2`] and the like) handed on. Thread `t` of `T` runs the `t`-th of `T`
 /// near-equal runs of consecutive jobs, front to back, and when it is done
 /// takes jobs from the back of the others' runs. So a batch split the same
 /// way by consecutive ops stays on the same cores (and caches) unless one
@@ -124,15 +125,19 @@ fn run_jobs_on<J: Send>(threads: usize, jobs: Vec<J>, f: impl Fn(J) + Sync) {
         })
         .collect();
     let lock = |t: usize| runs[t].lock().unwrap_or_else(|e| e.into_inner());
+    // The calling thread's test switches, for the jobs run by the others.
+    let sw = gemm::switches::current();
     crate::threads::run(threads, |t| {
-        gemm::on_this_thread(|| {
-            // A lock is held only to take a job, not while running it.
-            while let Some(job) = {
-                let own = lock(t).pop_front();
-                own.or_else(|| (1..threads).find_map(|d| lock((t + d) % threads).pop_back()))
-            } {
-                f(job);
-            }
+        gemm::switches::with(sw, || {
+            gemm::on_this_thread(|| {
+                // A lock is held only to take a job, not while running it.
+                while let Some(job) = {
+                    let own = lock(t).pop_front();
+                    own.or_else(|| (1..threads).find_map(|d| lock((t + d) % threads).pop_back()))
+                } {
+                    f(job);
+                }
+            })
         })
     });
 }

@@ -31,7 +31,7 @@
 //! [`reference::conv_transpose2d`](super::reference::conv_transpose2d) holds
 //! the definition as direct loops.
 
-use super::{backward_pass, forward_pass, im2col, Conv2dGeometry, Pair};
+use super::{backward_pass, forward_pass, im2col, winograd, Conv2dGeometry, Pair};
 use crate::shape::Shape;
 use crate::{Float, Tensor, Var};
 use smallvec::smallvec;
@@ -292,18 +292,28 @@ impl<'t, T: Float> Var<'t, T> {
             move |ctx| {
                 let (x, w) = (ctx.inputs[0], ctx.inputs[1]);
                 let (x_, w_, dy) = (x.data(), w.data(), ctx.grad.data());
-                // dX = conv2d(dY, W).
-                let dx = ctx.needs_grad[0].then(|| {
-                    let d = forward_pass(&geom, dy, w_, None);
-                    Tensor::from_parts(d, x.shape().clone())
-                });
-                // dW: conv2d's weight gradient with input dY and output gradient X.
-                let dw = ctx.needs_grad[1].then(|| {
-                    let wanted = [false, true, false];
-                    let g = backward_pass(&geom, dy, w_, x_, wanted);
-                    let d = g.dw.expect("the weight gradient was asked for");
-                    Tensor::from_parts(d, w.shape().clone())
-                });
+                let (dx, dw) =
+                    if ctx.needs_grad[0] && ctx.needs_grad[1] && !winograd::applies(&geom) {
+                        // Both on im2col's path: one pass builds the columns of
+                        // dY once for both products.
+                        let (d, dwv) = im2col::forward_and_weight_grad(&geom, dy, w_, x_);
+                        let dx = Tensor::from_parts(d, x.shape().clone());
+                        (Some(dx), Some(Tensor::from_parts(dwv, w.shape().clone())))
+                    } else {
+                        // dX = conv2d(dY, W).
+                        let dx = ctx.needs_grad[0].then(|| {
+                            let d = forward_pass(&geom, dy, w_, None);
+                            Tensor::from_parts(d, x.shape().clone())
+                        });
+                        // dW: conv2d's weight gradient with input dY and output gradient X.
+                        let dw = ctx.needs_grad[1].then(|| {
+                            let wanted = [false, true, false];
+                            let g = backward_pass(&geom, dy, w_, x_, wanted);
+                            let d = g.dw.expect("the weight gradient was asked for");
+                            Tensor::from_parts(d, w.shape().clone())
+                        });
+                        (dx, dw)
+                    };
                 let mut grads = smallvec![dx, dw];
                 if ctx.inputs.len() == 3 {
                     let db = ctx.needs_grad[2].then(|| {

@@ -49,12 +49,12 @@ use super::im2col::{
 use super::parallel::{run_backward_jobs, run_jobs, split_by, BackwardBuffers, BackwardJob};
 use super::Conv2dGeometry;
 use crate::gemm::prepacked::{gemm_prepacked, PackedA};
+use crate::gemm::switches;
 use crate::simd::multiversion;
 use crate::threads::for_each_job;
 use crate::Float;
 use lanes::{offsets, transform, windows, LANES};
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use variants::{Variant, F2, F4};
 
 /// Channels per group (input and output) below which the direct product wins:
@@ -95,26 +95,21 @@ pub(super) fn applies(geom: &Conv2dGeometry) -> bool {
 /// two, where each thread's chunk of the batch is two samples.
 const F4_MIN_TILES: usize = 64;
 
-/// Output pixels per tile (along each axis) of every Winograd conv, if
-/// forced by [`force_tile`]; 0 lets [`tile_for`] choose.
-static FORCED_TILE: AtomicUsize = AtomicUsize::new(0);
-
-/// Makes every Winograd conv use F(`tile`×`tile`, 3×3), `tile` 2 or 4, or
-/// lets the geometry decide again (`0`); for tests that check both variants
-/// on the same shapes. Process-wide.
-pub(crate) fn force_tile(tile: usize) {
+/// Panics unless `tile` is a Winograd tile size to force (2 or 4) or 0 (the
+/// geometry chooses).
+pub(crate) fn check_tile(tile: usize) {
     assert!(
         matches!(tile, 0 | 2 | 4),
         "Winograd tiles are 2 or 4 pixels"
     );
-    FORCED_TILE.store(tile, Ordering::Relaxed);
 }
 
 /// The tile size (2 or 4) of the variant a conv of this geometry takes:
 /// F(4×4, 3×3) when a sample's output has at least [`F4_MIN_TILES`] 4×4
-/// tiles, else F(2×2, 3×3).
-fn tile_for(geom: &Conv2dGeometry) -> usize {
-    match FORCED_TILE.load(Ordering::Relaxed) {
+/// tiles, else F(2×2, 3×3); unless the calling thread forces a variant
+/// ([`force_winograd_tile`](super::force_winograd_tile)).
+pub(crate) fn tile_for(geom: &Conv2dGeometry) -> usize {
+    match crate::gemm::switches::winograd_tile() {
         0 if geom.out_h().div_ceil(4) * geom.out_w().div_ceil(4) >= F4_MIN_TILES => 4,
         0 => 2,
         forced => forced,
@@ -817,7 +812,9 @@ fn transformed_kernels<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, cons
             // then their transforms as xi, planes `step` apart (what lies
             // past a chunk's end in a plane only reaches lanes past it).
             let mut chunks: Vec<Vec<T>> = (0..n.div_ceil(step)).map(|_| Vec::new()).collect();
+            let sw = switches::current();
             for_each_job(chunks.iter_mut().enumerate().collect(), |(c, u)| {
+                let _sw = switches::install(sw);
                 let ks = c * step..n.min((c + 1) * step);
                 let len = ks.len();
                 let mut w9 = crate::buffer::scratch(9 * step);
@@ -877,7 +874,9 @@ fn weight_grad_from<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const S
     for (g, dwg) in dw.chunks_exact_mut(9 * n).enumerate() {
         let dug = &total[g * xi * n..][..xi * n];
         let jobs: Vec<_> = dwg.chunks_mut(9 * step).enumerate().collect();
+        let sw = switches::current();
         for_each_job(jobs, |(c, dwc)| {
+            let _sw = switches::install(sw);
             let (k0, len) = (c * step, dwc.len() / 9);
             // The chunk's dU as planes `step` apart.
             let mut du = crate::buffer::scratch(xi * step);
