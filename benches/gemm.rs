@@ -13,8 +13,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use tapegrad::gemm::set_num_threads;
 use tapegrad::Float;
+use tapegrad::gemm::set_num_threads;
 
 /// Operand layouts: row-major (`N`) or the transpose of a row-major buffer (`T`).
 #[derive(Clone, Copy)]

@@ -10,8 +10,8 @@
 //! `--avx2` (cap the kernels, and `peak_fma`, at AVX2 on an AVX-512 machine), `--winograd-tile 2|4`
 //! (every Winograd conv with that variant instead of the one its shape picks).
 
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -20,7 +20,7 @@ use tapegrad::nn::{
     Params, ReLU, Sequential,
 };
 use tapegrad::optim::{Optimizer, Sgd};
-use tapegrad::{gemm, Conv2dOptions, ConvTranspose2dOptions, Pool2dOptions, Tape, Tensor};
+use tapegrad::{Conv2dOptions, ConvTranspose2dOptions, Pool2dOptions, Tape, Tensor, gemm};
 
 /// Counts live and peak heap bytes, for the memory figure of `cnn_step`.
 /// Every call goes to the system allocator's own entry point, so the cases
@@ -634,7 +634,9 @@ fn main() {
         }
     }
     for &(t, p) in &peaks {
-        println!("# peak_fma at {t} thread(s): {p:.1} GFLOP/s; divide a case's gflops by this for its fraction of peak");
+        println!(
+            "# peak_fma at {t} thread(s): {p:.1} GFLOP/s; divide a case's gflops by this for its fraction of peak"
+        );
     }
     speed_ups(&measures, &peaks);
 }

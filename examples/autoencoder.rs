@@ -10,10 +10,10 @@
 //! cargo run --release --example autoencoder
 //! ```
 
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::time::Instant;
-use tapegrad::data::{digits_train_test, Normalize};
+use tapegrad::data::{Normalize, digits_train_test};
 use tapegrad::nn::{self, Conv2d, ConvTranspose2d, Module, Params, ReLU, Sequential, Sigmoid};
 use tapegrad::optim::{Adam, Optimizer};
 use tapegrad::{Conv2dOptions, ConvTranspose2dOptions, Tape, Tensor};

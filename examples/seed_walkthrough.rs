@@ -16,10 +16,10 @@
 //! Run with `cargo run --example seed_walkthrough`. The derivation is in
 //! `docs/conv-backprop.md`.
 
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use tapegrad::conv::reference;
-use tapegrad::gradcheck::{gradcheck, Options};
+use tapegrad::gradcheck::{Options, gradcheck};
 use tapegrad::{Conv2dOptions, Tape, Tensor};
 
 /// A single-channel image `[1, 1, h, w]` from rows.
@@ -182,7 +182,9 @@ fn main() {
     let r = reference::conv2d_backward(&x, &w, &dh, Conv2dOptions::default());
     let (ex, ew) = (dx.max_abs_diff(&r.dx), dw.max_abs_diff(&r.dw));
     assert!(ex <= 1e-12 && ew <= 1e-12);
-    println!("conv::reference (naive loops):        max |dX − ref| = {ex:.1e}, max |dW − ref| = {ew:.1e}");
+    println!(
+        "conv::reference (naive loops):        max |dX − ref| = {ex:.1e}, max |dW − ref| = {ew:.1e}"
+    );
 
     // Central differences of L = Σ H ⊙ dH, one input element at a time.
     let loss = |x: &Tensor<f64>, w: &Tensor<f64>| -> f64 {

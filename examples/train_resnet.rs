@@ -14,10 +14,10 @@ mod common;
 
 use rand::rngs::StdRng;
 use std::process::ExitCode;
+use tapegrad::Conv2dOptions;
 use tapegrad::nn::{
     BasicBlock, BatchNorm, Conv2d, Dropout, GlobalAvgPool2d, Linear, Params, ReLU, Sequential,
 };
-use tapegrad::Conv2dOptions;
 
 const HELP: &str = "\
 train_resnet: train a small residual network on handwritten digits with tapegrad

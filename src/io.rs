@@ -349,7 +349,7 @@ fn counts_from_le_bytes<T: Float>(
         other => {
             return Err(format!(
                 "stored as {other}, but a count (an integer) was expected"
-            ))
+            ));
         }
     };
     let mut v = Vec::with_capacity(ints.len());

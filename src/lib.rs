@@ -71,8 +71,9 @@ pub use smallvec;
 /// ```
 pub mod prelude {
     pub use crate::nn::{
-        self, predict, AvgPool2d, BasicBlock, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
-        Linear, MaxPool2d, Mode, Module, ParamGradsSource, Params, ReLU, Sequential, Sigmoid, Tanh,
+        self, AvgPool2d, BasicBlock, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear,
+        MaxPool2d, Mode, Module, ParamGradsSource, Params, ReLU, Sequential, Sigmoid, Tanh,
+        predict,
     };
     pub use crate::optim::{Adam, Optimizer, Schedule, Sgd};
     pub use crate::{Conv2dOptions, Pool2dOptions, Tape, Tensor, Var};

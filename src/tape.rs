@@ -1248,10 +1248,10 @@ struct Restore<'t, T: Float> {
 
 impl<T: Float> Drop for Restore<'_, T> {
     fn drop(&mut self) {
-        if let Some(b) = self.backward.take() {
-            if let Ok(mut graph) = self.tape.graph.try_borrow_mut() {
-                graph.nodes[self.id].backward = b;
-            }
+        if let Some(b) = self.backward.take()
+            && let Ok(mut graph) = self.tape.graph.try_borrow_mut()
+        {
+            graph.nodes[self.id].backward = b;
         }
     }
 }

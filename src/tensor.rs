@@ -1028,7 +1028,7 @@ fn sum_lanes<T: Float>(xs: &[T]) -> T {
     while width > 1 {
         width /= 2;
         for i in 0..width {
-            acc[i] = acc[i] + acc[i + width];
+            acc[i] += acc[i + width];
         }
     }
     acc[0]

@@ -29,7 +29,7 @@
 
 use std::any::Any;
 use std::cell::Cell;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -398,8 +398,8 @@ pub(crate) fn on_every_thread(threads: usize, f: impl Fn() + Sync) {
 #[cfg(test)]
 mod tests {
     use super::{for_each_part_on, run};
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn every_part_runs_once_before_run_returns() {

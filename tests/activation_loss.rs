@@ -6,10 +6,10 @@
 
 mod common;
 use common::fixtures::{self, Case};
-use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tapegrad::gradcheck::{gradcheck, Options};
-use tapegrad::nn::{Hardtanh, Module, Params, Sequential, SiLU, Softplus, ELU, GELU};
+use rand::rngs::StdRng;
+use tapegrad::gradcheck::{Options, gradcheck};
+use tapegrad::nn::{ELU, GELU, Hardtanh, Module, Params, Sequential, SiLU, Softplus};
 use tapegrad::{CrossEntropyOptions, Float, Mask, Reduction, Tape, Tensor, Var};
 
 const TOL: f64 = 1e-10;

@@ -7,8 +7,8 @@ mod common;
 use common::fixtures;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tapegrad::conv::{reference, AxisGeometry, Conv2dGeometry};
-use tapegrad::gradcheck::{gradcheck, Options};
+use tapegrad::conv::{AxisGeometry, Conv2dGeometry, reference};
+use tapegrad::gradcheck::{Options, gradcheck};
 use tapegrad::{Conv2dOptions, Float, Tape, Tensor};
 
 // ---------------------------------------------------------------------------

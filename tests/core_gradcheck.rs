@@ -1,8 +1,8 @@
 //! Every core op gradient-checked in f64 against central differences, broadcasting included.
 
-use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tapegrad::gradcheck::{gradcheck, Mode, Options};
+use rand::rngs::StdRng;
+use tapegrad::gradcheck::{Mode, Options, gradcheck};
 use tapegrad::{Tape, Tensor, Var};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor<f64> {
@@ -348,14 +348,15 @@ fn edge_values_follow_pytorch() {
     // Mean-reduced losses over nothing are NaN (0/0), like PyTorch and like `mean`.
     let e = tape.leaf(Tensor::zeros([0]));
     assert!(e.mse_loss(e).value().item().is_nan());
-    assert!(tape
-        .leaf(Tensor::zeros([0, 3]))
-        .cross_entropy(&[])
-        .value()
-        .item()
-        .is_nan());
+    assert!(
+        tape.leaf(Tensor::zeros([0, 3]))
+            .cross_entropy(&[])
+            .value()
+            .item()
+            .is_nan()
+    );
     assert_eq!(e.sum().value().item().to_bits(), 0.0f64.to_bits()); // +0, not −0
-                                                                    // Broadcasting with an empty operand gives an empty result and empty gradients.
+    // Broadcasting with an empty operand gives an empty result and empty gradients.
     let a = tape.leaf(Tensor::zeros([0, 3]));
     let b = tape.leaf(Tensor::ones([3]));
     let s = (a * b).sum();

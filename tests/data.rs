@@ -4,7 +4,7 @@
 use rand::SeedableRng;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use tapegrad::data::{self, mnist, Dataset, Normalize};
+use tapegrad::data::{self, Dataset, Normalize, mnist};
 use tapegrad::{Error, Tensor};
 
 /// Class counts of the 1,797-image UCI test partition. `digits.rst` does not list them;
@@ -459,16 +459,62 @@ fn idx_image_parse_errors_say_what_was_expected_and_found() {
         b
     };
     let table: Vec<(&str, Vec<u8>, &[&str])> = vec![
-        ("label file given as images", idx_labels(&[1, 2]), &["expected 0x00000803, found 0x00000801", "label file"]),
-        ("wrong element type", with(2, 0x0d), &["expected 0x00000803, found 0x00000d03", "element type 0x0d"]),
-        ("wrong rank", with(3, 2), &["expected 0x00000803, found 0x00000802", "2 dimensions, expected 3"]),
-        ("not IDX", b"P5\n28 28\n255\n".to_vec(), &["expected 0x00000803, found 0x50350a32", "not an IDX file"]),
-        ("gzip", vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0], &["found 0x1f8b0800", "gzip"]),
-        ("too short for magic", vec![0, 0, 8], &["only 3 bytes, too short for the 4-byte magic number"]),
-        ("header truncated", ok[..10].to_vec(), &["header truncated", "header is 16 bytes, the file has 10"]),
-        ("zero rows", idx_images(3, 0, 2, &[]), &["images of 0×2 pixels have no pixels"]),
-        ("truncated data", ok[..ok.len() - 1].to_vec(), &["truncated", "3 images of 2×2 = 12 bytes of data, but only 11 bytes follow"]),
-        ("trailing data", [ok.clone(), vec![0, 0]].concat(), &["2 unexpected bytes after the 12 bytes"]),
+        (
+            "label file given as images",
+            idx_labels(&[1, 2]),
+            &["expected 0x00000803, found 0x00000801", "label file"],
+        ),
+        (
+            "wrong element type",
+            with(2, 0x0d),
+            &["expected 0x00000803, found 0x00000d03", "element type 0x0d"],
+        ),
+        (
+            "wrong rank",
+            with(3, 2),
+            &[
+                "expected 0x00000803, found 0x00000802",
+                "2 dimensions, expected 3",
+            ],
+        ),
+        (
+            "not IDX",
+            b"P5\n28 28\n255\n".to_vec(),
+            &["expected 0x00000803, found 0x50350a32", "not an IDX file"],
+        ),
+        (
+            "gzip",
+            vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0],
+            &["found 0x1f8b0800", "gzip"],
+        ),
+        (
+            "too short for magic",
+            vec![0, 0, 8],
+            &["only 3 bytes, too short for the 4-byte magic number"],
+        ),
+        (
+            "header truncated",
+            ok[..10].to_vec(),
+            &["header truncated", "header is 16 bytes, the file has 10"],
+        ),
+        (
+            "zero rows",
+            idx_images(3, 0, 2, &[]),
+            &["images of 0×2 pixels have no pixels"],
+        ),
+        (
+            "truncated data",
+            ok[..ok.len() - 1].to_vec(),
+            &[
+                "truncated",
+                "3 images of 2×2 = 12 bytes of data, but only 11 bytes follow",
+            ],
+        ),
+        (
+            "trailing data",
+            [ok.clone(), vec![0, 0]].concat(),
+            &["2 unexpected bytes after the 12 bytes"],
+        ),
         (
             "count too large",
             idx_images(u32::MAX, 28, 28, &[0; 10]),
@@ -642,8 +688,8 @@ fn mnist_load_errors_name_the_file() {
 mod augmentation {
     use super::rng;
     use rand::RngExt;
-    use tapegrad::data::{self, augment};
     use tapegrad::Tensor;
+    use tapegrad::data::{self, augment};
 
     /// A batch with no zero pixel (values 1..), so zero fill is recognisable.
     fn batch(n: usize, c: usize, h: usize, w: usize) -> Tensor<f64> {

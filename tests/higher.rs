@@ -5,10 +5,10 @@
 //! penalty trained with `backward()`, and the clear panic of an op whose
 //! backward is first-order only.
 
-use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use tapegrad::gradcheck::{gradgradcheck, Options};
+use rand::rngs::StdRng;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use tapegrad::gradcheck::{Options, gradgradcheck};
 use tapegrad::higher::{hessian, hvp, jacobian};
 use tapegrad::{Conv2dOptions, Tape, Tensor, Var};
 

@@ -17,11 +17,11 @@
 
 mod common;
 use common::fixtures;
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::path::PathBuf;
 use tapegrad::nn::{
-    predict, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Params, ReLU, Sequential,
+    BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Params, ReLU, Sequential, predict,
 };
 use tapegrad::{Conv2dOptions, Pool2dOptions, Tensor};
 

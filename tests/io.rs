@@ -2,7 +2,7 @@
 //! layout PyTorch writes, and the errors for corrupt files and dtype mismatches.
 
 use std::path::PathBuf;
-use tapegrad::{io, Error, Tensor};
+use tapegrad::{Error, Tensor, io};
 
 /// A path under the system temp dir, removed on drop.
 struct TempPath(PathBuf);
@@ -368,7 +368,9 @@ fn io_errors_carry_the_path() {
 #[test]
 fn an_empty_list_round_trips() {
     let bytes = io::to_safetensors_bytes::<f64>(&[]).unwrap();
-    assert!(io::from_safetensors_bytes::<f64>(&bytes)
-        .unwrap()
-        .is_empty());
+    assert!(
+        io::from_safetensors_bytes::<f64>(&bytes)
+            .unwrap()
+            .is_empty()
+    );
 }

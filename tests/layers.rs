@@ -4,12 +4,12 @@
 mod common;
 use common::fixtures;
 use common::panics::panic_message;
-use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tapegrad::gradcheck::{gradcheck, Options};
+use rand::rngs::StdRng;
+use tapegrad::gradcheck::{Options, gradcheck};
 use tapegrad::nn::{
-    predict, BatchNorm, BatchNormOptions, Dropout, Flatten, Linear, Mode, Module, Params, ReLU,
-    Sequential, Tanh,
+    BatchNorm, BatchNormOptions, Dropout, Flatten, Linear, Mode, Module, Params, ReLU, Sequential,
+    Tanh, predict,
 };
 use tapegrad::{Tape, Tensor};
 

@@ -17,9 +17,9 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use tapegrad::data::mnist::{self, IdxImages};
-use tapegrad::{io, Tensor};
+use tapegrad::{Tensor, io};
 
 // ---------------------------------------------------------------------------
 // Counting allocator

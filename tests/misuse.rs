@@ -6,7 +6,7 @@
 mod common;
 use common::panics::panic_message;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use tapegrad::{
     Conv2dOptions, CrossEntropyOptions, Mask, Pool2dOptions, Reduction, Tape, Tensor, Var,
 };
@@ -132,7 +132,13 @@ fn cases() -> Vec<Case> {
         ),
         (
             "select",
-            Box::new(|t| _ = Var::select(&Mask::new(vec![true; 6], [2, 3]).unwrap(), leaf(t, &[4]), leaf(t, &[2, 3]))),
+            Box::new(|t| {
+                _ = Var::select(
+                    &Mask::new(vec![true; 6], [2, 3]).unwrap(),
+                    leaf(t, &[4]),
+                    leaf(t, &[2, 3]),
+                )
+            }),
             "select: mask [2, 3], a [4] and b [2, 3] cannot be broadcast together",
         ),
         (
@@ -167,17 +173,35 @@ fn cases() -> Vec<Case> {
         ),
         (
             "bce_with_logits shapes",
-            Box::new(|t| _ = leaf(t, &[2, 4]).binary_cross_entropy_with_logits(leaf(t, &[2, 1]), None, Reduction::Mean)),
+            Box::new(|t| {
+                _ = leaf(t, &[2, 4]).binary_cross_entropy_with_logits(
+                    leaf(t, &[2, 1]),
+                    None,
+                    Reduction::Mean,
+                )
+            }),
             "binary_cross_entropy_with_logits: input [2, 4] and target [2, 1] must have the same shape",
         ),
         (
             "bce_with_logits pos_weight shape",
-            Box::new(|t| _ = leaf(t, &[2, 4]).binary_cross_entropy_with_logits(leaf(t, &[2, 4]), Some(&Tensor::ones([3])), Reduction::Mean)),
+            Box::new(|t| {
+                _ = leaf(t, &[2, 4]).binary_cross_entropy_with_logits(
+                    leaf(t, &[2, 4]),
+                    Some(&Tensor::ones([3])),
+                    Reduction::Mean,
+                )
+            }),
             "binary_cross_entropy_with_logits: pos_weight [3] does not broadcast to input [2, 4]",
         ),
         (
             "bce_with_logits pos_weight negative",
-            Box::new(|t| _ = leaf(t, &[2, 2]).binary_cross_entropy_with_logits(leaf(t, &[2, 2]), Some(&Tensor::from_vec(vec![1.0, -2.0], [2]).unwrap()), Reduction::Mean)),
+            Box::new(|t| {
+                _ = leaf(t, &[2, 2]).binary_cross_entropy_with_logits(
+                    leaf(t, &[2, 2]),
+                    Some(&Tensor::from_vec(vec![1.0, -2.0], [2]).unwrap()),
+                    Reduction::Mean,
+                )
+            }),
             "binary_cross_entropy_with_logits: pos_weight[1] = -2 is negative",
         ),
         (
@@ -202,67 +226,153 @@ fn cases() -> Vec<Case> {
         ),
         (
             "nll_loss weight shape",
-            Box::new(|t| _ = leaf(t, &[2, 3]).nll_loss(&[0, 1], Some(&Tensor::ones([2])), None, Reduction::Mean)),
+            Box::new(|t| {
+                _ = leaf(t, &[2, 3]).nll_loss(
+                    &[0, 1],
+                    Some(&Tensor::ones([2])),
+                    None,
+                    Reduction::Mean,
+                )
+            }),
             "nll_loss: weight [2] must be [C] = [3] for input [2, 3]",
         ),
         (
             "nll_loss weight negative",
-            Box::new(|t| _ = leaf(t, &[2, 3]).nll_loss(&[0, 1], Some(&Tensor::from_vec(vec![1.0, 1.0, -0.5], [3]).unwrap()), None, Reduction::Mean)),
+            Box::new(|t| {
+                _ = leaf(t, &[2, 3]).nll_loss(
+                    &[0, 1],
+                    Some(&Tensor::from_vec(vec![1.0, 1.0, -0.5], [3]).unwrap()),
+                    None,
+                    Reduction::Mean,
+                )
+            }),
             "nll_loss: weight[2] = -0.5 is negative",
         ),
         (
             "cross_entropy_with target",
-            Box::new(|t| _ = leaf(t, &[1, 3, 2, 2]).cross_entropy_with(&[0, 255, 1, 7], CrossEntropyOptions { ignore_index: Some(255), ..Default::default() })),
+            Box::new(|t| {
+                _ = leaf(t, &[1, 3, 2, 2]).cross_entropy_with(
+                    &[0, 255, 1, 7],
+                    CrossEntropyOptions {
+                        ignore_index: Some(255),
+                        ..Default::default()
+                    },
+                )
+            }),
             "cross_entropy_with: target[3] = 7 is out of range for 3 classes (input [1, 3, 2, 2])",
         ),
         (
             "cross_entropy_with label_smoothing",
-            Box::new(|t| _ = leaf(t, &[2, 3]).cross_entropy_with(&[0, 1], CrossEntropyOptions { label_smoothing: 1.5, ..Default::default() })),
+            Box::new(|t| {
+                _ = leaf(t, &[2, 3]).cross_entropy_with(
+                    &[0, 1],
+                    CrossEntropyOptions {
+                        label_smoothing: 1.5,
+                        ..Default::default()
+                    },
+                )
+            }),
             "cross_entropy_with: label_smoothing 1.5 must be in [0, 1]",
         ),
         (
             "cross_entropy_with weight shape",
-            Box::new(|t| _ = leaf(t, &[2, 3]).cross_entropy_with(&[0, 1], CrossEntropyOptions { weight: Some(Tensor::ones([3, 1])), ..Default::default() })),
+            Box::new(|t| {
+                _ = leaf(t, &[2, 3]).cross_entropy_with(
+                    &[0, 1],
+                    CrossEntropyOptions {
+                        weight: Some(Tensor::ones([3, 1])),
+                        ..Default::default()
+                    },
+                )
+            }),
             "cross_entropy_with: weight [3, 1] must be [C] = [3] for input [2, 3]",
         ),
         (
             "conv2d rank",
-            Box::new(|t| _ = leaf(t, &[1, 3, 5]).conv2d(leaf(t, &[2, 3, 3, 3]), None, Conv2dOptions::default())),
+            Box::new(|t| {
+                _ = leaf(t, &[1, 3, 5]).conv2d(
+                    leaf(t, &[2, 3, 3, 3]),
+                    None,
+                    Conv2dOptions::default(),
+                )
+            }),
             "conv2d: input [1, 3, 5] and weight [2, 3, 3, 3] must be rank 4: input [N, C, H, W], weight [O, C/groups, kh, kw]",
         ),
         (
             "conv2d channels",
-            Box::new(|t| _ = leaf(t, &[1, 3, 5, 5]).conv2d(leaf(t, &[2, 2, 3, 3]), None, Conv2dOptions::default())),
+            Box::new(|t| {
+                _ = leaf(t, &[1, 3, 5, 5]).conv2d(
+                    leaf(t, &[2, 2, 3, 3]),
+                    None,
+                    Conv2dOptions::default(),
+                )
+            }),
             "conv2d: input [1, 3, 5, 5] has 3 channels but weight [2, 2, 3, 3] expects 2·groups(1) = 2",
         ),
         (
             "conv2d groups",
-            Box::new(|t| _ = leaf(t, &[1, 4, 5, 5]).conv2d(leaf(t, &[3, 2, 3, 3]), None, Conv2dOptions::default().groups(2))),
+            Box::new(|t| {
+                _ = leaf(t, &[1, 4, 5, 5]).conv2d(
+                    leaf(t, &[3, 2, 3, 3]),
+                    None,
+                    Conv2dOptions::default().groups(2),
+                )
+            }),
             "conv2d: weight [3, 2, 3, 3] has 3 output channels, which groups(2) does not divide (input [1, 4, 5, 5])",
         ),
         (
             "conv2d bias",
-            Box::new(|t| _ = leaf(t, &[1, 3, 5, 5]).conv2d(leaf(t, &[2, 3, 3, 3]), Some(leaf(t, &[3])), Conv2dOptions::default())),
+            Box::new(|t| {
+                _ = leaf(t, &[1, 3, 5, 5]).conv2d(
+                    leaf(t, &[2, 3, 3, 3]),
+                    Some(leaf(t, &[3])),
+                    Conv2dOptions::default(),
+                )
+            }),
             "conv2d: bias [3] does not match weight [2, 3, 3, 3]: expected [2] (input [1, 3, 5, 5])",
         ),
         (
             "conv2d kernel too large",
-            Box::new(|t| _ = leaf(t, &[1, 3, 2, 5]).conv2d(leaf(t, &[2, 3, 3, 3]), None, Conv2dOptions::default())),
+            Box::new(|t| {
+                _ = leaf(t, &[1, 3, 2, 5]).conv2d(
+                    leaf(t, &[2, 3, 3, 3]),
+                    None,
+                    Conv2dOptions::default(),
+                )
+            }),
             "conv2d: kernel (3, 3) with dilation (1, 1) spans (3, 3), larger than the padded input (2, 5) (input [1, 3, 2, 5] padded by (0, 0), weight [2, 3, 3, 3])",
         ),
         (
             "conv2d stride 0",
-            Box::new(|t| _ = leaf(t, &[1, 3, 5, 5]).conv2d(leaf(t, &[2, 3, 3, 3]), None, Conv2dOptions::default().stride(0))),
+            Box::new(|t| {
+                _ = leaf(t, &[1, 3, 5, 5]).conv2d(
+                    leaf(t, &[2, 3, 3, 3]),
+                    None,
+                    Conv2dOptions::default().stride(0),
+                )
+            }),
             "conv2d: stride (0, 0) must be at least 1 on both axes (input [1, 3, 5, 5], weight [2, 3, 3, 3])",
         ),
         (
             "conv2d dilation 0",
-            Box::new(|t| _ = leaf(t, &[1, 3, 5, 5]).conv2d(leaf(t, &[2, 3, 3, 3]), None, Conv2dOptions::default().dilation((1, 0)))),
+            Box::new(|t| {
+                _ = leaf(t, &[1, 3, 5, 5]).conv2d(
+                    leaf(t, &[2, 3, 3, 3]),
+                    None,
+                    Conv2dOptions::default().dilation((1, 0)),
+                )
+            }),
             "conv2d: dilation (1, 0) must be at least 1 on both axes (input [1, 3, 5, 5], weight [2, 3, 3, 3])",
         ),
         (
             "conv2d groups 0",
-            Box::new(|t| _ = leaf(t, &[1, 3, 5, 5]).conv2d(leaf(t, &[2, 3, 3, 3]), None, Conv2dOptions::default().groups(0))),
+            Box::new(|t| {
+                _ = leaf(t, &[1, 3, 5, 5]).conv2d(
+                    leaf(t, &[2, 3, 3, 3]),
+                    None,
+                    Conv2dOptions::default().groups(0),
+                )
+            }),
             "conv2d: groups must be at least 1 (input [1, 3, 5, 5], weight [2, 3, 3, 3])",
         ),
         (
@@ -307,7 +417,9 @@ fn cases() -> Vec<Case> {
         ),
         (
             "Tensor::zip_map",
-            Box::new(|_| _ = Tensor::<f64>::ones([2]).zip_map(&Tensor::ones([3]), "my_op", |a, b| a + b)),
+            Box::new(|_| {
+                _ = Tensor::<f64>::ones([2]).zip_map(&Tensor::ones([3]), "my_op", |a, b| a + b)
+            }),
             "my_op: shapes [2] and [3] differ",
         ),
         (

@@ -1,7 +1,7 @@
 //! Layers, parameter binding and files, and a short end-to-end training run.
 
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use tapegrad::data;
 use tapegrad::nn::{Conv2d, Flatten, Linear, MaxPool2d, Module, Params, ReLU, Sequential};
 use tapegrad::optim::{Adam, Optimizer};

@@ -5,9 +5,9 @@
 //! and backward, whether the value sits in the input, the weight, the bias
 //! or the upstream gradient.
 
-use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tapegrad::conv::{reference, Conv2dGeometry};
+use rand::rngs::StdRng;
+use tapegrad::conv::{Conv2dGeometry, reference};
 use tapegrad::{Conv2dOptions, Float, Tape, Tensor};
 
 /// What a value is, as far as a check-finite tool cares.

@@ -7,10 +7,10 @@
 mod common;
 use common::fixtures::{self, Case};
 use common::panics::panic_message;
-use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tapegrad::gradcheck::{gradcheck, Options};
-use tapegrad::{settings, Float, Tape, Tensor, Var};
+use rand::rngs::StdRng;
+use tapegrad::gradcheck::{Options, gradcheck};
+use tapegrad::{Float, Tape, Tensor, Var, settings};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor<f64> {
     Tensor::randn(shape, &mut StdRng::seed_from_u64(seed))
@@ -423,23 +423,35 @@ fn misuse_panics_name_the_op_and_shapes() {
         ),
         (
             "batch_norm_eval rank",
-            Box::new(move |t| _ = leaf(t, &[]).batch_norm_eval(None, None, &ones(&[1]), &ones(&[1]), 1e-5)),
+            Box::new(move |t| {
+                _ = leaf(t, &[]).batch_norm_eval(None, None, &ones(&[1]), &ones(&[1]), 1e-5)
+            }),
             "batch_norm_eval: input [] must be [N, C] or [N, C, *] (rank at least 2)",
         ),
         (
             "batch_norm_eval running_mean",
-            Box::new(move |t| _ = leaf(t, &[2, 3]).batch_norm_eval(None, None, &ones(&[2]), &ones(&[3]), 1e-5)),
+            Box::new(move |t| {
+                _ = leaf(t, &[2, 3]).batch_norm_eval(None, None, &ones(&[2]), &ones(&[3]), 1e-5)
+            }),
             "batch_norm_eval: running_mean [2] does not match input [2, 3]: expected [3] (one per channel)",
         ),
         (
             "batch_norm_eval running_var",
-            Box::new(move |t| _ = leaf(t, &[2, 3]).batch_norm_eval(None, None, &ones(&[3]), &ones(&[]), 1e-5)),
+            Box::new(move |t| {
+                _ = leaf(t, &[2, 3]).batch_norm_eval(None, None, &ones(&[3]), &ones(&[]), 1e-5)
+            }),
             "batch_norm_eval: running_var [] does not match input [2, 3]: expected [3] (one per channel)",
         ),
         (
             "batch_norm_eval weight",
             Box::new(move |t| {
-                _ = leaf(t, &[2, 3]).batch_norm_eval(Some(leaf(t, &[2])), None, &ones(&[3]), &ones(&[3]), 1e-5)
+                _ = leaf(t, &[2, 3]).batch_norm_eval(
+                    Some(leaf(t, &[2])),
+                    None,
+                    &ones(&[3]),
+                    &ones(&[3]),
+                    1e-5,
+                )
             }),
             "batch_norm_eval: weight [2] does not match input [2, 3]: expected [3] (one per channel)",
         ),
@@ -460,7 +472,9 @@ fn misuse_panics_name_the_op_and_shapes() {
         ),
         (
             "layer_norm weight",
-            Box::new(|t| _ = leaf(t, &[2, 3, 4]).layer_norm(&[3, 4], Some(leaf(t, &[4])), None, 1e-5)),
+            Box::new(|t| {
+                _ = leaf(t, &[2, 3, 4]).layer_norm(&[3, 4], Some(leaf(t, &[4])), None, 1e-5)
+            }),
             "layer_norm: weight [4] does not match input [2, 3, 4]: expected [3, 4] (normalized_shape)",
         ),
         (

@@ -256,9 +256,10 @@ fn mismatched_states_are_rejected_and_change_nothing() {
         smaller.add(n, t.clone());
     }
     let err = fresh().load_state_bytes(&smaller, &bytes).unwrap_err();
-    assert!(err
-        .to_string()
-        .starts_with("parameter `fc.bias`: is in the optimizer state but not in the model"));
+    assert!(
+        err.to_string()
+            .starts_with("parameter `fc.bias`: is in the optimizer state but not in the model")
+    );
 
     // Same names, another shape.
     let mut reshaped = Params::new();
@@ -308,15 +309,19 @@ fn mismatched_states_are_rejected_and_change_nothing() {
     );
 
     // The wrong element type, and a file that is not an optimizer state.
-    assert!(Adam::<f64>::new(0.1)
-        .load_state_bytes(&Params::<f64>::default(), &bytes)
-        .is_err());
+    assert!(
+        Adam::<f64>::new(0.1)
+            .load_state_bytes(&Params::<f64>::default(), &bytes)
+            .is_err()
+    );
     let plain = tapegrad::io::to_safetensors_bytes(&[("w", &Tensor::<f32>::ones([1]))]).unwrap();
-    assert!(fresh()
-        .load_state_bytes(&params, &plain)
-        .unwrap_err()
-        .to_string()
-        .contains("not an optimizer state file"));
+    assert!(
+        fresh()
+            .load_state_bytes(&params, &plain)
+            .unwrap_err()
+            .to_string()
+            .contains("not an optimizer state file")
+    );
 
     // The state itself loads.
     let mut opt = fresh();

@@ -8,7 +8,7 @@ mod common;
 use common::fixtures;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tapegrad::gradcheck::{gradcheck, Options};
+use tapegrad::gradcheck::{Options, gradcheck};
 use tapegrad::{Pool2dOptions, Tape, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -252,7 +252,7 @@ fn padding_never_wins_a_max() {
         None,
     );
     assert_eq!(y.data(), &[-3.0; 4]); // not 0: padding is −∞ for max
-                                      // Every window (all four cover the whole input) picks the first element, (0, 0).
+    // Every window (all four cover the whole input) picks the first element, (0, 0).
     assert_eq!(dx.data(), &[4.0, 0.0, 0.0, 0.0]);
 }
 
@@ -684,9 +684,9 @@ fn ceil_mode_output_sizes_and_clipped_windows() {
     assert_eq!(y.value().data(), &[1.0, 3.0, 5.0, 6.0]);
     let avg = x.avg_pool2d(opts);
     assert_eq!(avg.value().data(), &[0.5, 2.5, 4.5, 6.0]); // the clipped window divides by 1
-                                                           // Padding 1, kernel 2, stride 2 over 6: windows start at −1, 1, 3, 5; the
-                                                           // last covers input 5 and the right padding, so it divides by 2 with
-                                                           // count_include_pad, by 1 without.
+    // Padding 1, kernel 2, stride 2 over 6: windows start at −1, 1, 3, 5; the
+    // last covers input 5 and the right padding, so it divides by 2 with
+    // count_include_pad, by 1 without.
     let x = tape.leaf(Tensor::ones([1, 1, 1, 6]));
     let o = Pool2dOptions::new((1, 2)).padding((0, 1)).ceil_mode(true);
     assert_eq!(x.avg_pool2d(o).value().data(), &[0.5, 1.0, 1.0, 0.5]);

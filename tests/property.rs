@@ -15,7 +15,7 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::fmt;
-use tapegrad::gradcheck::{gradcheck, Mode, Options};
+use tapegrad::gradcheck::{Mode, Options, gradcheck};
 use tapegrad::{Conv2dOptions, Pair, Pool2dOptions, Tape, Tensor, Var};
 
 /// Graphs per `cargo test` run (debug profile).
@@ -824,7 +824,7 @@ fn generate(rng: &mut StdRng) -> Graph {
 /// shape on which conv2d takes its Winograd path. Its input and weight are not held to
 /// the input budget, so later ops draw no new leaves.
 fn generate_from(rng: &mut StdRng, winograd: bool) -> Graph {
-    let mut gen = Gen {
+    let mut builder = Gen {
         rng,
         g: Graph {
             nodes: vec![],
@@ -835,72 +835,80 @@ fn generate_from(rng: &mut StdRng, winograd: bool) -> Graph {
         uses: vec![],
     };
     if winograd {
-        let (h, w) = (gen.rng.random_range(3..=6), gen.rng.random_range(3..=6));
-        let p = Pair::new(gen.rng.random_range(0..=2), gen.rng.random_range(0..=2));
+        let (h, w) = (
+            builder.rng.random_range(3..=6),
+            builder.rng.random_range(3..=6),
+        );
+        let p = Pair::new(
+            builder.rng.random_range(0..=2),
+            builder.rng.random_range(0..=2),
+        );
         let (oh, ow) = (h + 2 * p.h - 2, w + 2 * p.w - 2);
         let (oh, ow, p) = if oh < 2 || ow < 2 {
             (h, w, Pair::new(1, 1))
         } else {
             (oh, ow, p)
         };
-        let leaf = |gen: &mut Gen, shape: Vec<usize>, dist| {
-            gen.g.inputs.push((shape.clone(), dist));
-            let k = gen.g.inputs.len() - 1;
-            gen.push(Op::Input(k), shape)
+        let leaf = |builder: &mut Gen, shape: Vec<usize>, dist| {
+            builder.g.inputs.push((shape.clone(), dist));
+            let k = builder.g.inputs.len() - 1;
+            builder.push(Op::Input(k), shape)
         };
-        let x = leaf(&mut gen, vec![1, 16, h, w], Dist::Normal(1.0));
-        let wi = leaf(&mut gen, vec![16, 16, 3, 3], Dist::Normal(1.0 / 12.0));
-        let b = gen
+        let x = leaf(&mut builder, vec![1, 16, h, w], Dist::Normal(1.0));
+        let wi = leaf(&mut builder, vec![16, 16, 3, 3], Dist::Normal(1.0 / 12.0));
+        let b = builder
             .rng
             .random_bool(0.5)
-            .then(|| leaf(&mut gen, vec![16], Dist::Normal(0.5)));
+            .then(|| leaf(&mut builder, vec![16], Dist::Normal(0.5)));
         let opts = Conv2dOptions::default().padding(p);
-        gen.push(Op::Conv { x, w: wi, b, opts }, vec![1, 16, oh, ow]);
-        gen.g.ops += 1;
+        builder.push(Op::Conv { x, w: wi, b, opts }, vec![1, 16, oh, ow]);
+        builder.g.ops += 1;
     } else {
         // Half the time an image batch [N, C, H, W], else any rank 0..=4.
-        let shape: Vec<usize> = if gen.rng.random_bool(0.5) {
+        let shape: Vec<usize> = if builder.rng.random_bool(0.5) {
             vec![
-                gen.rng.random_range(1..=2),
-                gen.rng.random_range(1..=4),
-                gen.rng.random_range(2..=6),
-                gen.rng.random_range(2..=6),
+                builder.rng.random_range(1..=2),
+                builder.rng.random_range(1..=4),
+                builder.rng.random_range(2..=6),
+                builder.rng.random_range(2..=6),
             ]
         } else {
-            let rank = gen.rng.random_range(0..=4);
-            (0..rank).map(|_| gen.rng.random_range(1..=4)).collect()
+            let rank = builder.rng.random_range(0..=4);
+            (0..rank).map(|_| builder.rng.random_range(1..=4)).collect()
         };
         let shape = if numel(&shape) > 96 {
             vec![2, 2, 4, 5]
         } else {
             shape
         };
-        gen.input(shape, Dist::Normal(1.0)).unwrap();
+        builder.input(shape, Dist::Normal(1.0)).unwrap();
     }
-    let target = gen.rng.random_range(3..=12);
+    let target = builder.rng.random_range(3..=12);
     let mut tries = 0;
-    while gen.g.ops < target && tries < 200 {
+    while builder.g.ops < target && tries < 200 {
         tries += 1;
-        if gen.try_op().is_some() {
-            gen.g.ops += 1;
+        if builder.try_op().is_some() {
+            builder.g.ops += 1;
         }
     }
-    let unread: Vec<usize> = (0..gen.g.nodes.len())
-        .filter(|&i| gen.uses[i] == 0 && !matches!(gen.g.nodes[i].op, Op::Input(_) | Op::Const(_)))
+    let unread: Vec<usize> = (0..builder.g.nodes.len())
+        .filter(|&i| {
+            builder.uses[i] == 0 && !matches!(builder.g.nodes[i].op, Op::Input(_) | Op::Const(_))
+        })
         .collect();
-    let last = gen.g.nodes.len() - 1;
-    if !(unread == [last] && gen.rng.random_bool(0.5)) {
+    let last = builder.g.nodes.len() - 1;
+    if !(unread == [last] && builder.rng.random_bool(0.5)) {
         let terms = unread
             .iter()
             .map(|&n| {
-                let s = gen.shape(n).to_vec();
-                let c = gen.constant(s);
+                let s = builder.shape(n).to_vec();
+                let c = builder.constant(s);
                 (n, c)
             })
             .collect();
-        gen.push(Op::Readout { terms }, vec![]);
+        builder.push(Op::Readout { terms }, vec![]);
     }
-    gen.g
+    builder.g
 }
 
 /// Draws values for every input.

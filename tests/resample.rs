@@ -8,7 +8,7 @@ mod common;
 use common::fixtures;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use tapegrad::gradcheck::{gradcheck, Options};
+use tapegrad::gradcheck::{Options, gradcheck};
 use tapegrad::nn::{
     AdaptiveAvgPool2d, AdaptiveMaxPool2d, Flatten, Module, Pad2d, Params, Sequential, Upsample,
 };

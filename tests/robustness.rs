@@ -8,7 +8,7 @@ mod common;
 use common::panics::panic_message;
 
 use tapegrad::nn::Params;
-use tapegrad::{settings, Float, Shape, Tape, Tensor};
+use tapegrad::{Float, Shape, Tape, Tensor, settings};
 
 /// softmax, log_softmax and cross-entropy (value and gradient) of lanes of
 /// logits near `a`, against the same formulas evaluated in f64 from the exact

@@ -6,11 +6,11 @@
 mod common;
 
 use common::fixtures;
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::sync::Mutex;
-use tapegrad::conv::{reference, Conv2dGeometry};
-use tapegrad::gradcheck::{gradcheck, Options};
+use tapegrad::conv::{Conv2dGeometry, reference};
+use tapegrad::gradcheck::{Options, gradcheck};
 use tapegrad::{Conv2dOptions, ConvTranspose2dOptions, Float, Tape, Tensor};
 
 // ---------------------------------------------------------------------------
@@ -463,7 +463,7 @@ fn input_without_grad_and_empty_batch() {
     assert_close("dw", &g[wv], &r.dw, 1e-12);
     assert_eq!(&y.shape()[..], &[2, 6, 10, 10]); // (5 − 1)·2 − 2 + 2 + 1 + 1
     assert_eq!(g[bv].data(), &[200.0; 6]); // 2·10·10 outputs per channel
-                                           // An empty batch gives an empty output and zero weight gradients.
+    // An empty batch gives an empty output and zero weight gradients.
     let e = tape.leaf(Tensor::<f64>::zeros([0, 4, 5, 5]));
     let y = e.conv_transpose2d(wv, Some(bv), c.options());
     assert_eq!(&y.shape()[..], &[0, 6, 10, 10]);
@@ -506,7 +506,7 @@ fn same_pattern<T: Float>(what: &str, got: &Tensor<T>, want: &Tensor<T>, tol: f6
         .iter()
         .zip(want.data())
         .enumerate()
-        .filter(|(_, (&g, &w))| {
+        .filter(|&(_, (&g, &w))| {
             let (cg, cw) = (class(g), class(w));
             cg != cw
                 || (cg == Class::Finite

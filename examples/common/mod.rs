@@ -2,8 +2,8 @@
 //! with its per-epoch progress line, evaluation and the confusion matrix. Each
 //! example brings its model (a [`Sequential`]) and its defaults.
 
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::process::ExitCode;
 use std::time::Instant;
 use tapegrad::data::{self, Dataset, Normalize};
@@ -164,7 +164,10 @@ fn plot_svg(log: &[EpochLog], m: &[[usize; 10]; 10]) -> String {
     let mut s = String::from(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"900\" height=\"330\" font-family=\"sans-serif\" font-size=\"12\">\n",
     );
-    let _ = writeln!(s, "<rect x=\"{left}\" y=\"{top}\" width=\"{w}\" height=\"{h}\" fill=\"none\" stroke=\"#333\"/>");
+    let _ = writeln!(
+        s,
+        "<rect x=\"{left}\" y=\"{top}\" width=\"{w}\" height=\"{h}\" fill=\"none\" stroke=\"#333\"/>"
+    );
     let n = log.len().max(2) as f64 - 1.0;
     let max_loss = log.iter().map(|e| e.loss).fold(1e-9, f64::max);
     let x = |i: usize| left + w * i as f64 / n;
@@ -230,7 +233,10 @@ fn plot_svg(log: &[EpochLog], m: &[[usize; 10]; 10]) -> String {
                 (255.0, shade)
             };
             let (px, py) = (cx + cell * j as f64, cy + cell * i as f64);
-            let _ = writeln!(s, "<rect x=\"{px}\" y=\"{py}\" width=\"{cell}\" height=\"{cell}\" fill=\"rgb({r:.0},{g:.0},{shade:.0})\" stroke=\"#ccc\"/>");
+            let _ = writeln!(
+                s,
+                "<rect x=\"{px}\" y=\"{py}\" width=\"{cell}\" height=\"{cell}\" fill=\"rgb({r:.0},{g:.0},{shade:.0})\" stroke=\"#ccc\"/>"
+            );
             if v > 0 {
                 let _ = writeln!(
                     s,

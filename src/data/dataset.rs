@@ -1,8 +1,8 @@
 //! [`Dataset`]: labelled `u8` images, with subsetting and the stratified split.
 
 use crate::{Error, Result};
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use std::fmt;
 
 /// A labelled set of same-sized images stored as raw `u8` pixels.
@@ -58,7 +58,7 @@ impl Dataset {
             _ => {
                 return Err(Error::Data(format!(
                     "dataset: invalid image shape {shape:?}"
-                )))
+                )));
             }
         };
         if num_classes == 0 || max_value == 0 {

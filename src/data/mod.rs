@@ -34,4 +34,4 @@ pub mod mnist;
 
 pub use batch::{Batch, Batches, Normalize};
 pub use dataset::Dataset;
-pub use digits::{digits, digits_train_test, DIGITS_SPLIT_SEED, DIGITS_TEST_COUNT};
+pub use digits::{DIGITS_SPLIT_SEED, DIGITS_TEST_COUNT, digits, digits_train_test};

@@ -63,11 +63,11 @@ pub(crate) mod switches;
 mod x86;
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kernel::{Elem, MicroKernel, Portable};
-use pack::{pack_a, pack_b, packed_len, MatRef};
+use pack::{MatRef, pack_a, pack_b, packed_len};
 pub use switches::SwitchGuard;
 
 // ---------------------------------------------------------------------------

@@ -62,10 +62,10 @@ fn scatter_row<T: Elem, const NR: usize>(
         if let Some(x) = ahead.get(q * NR) {
             super::prefetch(x);
         }
-        if NR > line {
-            if let Some(x) = ahead.get(q * NR + line) {
-                super::prefetch(x);
-            }
+        if NR > line
+            && let Some(x) = ahead.get(q * NR + line)
+        {
+            super::prefetch(x);
         }
         let s: &[T; NR] = s.try_into().expect("NR chunk");
         let d: &mut [T; NR] = (&mut panel[p * NR..p * NR + NR])
@@ -74,12 +74,12 @@ fn scatter_row<T: Elem, const NR: usize>(
         *d = *s;
     }
     let tail = chunks.remainder();
-    if !tail.is_empty() {
-        if let Some(panel) = panels.next() {
-            let d = &mut panel[p * NR..p * NR + NR];
-            for (j, x) in d.iter_mut().enumerate() {
-                *x = tail.get(j).copied().unwrap_or(T::ZERO);
-            }
+    if !tail.is_empty()
+        && let Some(panel) = panels.next()
+    {
+        let d = &mut panel[p * NR..p * NR + NR];
+        for (j, x) in d.iter_mut().enumerate() {
+            *x = tail.get(j).copied().unwrap_or(T::ZERO);
         }
     }
 }

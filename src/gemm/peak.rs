@@ -144,7 +144,8 @@ unsafe fn fma_loop_avx2(iters: u64, x: f32) -> f32 {
         sum = _mm256_add_ps(sum, a);
     }
     let mut lanes = [0.0f32; LANES];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    // SAFETY: `lanes` holds `LANES` (8) f32, the 256 bits stored.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
     lanes.iter().sum()
 }
 

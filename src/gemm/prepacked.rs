@@ -18,7 +18,7 @@
 
 use super::kernel::{Elem, MicroKernel, Portable};
 
-use super::{balanced_block, CView, Engine, MAX_MR};
+use super::{CView, Engine, MAX_MR, balanced_block};
 use std::any::TypeId;
 
 /// The micro-kernel family a [`PackedA`] was packed for.
@@ -294,11 +294,7 @@ fn crowds_l1<T>(ld: usize, rows: usize) -> bool {
 }
 
 fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// The loops: for each block of `k`, each `NR`-column panel of B (in place,

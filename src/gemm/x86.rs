@@ -13,7 +13,7 @@
 //! multiply-adds are wasted on padding rows; columns beyond the tile width
 //! inside the last vector are computed but never stored.
 
-use super::kernel::{check_dot, check_tile, Blocking, Elem, MicroKernel};
+use super::kernel::{Blocking, Elem, MicroKernel, check_dot, check_tile};
 use std::arch::x86_64::*;
 
 /// Calls the `R × NV`-vector instantiation of a tile kernel for `rows` rows
@@ -260,6 +260,10 @@ impl MicroKernel for Avx2F64 {
 /// Every method is `#[inline(always)]` and only meaningful inlined into a
 /// function compiled with `avx2,fma` (the generic kernels): there the
 /// intrinsics it calls are inlined too.
+///
+/// # Safety
+/// Every method requires AVX2 and FMA; `load` and `store` need `p` valid
+/// for `LANES` elements, `load_first` for its first `n`.
 trait Avx2Vec: Copy {
     /// The element type.
     type E: Elem;
@@ -290,50 +294,72 @@ impl Avx2Vec for __m256 {
     const LANES: usize = 8;
     #[inline(always)]
     unsafe fn zero() -> Self {
-        _mm256_setzero_ps()
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_setzero_ps() }
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
-        _mm256_loadu_ps(p)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_loadu_ps(p) }
     }
     #[inline(always)]
     unsafe fn load_first(p: *const f32, n: usize) -> Self {
-        // Lanes whose index is below n are read; the others are never
-        // accessed and read as zero.
-        let mask = _mm256_cmpgt_epi32(
-            _mm256_set1_epi32(n as i32),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        );
-        _mm256_maskload_ps(p, mask)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe {
+            // Lanes whose index is below n are read; the others are never
+            // accessed and read as zero.
+            let mask = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(n as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            );
+            _mm256_maskload_ps(p, mask)
+        }
     }
     #[inline(always)]
     unsafe fn splat(x: f32) -> Self {
-        _mm256_set1_ps(x)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_set1_ps(x) }
     }
     #[inline(always)]
     unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
-        _mm256_fmadd_ps(a, b, c)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
     }
     #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {
-        _mm256_add_ps(a, b)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_add_ps(a, b) }
     }
     #[inline(always)]
     unsafe fn mul(a: Self, b: Self) -> Self {
-        _mm256_mul_ps(a, b)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_mul_ps(a, b) }
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: Self) {
-        _mm256_storeu_ps(p, v)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_storeu_ps(p, v) }
     }
     #[inline(always)]
     unsafe fn sum4(v: [Self; 4]) -> [f32; 4] {
-        // Three horizontal adds and one cross-lane add give the four sums.
-        let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
-        let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
-        let mut out = [0.0f32; 4];
-        _mm_storeu_ps(out.as_mut_ptr(), sums);
-        out
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe {
+            // Three horizontal adds and one cross-lane add give the four sums.
+            let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+            let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+            let mut out = [0.0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), sums);
+            out
+        }
     }
 }
 
@@ -342,46 +368,69 @@ impl Avx2Vec for __m256d {
     const LANES: usize = 4;
     #[inline(always)]
     unsafe fn zero() -> Self {
-        _mm256_setzero_pd()
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_setzero_pd() }
     }
     #[inline(always)]
     unsafe fn load(p: *const f64) -> Self {
-        _mm256_loadu_pd(p)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_loadu_pd(p) }
     }
     #[inline(always)]
     unsafe fn load_first(p: *const f64, n: usize) -> Self {
-        let mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), _mm256_setr_epi64x(0, 1, 2, 3));
-        _mm256_maskload_pd(p, mask)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe {
+            let mask =
+                _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), _mm256_setr_epi64x(0, 1, 2, 3));
+            _mm256_maskload_pd(p, mask)
+        }
     }
     #[inline(always)]
     unsafe fn splat(x: f64) -> Self {
-        _mm256_set1_pd(x)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_set1_pd(x) }
     }
     #[inline(always)]
     unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
-        _mm256_fmadd_pd(a, b, c)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_fmadd_pd(a, b, c) }
     }
     #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {
-        _mm256_add_pd(a, b)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_add_pd(a, b) }
     }
     #[inline(always)]
     unsafe fn mul(a: Self, b: Self) -> Self {
-        _mm256_mul_pd(a, b)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_mul_pd(a, b) }
     }
     #[inline(always)]
     unsafe fn store(p: *mut f64, v: Self) {
-        _mm256_storeu_pd(p, v)
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe { _mm256_storeu_pd(p, v) }
     }
     #[inline(always)]
     unsafe fn sum4(v: [Self; 4]) -> [f64; 4] {
-        let h01 = _mm256_hadd_pd(v[0], v[1]); // [v0 lo, v1 lo, v0 hi, v1 hi]
-        let h23 = _mm256_hadd_pd(v[2], v[3]); // [v2 lo, v3 lo, v2 hi, v3 hi]
-        let swapped = _mm256_permute2f128_pd::<0x21>(h01, h23);
-        let blended = _mm256_blend_pd::<0b1100>(h01, h23);
-        let mut out = [0.0f64; 4];
-        _mm256_storeu_pd(out.as_mut_ptr(), _mm256_add_pd(swapped, blended));
-        out
+        // SAFETY: the caller upholds `Avx2Vec`'s contract: AVX2 and FMA are available, and any
+        // pointer is valid for the lanes read or written.
+        unsafe {
+            let h01 = _mm256_hadd_pd(v[0], v[1]); // [v0 lo, v1 lo, v0 hi, v1 hi]
+            let h23 = _mm256_hadd_pd(v[2], v[3]); // [v2 lo, v3 lo, v2 hi, v3 hi]
+            let swapped = _mm256_permute2f128_pd::<0x21>(h01, h23);
+            let blended = _mm256_blend_pd::<0b1100>(h01, h23);
+            let mut out = [0.0f64; 4];
+            _mm256_storeu_pd(out.as_mut_ptr(), _mm256_add_pd(swapped, blended));
+            out
+        }
     }
 }
 
@@ -404,63 +453,67 @@ unsafe fn kernel_avx2<V: Avx2Vec, const R: usize, const NV: usize>(
     beta: V::E,
     c: &mut [&mut [V::E]],
 ) {
-    const MR: usize = 6;
-    let l = V::LANES;
-    let mut acc = [[V::zero(); NV]; R];
-    let mut ap = a;
-    let mut bp = b;
-    // One step of k: a row of B times a column of the A panel.
-    let step = |acc: &mut [[V; NV]; R], ap: *const V::E, brow: *const V::E| {
-        let mut bv = [V::zero(); NV];
-        for (v, x) in bv.iter_mut().enumerate() {
-            *x = V::load(brow.add(l * v));
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = V::splat(*ap.add(r));
-            for v in 0..NV {
-                accr[v] = V::fmadd(av, bv[v], accr[v]);
+    // SAFETY: the caller upholds this function's contract (# Safety above): the CPU features it
+    // enables are available, and the pointers are valid for every element read or written.
+    unsafe {
+        const MR: usize = 6;
+        let l = V::LANES;
+        let mut acc = [[V::zero(); NV]; R];
+        let mut ap = a;
+        let mut bp = b;
+        // One step of k: a row of B times a column of the A panel.
+        let step = |acc: &mut [[V; NV]; R], ap: *const V::E, brow: *const V::E| {
+            let mut bv = [V::zero(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = V::load(brow.add(l * v));
             }
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = V::splat(*ap.add(r));
+                for v in 0..NV {
+                    accr[v] = V::fmadd(av, bv[v], accr[v]);
+                }
+            }
+        };
+        // Main loop, unrolled by two steps of k.
+        let mut p = 0;
+        while p + 2 <= kc {
+            step(&mut acc, ap, bp);
+            step(&mut acc, ap.add(MR), bp.add(ldb));
+            ap = ap.add(2 * MR);
+            bp = bp.add(2 * ldb);
+            p += 2;
         }
-    };
-    // Main loop, unrolled by two steps of k.
-    let mut p = 0;
-    while p + 2 <= kc {
-        step(&mut acc, ap, bp);
-        step(&mut acc, ap.add(MR), bp.add(ldb));
-        ap = ap.add(2 * MR);
-        bp = bp.add(2 * ldb);
-        p += 2;
-    }
-    if p < kc {
-        step(&mut acc, ap, bp);
-    }
+        if p < kc {
+            step(&mut acc, ap, bp);
+        }
 
-    let (one, zero) = (V::E::ONE, V::E::ZERO);
-    let valpha = V::splat(alpha);
-    let vbeta = V::splat(beta);
-    for (r, accr) in acc.iter().enumerate() {
-        let row: &mut [V::E] = c.get_unchecked_mut(r);
-        let cols = row.len();
-        let cp = row.as_mut_ptr();
-        for (v, &x) in accr.iter().enumerate() {
-            let x = if alpha == one { x } else { V::mul(x, valpha) };
-            let off = l * v;
-            if off + l <= cols {
-                let dst = cp.add(off);
-                let out = if beta == zero {
-                    x
-                } else if beta == one {
-                    V::add(V::load(dst), x)
-                } else {
-                    V::fmadd(V::load(dst), vbeta, x)
-                };
-                V::store(dst, out);
-            } else if off < cols {
-                let mut tmp = [zero; 8];
-                V::store(tmp.as_mut_ptr(), x);
-                for (i, &t) in tmp.iter().enumerate().take(cols - off) {
-                    let d = cp.add(off + i);
-                    *d = if beta == zero { t } else { t + beta * *d };
+        let (one, zero) = (V::E::ONE, V::E::ZERO);
+        let valpha = V::splat(alpha);
+        let vbeta = V::splat(beta);
+        for (r, accr) in acc.iter().enumerate() {
+            let row: &mut [V::E] = c.get_unchecked_mut(r);
+            let cols = row.len();
+            let cp = row.as_mut_ptr();
+            for (v, &x) in accr.iter().enumerate() {
+                let x = if alpha == one { x } else { V::mul(x, valpha) };
+                let off = l * v;
+                if off + l <= cols {
+                    let dst = cp.add(off);
+                    let out = if beta == zero {
+                        x
+                    } else if beta == one {
+                        V::add(V::load(dst), x)
+                    } else {
+                        V::fmadd(V::load(dst), vbeta, x)
+                    };
+                    V::store(dst, out);
+                } else if off < cols {
+                    let mut tmp = [zero; 8];
+                    V::store(tmp.as_mut_ptr(), x);
+                    for (i, &t) in tmp.iter().enumerate().take(cols - off) {
+                        let d = cp.add(off + i);
+                        *d = if beta == zero { t } else { t + beta * *d };
+                    }
                 }
             }
         }
@@ -484,43 +537,47 @@ unsafe fn dot_avx2<V: Avx2Vec, const R: usize, const C: usize>(
     beta: V::E,
     c: &mut [&mut [V::E]],
 ) {
-    let l = V::LANES;
-    let mut acc = [[V::zero(); C]; R];
-    // One block of `l` (or, masked, the last `n < l`) elements.
-    let block = |acc: &mut [[V; C]; R], p: usize, n: usize| {
-        let ld = |x: *const V::E| {
-            if n == l {
-                V::load(x.add(p))
-            } else {
-                V::load_first(x.add(p), n)
+    // SAFETY: the caller upholds this function's contract (# Safety above): the CPU features it
+    // enables are available, and the pointers are valid for every element read or written.
+    unsafe {
+        let l = V::LANES;
+        let mut acc = [[V::zero(); C]; R];
+        // One block of `l` (or, masked, the last `n < l`) elements.
+        let block = |acc: &mut [[V; C]; R], p: usize, n: usize| {
+            let ld = |x: *const V::E| {
+                if n == l {
+                    V::load(x.add(p))
+                } else {
+                    V::load_first(x.add(p), n)
+                }
+            };
+            let mut bv = [V::zero(); C];
+            for (j, x) in bv.iter_mut().enumerate() {
+                *x = ld(b[j]);
+            }
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = ld(a[r]);
+                for j in 0..C {
+                    accr[j] = V::fmadd(av, bv[j], accr[j]);
+                }
             }
         };
-        let mut bv = [V::zero(); C];
-        for (j, x) in bv.iter_mut().enumerate() {
-            *x = ld(b[j]);
+        let mut p = 0;
+        while p + l <= len {
+            block(&mut acc, p, l);
+            p += l;
         }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = ld(a[r]);
-            for j in 0..C {
-                accr[j] = V::fmadd(av, bv[j], accr[j]);
+        if p < len {
+            block(&mut acc, p, len - p);
+        }
+        // Each column's (up to) four row sums at once.
+        for j in 0..C {
+            let v: [V; 4] = std::array::from_fn(|r| if r < R { acc[r][j] } else { V::zero() });
+            for (r, &s) in V::sum4(v).iter().enumerate().take(R) {
+                let s = alpha * s;
+                let d = c.get_unchecked_mut(r).get_unchecked_mut(j);
+                *d = if beta == V::E::ZERO { s } else { s + beta * *d };
             }
-        }
-    };
-    let mut p = 0;
-    while p + l <= len {
-        block(&mut acc, p, l);
-        p += l;
-    }
-    if p < len {
-        block(&mut acc, p, len - p);
-    }
-    // Each column's (up to) four row sums at once.
-    for j in 0..C {
-        let v: [V; 4] = std::array::from_fn(|r| if r < R { acc[r][j] } else { V::zero() });
-        for (r, &s) in V::sum4(v).iter().enumerate().take(R) {
-            let s = alpha * s;
-            let d = c.get_unchecked_mut(r).get_unchecked_mut(j);
-            *d = if beta == V::E::ZERO { s } else { s + beta * *d };
         }
     }
 }
@@ -651,74 +708,78 @@ unsafe fn kernel_f32_512<const R: usize, const NV: usize>(
     beta: f32,
     c: &mut [&mut [f32]],
 ) {
-    const MR: usize = 8;
-    let mut acc = [[_mm512_setzero_ps(); NV]; R];
-    let mut ap = a;
-    let mut bp = b;
-    // Main loop, unrolled by two steps of k.
-    let mut p = 0;
-    while p + 2 <= kc {
-        for s in 0..2 {
-            let brow = bp.add(s * ldb);
+    // SAFETY: the caller upholds this function's contract (# Safety above): the CPU features it
+    // enables are available, and the pointers are valid for every element read or written.
+    unsafe {
+        const MR: usize = 8;
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
+        let mut ap = a;
+        let mut bp = b;
+        // Main loop, unrolled by two steps of k.
+        let mut p = 0;
+        while p + 2 <= kc {
+            for s in 0..2 {
+                let brow = bp.add(s * ldb);
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(brow.add(16 * v));
+                }
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ap.add(s * MR + r));
+                    for v in 0..NV {
+                        accr[v] = _mm512_fmadd_ps(av, bv[v], accr[v]);
+                    }
+                }
+            }
+            ap = ap.add(2 * MR);
+            bp = bp.add(2 * ldb);
+            p += 2;
+        }
+        if p < kc {
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, x) in bv.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(brow.add(16 * v));
+                *x = _mm512_loadu_ps(bp.add(16 * v));
             }
             for (r, accr) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(s * MR + r));
+                let av = _mm512_set1_ps(*ap.add(r));
                 for v in 0..NV {
                     accr[v] = _mm512_fmadd_ps(av, bv[v], accr[v]);
                 }
             }
         }
-        ap = ap.add(2 * MR);
-        bp = bp.add(2 * ldb);
-        p += 2;
-    }
-    if p < kc {
-        let mut bv = [_mm512_setzero_ps(); NV];
-        for (v, x) in bv.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(bp.add(16 * v));
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*ap.add(r));
-            for v in 0..NV {
-                accr[v] = _mm512_fmadd_ps(av, bv[v], accr[v]);
-            }
-        }
-    }
 
-    let valpha = _mm512_set1_ps(alpha);
-    let vbeta = _mm512_set1_ps(beta);
-    for (r, accr) in acc.iter().enumerate() {
-        let row: &mut [f32] = c.get_unchecked_mut(r);
-        let cols = row.len();
-        let cp = row.as_mut_ptr();
-        for (v, &x) in accr.iter().enumerate() {
-            let off = 16 * v;
-            if off >= cols {
-                break;
+        let valpha = _mm512_set1_ps(alpha);
+        let vbeta = _mm512_set1_ps(beta);
+        for (r, accr) in acc.iter().enumerate() {
+            let row: &mut [f32] = c.get_unchecked_mut(r);
+            let cols = row.len();
+            let cp = row.as_mut_ptr();
+            for (v, &x) in accr.iter().enumerate() {
+                let off = 16 * v;
+                if off >= cols {
+                    break;
+                }
+                let x = if alpha == 1.0 {
+                    x
+                } else {
+                    _mm512_mul_ps(x, valpha)
+                };
+                // Lanes past the row's end are masked off: never read, never written.
+                let mask: __mmask16 = if off + 16 <= cols {
+                    0xffff
+                } else {
+                    ((1u32 << (cols - off)) - 1) as __mmask16
+                };
+                let dst = cp.add(off);
+                let out = if beta == 0.0 {
+                    x
+                } else if beta == 1.0 {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), x)
+                } else {
+                    _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, dst), vbeta, x)
+                };
+                _mm512_mask_storeu_ps(dst, mask, out);
             }
-            let x = if alpha == 1.0 {
-                x
-            } else {
-                _mm512_mul_ps(x, valpha)
-            };
-            // Lanes past the row's end are masked off: never read, never written.
-            let mask: __mmask16 = if off + 16 <= cols {
-                0xffff
-            } else {
-                ((1u32 << (cols - off)) - 1) as __mmask16
-            };
-            let dst = cp.add(off);
-            let out = if beta == 0.0 {
-                x
-            } else if beta == 1.0 {
-                _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), x)
-            } else {
-                _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, dst), vbeta, x)
-            };
-            _mm512_mask_storeu_ps(dst, mask, out);
         }
     }
 }
@@ -739,69 +800,73 @@ unsafe fn dot_f32_512<const R: usize, const C: usize>(
     beta: f32,
     c: &mut [&mut [f32]],
 ) {
-    const L: usize = 16;
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
-    let mut p = 0;
-    while p + L <= len {
-        let mut bv = [_mm512_setzero_ps(); C];
-        for (j, x) in bv.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(b[j].add(p));
+    // SAFETY: the caller upholds this function's contract (# Safety above): the CPU features it
+    // enables are available, and the pointers are valid for every element read or written.
+    unsafe {
+        const L: usize = 16;
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut p = 0;
+        while p + L <= len {
+            let mut bv = [_mm512_setzero_ps(); C];
+            for (j, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(b[j].add(p));
+            }
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = _mm512_loadu_ps(a[r].add(p));
+                for (x, &bj) in accr.iter_mut().zip(&bv) {
+                    *x = _mm512_fmadd_ps(av, bj, *x);
+                }
+            }
+            p += L;
         }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm512_loadu_ps(a[r].add(p));
-            for (x, &bj) in accr.iter_mut().zip(&bv) {
-                *x = _mm512_fmadd_ps(av, bj, *x);
+        if p < len {
+            // Tail: masked loads read only the `len - p` remaining elements
+            // (masked-off lanes are never accessed and read as zero).
+            let mask: __mmask16 = ((1u32 << (len - p)) - 1) as __mmask16;
+            let mut bv = [_mm512_setzero_ps(); C];
+            for (j, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_maskz_loadu_ps(mask, b[j].add(p));
+            }
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = _mm512_maskz_loadu_ps(mask, a[r].add(p));
+                for (x, &bj) in accr.iter_mut().zip(&bv) {
+                    *x = _mm512_fmadd_ps(av, bj, *x);
+                }
             }
         }
-        p += L;
-    }
-    if p < len {
-        // Tail: masked loads read only the `len - p` remaining elements
-        // (masked-off lanes are never accessed and read as zero).
-        let mask: __mmask16 = ((1u32 << (len - p)) - 1) as __mmask16;
-        let mut bv = [_mm512_setzero_ps(); C];
-        for (j, x) in bv.iter_mut().enumerate() {
-            *x = _mm512_maskz_loadu_ps(mask, b[j].add(p));
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm512_maskz_loadu_ps(mask, a[r].add(p));
-            for (x, &bj) in accr.iter_mut().zip(&bv) {
-                *x = _mm512_fmadd_ps(av, bj, *x);
+        // All (up to) sixteen sums at once: lane `4r + j` of `sums` is the sum
+        // of `acc[r][j]`. Every index below is a constant, so that the
+        // accumulators stay in registers (an index computed at run time would
+        // keep the array in memory, and the loop above with it).
+        let z = _mm512_setzero_ps();
+        let g = |r: usize, j: usize| if r < R && j < C { acc[r][j] } else { z };
+        let sums = reduce16([
+            g(0, 0),
+            g(0, 2),
+            g(0, 1),
+            g(0, 3),
+            g(2, 0),
+            g(2, 2),
+            g(2, 1),
+            g(2, 3),
+            g(1, 0),
+            g(1, 2),
+            g(1, 1),
+            g(1, 3),
+            g(3, 0),
+            g(3, 2),
+            g(3, 1),
+            g(3, 3),
+        ]);
+        let mut out = [0.0f32; 16];
+        _mm512_storeu_ps(out.as_mut_ptr(), sums);
+        for r in 0..R {
+            let row: &mut [f32] = c.get_unchecked_mut(r);
+            for j in 0..C {
+                let s = alpha * out[4 * r + j];
+                let d = row.get_unchecked_mut(j);
+                *d = if beta == 0.0 { s } else { s + beta * *d };
             }
-        }
-    }
-    // All (up to) sixteen sums at once: lane `4r + j` of `sums` is the sum
-    // of `acc[r][j]`. Every index below is a constant, so that the
-    // accumulators stay in registers (an index computed at run time would
-    // keep the array in memory, and the loop above with it).
-    let z = _mm512_setzero_ps();
-    let g = |r: usize, j: usize| if r < R && j < C { acc[r][j] } else { z };
-    let sums = reduce16([
-        g(0, 0),
-        g(0, 2),
-        g(0, 1),
-        g(0, 3),
-        g(2, 0),
-        g(2, 2),
-        g(2, 1),
-        g(2, 3),
-        g(1, 0),
-        g(1, 2),
-        g(1, 1),
-        g(1, 3),
-        g(3, 0),
-        g(3, 2),
-        g(3, 1),
-        g(3, 3),
-    ]);
-    let mut out = [0.0f32; 16];
-    _mm512_storeu_ps(out.as_mut_ptr(), sums);
-    for r in 0..R {
-        let row: &mut [f32] = c.get_unchecked_mut(r);
-        for j in 0..C {
-            let s = alpha * out[4 * r + j];
-            let d = row.get_unchecked_mut(j);
-            *d = if beta == 0.0 { s } else { s + beta * *d };
         }
     }
 }
@@ -813,12 +878,9 @@ unsafe fn dot_f32_512<const R: usize, const C: usize>(
 /// `[0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15][l]` (a map that
 /// is its own inverse: the caller passes the vector to sum into lane `l` at
 /// that position).
-///
-/// # Safety
-/// AVX-512F must be available.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn reduce16(w: [__m512; 16]) -> __m512 {
+fn reduce16(w: [__m512; 16]) -> __m512 {
     // 16 → 8: the low and high 256-bit halves of inputs `i` and `i + 8`, added.
     let half = |a: __m512, b: __m512| {
         _mm512_add_ps(

@@ -2,8 +2,8 @@
 //! SiLU, Softplus, ELU and Hardtanh, with PyTorch's defaults. In plain code
 //! call the `Var` method instead (`x.gelu()`, `x.silu()`, …).
 
-use super::params::Bound;
 use super::Module;
+use super::params::Bound;
 use crate::{Float, Var};
 
 /// GELU: exact (`x.gelu()`, the default) or, with `tanh_approximation`, the

@@ -1,7 +1,7 @@
 //! The convolution, transposed convolution and pooling layers.
 
 use super::params::{Bound, ParamId, Params};
-use super::{init_uniform, Module};
+use super::{Module, init_uniform};
 use crate::{Conv2dOptions, ConvTranspose2dOptions, Float, Pair, Pool2dOptions, Var};
 
 /// A 2-D convolution layer, weight `[out, in/groups, kh, kw]`, bias `[out]`.

@@ -2,8 +2,8 @@
 
 use super::params::{Bound, ParamId, Params};
 use crate::{Float, Tape, Tensor, Var};
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::sync::Mutex;
 
 /// U(−bound, bound) samples from the caller's RNG, `bound = 1/√fan_in`: PyTorch's default

@@ -27,11 +27,11 @@ mod norm;
 mod params;
 mod resample;
 
-pub use activation::{Hardtanh, SiLU, Softplus, ELU, GELU};
+pub use activation::{ELU, GELU, Hardtanh, SiLU, Softplus};
 pub use conv::{AvgPool2d, Conv2d, ConvTranspose2d, GlobalAvgPool2d, MaxPool2d};
 pub use layers::{
-    init_uniform, predict, Dropout, Flatten, LeakyReLU, Linear, Module, ReLU, Sequential, Sigmoid,
-    Tanh,
+    Dropout, Flatten, LeakyReLU, Linear, Module, ReLU, Sequential, Sigmoid, Tanh, init_uniform,
+    predict,
 };
 pub use norm::{BasicBlock, BatchNorm, BatchNormOptions, GroupNorm, LayerNorm, RunningStats};
 pub use params::{Bound, BufferId, Mode, ParamGrads, ParamGradsSource, ParamId, Params};

@@ -1,8 +1,8 @@
 //! Named parameters that live outside the tape, and their binding to a tape.
 
 use crate::{Error, Float, Gradients, Result, Tape, Tensor, Var};
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::borrow::Cow;
 use std::ops::Index;
 use std::path::Path;

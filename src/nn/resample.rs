@@ -1,7 +1,7 @@
 //! The resampling layers: upsampling, padding and adaptive pooling.
 
-use super::params::Bound;
 use super::Module;
+use super::params::Bound;
 use crate::{Float, PadMode, UpsampleSize, Var};
 
 /// How [`Upsample`] interpolates.

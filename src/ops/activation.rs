@@ -207,11 +207,7 @@ impl<'t, T: Float> Var<'t, T> {
             },
             move |x, _| {
                 let bx = beta * x;
-                if bx > threshold {
-                    T::ONE
-                } else {
-                    sigmoid(bx)
-                }
+                if bx > threshold { T::ONE } else { sigmoid(bx) }
             },
             move |g, x| {
                 let above = x.constant_map(|x| {
@@ -294,11 +290,7 @@ impl<'t, T: Float> Var<'t, T> {
                 }
             },
             move |x, _| {
-                if x <= lo || x >= hi {
-                    T::ZERO
-                } else {
-                    T::ONE
-                }
+                if x <= lo || x >= hi { T::ZERO } else { T::ONE }
             },
             move |g, x| g * x.constant_map(|x| if x <= lo || x >= hi { T::ZERO } else { T::ONE }),
         )
@@ -324,18 +316,10 @@ impl<'t, T: Float> Var<'t, T> {
             "clamp",
             move |x| {
                 let y = if x < lo { lo } else { x };
-                if y > hi {
-                    hi
-                } else {
-                    y
-                }
+                if y > hi { hi } else { y }
             },
             move |x, _| {
-                if x > lo && x < hi {
-                    T::ONE
-                } else {
-                    T::ZERO
-                }
+                if x > lo && x < hi { T::ONE } else { T::ZERO }
             },
             move |g, x| g * x.constant_map(|x| if x > lo && x < hi { T::ONE } else { T::ZERO }),
         )

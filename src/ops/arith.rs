@@ -4,7 +4,7 @@
 //! ([`Tensor::sum_to`]), so every gradient has its operand's shape.
 
 use super::reduce::graph_one;
-use crate::tape::{one, two, Backward, GraphGrads};
+use crate::tape::{Backward, GraphGrads, one, two};
 use crate::{Float, Tensor, Var};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 

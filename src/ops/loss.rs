@@ -8,7 +8,7 @@
 use super::reduce::graph_one;
 use super::softmax::log_softmax_lanes;
 use crate::shape::Shape;
-use crate::tape::{graph_fn, one, two, GraphCtx, GraphGrads};
+use crate::tape::{GraphCtx, GraphGrads, graph_fn, one, two};
 use crate::{Float, Tensor, Var};
 
 /// How a loss combines its per-element (or per-sample) values: PyTorch's

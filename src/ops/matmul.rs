@@ -4,7 +4,7 @@
 //! the GEMM takes strides.
 
 use crate::shape::Shape;
-use crate::tape::{graph_fn, two, GraphCtx, GraphGrads};
+use crate::tape::{GraphCtx, GraphGrads, graph_fn, two};
 use crate::{Float, Tensor, Var};
 
 /// `C (m×n) = A (m×k) · B (k×n)` for row-major slices, optionally transposed via strides.

@@ -39,7 +39,7 @@
 
 use super::conv::parallel::{run_jobs, split_by, split_work};
 use crate::shape::Shape;
-use crate::tape::{graph_fn, GraphCtx};
+use crate::tape::{GraphCtx, graph_fn};
 use crate::{Float, ParentGrads, Tensor, Var};
 use std::ops::Range;
 
@@ -231,7 +231,7 @@ fn prefetch<T>(x: &[T]) {
         // SAFETY: `prefetcht0` is part of SSE, which every `x86_64` CPU has;
         // a prefetch is only a hint and never faults.
         unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
             _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast::<i8>());
         }
     }
@@ -1065,7 +1065,7 @@ fn group_norm_composite<'t, T: Float>(
 
 #[cfg(test)]
 mod tests {
-    use super::{moments, split_mean, Planes};
+    use super::{Planes, moments, split_mean};
 
     #[test]
     fn moments_are_exact_far_from_zero() {
@@ -1096,9 +1096,10 @@ mod tests {
             .collect();
         // Channel 0 (samples 0, 1), channel 1, then channel 2.
         assert_eq!(firsts, vec![vec![0, 6, 2, 8], vec![4, 10]]);
-        assert!(l
-            .by_channel::<usize>(None, &ranges)
-            .iter()
-            .all(Vec::is_empty));
+        assert!(
+            l.by_channel::<usize>(None, &ranges)
+                .iter()
+                .all(Vec::is_empty)
+        );
     }
 }

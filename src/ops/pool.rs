@@ -24,9 +24,9 @@
 //!   other elements get 0.
 //! - avg: `dX[r, s] += dY[i, j] / divisor(i, j)` for every in-bounds `(r, s)` in the window.
 
-use super::conv::parallel::{run_jobs, split_by, Planes};
+use super::conv::parallel::{Planes, run_jobs, split_by};
 use super::conv::{AxisGeometry, Pair};
-use super::{record_linear_backward, LinearMap};
+use super::{LinearMap, record_linear_backward};
 use crate::shape::Shape;
 use crate::{Float, Tensor, Var};
 use std::ops::Range;

@@ -1,7 +1,7 @@
 //! Reductions: sum and mean (all elements or given axes), max over an axis.
 
 use crate::shape::Shape;
-use crate::tape::{one, GraphGrads};
+use crate::tape::{GraphGrads, one};
 use crate::{Float, Tensor, Var};
 use smallvec::SmallVec;
 

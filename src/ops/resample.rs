@@ -10,7 +10,7 @@
 //! plane is computed by one thread, so results do not depend on the thread count.
 
 use super::conv::parallel::Planes;
-use super::{record_linear_backward, LinearMap};
+use super::{LinearMap, record_linear_backward};
 use crate::shape::Shape;
 use crate::{Float, Tensor, Var};
 
@@ -167,11 +167,7 @@ impl<T: Float> LinearAxis<T> {
                     ratio * T::from_usize(o)
                 } else {
                     let s = ratio * (T::from_usize(o) + half) - half;
-                    if s < T::ZERO {
-                        T::ZERO
-                    } else {
-                        s
-                    }
+                    if s < T::ZERO { T::ZERO } else { s }
                 };
                 let i0 = (src.to_f64().floor() as usize).min(input - 1);
                 (i0, (src - T::from_usize(i0)).max(T::ZERO).min(T::ONE))

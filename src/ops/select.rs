@@ -3,7 +3,7 @@
 //! `torch.where`) with its boolean [`Mask`].
 
 use crate::shape::Shape;
-use crate::tape::{graph_fn, two, GraphCtx, GraphGrads};
+use crate::tape::{GraphCtx, GraphGrads, graph_fn, two};
 use crate::{Error, Float, Result, Tensor, Var};
 
 /// A boolean tensor: the condition of [`Var::select`]. Contiguous,
@@ -103,11 +103,7 @@ fn max_share<T: Float>(a: T, b: T) -> T {
 /// `g · share`, exactly 0 where the share is 0 (even for an infinite `g`).
 #[inline]
 fn scaled<T: Float>(g: T, share: T) -> T {
-    if share == T::ZERO {
-        T::ZERO
-    } else {
-        g * share
-    }
+    if share == T::ZERO { T::ZERO } else { g * share }
 }
 
 /// max(a, b), NaN if either is NaN (as `torch.maximum`).
@@ -286,11 +282,7 @@ impl<'t, T: Float> Var<'t, T> {
             move |ctx| {
                 let pick = |keep: bool| {
                     ctx.grad.zip_map(&m, "select", |g, m| {
-                        if (m != T::ZERO) == keep {
-                            g
-                        } else {
-                            T::ZERO
-                        }
+                        if (m != T::ZERO) == keep { g } else { T::ZERO }
                     })
                 };
                 two(

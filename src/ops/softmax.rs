@@ -61,11 +61,7 @@ fn lane_max<T: Float>(x: &[T], b: usize, s: usize, n: usize) -> T {
     (0..n).map(|k| x[b + k * s]).fold(
         T::NEG_INFINITY,
         |m, v| {
-            if v > m || v.is_nan() {
-                v
-            } else {
-                m
-            }
+            if v > m || v.is_nan() { v } else { m }
         },
     )
 }

@@ -1,7 +1,7 @@
 //! [`Adam`] and AdamW, as `torch.optim.Adam` / `torch.optim.AdamW`.
 
-use super::state::{check_state_len, StateReader};
-use super::{check_lengths, check_shape, Optimizer, OptimizerState};
+use super::state::{StateReader, check_state_len};
+use super::{Optimizer, OptimizerState, check_lengths, check_shape};
 use crate::nn::{ParamGradsSource, Params};
 use crate::{Error, Float, Result};
 
@@ -254,10 +254,6 @@ impl<T: Float> Optimizer<T> for Adam<T> {
 impl<T: Float> Adam<T> {
     /// `Adam` or `AdamW`, the kind recorded in a state file.
     fn kind(&self) -> &'static str {
-        if self.decoupled {
-            "AdamW"
-        } else {
-            "Adam"
-        }
+        if self.decoupled { "AdamW" } else { "Adam" }
     }
 }

@@ -1,8 +1,8 @@
 //! Gradient clipping on [`ParamGrads`], as `torch.nn.utils.clip_grad_norm_` and
 //! `clip_grad_value_`.
 
-use crate::nn::ParamGrads;
 use crate::Float;
+use crate::nn::ParamGrads;
 
 impl<T: Float> ParamGrads<T> {
     /// Scales every gradient down so that their total norm is at most `max_norm`, as

@@ -1,7 +1,7 @@
 //! [`Sgd`]: stochastic gradient descent, as `torch.optim.SGD`.
 
-use super::state::{check_state_len, StateReader};
-use super::{check_lengths, check_shape, Optimizer, OptimizerState};
+use super::state::{StateReader, check_state_len};
+use super::{Optimizer, OptimizerState, check_lengths, check_shape};
 use crate::nn::{ParamGradsSource, Params};
 use crate::{Float, Result};
 

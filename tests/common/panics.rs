@@ -1,7 +1,7 @@
 //! The text of a panic, for tests of error messages.
 #![allow(dead_code)]
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// The message `f` panics with, `"no panic"` if it returns, or
 /// `"non-string panic"` for another payload.

@@ -558,12 +558,12 @@ impl Conv2dGeometry {
                  than isize::MAX (stride {stride}, padding {padding}, dilation {dilation})"
             ));
         }
-        if let Some(b) = bias {
-            if b != [o] {
-                return fail(format!(
-                    "bias {b:?} does not match weight {weight:?}: expected [{o}] (input {input:?})"
-                ));
-            }
+        if let Some(b) = bias
+            && b != [o]
+        {
+            return fail(format!(
+                "bias {b:?} does not match weight {weight:?}: expected [{o}] (input {input:?})"
+            ));
         }
         Ok(Conv2dGeometry {
             batch: n,
@@ -727,13 +727,13 @@ impl Conv2dGeometry {
                  than isize::MAX (stride {stride}, padding {padding}, dilation {dilation})"
             ));
         }
-        if let Some(b) = bias {
-            if b != [o] {
-                return fail(format!(
-                    "bias {b:?} does not match weight {weight:?} and groups({groups}): \
+        if let Some(b) = bias
+            && b != [o]
+        {
+            return fail(format!(
+                "bias {b:?} does not match weight {weight:?} and groups({groups}): \
                      expected [{o}] (input {input:?})"
-                ));
-            }
+            ));
         }
         // The conv from the output back to the input: it fits by construction
         // (its padded input is (in − 1)·stride + dilation·(k − 1) + output_padding + 1).

@@ -27,13 +27,13 @@
 //! the largest conv seen on the thread and are never zero-filled, since
 //! im2col writes every entry).
 
-use super::parallel::{
-    run_backward_jobs, run_jobs, split_by, split_work, BackwardBuffers, BackwardJob,
-};
 use super::Conv2dGeometry;
-use crate::gemm::prepacked::{gemm_prepacked, gemm_prepacked_ahead, PackedA};
-use crate::simd::multiversion;
+use super::parallel::{
+    BackwardBuffers, BackwardJob, run_backward_jobs, run_jobs, split_by, split_work,
+};
 use crate::Float;
+use crate::gemm::prepacked::{PackedA, gemm_prepacked, gemm_prepacked_ahead};
+use crate::simd::multiversion;
 use smallvec::SmallVec;
 use std::any::Any;
 use std::cell::RefCell;

@@ -158,7 +158,9 @@ pub fn backward<T: Float>(
 fn check_len<T>(geom: &Conv2dGeometry, x: &[T], w: &[T], y: &[T]) {
     let n = |s: [usize; 4]| s.iter().product::<usize>();
     assert!(
-        x.len() == n(geom.input_shape()) && w.len() == n(geom.weight_shape()) && y.len() == n(geom.output_shape()),
+        x.len() == n(geom.input_shape())
+            && w.len() == n(geom.weight_shape())
+            && y.len() == n(geom.output_shape()),
         "conv2d reference: slices of {}, {} and {} elements do not match input {:?}, weight {:?}, output {:?}",
         x.len(),
         w.len(),

@@ -31,7 +31,7 @@
 //! [`reference::conv_transpose2d`](super::reference::conv_transpose2d) holds
 //! the definition as direct loops.
 
-use super::{backward_pass, forward_pass, im2col, winograd, Conv2dGeometry, Pair};
+use super::{Conv2dGeometry, Pair, backward_pass, forward_pass, im2col, winograd};
 use crate::shape::Shape;
 use crate::{Float, Tensor, Var};
 use smallvec::smallvec;

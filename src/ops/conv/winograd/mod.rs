@@ -43,19 +43,19 @@
 mod lanes;
 mod variants;
 
-use super::im2col::{
-    batch_split, block_stride, gemm, input_block, output_block, sum, with_scratch, Grads, MatRef,
-};
-use super::parallel::{run_backward_jobs, run_jobs, split_by, BackwardBuffers, BackwardJob};
 use super::Conv2dGeometry;
-use crate::gemm::prepacked::{gemm_prepacked, PackedA};
+use super::im2col::{
+    Grads, MatRef, batch_split, block_stride, gemm, input_block, output_block, sum, with_scratch,
+};
+use super::parallel::{BackwardBuffers, BackwardJob, run_backward_jobs, run_jobs, split_by};
+use crate::Float;
+use crate::gemm::prepacked::{PackedA, gemm_prepacked};
 use crate::gemm::switches;
 use crate::simd::multiversion;
 use crate::threads::for_each_job;
-use crate::Float;
-use lanes::{offsets, transform, windows, LANES};
+use lanes::{LANES, offsets, transform, windows};
 use std::ops::Range;
-use variants::{Variant, F2, F4};
+use variants::{F2, F4, Variant};
 
 /// Channels per group (input and output) below which the direct product wins:
 /// the GEMMs have depth C, and a very short depth spends more time storing
