@@ -6,6 +6,8 @@
 #![doc = "[benchmarks]: crate::guides::benchmarks"]
 #![doc = "[data]: crate::guides::data"]
 #![doc = "[dependencies]: crate::guides::dependencies"]
+#![doc = "[training-chart]: crate::guides::training_chart"]
+#![doc = "[seed-graph]: crate::guides::seed_graph"]
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
@@ -102,6 +104,16 @@ pub mod guides {
     /// Every dependency and why.
     pub mod dependencies {
         #![doc = include_str!("../docs/dependencies.md")]
+    }
+    /// A training run of the main job as a picture: loss and accuracies per
+    /// epoch, and the test set's confusion matrix (`train_digits --plot`).
+    pub mod training_chart {
+        #![doc = include_str!("../docs/images/train_digits.svg")]
+    }
+    /// The seed example's graph with each node's gradient norm
+    /// (`Tape::to_svg`, from `seed_walkthrough`).
+    pub mod seed_graph {
+        #![doc = include_str!("../docs/images/seed_graph.svg")]
     }
 }
 
