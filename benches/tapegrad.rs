@@ -448,7 +448,8 @@ fn cnn_step_memory(rng: &mut StdRng) {
 /// 32 3×32×32 images in training mode, as `resnet_step` in the peers'
 /// `bench_torch.py`: stem conv 3→16 + BN + ReLU, residual blocks 16→16 (s1),
 /// 16→32 (s2), 32→64 (s2), global average pooling, linear 64→10, cross-entropy.
-fn resnet_step(rng: &mut StdRng) -> impl FnMut() + 'static {
+/// Also returns the number of parameters.
+fn resnet_step(rng: &mut StdRng) -> (impl FnMut() + 'static, usize) {
     let mut params = Params::new();
     let pad = Conv2dOptions::default().padding(1);
     let net = Sequential::new()
@@ -472,7 +473,8 @@ fn resnet_step(rng: &mut StdRng) -> impl FnMut() + 'static {
     let x = Tensor::<f32>::randn([32, 3, 32, 32], rng);
     let labels: Vec<usize> = (0..32).map(|i| i % 10).collect();
     let mut opt = Sgd::new(0.01).momentum(0.9);
-    move || {
+    let count = params.num_elements();
+    let step = move || {
         let grads = {
             let tape = Tape::new();
             let p = params.bind(&tape);
@@ -482,7 +484,32 @@ fn resnet_step(rng: &mut StdRng) -> impl FnMut() + 'static {
             p.grads(loss.backward())
         };
         opt.step(&mut params, &grads);
+    };
+    (step, count)
+}
+
+/// Peak heap of `resnet_step` (a fresh model, a few steps, on its own)
+/// against what a step must hold at once, as for [`cnn_step_memory`].
+fn resnet_step_memory(rng: &mut StdRng) {
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let (mut step, p) = resnet_step(rng);
+    for _ in 0..5 {
+        step();
     }
+    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    // Every op's output, batch 32: the stem (conv, BN, ReLU) and the first
+    // block (conv, BN, ReLU, conv, BN, add, ReLU) at 16×32×32; the two
+    // downsampling blocks (the same seven plus the shortcut's conv and BN) at
+    // 32×16×16 and 64×8×8; pooling [32, 64] and the logits [32, 10].
+    let acts = 32 * (10 * 16 * 32 * 32 + 9 * 32 * 16 * 16 + 9 * 64 * 8 * 8 + 64 + 10);
+    let needed = 4 * (32 * 3 * 32 * 32 + 3 * p + 2 * acts);
+    println!(
+        "# resnet_step: peak heap {:.2} MB; parameters + activations + gradients {:.2} MB; ratio {:.2}",
+        peak as f64 / 1e6,
+        needed as f64 / 1e6,
+        peak as f64 / needed as f64
+    );
 }
 
 /// Peak heap of predicting the 360 held-out digits in one batch with the
@@ -598,6 +625,10 @@ fn main() {
     if want("predict_digits") {
         predict_memory(&mut rng);
     }
+    if want("resnet_step") {
+        // Its own generator, so the cases below draw the same data with or without it.
+        resnet_step_memory(&mut StdRng::seed_from_u64(1));
+    }
     let mut measures = vec![];
     for &t in &cfg.threads {
         measures.push(Measure::peak(t));
@@ -609,7 +640,7 @@ fn main() {
             measures.push(Measure::new("cnn_step".into(), t, None, cnn_step(&mut rng)));
         }
         if want("resnet_step") {
-            let step = resnet_step(&mut rng);
+            let (step, _) = resnet_step(&mut rng);
             measures.push(Measure::new("resnet_step".into(), t, None, step));
         }
     }
