@@ -822,6 +822,14 @@ fn prefetch<T>(x: &T) {
     let _ = x;
 }
 
+/// Hints the CPU to bring every cache line of `x` into cache.
+#[inline(always)]
+pub(crate) fn prefetch_all<T>(x: &[T]) {
+    for line in x.chunks((64 / std::mem::size_of::<T>().max(1)).max(1)) {
+        prefetch(&line[0]);
+    }
+}
+
 /// Grows `buf` as needed and returns a `len`-element window of it that
 /// starts on a 64-byte boundary, so packed panels never straddle cache
 /// lines (unaligned 32-byte loads that split a line cost a third of the

@@ -38,6 +38,7 @@
 //! count: results are bit-identical at any number of threads.
 
 use super::conv::parallel::{run_jobs, split_by, split_work};
+use crate::gemm::prefetch_all as prefetch;
 use crate::shape::Shape;
 use crate::tape::{GraphCtx, graph_fn};
 use crate::{Float, ParentGrads, Tensor, Var};
@@ -221,22 +222,6 @@ fn input_grad<T: Float>(dx: &mut [T], g: &[T], x: &[T], mean: T, a: T, b: T, c: 
     for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
         *dx = a * g + b * (x - mean) + c;
     }
-}
-
-/// Hints the CPU to bring every cache line of `x` into cache.
-#[inline(always)]
-fn prefetch<T>(x: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in x.chunks(64 / std::mem::size_of::<T>()) {
-        // SAFETY: `prefetcht0` is part of SSE, which every `x86_64` CPU has;
-        // a prefetch is only a hint and never faults.
-        unsafe {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast::<i8>());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
 }
 
 /// An `[N, C, *]` tensor seen as N·C planes of `inner` contiguous values.
