@@ -77,7 +77,9 @@ pub(super) trait OneAxis<const N: usize, const K: usize> {
 /// [`LANES`], it reads values (the inputs must be that long) and writes
 /// values that are not used: into room the caller leaves in `out`, or into
 /// the start of a window the caller writes again afterwards (the next tile
-/// row's, the next part's).
+/// row's, the next part's). The windows, whole chunks long, must be in
+/// ascending order and disjoint: every row is cut into chunks once, before
+/// the loop, so the loop itself indexes without bounds checks.
 #[inline(always)]
 pub(super) fn transform<T: Float, F: OneAxis<N, K>, const N: usize, const K: usize>(
     inp: [&[T]; N],
@@ -85,14 +87,29 @@ pub(super) fn transform<T: Float, F: OneAxis<N, K>, const N: usize, const K: usi
     at: [usize; K],
     n: usize,
 ) {
-    for base in (0..n).step_by(LANES) {
-        let mut x = [Lanes([T::ZERO; LANES]); N];
-        for (xi, r) in x.iter_mut().zip(&inp) {
-            xi.0.copy_from_slice(&r[base..base + LANES]);
+    let chunks = n.div_ceil(LANES);
+    let len = chunks * LANES;
+    let mut x: [&[[T; LANES]]; N] = [&[]; N];
+    for (xj, r) in x.iter_mut().zip(inp) {
+        *xj = r[..len].as_chunks().0;
+    }
+    let mut y: [&mut [[T; LANES]]; K] = std::array::from_fn(|_| Default::default());
+    let (mut rest, mut end) = (out, 0);
+    for (yk, &a) in y.iter_mut().zip(&at) {
+        let gap = a
+            .checked_sub(end)
+            .expect("transform: windows out of order or overlapping");
+        let (w, r) = std::mem::take(&mut rest)[gap..].split_at_mut(len);
+        (*yk, rest, end) = (w.as_chunks_mut().0, r, a + len);
+    }
+    for ch in 0..chunks {
+        let mut xv = [Lanes([T::ZERO; LANES]); N];
+        for (xi, r) in xv.iter_mut().zip(&x) {
+            xi.0 = r[ch];
         }
-        let y = F::apply(x);
-        for (&o, yk) in at.iter().zip(&y) {
-            out[o + base..o + base + LANES].copy_from_slice(&yk.0);
+        let v = F::apply(xv);
+        for (yk, vk) in y.iter_mut().zip(&v) {
+            yk[ch] = vk.0;
         }
     }
 }
