@@ -53,7 +53,7 @@ use crate::gemm::prepacked::{PackedA, gemm_prepacked};
 use crate::gemm::switches;
 use crate::simd::multiversion;
 use crate::threads::for_each_job;
-use lanes::{LANES, offsets, transform, windows};
+use lanes::{LANES, offsets, transform, transform_rows, windows};
 use std::ops::Range;
 use variants::{F2, F4, Variant};
 
@@ -445,14 +445,12 @@ fn input_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SP
         // (a chunk past a row's end is overwritten by the next row's).
         let row_chunks = tw.next_multiple_of(LANES);
         for i in 0..SPAN {
-            for u in 0..nr {
-                let cols: [&[T]; SPAN] = windows(&buf.b, row_chunks, |j| {
-                    let (kc, shift) = phase(j);
-                    (i * TILE + kc) * pl + u * s + shift
-                });
-                let at = offsets(|j| ((i * SPAN + j) * cin + c) * ld + u * tw);
-                transform::<T, W::Bt, SPAN, SPAN>(cols, v, at, tw);
-            }
+            let cols: [&[T]; SPAN] = windows(&buf.b, nr.saturating_sub(1) * s + row_chunks, |j| {
+                let (kc, shift) = phase(j);
+                (i * TILE + kc) * pl + shift
+            });
+            let at = offsets(|j| ((i * SPAN + j) * cin + c) * ld);
+            transform_rows::<T, W::Bt, SPAN, SPAN>(cols, s, v, at, tw, nr, tw);
         }
     }
 }
@@ -520,12 +518,11 @@ fn input_transform_adjoint<
     for c in 0..cin {
         let (e, f) = buf.c.split_at_mut(SPAN * SPAN * pl);
         for i in 0..SPAN {
-            for u in 0..nr {
-                let cols: [&[T]; SPAN] =
-                    windows(dv, row_chunks, |j| ((i * SPAN + j) * cin + c) * ld + u * tw);
-                let at = offsets(|r| (i * SPAN + r) * pl + 1 + u * s);
-                transform::<T, W::B, SPAN, SPAN>(cols, e, at, tw);
-            }
+            let cols: [&[T]; SPAN] = windows(dv, nr.saturating_sub(1) * tw + row_chunks, |j| {
+                ((i * SPAN + j) * cin + c) * ld
+            });
+            let at = offsets(|r| (i * SPAN + r) * pl + 1);
+            transform_rows::<T, W::B, SPAN, SPAN>(cols, tw, e, at, s, nr, tw);
         }
         // The zeros before each tile row (a chunk past a row's end writes
         // into the next row's room and the one zero between).
