@@ -293,10 +293,16 @@ fn interior_groups<const TILE: usize>(len: usize, pad: usize, slots: usize) -> R
     lo..((len + pad) / TILE).clamp(lo, slots)
 }
 
-/// Splits a row, padded by `pad` zeros on the left (and as many as needed on
-/// the right), into its columns by phase: `out[k · stride + q] =
+/// Splits a row, padded by `pad ≤ TILE` zeros on the left (and as many as
+/// needed on the right), into its columns by phase: `out[k · stride + q] =
 /// row[TILE·q + k − pad]` (0 outside the row) for `k < TILE`, `q < slots`;
 /// `TILE` is 2 or 4.
+///
+/// Column `TILE·g + r` of the row is phase `k = r + pad` of group `g` when
+/// `r + pad < TILE`, else phase `r + pad − TILE` of group `g + 1`: each
+/// phase plane is a phase of the unpadded row, shifted by at most one group.
+/// The row's whole groups are split in one pass (which vectorizes), the
+/// slots before and after them one by one.
 #[inline(always)]
 fn split_phases<T: Float, const TILE: usize>(
     line: &[T],
@@ -305,36 +311,51 @@ fn split_phases<T: Float, const TILE: usize>(
     stride: usize,
     slots: usize,
 ) {
-    let out = &mut out[..(TILE - 1) * stride + slots];
-    let at = |col: usize| {
-        col.checked_sub(pad)
-            .and_then(|s| line.get(s))
-            .copied()
-            .unwrap_or(T::ZERO)
-    };
-    let Range { start: lo, end: hi } = interior_groups::<TILE>(line.len(), pad, slots);
-    for q in (0..lo).chain(hi..slots) {
-        for k in 0..TILE {
-            out[k * stride + q] = at(TILE * q + k);
+    assert!(pad <= TILE && slots > 0);
+    let mut p: [&mut [T]; TILE] = std::array::from_fn(|_| Default::default());
+    let mut rest = &mut out[..(TILE - 1) * stride + slots];
+    for pk in p.iter_mut() {
+        let cut = stride.min(rest.len());
+        let (plane, r) = std::mem::take(&mut rest).split_at_mut(cut);
+        (*pk, rest) = (&mut plane[..slots], r);
+    }
+    // Plane k holds the row's phase `(k − pad) mod TILE`, one group on when
+    // `k < pad`.
+    let shift = |k: usize| usize::from(k < pad);
+    // Whole groups that fit in every plane after its shift.
+    let m = (line.len() / TILE).min(slots - 1);
+    for (k, pk) in p.iter_mut().enumerate() {
+        let (r, sh) = ((k + TILE - pad) % TILE, shift(k));
+        pk[..sh].fill(T::ZERO);
+        for (q, d) in pk.iter_mut().enumerate().skip(sh + m) {
+            *d = line.get(TILE * (q - sh) + r).copied().unwrap_or(T::ZERO);
         }
     }
-    if hi > lo {
-        // In the row, as TILE·hi ≤ len + pad: one pass over its groups,
-        // each phase a slice of its own.
-        let groups = line[TILE * lo - pad..].chunks_exact(TILE);
-        let (p0, rest) = out.split_at_mut(stride);
-        let (p1, rest) = rest.split_at_mut(stride.min(rest.len()));
-        let (p0, p1) = (&mut p0[lo..hi], &mut p1[lo..hi]);
-        if TILE == 2 {
-            for ((a, b), x) in p0.iter_mut().zip(p1.iter_mut()).zip(groups) {
-                (*a, *b) = (x[0], x[1]);
-            }
-        } else {
-            let (p2, p3) = rest.split_at_mut(stride);
-            let (p2, p3) = (&mut p2[lo..hi], &mut p3[lo..hi]);
-            for ((((a, b), c), d), x) in p0.iter_mut().zip(p1).zip(p2).zip(p3).zip(groups) {
-                (*a, *b, *c, *d) = (x[0], x[1], x[2], x[3]);
-            }
+    let groups = line[..TILE * m].chunks_exact(TILE);
+    if TILE == 2 {
+        let [p0, p1] = &mut p[..] else {
+            unreachable!("TILE is 2")
+        };
+        let (p0, p1) = (&mut p0[shift(0)..][..m], &mut p1[shift(1)..][..m]);
+        // The planes of the row's phases 0 and 1.
+        let (d0, d1) = if pad % 2 == 0 { (p0, p1) } else { (p1, p0) };
+        for ((a, b), x) in d0.iter_mut().zip(d1.iter_mut()).zip(groups) {
+            (*a, *b) = (x[0], x[1]);
+        }
+    } else {
+        let [p0, p1, p2, p3] = &mut p[..] else {
+            unreachable!("TILE is 4")
+        };
+        let (p0, p1) = (&mut p0[shift(0)..][..m], &mut p1[shift(1)..][..m]);
+        let (p2, p3) = (&mut p2[shift(2)..][..m], &mut p3[shift(3)..][..m]);
+        let (d0, d1, d2, d3) = match pad % 4 {
+            0 => (p0, p1, p2, p3),
+            1 => (p1, p2, p3, p0),
+            2 => (p2, p3, p0, p1),
+            _ => (p3, p0, p1, p2),
+        };
+        for ((((a, b), c), d), x) in d0.iter_mut().zip(d1).zip(d2).zip(d3).zip(groups) {
+            (*a, *b, *c, *d) = (x[0], x[1], x[2], x[3]);
         }
     }
 }
@@ -1234,6 +1255,38 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`split_phases`] against its definition, for rows longer and
+    /// shorter than the slots, every padding, both tiles.
+    fn split_phases_by_definition<const TILE: usize>() {
+        for len in 1..20 {
+            for pad in 0..=TILE {
+                for slots in 1..12 {
+                    let line: Vec<f64> = (0..len).map(|i| i as f64 + 1.0).collect();
+                    let stride = slots + 3;
+                    let mut out = vec![f64::NAN; TILE * stride];
+                    split_phases::<f64, TILE>(&line, pad, &mut out, stride, slots);
+                    for k in 0..TILE {
+                        for q in 0..slots {
+                            let want = (TILE * q + k)
+                                .checked_sub(pad)
+                                .and_then(|c| line.get(c).copied())
+                                .unwrap_or(0.0);
+                            assert_eq!(out[k * stride + q], want, "{len} {pad} {slots} {k} {q}");
+                        }
+                        // Nothing written past the slots.
+                        assert!(out[k * stride + slots..][..3].iter().all(|v| v.is_nan()));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn split_phases_matches_its_definition() {
+        split_phases_by_definition::<2>();
+        split_phases_by_definition::<4>();
+    }
 
     /// `G g Gᵀ` of one kernel, through the planes of [`kernel_transforms`].
     fn transform_one<W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
