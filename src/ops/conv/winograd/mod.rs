@@ -282,17 +282,6 @@ impl<T: Float> Rows<T> {
     }
 }
 
-/// The groups `q < slots` of `TILE` columns of a row padded by `pad` zeros
-/// on the left whose columns `TILE·q − pad .. TILE·q + TILE − pad` all lie
-/// inside the row (`len` values): the run [`split_phases`] and
-/// [`merge_phases`] copy in one pass, leaving the edges to a column-by-column
-/// loop.
-#[inline(always)]
-fn interior_groups<const TILE: usize>(len: usize, pad: usize, slots: usize) -> Range<usize> {
-    let lo = pad.div_ceil(TILE).min(slots);
-    lo..((len + pad) / TILE).clamp(lo, slots)
-}
-
 /// Splits a row, padded by `pad ≤ TILE` zeros on the left (and as many as
 /// needed on the right), into its columns by phase: `out[k · stride + q] =
 /// row[TILE·q + k − pad]` (0 outside the row) for `k < TILE`, `q < slots`;
@@ -362,7 +351,10 @@ fn split_phases<T: Float, const TILE: usize>(
 
 /// Merges a row's columns from their phases, [`split_phases`]' adjoint:
 /// `row[TILE·q + k − pad]` gets `ph[k][q]` (with `add`, added to it) for
-/// `k < TILE`, `q < slots`, where it lies inside the row.
+/// `k < TILE`, `q < slots`, where it lies inside the row (`pad ≤ TILE`).
+/// As there, the row's phase `r` is plane `(r + pad) mod TILE`, one slot on
+/// when `r + pad ≥ TILE`: the whole groups in one pass, the rest column by
+/// column.
 #[inline(always)]
 fn merge_phases<T: Float, const TILE: usize>(
     line: &mut [T],
@@ -371,32 +363,48 @@ fn merge_phases<T: Float, const TILE: usize>(
     slots: usize,
     add: bool,
 ) {
-    // The groups inside the row in one pass, the edges column by column.
-    let Range { start: lo, end: hi } = interior_groups::<TILE>(line.len(), pad, slots);
-    for q in (0..lo).chain(hi..slots) {
-        for (k, p) in ph.iter().enumerate() {
-            if let Some(d) = (TILE * q + k)
-                .checked_sub(pad)
-                .and_then(|i| line.get_mut(i))
-            {
-                *d = if add { *d + p[q] } else { p[q] };
-            }
+    assert!(pad <= TILE && slots > 0);
+    let m = (line.len() / TILE).min(slots - 1);
+    let (whole, tail) = line.split_at_mut(TILE * m);
+    for (c, d) in (TILE * m..).zip(tail) {
+        let r = c % TILE;
+        let q = c / TILE + usize::from(r + pad >= TILE);
+        if q < slots {
+            let p = ph[(r + pad) % TILE][q];
+            *d = if add { *d + p } else { p };
         }
     }
-    if hi > lo {
-        let groups = line[TILE * lo - pad..TILE * hi - pad].chunks_exact_mut(TILE);
-        let ph: [&[T]; TILE] = std::array::from_fn(|k| &ph[k][lo..hi]);
+    // `src[r]`: the row's phase `r` over the whole groups.
+    let mut src: [&[T]; TILE] = [&[]; TILE];
+    for (r, s) in src.iter_mut().enumerate() {
+        let k = (r + pad) % TILE;
+        *s = &ph[k][usize::from(k < pad)..][..m];
+    }
+    let groups = whole.chunks_exact_mut(TILE);
+    if TILE == 2 {
+        let pairs = groups.zip(src[0]).zip(src[1]);
         if add {
-            for (q, g) in groups.enumerate() {
-                for (d, p) in g.iter_mut().zip(&ph) {
-                    *d += p[q];
-                }
+            for ((g, &a), &b) in pairs {
+                g[0] += a;
+                g[1] += b;
             }
         } else {
-            for (q, g) in groups.enumerate() {
-                for (d, p) in g.iter_mut().zip(&ph) {
-                    *d = p[q];
-                }
+            for ((g, &a), &b) in pairs {
+                (g[0], g[1]) = (a, b);
+            }
+        }
+    } else {
+        let quads = groups.zip(src[0]).zip(src[1]).zip(src[2]).zip(src[3]);
+        if add {
+            for ((((g, &a), &b), &c), &d) in quads {
+                g[0] += a;
+                g[1] += b;
+                g[2] += c;
+                g[3] += d;
+            }
+        } else {
+            for ((((g, &a), &b), &c), &d) in quads {
+                (g[0], g[1], g[2], g[3]) = (a, b, c, d);
             }
         }
     }
@@ -1280,6 +1288,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// [`merge_phases`] against its definition, writing and adding.
+    fn merge_phases_by_definition<const TILE: usize>() {
+        for len in 1..20 {
+            for pad in 0..=TILE {
+                for slots in 1..12 {
+                    for add in [false, true] {
+                        let ph: Vec<Vec<f64>> = (0..TILE)
+                            .map(|k| (0..slots).map(|q| (100 * k + q) as f64).collect())
+                            .collect();
+                        let mut line: Vec<f64> = (0..len).map(|i| -(i as f64)).collect();
+                        let mut want = line.clone();
+                        for k in 0..TILE {
+                            for q in 0..slots {
+                                if let Some(d) = (TILE * q + k)
+                                    .checked_sub(pad)
+                                    .and_then(|c| want.get_mut(c))
+                                {
+                                    *d = if add { *d + ph[k][q] } else { ph[k][q] };
+                                }
+                            }
+                        }
+                        let phs: [&[f64]; TILE] = std::array::from_fn(|k| &ph[k][..]);
+                        merge_phases::<f64, TILE>(&mut line, pad, phs, slots, add);
+                        assert_eq!(line, want, "{len} {pad} {slots} {add}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn merge_phases_matches_its_definition() {
+        merge_phases_by_definition::<2>();
+        merge_phases_by_definition::<4>();
     }
 
     #[test]
