@@ -544,6 +544,37 @@ fn input_transform_adjoint<
             (i * SPAN + kc) * pl + 1
         }
     };
+    // The zeros before each tile row of `e` (and after the last). The
+    // across step writes past a row's `tw` values (into the next row's room
+    // and the zero between) only when `tw` is not a whole number of chunks:
+    // then they are written again for every channel, else once.
+    let zero_rows = |e: &mut [T]| {
+        for plane in e.chunks_exact_mut(pl).take(SPAN * SPAN) {
+            for z in plane.iter_mut().step_by(s).take(nr + 1) {
+                *z = T::ZERO;
+            }
+        }
+    };
+    let rows_overrun = tw % LANES != 0;
+    // The zeros of `b` before the first tile row (read by the row fold for
+    // rows from `m` on; nothing writes there) and after the last (read for
+    // rows below `fold`; the down step runs past `ns` into them unless `ns`
+    // is a whole number of chunks).
+    let zero_after = |b: &mut [T]| {
+        for plane in b.chunks_exact_mut(pl).take(fold * TILE) {
+            plane[s + ns..][..s].fill(T::ZERO);
+        }
+    };
+    let down_overruns = ns % LANES != 0;
+    for plane in buf.b.chunks_exact_mut(pl).take(SPAN * TILE) {
+        plane[..s].fill(T::ZERO);
+    }
+    if !rows_overrun {
+        zero_rows(&mut buf.c);
+    }
+    if !down_overruns {
+        zero_after(&mut buf.b);
+    }
     for c in 0..cin {
         let (e, f) = buf.c.split_at_mut(SPAN * SPAN * pl);
         for i in 0..SPAN {
@@ -553,12 +584,8 @@ fn input_transform_adjoint<
             let at = offsets(|r| (i * SPAN + r) * pl + 1);
             transform_rows::<T, W::B, SPAN, SPAN>(cols, tw, e, at, s, nr, tw);
         }
-        // The zeros before each tile row (a chunk past a row's end writes
-        // into the next row's room and the one zero between).
-        for plane in e.chunks_exact_mut(pl) {
-            for u in 0..=nr {
-                plane[u * s] = T::ZERO;
-            }
+        if rows_overrun {
+            zero_rows(e);
         }
         for i in 0..SPAN {
             for kc in 0..fold {
@@ -577,9 +604,8 @@ fn input_transform_adjoint<
             let at = offsets(|r| (r * TILE + kc) * pl + s);
             transform::<T, W::B, SPAN, SPAN>(col, &mut buf.b, at, ns);
         }
-        for plane in buf.b.chunks_exact_mut(pl).take(SPAN * TILE) {
-            plane[..s].fill(T::ZERO);
-            plane[s + ns..][..s].fill(T::ZERO);
+        if down_overruns {
+            zero_after(&mut buf.b);
         }
         let groups = ns + s;
         for kr in 0..fold {
