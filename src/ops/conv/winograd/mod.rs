@@ -462,14 +462,13 @@ fn input_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SP
                 }
             }
         }
-        for kc in 0..TILE {
-            let rows: [&[T]; SPAN] = windows(&buf.a, chunks, |i| {
-                let (kr, du) = phase(i);
-                (kr * TILE + kc) * pl + du * s
-            });
-            let at = offsets(|i| (i * TILE + kc) * pl);
-            transform::<T, W::Bt, SPAN, SPAN>(rows, &mut buf.b, at, ns);
-        }
+        // One row per column phase kc, the planes `pl` apart.
+        let rows: [&[T]; SPAN] = windows(&buf.a, (TILE - 1) * pl + chunks, |i| {
+            let (kr, du) = phase(i);
+            kr * TILE * pl + du * s
+        });
+        let at = offsets(|i| i * TILE * pl);
+        transform_rows::<T, W::Bt, SPAN, SPAN>(rows, pl, &mut buf.b, at, pl, TILE, ns);
         // Across, a tile row at a time, into the part's tiles `u·tw + q`
         // (a chunk past a row's end is overwritten by the next row's).
         let row_chunks = tw.next_multiple_of(LANES);
@@ -587,13 +586,13 @@ fn input_transform_adjoint<
         if rows_overrun {
             zero_rows(e);
         }
-        for i in 0..SPAN {
-            for kc in 0..fold {
-                let pair: [&[T]; 2] =
-                    windows(e, chunks, |h| (i * SPAN + kc + h * TILE) * pl + 1 - h);
-                let at = [(i * fold + kc) * pl];
-                transform::<T, Sum2, 2, 1>(pair, f, at, ns);
-            }
+        // One row per row i of the tiles.
+        for kc in 0..fold {
+            let pair: [&[T]; 2] = windows(e, (SPAN - 1) * SPAN * pl + chunks, |h| {
+                (kc + h * TILE) * pl + 1 - h
+            });
+            let at = [kc * pl];
+            transform_rows::<T, Sum2, 2, 1>(pair, SPAN * pl, f, at, fold * pl, SPAN, ns);
         }
         // Down: `b[r][kc]`, tile row u at `(u + 1)·s`, zero before the
         // first and after the last, then the rows below `fold` folded: row
@@ -608,13 +607,13 @@ fn input_transform_adjoint<
             zero_after(&mut buf.b);
         }
         let groups = ns + s;
+        // One row per column phase kc.
+        let len = (TILE - 1) * pl + groups.next_multiple_of(LANES);
         for kr in 0..fold {
-            for kc in 0..TILE {
-                let pair: [&[T]; 2] = windows(&buf.b, groups.next_multiple_of(LANES), |h| {
-                    ((kr + h * TILE) * TILE + kc) * pl + s * (1 - h)
-                });
-                transform::<T, Sum2, 2, 1>(pair, &mut buf.a, [(kr * TILE + kc) * pl], groups);
-            }
+            let pair: [&[T]; 2] =
+                windows(&buf.b, len, |h| (kr + h * TILE) * TILE * pl + s * (1 - h));
+            let at = [kr * TILE * pl];
+            transform_rows::<T, Sum2, 2, 1>(pair, pl, &mut buf.a, at, pl, TILE, groups);
         }
         let dxc = &mut dx[c * t.ih * t.iw..][..t.ih * t.iw];
         for g in 0..=nr {
@@ -660,16 +659,16 @@ fn output_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const S
     for o in 0..cout {
         let b = bias.map_or(T::ZERO, |b| b[o]);
         let yo = &mut y[o * t.oh * t.ow..][..t.oh * t.ow];
-        for j in 0..SPAN {
-            let col: [&[T]; SPAN] = windows(m, pl, |i| ((i * SPAN + j) * cout + o) * ld);
-            let at = offsets(|k| (k * SPAN + j) * pl);
-            transform::<T, W::At, SPAN, TILE>(col, &mut buf.b, at, n);
-        }
-        for k in 0..TILE {
-            let row: [&[T]; SPAN] = windows(&buf.b, pl, |j| (k * SPAN + j) * pl);
-            let at = offsets(|l| (k * TILE + l) * pl);
-            transform::<T, W::At, SPAN, TILE>(row, &mut buf.a, at, n);
-        }
+        // Down, one row per column j (`cout·ld` apart in `m`), then across,
+        // one row per row k.
+        let col: [&[T]; SPAN] = windows(m, (SPAN - 1) * cout * ld + pl, |i| {
+            (i * SPAN * cout + o) * ld
+        });
+        let at = offsets(|k| k * SPAN * pl);
+        transform_rows::<T, W::At, SPAN, TILE>(col, cout * ld, &mut buf.b, at, pl, SPAN, n);
+        let row: [&[T]; SPAN] = windows(&buf.b, (TILE - 1) * SPAN * pl + pl, |j| j * pl);
+        let at = offsets(|l| l * pl);
+        transform_rows::<T, W::At, SPAN, TILE>(row, SPAN * pl, &mut buf.a, at, TILE * pl, TILE, n);
         for (u, ti) in rows.clone().enumerate() {
             for k in 0..TILE {
                 let i = TILE * ti + k;
@@ -742,16 +741,14 @@ fn grad_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPA
             let planes = buf.a.chunks_exact(pl).take(TILE * TILE);
             db[o] += planes.map(|p| sum(&p[..n])).fold(T::ZERO, |a, b| a + b);
         }
-        for l in 0..TILE {
-            let col: [&[T]; TILE] = windows(&buf.a, pl, |k| (k * TILE + l) * pl);
-            let at = offsets(|i| (i * TILE + l) * pl);
-            transform::<T, W::A, TILE, SPAN>(col, &mut buf.b, at, n);
-        }
-        for i in 0..SPAN {
-            let row: [&[T]; TILE] = windows(&buf.b, pl, |l| (i * TILE + l) * pl);
-            let at = offsets(|j| ((i * SPAN + j) * cout + o) * ld);
-            transform::<T, W::A, TILE, SPAN>(row, w, at, n);
-        }
+        // Down, one row per column phase l, then across, one row per row i
+        // (`SPAN·cout·ld` apart in `w`).
+        let col: [&[T]; TILE] = windows(&buf.a, (TILE - 1) * pl + pl, |k| k * TILE * pl);
+        let at = offsets(|i| i * TILE * pl);
+        transform_rows::<T, W::A, TILE, SPAN>(col, pl, &mut buf.b, at, pl, TILE, n);
+        let row: [&[T]; TILE] = windows(&buf.b, (SPAN - 1) * TILE * pl + pl, |l| l * pl);
+        let at = offsets(|j| (j * cout + o) * ld);
+        transform_rows::<T, W::A, TILE, SPAN>(row, TILE * pl, w, at, SPAN * cout * ld, SPAN, n);
     }
 }
 
