@@ -327,7 +327,11 @@ fn split_phases<T: Float, const TILE: usize>(
         };
         let (p0, p1) = (&mut p0[shift(0)..][..m], &mut p1[shift(1)..][..m]);
         // The planes of the row's phases 0 and 1.
-        let (d0, d1) = if pad % 2 == 0 { (p0, p1) } else { (p1, p0) };
+        let (d0, d1) = if pad.is_multiple_of(2) {
+            (p0, p1)
+        } else {
+            (p1, p0)
+        };
         for ((a, b), x) in d0.iter_mut().zip(d1.iter_mut()).zip(groups) {
             (*a, *b) = (x[0], x[1]);
         }
@@ -1324,13 +1328,13 @@ mod tests {
                             .collect();
                         let mut line: Vec<f64> = (0..len).map(|i| -(i as f64)).collect();
                         let mut want = line.clone();
-                        for k in 0..TILE {
-                            for q in 0..slots {
+                        for (k, pk) in ph.iter().enumerate() {
+                            for (q, &p) in pk.iter().enumerate() {
                                 if let Some(d) = (TILE * q + k)
                                     .checked_sub(pad)
                                     .and_then(|c| want.get_mut(c))
                                 {
-                                    *d = if add { *d + ph[k][q] } else { ph[k][q] };
+                                    *d = if add { *d + p } else { p };
                                 }
                             }
                         }
