@@ -35,10 +35,11 @@
 //! under a tile are phases 0..m of one group of m and phases 0, 1 of the
 //! next, each a window of a phase plane shifted by one group. (The input's
 //! phase planes keep `tw + 1` groups per tile row, so that the shift stays
-//! within the row; its last transform, across, writes one tile row at a
-//! time.) Blocks hold several whole samples when samples are small (so the
-//! GEMMs stay wide), else runs of one sample's tile rows, sized for the
-//! transformed input and output to stay in L2.
+//! within the row; its last transform, across, reads `tw + 1` groups and
+//! writes `tw` per tile row, all tile rows in one call,
+//! [`lanes::transform_rows`].) Blocks hold several whole samples when
+//! samples are small (so the GEMMs stay wide), else runs of one sample's
+//! tile rows, sized for the transformed input and output to stay in L2.
 
 mod lanes;
 mod variants;
