@@ -35,10 +35,11 @@
 //! under a tile are phases 0..m of one group of m and phases 0, 1 of the
 //! next, each a window of a phase plane shifted by one group. (The input's
 //! phase planes keep `tw + 1` groups per tile row, so that the shift stays
-//! within the row; its last transform, across, writes one tile row at a
-//! time.) Blocks hold several whole samples when samples are small (so the
-//! GEMMs stay wide), else runs of one sample's tile rows, sized for the
-//! transformed input and output to stay in L2.
+//! within the row; its last transform, across, reads `tw + 1` groups and
+//! writes `tw` per tile row, all tile rows in one call,
+//! [`lanes::transform_rows`].) Blocks hold several whole samples when
+//! samples are small (so the GEMMs stay wide), else runs of one sample's
+//! tile rows, sized for the transformed input and output to stay in L2.
 
 mod lanes;
 mod variants;
@@ -53,7 +54,7 @@ use crate::gemm::prepacked::{PackedA, gemm_prepacked};
 use crate::gemm::switches;
 use crate::simd::multiversion;
 use crate::threads::for_each_job;
-use lanes::{LANES, offsets, transform, windows};
+use lanes::{LANES, offsets, transform, transform_rows, windows};
 use std::ops::Range;
 use variants::{F2, F4, Variant};
 
@@ -282,21 +283,16 @@ impl<T: Float> Rows<T> {
     }
 }
 
-/// The groups `q < slots` of `TILE` columns of a row padded by `pad` zeros
-/// on the left whose columns `TILE·q − pad .. TILE·q + TILE − pad` all lie
-/// inside the row (`len` values): the run [`split_phases`] and
-/// [`merge_phases`] copy in one pass, leaving the edges to a column-by-column
-/// loop.
-#[inline(always)]
-fn interior_groups<const TILE: usize>(len: usize, pad: usize, slots: usize) -> Range<usize> {
-    let lo = pad.div_ceil(TILE).min(slots);
-    lo..((len + pad) / TILE).clamp(lo, slots)
-}
-
-/// Splits a row, padded by `pad` zeros on the left (and as many as needed on
-/// the right), into its columns by phase: `out[k · stride + q] =
+/// Splits a row, padded by `pad ≤ TILE` zeros on the left (and as many as
+/// needed on the right), into its columns by phase: `out[k · stride + q] =
 /// row[TILE·q + k − pad]` (0 outside the row) for `k < TILE`, `q < slots`;
 /// `TILE` is 2 or 4.
+///
+/// Column `TILE·g + r` of the row is phase `k = r + pad` of group `g` when
+/// `r + pad < TILE`, else phase `r + pad − TILE` of group `g + 1`: each
+/// phase plane is a phase of the unpadded row, shifted by at most one group.
+/// The row's whole groups are split in one pass (which vectorizes), the
+/// slots before and after them one by one.
 #[inline(always)]
 fn split_phases<T: Float, const TILE: usize>(
     line: &[T],
@@ -305,43 +301,65 @@ fn split_phases<T: Float, const TILE: usize>(
     stride: usize,
     slots: usize,
 ) {
-    let out = &mut out[..(TILE - 1) * stride + slots];
-    let at = |col: usize| {
-        col.checked_sub(pad)
-            .and_then(|s| line.get(s))
-            .copied()
-            .unwrap_or(T::ZERO)
-    };
-    let Range { start: lo, end: hi } = interior_groups::<TILE>(line.len(), pad, slots);
-    for q in (0..lo).chain(hi..slots) {
-        for k in 0..TILE {
-            out[k * stride + q] = at(TILE * q + k);
+    assert!(pad <= TILE && slots > 0);
+    let mut p: [&mut [T]; TILE] = std::array::from_fn(|_| Default::default());
+    let mut rest = &mut out[..(TILE - 1) * stride + slots];
+    for pk in p.iter_mut() {
+        let cut = stride.min(rest.len());
+        let (plane, r) = std::mem::take(&mut rest).split_at_mut(cut);
+        (*pk, rest) = (&mut plane[..slots], r);
+    }
+    // Plane k holds the row's phase `(k − pad) mod TILE`, one group on when
+    // `k < pad`.
+    let shift = |k: usize| usize::from(k < pad);
+    // Whole groups that fit in every plane after its shift.
+    let m = (line.len() / TILE).min(slots - 1);
+    for (k, pk) in p.iter_mut().enumerate() {
+        let (r, sh) = ((k + TILE - pad) % TILE, shift(k));
+        pk[..sh].fill(T::ZERO);
+        for (q, d) in pk.iter_mut().enumerate().skip(sh + m) {
+            *d = line.get(TILE * (q - sh) + r).copied().unwrap_or(T::ZERO);
         }
     }
-    if hi > lo {
-        // In the row, as TILE·hi ≤ len + pad: one pass over its groups,
-        // each phase a slice of its own.
-        let groups = line[TILE * lo - pad..].chunks_exact(TILE);
-        let (p0, rest) = out.split_at_mut(stride);
-        let (p1, rest) = rest.split_at_mut(stride.min(rest.len()));
-        let (p0, p1) = (&mut p0[lo..hi], &mut p1[lo..hi]);
-        if TILE == 2 {
-            for ((a, b), x) in p0.iter_mut().zip(p1.iter_mut()).zip(groups) {
-                (*a, *b) = (x[0], x[1]);
-            }
+    let groups = line[..TILE * m].chunks_exact(TILE);
+    if TILE == 2 {
+        let [p0, p1] = &mut p[..] else {
+            unreachable!("TILE is 2")
+        };
+        let (p0, p1) = (&mut p0[shift(0)..][..m], &mut p1[shift(1)..][..m]);
+        // The planes of the row's phases 0 and 1.
+        let (d0, d1) = if pad.is_multiple_of(2) {
+            (p0, p1)
         } else {
-            let (p2, p3) = rest.split_at_mut(stride);
-            let (p2, p3) = (&mut p2[lo..hi], &mut p3[lo..hi]);
-            for ((((a, b), c), d), x) in p0.iter_mut().zip(p1).zip(p2).zip(p3).zip(groups) {
-                (*a, *b, *c, *d) = (x[0], x[1], x[2], x[3]);
-            }
+            (p1, p0)
+        };
+        for ((a, b), x) in d0.iter_mut().zip(d1.iter_mut()).zip(groups) {
+            (*a, *b) = (x[0], x[1]);
+        }
+    } else {
+        let [p0, p1, p2, p3] = &mut p[..] else {
+            unreachable!("TILE is 4")
+        };
+        let (p0, p1) = (&mut p0[shift(0)..][..m], &mut p1[shift(1)..][..m]);
+        let (p2, p3) = (&mut p2[shift(2)..][..m], &mut p3[shift(3)..][..m]);
+        let (d0, d1, d2, d3) = match pad % 4 {
+            0 => (p0, p1, p2, p3),
+            1 => (p1, p2, p3, p0),
+            2 => (p2, p3, p0, p1),
+            _ => (p3, p0, p1, p2),
+        };
+        for ((((a, b), c), d), x) in d0.iter_mut().zip(d1).zip(d2).zip(d3).zip(groups) {
+            (*a, *b, *c, *d) = (x[0], x[1], x[2], x[3]);
         }
     }
 }
 
 /// Merges a row's columns from their phases, [`split_phases`]' adjoint:
 /// `row[TILE·q + k − pad]` gets `ph[k][q]` (with `add`, added to it) for
-/// `k < TILE`, `q < slots`, where it lies inside the row.
+/// `k < TILE`, `q < slots`, where it lies inside the row (`pad ≤ TILE`).
+/// As there, the row's phase `r` is plane `(r + pad) mod TILE`, one slot on
+/// when `r + pad ≥ TILE`: the whole groups in one pass, the rest column by
+/// column.
 #[inline(always)]
 fn merge_phases<T: Float, const TILE: usize>(
     line: &mut [T],
@@ -350,32 +368,48 @@ fn merge_phases<T: Float, const TILE: usize>(
     slots: usize,
     add: bool,
 ) {
-    // The groups inside the row in one pass, the edges column by column.
-    let Range { start: lo, end: hi } = interior_groups::<TILE>(line.len(), pad, slots);
-    for q in (0..lo).chain(hi..slots) {
-        for (k, p) in ph.iter().enumerate() {
-            if let Some(d) = (TILE * q + k)
-                .checked_sub(pad)
-                .and_then(|i| line.get_mut(i))
-            {
-                *d = if add { *d + p[q] } else { p[q] };
-            }
+    assert!(pad <= TILE && slots > 0);
+    let m = (line.len() / TILE).min(slots - 1);
+    let (whole, tail) = line.split_at_mut(TILE * m);
+    for (c, d) in (TILE * m..).zip(tail) {
+        let r = c % TILE;
+        let q = c / TILE + usize::from(r + pad >= TILE);
+        if q < slots {
+            let p = ph[(r + pad) % TILE][q];
+            *d = if add { *d + p } else { p };
         }
     }
-    if hi > lo {
-        let groups = line[TILE * lo - pad..TILE * hi - pad].chunks_exact_mut(TILE);
-        let ph: [&[T]; TILE] = std::array::from_fn(|k| &ph[k][lo..hi]);
+    // `src[r]`: the row's phase `r` over the whole groups.
+    let mut src: [&[T]; TILE] = [&[]; TILE];
+    for (r, s) in src.iter_mut().enumerate() {
+        let k = (r + pad) % TILE;
+        *s = &ph[k][usize::from(k < pad)..][..m];
+    }
+    let groups = whole.chunks_exact_mut(TILE);
+    if TILE == 2 {
+        let pairs = groups.zip(src[0]).zip(src[1]);
         if add {
-            for (q, g) in groups.enumerate() {
-                for (d, p) in g.iter_mut().zip(&ph) {
-                    *d += p[q];
-                }
+            for ((g, &a), &b) in pairs {
+                g[0] += a;
+                g[1] += b;
             }
         } else {
-            for (q, g) in groups.enumerate() {
-                for (d, p) in g.iter_mut().zip(&ph) {
-                    *d = p[q];
-                }
+            for ((g, &a), &b) in pairs {
+                (g[0], g[1]) = (a, b);
+            }
+        }
+    } else {
+        let quads = groups.zip(src[0]).zip(src[1]).zip(src[2]).zip(src[3]);
+        if add {
+            for ((((g, &a), &b), &c), &d) in quads {
+                g[0] += a;
+                g[1] += b;
+                g[2] += c;
+                g[3] += d;
+            }
+        } else {
+            for ((((g, &a), &b), &c), &d) in quads {
+                (g[0], g[1], g[2], g[3]) = (a, b, c, d);
             }
         }
     }
@@ -433,26 +467,23 @@ fn input_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SP
                 }
             }
         }
-        for kc in 0..TILE {
-            let rows: [&[T]; SPAN] = windows(&buf.a, chunks, |i| {
-                let (kr, du) = phase(i);
-                (kr * TILE + kc) * pl + du * s
-            });
-            let at = offsets(|i| (i * TILE + kc) * pl);
-            transform::<T, W::Bt, SPAN, SPAN>(rows, &mut buf.b, at, ns);
-        }
+        // One row per column phase kc, the planes `pl` apart.
+        let rows: [&[T]; SPAN] = windows(&buf.a, (TILE - 1) * pl + chunks, |i| {
+            let (kr, du) = phase(i);
+            kr * TILE * pl + du * s
+        });
+        let at = offsets(|i| i * TILE * pl);
+        transform_rows::<T, W::Bt, SPAN, SPAN>(rows, pl, &mut buf.b, at, pl, TILE, ns);
         // Across, a tile row at a time, into the part's tiles `u·tw + q`
         // (a chunk past a row's end is overwritten by the next row's).
         let row_chunks = tw.next_multiple_of(LANES);
         for i in 0..SPAN {
-            for u in 0..nr {
-                let cols: [&[T]; SPAN] = windows(&buf.b, row_chunks, |j| {
-                    let (kc, shift) = phase(j);
-                    (i * TILE + kc) * pl + u * s + shift
-                });
-                let at = offsets(|j| ((i * SPAN + j) * cin + c) * ld + u * tw);
-                transform::<T, W::Bt, SPAN, SPAN>(cols, v, at, tw);
-            }
+            let cols: [&[T]; SPAN] = windows(&buf.b, nr.saturating_sub(1) * s + row_chunks, |j| {
+                let (kc, shift) = phase(j);
+                (i * TILE + kc) * pl + shift
+            });
+            let at = offsets(|j| ((i * SPAN + j) * cin + c) * ld);
+            transform_rows::<T, W::Bt, SPAN, SPAN>(cols, s, v, at, tw, nr, tw);
         }
     }
 }
@@ -517,30 +548,56 @@ fn input_transform_adjoint<
             (i * SPAN + kc) * pl + 1
         }
     };
+    // The zeros before each tile row of `e` (and after the last). The
+    // across step writes past a row's `tw` values (into the next row's room
+    // and the zero between) only when `tw` is not a whole number of chunks:
+    // then they are written again for every channel, else once.
+    let zero_rows = |e: &mut [T]| {
+        for plane in e.chunks_exact_mut(pl).take(SPAN * SPAN) {
+            for z in plane.iter_mut().step_by(s).take(nr + 1) {
+                *z = T::ZERO;
+            }
+        }
+    };
+    let rows_overrun = tw % LANES != 0;
+    // The zeros of `b` before the first tile row (read by the row fold for
+    // rows from `m` on; nothing writes there) and after the last (read for
+    // rows below `fold`; the down step runs past `ns` into them unless `ns`
+    // is a whole number of chunks).
+    let zero_after = |b: &mut [T]| {
+        for plane in b.chunks_exact_mut(pl).take(fold * TILE) {
+            plane[s + ns..][..s].fill(T::ZERO);
+        }
+    };
+    let down_overruns = ns % LANES != 0;
+    for plane in buf.b.chunks_exact_mut(pl).take(SPAN * TILE) {
+        plane[..s].fill(T::ZERO);
+    }
+    if !rows_overrun {
+        zero_rows(&mut buf.c);
+    }
+    if !down_overruns {
+        zero_after(&mut buf.b);
+    }
     for c in 0..cin {
         let (e, f) = buf.c.split_at_mut(SPAN * SPAN * pl);
         for i in 0..SPAN {
-            for u in 0..nr {
-                let cols: [&[T]; SPAN] =
-                    windows(dv, row_chunks, |j| ((i * SPAN + j) * cin + c) * ld + u * tw);
-                let at = offsets(|r| (i * SPAN + r) * pl + 1 + u * s);
-                transform::<T, W::B, SPAN, SPAN>(cols, e, at, tw);
-            }
+            let cols: [&[T]; SPAN] = windows(dv, nr.saturating_sub(1) * tw + row_chunks, |j| {
+                ((i * SPAN + j) * cin + c) * ld
+            });
+            let at = offsets(|r| (i * SPAN + r) * pl + 1);
+            transform_rows::<T, W::B, SPAN, SPAN>(cols, tw, e, at, s, nr, tw);
         }
-        // The zeros before each tile row (a chunk past a row's end writes
-        // into the next row's room and the one zero between).
-        for plane in e.chunks_exact_mut(pl) {
-            for u in 0..=nr {
-                plane[u * s] = T::ZERO;
-            }
+        if rows_overrun {
+            zero_rows(e);
         }
-        for i in 0..SPAN {
-            for kc in 0..fold {
-                let pair: [&[T]; 2] =
-                    windows(e, chunks, |h| (i * SPAN + kc + h * TILE) * pl + 1 - h);
-                let at = [(i * fold + kc) * pl];
-                transform::<T, Sum2, 2, 1>(pair, f, at, ns);
-            }
+        // One row per row i of the tiles.
+        for kc in 0..fold {
+            let pair: [&[T]; 2] = windows(e, (SPAN - 1) * SPAN * pl + chunks, |h| {
+                (kc + h * TILE) * pl + 1 - h
+            });
+            let at = [kc * pl];
+            transform_rows::<T, Sum2, 2, 1>(pair, SPAN * pl, f, at, fold * pl, SPAN, ns);
         }
         // Down: `b[r][kc]`, tile row u at `(u + 1)·s`, zero before the
         // first and after the last, then the rows below `fold` folded: row
@@ -551,18 +608,17 @@ fn input_transform_adjoint<
             let at = offsets(|r| (r * TILE + kc) * pl + s);
             transform::<T, W::B, SPAN, SPAN>(col, &mut buf.b, at, ns);
         }
-        for plane in buf.b.chunks_exact_mut(pl).take(SPAN * TILE) {
-            plane[..s].fill(T::ZERO);
-            plane[s + ns..][..s].fill(T::ZERO);
+        if down_overruns {
+            zero_after(&mut buf.b);
         }
         let groups = ns + s;
+        // One row per column phase kc.
+        let len = (TILE - 1) * pl + groups.next_multiple_of(LANES);
         for kr in 0..fold {
-            for kc in 0..TILE {
-                let pair: [&[T]; 2] = windows(&buf.b, groups.next_multiple_of(LANES), |h| {
-                    ((kr + h * TILE) * TILE + kc) * pl + s * (1 - h)
-                });
-                transform::<T, Sum2, 2, 1>(pair, &mut buf.a, [(kr * TILE + kc) * pl], groups);
-            }
+            let pair: [&[T]; 2] =
+                windows(&buf.b, len, |h| (kr + h * TILE) * TILE * pl + s * (1 - h));
+            let at = [kr * TILE * pl];
+            transform_rows::<T, Sum2, 2, 1>(pair, pl, &mut buf.a, at, pl, TILE, groups);
         }
         let dxc = &mut dx[c * t.ih * t.iw..][..t.ih * t.iw];
         for g in 0..=nr {
@@ -608,16 +664,16 @@ fn output_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const S
     for o in 0..cout {
         let b = bias.map_or(T::ZERO, |b| b[o]);
         let yo = &mut y[o * t.oh * t.ow..][..t.oh * t.ow];
-        for j in 0..SPAN {
-            let col: [&[T]; SPAN] = windows(m, pl, |i| ((i * SPAN + j) * cout + o) * ld);
-            let at = offsets(|k| (k * SPAN + j) * pl);
-            transform::<T, W::At, SPAN, TILE>(col, &mut buf.b, at, n);
-        }
-        for k in 0..TILE {
-            let row: [&[T]; SPAN] = windows(&buf.b, pl, |j| (k * SPAN + j) * pl);
-            let at = offsets(|l| (k * TILE + l) * pl);
-            transform::<T, W::At, SPAN, TILE>(row, &mut buf.a, at, n);
-        }
+        // Down, one row per column j (`cout·ld` apart in `m`), then across,
+        // one row per row k.
+        let col: [&[T]; SPAN] = windows(m, (SPAN - 1) * cout * ld + pl, |i| {
+            (i * SPAN * cout + o) * ld
+        });
+        let at = offsets(|k| k * SPAN * pl);
+        transform_rows::<T, W::At, SPAN, TILE>(col, cout * ld, &mut buf.b, at, pl, SPAN, n);
+        let row: [&[T]; SPAN] = windows(&buf.b, (TILE - 1) * SPAN * pl + pl, |j| j * pl);
+        let at = offsets(|l| l * pl);
+        transform_rows::<T, W::At, SPAN, TILE>(row, SPAN * pl, &mut buf.a, at, TILE * pl, TILE, n);
         for (u, ti) in rows.clone().enumerate() {
             for k in 0..TILE {
                 let i = TILE * ti + k;
@@ -690,16 +746,14 @@ fn grad_transform<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPA
             let planes = buf.a.chunks_exact(pl).take(TILE * TILE);
             db[o] += planes.map(|p| sum(&p[..n])).fold(T::ZERO, |a, b| a + b);
         }
-        for l in 0..TILE {
-            let col: [&[T]; TILE] = windows(&buf.a, pl, |k| (k * TILE + l) * pl);
-            let at = offsets(|i| (i * TILE + l) * pl);
-            transform::<T, W::A, TILE, SPAN>(col, &mut buf.b, at, n);
-        }
-        for i in 0..SPAN {
-            let row: [&[T]; TILE] = windows(&buf.b, pl, |l| (i * TILE + l) * pl);
-            let at = offsets(|j| ((i * SPAN + j) * cout + o) * ld);
-            transform::<T, W::A, TILE, SPAN>(row, w, at, n);
-        }
+        // Down, one row per column phase l, then across, one row per row i
+        // (`SPAN·cout·ld` apart in `w`).
+        let col: [&[T]; TILE] = windows(&buf.a, (TILE - 1) * pl + pl, |k| k * TILE * pl);
+        let at = offsets(|i| i * TILE * pl);
+        transform_rows::<T, W::A, TILE, SPAN>(col, pl, &mut buf.b, at, pl, TILE, n);
+        let row: [&[T]; TILE] = windows(&buf.b, (SPAN - 1) * TILE * pl + pl, |l| l * pl);
+        let at = offsets(|j| (j * cout + o) * ld);
+        transform_rows::<T, W::A, TILE, SPAN>(row, TILE * pl, w, at, SPAN * cout * ld, SPAN, n);
     }
 }
 
@@ -1237,6 +1291,74 @@ fn backward_with<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPAN
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`split_phases`] against its definition, for rows longer and
+    /// shorter than the slots, every padding, both tiles.
+    fn split_phases_by_definition<const TILE: usize>() {
+        for len in 1..20 {
+            for pad in 0..=TILE {
+                for slots in 1..12 {
+                    let line: Vec<f64> = (0..len).map(|i| i as f64 + 1.0).collect();
+                    let stride = slots + 3;
+                    let mut out = vec![f64::NAN; TILE * stride];
+                    split_phases::<f64, TILE>(&line, pad, &mut out, stride, slots);
+                    for k in 0..TILE {
+                        for q in 0..slots {
+                            let want = (TILE * q + k)
+                                .checked_sub(pad)
+                                .and_then(|c| line.get(c).copied())
+                                .unwrap_or(0.0);
+                            assert_eq!(out[k * stride + q], want, "{len} {pad} {slots} {k} {q}");
+                        }
+                        // Nothing written past the slots.
+                        assert!(out[k * stride + slots..][..3].iter().all(|v| v.is_nan()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`merge_phases`] against its definition, writing and adding.
+    fn merge_phases_by_definition<const TILE: usize>() {
+        for len in 1..20 {
+            for pad in 0..=TILE {
+                for slots in 1..12 {
+                    for add in [false, true] {
+                        let ph: Vec<Vec<f64>> = (0..TILE)
+                            .map(|k| (0..slots).map(|q| (100 * k + q) as f64).collect())
+                            .collect();
+                        let mut line: Vec<f64> = (0..len).map(|i| -(i as f64)).collect();
+                        let mut want = line.clone();
+                        for (k, pk) in ph.iter().enumerate() {
+                            for (q, &p) in pk.iter().enumerate() {
+                                if let Some(d) = (TILE * q + k)
+                                    .checked_sub(pad)
+                                    .and_then(|c| want.get_mut(c))
+                                {
+                                    *d = if add { *d + p } else { p };
+                                }
+                            }
+                        }
+                        let phs: [&[f64]; TILE] = std::array::from_fn(|k| &ph[k][..]);
+                        merge_phases::<f64, TILE>(&mut line, pad, phs, slots, add);
+                        assert_eq!(line, want, "{len} {pad} {slots} {add}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn merge_phases_matches_its_definition() {
+        merge_phases_by_definition::<2>();
+        merge_phases_by_definition::<4>();
+    }
+
+    #[test]
+    fn split_phases_matches_its_definition() {
+        split_phases_by_definition::<2>();
+        split_phases_by_definition::<4>();
+    }
 
     /// `G g Gᵀ` of one kernel, through the planes of [`kernel_transforms`].
     fn transform_one<W: Variant<TILE, SPAN>, const TILE: usize, const SPAN: usize>(
