@@ -244,37 +244,23 @@ impl<T: Float> Module<T> for ConvTranspose2d {
 /// with one of its `options` changed (none of them changes the parameters).
 macro_rules! geometry_setters {
     ($layer:ident) => {
+        geometry_setters!(@one $layer, stride, "stride (`s` or `(sh, sw)`)",
+            ".stride((1, 2))", "(c.options.stride.h, c.options.stride.w), (1, 2)");
+        geometry_setters!(@one $layer, padding, "padding (`p` or `(ph, pw)`)",
+            ".padding(1)", "c.options.padding.w, 1");
+        geometry_setters!(@one $layer, dilation, "dilation (`d` or `(dh, dw)`)",
+            ".dilation(2)", "c.options.dilation.h, 2");
+    };
+    (@one $layer:ident, $field:ident, $what:literal, $call:literal, $check:literal) => {
         impl $layer {
             #[doc = concat!(
-                        "The same layer with another stride (`s` or `(sh, sw)`).\n\n```\n",
-                        "let c = tapegrad::nn::", stringify!($layer),
-                        "::new(&mut tapegrad::nn::Params::new(), \"c\", 1, 1, 3).stride((1, 2));\n",
-                        "assert_eq!((c.options.stride.h, c.options.stride.w), (1, 2));\n```"
-                    )]
-            pub fn stride(mut self, stride: impl Into<Pair>) -> Self {
-                self.options = self.options.stride(stride);
-                self
-            }
-
-            #[doc = concat!(
-                        "The same layer with another padding (`p` or `(ph, pw)`).\n\n```\n",
-                        "let c = tapegrad::nn::", stringify!($layer),
-                        "::new(&mut tapegrad::nn::Params::new(), \"c\", 1, 1, 3).padding(1);\n",
-                        "assert_eq!(c.options.padding.w, 1);\n```"
-                    )]
-            pub fn padding(mut self, padding: impl Into<Pair>) -> Self {
-                self.options = self.options.padding(padding);
-                self
-            }
-
-            #[doc = concat!(
-                        "The same layer with another dilation (`d` or `(dh, dw)`).\n\n```\n",
-                        "let c = tapegrad::nn::", stringify!($layer),
-                        "::new(&mut tapegrad::nn::Params::new(), \"c\", 1, 1, 3).dilation(2);\n",
-                        "assert_eq!(c.options.dilation.h, 2);\n```"
-                    )]
-            pub fn dilation(mut self, dilation: impl Into<Pair>) -> Self {
-                self.options = self.options.dilation(dilation);
+                "The same layer with another ", $what, ".\n\n```\n",
+                "let c = tapegrad::nn::", stringify!($layer),
+                "::new(&mut tapegrad::nn::Params::new(), \"c\", 1, 1, 3)", $call, ";\n",
+                "assert_eq!(", $check, ");\n```"
+            )]
+            pub fn $field(mut self, $field: impl Into<Pair>) -> Self {
+                self.options = self.options.$field($field);
                 self
             }
         }
