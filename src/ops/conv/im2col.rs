@@ -762,6 +762,22 @@ pub(super) fn forward<T: Float>(
     w: &[T],
     b: Option<&[T]>,
 ) -> Vec<T> {
+    forward_and_weight_grad(geom, x, w, b, None).0
+}
+
+/// [`forward`], and with `g` (an output gradient, NCHW of the output shape)
+/// also the weight gradient `dW = Σ_n G_n · cols(X_n)ᵀ` from the same column
+/// blocks, each built once for both products. That is the backward of
+/// `conv_transpose2d`, whose dX is conv2d's forward of dY and whose dW is
+/// conv2d's weight gradient with input dY (so both read the columns of dY).
+/// Returns `(Y, dW)`, dW only with `g`.
+pub(super) fn forward_and_weight_grad<T: Float>(
+    geom: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    g: Option<&[T]>,
+) -> (Vec<T>, Option<Vec<T>>) {
     let (og, ckk, ohw, ow) = (
         geom.out_per_group(),
         geom.patch_len(),
@@ -784,50 +800,100 @@ pub(super) fn forward<T: Float>(
     let max_rows = row_blocks::<T>(geom).map(|r| r.len()).max().unwrap_or(0);
     let stride = block_stride::<T>(max_rows * ow);
     let scratch_len = if pointwise { 0 } else { depth * stride };
+    let ranges = batch_split(geom);
+    // Each chunk's own partial dW (with `g`), summed in chunk order at the end.
+    let mut out = BackwardBuffers::new(
+        geom,
+        ranges.len(),
+        [false, g.is_some(), false],
+        og * geom.groups * ckk,
+    );
     // Overwritten block by block (the GEMMs run with beta = 0).
     let mut y = crate::buffer::scratch(geom.output_shape().iter().product());
-    let ranges = batch_split(geom);
-    let chunks = split_by(&mut y, &ranges, geom.out_channels * ohw);
-    let jobs: Vec<_> = ranges.into_iter().zip(chunks).collect();
-    run_jobs(jobs, |(samples, y)| {
-        with_scratch(scratch_len, |scratch: &mut [T]| {
-            with_scratch(phases_len(geom), |planes: &mut [T]| {
-                for (local, n) in samples.clone().enumerate() {
-                    for (g, wg) in packed.iter().enumerate() {
-                        let xg = source(geom, &x[input_block(geom, n, g)], planes);
-                        let yg = &mut y[output_block(geom, local, g)];
-                        for rows in row_blocks::<T>(geom) {
-                            let (j0, nc) = (rows.start * ow, rows.len() * ow);
-                            if pointwise {
-                                gemm_prepacked(wg, nc, &xg[j0..], ohw, true, &mut yg[j0..], ohw);
-                                if let Some(b) = b {
-                                    for (o, plane) in yg.chunks_exact_mut(ohw).enumerate() {
-                                        let bias = b[g * og + o];
-                                        plane[j0..j0 + nc].iter_mut().for_each(|v| *v += bias);
+    {
+        let chunks = split_by(&mut y, &ranges, geom.out_channels * ohw);
+        let jobs: Vec<_> = out.jobs(geom, &ranges).into_iter().zip(chunks).collect();
+        run_jobs(jobs, |(job, y)| {
+            let BackwardJob {
+                samples, mut dw, ..
+            } = job;
+            if let Some(dw) = dw.as_deref_mut()
+                && (samples.is_empty() || ohw == 0)
+            {
+                // No product writes this chunk's partial sum.
+                dw.fill(T::ZERO);
+            }
+            with_scratch(scratch_len, |scratch: &mut [T]| {
+                with_scratch(phases_len(geom), |planes: &mut [T]| {
+                    for (local, n) in samples.clone().enumerate() {
+                        for (gr, wg) in packed.iter().enumerate() {
+                            let xg = source(geom, &x[input_block(geom, n, gr)], planes);
+                            let yg = &mut y[output_block(geom, local, gr)];
+                            for rows in row_blocks::<T>(geom) {
+                                let (j0, nc) = (rows.start * ow, rows.len() * ow);
+                                let cols = if pointwise {
+                                    gemm_prepacked(
+                                        wg,
+                                        nc,
+                                        &xg[j0..],
+                                        ohw,
+                                        true,
+                                        &mut yg[j0..],
+                                        ohw,
+                                    );
+                                    if let Some(b) = b {
+                                        for (o, plane) in yg.chunks_exact_mut(ohw).enumerate() {
+                                            let bias = b[gr * og + o];
+                                            plane[j0..j0 + nc].iter_mut().for_each(|v| *v += bias);
+                                        }
                                     }
-                                }
-                                continue;
+                                    MatRef {
+                                        data: &xg[j0..],
+                                        rs: ohw,
+                                        cs: 1,
+                                    }
+                                } else {
+                                    let ld = block_stride::<T>(nc);
+                                    let cols = &mut scratch[..depth * ld];
+                                    // The last block's GEMM also brings the next
+                                    // group input this task reads into cache.
+                                    let ahead = match rows.end == geom.out_h() {
+                                        true => next_input(geom, x, &samples, n, gr),
+                                        false => &[],
+                                    };
+                                    im2col(geom, xg, rows, ld, cols);
+                                    if fused_bias.is_some() {
+                                        cols[ckk * ld..][..nc].fill(T::ONE);
+                                    }
+                                    let yb = &mut yg[j0..];
+                                    gemm_prepacked_ahead(wg, nc, cols, ld, true, yb, ohw, ahead);
+                                    MatRef::rows(cols, ld)
+                                };
+                                let (Some(g), Some(dw)) = (g, dw.as_deref_mut()) else {
+                                    continue;
+                                };
+                                // The first product of the chunk writes its partial dW.
+                                let beta = if local == 0 && j0 == 0 {
+                                    T::ZERO
+                                } else {
+                                    T::ONE
+                                };
+                                let gb = MatRef {
+                                    data: &g[output_block(geom, n, gr)][j0..],
+                                    rs: ohw,
+                                    cs: 1,
+                                };
+                                let dwg = &mut dw[gr * og * ckk..][..og * ckk];
+                                gemm(og, ckk, nc, gb, cols.t(), beta, dwg, ckk);
                             }
-                            let ld = block_stride::<T>(nc);
-                            let cols = &mut scratch[..depth * ld];
-                            // The last block's GEMM also brings the next group
-                            // input this task reads into cache.
-                            let ahead = match rows.end == geom.out_h() {
-                                true => next_input(geom, x, &samples, n, g),
-                                false => &[],
-                            };
-                            im2col(geom, xg, rows, ld, cols);
-                            if fused_bias.is_some() {
-                                cols[ckk * ld..][..nc].fill(T::ONE);
-                            }
-                            gemm_prepacked_ahead(wg, nc, cols, ld, true, &mut yg[j0..], ohw, ahead);
                         }
                     }
-                }
+                })
             })
-        })
-    });
-    y
+        });
+    }
+    let dw = g.map(|_| out.dw.sum().expect("the weight gradient was asked for"));
+    (y, dw)
 }
 
 /// The gradients of one conv2d call, each computed only if asked for.
@@ -953,106 +1019,6 @@ pub(super) fn backward<T: Float>(
     }
     let (dw, db) = (out.dw.sum(), out.db.sum());
     Grads { dx: out.dx, dw, db }
-}
-
-/// conv2d's forward without bias, `Y_n = W · cols(X_n)`, and its weight
-/// gradient for an output gradient `G`, `dW = Σ_n G_n · cols(X_n)ᵀ`, in one
-/// pass that builds each column block once for both products: the
-/// backward of `conv_transpose2d`, whose dX is conv2d's forward of dY and
-/// whose dW is conv2d's weight gradient with input dY (so both read the
-/// columns of dY). `x` is NCHW of the conv's input shape, `g` of its output
-/// shape; returns `(Y, dW)`.
-pub(super) fn forward_and_weight_grad<T: Float>(
-    geom: &Conv2dGeometry,
-    x: &[T],
-    w: &[T],
-    g: &[T],
-) -> (Vec<T>, Vec<T>) {
-    let (og, ckk, ohw, ow) = (
-        geom.out_per_group(),
-        geom.patch_len(),
-        geom.out_hw(),
-        geom.out_w(),
-    );
-    let pointwise = geom.is_pointwise();
-    let packed: Vec<PackedA<T>> = (0..geom.groups)
-        .map(|gr| PackedA::new(og, ckk, |o, p| w[(gr * og + o) * ckk + p]))
-        .collect();
-    let max_rows = row_blocks::<T>(geom).map(|r| r.len()).max().unwrap_or(0);
-    let stride = block_stride::<T>(max_rows * ow);
-    let scratch_len = if pointwise { 0 } else { ckk * stride };
-    let ranges = batch_split(geom);
-    let mut out = BackwardBuffers::new(
-        geom,
-        ranges.len(),
-        [false, true, false],
-        og * geom.groups * ckk,
-    );
-    // Overwritten block by block (the GEMMs run with beta = 0).
-    let mut y = crate::buffer::scratch(geom.output_shape().iter().product());
-    {
-        let chunks = split_by(&mut y, &ranges, geom.out_channels * ohw);
-        let jobs: Vec<_> = out.jobs(geom, &ranges).into_iter().zip(chunks).collect();
-        run_jobs(jobs, |(job, y)| {
-            let BackwardJob { samples, dw, .. } = job;
-            // (No partial sum when the weight is empty.)
-            let dw = dw.unwrap_or_default();
-            if samples.is_empty() || ohw == 0 {
-                // No product writes this chunk's partial sum.
-                dw.fill(T::ZERO);
-            }
-            with_scratch(scratch_len, |scratch: &mut [T]| {
-                with_scratch(phases_len(geom), |planes: &mut [T]| {
-                    for (local, n) in samples.clone().enumerate() {
-                        for (gr, wg) in packed.iter().enumerate() {
-                            let xg = source(geom, &x[input_block(geom, n, gr)], planes);
-                            let yg = &mut y[output_block(geom, local, gr)];
-                            let gg = &g[output_block(geom, n, gr)];
-                            let dwg = &mut dw[gr * og * ckk..][..og * ckk];
-                            for rows in row_blocks::<T>(geom) {
-                                let (j0, nc) = (rows.start * ow, rows.len() * ow);
-                                let cols = if pointwise {
-                                    MatRef {
-                                        data: &xg[j0..],
-                                        rs: ohw,
-                                        cs: 1,
-                                    }
-                                } else {
-                                    let ld = block_stride::<T>(nc);
-                                    let cols = &mut scratch[..ckk * ld];
-                                    im2col(geom, xg, rows, ld, cols);
-                                    MatRef::rows(cols, ld)
-                                };
-                                gemm_prepacked(
-                                    wg,
-                                    nc,
-                                    cols.data,
-                                    cols.rs,
-                                    true,
-                                    &mut yg[j0..],
-                                    ohw,
-                                );
-                                // The first product of the chunk writes its partial dW.
-                                let beta = if local == 0 && j0 == 0 {
-                                    T::ZERO
-                                } else {
-                                    T::ONE
-                                };
-                                let gb = MatRef {
-                                    data: &gg[j0..],
-                                    rs: ohw,
-                                    cs: 1,
-                                };
-                                gemm(og, ckk, nc, gb, cols.t(), beta, dwg, ckk);
-                            }
-                        }
-                    }
-                })
-            })
-        });
-    }
-    let dw = out.dw.sum().expect("the weight gradient was asked for");
-    (y, dw)
 }
 
 #[cfg(test)]

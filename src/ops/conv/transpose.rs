@@ -296,7 +296,9 @@ impl<'t, T: Float> Var<'t, T> {
                     if ctx.needs_grad[0] && ctx.needs_grad[1] && !winograd::applies(&geom) {
                         // Both on im2col's path: one pass builds the columns of
                         // dY once for both products.
-                        let (d, dwv) = im2col::forward_and_weight_grad(&geom, dy, w_, x_);
+                        let (d, dwv) =
+                            im2col::forward_and_weight_grad(&geom, dy, w_, None, Some(x_));
+                        let dwv = dwv.expect("the weight gradient was asked for");
                         let dx = Tensor::from_parts(d, x.shape().clone());
                         (Some(dx), Some(Tensor::from_parts(dwv, w.shape().clone())))
                     } else {
