@@ -22,6 +22,9 @@
 //!   dY and X;
 //! - db: `Σ_{n, h, w} dY`.
 //!
+//! On the im2col path dX and dW come from one pass that builds each column
+//! block of dY once for both products (`im2col::forward_and_weight_grad`).
+//!
 //! So Winograd (3×3, stride 1) and im2col + GEMM, their threads and packed
 //! weights serve both ops, and non-finite values land where conv2d's
 //! definition puts them: the forward's products that fall outside the
