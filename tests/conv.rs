@@ -467,6 +467,56 @@ fn winograd_shapes_match_reference_at_1_and_2_threads() {
     }
 }
 
+/// Shapes of the implicit-GEMM forward (f32, AVX-512): strides 1 to 3,
+/// paddings 0 to 3, dilation, groups, output rows shorter and longer than a
+/// run of 16 pixels (and not whole runs), one input channel, deep patches
+/// (more than one pass of the kernel), against the reference at 1 and 2
+/// threads; the same shapes in f64 (im2col) too.
+#[test]
+fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
+    let opts = Conv2dOptions::default;
+    #[rustfmt::skip]
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 12] = [
+        ([3, 32, 16, 16], [64, 32, 3, 3], opts().stride(2).padding(1)), // strided-like
+        ([2, 3, 20, 37], [16, 3, 5, 5], opts().padding(2)),             // wide-like, 37 = 2·16 + 5
+        ([2, 1, 28, 28], [8, 1, 3, 3], opts().padding(1)),              // one input channel
+        ([1, 4, 9, 9], [8, 4, 3, 3], opts()),                            // no padding, 7-pixel rows
+        ([2, 5, 11, 12], [8, 5, 3, 2], opts().stride(2).padding((0, 1))),
+        ([1, 3, 17, 19], [16, 3, 3, 3], opts().stride(3).padding(3)),    // padding past the kernel's reach
+        ([2, 2, 13, 34], [8, 2, 3, 3], opts().dilation(2).padding(2)),
+        ([1, 6, 15, 15], [16, 3, 3, 3], opts().stride((2, 1)).padding(1).groups(2)),
+        ([1, 2, 7, 40], [8, 2, 2, 4], opts().stride((1, 2)).dilation((2, 3))),
+        ([3, 40, 6, 6], [24, 40, 3, 3], opts().stride(2).padding(1)),    // 360 taps: three passes
+        ([1, 16, 6, 6], [8, 16, 3, 3], opts().stride(2).padding(2)),
+        ([5, 3, 8, 8], [8, 3, 3, 3], opts().stride(2)),                  // uneven chunks at 2 threads
+    ];
+    let avx512 = cfg!(target_arch = "x86_64") && is_avx512();
+    for (xs, ws, o) in &cases {
+        let geom = Conv2dGeometry::new(xs, ws, Some(&[ws[0]]), o);
+        assert_eq!(
+            tapegrad::conv::implicit_gemm::<f32>(&geom),
+            avx512,
+            "{xs:?} {ws:?} {o:?}"
+        );
+    }
+    at_1_and_2_threads(|threads| {
+        let mut rng = StdRng::seed_from_u64(90 + threads as u64);
+        for (i, (xs, ws, o)) in cases.iter().enumerate() {
+            let what = format!("{threads} threads, implicit-GEMM case {i}");
+            check_against_reference::<f32>(&what, xs, ws, *o, 2e-5, &mut rng);
+            check_against_reference::<f64>(&what, xs, ws, *o, 1e-12, &mut rng);
+        }
+    });
+}
+
+/// Whether the CPU has AVX-512F.
+fn is_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The same f32 comparisons with the GEMM micro-kernels capped at AVX2
 /// (on an AVX-512 machine the default tests above run the AVX-512 kernels,
 /// so this is what covers the AVX2 ones there; elsewhere it repeats them),

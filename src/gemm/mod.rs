@@ -54,6 +54,7 @@
 //! assert_eq!(c, [58.0, 64.0, 139.0, 154.0]);
 //! ```
 
+pub(crate) mod implicit;
 mod kernel;
 mod pack;
 pub mod peak;

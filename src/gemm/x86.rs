@@ -7,6 +7,9 @@
 //!   (`__m256` or `__m256d`), as do the two dot-product kernels.
 //! * AVX-512F, `f32`: 8 × 32 register tile, 16 `zmm` accumulators, masked
 //!   edges.
+//! * AVX-512F, `f32`, for the implicit-GEMM convolution (`gemm::implicit`):
+//!   the same 8 × 32 tile with each B row read from its own offset (two runs
+//!   of 16 pixels, masked), and the stride-2 column split of its input planes.
 //!
 //! Edge tiles (fewer than `MR` rows or `NR` columns) run a kernel instantiated
 //! for exactly that many rows and for one or two vectors of columns, so no
@@ -926,6 +929,122 @@ fn reduce16(w: [__m512; 16]) -> __m512 {
         quarter(h[3], h[7]),
     ];
     single(pair(q[0], q[2]), pair(q[1], q[3]))
+}
+
+/// The implicit-GEMM convolution tile (see `gemm::implicit`): for the 8 rows
+/// of one packed A panel and `NV` pixel vectors,
+/// `C[r·ldc + vc[v] + t] (+)= bias[r] + Σ_p A[p·8 + r] · B[offs[p] + vb[v] + t]`
+/// for the lanes `t` set in `masks[v]` (lanes left out are neither read nor
+/// written). Without `bias` the sums start at 0; with `accumulate` they are
+/// added to what C holds.
+///
+/// # Safety
+/// AVX-512F must be available; `a` must be valid for reads of `kc * 8`
+/// elements and `offs` of `kc`; for every `p < kc` and `v < NV`, `b` must be
+/// valid for reads at `offs[p] + vb[v] + t` for the lanes `t` of `masks[v]`;
+/// `bias`, if not null, for reads of 8 elements; `c` for reads and writes at
+/// `r * ldc + vc[v] + t` for `r < 8` and those lanes.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn conv_tile_f32_512<const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    offs: *const usize,
+    b: *const f32,
+    vb: [usize; 2],
+    masks: [u16; 2],
+    bias: *const f32,
+    accumulate: bool,
+    c: *mut f32,
+    ldc: usize,
+    vc: [usize; 2],
+) {
+    // SAFETY: the caller upholds this function's contract (# Safety above):
+    // AVX-512F is available, and every read or write below is at a position
+    // it lists (masked lanes are not accessed).
+    unsafe {
+        const MR: usize = 8;
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        if !bias.is_null() {
+            for (r, accr) in acc.iter_mut().enumerate() {
+                *accr = [_mm512_set1_ps(*bias.add(r)); NV];
+            }
+        }
+        // Unrolled by two steps of k (a last odd step runs alone).
+        let mut p = 0;
+        while p < kc {
+            let steps = if p + 2 <= kc { 2 } else { 1 };
+            for s in 0..steps {
+                let off = *offs.add(p + s);
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm512_maskz_loadu_ps(masks[v], b.add(off + vb[v]));
+                }
+                let ap = a.add((p + s) * MR);
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ap.add(r));
+                    for v in 0..NV {
+                        accr[v] = _mm512_fmadd_ps(av, bv[v], accr[v]);
+                    }
+                }
+            }
+            p += steps;
+        }
+        for (r, accr) in acc.iter().enumerate() {
+            for v in 0..NV {
+                let dst = c.add(r * ldc + vc[v]);
+                let out = if accumulate {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(masks[v], dst), accr[v])
+                } else {
+                    accr[v]
+                };
+                _mm512_mask_storeu_ps(dst, masks[v], out);
+            }
+        }
+    }
+}
+
+/// `even[t] = src[2t]`, `odd[t] = src[2t + 1]` for `t < n`, 16 pairs per
+/// step (two loads, two two-source permutes), the last step masked.
+///
+/// # Safety
+/// AVX-512F must be available; `src` must be valid for reads of `2n`
+/// elements, `even` and `odd` for writes of `n`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn deinterleave_f32_512(
+    src: *const f32,
+    even: *mut f32,
+    odd: *mut f32,
+    n: usize,
+) {
+    // SAFETY: the caller upholds this function's contract: every access
+    // below is at pair `t < n` (masked off past it).
+    unsafe {
+        let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let mut t = 0;
+        while t < n {
+            let pairs = (n - t).min(16);
+            let (lo, hi, out) = if pairs == 16 {
+                (
+                    _mm512_loadu_ps(src.add(2 * t)),
+                    _mm512_loadu_ps(src.add(2 * t + 16)),
+                    0xffff,
+                )
+            } else {
+                // `2·pairs` elements: the first `min(2·pairs, 16)` in `lo`.
+                let m = |lanes: usize| ((1u32 << lanes.min(16)) - 1) as __mmask16;
+                (
+                    _mm512_maskz_loadu_ps(m(2 * pairs), src.add(2 * t)),
+                    _mm512_maskz_loadu_ps(m((2 * pairs).saturating_sub(16)), src.add(2 * t + 16)),
+                    m(pairs),
+                )
+            };
+            _mm512_mask_storeu_ps(even.add(t), out, _mm512_permutex2var_ps(lo, ie, hi));
+            _mm512_mask_storeu_ps(odd.add(t), out, _mm512_permutex2var_ps(lo, io, hi));
+            t += pairs;
+        }
+    }
 }
 
 #[cfg(test)]

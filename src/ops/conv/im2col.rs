@@ -314,7 +314,7 @@ const PAIRS: usize = 8;
 /// `even[t] = src[2t]`, `odd[t] = src[2t + 1]` for `t < even.len()`; `src`
 /// holds at least `2·even.len()` values, `odd` at least as many as `even`.
 #[inline(always)]
-fn deinterleave<T: Float>(src: &[T], even: &mut [T], odd: &mut [T]) {
+pub(super) fn deinterleave<T: Float>(src: &[T], even: &mut [T], odd: &mut [T]) {
     let n = even.len();
     let (src, odd) = (&src[..2 * n], &mut odd[..n]);
     let (mut e, mut o, mut s) = (
@@ -506,7 +506,7 @@ fn axis_taps(a: &super::AxisGeometry) -> SmallVec<[(Range<usize>, usize, isize);
 /// Zeroes a slice that is usually one or two elements long, without the
 /// call into `memset` that `fill` becomes for a length unknown at compile time.
 #[inline(always)]
-fn zero_few<T: Float>(v: &mut [T]) {
+pub(super) fn zero_few<T: Float>(v: &mut [T]) {
     match v {
         [] => {}
         [a] => *a = T::ZERO,
@@ -733,7 +733,7 @@ pub(super) fn block_stride<T>(width: usize) -> usize {
 
 /// The group input read after that of group `g` of sample `n` by a task
 /// that runs `samples` (empty after its last).
-fn next_input<'a, T>(
+pub(super) fn next_input<'a, T>(
     geom: &Conv2dGeometry,
     x: &'a [T],
     samples: &Range<usize>,

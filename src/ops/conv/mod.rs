@@ -87,6 +87,7 @@
 
 mod geometry;
 mod im2col;
+mod implicit;
 pub(crate) mod parallel;
 pub mod reference;
 mod transpose;
@@ -151,6 +152,26 @@ pub fn force_winograd_tile_process_wide(tile: usize) {
 #[doc(hidden)]
 pub fn winograd_tile(geom: &Conv2dGeometry) -> Option<usize> {
     winograd::applies(geom).then(|| winograd::tile_for(geom))
+}
+
+/// Whether conv2d's forward pass of this geometry, for element type `T`,
+/// runs as an implicit GEMM (the micro-kernel reading the input's padded
+/// phase planes in place, no column matrix): `f32` on a CPU with AVX-512F,
+/// output channels per group a multiple of 8, not a pointwise conv, and not
+/// a conv Winograd takes. For tests.
+///
+/// ```
+/// use tapegrad::conv::{implicit_gemm, Conv2dGeometry};
+/// use tapegrad::Conv2dOptions;
+/// let opts = Conv2dOptions::default().stride(2).padding(1);
+/// let geom = Conv2dGeometry::new(&[1, 3, 32, 32], &[16, 3, 3, 3], None, &opts);
+/// let avx512 = cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx512f");
+/// assert_eq!(implicit_gemm::<f32>(&geom), avx512);
+/// assert!(!implicit_gemm::<f64>(&geom));
+/// ```
+#[doc(hidden)]
+pub fn implicit_gemm<T: Float>(geom: &Conv2dGeometry) -> bool {
+    !winograd::applies(geom) && implicit::applies::<T>(geom)
 }
 
 use crate::shape::Shape;
@@ -446,10 +467,13 @@ impl<'t, T: Float> Var<'t, T> {
 
 /// conv2d's forward pass: Winograd where it applies and every operand is
 /// finite (its transforms mix a tile's pixels, which would spread a NaN or an
-/// infinity over the tile), else im2col + GEMM.
+/// infinity over the tile), else the implicit GEMM where it applies, else
+/// im2col + GEMM.
 fn forward_pass<T: Float>(geom: &Conv2dGeometry, x: &[T], w: &[T], b: Option<&[T]>) -> Vec<T> {
     if winograd::applies(geom) && all_finite(x) && all_finite(w) {
         winograd::forward(geom, x, w, b)
+    } else if implicit::applies::<T>(geom) {
+        implicit::forward(geom, x, w, b)
     } else {
         im2col::forward(geom, x, w, b)
     }

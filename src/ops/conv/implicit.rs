@@ -1,0 +1,238 @@
+//! conv2d's forward pass as an implicit GEMM: the product `Y = W · cols(X)`
+//! without the column matrix.
+//!
+//! Each sample's group input is written once into zero-padded phase planes:
+//! padded pixel `(u·sh + a, v·sw + b)` is element `(u, v)` of plane `(a, b)`
+//! (`hq × wq`; at stride 1 the single plane is the padded input). Output
+//! pixel `(i, j)` at tap `(ki, kj)` reads padded pixel `(i·sh + ki·dh,
+//! j·sw + kj·dw)`, which is element `(i + ⌊ki·dh/sh⌋, j + ⌊kj·dw/sw⌋)` of plane
+//! `((ki·dh) mod sh, (kj·dw) mod sw)`. So the column matrix's row for tap
+//! `(c, ki, kj)` is the planes read from one offset on, and a run of
+//! consecutive output pixels of one output row reads consecutive plane
+//! elements: entry `(c, ki, kj)` of output pixel `(i, j)` is
+//! `planes[off(c, ki, kj) + i·wq + j]`. The micro-kernel
+//! ([`ImplicitGemm`]) reads those entries where they lie, 16 pixels of an
+//! output row at a time, instead of copying them into a column matrix first.
+//! Padding reads the planes' zeros, which are multiplied like any pixel, as
+//! in the im2col product (a NaN weight over the padding gives NaN).
+//!
+//! It runs for `f32` where the CPU has AVX-512F and the output channels per
+//! group come in whole panels of 8 (see [`applies`]); im2col + GEMM remains
+//! the path for everything else, and for the gradients.
+
+use super::Conv2dGeometry;
+use super::im2col::{batch_split, input_block, next_input, output_block, with_scratch, zero_few};
+use super::parallel::{run_jobs, split_by};
+use crate::Float;
+use crate::gemm::implicit::{ImplicitGemm, PANEL, PixelRun, RUN};
+use std::any::TypeId;
+
+/// The padded phase planes of one group input.
+#[derive(Clone, Copy, Debug)]
+struct Planes {
+    sh: usize,
+    sw: usize,
+    hq: usize,
+    wq: usize,
+}
+
+impl Planes {
+    fn of(geom: &Conv2dGeometry) -> Self {
+        let (sh, sw) = (geom.h.stride, geom.w.stride);
+        let hp = geom.h.input + 2 * geom.h.padding;
+        let wp = geom.w.input + 2 * geom.w.padding;
+        Planes {
+            sh,
+            sw,
+            hq: hp.div_ceil(sh),
+            wq: wp.div_ceil(sw),
+        }
+    }
+
+    /// Elements of one plane.
+    fn plane(&self) -> usize {
+        self.hq * self.wq
+    }
+
+    /// Elements of the planes of `channels` channels.
+    fn len(&self, channels: usize) -> usize {
+        channels * self.sh * self.sw * self.plane()
+    }
+
+    /// Offset of plane `(a, b)` of channel `c`.
+    fn offset(&self, c: usize, a: usize, b: usize) -> usize {
+        ((c * self.sh + a) * self.sw + b) * self.plane()
+    }
+
+    /// Offset of each column-matrix row (tap `(c, ki, kj)`, in the weight's
+    /// order) in the planes.
+    fn offsets(&self, geom: &Conv2dGeometry) -> Vec<usize> {
+        let (kh, kw) = (geom.h.kernel, geom.w.kernel);
+        let (dh, dw) = (geom.h.dilation, geom.w.dilation);
+        let mut offs = Vec::with_capacity(geom.patch_len());
+        for c in 0..geom.in_per_group() {
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    let (ti, tj) = (ki * dh, kj * dw);
+                    let plane = self.offset(c, ti % self.sh, tj % self.sw);
+                    offs.push(plane + (ti / self.sh) * self.wq + tj / self.sw);
+                }
+            }
+        }
+        offs
+    }
+
+    /// The output pixels in runs of up to 16 along each output row.
+    fn runs(&self, geom: &Conv2dGeometry) -> Vec<PixelRun> {
+        let (oh, ow) = (geom.out_h(), geom.out_w());
+        (0..oh)
+            .flat_map(|i| {
+                (0..ow).step_by(RUN).map(move |j| PixelRun {
+                    b: i * self.wq + j,
+                    c: i * ow + j,
+                    lanes: RUN.min(ow - j),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Writes the planes of group input `x` (`[C/G, H, W]`) into `out`, every
+/// element (zeros in the padding and past it). Input column `s` is padded
+/// column `s + pw`: phase `(s + pw) mod sw`, element `(s + pw) / sw` of its
+/// plane row. At stride 2 a row's even columns go to one plane and its odd
+/// ones to the other, in one pass ([`ImplicitGemm::deinterleave`]).
+fn fill(kern: ImplicitGemm, p: &Planes, geom: &Conv2dGeometry, x: &[f32], out: &mut [f32]) {
+    let (ih, iw) = (geom.h.input, geom.w.input);
+    let (ph, pw, wq, sw) = (geom.h.padding, geom.w.padding, p.wq, p.sw);
+    for c in 0..geom.in_per_group() {
+        for row in 0..p.hq * p.sh {
+            let (a, u) = (row % p.sh, row / p.sh);
+            // Plane row `u` of phase `(a, 0)`; phase `(a, b)` is `b` planes on.
+            let at = p.offset(c, a, 0) + u * wq;
+            let r = row.wrapping_sub(ph);
+            if r >= ih {
+                for b in 0..sw {
+                    out[at + b * p.plane()..][..wq].fill(0.0);
+                }
+                continue;
+            }
+            let src = &x[(c * ih + r) * iw..][..iw];
+            if sw == 1 {
+                let d = &mut out[at..at + wq];
+                zero_few(&mut d[..pw]);
+                d[pw..pw + iw].copy_from_slice(src);
+                zero_few(&mut d[pw + iw..]);
+            } else if sw == 2 {
+                // Even input columns land in phase `pw mod 2` from element
+                // `pw / 2` on, odd ones in the other phase from `(pw + 1) / 2`.
+                let (se, so) = (pw / 2, pw.div_ceil(2));
+                let (ne, no) = (iw.div_ceil(2), iw / 2);
+                let (first, second) = out[at..].split_at_mut(p.plane());
+                let (p0, p1) = (&mut first[..wq], &mut second[..wq]);
+                let (even, odd) = if pw % 2 == 0 { (p0, p1) } else { (p1, p0) };
+                zero_few(&mut even[..se]);
+                zero_few(&mut odd[..so]);
+                kern.deinterleave(
+                    &src[..2 * no],
+                    &mut even[se..se + no],
+                    &mut odd[so..so + no],
+                );
+                if ne > no {
+                    even[se + no] = src[iw - 1];
+                }
+                zero_few(&mut even[se + ne..]);
+                zero_few(&mut odd[so + no..]);
+            } else {
+                for b in 0..sw {
+                    let d = &mut out[at + b * p.plane()..][..wq];
+                    for (v, x) in d.iter_mut().enumerate() {
+                        // Padded column `v·sw + b` is input column `v·sw + b − pw`.
+                        let s = (v * sw + b).wrapping_sub(pw);
+                        *x = src.get(s).copied().unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether conv2d's forward pass of this geometry takes the implicit GEMM
+/// for element type `T`: `f32` with the kernel available
+/// ([`ImplicitGemm::detect`]), output channels per group a multiple of 8, a
+/// kernel larger than one pixel or a stride or padding (a pointwise conv
+/// already reads its input in place), no empty dimension, and windows that
+/// stay inside the padded input.
+pub(super) fn applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
+    let inside = |a: &super::AxisGeometry| {
+        a.output > 0
+            && (a.output - 1) * a.stride + (a.kernel - 1) * a.dilation < a.input + 2 * a.padding
+    };
+    TypeId::of::<T>() == TypeId::of::<f32>()
+        && ImplicitGemm::detect::<T>().is_some()
+        && !geom.is_pointwise()
+        && geom.batch > 0
+        && geom.in_per_group() > 0
+        && geom.out_per_group().is_multiple_of(PANEL)
+        && geom.out_per_group() > 0
+        && inside(&geom.h)
+        && inside(&geom.w)
+}
+
+/// `&[T]` as `&[f32]` (`T` is `f32`: checked by [`applies`]).
+fn as_f32<T: 'static>(s: &[T]) -> &[f32] {
+    assert_eq!(TypeId::of::<T>(), TypeId::of::<f32>());
+    // SAFETY: `T` is `f32` (equal `TypeId`s): the same slice, reinterpreted as itself.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) }
+}
+
+/// `&mut [T]` as `&mut [f32]` (`T` is `f32`).
+fn as_f32_mut<T: 'static>(s: &mut [T]) -> &mut [f32] {
+    assert_eq!(TypeId::of::<T>(), TypeId::of::<f32>());
+    // SAFETY: as in `as_f32`; the unique borrow moves into the result.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) }
+}
+
+/// conv2d's forward pass (`geom` must pass [`applies`]): per group, the
+/// weights (and bias) packed once; per sample, the group input's planes,
+/// then one implicit product into the output. The batch is split between
+/// threads as im2col's is.
+pub(super) fn forward<T: Float>(
+    geom: &Conv2dGeometry,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+) -> Vec<T> {
+    assert!(applies::<T>(geom), "implicit GEMM: not for this conv");
+    let kern = ImplicitGemm::detect::<T>().expect("checked by applies");
+    let (x, w, b) = (as_f32(x), as_f32(w), b.map(as_f32));
+    let (og, ckk, ohw) = (geom.out_per_group(), geom.patch_len(), geom.out_hw());
+    let packed: Vec<Vec<f32>> = (0..geom.groups)
+        .map(|g| ImplicitGemm::pack(og, ckk, |o, p| w[(g * og + o) * ckk + p]))
+        .collect();
+    let planes = Planes::of(geom);
+    let (offs, runs) = (planes.offsets(geom), planes.runs(geom));
+    let plen = planes.len(geom.in_per_group());
+    let ranges = batch_split(geom);
+    // Every output element is written by its run.
+    let mut y = crate::buffer::scratch::<T>(geom.output_shape().iter().product());
+    {
+        let y32 = as_f32_mut(&mut y);
+        let chunks = split_by(y32, &ranges, geom.out_channels * ohw);
+        let jobs: Vec<_> = ranges.iter().cloned().zip(chunks).collect();
+        run_jobs(jobs, |(samples, y)| {
+            with_scratch(plen, |pl: &mut [f32]| {
+                for (local, n) in samples.clone().enumerate() {
+                    for (g, a) in packed.iter().enumerate() {
+                        fill(kern, &planes, geom, &x[input_block(geom, n, g)], pl);
+                        let bias = b.map(|b| &b[g * og..][..og]);
+                        let yg = &mut y[output_block(geom, local, g)];
+                        let ahead = next_input(geom, x, &samples, n, g);
+                        kern.run(a, og, bias, pl, &offs, &runs, yg, ohw, ahead);
+                    }
+                }
+            })
+        });
+    }
+    y
+}
