@@ -41,7 +41,7 @@ const KC: usize = 160;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ImplicitGemm {
     #[cfg(target_arch = "x86_64")]
-    tok: super::x86::Avx512,
+    _tok: super::x86::Avx512,
     #[cfg(not(target_arch = "x86_64"))]
     never: std::convert::Infallible,
 }
@@ -53,7 +53,7 @@ impl ImplicitGemm {
         if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
             && super::default_path() == super::Path::Auto
         {
-            return super::x86::Avx512::detect().map(|tok| ImplicitGemm { tok });
+            return super::x86::Avx512::detect().map(|tok| ImplicitGemm { _tok: tok });
         }
         None
     }
@@ -77,11 +77,30 @@ impl ImplicitGemm {
         a
     }
 
+    /// Runs `f` compiled with AVX-512F enabled: `f` inlines into a function
+    /// with that target feature, so its loops may use 512-bit vectors and
+    /// the AVX-512 helpers it calls (such as [`deinterleave`](Self::deinterleave))
+    /// inline into them.
+    pub(crate) fn vectorized<R>(self, f: impl FnOnce() -> R) -> R {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            fn body<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: `self` holds an `Avx512` token, so AVX-512F is available.
+            unsafe { body(f) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        match self.never {}
+    }
+
     /// `even[t] = src[2t]` and `odd[t] = src[2t + 1]` for `t < even.len()`
     /// (AVX-512 permutes): the column split of a stride-2 conv's phase planes.
     ///
     /// # Panics
     /// If `odd` is not as long as `even` or `src` holds fewer than twice as many.
+    #[inline(always)]
     pub(crate) fn deinterleave(self, src: &[f32], even: &mut [f32], odd: &mut [f32]) {
         let n = even.len();
         assert!(
@@ -152,16 +171,26 @@ impl ImplicitGemm {
             );
         }
         #[cfg(target_arch = "x86_64")]
-        self.run_x86(a, m, bias, b, offs, runs, c, ldc, ahead);
+        // SAFETY: `self` holds an `Avx512` token, so AVX-512F is available
+        // (the only requirement of `run_x86` beyond the checks above).
+        unsafe {
+            self.run_x86(a, m, bias, b, offs, runs, c, ldc, ahead)
+        };
         #[cfg(not(target_arch = "x86_64"))]
         match self.never {}
     }
 
     /// [`run`](Self::run)'s loops, its operands checked: for each pair of
-    /// runs, each pass of at most [`KC`] rows of B, each panel of A.
+    /// runs, each pass of at most [`KC`] rows of B, each panel of A. Compiled
+    /// with AVX-512F, so that the kernel inlines into the loops.
+    ///
+    /// # Safety
+    /// AVX-512F must be available, and the operands must have passed
+    /// [`run`](Self::run)'s checks.
     #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    fn run_x86(
+    unsafe fn run_x86(
         self,
         a: &[f32],
         m: usize,
@@ -173,8 +202,6 @@ impl ImplicitGemm {
         ldc: usize,
         ahead: &[f32],
     ) {
-        // Holding the token is what makes the kernel calls below sound.
-        let _avx512 = self.tok;
         let k = offs.len();
         let passes = k.div_ceil(KC).max(1);
         let mask = |lanes: usize| ((1u32 << lanes) - 1) as u16;
@@ -198,8 +225,8 @@ impl ImplicitGemm {
                     };
                     let ap = a[q * PANEL * k + p0 * PANEL..].as_ptr();
                     let cp = c[q * PANEL * ldc..].as_mut_ptr();
-                    // SAFETY: `self` holds an `Avx512` token, so AVX-512F is
-                    // available. `ap` starts `p0` steps into panel `q`, which
+                    // SAFETY: AVX-512F is available (this function's
+                    // contract; `self` holds an `Avx512` token). `ap` starts `p0` steps into panel `q`, which
                     // holds `k` steps of 8 (checked: `a` is `m × k`), and the
                     // kernel reads `p1 − p0` of them; it reads offsets
                     // `offs[p0..p1]`; every row offset is at most `max_off`,

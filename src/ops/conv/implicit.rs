@@ -102,33 +102,38 @@ impl Planes {
 /// column `s + pw`: phase `(s + pw) mod sw`, element `(s + pw) / sw` of its
 /// plane row. At stride 2 a row's even columns go to one plane and its odd
 /// ones to the other, in one pass ([`ImplicitGemm::deinterleave`]).
+#[inline(always)]
 fn fill(kern: ImplicitGemm, p: &Planes, geom: &Conv2dGeometry, x: &[f32], out: &mut [f32]) {
     let (ih, iw) = (geom.h.input, geom.w.input);
-    let (ph, pw, wq, sw) = (geom.h.padding, geom.w.padding, p.wq, p.sw);
+    let (ph, pw, wq, sw, plane) = (geom.h.padding, geom.w.padding, p.wq, p.sw, p.plane());
+    // Stride 2 across: even input columns land in phase `pw mod 2` from
+    // element `pw / 2` on, odd ones in the other phase from `(pw + 1) / 2`.
+    let (se, so) = (pw / 2, pw.div_ceil(2));
+    let (ne, no) = (iw.div_ceil(2), iw / 2);
     for c in 0..geom.in_per_group() {
-        for row in 0..p.hq * p.sh {
-            let (a, u) = (row % p.sh, row / p.sh);
+        let xc = &x[c * ih * iw..][..ih * iw];
+        // The plane rows above and below the input: padded row `u·sh + a`
+        // is input row `u·sh + a − ph`.
+        for a in 0..p.sh {
+            let top = ph.saturating_sub(a).div_ceil(p.sh).min(p.hq);
+            let bottom = (ph + ih).saturating_sub(a).div_ceil(p.sh).clamp(top, p.hq);
+            for b in 0..sw {
+                let pl = &mut out[p.offset(c, a, b)..][..plane];
+                pl[..top * wq].fill(0.0);
+                pl[bottom * wq..].fill(0.0);
+            }
+        }
+        let (mut a, mut u) = (ph % p.sh, ph / p.sh);
+        for src in xc.chunks_exact(iw) {
             // Plane row `u` of phase `(a, 0)`; phase `(a, b)` is `b` planes on.
             let at = p.offset(c, a, 0) + u * wq;
-            let r = row.wrapping_sub(ph);
-            if r >= ih {
-                for b in 0..sw {
-                    out[at + b * p.plane()..][..wq].fill(0.0);
-                }
-                continue;
-            }
-            let src = &x[(c * ih + r) * iw..][..iw];
             if sw == 1 {
                 let d = &mut out[at..at + wq];
                 zero_few(&mut d[..pw]);
                 d[pw..pw + iw].copy_from_slice(src);
                 zero_few(&mut d[pw + iw..]);
             } else if sw == 2 {
-                // Even input columns land in phase `pw mod 2` from element
-                // `pw / 2` on, odd ones in the other phase from `(pw + 1) / 2`.
-                let (se, so) = (pw / 2, pw.div_ceil(2));
-                let (ne, no) = (iw.div_ceil(2), iw / 2);
-                let (first, second) = out[at..].split_at_mut(p.plane());
+                let (first, second) = out[at..].split_at_mut(plane);
                 let (p0, p1) = (&mut first[..wq], &mut second[..wq]);
                 let (even, odd) = if pw % 2 == 0 { (p0, p1) } else { (p1, p0) };
                 zero_few(&mut even[..se]);
@@ -145,13 +150,17 @@ fn fill(kern: ImplicitGemm, p: &Planes, geom: &Conv2dGeometry, x: &[f32], out: &
                 zero_few(&mut odd[so + no..]);
             } else {
                 for b in 0..sw {
-                    let d = &mut out[at + b * p.plane()..][..wq];
+                    let d = &mut out[at + b * plane..][..wq];
                     for (v, x) in d.iter_mut().enumerate() {
                         // Padded column `v·sw + b` is input column `v·sw + b − pw`.
                         let s = (v * sw + b).wrapping_sub(pw);
                         *x = src.get(s).copied().unwrap_or(0.0);
                     }
                 }
+            }
+            a += 1;
+            if a == p.sh {
+                (a, u) = (0, u + 1);
             }
         }
     }
@@ -224,7 +233,8 @@ pub(super) fn forward<T: Float>(
             with_scratch(plen, |pl: &mut [f32]| {
                 for (local, n) in samples.clone().enumerate() {
                     for (g, a) in packed.iter().enumerate() {
-                        fill(kern, &planes, geom, &x[input_block(geom, n, g)], pl);
+                        let xg = &x[input_block(geom, n, g)];
+                        kern.vectorized(|| fill(kern, &planes, geom, xg, pl));
                         let bias = b.map(|b| &b[g * og..][..og]);
                         let yg = &mut y[output_block(geom, local, g)];
                         let ahead = next_input(geom, x, &samples, n, g);

@@ -69,13 +69,16 @@
 //!
 //! - [`reference`](mod@reference) holds the naive loops: the definition, used by tests.
 //! - [`Conv2dGeometry`] (and [`AxisGeometry`]) hold the index math, written once.
-//! - The op itself runs one of two fast paths: Winograd for 3×3, stride-1
+//! - The op itself runs one of three fast paths: Winograd for 3×3, stride-1
 //!   convs with at least 16 channels per group in and out (private module
 //!   `winograd`: F(4×4, 3×3), 4× fewer multiplications, on outputs of at
 //!   least 64 4×4 tiles, else F(2×2, 3×3), 2.25× fewer; forward and both
-//!   gradients), else im2col + GEMM (private module `im2col`). Both split the
-//!   batch between [`gemm::num_threads`](crate::gemm::num_threads) threads;
-//!   both are tested against [`reference`](mod@reference).
+//!   gradients); else, for an `f32` forward pass on a CPU with AVX-512F and
+//!   output channels per group a multiple of 8, an implicit GEMM that reads
+//!   the input's padded phase planes in place (private module `implicit`);
+//!   else im2col + GEMM (private module `im2col`). All split the batch
+//!   between [`gemm::num_threads`](crate::gemm::num_threads) threads; all
+//!   are tested against [`reference`](mod@reference).
 //! - Non-finite values land where the definition puts them. Winograd's
 //!   transforms mix the pixels of a tile and the taps of a kernel, so they
 //!   would spread a NaN or ±∞ over whole tiles (and turn ±∞ into NaN); every
