@@ -499,6 +499,22 @@ fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
             "{xs:?} {ws:?} {o:?}"
         );
     }
+    // A stride past the kernel's span (planes in proportion to the stride)
+    // and a pointwise conv take im2col.
+    let far = opts().stride((1 << 40, 2));
+    let geom = Conv2dGeometry::new(&[1, 2, 9, 9], &[8, 2, 3, 3], None, &far);
+    assert!(!tapegrad::conv::implicit_gemm::<f32>(&geom));
+    let mut rng = StdRng::seed_from_u64(89);
+    check_against_reference::<f32>(
+        "stride 2^40",
+        &[1, 2, 9, 9],
+        &[8, 2, 3, 3],
+        far,
+        2e-5,
+        &mut rng,
+    );
+    let geom = Conv2dGeometry::new(&[1, 2, 9, 9], &[8, 2, 1, 1], None, &opts());
+    assert!(!tapegrad::conv::implicit_gemm::<f32>(&geom));
     at_1_and_2_threads(|threads| {
         let mut rng = StdRng::seed_from_u64(90 + threads as u64);
         for (i, (xs, ws, o)) in cases.iter().enumerate() {

@@ -168,14 +168,18 @@ fn fill(kern: ImplicitGemm, p: &Planes, geom: &Conv2dGeometry, x: &[f32], out: &
 
 /// Whether conv2d's forward pass of this geometry takes the implicit GEMM
 /// for element type `T`: `f32` with the kernel available
-/// ([`ImplicitGemm::detect`]), output channels per group a multiple of 8, a
-/// kernel larger than one pixel or a stride or padding (a pointwise conv
-/// already reads its input in place), no empty dimension, and windows that
-/// stay inside the padded input.
+/// ([`ImplicitGemm::detect`]), output channels per group a multiple of 8 (the
+/// kernel's rows), a kernel larger than one pixel or a stride or padding (a
+/// pointwise conv already reads its input in place), no empty dimension,
+/// strides no longer than the kernel's span (a longer one would build planes
+/// no tap reads, in proportion to the stride), and windows that stay inside
+/// the padded input.
 pub(super) fn applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
     let inside = |a: &super::AxisGeometry| {
+        let span = (a.kernel - 1) * a.dilation + 1;
         a.output > 0
-            && (a.output - 1) * a.stride + (a.kernel - 1) * a.dilation < a.input + 2 * a.padding
+            && a.stride <= span
+            && (a.output - 1) * a.stride + span <= a.input + 2 * a.padding
     };
     TypeId::of::<T>() == TypeId::of::<f32>()
         && ImplicitGemm::detect::<T>().is_some()
