@@ -619,8 +619,7 @@ fn col2im<T: Float>(
             }
             let src = &mut cols[row * ld..][..nc];
             zero_edges(src, span, ow, &js);
-            let dst = &mut dx[dst..dst + keep.len()];
-            dst.iter_mut().zip(&src[keep]).for_each(|(d, &v)| *d += v);
+            add_into(&mut dx[dst..dst + keep.len()], &src[keep]);
         });
         return;
     }
@@ -630,7 +629,7 @@ fn col2im<T: Float>(
             let src = &cols[row * ld + col..][..len];
             let dst = &mut dx[d..=d + (len - 1) * sw];
             match sw {
-                1 => dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v),
+                1 => add_into(dst, src),
                 2 => scatter_add::<T, 2>(dst, src),
                 _ => {
                     for (d, &v) in dst.iter_mut().step_by(sw).zip(src) {
@@ -640,6 +639,20 @@ fn col2im<T: Float>(
             }
         }
     });
+}
+
+/// `dst[t] += src[t]`, compiled with AVX2 where the CPU has it (col2im's
+/// additions: rows of the column matrix into the input gradient).
+fn add_into<T: Float>(dst: &mut [T], src: &[T]) {
+    add_into_simd(dst, src)
+}
+
+multiversion!(fn add_into_simd<T: Float>(dst: &mut [T], src: &[T]) => add_into_body);
+
+/// [`add_into`]'s body.
+#[inline(always)]
+fn add_into_body<T: Float>(dst: &mut [T], src: &[T]) {
+    dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
 }
 
 /// `Σ v`, with independent partial sums so the loop vectorises (a single

@@ -492,8 +492,9 @@ fn backward_pass<T: Float>(
     dy: &[T],
     need: [bool; 3],
 ) -> im2col::Grads<T> {
-    let finite = all_finite(dy) && (!need[0] || all_finite(w)) && (!need[1] || all_finite(x));
-    if winograd::applies(geom) && finite {
+    // The scan only where Winograd would otherwise run.
+    let finite = || all_finite(dy) && (!need[0] || all_finite(w)) && (!need[1] || all_finite(x));
+    if winograd::applies(geom) && finite() {
         winograd::backward(geom, x, w, dy, need)
     } else {
         im2col::backward(geom, x, w, dy, need)
