@@ -467,7 +467,7 @@ fn winograd_shapes_match_reference_at_1_and_2_threads() {
     }
 }
 
-/// Shapes of the implicit-GEMM forward (f32, AVX-512): strides 1 to 3,
+/// Shapes of the implicit-GEMM forward (f32; AVX-512 and AVX2): strides 1 to 3,
 /// paddings 0 to 3, dilation, groups, output rows shorter and longer than a
 /// run of 16 pixels (and not whole runs), one input channel, deep patches
 /// (more than one pass of the kernel), against the reference at 1 and 2
@@ -490,45 +490,45 @@ fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
         ([1, 16, 6, 6], [8, 16, 3, 3], opts().stride(2).padding(2)),
         ([5, 3, 8, 8], [8, 3, 3, 3], opts().stride(2)),                  // uneven chunks at 2 threads
     ];
-    let avx512 = cfg!(target_arch = "x86_64") && is_avx512();
-    for (xs, ws, o) in &cases {
-        let geom = Conv2dGeometry::new(xs, ws, Some(&[ws[0]]), o);
-        assert_eq!(
-            tapegrad::conv::implicit_gemm::<f32>(&geom),
-            avx512,
-            "{xs:?} {ws:?} {o:?}"
-        );
-    }
-    // A stride past the kernel's span (planes in proportion to the stride)
-    // and a pointwise conv take im2col.
-    let far = opts().stride((1 << 40, 2));
-    let geom = Conv2dGeometry::new(&[1, 2, 9, 9], &[8, 2, 3, 3], None, &far);
-    assert!(!tapegrad::conv::implicit_gemm::<f32>(&geom));
-    let mut rng = StdRng::seed_from_u64(89);
-    check_against_reference::<f32>(
-        "stride 2^40",
-        &[1, 2, 9, 9],
-        &[8, 2, 3, 3],
-        far,
-        2e-5,
-        &mut rng,
-    );
-    let geom = Conv2dGeometry::new(&[1, 2, 9, 9], &[8, 2, 1, 1], None, &opts());
-    assert!(!tapegrad::conv::implicit_gemm::<f32>(&geom));
-    at_1_and_2_threads(|threads| {
-        let mut rng = StdRng::seed_from_u64(90 + threads as u64);
-        for (i, (xs, ws, o)) in cases.iter().enumerate() {
-            let what = format!("{threads} threads, implicit-GEMM case {i}");
-            check_against_reference::<f32>(&what, xs, ws, *o, 2e-5, &mut rng);
-            check_against_reference::<f64>(&what, xs, ws, *o, 1e-12, &mut rng);
+    // The implicit GEMM runs with AVX-512 or AVX2 (forced here, on this
+    // thread and its convs' workers, to cover the AVX2 kernel on an AVX-512
+    // machine too).
+    let fast = is_avx2();
+    for force_avx2 in [false, true] {
+        let _avx2 = tapegrad::gemm::force_avx2(force_avx2);
+        for (xs, ws, o) in &cases {
+            let geom = Conv2dGeometry::new(xs, ws, Some(&[ws[0]]), o);
+            let what = format!("{xs:?} {ws:?} {o:?}, AVX2 forced: {force_avx2}");
+            assert_eq!(tapegrad::conv::implicit_gemm::<f32>(&geom), fast, "{what}");
         }
-    });
+        // A stride past the kernel's span (planes in proportion to the
+        // stride) and a pointwise conv take im2col.
+        let far = opts().stride((1 << 40, 2));
+        let geom = Conv2dGeometry::new(&[1, 2, 9, 9], &[8, 2, 3, 3], None, &far);
+        assert!(!tapegrad::conv::implicit_gemm::<f32>(&geom));
+        let mut rng = StdRng::seed_from_u64(89);
+        let (xs, ws) = ([1, 2, 9, 9], [8, 2, 3, 3]);
+        check_against_reference::<f32>("stride 2^40", &xs, &ws, far, 2e-5, &mut rng);
+        let geom = Conv2dGeometry::new(&[1, 2, 9, 9], &[8, 2, 1, 1], None, &opts());
+        assert!(!tapegrad::conv::implicit_gemm::<f32>(&geom));
+        at_1_and_2_threads(|threads| {
+            let mut rng = StdRng::seed_from_u64(90 + threads as u64);
+            for (i, (xs, ws, o)) in cases.iter().enumerate() {
+                let what = format!("{threads} threads, AVX2 forced: {force_avx2}, case {i}");
+                check_against_reference::<f32>(&what, xs, ws, *o, 2e-5, &mut rng);
+                if !force_avx2 {
+                    check_against_reference::<f64>(&what, xs, ws, *o, 1e-12, &mut rng);
+                }
+            }
+        });
+    }
 }
 
-/// Whether the CPU has AVX-512F.
-fn is_avx512() -> bool {
+/// Whether the CPU has AVX2 and FMA (the implicit GEMM's kernels need at least that).
+fn is_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512f");
+    return std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     false
 }

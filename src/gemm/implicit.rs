@@ -1,61 +1,93 @@
 //! The product of an implicit-GEMM convolution: `C = A · B + bias` where A
 //! (the weights, `m × k`) is packed once and B (`k × pixels`) is never built:
 //! its row `p` is a window of one buffer (the padded input, or its phase
-//! planes) starting at `offs[p]`, and each run of up to 16 output pixels
-//! reads it at its own offset in that buffer. So a convolution runs without
-//! a column matrix: the micro-kernel reads the input where it lies.
+//! planes) starting at `offs[p]`, and each run of output pixels reads it at
+//! its own offset in that buffer. So a convolution runs without a column
+//! matrix: the micro-kernel reads the input where it lies.
 //!
-//! The kernel is an 8 × 32 AVX-512 tile (8 output channels, two runs of 16
-//! pixels); it exists for `f32` on CPUs with AVX-512F. [`ImplicitGemm::detect`]
-//! says whether it runs here, and [`ImplicitGemm::run`] checks every offset
-//! once, before the loops, so that the kernel's reads and writes stay in the
-//! slices.
+//! It exists for `f32` on x86-64 with AVX-512F (a tile of 8 output channels
+//! × two runs of 16 pixels) or AVX2 + FMA (4 × three runs of 8).
+//! [`ImplicitGemm::detect`] says which runs here, and [`ImplicitGemm::run`]
+//! checks every offset once, before the loops, so that the kernel's reads
+//! and writes stay in the slices.
 
-/// A run of output pixels: `lanes` (1..=16) consecutive pixels whose B
-/// entries start at `b` (plus each row's offset) and whose outputs start at
-/// `c` (plus the output channel's row offset).
+/// A run of output pixels: `lanes` (1 to the kernel's
+/// [`run_len`](ImplicitGemm::run_len)) consecutive pixels whose B entries
+/// start at `b` (plus each row's offset) and whose outputs start at `c` (plus
+/// the output channel's row offset).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PixelRun {
     /// Offset of the run's first pixel in B, added to each row's offset.
     pub b: usize,
     /// Offset of the run's first pixel in C's rows.
     pub c: usize,
-    /// Pixels in the run, 1 to 16.
+    /// Pixels in the run.
     pub lanes: usize,
 }
 
-/// Rows of A per micro-panel.
+/// Rows of A per packed micro-panel.
 pub(crate) const PANEL: usize = 8;
 
-/// Pixels per run at most.
-pub(crate) const RUN: usize = 16;
-
 /// Depth of one pass of the kernel over A and B: the B entries a tile reads
-/// in one pass (two runs of [`RUN`] pixels per row) stay in L1 across the
-/// panels of A.
+/// in one pass stay in L1 across the panels of A.
 const KC: usize = 160;
 
-/// Proof that the implicit-GEMM kernel runs on this CPU for the element type
-/// it was detected for (`f32`, AVX-512F, and no test switch forcing a
-/// narrower path).
+/// The instruction set the kernel runs with; holding one is the proof that
+/// the CPU has it.
+#[derive(Clone, Copy, Debug)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512(super::x86::Avx512),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(super::x86::Avx2Fma),
+    #[cfg(not(target_arch = "x86_64"))]
+    Never(std::convert::Infallible),
+}
+
+/// Proof that an implicit-GEMM kernel runs on this CPU for the element type
+/// it was detected for (`f32`, AVX-512F or AVX2 + FMA, as the test switches
+/// allow).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ImplicitGemm {
-    #[cfg(target_arch = "x86_64")]
-    _tok: super::x86::Avx512,
-    #[cfg(not(target_arch = "x86_64"))]
-    never: std::convert::Infallible,
+    isa: Isa,
 }
 
 impl ImplicitGemm {
-    /// The kernel, if it runs for element type `T` on this CPU now.
+    /// The kernel, if one runs for element type `T` on this CPU now: AVX-512
+    /// unless a test switch caps the kernels at AVX2, else AVX2 unless it
+    /// forces the portable ones.
     pub(crate) fn detect<T: 'static>() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
-        if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-            && super::default_path() == super::Path::Auto
-        {
-            return super::x86::Avx512::detect().map(|tok| ImplicitGemm { _tok: tok });
+        if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+            let path = super::default_path();
+            if path == super::Path::Auto
+                && let Some(tok) = super::x86::Avx512::detect()
+            {
+                return Some(ImplicitGemm {
+                    isa: Isa::Avx512(tok),
+                });
+            }
+            if path != super::Path::Portable
+                && let Some(tok) = super::x86::Avx2Fma::detect()
+            {
+                return Some(ImplicitGemm {
+                    isa: Isa::Avx2(tok),
+                });
+            }
         }
         None
+    }
+
+    /// Pixels per run at most: a vector of the kernel (16 with AVX-512, 8 with AVX2).
+    pub(crate) fn run_len(self) -> usize {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(_) => 16,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => 8,
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Never(never) => match never {},
+        }
     }
 
     /// Packs the `m × k` matrix whose element `(i, p)` is `at(i, p)` for
@@ -77,26 +109,37 @@ impl ImplicitGemm {
         a
     }
 
-    /// Runs `f` compiled with AVX-512F enabled: `f` inlines into a function
-    /// with that target feature, so its loops may use 512-bit vectors and
-    /// the AVX-512 helpers it calls (such as [`deinterleave`](Self::deinterleave))
-    /// inline into them.
+    /// Runs `f` compiled with the kernel's instruction set enabled: `f`
+    /// inlines into a function with that target feature, so its loops may
+    /// use the wider vectors and the helpers it calls (such as
+    /// [`deinterleave`](Self::deinterleave)) inline into them.
     pub(crate) fn vectorized<R>(self, f: impl FnOnce() -> R) -> R {
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f")]
-            fn body<R>(f: impl FnOnce() -> R) -> R {
+            fn avx512<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            // SAFETY: `self` holds an `Avx512` token, so AVX-512F is available.
-            unsafe { body(f) }
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            match self.isa {
+                // SAFETY: the token proves the CPU has AVX-512F.
+                Isa::Avx512(_) => unsafe { avx512(f) },
+                // SAFETY: the token proves the CPU has AVX2 and FMA.
+                Isa::Avx2(_) => unsafe { avx2(f) },
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        match self.never {}
+        match self.isa {
+            Isa::Never(never) => match never {},
+        }
     }
 
     /// `even[t] = src[2t]` and `odd[t] = src[2t + 1]` for `t < even.len()`
-    /// (AVX-512 permutes): the column split of a stride-2 conv's phase planes.
+    /// (with AVX-512, two-source permutes): the column split of a stride-2
+    /// conv's phase planes.
     ///
     /// # Panics
     /// If `odd` is not as long as `even` or `src` holds fewer than twice as many.
@@ -108,13 +151,22 @@ impl ImplicitGemm {
             "deinterleave: lengths"
         );
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `self` holds an `Avx512` token, so AVX-512F is available;
-        // `src` holds `2n` elements and `even`, `odd` `n` each (checked).
-        unsafe {
-            super::x86::deinterleave_f32_512(src.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr(), n)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        match self.never {}
+        if let Isa::Avx512(_) = self.isa {
+            // SAFETY: the token proves the CPU has AVX-512F; `src` holds
+            // `2n` elements and `even`, `odd` `n` each (checked).
+            unsafe {
+                super::x86::deinterleave_f32_512(
+                    src.as_ptr(),
+                    even.as_mut_ptr(),
+                    odd.as_mut_ptr(),
+                    n,
+                )
+            };
+            return;
+        }
+        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+            (*e, *o) = (pair[0], pair[1]);
+        }
     }
 
     /// `C[i·ldc + run.c + t] = bias[i] + Σ_p A[i, p] · B[offs[p] + run.b + t]`
@@ -126,8 +178,8 @@ impl ImplicitGemm {
     ///
     /// # Panics
     /// If `a` is not `m × k` packed (`m` a multiple of 8), `bias` is not `m`
-    /// long, a run is empty or longer than 16, or a run reads past the end of
-    /// `b` or writes past the end of `c`.
+    /// long, a run is empty or longer than [`run_len`](Self::run_len), or a
+    /// run reads past the end of `b` or writes past the end of `c`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(
         self,
@@ -157,7 +209,7 @@ impl ImplicitGemm {
         let max_off = offs.iter().copied().max().unwrap_or(0);
         for r in runs {
             assert!(
-                (1..=RUN).contains(&r.lanes),
+                (1..=self.run_len()).contains(&r.lanes),
                 "implicit GEMM: a run of {} pixels",
                 r.lanes
             );
@@ -171,26 +223,19 @@ impl ImplicitGemm {
             );
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `self` holds an `Avx512` token, so AVX-512F is available
-        // (the only requirement of `run_x86` beyond the checks above).
-        unsafe {
-            self.run_x86(a, m, bias, b, offs, runs, c, ldc, ahead)
-        };
+        self.run_x86(a, m, bias, b, offs, runs, c, ldc, ahead);
         #[cfg(not(target_arch = "x86_64"))]
-        match self.never {}
+        match self.isa {
+            Isa::Never(never) => match never {},
+        }
     }
 
-    /// [`run`](Self::run)'s loops, its operands checked: for each pair of
-    /// runs, each pass of at most [`KC`] rows of B, each panel of A. Compiled
-    /// with AVX-512F, so that the kernel inlines into the loops.
-    ///
-    /// # Safety
-    /// AVX-512F must be available, and the operands must have passed
-    /// [`run`](Self::run)'s checks.
+    /// [`run`](Self::run)'s loops, its operands checked: for each tile of
+    /// runs (2 with AVX-512, 3 with AVX2), each pass of at most [`KC`] rows
+    /// of B, each block of rows of A (8 with AVX-512, 4 with AVX2).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn run_x86(
+    fn run_x86(
         self,
         a: &[f32],
         m: usize,
@@ -202,70 +247,70 @@ impl ImplicitGemm {
         ldc: usize,
         ahead: &[f32],
     ) {
+        let (per_tile_runs, rows) = match self.isa {
+            Isa::Avx512(_) => (2, 8),
+            Isa::Avx2(_) => (3, 4),
+        };
         let k = offs.len();
         let passes = k.div_ceil(KC).max(1);
-        let mask = |lanes: usize| ((1u32 << lanes) - 1) as u16;
         // Lines of `ahead` to prefetch per tile, spread over all tiles.
-        let tiles = runs.len().div_ceil(2) * passes * (m / PANEL);
+        let tiles = runs.len().div_ceil(per_tile_runs) * passes * (m / rows);
         let mut lines = ahead.chunks(16);
         let per_tile = lines.len().div_ceil(tiles.max(1));
-        for pair in runs.chunks(2) {
-            let (r0, r1) = (pair[0], *pair.last().expect("chunks are never empty"));
-            let (vb, vc) = ([r0.b, r1.b], [r0.c, r1.c]);
-            let masks = [mask(r0.lanes), mask(r1.lanes)];
+        for tile in runs.chunks(per_tile_runs) {
             for pass in 0..passes {
                 let (p0, p1) = (k * pass / passes, k * (pass + 1) / passes);
-                for q in 0..m / PANEL {
+                for i0 in (0..m).step_by(rows) {
                     for line in lines.by_ref().take(per_tile) {
                         super::prefetch(&line[0]);
                     }
                     let bias = match bias {
-                        Some(bias) if pass == 0 => bias[q * PANEL..].as_ptr(),
+                        Some(bias) if pass == 0 => bias[i0..].as_ptr(),
                         _ => std::ptr::null(),
                     };
-                    let ap = a[q * PANEL * k + p0 * PANEL..].as_ptr();
-                    let cp = c[q * PANEL * ldc..].as_mut_ptr();
-                    // SAFETY: AVX-512F is available (this function's
-                    // contract; `self` holds an `Avx512` token). `ap` starts `p0` steps into panel `q`, which
-                    // holds `k` steps of 8 (checked: `a` is `m × k`), and the
-                    // kernel reads `p1 − p0` of them; it reads offsets
-                    // `offs[p0..p1]`; every row offset is at most `max_off`,
-                    // and each run was checked to read `b` below
-                    // `max_off + b + lanes <= b.len()`; the bias (first pass
-                    // only) is 8 of `m` values from `8q`; C is written at
-                    // rows `8q..8q + 8 <= m` of stride `ldc` and the run's
-                    // lanes, checked against `c.len()`.
+                    // Row `i0` of panel `i0 / 8`, from step `p0` on.
+                    let ap = a[(i0 / PANEL) * PANEL * k + p0 * PANEL + i0 % PANEL..].as_ptr();
+                    let cp = c[i0 * ldc..].as_mut_ptr();
+                    let (op, bp, acc) = (offs[p0..].as_ptr(), b.as_ptr(), pass > 0);
+                    let (rp, nr) = (tile.as_ptr(), tile.len());
+                    // SAFETY: the token proves the CPU has the kernel's
+                    // instruction set. `ap` starts `p0` steps into the panel
+                    // holding rows `i0..i0 + rows` (`a` is `m × k` in panels
+                    // of 8, checked; `rows` divides 8), and the kernel reads
+                    // `p1 − p0` steps of 8 from it; it reads offsets
+                    // `offs[p0..p1]`, each at most `max_off`, and each run
+                    // was checked to read `b` below `max_off + b + lanes <=
+                    // b.len()` with at most `run_len` lanes; the bias (first
+                    // pass only) is `rows` of `m` values from `i0`; C is
+                    // written at rows `i0..i0 + rows <= m` of stride `ldc`
+                    // and the runs' lanes, checked against `c.len()`; the
+                    // tile holds 1 to `per_tile_runs` runs.
                     unsafe {
-                        let offs = offs[p0..].as_ptr();
-                        let (bp, acc) = (b.as_ptr(), pass > 0);
-                        if pair.len() == 2 {
-                            super::x86::conv_tile_f32_512::<2>(
+                        match self.isa {
+                            Isa::Avx512(_) => super::x86::conv_tile_f32_512(
                                 p1 - p0,
                                 ap,
-                                offs,
+                                op,
                                 bp,
-                                vb,
-                                masks,
+                                rp,
+                                nr,
                                 bias,
                                 acc,
                                 cp,
                                 ldc,
-                                vc,
-                            );
-                        } else {
-                            super::x86::conv_tile_f32_512::<1>(
+                            ),
+                            Isa::Avx2(_) => super::x86::conv_tile_f32_256(
                                 p1 - p0,
                                 ap,
-                                offs,
+                                op,
                                 bp,
-                                vb,
-                                masks,
+                                rp,
+                                nr,
                                 bias,
                                 acc,
                                 cp,
                                 ldc,
-                                vc,
-                            );
+                            ),
                         }
                     }
                 }
@@ -278,22 +323,42 @@ impl ImplicitGemm {
 mod tests {
     use super::*;
 
+    /// The kernels this CPU runs: the best, and AVX2 when the best is
+    /// AVX-512 (forced on this thread while the guard lives).
+    fn kernels() -> Vec<(ImplicitGemm, Option<super::super::SwitchGuard>)> {
+        let mut out: Vec<_> = ImplicitGemm::detect::<f32>()
+            .map(|k| (k, None))
+            .into_iter()
+            .collect();
+        if out.first().is_some_and(|(k, _)| k.run_len() == 16) {
+            let guard = super::super::force_avx2(true);
+            if let Some(k) = ImplicitGemm::detect::<f32>() {
+                out.push((k, Some(guard)));
+            }
+        }
+        out
+    }
+
     /// A product whose B rows overlap (windows of one buffer), with runs of
-    /// every length, an odd count of runs, and depth over two passes, against
-    /// the definition; integers, so the sums are exact.
+    /// every length, a count of runs that leaves a partial tile, and depth
+    /// over two passes, against the definition, with each kernel; integers,
+    /// so the sums are exact.
     #[test]
     fn matches_the_definition() {
-        let Some(kern) = ImplicitGemm::detect::<f32>() else {
-            return;
-        };
-        let (m, k, ldc) = (16, 2 * KC + 7, 160);
+        for (kern, _guard) in kernels() {
+            matches_the_definition_with(kern);
+        }
+    }
+
+    fn matches_the_definition_with(kern: ImplicitGemm) {
+        let (m, k, ldc) = (16, 2 * KC + 7, 200);
         let offs: Vec<usize> = (0..k).map(|p| (p * 7) % 50).collect();
         let b: Vec<f32> = (0..300).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
         let w: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
         let bias: Vec<f32> = (0..m).map(|i| i as f32).collect();
         let a = ImplicitGemm::pack(m, k, |i, p| w[i * k + p]);
-        let runs: Vec<PixelRun> = (1..=RUN)
-            .chain([3])
+        let runs: Vec<PixelRun> = (1..=kern.run_len())
+            .chain([3, kern.run_len()])
             .scan((0, 0), |(b, c), lanes| {
                 // Reads overlap; writes do not (C's runs are disjoint).
                 let r = PixelRun {
@@ -327,12 +392,15 @@ mod tests {
         }
     }
 
-    /// Every length from 0 to past three steps of 16 pairs.
+    /// Every length from 0 to past three steps of 16 pairs, with each kernel.
     #[test]
     fn deinterleave_splits_every_length() {
-        let Some(kern) = ImplicitGemm::detect::<f32>() else {
-            return;
-        };
+        for (kern, _guard) in kernels() {
+            deinterleave_splits_every_length_with(kern);
+        }
+    }
+
+    fn deinterleave_splits_every_length_with(kern: ImplicitGemm) {
         let src: Vec<f32> = (0..120).map(|i| i as f32).collect();
         for n in 0..=55 {
             let (mut e, mut o) = (vec![-1.0; n + 3], vec![-1.0; n + 3]);
@@ -355,15 +423,15 @@ mod tests {
     #[should_panic(expected = "reads past the end of B")]
     fn a_run_past_the_end_of_b_is_refused() {
         let Some(kern) = ImplicitGemm::detect::<f32>() else {
-            panic!("reads past the end of B (no AVX-512 here)");
+            panic!("reads past the end of B (no implicit-GEMM kernel here)");
         };
         let a = ImplicitGemm::pack(8, 2, |_, _| 1.0);
         let run = PixelRun {
             b: 10,
             c: 0,
-            lanes: 16,
+            lanes: kern.run_len(),
         };
         let mut c = vec![0.0; 8 * 16];
-        kern.run(&a, 8, None, &[0.0; 30], &[0, 5], &[run], &mut c, 16, &[]);
+        kern.run(&a, 8, None, &[0.0; 20], &[0, 5], &[run], &mut c, 16, &[]);
     }
 }

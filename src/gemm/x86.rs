@@ -7,9 +7,10 @@
 //!   (`__m256` or `__m256d`), as do the two dot-product kernels.
 //! * AVX-512F, `f32`: 8 × 32 register tile, 16 `zmm` accumulators, masked
 //!   edges.
-//! * AVX-512F, `f32`, for the implicit-GEMM convolution (`gemm::implicit`):
-//!   the same 8 × 32 tile with each B row read from its own offset (two runs
-//!   of 16 pixels, masked), and the stride-2 column split of its input planes.
+//! * The implicit-GEMM convolution (`gemm::implicit`), `f32`: the AVX-512
+//!   8 × 32 tile with each B row read from its own offset (two runs of 16
+//!   pixels, masked), an AVX2 4 × 24 tile likewise (three runs of 8), and the
+//!   stride-2 column split of its input planes (AVX-512).
 //!
 //! Edge tiles (fewer than `MR` rows or `NR` columns) run a kernel instantiated
 //! for exactly that many rows and for one or two vectors of columns, so no
@@ -931,37 +932,78 @@ fn reduce16(w: [__m512; 16]) -> __m512 {
     single(pair(q[0], q[2]), pair(q[1], q[3]))
 }
 
-/// The implicit-GEMM convolution tile (see `gemm::implicit`): for the 8 rows
-/// of one packed A panel and `NV` pixel vectors,
-/// `C[r·ldc + vc[v] + t] (+)= bias[r] + Σ_p A[p·8 + r] · B[offs[p] + vb[v] + t]`
-/// for the lanes `t` set in `masks[v]` (lanes left out are neither read nor
-/// written). Without `bias` the sums start at 0; with `accumulate` they are
+/// The implicit-GEMM convolution tile (see `gemm::implicit`), AVX-512: for
+/// the 8 rows of one packed A panel (step `p` at `a + 8p`) and `nruns` (1 or
+/// 2) runs of up to 16 pixels,
+/// `C[r·ldc + run.c + t] (+)= bias[r] + Σ_p A[8p + r] · B[offs[p] + run.b + t]`
+/// for `t < run.lanes` (lanes past it are neither read nor written).
+/// Without `bias` (null) the sums start at 0; with `accumulate` they are
 /// added to what C holds.
 ///
 /// # Safety
 /// AVX-512F must be available; `a` must be valid for reads of `kc * 8`
-/// elements and `offs` of `kc`; for every `p < kc` and `v < NV`, `b` must be
-/// valid for reads at `offs[p] + vb[v] + t` for the lanes `t` of `masks[v]`;
-/// `bias`, if not null, for reads of 8 elements; `c` for reads and writes at
-/// `r * ldc + vc[v] + t` for `r < 8` and those lanes.
+/// elements, `offs` of `kc`, `runs` of `nruns` runs with `lanes` in
+/// `1..=16`; for every `p < kc` and run, `b` must be valid for reads at
+/// `offs[p] + run.b + t`, `t < lanes`; `bias`, if not null, for reads of 8
+/// elements; `c` for reads and writes at `r * ldc + run.c + t` for `r < 8`.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn conv_tile_f32_512<const NV: usize>(
+pub(super) unsafe fn conv_tile_f32_512(
     kc: usize,
     a: *const f32,
     offs: *const usize,
     b: *const f32,
-    vb: [usize; 2],
-    masks: [u16; 2],
+    runs: *const super::implicit::PixelRun,
+    nruns: usize,
     bias: *const f32,
     accumulate: bool,
     c: *mut f32,
     ldc: usize,
-    vc: [usize; 2],
 ) {
-    // SAFETY: the caller upholds this function's contract (# Safety above):
-    // AVX-512F is available, and every read or write below is at a position
-    // it lists (masked lanes are not accessed).
+    // SAFETY: forwarded: the caller upholds the contract, which the
+    // instantiation below shares (with `NV = nruns`).
+    unsafe {
+        let r0 = *runs;
+        let r1 = *runs.add(nruns - 1);
+        let mask = |lanes: usize| ((1u32 << lanes) - 1) as __mmask16;
+        let (vb, vc, masks) = ([r0.b, r1.b], [r0.c, r1.c], [mask(r0.lanes), mask(r1.lanes)]);
+        let args = (kc, a, offs, b, vb, masks, bias, accumulate, c, ldc, vc);
+        if nruns == 2 {
+            conv_tile_512::<2>(args)
+        } else {
+            conv_tile_512::<1>(args)
+        }
+    }
+}
+
+/// The operands of one [`conv_tile_512`]: `kc`, A, the row offsets, B, the
+/// runs' offsets in B, their masks, the bias, whether to accumulate, C, its
+/// row stride and the runs' offsets in C.
+type TileArgs512 = (
+    usize,
+    *const f32,
+    *const usize,
+    *const f32,
+    [usize; 2],
+    [__mmask16; 2],
+    *const f32,
+    bool,
+    *mut f32,
+    usize,
+    [usize; 2],
+);
+
+/// [`conv_tile_f32_512`] for `NV` runs.
+///
+/// # Safety
+/// As [`conv_tile_f32_512`], with `NV` runs described by `vb`, `vc` and `masks`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn conv_tile_512<const NV: usize>(
+    (kc, a, offs, b, vb, masks, bias, accumulate, c, ldc, vc): TileArgs512,
+) {
+    // SAFETY: the caller upholds this function's contract: every read or
+    // write below is at a position it lists (masked lanes are not accessed).
     unsafe {
         const MR: usize = 8;
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
@@ -999,6 +1041,119 @@ pub(super) unsafe fn conv_tile_f32_512<const NV: usize>(
                     accr[v]
                 };
                 _mm512_mask_storeu_ps(dst, masks[v], out);
+            }
+        }
+    }
+}
+
+/// The implicit-GEMM convolution tile for AVX2 + FMA: as
+/// [`conv_tile_f32_512`] for 4 rows of a packed A panel (step `p` at
+/// `a + 8p`, still 8 apart) and `nruns` (1 to 3) runs of up to 8 pixels: 12
+/// `ymm` accumulators, 3 for B, 1 for the broadcast A element.
+///
+/// # Safety
+/// AVX2 and FMA must be available; as [`conv_tile_f32_512`] otherwise, with
+/// `a` valid for reads at `8p + r` for `p < kc`, `r < 4`, runs of at most 8
+/// lanes, `bias` (if not null) 4 elements and C rows `r < 4`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn conv_tile_f32_256(
+    kc: usize,
+    a: *const f32,
+    offs: *const usize,
+    b: *const f32,
+    runs: *const super::implicit::PixelRun,
+    nruns: usize,
+    bias: *const f32,
+    accumulate: bool,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: forwarded: the caller upholds the contract, which the
+    // instantiation below shares (with `NV = nruns`).
+    unsafe {
+        let rs: [super::implicit::PixelRun; 3] =
+            std::array::from_fn(|i| *runs.add(i.min(nruns - 1)));
+        match nruns {
+            3 => conv_tile_256::<3>(kc, a, offs, b, rs, bias, accumulate, c, ldc),
+            2 => conv_tile_256::<2>(kc, a, offs, b, rs, bias, accumulate, c, ldc),
+            _ => conv_tile_256::<1>(kc, a, offs, b, rs, bias, accumulate, c, ldc),
+        }
+    }
+}
+
+/// [`conv_tile_f32_256`] for `NV` runs (`runs[..NV]`).
+///
+/// # Safety
+/// As [`conv_tile_f32_256`].
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_tile_256<const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    offs: *const usize,
+    b: *const f32,
+    runs: [super::implicit::PixelRun; 3],
+    bias: *const f32,
+    accumulate: bool,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the caller upholds this function's contract: every read or
+    // write below is at a position it lists (a whole run is read and
+    // written with plain loads and stores, a shorter one with masked ones,
+    // whose masked-off lanes are not accessed).
+    unsafe {
+        const ROWS: usize = 4;
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let masks: [__m256i; NV] = std::array::from_fn(|v| {
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(runs[v].lanes as i32), lanes)
+        });
+        let whole: [bool; NV] = std::array::from_fn(|v| runs[v].lanes == 8);
+        let mut acc = [[_mm256_setzero_ps(); NV]; ROWS];
+        if !bias.is_null() {
+            for (r, accr) in acc.iter_mut().enumerate() {
+                *accr = [_mm256_set1_ps(*bias.add(r)); NV];
+            }
+        }
+        for p in 0..kc {
+            let off = *offs.add(p);
+            let mut bv = [_mm256_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                let src = b.add(off + runs[v].b);
+                *x = if whole[v] {
+                    _mm256_loadu_ps(src)
+                } else {
+                    _mm256_maskload_ps(src, masks[v])
+                };
+            }
+            let ap = a.add(p * 8);
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ap.add(r));
+                for v in 0..NV {
+                    accr[v] = _mm256_fmadd_ps(av, bv[v], accr[v]);
+                }
+            }
+        }
+        for (r, accr) in acc.iter().enumerate() {
+            for v in 0..NV {
+                let dst = c.add(r * ldc + runs[v].c);
+                if whole[v] {
+                    let out = if accumulate {
+                        _mm256_add_ps(_mm256_loadu_ps(dst), accr[v])
+                    } else {
+                        accr[v]
+                    };
+                    _mm256_storeu_ps(dst, out);
+                } else {
+                    let out = if accumulate {
+                        _mm256_add_ps(_mm256_maskload_ps(dst, masks[v]), accr[v])
+                    } else {
+                        accr[v]
+                    };
+                    _mm256_maskstore_ps(dst, masks[v], out);
+                }
             }
         }
     }

@@ -16,15 +16,15 @@
 //! Padding reads the planes' zeros, which are multiplied like any pixel, as
 //! in the im2col product (a NaN weight over the padding gives NaN).
 //!
-//! It runs for `f32` where the CPU has AVX-512F and the output channels per
-//! group come in whole panels of 8 (see [`applies`]); im2col + GEMM remains
-//! the path for everything else, and for the gradients.
+//! It runs for `f32` where the CPU has AVX-512F or AVX2 + FMA and the output
+//! channels per group come in whole panels of 8 (see [`applies`]); im2col +
+//! GEMM remains the path for everything else, and for the gradients.
 
 use super::Conv2dGeometry;
 use super::im2col::{batch_split, input_block, next_input, output_block, with_scratch, zero_few};
 use super::parallel::{run_jobs, split_by};
 use crate::Float;
-use crate::gemm::implicit::{ImplicitGemm, PANEL, PixelRun, RUN};
+use crate::gemm::implicit::{ImplicitGemm, PANEL, PixelRun};
 use std::any::TypeId;
 
 /// The padded phase planes of one group input.
@@ -82,15 +82,15 @@ impl Planes {
         offs
     }
 
-    /// The output pixels in runs of up to 16 along each output row.
-    fn runs(&self, geom: &Conv2dGeometry) -> Vec<PixelRun> {
+    /// The output pixels in runs of up to `len` along each output row.
+    fn runs(&self, geom: &Conv2dGeometry, len: usize) -> Vec<PixelRun> {
         let (oh, ow) = (geom.out_h(), geom.out_w());
         (0..oh)
             .flat_map(|i| {
-                (0..ow).step_by(RUN).map(move |j| PixelRun {
+                (0..ow).step_by(len).map(move |j| PixelRun {
                     b: i * self.wq + j,
                     c: i * ow + j,
-                    lanes: RUN.min(ow - j),
+                    lanes: len.min(ow - j),
                 })
             })
             .collect()
@@ -224,7 +224,7 @@ pub(super) fn forward<T: Float>(
         .map(|g| ImplicitGemm::pack(og, ckk, |o, p| w[(g * og + o) * ckk + p]))
         .collect();
     let planes = Planes::of(geom);
-    let (offs, runs) = (planes.offsets(geom), planes.runs(geom));
+    let (offs, runs) = (planes.offsets(geom), planes.runs(geom, kern.run_len()));
     let plen = planes.len(geom.in_per_group());
     let ranges = batch_split(geom);
     // Every output element is written by its run.

@@ -73,8 +73,8 @@
 //!   convs with at least 16 channels per group in and out (private module
 //!   `winograd`: F(4×4, 3×3), 4× fewer multiplications, on outputs of at
 //!   least 64 4×4 tiles, else F(2×2, 3×3), 2.25× fewer; forward and both
-//!   gradients); else, for an `f32` forward pass on a CPU with AVX-512F and
-//!   output channels per group a multiple of 8, an implicit GEMM that reads
+//!   gradients); else, for an `f32` forward pass on a CPU with AVX-512F or
+//!   AVX2 and output channels per group a multiple of 8, an implicit GEMM that reads
 //!   the input's padded phase planes in place (private module `implicit`);
 //!   else im2col + GEMM (private module `im2col`). All split the batch
 //!   between [`gemm::num_threads`](crate::gemm::num_threads) threads; all
@@ -159,17 +159,21 @@ pub fn winograd_tile(geom: &Conv2dGeometry) -> Option<usize> {
 
 /// Whether conv2d's forward pass of this geometry, for element type `T`,
 /// runs as an implicit GEMM (the micro-kernel reading the input's padded
-/// phase planes in place, no column matrix): `f32` on a CPU with AVX-512F,
-/// output channels per group a multiple of 8, not a pointwise conv, and not
-/// a conv Winograd takes. For tests.
+/// phase planes in place, no column matrix): `f32` on a CPU with AVX-512F or
+/// AVX2 + FMA, output channels per group a multiple of 8, not a pointwise
+/// conv, strides within the kernel's span, and not a conv Winograd takes.
+/// For tests.
 ///
 /// ```
 /// use tapegrad::conv::{implicit_gemm, Conv2dGeometry};
 /// use tapegrad::Conv2dOptions;
 /// let opts = Conv2dOptions::default().stride(2).padding(1);
 /// let geom = Conv2dGeometry::new(&[1, 3, 32, 32], &[16, 3, 3, 3], None, &opts);
-/// let avx512 = cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx512f");
-/// assert_eq!(implicit_gemm::<f32>(&geom), avx512);
+/// #[cfg(target_arch = "x86_64")]
+/// let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+/// #[cfg(not(target_arch = "x86_64"))]
+/// let avx2 = false;
+/// assert_eq!(implicit_gemm::<f32>(&geom), avx2);
 /// assert!(!implicit_gemm::<f64>(&geom));
 /// ```
 #[doc(hidden)]
