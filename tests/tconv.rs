@@ -279,6 +279,60 @@ fn large_shapes_match_reference_at_1_and_2_threads() {
     });
 }
 
+/// Shapes whose forward pass (conv2d's input gradient) runs by phase as
+/// implicit products (f32, output channels per group a multiple of 8):
+/// strides 1 to 3, kernels that do and do not divide by the stride (phases
+/// with different tap counts, and none), padding past the kernel,
+/// output_padding, dilation, groups, odd sizes; with the best kernel and
+/// with AVX2 forced, at 1 and 2 threads, against the reference (f64 on the
+/// other paths for comparison).
+#[rustfmt::skip]
+const PHASE_CASES: &[Case] = &[
+    case([3, 32, 16, 16], 16, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, true),  // the benchmark's layer
+    case([2, 5, 7, 9],     8, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 1, true),  // s2 k3 op1
+    case([2, 3, 6, 5],    16, (5, 4), (3, 2), (2, 1), (2, 1), (1, 1), 1, false), // s3, uneven taps
+    case([1, 4, 9, 11],    8, (2, 2), (1, 1), (0, 0), (0, 0), (1, 1), 1, true),  // stride 1: in place
+    case([2, 6, 5, 6],    16, (3, 3), (2, 1), (3, 0), (0, 0), (2, 1), 2, true),  // dilation, groups
+    case([1, 2, 4, 3],     8, (1, 3), (1, 3), (0, 1), (0, 2), (1, 1), 1, true),  // a 1-tap axis
+    case([2, 40, 6, 6],   24, (3, 3), (2, 2), (1, 1), (0, 0), (1, 1), 1, true),  // deep: several passes
+];
+
+#[test]
+fn phase_shapes_match_reference_at_1_and_2_threads() {
+    let fast = cfg!(target_arch = "x86_64") && is_avx2();
+    for force_avx2 in [false, true] {
+        let _avx2 = tapegrad::gemm::force_avx2(force_avx2);
+        for c in PHASE_CASES {
+            let b = [c.c_out];
+            let geom = Conv2dGeometry::transposed(&c.x, &c.w_shape(), Some(&b), &c.options());
+            assert_eq!(
+                tapegrad::conv::implicit_transposed::<f32>(&geom),
+                fast,
+                "{c:?}"
+            );
+        }
+        at_1_and_2_threads(|threads| {
+            let mut rng = StdRng::seed_from_u64(80 + threads as u64);
+            for (i, c) in PHASE_CASES.iter().enumerate() {
+                let what = format!("{threads} threads, AVX2 forced: {force_avx2}, phase case {i}");
+                check_against_reference::<f32>(&what, c, 2e-5, &mut rng);
+                if !force_avx2 {
+                    check_against_reference::<f64>(&what, c, 1e-12, &mut rng);
+                }
+            }
+        });
+    }
+}
+
+/// Whether the CPU has AVX2 and FMA (the implicit products' kernels need at least that).
+fn is_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The Winograd shapes with each variant forced, and every gradcheck case
 /// with a larger batch, in f32 and f64.
 #[test]

@@ -268,8 +268,10 @@ impl ImplicitGemm {
                         Some(bias) if pass == 0 => bias[i0..].as_ptr(),
                         _ => std::ptr::null(),
                     };
-                    // Row `i0` of panel `i0 / 8`, from step `p0` on.
-                    let ap = a[(i0 / PANEL) * PANEL * k + p0 * PANEL + i0 % PANEL..].as_ptr();
+                    // Row `i0` of panel `i0 / 8`, from step `p0` on (with
+                    // no depth, `a` is empty and nothing is read from it).
+                    let at = (i0 / PANEL) * PANEL * k + p0 * PANEL + i0 % PANEL;
+                    let ap = a[at.min(a.len())..].as_ptr();
                     let cp = c[i0 * ldc..].as_mut_ptr();
                     let (op, bp, acc) = (offs[p0..].as_ptr(), b.as_ptr(), pass > 0);
                     let (rp, nr) = (tile.as_ptr(), tile.len());

@@ -102,15 +102,25 @@ impl Planes {
 /// column `s + pw`: phase `(s + pw) mod sw`, element `(s + pw) / sw` of its
 /// plane row. At stride 2 a row's even columns go to one plane and its odd
 /// ones to the other, in one pass ([`ImplicitGemm::deinterleave`]).
+/// `x` has `channels` channels of `ih × iw`; `(ph, pw)` is the padding
+/// before the first row and column (the planes' size sets the padding after
+/// the last).
 #[inline(always)]
-fn fill(kern: ImplicitGemm, p: &Planes, geom: &Conv2dGeometry, x: &[f32], out: &mut [f32]) {
-    let (ih, iw) = (geom.h.input, geom.w.input);
-    let (ph, pw, wq, sw, plane) = (geom.h.padding, geom.w.padding, p.wq, p.sw, p.plane());
+fn fill(
+    kern: ImplicitGemm,
+    p: &Planes,
+    channels: usize,
+    (ih, iw): (usize, usize),
+    (ph, pw): (usize, usize),
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let (wq, sw, plane) = (p.wq, p.sw, p.plane());
     // Stride 2 across: even input columns land in phase `pw mod 2` from
     // element `pw / 2` on, odd ones in the other phase from `(pw + 1) / 2`.
     let (se, so) = (pw / 2, pw.div_ceil(2));
     let (ne, no) = (iw.div_ceil(2), iw / 2);
-    for c in 0..geom.in_per_group() {
+    for c in 0..channels {
         let xc = &x[c * ih * iw..][..ih * iw];
         // The plane rows above and below the input: padded row `u·sh + a`
         // is input row `u·sh + a − ph`.
@@ -238,7 +248,9 @@ pub(super) fn forward<T: Float>(
                 for (local, n) in samples.clone().enumerate() {
                     for (g, a) in packed.iter().enumerate() {
                         let xg = &x[input_block(geom, n, g)];
-                        kern.vectorized(|| fill(kern, &planes, geom, xg, pl));
+                        let (cg, size) = (geom.in_per_group(), (geom.h.input, geom.w.input));
+                        let pad = (geom.h.padding, geom.w.padding);
+                        kern.vectorized(|| fill(kern, &planes, cg, size, pad, xg, pl));
                         let bias = b.map(|b| &b[g * og..][..og]);
                         let yg = &mut y[output_block(geom, local, g)];
                         let ahead = next_input(geom, x, &samples, n, g);
@@ -249,4 +261,234 @@ pub(super) fn forward<T: Float>(
         });
     }
     y
+}
+
+/// One axis of conv2d's input gradient taken by phase: input positions
+/// `r = a + s·u` (phase `a < s`) receive from the taps `k` with
+/// `(a + p − k·d) ≡ 0 (mod s)`, each reading output position `u + δ`,
+/// `δ = (a + p − k·d) / s`.
+struct AxisPhases {
+    /// Per phase: how many input positions it has, and its taps with their δ.
+    phases: Vec<(usize, Vec<(usize, isize)>)>,
+    /// Zeros before and after the output (gradient) so that every read is inside.
+    lo: usize,
+    hi: usize,
+}
+
+impl AxisPhases {
+    fn of(a: &super::AxisGeometry) -> Self {
+        let (s, p, d) = (a.stride as isize, a.padding as isize, a.dilation as isize);
+        let (mut lo, mut hi) = (0isize, a.output as isize - 1);
+        let phases = (0..a.stride)
+            .map(|ph| {
+                let n = a.input.saturating_sub(ph).div_ceil(a.stride);
+                let taps: Vec<(usize, isize)> = (0..a.kernel)
+                    .filter_map(|k| {
+                        let t = ph as isize + p - k as isize * d;
+                        (t.rem_euclid(s) == 0).then_some((k, t.div_euclid(s)))
+                    })
+                    .collect();
+                if n > 0 {
+                    for &(_, delta) in &taps {
+                        lo = lo.min(delta);
+                        hi = hi.max(n as isize - 1 + delta);
+                    }
+                }
+                (n, taps)
+            })
+            .collect();
+        AxisPhases {
+            phases,
+            lo: (-lo) as usize,
+            hi: (hi - (a.output as isize - 1)) as usize,
+        }
+    }
+}
+
+/// Whether conv2d's input gradient for this geometry (the transposed conv's
+/// forward) runs by phase as implicit products ([`transposed`]) for element
+/// type `T`: `f32` with a kernel available, input channels per group (the
+/// product's rows) a multiple of 8, not a pointwise conv (whose input
+/// gradient is one product already), strides within the kernel's span, and
+/// no empty dimension.
+pub(super) fn transposed_applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
+    let axis_ok = |a: &super::AxisGeometry| {
+        a.input > 0 && a.output > 0 && a.stride <= (a.kernel - 1) * a.dilation + 1
+    };
+    TypeId::of::<T>() == TypeId::of::<f32>()
+        && ImplicitGemm::detect::<T>().is_some()
+        && !geom.is_pointwise()
+        && geom.batch > 0
+        && geom.out_per_group() > 0
+        && geom.in_per_group() > 0
+        && geom.in_per_group().is_multiple_of(PANEL)
+        && axis_ok(&geom.h)
+        && axis_ok(&geom.w)
+}
+
+/// conv2d's input gradient `dX` from an output gradient `g` (`[N, O, oh,
+/// ow]`) and the weight `w` (`[O, C/G, kh, kw]`), plus `bias[c]` on every
+/// pixel of input channel `c` if given — the transposed conv's forward pass
+/// (`geom` must pass [`transposed_applies`]).
+///
+/// By phase: the input pixels `(a + sh·u, b + sw·v)` of phase `(a, b)` receive
+/// only from the taps of that phase ([`AxisPhases`]), each reading `g` at
+/// `(u + δh, v + δw)` — a stride-1 correlation of the zero-padded `g` with
+/// those taps, which is an implicit product like [`forward`]'s (rows: the
+/// input channels; depth: output channels × the phase's taps). Each phase's
+/// result is then interleaved into `dX` (written in place at stride 1). No
+/// column matrix is built and nothing is scattered with additions.
+pub(super) fn transposed<T: Float>(
+    geom: &Conv2dGeometry,
+    g: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+) -> Vec<T> {
+    assert!(
+        transposed_applies::<T>(geom),
+        "implicit GEMM: not for this conv"
+    );
+    let kern = ImplicitGemm::detect::<T>().expect("checked by transposed_applies");
+    let (g, w, bias) = (as_f32(g), as_f32(w), bias.map(as_f32));
+    let (cg, og, khw) = (
+        geom.in_per_group(),
+        geom.out_per_group(),
+        geom.h.kernel * geom.w.kernel,
+    );
+    let (ih, iw, oh, ow) = (geom.h.input, geom.w.input, geom.out_h(), geom.out_w());
+    let (sh, sw) = (geom.h.stride, geom.w.stride);
+    let (ah, aw) = (AxisPhases::of(&geom.h), AxisPhases::of(&geom.w));
+    // The output gradient padded once, read by every phase.
+    let planes = Planes {
+        sh: 1,
+        sw: 1,
+        hq: ah.lo + oh + ah.hi,
+        wq: aw.lo + ow + aw.hi,
+    };
+    let direct = sh == 1 && sw == 1;
+    // Per phase `(a, b)`: its size, its taps' offsets in the planes, its runs,
+    // and per group the weights packed in the taps' order.
+    struct Phase {
+        a: usize,
+        b: usize,
+        n: usize,
+        m: usize,
+        offs: Vec<usize>,
+        runs: Vec<PixelRun>,
+        packed: Vec<Vec<f32>>,
+    }
+    let len = kern.run_len();
+    let mut phases = Vec::new();
+    for (a, (n, taps_h)) in ah.phases.iter().enumerate() {
+        for (b, (m, taps_w)) in aw.phases.iter().enumerate() {
+            if *n == 0 || *m == 0 {
+                continue;
+            }
+            let mut offs = Vec::with_capacity(og * taps_h.len() * taps_w.len());
+            let mut taps = Vec::with_capacity(offs.capacity());
+            for o in 0..og {
+                for &(kh, dh) in taps_h {
+                    for &(kw, dw) in taps_w {
+                        let row = (dh + ah.lo as isize) as usize;
+                        let col = (dw + aw.lo as isize) as usize;
+                        offs.push(o * planes.plane() + row * planes.wq + col);
+                        taps.push(o * cg * khw + kh * geom.w.kernel + kw);
+                    }
+                }
+            }
+            // Written in place at stride 1 (rows of `iw`), else into the
+            // phase's own `n × m` buffer.
+            let ldr = if direct { iw } else { *m };
+            let runs = (0..*n)
+                .flat_map(|u| {
+                    (0..*m).step_by(len).map(move |v| PixelRun {
+                        b: u * planes.wq + v,
+                        c: u * ldr + v,
+                        lanes: len.min(m - v),
+                    })
+                })
+                .collect();
+            let packed = (0..geom.groups)
+                .map(|gr| {
+                    let base = gr * og * cg * khw;
+                    ImplicitGemm::pack(cg, taps.len(), |c, p| w[base + taps[p] + c * khw])
+                })
+                .collect();
+            phases.push(Phase {
+                a,
+                b,
+                n: *n,
+                m: *m,
+                offs,
+                runs,
+                packed,
+            });
+        }
+    }
+    let plen = planes.len(og);
+    let buf_len = if direct {
+        0
+    } else {
+        cg * ah.phases[0].0 * aw.phases[0].0
+    };
+    let ranges = batch_split(geom);
+    let (in_block, out_block) = (geom.in_channels * ih * iw, geom.out_channels * oh * ow);
+    // Every element is written: each input pixel belongs to one phase.
+    let mut dx = crate::buffer::scratch::<T>(geom.input_shape().iter().product());
+    {
+        let dx32 = as_f32_mut(&mut dx);
+        let chunks = split_by(dx32, &ranges, in_block);
+        let jobs: Vec<_> = ranges.iter().cloned().zip(chunks).collect();
+        run_jobs(jobs, |(samples, dx)| {
+            with_scratch(plen + buf_len, |buf: &mut [f32]| {
+                let (pl, pbuf) = buf.split_at_mut(plen);
+                for (local, n) in samples.clone().enumerate() {
+                    for gr in 0..geom.groups {
+                        let gg = &g[n * out_block + gr * og * oh * ow..][..og * oh * ow];
+                        let pad = (ah.lo, aw.lo);
+                        kern.vectorized(|| fill(kern, &planes, og, (oh, ow), pad, gg, pl));
+                        let dxg = &mut dx[local * in_block + gr * cg * ih * iw..][..cg * ih * iw];
+                        let bias = bias.map(|b| &b[gr * cg..][..cg]);
+                        for ph in &phases {
+                            let a = &ph.packed[gr];
+                            if direct {
+                                kern.run(a, cg, bias, pl, &ph.offs, &ph.runs, dxg, ih * iw, &[]);
+                                continue;
+                            }
+                            let nm = ph.n * ph.m;
+                            let out = &mut pbuf[..cg * nm];
+                            kern.run(a, cg, bias, pl, &ph.offs, &ph.runs, out, nm, &[]);
+                            kern.vectorized(|| {
+                                scatter_phase(ph.a, ph.b, (sh, sw), (ih, iw), ph.m, out, dxg)
+                            });
+                        }
+                    }
+                }
+            })
+        });
+    }
+    dx
+}
+
+/// Writes phase `(a, b)`'s values `src` (`[C, n, m]`) into `dst` (`[C, ih,
+/// iw]`): `dst[c][a + sh·u][b + sw·v] = src[c][u][v]`.
+#[inline(always)]
+fn scatter_phase(
+    a: usize,
+    b: usize,
+    (sh, sw): (usize, usize),
+    (ih, iw): (usize, usize),
+    m: usize,
+    src: &[f32],
+    dst: &mut [f32],
+) {
+    let n = ih.saturating_sub(a).div_ceil(sh);
+    for (sc, dc) in src.chunks_exact(n * m).zip(dst.chunks_exact_mut(ih * iw)) {
+        for (u, row) in sc.chunks_exact(m).enumerate() {
+            let line = &mut dc[(a + sh * u) * iw..][..iw];
+            for (v, &x) in row.iter().enumerate() {
+                line[b + sw * v] = x;
+            }
+        }
+    }
 }

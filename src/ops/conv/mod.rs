@@ -181,6 +181,26 @@ pub fn implicit_gemm<T: Float>(geom: &Conv2dGeometry) -> bool {
     !winograd::applies(geom) && implicit::applies::<T>(geom)
 }
 
+/// Whether conv2d's input gradient for this geometry — the forward pass of
+/// the transposed conv built on it — runs by phase as implicit products
+/// (`f32` on a CPU with AVX-512F or AVX2 + FMA, input channels per group a
+/// multiple of 8, not a pointwise conv, strides within the kernel's span,
+/// not a conv Winograd takes; a weight that is not finite takes im2col at
+/// run time). For tests.
+///
+/// ```
+/// use tapegrad::conv::{implicit_transposed, Conv2dGeometry};
+/// use tapegrad::ConvTranspose2dOptions;
+/// let opts = ConvTranspose2dOptions::default().stride(2).padding(1);
+/// // x [N, C_in, H, W], weight [C_in, C_out, kh, kw]
+/// let geom = Conv2dGeometry::transposed(&[1, 32, 16, 16], &[32, 16, 4, 4], None, &opts);
+/// assert!(!implicit_transposed::<f64>(&geom));
+/// ```
+#[doc(hidden)]
+pub fn implicit_transposed<T: Float>(geom: &Conv2dGeometry) -> bool {
+    !winograd::applies(geom) && implicit::transposed_applies::<T>(geom)
+}
+
 use crate::shape::Shape;
 use crate::{Float, Tensor, Var};
 use smallvec::smallvec;
@@ -500,6 +520,22 @@ fn backward_pass<T: Float>(
     let finite = || all_finite(dy) && (!need[0] || all_finite(w)) && (!need[1] || all_finite(x));
     if winograd::applies(geom) && finite() {
         winograd::backward(geom, x, w, dy, need)
+    } else if need[0] && implicit::transposed_applies::<T>(geom) && all_finite(w) {
+        // dX by phase as implicit products (which multiply the zeros around
+        // dY by the weights: a NaN or ±∞ weight takes im2col, whose products
+        // are the definition's); dW and db on im2col's path.
+        let dx = implicit::transposed(geom, dy, w, None);
+        let mut grads = if need[1] || need[2] {
+            im2col::backward(geom, x, w, dy, [false, need[1], need[2]])
+        } else {
+            im2col::Grads {
+                dx: None,
+                dw: None,
+                db: None,
+            }
+        };
+        grads.dx = Some(dx);
+        grads
     } else {
         im2col::backward(geom, x, w, dy, need)
     }

@@ -268,12 +268,22 @@ impl<'t, T: Float> Var<'t, T> {
         let bv = bias.map(|b| b.value());
         let (x_, w_) = (xv.data(), wv.data());
         // conv2d's dX with dY := X; its input (our output) is not read.
-        let wanted = [true, false, false];
-        let grads = backward_pass(&geom, &[], w_, x_, wanted);
-        let mut y = grads.dx.expect("the input gradient was asked for");
-        if let Some(b) = &bv {
-            add_bias(&mut y, b.data(), geom.in_hw());
-        }
+        let by_phase = !winograd::applies(&geom)
+            && super::implicit::transposed_applies::<T>(&geom)
+            && super::all_finite(w_);
+        let y = if by_phase {
+            // By phase, the bias starting the sums (a NaN or ±∞ weight takes
+            // the other path: the phases multiply the zeros around X by it).
+            super::implicit::transposed(&geom, x_, w_, bv.as_ref().map(|b| b.data()))
+        } else {
+            let wanted = [true, false, false];
+            let grads = backward_pass(&geom, &[], w_, x_, wanted);
+            let mut y = grads.dx.expect("the input gradient was asked for");
+            if let Some(b) = &bv {
+                add_bias(&mut y, b.data(), geom.in_hw());
+            }
+            y
+        };
         let y = Tensor::from_parts(y, Shape::from(geom.input_shape()));
         let mut parents = smallvec::SmallVec::<[Var<'t, T>; 3]>::new();
         parents.extend([self, weight]);
