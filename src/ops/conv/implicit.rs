@@ -17,8 +17,10 @@
 //! in the im2col product (a NaN weight over the padding gives NaN).
 //!
 //! It runs for `f32` where the CPU has AVX-512F or AVX2 + FMA and the output
-//! channels per group come in whole panels of 8 (see [`applies`]); im2col +
-//! GEMM remains the path for everything else, and for the gradients.
+//! channels per group come in whole panels of 8 (see [`applies`]). The same
+//! products compute the input gradient — the transposed conv's forward — by
+//! phase of the input ([`transposed`]). im2col + GEMM remains the path for
+//! everything else, and for the weight gradient.
 
 use super::Conv2dGeometry;
 use super::im2col::{batch_split, input_block, next_input, output_block, with_scratch, zero_few};

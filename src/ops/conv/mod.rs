@@ -75,8 +75,10 @@
 //!   least 64 4×4 tiles, else F(2×2, 3×3), 2.25× fewer; forward and both
 //!   gradients); else, for an `f32` forward pass on a CPU with AVX-512F or
 //!   AVX2 and output channels per group a multiple of 8, an implicit GEMM that reads
-//!   the input's padded phase planes in place (private module `implicit`);
-//!   else im2col + GEMM (private module `im2col`). All split the batch
+//!   the input's padded phase planes in place (private module `implicit`),
+//!   which also computes the input gradient (and so the transposed conv's
+//!   forward) by phase of the input when the input channels per group are a
+//!   multiple of 8; else im2col + GEMM (private module `im2col`). All split the batch
 //!   between [`gemm::num_threads`](crate::gemm::num_threads) threads; all
 //!   are tested against [`reference`](mod@reference).
 //! - Non-finite values land where the definition puts them. Winograd's

@@ -16,7 +16,10 @@
 //! (`[O = C_in, C/groups = C_out/groups, kh, kw]`): [`Conv2dGeometry::transposed`]
 //! builds that conv's geometry, and the op runs conv2d's own passes on it:
 //!
-//! - forward: conv2d's dX with dY := X (GEMM `Wᵀ · X`, then col2im);
+//! - forward: conv2d's dX with dY := X (by output phase as implicit
+//!   products where they run, `f32` with AVX-512 or AVX2 — each phase of the
+//!   output a stride-1 correlation of the zero-padded X with that phase's
+//!   taps, bias included; else GEMM `Wᵀ · X`, then col2im);
 //! - dX: conv2d's forward of dY (im2col, then GEMM `W · cols`);
 //! - dW: conv2d's dW with the roles of its input and output gradient taken by
 //!   dY and X;
@@ -25,10 +28,11 @@
 //! On the im2col path dX and dW come from one pass that builds each column
 //! block of dY once for both products (`im2col::forward_and_weight_grad`).
 //!
-//! So Winograd (3×3, stride 1) and im2col + GEMM, their threads and packed
-//! weights serve both ops, and non-finite values land where conv2d's
-//! definition puts them: the forward's products that fall outside the
-//! output are dropped, while in the gradients the cropped border reads 0, a 0
+//! So Winograd (3×3, stride 1), the implicit products and im2col + GEMM,
+//! their threads and packed weights serve both ops, and non-finite values
+//! land where conv2d's definition puts them: the forward's products that
+//! fall outside the output are dropped (the phases multiply the zeros around
+//! X, so a weight that is not finite takes im2col), while in the gradients the cropped border reads 0, a 0
 //! that is multiplied (an infinite weight tap over it gives NaN in dX, an
 //! infinite input pixel gives NaN in dW), as in PyTorch.
 //! [`reference::conv_transpose2d`](super::reference::conv_transpose2d) holds
@@ -209,8 +213,10 @@ impl<'t, T: Float> Var<'t, T> {
     /// It is computed as conv2d's input gradient, and its gradients are
     /// conv2d's forward (dX) and weight gradient (dW, with the input and the
     /// output gradient trading places), so it runs conv2d's fast paths
-    /// (Winograd for 3×3 stride-1 kernels with at least 16 channels per group,
-    /// else im2col + GEMM), split between threads the same way; the
+    /// (Winograd for 3×3 stride-1 kernels with at least 16 channels per group;
+    /// the forward by output phase as implicit products for `f32` with
+    /// AVX-512 or AVX2 and output channels per group a multiple of 8; else
+    /// im2col + GEMM), split between threads the same way; the
     /// input gradient is skipped when the input needs none. Results agree with
     /// [`reference::conv_transpose2d`](super::reference::conv_transpose2d) to
     /// rounding, NaN and ±∞ included.
