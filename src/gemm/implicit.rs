@@ -44,6 +44,15 @@ enum Isa {
     Never(std::convert::Infallible),
 }
 
+/// Work for [`ImplicitGemm::vectorized`]: implement `run` with
+/// `#[inline(always)]`, so that it compiles with the kernel's instruction set.
+pub(crate) trait Vectorized {
+    /// What the work returns.
+    type Out;
+    /// Does the work.
+    fn run(self) -> Self::Out;
+}
+
 /// Proof that an implicit-GEMM kernel runs on this CPU for the element type
 /// it was detected for (`f32`, AVX-512F or AVX2 + FMA, as the test switches
 /// allow).
@@ -109,26 +118,28 @@ impl ImplicitGemm {
         a
     }
 
-    /// Runs `f` compiled with the kernel's instruction set enabled: `f`
-    /// inlines into a function with that target feature, so its loops may
-    /// use the wider vectors and the helpers it calls (such as
-    /// [`deinterleave`](Self::deinterleave)) inline into them.
-    pub(crate) fn vectorized<R>(self, f: impl FnOnce() -> R) -> R {
+    /// Runs `work` compiled with the kernel's instruction set enabled:
+    /// [`Vectorized::run`] (`#[inline(always)]` in every impl) inlines into
+    /// a function with that target feature, so its loops may use the wider
+    /// vectors and the helpers it calls (such as
+    /// [`deinterleave`](Self::deinterleave)) inline into them. (A closure
+    /// would not do: it is inlined only if small.)
+    pub(crate) fn vectorized<V: Vectorized>(self, work: V) -> V::Out {
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f")]
-            fn avx512<R>(f: impl FnOnce() -> R) -> R {
-                f()
+            fn avx512<V: Vectorized>(work: V) -> V::Out {
+                work.run()
             }
             #[target_feature(enable = "avx2,fma")]
-            fn avx2<R>(f: impl FnOnce() -> R) -> R {
-                f()
+            fn avx2<V: Vectorized>(work: V) -> V::Out {
+                work.run()
             }
             match self.isa {
                 // SAFETY: the token proves the CPU has AVX-512F.
-                Isa::Avx512(_) => unsafe { avx512(f) },
+                Isa::Avx512(_) => unsafe { avx512(work) },
                 // SAFETY: the token proves the CPU has AVX2 and FMA.
-                Isa::Avx2(_) => unsafe { avx2(f) },
+                Isa::Avx2(_) => unsafe { avx2(work) },
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

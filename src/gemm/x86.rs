@@ -1166,6 +1166,7 @@ unsafe fn conv_tile_256<const NV: usize>(
 /// AVX-512F must be available; `src` must be valid for reads of `2n`
 /// elements, `even` and `odd` for writes of `n`.
 #[target_feature(enable = "avx512f")]
+#[inline]
 pub(super) unsafe fn deinterleave_f32_512(
     src: *const f32,
     even: *mut f32,

@@ -26,7 +26,7 @@ use super::Conv2dGeometry;
 use super::im2col::{batch_split, input_block, next_input, output_block, with_scratch, zero_few};
 use super::parallel::{run_jobs, split_by};
 use crate::Float;
-use crate::gemm::implicit::{ImplicitGemm, PANEL, PixelRun};
+use crate::gemm::implicit::{ImplicitGemm, PANEL, PixelRun, Vectorized};
 use std::any::TypeId;
 
 /// The padded phase planes of one group input.
@@ -178,6 +178,33 @@ fn fill(
     }
 }
 
+/// [`fill`] as work compiled with the kernel's instruction set.
+struct Fill<'a> {
+    kern: ImplicitGemm,
+    p: &'a Planes,
+    channels: usize,
+    size: (usize, usize),
+    pad: (usize, usize),
+    x: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl Vectorized for Fill<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        fill(
+            self.kern,
+            self.p,
+            self.channels,
+            self.size,
+            self.pad,
+            self.x,
+            self.out,
+        )
+    }
+}
+
 /// Whether conv2d's forward pass of this geometry takes the implicit GEMM
 /// for element type `T`: `f32` with the kernel available
 /// ([`ImplicitGemm::detect`]), output channels per group a multiple of 8 (the
@@ -252,7 +279,15 @@ pub(super) fn forward<T: Float>(
                         let xg = &x[input_block(geom, n, g)];
                         let (cg, size) = (geom.in_per_group(), (geom.h.input, geom.w.input));
                         let pad = (geom.h.padding, geom.w.padding);
-                        kern.vectorized(|| fill(kern, &planes, cg, size, pad, xg, pl));
+                        kern.vectorized(Fill {
+                            kern,
+                            p: &planes,
+                            channels: cg,
+                            size,
+                            pad,
+                            x: xg,
+                            out: pl,
+                        });
                         let bias = b.map(|b| &b[g * og..][..og]);
                         let yg = &mut y[output_block(geom, local, g)];
                         let ahead = next_input(geom, x, &samples, n, g);
@@ -448,7 +483,15 @@ pub(super) fn transposed<T: Float>(
                     for gr in 0..geom.groups {
                         let gg = &g[n * out_block + gr * og * oh * ow..][..og * oh * ow];
                         let pad = (ah.lo, aw.lo);
-                        kern.vectorized(|| fill(kern, &planes, og, (oh, ow), pad, gg, pl));
+                        kern.vectorized(Fill {
+                            kern,
+                            p: &planes,
+                            channels: og,
+                            size: (oh, ow),
+                            pad,
+                            x: gg,
+                            out: pl,
+                        });
                         let dxg = &mut dx[local * in_block + gr * cg * ih * iw..][..cg * ih * iw];
                         let bias = bias.map(|b| &b[gr * cg..][..cg]);
                         for ph in &phases {
@@ -460,8 +503,13 @@ pub(super) fn transposed<T: Float>(
                             let nm = ph.n * ph.m;
                             let out = &mut pbuf[..cg * nm];
                             kern.run(a, cg, bias, pl, &ph.offs, &ph.runs, out, nm, &[]);
-                            kern.vectorized(|| {
-                                scatter_phase(ph.a, ph.b, (sh, sw), (ih, iw), ph.m, out, dxg)
+                            kern.vectorized(Scatter {
+                                phase: (ph.a, ph.b),
+                                stride: (sh, sw),
+                                size: (ih, iw),
+                                m: ph.m,
+                                src: out,
+                                dst: dxg,
                             });
                         }
                     }
@@ -470,6 +518,25 @@ pub(super) fn transposed<T: Float>(
         });
     }
     dx
+}
+
+/// [`scatter_phase`] as work compiled with the kernel's instruction set.
+struct Scatter<'a> {
+    phase: (usize, usize),
+    stride: (usize, usize),
+    size: (usize, usize),
+    m: usize,
+    src: &'a [f32],
+    dst: &'a mut [f32],
+}
+
+impl Vectorized for Scatter<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        let (a, b) = self.phase;
+        scatter_phase(a, b, self.stride, self.size, self.m, self.src, self.dst)
+    }
 }
 
 /// Writes phase `(a, b)`'s values `src` (`[C, n, m]`) into `dst` (`[C, ih,
