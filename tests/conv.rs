@@ -511,6 +511,24 @@ fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
         check_against_reference::<f32>("stride 2^40", &xs, &ws, far, 2e-5, &mut rng);
         let geom = Conv2dGeometry::new(&[1, 2, 9, 9], &[8, 2, 1, 1], None, &opts());
         assert!(!tapegrad::conv::implicit_gemm::<f32>(&geom));
+        // Padding and dilation far past the data: the padded planes would
+        // take 2^40 elements for one output pixel; im2col takes these.
+        for far in [
+            opts().dilation(1 << 20).padding(1 << 19),
+            opts()
+                .dilation((1 << 20) - 1)
+                .padding(1 << 19)
+                .stride(1 << 20),
+            opts()
+                .dilation((1 << 32) - 1)
+                .padding(1 << 31)
+                .stride(1 << 32),
+        ] {
+            let (xs, ws) = ([1, 1, 1, 1], [8, 1, 2, 2]);
+            let geom = Conv2dGeometry::new(&xs, &ws, None, &far);
+            assert!(!tapegrad::conv::implicit_gemm::<f32>(&geom), "{far:?}");
+            check_against_reference::<f32>("far padding", &xs, &ws, far, 2e-5, &mut rng);
+        }
         at_1_and_2_threads(|threads| {
             let mut rng = StdRng::seed_from_u64(90 + threads as u64);
             for (i, (xs, ws, o)) in cases.iter().enumerate() {

@@ -311,6 +311,19 @@ fn phase_shapes_match_reference_at_1_and_2_threads() {
                 "{c:?}"
             );
         }
+        // Padding and dilation far past the data (the padded input would
+        // take 2^34 elements for one output pixel): im2col takes them.
+        let mut rng = StdRng::seed_from_u64(79);
+        #[rustfmt::skip]
+        let far = [
+            case([1, 8, 1, 1], 8, (2, 2), (1, 1), (1 << 15, 1 << 15), (0, 0), (1 << 16, 1 << 16), 1, true),
+            case([1, 8, 2, 1], 8, (2, 2), (2, 2), (1 << 15, 1 << 15), (1, 1), (1 << 16, 1 << 16), 1, true),
+        ];
+        for c in &far {
+            let geom = Conv2dGeometry::transposed(&c.x, &c.w_shape(), None, &c.options());
+            assert!(!tapegrad::conv::implicit_transposed::<f32>(&geom), "{c:?}");
+            check_against_reference::<f32>("far padding", c, 2e-5, &mut rng);
+        }
         at_1_and_2_threads(|threads| {
             let mut rng = StdRng::seed_from_u64(80 + threads as u64);
             for (i, c) in PHASE_CASES.iter().enumerate() {

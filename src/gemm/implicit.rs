@@ -224,12 +224,19 @@ impl ImplicitGemm {
                 "implicit GEMM: a run of {} pixels",
                 r.lanes
             );
+            // Checked: a sum that wrapped would pass the comparison.
+            let b_end = max_off
+                .checked_add(r.b)
+                .and_then(|e| e.checked_add(r.lanes));
             assert!(
-                k == 0 || max_off + r.b + r.lanes <= b.len(),
+                k == 0 || b_end.is_some_and(|e| e <= b.len()),
                 "implicit GEMM: a run reads past the end of B"
             );
+            let c_end = ((m - 1).checked_mul(ldc))
+                .and_then(|e| e.checked_add(r.c))
+                .and_then(|e| e.checked_add(r.lanes));
             assert!(
-                (m - 1) * ldc + r.c + r.lanes <= c.len(),
+                c_end.is_some_and(|e| e <= c.len()),
                 "implicit GEMM: a run writes past the end of C"
             );
         }

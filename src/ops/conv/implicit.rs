@@ -11,8 +11,9 @@
 //! consecutive output pixels of one output row reads consecutive plane
 //! elements: entry `(c, ki, kj)` of output pixel `(i, j)` is
 //! `planes[off(c, ki, kj) + i·wq + j]`. The micro-kernel
-//! ([`ImplicitGemm`]) reads those entries where they lie, 16 pixels of an
-//! output row at a time, instead of copying them into a column matrix first.
+//! ([`ImplicitGemm`]) reads those entries where they lie, a run of pixels of
+//! an output row at a time (16 with AVX-512, 8 with AVX2), instead of
+//! copying them into a column matrix first.
 //! Padding reads the planes' zeros, which are multiplied like any pixel, as
 //! in the im2col product (a NaN weight over the padding gives NaN).
 //!
@@ -210,15 +211,31 @@ impl Vectorized for Fill<'_> {
 /// ([`ImplicitGemm::detect`]), output channels per group a multiple of 8 (the
 /// kernel's rows), a kernel larger than one pixel or a stride or padding (a
 /// pointwise conv already reads its input in place), no empty dimension,
-/// strides no longer than the kernel's span (a longer one would build planes
-/// no tap reads, in proportion to the stride), and windows that stay inside
-/// the padded input.
+/// strides no longer than the kernel (a longer one leaves phase planes no tap
+/// reads), windows that stay inside the padded input, and planes within
+/// [`plane_budget`].
 pub(super) fn applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
     let inside = |a: &super::AxisGeometry| {
-        let span = (a.kernel - 1) * a.dilation + 1;
-        a.output > 0
-            && a.stride <= span
-            && (a.output - 1) * a.stride + span <= a.input + 2 * a.padding
+        let span = (a.kernel - 1).checked_mul(a.dilation).map(|s| s + 1);
+        let end = span.and_then(|s| {
+            (a.output.checked_sub(1)?)
+                .checked_mul(a.stride)?
+                .checked_add(s)
+        });
+        let padded = a
+            .padding
+            .checked_mul(2)
+            .and_then(|p| p.checked_add(a.input));
+        a.stride <= a.kernel && matches!((end, padded), (Some(e), Some(p)) if e <= p)
+    };
+    // The planes: `C/G` channels of the padded input, rounded up to whole strides.
+    let padded = |a: &super::AxisGeometry| {
+        let p = a.padding.checked_mul(2)?.checked_add(a.input)?;
+        p.div_ceil(a.stride).checked_mul(a.stride)
+    };
+    let planes = || {
+        let (h, w) = (padded(&geom.h)?, padded(&geom.w)?);
+        geom.in_per_group().checked_mul(h)?.checked_mul(w)
     };
     TypeId::of::<T>() == TypeId::of::<f32>()
         && ImplicitGemm::detect::<T>().is_some()
@@ -229,6 +246,21 @@ pub(super) fn applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
         && geom.out_per_group() > 0
         && inside(&geom.h)
         && inside(&geom.w)
+        && planes().is_some_and(|n| n <= plane_budget(geom))
+}
+
+/// The most elements the implicit paths give one group's planes: twice what
+/// im2col's column matrix of a whole sample and one group's input and output
+/// take, and a little more. (Padding and dilation far past the data would
+/// otherwise make the planes huge where im2col stays small.)
+fn plane_budget(geom: &Conv2dGeometry) -> usize {
+    let ohw = geom.out_hw();
+    geom.patch_len()
+        .saturating_mul(ohw)
+        .saturating_add(geom.in_per_group().saturating_mul(geom.in_hw()))
+        .saturating_add(geom.out_per_group().saturating_mul(ohw))
+        .saturating_mul(2)
+        .saturating_add(1 << 12)
 }
 
 /// `&[T]` as `&[f32]` (`T` is `f32`: checked by [`applies`]).
@@ -346,13 +378,12 @@ impl AxisPhases {
 /// forward) runs by phase as implicit products ([`transposed`]) for element
 /// type `T`: `f32` with a kernel available, input channels per group (the
 /// product's rows) a multiple of 8, not a pointwise conv (whose input
-/// gradient is one product already), strides within the kernel's span, and
-/// no empty dimension.
+/// gradient is one product already), strides no longer than the kernel (a
+/// longer one leaves phases without taps), no empty dimension, and the
+/// padded output gradient within [`plane_budget`].
 pub(super) fn transposed_applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
-    let axis_ok = |a: &super::AxisGeometry| {
-        a.input > 0 && a.output > 0 && a.stride <= (a.kernel - 1) * a.dilation + 1
-    };
-    TypeId::of::<T>() == TypeId::of::<f32>()
+    let axis_ok = |a: &super::AxisGeometry| a.input > 0 && a.output > 0 && a.stride <= a.kernel;
+    let fits = TypeId::of::<T>() == TypeId::of::<f32>()
         && ImplicitGemm::detect::<T>().is_some()
         && !geom.is_pointwise()
         && geom.batch > 0
@@ -360,7 +391,19 @@ pub(super) fn transposed_applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
         && geom.in_per_group() > 0
         && geom.in_per_group().is_multiple_of(PANEL)
         && axis_ok(&geom.h)
-        && axis_ok(&geom.w)
+        && axis_ok(&geom.w);
+    // Only now (strides bounded by the kernel) the phases are worth computing.
+    fits && {
+        let padded = |a: &super::AxisGeometry| {
+            let p = AxisPhases::of(a);
+            p.lo.checked_add(a.output)?.checked_add(p.hi)
+        };
+        let planes = || {
+            let (h, w) = (padded(&geom.h)?, padded(&geom.w)?);
+            geom.out_per_group().checked_mul(h)?.checked_mul(w)
+        };
+        planes().is_some_and(|n| n <= plane_budget(geom))
+    }
 }
 
 /// conv2d's input gradient `dX` from an output gradient `g` (`[N, O, oh,

@@ -393,8 +393,12 @@ impl<'t, T: Float> Var<'t, T> {
     /// Runs Winograd (F(4×4, 3×3) on outputs of at least 64 4×4 tiles, else
     /// F(2×2, 3×3)) for 3×3, stride-1, undilated convs with padding
     /// ≤ 2 and at least 16 channels per group in and out whose operands are
-    /// all finite, else im2col + GEMM (a 1x1, stride-1, unpadded conv skips
-    /// im2col); so NaN and ±∞ come out where the definition puts them. The batch is split between
+    /// all finite; else, for `f32` with AVX-512 or AVX2 and output channels
+    /// per group a multiple of 8, an implicit GEMM reading the padded input
+    /// in place (the input gradient likewise, by phase, when the input
+    /// channels per group are a multiple of 8 and the weights finite); else
+    /// im2col + GEMM (a 1x1, stride-1, unpadded conv skips im2col); so NaN
+    /// and ±∞ come out where the definition puts them. The batch is split between
     /// [`gemm::num_threads`](crate::gemm::num_threads) threads. The backward
     /// pass recomputes the column matrix (or the transformed input) rather than
     /// keeping it, and skips dX when the input needs no gradient (e.g. the data
