@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::fixtures;
+use common::{cpu, fixtures};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tapegrad::conv::{AxisGeometry, Conv2dGeometry, reference};
@@ -493,7 +493,7 @@ fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
     // The implicit GEMM runs with AVX-512 or AVX2 (forced here, on this
     // thread and its convs' workers, to cover the AVX2 kernel on an AVX-512
     // machine too).
-    let fast = is_avx2();
+    let fast = cpu::has_avx2_fma();
     for force_avx2 in [false, true] {
         let _avx2 = tapegrad::gemm::force_avx2(force_avx2);
         for (xs, ws, o) in &cases {
@@ -540,15 +540,6 @@ fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
             }
         });
     }
-}
-
-/// Whether the CPU has AVX2 and FMA (the implicit GEMM's kernels need at least that).
-fn is_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// The same f32 comparisons with the GEMM micro-kernels capped at AVX2

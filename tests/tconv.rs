@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::fixtures;
+use common::{cpu, fixtures};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::sync::Mutex;
@@ -299,7 +299,7 @@ const PHASE_CASES: &[Case] = &[
 
 #[test]
 fn phase_shapes_match_reference_at_1_and_2_threads() {
-    let fast = cfg!(target_arch = "x86_64") && is_avx2();
+    let fast = cpu::has_avx2_fma();
     for force_avx2 in [false, true] {
         let _avx2 = tapegrad::gemm::force_avx2(force_avx2);
         for c in PHASE_CASES {
@@ -335,15 +335,6 @@ fn phase_shapes_match_reference_at_1_and_2_threads() {
             }
         });
     }
-}
-
-/// Whether the CPU has AVX2 and FMA (the implicit products' kernels need at least that).
-fn is_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// The Winograd shapes with each variant forced, and every gradcheck case

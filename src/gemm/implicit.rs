@@ -240,97 +240,66 @@ impl ImplicitGemm {
                 "implicit GEMM: a run writes past the end of C"
             );
         }
-        #[cfg(target_arch = "x86_64")]
-        self.run_x86(a, m, bias, b, offs, runs, c, ldc, ahead);
         #[cfg(not(target_arch = "x86_64"))]
         match self.isa {
             Isa::Never(never) => match never {},
         }
-    }
-
-    /// [`run`](Self::run)'s loops, its operands checked: for each tile of
-    /// runs (2 with AVX-512, 3 with AVX2), each pass of at most [`KC`] rows
-    /// of B, each block of rows of A (8 with AVX-512, 4 with AVX2).
-    #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
-    fn run_x86(
-        self,
-        a: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        b: &[f32],
-        offs: &[usize],
-        runs: &[PixelRun],
-        c: &mut [f32],
-        ldc: usize,
-        ahead: &[f32],
-    ) {
-        let (per_tile_runs, rows) = match self.isa {
-            Isa::Avx512(_) => (2, 8),
-            Isa::Avx2(_) => (3, 4),
-        };
-        let k = offs.len();
-        let passes = k.div_ceil(KC).max(1);
-        // Lines of `ahead` to prefetch per tile, spread over all tiles.
-        let tiles = runs.len().div_ceil(per_tile_runs) * passes * (m / rows);
-        let mut lines = ahead.chunks(16);
-        let per_tile = lines.len().div_ceil(tiles.max(1));
-        for tile in runs.chunks(per_tile_runs) {
-            for pass in 0..passes {
-                let (p0, p1) = (k * pass / passes, k * (pass + 1) / passes);
-                for i0 in (0..m).step_by(rows) {
-                    for line in lines.by_ref().take(per_tile) {
-                        super::prefetch(&line[0]);
-                    }
-                    let bias = match bias {
-                        Some(bias) if pass == 0 => bias[i0..].as_ptr(),
-                        _ => std::ptr::null(),
-                    };
-                    // Row `i0` of panel `i0 / 8`, from step `p0` on (with
-                    // no depth, `a` is empty and nothing is read from it).
-                    let at = (i0 / PANEL) * PANEL * k + p0 * PANEL + i0 % PANEL;
-                    let ap = a[at.min(a.len())..].as_ptr();
-                    let cp = c[i0 * ldc..].as_mut_ptr();
-                    let (op, bp, acc) = (offs[p0..].as_ptr(), b.as_ptr(), pass > 0);
-                    let (rp, nr) = (tile.as_ptr(), tile.len());
-                    // SAFETY: the token proves the CPU has the kernel's
-                    // instruction set. `ap` starts `p0` steps into the panel
-                    // holding rows `i0..i0 + rows` (`a` is `m × k` in panels
-                    // of 8, checked; `rows` divides 8), and the kernel reads
-                    // `p1 − p0` steps of 8 from it; it reads offsets
-                    // `offs[p0..p1]`, each at most `max_off`, and each run
-                    // was checked to read `b` below `max_off + b + lanes <=
-                    // b.len()` with at most `run_len` lanes; the bias (first
-                    // pass only) is `rows` of `m` values from `i0`; C is
-                    // written at rows `i0..i0 + rows <= m` of stride `ldc`
-                    // and the runs' lanes, checked against `c.len()`; the
-                    // tile holds 1 to `per_tile_runs` runs.
-                    unsafe {
-                        match self.isa {
-                            Isa::Avx512(_) => super::x86::conv_tile_f32_512(
-                                p1 - p0,
-                                ap,
-                                op,
-                                bp,
-                                rp,
-                                nr,
-                                bias,
-                                acc,
-                                cp,
-                                ldc,
-                            ),
-                            Isa::Avx2(_) => super::x86::conv_tile_f32_256(
-                                p1 - p0,
-                                ap,
-                                op,
-                                bp,
-                                rp,
-                                nr,
-                                bias,
-                                acc,
-                                cp,
-                                ldc,
-                            ),
+        // The loops, the operands checked: for each tile of runs (2 with
+        // AVX-512, 3 with AVX2), each pass of at most `KC` rows of B, each
+        // block of rows of A (8 with AVX-512, 4 with AVX2).
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (per_tile_runs, rows) = match self.isa {
+                Isa::Avx512(_) => (2, 8),
+                Isa::Avx2(_) => (3, 4),
+            };
+            let passes = k.div_ceil(KC).max(1);
+            // Lines of `ahead` to prefetch per tile, spread over all tiles.
+            let tiles = runs.len().div_ceil(per_tile_runs) * passes * (m / rows);
+            let mut lines = ahead.chunks(16);
+            let per_tile = lines.len().div_ceil(tiles.max(1));
+            for tile in runs.chunks(per_tile_runs) {
+                for pass in 0..passes {
+                    let (p0, p1) = (k * pass / passes, k * (pass + 1) / passes);
+                    for i0 in (0..m).step_by(rows) {
+                        for line in lines.by_ref().take(per_tile) {
+                            super::prefetch(&line[0]);
+                        }
+                        // Row `i0` of panel `i0 / 8`, from step `p0` on (with
+                        // no depth, `a` is empty and nothing is read from it).
+                        let at = (i0 / PANEL) * PANEL * k + p0 * PANEL + i0 % PANEL;
+                        let t = super::x86::ConvTile {
+                            kc: p1 - p0,
+                            a: a[at.min(a.len())..].as_ptr(),
+                            offs: offs[p0..].as_ptr(),
+                            b: b.as_ptr(),
+                            runs: tile.as_ptr(),
+                            nruns: tile.len(),
+                            bias: match bias {
+                                Some(bias) if pass == 0 => bias[i0..].as_ptr(),
+                                _ => std::ptr::null(),
+                            },
+                            accumulate: pass > 0,
+                            c: c[i0 * ldc..].as_mut_ptr(),
+                            ldc,
+                        };
+                        // SAFETY: the token proves the CPU has the kernel's
+                        // instruction set. `t.a` starts `p0` steps into the
+                        // panel holding rows `i0..i0 + rows` (`a` is `m × k`
+                        // in panels of 8, checked; `rows` divides 8), and the
+                        // kernel reads `p1 − p0` steps of 8 from it; it reads
+                        // offsets `offs[p0..p1]`, each at most `max_off`, and
+                        // each run was checked to read `b` below `max_off + b
+                        // + lanes <= b.len()` with at most `run_len` lanes;
+                        // the bias (first pass only) is `rows` of `m` values
+                        // from `i0`; C is written at rows `i0..i0 + rows <= m`
+                        // of stride `ldc` and the runs' lanes, checked against
+                        // `c.len()`; the tile holds 1 to `per_tile_runs` runs.
+                        unsafe {
+                            match self.isa {
+                                Isa::Avx512(_) => super::x86::conv_tile_f32_512(t),
+                                Isa::Avx2(_) => super::x86::conv_tile_f32_256(t),
+                            }
                         }
                     }
                 }

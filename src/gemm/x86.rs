@@ -932,11 +932,29 @@ fn reduce16(w: [__m512; 16]) -> __m512 {
     single(pair(q[0], q[2]), pair(q[1], q[3]))
 }
 
-/// The implicit-GEMM convolution tile (see `gemm::implicit`), AVX-512: for
-/// the 8 rows of one packed A panel (step `p` at `a + 8p`) and `nruns` (1 or
-/// 2) runs of up to 16 pixels,
-/// `C[r·ldc + run.c + t] (+)= bias[r] + Σ_p A[8p + r] · B[offs[p] + run.b + t]`
-/// for `t < run.lanes` (lanes past it are neither read nor written).
+/// The operands of one implicit-GEMM convolution tile (see `gemm::implicit`
+/// and the kernels' contracts): `kc` steps of a packed A panel (step `p` at
+/// `a + 8p`), their row offsets `offs` into `b`, `nruns` runs of output
+/// pixels, the bias (null: none), whether to add to C, and C with its row
+/// stride.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ConvTile {
+    pub(super) kc: usize,
+    pub(super) a: *const f32,
+    pub(super) offs: *const usize,
+    pub(super) b: *const f32,
+    pub(super) runs: *const super::implicit::PixelRun,
+    pub(super) nruns: usize,
+    pub(super) bias: *const f32,
+    pub(super) accumulate: bool,
+    pub(super) c: *mut f32,
+    pub(super) ldc: usize,
+}
+
+/// The implicit-GEMM convolution tile, AVX-512: for the 8 rows of one
+/// packed A panel and `t.nruns` (1 or 2) runs of up to 16 pixels,
+/// `C[r·ldc + run.c + j] (+)= bias[r] + Σ_p A[8p + r] · B[offs[p] + run.b + j]`
+/// for `j < run.lanes` (lanes past it are neither read nor written).
 /// Without `bias` (null) the sums start at 0; with `accumulate` they are
 /// added to what C holds.
 ///
@@ -944,68 +962,49 @@ fn reduce16(w: [__m512; 16]) -> __m512 {
 /// AVX-512F must be available; `a` must be valid for reads of `kc * 8`
 /// elements, `offs` of `kc`, `runs` of `nruns` runs with `lanes` in
 /// `1..=16`; for every `p < kc` and run, `b` must be valid for reads at
-/// `offs[p] + run.b + t`, `t < lanes`; `bias`, if not null, for reads of 8
-/// elements; `c` for reads and writes at `r * ldc + run.c + t` for `r < 8`.
+/// `offs[p] + run.b + j`, `j < lanes`; `bias`, if not null, for reads of 8
+/// elements; `c` for reads and writes at `r * ldc + run.c + j` for `r < 8`.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn conv_tile_f32_512(
-    kc: usize,
-    a: *const f32,
-    offs: *const usize,
-    b: *const f32,
-    runs: *const super::implicit::PixelRun,
-    nruns: usize,
-    bias: *const f32,
-    accumulate: bool,
-    c: *mut f32,
-    ldc: usize,
-) {
+pub(super) unsafe fn conv_tile_f32_512(t: ConvTile) {
     // SAFETY: forwarded: the caller upholds the contract, which the
     // instantiation below shares (with `NV = nruns`).
     unsafe {
-        let r0 = *runs;
-        let r1 = *runs.add(nruns - 1);
-        let mask = |lanes: usize| ((1u32 << lanes) - 1) as __mmask16;
-        let (vb, vc, masks) = ([r0.b, r1.b], [r0.c, r1.c], [mask(r0.lanes), mask(r1.lanes)]);
-        let args = (kc, a, offs, b, vb, masks, bias, accumulate, c, ldc, vc);
-        if nruns == 2 {
-            conv_tile_512::<2>(args)
+        if t.nruns == 2 {
+            conv_tile_512::<2>(t)
         } else {
-            conv_tile_512::<1>(args)
+            conv_tile_512::<1>(t)
         }
     }
 }
 
-/// The operands of one [`conv_tile_512`]: `kc`, A, the row offsets, B, the
-/// runs' offsets in B, their masks, the bias, whether to accumulate, C, its
-/// row stride and the runs' offsets in C.
-type TileArgs512 = (
-    usize,
-    *const f32,
-    *const usize,
-    *const f32,
-    [usize; 2],
-    [__mmask16; 2],
-    *const f32,
-    bool,
-    *mut f32,
-    usize,
-    [usize; 2],
-);
-
-/// [`conv_tile_f32_512`] for `NV` runs.
+/// [`conv_tile_f32_512`] for `NV` runs (the first and the last of `t.runs`).
 ///
 /// # Safety
-/// As [`conv_tile_f32_512`], with `NV` runs described by `vb`, `vc` and `masks`.
+/// As [`conv_tile_f32_512`], with `nruns == NV`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn conv_tile_512<const NV: usize>(
-    (kc, a, offs, b, vb, masks, bias, accumulate, c, ldc, vc): TileArgs512,
-) {
+unsafe fn conv_tile_512<const NV: usize>(t: ConvTile) {
     // SAFETY: the caller upholds this function's contract: every read or
     // write below is at a position it lists (masked lanes are not accessed).
     unsafe {
         const MR: usize = 8;
+        let ConvTile {
+            kc,
+            a,
+            offs,
+            b,
+            runs,
+            bias,
+            accumulate,
+            c,
+            ldc,
+            ..
+        } = t;
+        let run = |v: usize| *runs.add(v.min(NV - 1));
+        let vb: [usize; NV] = std::array::from_fn(|v| run(v).b);
+        let vc: [usize; NV] = std::array::from_fn(|v| run(v).c);
+        let masks: [__mmask16; NV] =
+            std::array::from_fn(|v| ((1u32 << run(v).lanes) - 1) as __mmask16);
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         if !bias.is_null() {
             for (r, accr) in acc.iter_mut().enumerate() {
@@ -1048,63 +1047,50 @@ unsafe fn conv_tile_512<const NV: usize>(
 
 /// The implicit-GEMM convolution tile for AVX2 + FMA: as
 /// [`conv_tile_f32_512`] for 4 rows of a packed A panel (step `p` at
-/// `a + 8p`, still 8 apart) and `nruns` (1 to 3) runs of up to 8 pixels: 12
-/// `ymm` accumulators, 3 for B, 1 for the broadcast A element.
+/// `a + 8p`, still 8 apart) and `t.nruns` (1 to 3) runs of up to 8 pixels:
+/// 12 `ymm` accumulators, 3 for B, 1 for the broadcast A element.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; as [`conv_tile_f32_512`] otherwise, with
 /// `a` valid for reads at `8p + r` for `p < kc`, `r < 4`, runs of at most 8
 /// lanes, `bias` (if not null) 4 elements and C rows `r < 4`.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn conv_tile_f32_256(
-    kc: usize,
-    a: *const f32,
-    offs: *const usize,
-    b: *const f32,
-    runs: *const super::implicit::PixelRun,
-    nruns: usize,
-    bias: *const f32,
-    accumulate: bool,
-    c: *mut f32,
-    ldc: usize,
-) {
+pub(super) unsafe fn conv_tile_f32_256(t: ConvTile) {
     // SAFETY: forwarded: the caller upholds the contract, which the
     // instantiation below shares (with `NV = nruns`).
     unsafe {
-        let rs: [super::implicit::PixelRun; 3] =
-            std::array::from_fn(|i| *runs.add(i.min(nruns - 1)));
-        match nruns {
-            3 => conv_tile_256::<3>(kc, a, offs, b, rs, bias, accumulate, c, ldc),
-            2 => conv_tile_256::<2>(kc, a, offs, b, rs, bias, accumulate, c, ldc),
-            _ => conv_tile_256::<1>(kc, a, offs, b, rs, bias, accumulate, c, ldc),
+        match t.nruns {
+            3 => conv_tile_256::<3>(t),
+            2 => conv_tile_256::<2>(t),
+            _ => conv_tile_256::<1>(t),
         }
     }
 }
 
-/// [`conv_tile_f32_256`] for `NV` runs (`runs[..NV]`).
+/// [`conv_tile_f32_256`] for `NV` runs.
 ///
 /// # Safety
-/// As [`conv_tile_f32_256`].
+/// As [`conv_tile_f32_256`], with `nruns == NV`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn conv_tile_256<const NV: usize>(
-    kc: usize,
-    a: *const f32,
-    offs: *const usize,
-    b: *const f32,
-    runs: [super::implicit::PixelRun; 3],
-    bias: *const f32,
-    accumulate: bool,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn conv_tile_256<const NV: usize>(t: ConvTile) {
     // SAFETY: the caller upholds this function's contract: every read or
     // write below is at a position it lists (a whole run is read and
     // written with plain loads and stores, a shorter one with masked ones,
     // whose masked-off lanes are not accessed).
     unsafe {
+        let ConvTile {
+            kc,
+            a,
+            offs,
+            b,
+            bias,
+            accumulate,
+            c,
+            ldc,
+            ..
+        } = t;
+        let runs: [super::implicit::PixelRun; NV] = std::array::from_fn(|v| *t.runs.add(v));
         const ROWS: usize = 4;
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let masks: [__m256i; NV] = std::array::from_fn(|v| {

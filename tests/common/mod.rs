@@ -1,2 +1,3 @@
+pub mod cpu;
 pub mod fixtures;
 pub mod panics;

@@ -100,86 +100,15 @@ impl Planes {
     }
 }
 
-/// Writes the planes of group input `x` (`[C/G, H, W]`) into `out`, every
-/// element (zeros in the padding and past it). Input column `s` is padded
-/// column `s + pw`: phase `(s + pw) mod sw`, element `(s + pw) / sw` of its
-/// plane row. At stride 2 a row's even columns go to one plane and its odd
-/// ones to the other, in one pass ([`ImplicitGemm::deinterleave`]).
-/// `x` has `channels` channels of `ih × iw`; `(ph, pw)` is the padding
-/// before the first row and column (the planes' size sets the padding after
-/// the last).
-#[inline(always)]
-fn fill(
-    kern: ImplicitGemm,
-    p: &Planes,
-    channels: usize,
-    (ih, iw): (usize, usize),
-    (ph, pw): (usize, usize),
-    x: &[f32],
-    out: &mut [f32],
-) {
-    let (wq, sw, plane) = (p.wq, p.sw, p.plane());
-    // Stride 2 across: even input columns land in phase `pw mod 2` from
-    // element `pw / 2` on, odd ones in the other phase from `(pw + 1) / 2`.
-    let (se, so) = (pw / 2, pw.div_ceil(2));
-    let (ne, no) = (iw.div_ceil(2), iw / 2);
-    for c in 0..channels {
-        let xc = &x[c * ih * iw..][..ih * iw];
-        // The plane rows above and below the input: padded row `u·sh + a`
-        // is input row `u·sh + a − ph`.
-        for a in 0..p.sh {
-            let top = ph.saturating_sub(a).div_ceil(p.sh).min(p.hq);
-            let bottom = (ph + ih).saturating_sub(a).div_ceil(p.sh).clamp(top, p.hq);
-            for b in 0..sw {
-                let pl = &mut out[p.offset(c, a, b)..][..plane];
-                pl[..top * wq].fill(0.0);
-                pl[bottom * wq..].fill(0.0);
-            }
-        }
-        let (mut a, mut u) = (ph % p.sh, ph / p.sh);
-        for src in xc.chunks_exact(iw) {
-            // Plane row `u` of phase `(a, 0)`; phase `(a, b)` is `b` planes on.
-            let at = p.offset(c, a, 0) + u * wq;
-            if sw == 1 {
-                let d = &mut out[at..at + wq];
-                zero_few(&mut d[..pw]);
-                d[pw..pw + iw].copy_from_slice(src);
-                zero_few(&mut d[pw + iw..]);
-            } else if sw == 2 {
-                let (first, second) = out[at..].split_at_mut(plane);
-                let (p0, p1) = (&mut first[..wq], &mut second[..wq]);
-                let (even, odd) = if pw % 2 == 0 { (p0, p1) } else { (p1, p0) };
-                zero_few(&mut even[..se]);
-                zero_few(&mut odd[..so]);
-                kern.deinterleave(
-                    &src[..2 * no],
-                    &mut even[se..se + no],
-                    &mut odd[so..so + no],
-                );
-                if ne > no {
-                    even[se + no] = src[iw - 1];
-                }
-                zero_few(&mut even[se + ne..]);
-                zero_few(&mut odd[so + no..]);
-            } else {
-                for b in 0..sw {
-                    let d = &mut out[at + b * plane..][..wq];
-                    for (v, x) in d.iter_mut().enumerate() {
-                        // Padded column `v·sw + b` is input column `v·sw + b − pw`.
-                        let s = (v * sw + b).wrapping_sub(pw);
-                        *x = src.get(s).copied().unwrap_or(0.0);
-                    }
-                }
-            }
-            a += 1;
-            if a == p.sh {
-                (a, u) = (0, u + 1);
-            }
-        }
-    }
-}
-
-/// [`fill`] as work compiled with the kernel's instruction set.
+/// Work that writes the planes of group input `x` (`[C/G, H, W]`) into
+/// `out`, every element (zeros in the padding and past it); it runs through
+/// [`ImplicitGemm::vectorized`], compiled with the kernel's instruction set.
+/// Input column `s` is padded column `s + pw`: phase `(s + pw) mod sw`,
+/// element `(s + pw) / sw` of its plane row. At stride 2 a row's even
+/// columns go to one plane and its odd ones to the other, in one pass
+/// ([`ImplicitGemm::deinterleave`]). `x` has `channels` channels of
+/// `ih × iw`; `(ph, pw)` is the padding before the first row and column (the
+/// planes' size sets the padding after the last).
 struct Fill<'a> {
     kern: ImplicitGemm,
     p: &'a Planes,
@@ -194,15 +123,74 @@ impl Vectorized for Fill<'_> {
     type Out = ();
     #[inline(always)]
     fn run(self) {
-        fill(
-            self.kern,
-            self.p,
-            self.channels,
-            self.size,
-            self.pad,
-            self.x,
-            self.out,
-        )
+        let Fill {
+            kern,
+            p,
+            channels,
+            size: (ih, iw),
+            pad: (ph, pw),
+            x,
+            out,
+        } = self;
+        let (wq, sw, plane) = (p.wq, p.sw, p.plane());
+        // Stride 2 across: even input columns land in phase `pw mod 2` from
+        // element `pw / 2` on, odd ones in the other phase from `(pw + 1) / 2`.
+        let (se, so) = (pw / 2, pw.div_ceil(2));
+        let (ne, no) = (iw.div_ceil(2), iw / 2);
+        for c in 0..channels {
+            let xc = &x[c * ih * iw..][..ih * iw];
+            // The plane rows above and below the input: padded row `u·sh + a`
+            // is input row `u·sh + a − ph`.
+            for a in 0..p.sh {
+                let top = ph.saturating_sub(a).div_ceil(p.sh).min(p.hq);
+                let bottom = (ph + ih).saturating_sub(a).div_ceil(p.sh).clamp(top, p.hq);
+                for b in 0..sw {
+                    let pl = &mut out[p.offset(c, a, b)..][..plane];
+                    pl[..top * wq].fill(0.0);
+                    pl[bottom * wq..].fill(0.0);
+                }
+            }
+            let (mut a, mut u) = (ph % p.sh, ph / p.sh);
+            for src in xc.chunks_exact(iw) {
+                // Plane row `u` of phase `(a, 0)`; phase `(a, b)` is `b` planes on.
+                let at = p.offset(c, a, 0) + u * wq;
+                if sw == 1 {
+                    let d = &mut out[at..at + wq];
+                    zero_few(&mut d[..pw]);
+                    d[pw..pw + iw].copy_from_slice(src);
+                    zero_few(&mut d[pw + iw..]);
+                } else if sw == 2 {
+                    let (first, second) = out[at..].split_at_mut(plane);
+                    let (p0, p1) = (&mut first[..wq], &mut second[..wq]);
+                    let (even, odd) = if pw % 2 == 0 { (p0, p1) } else { (p1, p0) };
+                    zero_few(&mut even[..se]);
+                    zero_few(&mut odd[..so]);
+                    kern.deinterleave(
+                        &src[..2 * no],
+                        &mut even[se..se + no],
+                        &mut odd[so..so + no],
+                    );
+                    if ne > no {
+                        even[se + no] = src[iw - 1];
+                    }
+                    zero_few(&mut even[se + ne..]);
+                    zero_few(&mut odd[so + no..]);
+                } else {
+                    for b in 0..sw {
+                        let d = &mut out[at + b * plane..][..wq];
+                        for (v, x) in d.iter_mut().enumerate() {
+                            // Padded column `v·sw + b` is input column `v·sw + b − pw`.
+                            let s = (v * sw + b).wrapping_sub(pw);
+                            *x = src.get(s).copied().unwrap_or(0.0);
+                        }
+                    }
+                }
+                a += 1;
+                if a == p.sh {
+                    (a, u) = (0, u + 1);
+                }
+            }
+        }
     }
 }
 
@@ -563,7 +551,9 @@ pub(super) fn transposed<T: Float>(
     dx
 }
 
-/// [`scatter_phase`] as work compiled with the kernel's instruction set.
+/// Work that writes phase `(a, b)`'s values `src` (`[C, n, m]`) into `dst`
+/// (`[C, ih, iw]`): `dst[c][a + sh·u][b + sw·v] = src[c][u][v]`; it runs
+/// through [`ImplicitGemm::vectorized`].
 struct Scatter<'a> {
     phase: (usize, usize),
     stride: (usize, usize),
@@ -577,29 +567,21 @@ impl Vectorized for Scatter<'_> {
     type Out = ();
     #[inline(always)]
     fn run(self) {
-        let (a, b) = self.phase;
-        scatter_phase(a, b, self.stride, self.size, self.m, self.src, self.dst)
-    }
-}
-
-/// Writes phase `(a, b)`'s values `src` (`[C, n, m]`) into `dst` (`[C, ih,
-/// iw]`): `dst[c][a + sh·u][b + sw·v] = src[c][u][v]`.
-#[inline(always)]
-fn scatter_phase(
-    a: usize,
-    b: usize,
-    (sh, sw): (usize, usize),
-    (ih, iw): (usize, usize),
-    m: usize,
-    src: &[f32],
-    dst: &mut [f32],
-) {
-    let n = ih.saturating_sub(a).div_ceil(sh);
-    for (sc, dc) in src.chunks_exact(n * m).zip(dst.chunks_exact_mut(ih * iw)) {
-        for (u, row) in sc.chunks_exact(m).enumerate() {
-            let line = &mut dc[(a + sh * u) * iw..][..iw];
-            for (v, &x) in row.iter().enumerate() {
-                line[b + sw * v] = x;
+        let Scatter {
+            phase: (a, b),
+            stride: (sh, sw),
+            size: (ih, iw),
+            m,
+            src,
+            dst,
+        } = self;
+        let n = ih.saturating_sub(a).div_ceil(sh);
+        for (sc, dc) in src.chunks_exact(n * m).zip(dst.chunks_exact_mut(ih * iw)) {
+            for (u, row) in sc.chunks_exact(m).enumerate() {
+                let line = &mut dc[(a + sh * u) * iw..][..iw];
+                for (v, &x) in row.iter().enumerate() {
+                    line[b + sw * v] = x;
+                }
             }
         }
     }
