@@ -149,13 +149,14 @@ impl ImplicitGemm {
     }
 
     /// `even[t] = src[2t]` and `odd[t] = src[2t + 1]` for `t < even.len()`
-    /// (with AVX-512, two-source permutes): the column split of a stride-2
-    /// conv's phase planes.
+    /// with AVX-512 two-source permutes (the column split of a stride-2
+    /// conv's phase planes), returning `true`; without AVX-512 it writes
+    /// nothing and returns `false`, and the caller's portable split serves.
     ///
     /// # Panics
     /// If `odd` is not as long as `even` or `src` holds fewer than twice as many.
     #[inline(always)]
-    pub(crate) fn deinterleave(self, src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    pub(crate) fn deinterleave(self, src: &[f32], even: &mut [f32], odd: &mut [f32]) -> bool {
         let n = even.len();
         assert!(
             odd.len() == n && src.len() >= 2 * n,
@@ -173,11 +174,9 @@ impl ImplicitGemm {
                     n,
                 )
             };
-            return;
+            return true;
         }
-        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
-            (*e, *o) = (pair[0], pair[1]);
-        }
+        false
     }
 
     /// `C[i·ldc + run.c + t] = bias[i] + Σ_p A[i, p] · B[offs[p] + run.b + t]`
@@ -381,11 +380,19 @@ mod tests {
         }
     }
 
-    /// Every length from 0 to past three steps of 16 pairs, with each kernel.
+    /// Every length from 0 to past three steps of 16 pairs with AVX-512;
+    /// the AVX2 kernel leaves the split to its caller.
     #[test]
     fn deinterleave_splits_every_length() {
         for (kern, _guard) in kernels() {
-            deinterleave_splits_every_length_with(kern);
+            let avx512 = kern.run_len() == 16;
+            let (mut e, mut o) = ([-1.0; 4], [-1.0; 4]);
+            assert_eq!(kern.deinterleave(&[1.0; 8], &mut e, &mut o), avx512);
+            if avx512 {
+                deinterleave_splits_every_length_with(kern);
+            } else {
+                assert_eq!((e, o), ([-1.0; 4], [-1.0; 4]), "wrote without AVX-512");
+            }
         }
     }
 
@@ -393,7 +400,7 @@ mod tests {
         let src: Vec<f32> = (0..120).map(|i| i as f32).collect();
         for n in 0..=55 {
             let (mut e, mut o) = (vec![-1.0; n + 3], vec![-1.0; n + 3]);
-            kern.deinterleave(&src[..2 * n], &mut e[..n], &mut o[..n]);
+            assert!(kern.deinterleave(&src[..2 * n], &mut e[..n], &mut o[..n]));
             for t in 0..n {
                 assert_eq!(
                     (e[t], o[t]),

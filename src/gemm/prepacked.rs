@@ -161,7 +161,7 @@ impl<T: Copy + Default + 'static> PackedA<T> {
 }
 
 /// `&[T]` as `&[U]` when they are the same type.
-fn cast<T: 'static, U: 'static>(s: &[T]) -> Option<&[U]> {
+pub(crate) fn cast<T: 'static, U: 'static>(s: &[T]) -> Option<&[U]> {
     (TypeId::of::<T>() == TypeId::of::<U>()).then(|| {
         // SAFETY: `T` and `U` are the same type (equal `TypeId`s), so this
         // reinterprets the slice as itself: same pointer, length and lifetime.
@@ -170,7 +170,7 @@ fn cast<T: 'static, U: 'static>(s: &[T]) -> Option<&[U]> {
 }
 
 /// `&mut [T]` as `&mut [U]` when they are the same type.
-fn cast_mut<T: 'static, U: 'static>(s: &mut [T]) -> Option<&mut [U]> {
+pub(crate) fn cast_mut<T: 'static, U: 'static>(s: &mut [T]) -> Option<&mut [U]> {
     (TypeId::of::<T>() == TypeId::of::<U>()).then(|| {
         // SAFETY: as in `cast`; the unique borrow of `s` moves into the result.
         unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<U>(), s.len()) }

@@ -28,6 +28,7 @@ use super::im2col::{batch_split, input_block, next_input, output_block, with_scr
 use super::parallel::{run_jobs, split_by};
 use crate::Float;
 use crate::gemm::implicit::{ImplicitGemm, PANEL, PixelRun, Vectorized};
+use crate::gemm::prepacked::{cast, cast_mut};
 use std::any::TypeId;
 
 /// The padded phase planes of one group input.
@@ -106,9 +107,10 @@ impl Planes {
 /// Input column `s` is padded column `s + pw`: phase `(s + pw) mod sw`,
 /// element `(s + pw) / sw` of its plane row. At stride 2 a row's even
 /// columns go to one plane and its odd ones to the other, in one pass
-/// ([`ImplicitGemm::deinterleave`]). `x` has `channels` channels of
-/// `ih × iw`; `(ph, pw)` is the padding before the first row and column (the
-/// planes' size sets the padding after the last).
+/// ([`ImplicitGemm::deinterleave`] with AVX-512, else im2col's split). `x`
+/// has `channels` channels of `ih × iw`; `(ph, pw)` is the padding before
+/// the first row and column (the planes' size sets the padding after the
+/// last).
 struct Fill<'a> {
     kern: ImplicitGemm,
     p: &'a Planes,
@@ -165,11 +167,14 @@ impl Vectorized for Fill<'_> {
                     let (even, odd) = if pw % 2 == 0 { (p0, p1) } else { (p1, p0) };
                     zero_few(&mut even[..se]);
                     zero_few(&mut odd[..so]);
-                    kern.deinterleave(
+                    let (src2, e, o) = (
                         &src[..2 * no],
                         &mut even[se..se + no],
                         &mut odd[so..so + no],
                     );
+                    if !kern.deinterleave(src2, e, o) {
+                        super::im2col::deinterleave(src2, e, o);
+                    }
                     if ne > no {
                         even[se + no] = src[iw - 1];
                     }
@@ -251,18 +256,14 @@ fn plane_budget(geom: &Conv2dGeometry) -> usize {
         .saturating_add(1 << 12)
 }
 
-/// `&[T]` as `&[f32]` (`T` is `f32`: checked by [`applies`]).
+/// `&[T]` as `&[f32]` (`T` is `f32`: checked by [`applies`] and [`transposed_applies`]).
 fn as_f32<T: 'static>(s: &[T]) -> &[f32] {
-    assert_eq!(TypeId::of::<T>(), TypeId::of::<f32>());
-    // SAFETY: `T` is `f32` (equal `TypeId`s): the same slice, reinterpreted as itself.
-    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) }
+    cast(s).expect("the implicit paths run for f32 only")
 }
 
 /// `&mut [T]` as `&mut [f32]` (`T` is `f32`).
 fn as_f32_mut<T: 'static>(s: &mut [T]) -> &mut [f32] {
-    assert_eq!(TypeId::of::<T>(), TypeId::of::<f32>());
-    // SAFETY: as in `as_f32`; the unique borrow moves into the result.
-    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) }
+    cast_mut(s).expect("the implicit paths run for f32 only")
 }
 
 /// conv2d's forward pass (`geom` must pass [`applies`]): per group, the
