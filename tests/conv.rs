@@ -542,6 +542,64 @@ fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
     }
 }
 
+/// Shapes of the implicit weight gradient (f32 with AVX-512; im2col with
+/// AVX2 forced): strides 1 to 3, padding, dilation down the kernel, groups,
+/// kernel rows of 1 to 9 taps (chunks of two sizes past 7), 16 and 48
+/// output channels per group (one and two vectors), output rows longer than
+/// a pixel block, uneven chunks of the batch, against the reference at 1
+/// and 2 threads.
+#[test]
+fn implicit_weight_grad_shapes_match_reference_at_1_and_2_threads() {
+    let opts = Conv2dOptions::default;
+    #[rustfmt::skip]
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 11] = [
+        ([3, 32, 16, 16], [64, 32, 3, 3], opts().stride(2).padding(1)), // strided-like
+        ([2, 3, 20, 37], [16, 3, 5, 5], opts().padding(2)),             // wide-like
+        ([2, 16, 17, 17], [32, 16, 4, 4], opts().stride(2).padding(1)), // tconv backward-like
+        ([1, 2, 9, 30], [48, 2, 3, 9], opts().padding((1, 4))),         // 9 taps: 5 + 4; 3 vectors
+        ([2, 3, 12, 11], [16, 3, 2, 8], opts().stride((1, 3))),         // 8 taps: 4 + 4
+        ([2, 4, 9, 9], [16, 4, 1, 1], opts().stride(2)),                // one tap per group
+        ([1, 3, 13, 14], [16, 3, 3, 7], opts().dilation((2, 1)).padding((2, 3))),
+        ([1, 6, 15, 15], [32, 3, 3, 3], opts().stride((2, 1)).padding(1).groups(2)),
+        ([1, 2, 40, 300], [16, 2, 3, 3], opts().padding(1)),            // several pixel blocks
+        ([5, 3, 8, 8], [16, 3, 3, 3], opts().stride(2)),                // uneven chunks at 2 threads
+        ([2, 5, 11, 12], [16, 5, 3, 2], opts().stride(2).padding((0, 1))),
+    ];
+    let fast = cpu::has_avx512f();
+    for force_avx2 in [false, true] {
+        let _avx2 = tapegrad::gemm::force_avx2(force_avx2);
+        for (xs, ws, o) in &cases {
+            let geom = Conv2dGeometry::new(xs, ws, Some(&[ws[0]]), o);
+            let what = format!("{xs:?} {ws:?} {o:?}, AVX2 forced: {force_avx2}");
+            let want = fast && !force_avx2;
+            assert_eq!(
+                tapegrad::conv::implicit_weight_grad::<f32>(&geom),
+                want,
+                "{what}"
+            );
+        }
+        // Dilation across, 8 output channels, and a pointwise conv take im2col.
+        for (ws, o) in [
+            ([16, 2, 3, 3], opts().dilation((1, 2))),
+            ([8, 2, 3, 3], opts()),
+            ([16, 2, 1, 1], opts()),
+        ] {
+            let geom = Conv2dGeometry::new(&[1, 2, 9, 9], &ws, None, &o);
+            assert!(
+                !tapegrad::conv::implicit_weight_grad::<f32>(&geom),
+                "{ws:?} {o:?}"
+            );
+        }
+        at_1_and_2_threads(|threads| {
+            let mut rng = StdRng::seed_from_u64(120 + threads as u64);
+            for (i, (xs, ws, o)) in cases.iter().enumerate() {
+                let what = format!("{threads} threads, AVX2 forced: {force_avx2}, case {i}");
+                check_against_reference::<f32>(&what, xs, ws, *o, 2e-5, &mut rng);
+            }
+        });
+    }
+}
+
 /// The same f32 comparisons with the GEMM micro-kernels capped at AVX2
 /// (on an AVX-512 machine the default tests above run the AVX-512 kernels,
 /// so this is what covers the AVX2 ones there; elsewhere it repeats them),

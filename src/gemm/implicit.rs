@@ -6,7 +6,10 @@
 //! matrix: the micro-kernel reads the input where it lies.
 //!
 //! It exists for `f32` on x86-64 with AVX-512F (a tile of 8 output channels
-//! × two runs of 16 pixels) or AVX2 + FMA (4 × three runs of 8).
+//! × two runs of 16 pixels) or AVX2 + FMA (4 × three runs of 8). With
+//! AVX-512 the weight gradient is one too ([`ImplicitGemm::weight_grad`]):
+//! `C = planes-windows · G`, the output gradient `G` pixel-major, each
+//! planes element broadcast against 16 or 32 of its columns.
 //! [`ImplicitGemm::detect`] says which runs here, and [`ImplicitGemm::run`]
 //! checks every offset once, before the loops, so that the kernel's reads
 //! and writes stay in the slices.
@@ -307,6 +310,209 @@ impl ImplicitGemm {
     }
 }
 
+/// Taps per group at most in [`ImplicitGemm::weight_grad`].
+pub(crate) const MAX_TAPS: usize = 7;
+
+/// One group of taps of [`ImplicitGemm::weight_grad`]: its offset in the
+/// planes, and the row of C that receives its first tap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TapGroup {
+    /// Offset in the planes of the group's first tap.
+    pub off: usize,
+    /// Row of C for the group's first tap (tap `t` adds into row `row + t`).
+    pub row: usize,
+}
+
+impl ImplicitGemm {
+    /// Whether [`weight_grad`](Self::weight_grad) and
+    /// [`transpose`](Self::transpose) run here (AVX-512 only).
+    pub(crate) fn has_weight_grad(self) -> bool {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512(_) => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => false,
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Never(never) => match never {},
+        }
+    }
+
+    /// `dst[j·rows + i] = src[i·lds + j]` for `i < rows`, `j < cols`: the
+    /// transpose of a `rows × cols` block (row stride `lds`), in 16 × 16
+    /// blocks with AVX-512 and the edges one element at a time.
+    ///
+    /// # Panics
+    /// Without AVX-512, or if either slice is too short.
+    pub(crate) fn transpose(
+        self,
+        src: &[f32],
+        rows: usize,
+        cols: usize,
+        lds: usize,
+        dst: &mut [f32],
+    ) {
+        assert!(self.has_weight_grad(), "transpose: needs AVX-512");
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        let src_end = (rows - 1)
+            .checked_mul(lds)
+            .and_then(|e| e.checked_add(cols));
+        assert!(
+            lds >= cols && src_end.is_some_and(|e| e <= src.len()),
+            "transpose: source too short"
+        );
+        assert!(
+            rows.checked_mul(cols).is_some_and(|e| e <= dst.len()),
+            "transpose: destination too short"
+        );
+        let (rb, cb) = (rows / 16 * 16, cols / 16 * 16);
+        #[cfg(target_arch = "x86_64")]
+        for i in (0..rb).step_by(16) {
+            for j in (0..cb).step_by(16) {
+                // SAFETY: AVX-512F (asserted); rows `i..i + 16 <= rows` of
+                // `src` from column `j`, 16 each (`j + 16 <= cols`), inside
+                // `src` (checked above); rows `j..j + 16 <= cols` of `dst`
+                // (stride `rows`) from column `i`, inside `rows · cols`.
+                unsafe {
+                    super::x86::transpose16_f32_512(
+                        src.as_ptr().add(i * lds + j),
+                        lds,
+                        dst.as_mut_ptr().add(j * rows + i),
+                        rows,
+                    )
+                };
+            }
+        }
+        for i in 0..rows {
+            let from = if i < rb { cb } else { 0 };
+            for j in from..cols {
+                dst[j * rows + i] = src[i * lds + j];
+            }
+        }
+    }
+
+    /// A convolution's weight gradient as an implicit product, the planes
+    /// read in place: for every group `q` of `taps` consecutive taps, tap `t
+    /// < taps` and column `o < width`,
+    /// `C[(q.row + t)·ldc + o] += Σ_runs Σ_{j < lanes} planes[q.off + t + run.b
+    /// + j·step] · g[(run.c + j)·ldg + o]` — `g` holds the output gradient
+    /// pixel-major (a row of `width` output channels per pixel). Each planes
+    /// element is broadcast against up to 32 channels of `g` at once.
+    ///
+    /// # Panics
+    /// Without AVX-512 ([`has_weight_grad`](Self::has_weight_grad)); if
+    /// `taps` is not in `1..=MAX_TAPS`, `width` not a multiple of 16, two
+    /// groups' rows overlap, or a group or run reads or writes past the end of
+    /// its slice.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn weight_grad(
+        self,
+        planes: &[f32],
+        groups: &[TapGroup],
+        taps: usize,
+        step: usize,
+        g: &[f32],
+        ldg: usize,
+        width: usize,
+        runs: &[PixelRun],
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        assert!(self.has_weight_grad(), "weight_grad: needs AVX-512");
+        assert!(
+            (1..=MAX_TAPS).contains(&taps) && width.is_multiple_of(16) && ldc >= width,
+            "weight_grad: {taps} taps, {width} columns, ldc {ldc}"
+        );
+        if groups.is_empty() || width == 0 || runs.is_empty() {
+            return;
+        }
+        // C: every group's rows inside C and apart from the others'.
+        let mut rows: Vec<usize> = groups.iter().map(|q| q.row).collect();
+        rows.sort_unstable();
+        assert!(
+            rows.windows(2).all(|w| w[1] - w[0] >= taps),
+            "weight_grad: groups' rows overlap"
+        );
+        let last = rows[rows.len() - 1];
+        let c_end = (last + taps - 1)
+            .checked_mul(ldc)
+            .and_then(|e| e.checked_add(width));
+        assert!(
+            c_end.is_some_and(|e| e <= c.len()),
+            "weight_grad: a group writes past the end of C"
+        );
+        // The planes and g: each run's last pixel, from the furthest group.
+        let max_off = groups.iter().map(|q| q.off).max().unwrap_or(0);
+        for r in runs {
+            assert!(r.lanes > 0, "weight_grad: an empty run");
+            let b_end = (r.lanes - 1)
+                .checked_mul(step)
+                .and_then(|e| e.checked_add(r.b))
+                .and_then(|e| e.checked_add(max_off))
+                .and_then(|e| e.checked_add(taps));
+            assert!(
+                b_end.is_some_and(|e| e <= planes.len()),
+                "weight_grad: a run reads past the end of the planes"
+            );
+            let g_end = (r.c + r.lanes - 1)
+                .checked_mul(ldg)
+                .and_then(|e| e.checked_add(width));
+            assert!(
+                g_end.is_some_and(|e| e <= g.len()),
+                "weight_grad: a run reads past the end of g"
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::x86::{WeightTile, weight_tile_f32_512, weight_tile_groups};
+            // A tile's missing groups read the first group's taps and add
+            // into a sink, each into its own part.
+            let mut sink = vec![0.0f32; weight_tile_groups(taps, 1) * taps * ldc];
+            let base = c.as_mut_ptr();
+            for o0 in (0..width).step_by(32) {
+                let nv = ((width - o0) / 16).min(2);
+                let per = weight_tile_groups(taps, nv);
+                for tile in groups.chunks(per) {
+                    let offs: Vec<usize> = (0..per)
+                        .map(|r| tile.get(r).unwrap_or(&tile[0]).off)
+                        .collect();
+                    let out: Vec<*mut f32> = (0..per)
+                        .map(|r| match tile.get(r) {
+                            // In bounds: row `q.row + taps − 1` ends inside C (checked).
+                            Some(q) => base.wrapping_add(q.row * ldc + o0),
+                            None => sink.as_mut_ptr().wrapping_add(r * taps * ldc + o0),
+                        })
+                        .collect();
+                    let t = WeightTile {
+                        planes: planes.as_ptr(),
+                        offs: offs.as_ptr(),
+                        out: out.as_ptr(),
+                        ldc,
+                        step,
+                        g: g[o0..].as_ptr(),
+                        ldg,
+                        runs: runs.as_ptr(),
+                        nruns: runs.len(),
+                    };
+                    // SAFETY: `has_weight_grad` (asserted) proves AVX-512F.
+                    // `per` groups of `taps` in 1..=7 with `nv` 1 or 2 have a
+                    // tile; `offs` and `out` hold `per` entries. Every group's
+                    // offset is at most `max_off`, and each run was checked
+                    // to read the planes below `max_off + taps + b +
+                    // (lanes−1)·step` and `g` below `(c + lanes − 1)·ldg +
+                    // width`, which covers `o0 + 16·nv`. Each `out[r]` is a
+                    // group's rows (inside C and disjoint from the others',
+                    // checked) or part `r` of the sink (`taps · ldc` each,
+                    // `per` parts at most: `weight_tile_groups` is largest
+                    // with one vector; `o0 + 16·nv <= width <= ldc`).
+                    unsafe { weight_tile_f32_512(t, taps, nv) };
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,6 +618,156 @@ mod tests {
                 e[n..].iter().chain(&o[n..]).all(|&v| v == -1.0),
                 "n = {n}: wrote past the end"
             );
+        }
+    }
+
+    /// The weight-gradient product against the definition, integers so
+    /// the sums are exact: every tap count, one to three vectors of
+    /// columns, group counts that leave partial tiles (their sink sums must
+    /// not land in C), runs of several lengths at strides 1 to 3, and C's
+    /// sums added to what it held.
+    #[test]
+    fn weight_grad_matches_the_definition() {
+        let Some(kern) = ImplicitGemm::detect::<f32>().filter(|k| k.has_weight_grad()) else {
+            return;
+        };
+        let planes: Vec<f32> = (0..900).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+        for taps in 1..=MAX_TAPS {
+            for width in [16, 32, 48] {
+                for (ngroups, step) in [(1, 1), (5, 2), (13, 3)] {
+                    let ldc = width + 3;
+                    let ldg = width + 5;
+                    // Rows spaced `taps + 1` apart (a gap row stays untouched).
+                    let groups: Vec<TapGroup> = (0..ngroups)
+                        .map(|q| TapGroup {
+                            off: (q * 37) % 200,
+                            row: q * (taps + 1),
+                        })
+                        .collect();
+                    let runs: Vec<PixelRun> = [1, 7, 16, 23]
+                        .iter()
+                        .scan((0, 0), |(b, c), &lanes| {
+                            let r = PixelRun {
+                                b: *b,
+                                c: *c,
+                                lanes,
+                            };
+                            (*b, *c) = (*b + 31, *c + lanes + 2);
+                            Some(r)
+                        })
+                        .collect();
+                    let npix = runs.last().map_or(0, |r| r.c + r.lanes);
+                    let g: Vec<f32> = (0..npix * ldg)
+                        .map(|i| ((i * 5) % 11) as f32 - 5.0)
+                        .collect();
+                    let rows = ngroups * (taps + 1);
+                    let mut c: Vec<f32> = (0..rows * ldc).map(|i| (i % 3) as f32).collect();
+                    let mut want = c.clone();
+                    for q in &groups {
+                        for t in 0..taps {
+                            for o in 0..width {
+                                let mut sum = 0.0;
+                                for r in &runs {
+                                    for j in 0..r.lanes {
+                                        let a = planes[q.off + t + r.b + j * step];
+                                        sum += a * g[(r.c + j) * ldg + o];
+                                    }
+                                }
+                                want[(q.row + t) * ldc + o] += sum;
+                            }
+                        }
+                    }
+                    kern.weight_grad(
+                        &planes, &groups, taps, step, &g, ldg, width, &runs, &mut c, ldc,
+                    );
+                    assert_eq!(c, want, "{taps} taps, width {width}, {ngroups} groups");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "groups' rows overlap")]
+    fn weight_grad_refuses_overlapping_rows() {
+        let Some(kern) = ImplicitGemm::detect::<f32>().filter(|k| k.has_weight_grad()) else {
+            panic!("groups' rows overlap (no AVX-512 here)");
+        };
+        let groups = [TapGroup { off: 0, row: 0 }, TapGroup { off: 0, row: 2 }];
+        let run = PixelRun {
+            b: 0,
+            c: 0,
+            lanes: 1,
+        };
+        let mut c = vec![0.0; 16 * 8];
+        kern.weight_grad(
+            &[0.0; 8],
+            &groups,
+            3,
+            1,
+            &[0.0; 16],
+            16,
+            16,
+            &[run],
+            &mut c,
+            16,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "reads past the end of the planes")]
+    fn weight_grad_refuses_a_run_past_the_planes() {
+        let Some(kern) = ImplicitGemm::detect::<f32>().filter(|k| k.has_weight_grad()) else {
+            panic!("reads past the end of the planes (no AVX-512 here)");
+        };
+        let groups = [TapGroup { off: 2, row: 0 }];
+        // Pixel 3 at step 2 reads from 2 + 6, taps to 2 + 6 + 2 = 10 > 9.
+        let run = PixelRun {
+            b: 0,
+            c: 0,
+            lanes: 4,
+        };
+        let mut c = vec![0.0; 16 * 3];
+        kern.weight_grad(
+            &[0.0; 9],
+            &groups,
+            3,
+            2,
+            &[0.0; 64],
+            16,
+            16,
+            &[run],
+            &mut c,
+            16,
+        );
+    }
+
+    /// Every shape around the 16 × 16 blocks, with a row stride past the width.
+    #[test]
+    fn transpose_matches_for_every_shape() {
+        let Some(kern) = ImplicitGemm::detect::<f32>().filter(|k| k.has_weight_grad()) else {
+            return;
+        };
+        for rows in [0, 1, 15, 16, 17, 32, 33] {
+            for cols in [0, 1, 5, 16, 31, 48] {
+                let lds = cols + 3;
+                let src: Vec<f32> = (0..rows * lds).map(|i| i as f32).collect();
+                let mut dst = vec![-1.0; rows * cols + 2];
+                kern.transpose(&src, rows, cols, lds, &mut dst);
+                for i in 0..rows {
+                    for j in 0..cols {
+                        assert_eq!(
+                            dst[j * rows + i],
+                            src[i * lds + j],
+                            "{rows}x{cols} ({i}, {j})"
+                        );
+                    }
+                }
+                assert_eq!(
+                    &dst[rows * cols..],
+                    &[-1.0, -1.0],
+                    "{rows}x{cols}: wrote past"
+                );
+            }
         }
     }
 

@@ -1189,6 +1189,192 @@ pub(super) unsafe fn deinterleave_f32_512(
     }
 }
 
+/// The operands of one tile of a convolution's weight gradient as an
+/// implicit product (see `ImplicitGemm::weight_grad`): `R` groups of `T`
+/// consecutive taps, group `r` reading `planes` from `offs[r]` (tap `t` one
+/// element further on) and adding its sums for tap `t` into `out[r] + t·ldc`;
+/// `nruns` runs of pixels, pixel `j` of a run reading `planes` at `run.b +
+/// j·step` (plus the group's offset and the tap) and the output gradient's
+/// `16·NV` values at `g + (run.c + j)·ldg`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct WeightTile {
+    pub(super) planes: *const f32,
+    pub(super) offs: *const usize,
+    pub(super) out: *const *mut f32,
+    pub(super) ldc: usize,
+    pub(super) step: usize,
+    pub(super) g: *const f32,
+    pub(super) ldg: usize,
+    pub(super) runs: *const super::implicit::PixelRun,
+    pub(super) nruns: usize,
+}
+
+/// Groups per weight-gradient tile with `taps` taps and `nv` vectors: at
+/// most 24 accumulators and 6 group pointers (0 if no kernel has that shape).
+pub(super) const fn weight_tile_groups(taps: usize, nv: usize) -> usize {
+    if taps == 0 || taps > 7 || (nv != 1 && nv != 2) {
+        return 0;
+    }
+    let r = 24 / (taps * nv);
+    if r > 6 {
+        6
+    } else if r == 0 {
+        1
+    } else {
+        r
+    }
+}
+
+/// The weight-gradient tile, AVX-512: for `taps` (1 to 7) taps and `nv` (1
+/// or 2) vectors of 16 output channels, with `weight_tile_groups(taps, nv)`
+/// groups, `out[r][t·ldc + o] += Σ_runs Σ_{j < lanes} planes[offs[r] + t +
+/// run.b + j·step] · g[(run.c + j)·ldg + o]` for `o < 16·nv`. Each planes
+/// element is broadcast and multiplied into `nv` vectors of the output
+/// gradient, which is read once per pixel for every tap of every group.
+///
+/// # Safety
+/// AVX-512F must be available; `weight_tile_groups(taps, nv)` must be
+/// `R > 0`; `offs` and `out` must be valid for reads of `R` elements, `runs`
+/// of `nruns` runs; for every group `r`, tap `t < taps`, run and `j <
+/// lanes`, `planes` must be valid for reads at `offs[r] + t + run.b +
+/// j·step` and `g` for reads of `16·nv` elements at `(run.c + j)·ldg`; every
+/// `out[r]` for reads and writes of `16·nv` elements at `t·ldc`, `t < taps`,
+/// and no two of those ranges may overlap.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn weight_tile_f32_512(t: WeightTile, taps: usize, nv: usize) {
+    // SAFETY: forwarded: each instantiation's contract is this one's with
+    // `T = taps`, `NV = nv` and `R = weight_tile_groups(taps, nv)`.
+    unsafe {
+        macro_rules! tiles {
+            ($(($t:literal, $nv:literal)),*) => {
+                match (taps, nv) {
+                    $(($t, $nv) => weight_tile_512::<$t, $nv, { weight_tile_groups($t, $nv) }>(t),)*
+                    _ => unreachable!("no weight-gradient tile for {taps} taps × {nv} vectors"),
+                }
+            };
+        }
+        tiles!(
+            (1, 1),
+            (2, 1),
+            (3, 1),
+            (4, 1),
+            (5, 1),
+            (6, 1),
+            (7, 1),
+            (1, 2),
+            (2, 2),
+            (3, 2),
+            (4, 2),
+            (5, 2),
+            (6, 2),
+            (7, 2)
+        )
+    }
+}
+
+/// [`weight_tile_f32_512`] for `T` taps, `NV` vectors and `R` groups.
+///
+/// # Safety
+/// As [`weight_tile_f32_512`] with `taps = T`, `nv = NV`, `R` groups.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn weight_tile_512<const T: usize, const NV: usize, const R: usize>(t: WeightTile) {
+    // SAFETY: the caller upholds this function's contract: every read and
+    // write below is at a position it lists (the pointers step past the last
+    // pixel with wrapping arithmetic and are not read there).
+    unsafe {
+        let mut acc = [[[_mm512_setzero_ps(); NV]; T]; R];
+        let offs: [usize; R] = std::array::from_fn(|r| *t.offs.add(r));
+        for q in 0..t.nruns {
+            let run = *t.runs.add(q);
+            let mut gp = t.g.add(run.c * t.ldg);
+            let mut pp: [*const f32; R] = std::array::from_fn(|r| t.planes.add(offs[r] + run.b));
+            for _ in 0..run.lanes {
+                let gv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(gp.add(16 * v)));
+                for (accr, p) in acc.iter_mut().zip(pp.iter_mut()) {
+                    for (tap, acct) in accr.iter_mut().enumerate() {
+                        let a = _mm512_set1_ps(*p.add(tap));
+                        for (x, &gv) in acct.iter_mut().zip(&gv) {
+                            *x = _mm512_fmadd_ps(a, gv, *x);
+                        }
+                    }
+                    *p = p.wrapping_add(t.step);
+                }
+                gp = gp.wrapping_add(t.ldg);
+            }
+        }
+        for (r, accr) in acc.iter().enumerate() {
+            let base = *t.out.add(r);
+            for (tap, acct) in accr.iter().enumerate() {
+                for (v, &x) in acct.iter().enumerate() {
+                    let dst = base.add(tap * t.ldc + 16 * v);
+                    _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), x));
+                }
+            }
+        }
+    }
+}
+
+/// The permutes of [`transpose16_f32_512`], per round `k` (`b = 2^k`): row
+/// `i` (bit `k` clear) and its partner `i + b` become, lane `j`: the first
+/// `(i, j)` if bit `k` of `j` is clear, else `(i + b, j − b)`; the second
+/// `(i, j + b)` if it is clear, else `(i + b, j)` (indices of 16 and more
+/// name the second source).
+const TRANSPOSE16: [[[i32; 16]; 2]; 4] = {
+    let mut t = [[[0; 16]; 2]; 4];
+    let mut k = 0;
+    while k < 4 {
+        let b = 1 << k;
+        let mut j = 0;
+        while j < 16 {
+            let (lo, hi) = if j & b == 0 {
+                (j, j + b)
+            } else {
+                (16 + j - b, 16 + j)
+            };
+            t[k][0][j] = lo as i32;
+            t[k][1][j] = hi as i32;
+            j += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+/// Transposes a 16 × 16 block: `dst[j·ldd + i] = src[i·lds + j]` for
+/// `i, j < 16`, in four rounds of two-source permutes (round `k` swaps bit
+/// `k` of the row index with bit `k` of the column index).
+///
+/// # Safety
+/// AVX-512F must be available; `src` must be valid for reads of 16
+/// elements at `i·lds` and `dst` for writes of 16 at `j·ldd`, `i, j < 16`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn transpose16_f32_512(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    // SAFETY: the caller upholds this function's contract: 16 rows of 16
+    // read from `src`, 16 of 16 written to `dst`.
+    unsafe {
+        let mut rows: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * lds)));
+        for (k, [lo, hi]) in TRANSPOSE16.iter().enumerate() {
+            let b = 1 << k;
+            let (lo, hi) = (
+                _mm512_loadu_si512(lo.as_ptr().cast()),
+                _mm512_loadu_si512(hi.as_ptr().cast()),
+            );
+            for i in 0..16 {
+                if i & b == 0 {
+                    let (x, y) = (rows[i], rows[i + b]);
+                    rows[i] = _mm512_permutex2var_ps(x, lo, y);
+                    rows[i + b] = _mm512_permutex2var_ps(x, hi, y);
+                }
+            }
+        }
+        for (j, &row) in rows.iter().enumerate() {
+            _mm512_storeu_ps(dst.add(j * ldd), row);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,3 +10,11 @@ pub fn has_avx2_fma() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
+
+/// Whether the CPU has AVX-512F: what the implicit weight gradient needs.
+pub fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}

@@ -20,14 +20,15 @@
 //! It runs for `f32` where the CPU has AVX-512F or AVX2 + FMA and the output
 //! channels per group come in whole panels of 8 (see [`applies`]). The same
 //! products compute the input gradient — the transposed conv's forward — by
-//! phase of the input ([`transposed`]). im2col + GEMM remains the path for
-//! everything else, and for the weight gradient.
+//! phase of the input ([`transposed`]), and with AVX-512 the weight
+//! gradient reads the padded input in place too ([`weight_grad`]). im2col +
+//! GEMM remains the path for everything else.
 
 use super::Conv2dGeometry;
 use super::im2col::{batch_split, input_block, next_input, output_block, with_scratch, zero_few};
 use super::parallel::{run_jobs, split_by};
 use crate::Float;
-use crate::gemm::implicit::{ImplicitGemm, PANEL, PixelRun, Vectorized};
+use crate::gemm::implicit::{ImplicitGemm, MAX_TAPS, PANEL, PixelRun, TapGroup, Vectorized};
 use crate::gemm::prepacked::{cast, cast_mut};
 use std::any::TypeId;
 
@@ -208,19 +209,6 @@ impl Vectorized for Fill<'_> {
 /// reads), windows that stay inside the padded input, and planes within
 /// [`plane_budget`].
 pub(super) fn applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
-    let inside = |a: &super::AxisGeometry| {
-        let span = (a.kernel - 1).checked_mul(a.dilation).map(|s| s + 1);
-        let end = span.and_then(|s| {
-            (a.output.checked_sub(1)?)
-                .checked_mul(a.stride)?
-                .checked_add(s)
-        });
-        let padded = a
-            .padding
-            .checked_mul(2)
-            .and_then(|p| p.checked_add(a.input));
-        a.stride <= a.kernel && matches!((end, padded), (Some(e), Some(p)) if e <= p)
-    };
     // The planes: `C/G` channels of the padded input, rounded up to whole strides.
     let padded = |a: &super::AxisGeometry| {
         let p = a.padding.checked_mul(2)?.checked_add(a.input)?;
@@ -237,9 +225,28 @@ pub(super) fn applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
         && geom.in_per_group() > 0
         && geom.out_per_group().is_multiple_of(PANEL)
         && geom.out_per_group() > 0
-        && inside(&geom.h)
-        && inside(&geom.w)
+        && geom.h.stride <= geom.h.kernel
+        && geom.w.stride <= geom.w.kernel
+        && windows_inside(&geom.h)
+        && windows_inside(&geom.w)
         && planes().is_some_and(|n| n <= plane_budget(geom))
+}
+
+/// Whether an axis's windows stay inside the padded input (checked arithmetic).
+fn windows_inside(a: &super::AxisGeometry) -> bool {
+    let span = (a.kernel.checked_sub(1))
+        .and_then(|k| k.checked_mul(a.dilation))
+        .map(|s| s + 1);
+    let end = span.and_then(|s| {
+        (a.output.checked_sub(1)?)
+            .checked_mul(a.stride)?
+            .checked_add(s)
+    });
+    let padded = a
+        .padding
+        .checked_mul(2)
+        .and_then(|p| p.checked_add(a.input));
+    matches!((end, padded), (Some(e), Some(p)) if e <= p)
 }
 
 /// The most elements the implicit paths give one group's planes: twice what
@@ -319,6 +326,171 @@ pub(super) fn forward<T: Float>(
         });
     }
     y
+}
+
+/// Whether conv2d's weight gradient for this geometry runs as an implicit
+/// product ([`weight_grad`]) for element type `T`: `f32` with the AVX-512
+/// kernel, output channels per group a multiple of 16 (the kernel's
+/// vectors), not a pointwise conv (whose weight gradient is one product
+/// already), no dilation across (a group's taps are consecutive elements),
+/// windows inside the padded input and the padded input within
+/// [`plane_budget`]. (One padded input serves any stride.)
+pub(super) fn weight_grad_applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
+    let padded = |a: &super::AxisGeometry| a.padding.checked_mul(2)?.checked_add(a.input);
+    let planes = || {
+        let (h, w) = (padded(&geom.h)?, padded(&geom.w)?);
+        geom.in_per_group().checked_mul(h)?.checked_mul(w)
+    };
+    TypeId::of::<T>() == TypeId::of::<f32>()
+        && ImplicitGemm::detect::<T>().is_some_and(|k| k.has_weight_grad())
+        && !geom.is_pointwise()
+        && geom.batch > 0
+        && geom.in_per_group() > 0
+        && geom.out_per_group() > 0
+        && geom.out_per_group().is_multiple_of(16)
+        && geom.out_hw() > 0
+        && geom.w.dilation == 1
+        && windows_inside(&geom.h)
+        && windows_inside(&geom.w)
+        && planes().is_some_and(|n| n <= plane_budget(geom))
+}
+
+/// Output gradient values (`f32`) per pixel block of [`weight_grad`]: the
+/// block's transposed output gradient stays in L2 while every tile of taps
+/// reads it.
+const WEIGHT_GRAD_BLOCK: usize = 16 << 10;
+
+/// conv2d's weight gradient `dW` (`[O, C/G, kh, kw]`) from the input `x` and
+/// the output gradient `dy` (`geom` must pass [`weight_grad_applies`]): per
+/// sample and group, the padded input is written once, and per block of
+/// output rows the output gradient is transposed pixel-major; then each
+/// group of taps of one kernel row (`(c, ki)`, the taps `kj` in chunks of at
+/// most [`MAX_TAPS`]) reads the padded input in place
+/// ([`ImplicitGemm::weight_grad`]): tap `(c, ki, kj)` of output pixel `(i,
+/// j)` is padded element `(i·sh + ki·dh, j·sw + kj)`. The products are
+/// im2col's (padding reads zeros). The batch is split between threads as
+/// im2col's is, each chunk summing its own `dWᵀ`, added up in chunk order.
+pub(super) fn weight_grad<T: Float>(geom: &Conv2dGeometry, x: &[T], dy: &[T]) -> Vec<T> {
+    assert!(
+        weight_grad_applies::<T>(geom),
+        "implicit GEMM: not for this conv"
+    );
+    let kern = ImplicitGemm::detect::<T>().expect("checked by weight_grad_applies");
+    let (x, dy) = (as_f32(x), as_f32(dy));
+    let (cg, og, ckk) = (geom.in_per_group(), geom.out_per_group(), geom.patch_len());
+    let (kh, kw) = (geom.h.kernel, geom.w.kernel);
+    let (oh, ow, ohw) = (geom.out_h(), geom.out_w(), geom.out_hw());
+    let planes = Planes {
+        sh: 1,
+        sw: 1,
+        hq: geom.h.input + 2 * geom.h.padding,
+        wq: geom.w.input + 2 * geom.w.padding,
+    };
+    // The taps of each kernel row in near-equal chunks of at most MAX_TAPS
+    // (at most two sizes), grouped by size.
+    let chunks = kw.div_ceil(MAX_TAPS);
+    let sizes: Vec<(usize, usize)> = (0..chunks)
+        .map(|q| (kw * q / chunks, kw * (q + 1) / chunks))
+        .collect();
+    let mut classes: Vec<(usize, Vec<TapGroup>)> = Vec::new();
+    for &(k0, k1) in &sizes {
+        let taps = k1 - k0;
+        let pos = match classes.iter().position(|(t, _)| *t == taps) {
+            Some(p) => p,
+            None => {
+                classes.push((taps, Vec::new()));
+                classes.len() - 1
+            }
+        };
+        for c in 0..cg {
+            for ki in 0..kh {
+                classes[pos].1.push(TapGroup {
+                    off: c * planes.plane() + ki * geom.h.dilation * planes.wq + k0,
+                    row: (c * kh + ki) * kw + k0,
+                });
+            }
+        }
+    }
+    let rows_per_block = (WEIGHT_GRAD_BLOCK / (og * ow)).clamp(1, oh);
+    let blocks: Vec<(usize, Vec<PixelRun>)> = (0..oh)
+        .step_by(rows_per_block)
+        .map(|i0| {
+            let i1 = (i0 + rows_per_block).min(oh);
+            let runs = (i0..i1)
+                .map(|i| PixelRun {
+                    b: i * geom.h.stride * planes.wq,
+                    c: (i - i0) * ow,
+                    lanes: ow,
+                })
+                .collect();
+            (i0 * ow, runs)
+        })
+        .collect();
+    let plen = planes.len(cg);
+    let gt_len = rows_per_block * ow * og;
+    let part = geom.groups * ckk * og;
+    let ranges = batch_split(geom);
+    let mut dwt = vec![0.0f32; ranges.len() * part];
+    {
+        let jobs: Vec<_> = ranges.iter().cloned().zip(dwt.chunks_mut(part)).collect();
+        run_jobs(jobs, |(samples, dwt)| {
+            with_scratch(plen + gt_len, |buf: &mut [f32]| {
+                let (pl, gt) = buf.split_at_mut(plen);
+                for n in samples {
+                    for g in 0..geom.groups {
+                        kern.vectorized(Fill {
+                            kern,
+                            p: &planes,
+                            channels: cg,
+                            size: (geom.h.input, geom.w.input),
+                            pad: (geom.h.padding, geom.w.padding),
+                            x: &x[input_block(geom, n, g)],
+                            out: pl,
+                        });
+                        let dyg = &dy[output_block(geom, n, g)];
+                        let dwg = &mut dwt[g * ckk * og..][..ckk * og];
+                        for (p0, runs) in &blocks {
+                            let px = runs.len() * ow;
+                            kern.transpose(&dyg[*p0..], og, px, ohw, gt);
+                            for (taps, groups) in &classes {
+                                kern.weight_grad(
+                                    pl,
+                                    groups,
+                                    *taps,
+                                    geom.w.stride,
+                                    gt,
+                                    og,
+                                    og,
+                                    runs,
+                                    dwg,
+                                    og,
+                                );
+                            }
+                        }
+                    }
+                }
+            })
+        });
+    }
+    // The chunks' sums in chunk order, then dW[g·og + o][k] = dWᵀ_g[k][o].
+    let (total, rest) = dwt.split_at_mut(part);
+    for p in rest.chunks_exact(part) {
+        total.iter_mut().zip(p).for_each(|(a, &b)| *a += b);
+    }
+    let mut dw = vec![T::ZERO; geom.out_channels * ckk];
+    {
+        let dw32 = as_f32_mut(&mut dw);
+        for g in 0..geom.groups {
+            let src = &total[g * ckk * og..][..ckk * og];
+            let dst = &mut dw32[g * og * ckk..][..og * ckk];
+            for (k, row) in src.chunks_exact(og).enumerate() {
+                for (o, &v) in row.iter().enumerate() {
+                    dst[o * ckk + k] = v;
+                }
+            }
+        }
+    }
+    dw
 }
 
 /// One axis of conv2d's input gradient taken by phase: input positions

@@ -203,6 +203,23 @@ pub fn implicit_transposed<T: Float>(geom: &Conv2dGeometry) -> bool {
     !winograd::applies(geom) && implicit::transposed_applies::<T>(geom)
 }
 
+/// Whether conv2d's weight gradient for this geometry runs as an implicit
+/// product, reading the padded input in place (`f32` on a CPU with
+/// AVX-512F, output channels per group a multiple of 16, not a pointwise
+/// conv, no dilation across, not a conv Winograd takes). For tests.
+///
+/// ```
+/// use tapegrad::conv::{implicit_weight_grad, Conv2dGeometry};
+/// use tapegrad::Conv2dOptions;
+/// let opts = Conv2dOptions::default().padding(2);
+/// let geom = Conv2dGeometry::new(&[1, 3, 32, 32], &[16, 3, 5, 5], None, &opts);
+/// assert!(!implicit_weight_grad::<f64>(&geom));
+/// ```
+#[doc(hidden)]
+pub fn implicit_weight_grad<T: Float>(geom: &Conv2dGeometry) -> bool {
+    !winograd::applies(geom) && implicit::weight_grad_applies::<T>(geom)
+}
+
 use crate::shape::Shape;
 use crate::{Float, Tensor, Var};
 use smallvec::smallvec;
@@ -526,13 +543,16 @@ fn backward_pass<T: Float>(
     let finite = || all_finite(dy) && (!need[0] || all_finite(w)) && (!need[1] || all_finite(x));
     if winograd::applies(geom) && finite() {
         winograd::backward(geom, x, w, dy, need)
-    } else if need[0] && implicit::transposed_applies::<T>(geom) && all_finite(w) {
+    } else {
         // dX by phase as implicit products (which multiply the zeros around
         // dY by the weights: a NaN or ±∞ weight takes im2col, whose products
-        // are the definition's); dW and db on im2col's path.
-        let dx = implicit::transposed(geom, dy, w, None);
-        let mut grads = if need[1] || need[2] {
-            im2col::backward(geom, x, w, dy, [false, need[1], need[2]])
+        // are the definition's); dW as implicit products (the same products
+        // as im2col's); the rest on im2col's path.
+        let dx_phased = need[0] && implicit::transposed_applies::<T>(geom) && all_finite(w);
+        let dw_implicit = need[1] && implicit::weight_grad_applies::<T>(geom);
+        let rest = [need[0] && !dx_phased, need[1] && !dw_implicit, need[2]];
+        let mut grads = if rest.contains(&true) {
+            im2col::backward(geom, x, w, dy, rest)
         } else {
             im2col::Grads {
                 dx: None,
@@ -540,10 +560,13 @@ fn backward_pass<T: Float>(
                 db: None,
             }
         };
-        grads.dx = Some(dx);
+        if dx_phased {
+            grads.dx = Some(implicit::transposed(geom, dy, w, None));
+        }
+        if dw_implicit {
+            grads.dw = Some(implicit::weight_grad(geom, x, dy));
+        }
         grads
-    } else {
-        im2col::backward(geom, x, w, dy, need)
     }
 }
 

@@ -26,7 +26,9 @@
 //! - db: `Σ_{n, h, w} dY`.
 //!
 //! On the im2col path dX and dW come from one pass that builds each column
-//! block of dY once for both products (`im2col::forward_and_weight_grad`).
+//! block of dY once for both products (`im2col::forward_and_weight_grad`);
+//! where conv2d's implicit forward and implicit weight gradient both apply,
+//! those two run instead (neither builds columns).
 //!
 //! So Winograd (3×3, stride 1), the implicit products and im2col + GEMM,
 //! their threads and packed weights serve both ops, and non-finite values
@@ -311,30 +313,32 @@ impl<'t, T: Float> Var<'t, T> {
             move |ctx| {
                 let (x, w) = (ctx.inputs[0], ctx.inputs[1]);
                 let (x_, w_, dy) = (x.data(), w.data(), ctx.grad.data());
-                let (dx, dw) =
-                    if ctx.needs_grad[0] && ctx.needs_grad[1] && !winograd::applies(&geom) {
-                        // Both on im2col's path: one pass builds the columns of
-                        // dY once for both products.
-                        let (d, dwv) =
-                            im2col::forward_and_weight_grad(&geom, dy, w_, None, Some(x_));
-                        let dwv = dwv.expect("the weight gradient was asked for");
-                        let dx = Tensor::from_parts(d, x.shape().clone());
-                        (Some(dx), Some(Tensor::from_parts(dwv, w.shape().clone())))
-                    } else {
-                        // dX = conv2d(dY, W).
-                        let dx = ctx.needs_grad[0].then(|| {
-                            let d = forward_pass(&geom, dy, w_, None);
-                            Tensor::from_parts(d, x.shape().clone())
-                        });
-                        // dW: conv2d's weight gradient with input dY and output gradient X.
-                        let dw = ctx.needs_grad[1].then(|| {
-                            let wanted = [false, true, false];
-                            let g = backward_pass(&geom, dy, w_, x_, wanted);
-                            let d = g.dw.expect("the weight gradient was asked for");
-                            Tensor::from_parts(d, w.shape().clone())
-                        });
-                        (dx, dw)
-                    };
+                // Both on im2col's path unless Winograd or both implicit
+                // products take them.
+                let implicit = super::implicit::applies::<T>(&geom)
+                    && super::implicit::weight_grad_applies::<T>(&geom);
+                let shared = !winograd::applies(&geom) && !implicit;
+                let (dx, dw) = if ctx.needs_grad[0] && ctx.needs_grad[1] && shared {
+                    // One pass builds the columns of dY once for both products.
+                    let (d, dwv) = im2col::forward_and_weight_grad(&geom, dy, w_, None, Some(x_));
+                    let dwv = dwv.expect("the weight gradient was asked for");
+                    let dx = Tensor::from_parts(d, x.shape().clone());
+                    (Some(dx), Some(Tensor::from_parts(dwv, w.shape().clone())))
+                } else {
+                    // dX = conv2d(dY, W).
+                    let dx = ctx.needs_grad[0].then(|| {
+                        let d = forward_pass(&geom, dy, w_, None);
+                        Tensor::from_parts(d, x.shape().clone())
+                    });
+                    // dW: conv2d's weight gradient with input dY and output gradient X.
+                    let dw = ctx.needs_grad[1].then(|| {
+                        let wanted = [false, true, false];
+                        let g = backward_pass(&geom, dy, w_, x_, wanted);
+                        let d = g.dw.expect("the weight gradient was asked for");
+                        Tensor::from_parts(d, w.shape().clone())
+                    });
+                    (dx, dw)
+                };
                 let mut grads = smallvec![dx, dw];
                 if ctx.inputs.len() == 3 {
                     let db = ctx.needs_grad[2].then(|| {
