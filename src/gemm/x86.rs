@@ -1210,12 +1210,14 @@ pub(super) struct WeightTile {
 }
 
 /// Groups per weight-gradient tile with `taps` taps and `nv` vectors: at
-/// most 24 accumulators and 6 group pointers (0 if no kernel has that shape).
+/// most 28 accumulators (with the `nv` output-gradient vectors and the
+/// broadcast element, 31 of the 32 registers) and 6 group pointers (0 if no
+/// kernel has that shape).
 pub(super) const fn weight_tile_groups(taps: usize, nv: usize) -> usize {
     if taps == 0 || taps > 7 || (nv != 1 && nv != 2) {
         return 0;
     }
-    let r = 24 / (taps * nv);
+    let r = 28 / (taps * nv);
     if r > 6 {
         6
     } else if r == 0 {
