@@ -469,14 +469,15 @@ fn winograd_shapes_match_reference_at_1_and_2_threads() {
 
 /// Shapes of the implicit-GEMM forward (f32; AVX-512 and AVX2): strides 1 to 3,
 /// paddings 0 to 3, dilation, groups, output rows shorter and longer than a
-/// run of 16 pixels (and not whole runs), one input channel, deep patches
+/// run of 16 pixels (and not whole runs), one input channel, output
+/// channels per group in whole panels of 8 and not (1, 3, 5, 13), deep patches
 /// (more than one pass of the kernel), against the reference at 1 and 2
 /// threads; the same shapes in f64 (im2col) too.
 #[test]
 fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
     let opts = Conv2dOptions::default;
     #[rustfmt::skip]
-    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 12] = [
+    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 17] = [
         ([3, 32, 16, 16], [64, 32, 3, 3], opts().stride(2).padding(1)), // strided-like
         ([2, 3, 20, 37], [16, 3, 5, 5], opts().padding(2)),             // wide-like, 37 = 2·16 + 5
         ([2, 1, 28, 28], [8, 1, 3, 3], opts().padding(1)),              // one input channel
@@ -489,6 +490,11 @@ fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
         ([3, 40, 6, 6], [24, 40, 3, 3], opts().stride(2).padding(1)),    // 360 taps: three passes
         ([1, 16, 6, 6], [8, 16, 3, 3], opts().stride(2).padding(2)),
         ([5, 3, 8, 8], [8, 3, 3, 3], opts().stride(2)),                  // uneven chunks at 2 threads
+        ([2, 16, 9, 40], [3, 16, 3, 3], opts().stride(2).padding(1)),    // 3 output channels
+        ([1, 4, 12, 50], [13, 4, 3, 3], opts().padding(1)),              // 8 + 5 rows, long rows
+        ([2, 6, 7, 7], [10, 3, 2, 2], opts().padding(1).groups(2)),      // 5 rows per group
+        ([1, 3, 11, 19], [1, 3, 3, 3], opts().dilation(2)),              // one row
+        ([2, 3, 20, 37], [16, 3, 5, 5], opts().padding(2).stride((1, 2))),
     ];
     // The implicit GEMM runs with AVX-512 or AVX2 (forced here, on this
     // thread and its convs' workers, to cover the AVX2 kernel on an AVX-512

@@ -280,7 +280,8 @@ fn large_shapes_match_reference_at_1_and_2_threads() {
 }
 
 /// Shapes whose forward pass (conv2d's input gradient) runs by phase as
-/// implicit products (f32, output channels per group a multiple of 8):
+/// implicit products (f32; output channels per group in whole panels of 8
+/// and not — 1, 3, 5, 13 —, the last panel's rows a smaller tile):
 /// strides 1 to 3, kernels that do and do not divide by the stride (phases
 /// with different tap counts, and none), padding past the kernel,
 /// output_padding, dilation, groups, odd sizes; with the best kernel and
@@ -295,6 +296,11 @@ const PHASE_CASES: &[Case] = &[
     case([2, 6, 5, 6],    16, (3, 3), (2, 1), (3, 0), (0, 0), (2, 1), 2, true),  // dilation, groups
     case([1, 2, 4, 3],     8, (1, 3), (1, 3), (0, 1), (0, 2), (1, 1), 1, true),  // a 1-tap axis
     case([2, 40, 6, 6],   24, (3, 3), (2, 2), (1, 1), (0, 0), (1, 1), 1, true),  // deep: several passes
+    case([2, 16, 8, 8],    3, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1, true),  // an RGB output: 3 rows
+    case([1, 8, 40, 37],   3, (5, 5), (1, 1), (2, 2), (0, 0), (1, 1), 1, true),  // stride 1, 3 rows, long rows
+    case([2, 6, 5, 7],    13, (3, 3), (2, 2), (1, 1), (1, 0), (1, 1), 1, true),  // 8 + 5 rows
+    case([1, 4, 6, 6],    10, (2, 3), (2, 1), (0, 1), (0, 0), (1, 1), 2, true),  // 5 rows per group
+    case([1, 3, 9, 40],    1, (3, 3), (1, 1), (1, 1), (0, 0), (1, 1), 1, true),  // one row
 ];
 
 #[test]

@@ -104,16 +104,13 @@ impl ImplicitGemm {
 
     /// Packs the `m × k` matrix whose element `(i, p)` is `at(i, p)` for
     /// [`run`](Self::run): micro-panel `q` holds rows `8q..8q + 8`, element
-    /// `(8q + r, p)` at `q·8·k + p·8 + r`. `m` must be a multiple of 8.
+    /// `(8q + r, p)` at `q·8·k + p·8 + r`; the last panel's rows past `m`
+    /// are zeros.
     pub(crate) fn pack(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
-        assert!(
-            m.is_multiple_of(PANEL),
-            "implicit GEMM: {m} rows, not whole panels of 8"
-        );
-        let mut a = vec![0.0; m * k];
+        let mut a = vec![0.0; m.next_multiple_of(PANEL) * k];
         for (q, panel) in a.chunks_exact_mut(PANEL * k.max(1)).enumerate() {
             for (p, step) in panel.chunks_exact_mut(PANEL).enumerate() {
-                for (r, x) in step.iter_mut().enumerate() {
+                for (r, x) in step.iter_mut().enumerate().take(m - q * PANEL) {
                     *x = at(q * PANEL + r, p);
                 }
             }
@@ -190,9 +187,10 @@ impl ImplicitGemm {
     /// few lines per tile, so that its misses overlap the arithmetic.
     ///
     /// # Panics
-    /// If `a` is not `m × k` packed (`m` a multiple of 8), `bias` is not `m`
-    /// long, a run is empty or longer than [`run_len`](Self::run_len), or a
-    /// run reads past the end of `b` or writes past the end of `c`.
+    /// If `a` is not `m × k` packed (`m` rounded up to whole panels of 8),
+    /// `bias` is not `m` long, a run is empty or longer than
+    /// [`run_len`](Self::run_len), or a run reads past the end of `b` or
+    /// writes past the end of `c`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(
         self,
@@ -208,7 +206,7 @@ impl ImplicitGemm {
     ) {
         let k = offs.len();
         assert!(
-            m.is_multiple_of(PANEL) && a.len() == m * k,
+            a.len() == m.next_multiple_of(PANEL) * k,
             "implicit GEMM: A has {} elements, not {m} × {k} in panels of 8",
             a.len()
         );
@@ -246,61 +244,84 @@ impl ImplicitGemm {
         match self.isa {
             Isa::Never(never) => match never {},
         }
-        // The loops, the operands checked: for each tile of runs (2 with
-        // AVX-512, 3 with AVX2), each pass of at most `KC` rows of B, each
-        // block of rows of A (8 with AVX-512, 4 with AVX2).
+        // The loops, the operands checked: the whole blocks of rows of A (8
+        // with AVX-512, 4 with AVX2), then the last, partial one; for each,
+        // each tile of runs (2 with AVX-512 — more for a partial block — 3
+        // with AVX2), each pass of at most `KC` rows of B, each block.
         #[cfg(target_arch = "x86_64")]
         {
-            let (per_tile_runs, rows) = match self.isa {
-                Isa::Avx512(_) => (2, 8),
-                Isa::Avx2(_) => (3, 4),
+            let (rows, per_tile_runs) = match self.isa {
+                Isa::Avx512(_) => (8, 2),
+                Isa::Avx2(_) => (4, 3),
             };
+            let tail = m % rows;
+            let tail_runs = match self.isa {
+                Isa::Avx512(_) => super::x86::tile_runs_512(tail),
+                Isa::Avx2(_) => 3,
+            };
+            let parts = [
+                (0..m - tail, rows, per_tile_runs),
+                (m - tail..m, tail, tail_runs),
+            ];
             let passes = k.div_ceil(KC).max(1);
             // Lines of `ahead` to prefetch per tile, spread over all tiles.
-            let tiles = runs.len().div_ceil(per_tile_runs) * passes * (m / rows);
+            let tiles: usize = parts
+                .iter()
+                .filter(|(_, mr, _)| *mr > 0)
+                .map(|(r, mr, nv)| runs.len().div_ceil(*nv) * passes * r.len().div_ceil(*mr))
+                .sum();
             let mut lines = ahead.chunks(16);
             let per_tile = lines.len().div_ceil(tiles.max(1));
-            for tile in runs.chunks(per_tile_runs) {
-                for pass in 0..passes {
-                    let (p0, p1) = (k * pass / passes, k * (pass + 1) / passes);
-                    for i0 in (0..m).step_by(rows) {
-                        for line in lines.by_ref().take(per_tile) {
-                            super::prefetch(&line[0]);
-                        }
-                        // Row `i0` of panel `i0 / 8`, from step `p0` on (with
-                        // no depth, `a` is empty and nothing is read from it).
-                        let at = (i0 / PANEL) * PANEL * k + p0 * PANEL + i0 % PANEL;
-                        let t = super::x86::ConvTile {
-                            kc: p1 - p0,
-                            a: a[at.min(a.len())..].as_ptr(),
-                            offs: offs[p0..].as_ptr(),
-                            b: b.as_ptr(),
-                            runs: tile.as_ptr(),
-                            nruns: tile.len(),
-                            bias: match bias {
-                                Some(bias) if pass == 0 => bias[i0..].as_ptr(),
-                                _ => std::ptr::null(),
-                            },
-                            accumulate: pass > 0,
-                            c: c[i0 * ldc..].as_mut_ptr(),
-                            ldc,
-                        };
-                        // SAFETY: the token proves the CPU has the kernel's
-                        // instruction set. `t.a` starts `p0` steps into the
-                        // panel holding rows `i0..i0 + rows` (`a` is `m × k`
-                        // in panels of 8, checked; `rows` divides 8), and the
-                        // kernel reads `p1 − p0` steps of 8 from it; it reads
-                        // offsets `offs[p0..p1]`, each at most `max_off`, and
-                        // each run was checked to read `b` below `max_off + b
-                        // + lanes <= b.len()` with at most `run_len` lanes;
-                        // the bias (first pass only) is `rows` of `m` values
-                        // from `i0`; C is written at rows `i0..i0 + rows <= m`
-                        // of stride `ldc` and the runs' lanes, checked against
-                        // `c.len()`; the tile holds 1 to `per_tile_runs` runs.
-                        unsafe {
-                            match self.isa {
-                                Isa::Avx512(_) => super::x86::conv_tile_f32_512(t),
-                                Isa::Avx2(_) => super::x86::conv_tile_f32_256(t),
+            for (block, mr, nv) in parts {
+                if block.is_empty() {
+                    continue;
+                }
+                for tile in runs.chunks(nv) {
+                    for pass in 0..passes {
+                        let (p0, p1) = (k * pass / passes, k * (pass + 1) / passes);
+                        for i0 in block.clone().step_by(mr) {
+                            for line in lines.by_ref().take(per_tile) {
+                                super::prefetch(&line[0]);
+                            }
+                            // Row `i0` of panel `i0 / 8`, from step `p0` on (with
+                            // no depth, `a` is empty and nothing is read from it).
+                            let at = (i0 / PANEL) * PANEL * k + p0 * PANEL + i0 % PANEL;
+                            let t = super::x86::ConvTile {
+                                rows: mr,
+                                kc: p1 - p0,
+                                a: a[at.min(a.len())..].as_ptr(),
+                                offs: offs[p0..].as_ptr(),
+                                b: b.as_ptr(),
+                                runs: tile.as_ptr(),
+                                nruns: tile.len(),
+                                bias: match bias {
+                                    Some(bias) if pass == 0 => bias[i0..].as_ptr(),
+                                    _ => std::ptr::null(),
+                                },
+                                accumulate: pass > 0,
+                                c: c[i0 * ldc..].as_mut_ptr(),
+                                ldc,
+                            };
+                            // SAFETY: the token proves the CPU has the kernel's
+                            // instruction set. `t.a` starts `p0` steps into the
+                            // panel holding rows `i0..i0 + mr` (`a` is `m × k`
+                            // in panels of 8, checked; `mr` rows from `i0` stay
+                            // in one panel: whole blocks of 8 or 4, or the last
+                            // `m mod rows`), and the kernel reads `p1 − p0`
+                            // steps of 8 from it; it reads offsets
+                            // `offs[p0..p1]`, each at most `max_off`, and each
+                            // run was checked to read `b` below `max_off + b +
+                            // lanes <= b.len()` with at most `run_len` lanes;
+                            // the bias (first pass only) is `mr` of `m` values
+                            // from `i0`; C is written at rows `i0..i0 + mr <= m`
+                            // of stride `ldc` and the runs' lanes, checked
+                            // against `c.len()`; the tile holds 1 to `nv` runs,
+                            // the most the kernel takes for `mr` rows.
+                            unsafe {
+                                match self.isa {
+                                    Isa::Avx512(_) => super::x86::conv_tile_f32_512(t),
+                                    Isa::Avx2(_) => super::x86::conv_tile_f32_256(t),
+                                }
                             }
                         }
                     }
@@ -534,9 +555,10 @@ mod tests {
     }
 
     /// A product whose B rows overlap (windows of one buffer), with runs of
-    /// every length, a count of runs that leaves a partial tile, and depth
-    /// over two passes, against the definition, with each kernel; integers,
-    /// so the sums are exact.
+    /// every length, a count of runs that leaves a partial tile, depth over
+    /// two passes, and row counts that fill whole panels of 8 and leave a
+    /// partial one (each size of the last tile), against the definition,
+    /// with each kernel; integers, so the sums are exact.
     #[test]
     fn matches_the_definition() {
         for (kern, _guard) in kernels() {
@@ -545,14 +567,20 @@ mod tests {
     }
 
     fn matches_the_definition_with(kern: ImplicitGemm) {
-        let (m, k, ldc) = (16, 2 * KC + 7, 200);
+        for m in [16, 1, 2, 3, 4, 5, 6, 7, 9, 13] {
+            matches_the_definition_with_rows(kern, m);
+        }
+    }
+
+    fn matches_the_definition_with_rows(kern: ImplicitGemm, m: usize) {
+        let (k, ldc) = (2 * KC + 7, 200);
         let offs: Vec<usize> = (0..k).map(|p| (p * 7) % 50).collect();
         let b: Vec<f32> = (0..300).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
         let w: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
         let bias: Vec<f32> = (0..m).map(|i| i as f32).collect();
         let a = ImplicitGemm::pack(m, k, |i, p| w[i * k + p]);
         let runs: Vec<PixelRun> = (1..=kern.run_len())
-            .chain([3, kern.run_len()])
+            .chain([3, kern.run_len(), 5])
             .scan((0, 0), |(b, c), lanes| {
                 // Reads overlap; writes do not (C's runs are disjoint).
                 let r = PixelRun {

@@ -933,12 +933,13 @@ fn reduce16(w: [__m512; 16]) -> __m512 {
 }
 
 /// The operands of one implicit-GEMM convolution tile (see `gemm::implicit`
-/// and the kernels' contracts): `kc` steps of a packed A panel (step `p` at
-/// `a + 8p`), their row offsets `offs` into `b`, `nruns` runs of output
+/// and the kernels' contracts): `rows` rows of a packed A panel, `kc` steps
+/// of it (step `p` at `a + 8p`), their row offsets `offs` into `b`, `nruns` runs of output
 /// pixels, the bias (null: none), whether to add to C, and C with its row
 /// stride.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct ConvTile {
+    pub(super) rows: usize,
     pub(super) kc: usize,
     pub(super) a: *const f32,
     pub(super) offs: *const usize,
@@ -951,43 +952,64 @@ pub(super) struct ConvTile {
     pub(super) ldc: usize,
 }
 
-/// The implicit-GEMM convolution tile, AVX-512: for the 8 rows of one
-/// packed A panel and `t.nruns` (1 or 2) runs of up to 16 pixels,
+/// Runs of pixels per AVX-512 tile of `rows` rows (1 to 8): two runs for a
+/// whole panel (16 accumulators), more for fewer rows (up to 24), at most
+/// six (each run's mask takes one of the seven mask registers).
+pub(super) const fn tile_runs_512(rows: usize) -> usize {
+    match rows {
+        8 => 2,
+        7 => 3,
+        5 | 6 => 4,
+        _ => 6,
+    }
+}
+
+/// The implicit-GEMM convolution tile, AVX-512: for the first `t.rows` (1
+/// to 8) rows of one packed A panel and `t.nruns` (1 to
+/// [`tile_runs_512`]`(rows)`) runs of up to 16 pixels,
 /// `C[r·ldc + run.c + j] (+)= bias[r] + Σ_p A[8p + r] · B[offs[p] + run.b + j]`
 /// for `j < run.lanes` (lanes past it are neither read nor written).
 /// Without `bias` (null) the sums start at 0; with `accumulate` they are
 /// added to what C holds.
 ///
 /// # Safety
-/// AVX-512F must be available; `a` must be valid for reads of `kc * 8`
-/// elements, `offs` of `kc`, `runs` of `nruns` runs with `lanes` in
-/// `1..=16`; for every `p < kc` and run, `b` must be valid for reads at
-/// `offs[p] + run.b + j`, `j < lanes`; `bias`, if not null, for reads of 8
-/// elements; `c` for reads and writes at `r * ldc + run.c + j` for `r < 8`.
+/// AVX-512F must be available; `rows` must be in `1..=8` and `nruns` in
+/// `1..=tile_runs_512(rows)`; `a` must be valid for reads at `8p + r`, `p <
+/// kc`, `r < rows`, `offs` for reads of `kc`, `runs` of `nruns` runs with
+/// `lanes` in `1..=16`; for every `p < kc` and run, `b` must be valid for
+/// reads at `offs[p] + run.b + j`, `j < lanes`; `bias`, if not null, for
+/// reads of `rows` elements; `c` for reads and writes at `r * ldc + run.c +
+/// j` for `r < rows`.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn conv_tile_f32_512(t: ConvTile) {
     // SAFETY: forwarded: the caller upholds the contract, which the
-    // instantiation below shares (with `NV = nruns`).
+    // instantiation below shares (`MR = rows`, `nruns <= NV`).
     unsafe {
-        if t.nruns == 2 {
-            conv_tile_512::<2>(t)
-        } else {
-            conv_tile_512::<1>(t)
+        match (t.rows, t.nruns) {
+            (8, 2) => conv_tile_512::<8, 2>(t),
+            (8, _) => conv_tile_512::<8, 1>(t),
+            (7, _) => conv_tile_512::<7, { tile_runs_512(7) }>(t),
+            (6, _) => conv_tile_512::<6, { tile_runs_512(6) }>(t),
+            (5, _) => conv_tile_512::<5, { tile_runs_512(5) }>(t),
+            (4, _) => conv_tile_512::<4, { tile_runs_512(4) }>(t),
+            (3, _) => conv_tile_512::<3, { tile_runs_512(3) }>(t),
+            (2, _) => conv_tile_512::<2, { tile_runs_512(2) }>(t),
+            _ => conv_tile_512::<1, { tile_runs_512(1) }>(t),
         }
     }
 }
 
-/// [`conv_tile_f32_512`] for `NV` runs (the first and the last of `t.runs`).
+/// [`conv_tile_f32_512`] for `MR` rows and up to `NV` runs (the runs past
+/// `t.nruns` are masked off entirely: they neither read nor write).
 ///
 /// # Safety
-/// As [`conv_tile_f32_512`], with `nruns == NV`.
+/// As [`conv_tile_f32_512`], with `rows == MR` and `1 <= nruns <= NV`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn conv_tile_512<const NV: usize>(t: ConvTile) {
+unsafe fn conv_tile_512<const MR: usize, const NV: usize>(t: ConvTile) {
     // SAFETY: the caller upholds this function's contract: every read or
     // write below is at a position it lists (masked lanes are not accessed).
     unsafe {
-        const MR: usize = 8;
         let ConvTile {
             kc,
             a,
@@ -1000,11 +1022,17 @@ unsafe fn conv_tile_512<const NV: usize>(t: ConvTile) {
             ldc,
             ..
         } = t;
-        let run = |v: usize| *runs.add(v.min(NV - 1));
+        let nruns = t.nruns;
+        let run = |v: usize| *runs.add(v.min(nruns - 1));
         let vb: [usize; NV] = std::array::from_fn(|v| run(v).b);
         let vc: [usize; NV] = std::array::from_fn(|v| run(v).c);
-        let masks: [__mmask16; NV] =
-            std::array::from_fn(|v| ((1u32 << run(v).lanes) - 1) as __mmask16);
+        let masks: [__mmask16; NV] = std::array::from_fn(|v| {
+            if v < nruns {
+                ((1u32 << run(v).lanes) - 1) as __mmask16
+            } else {
+                0
+            }
+        });
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         if !bias.is_null() {
             for (r, accr) in acc.iter_mut().enumerate() {
@@ -1021,7 +1049,7 @@ unsafe fn conv_tile_512<const NV: usize>(t: ConvTile) {
                 for (v, x) in bv.iter_mut().enumerate() {
                     *x = _mm512_maskz_loadu_ps(masks[v], b.add(off + vb[v]));
                 }
-                let ap = a.add((p + s) * MR);
+                let ap = a.add((p + s) * 8);
                 for (r, accr) in acc.iter_mut().enumerate() {
                     let av = _mm512_set1_ps(*ap.add(r));
                     for v in 0..NV {
@@ -1046,34 +1074,51 @@ unsafe fn conv_tile_512<const NV: usize>(t: ConvTile) {
 }
 
 /// The implicit-GEMM convolution tile for AVX2 + FMA: as
-/// [`conv_tile_f32_512`] for 4 rows of a packed A panel (step `p` at
-/// `a + 8p`, still 8 apart) and `t.nruns` (1 to 3) runs of up to 8 pixels:
-/// 12 `ymm` accumulators, 3 for B, 1 for the broadcast A element.
+/// [`conv_tile_f32_512`] for `t.rows` (1 to 4) rows of a packed A panel
+/// (step `p` at `a + 8p`, still 8 apart) and `t.nruns` (1 to 3) runs of up
+/// to 8 pixels: up to 12 `ymm` accumulators, 3 for B, 1 for the broadcast
+/// A element.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; as [`conv_tile_f32_512`] otherwise, with
-/// `a` valid for reads at `8p + r` for `p < kc`, `r < 4`, runs of at most 8
-/// lanes, `bias` (if not null) 4 elements and C rows `r < 4`.
+/// `rows` in `1..=4`, `nruns` in `1..=3`, runs of at most 8 lanes.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn conv_tile_f32_256(t: ConvTile) {
     // SAFETY: forwarded: the caller upholds the contract, which the
-    // instantiation below shares (with `NV = nruns`).
+    // instantiation below shares (`ROWS = rows`, `NV = nruns`).
     unsafe {
-        match t.nruns {
-            3 => conv_tile_256::<3>(t),
-            2 => conv_tile_256::<2>(t),
-            _ => conv_tile_256::<1>(t),
+        macro_rules! tiles {
+            ($(($r:literal, $v:literal)),*) => {
+                match (t.rows, t.nruns) {
+                    $(($r, $v) => conv_tile_256::<$r, $v>(t),)*
+                    _ => unreachable!("no AVX2 tile of {} rows × {} runs", t.rows, t.nruns),
+                }
+            };
         }
+        tiles!(
+            (4, 3),
+            (4, 2),
+            (4, 1),
+            (3, 3),
+            (3, 2),
+            (3, 1),
+            (2, 3),
+            (2, 2),
+            (2, 1),
+            (1, 3),
+            (1, 2),
+            (1, 1)
+        )
     }
 }
 
-/// [`conv_tile_f32_256`] for `NV` runs.
+/// [`conv_tile_f32_256`] for `ROWS` rows and `NV` runs.
 ///
 /// # Safety
-/// As [`conv_tile_f32_256`], with `nruns == NV`.
+/// As [`conv_tile_f32_256`], with `rows == ROWS` and `nruns == NV`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn conv_tile_256<const NV: usize>(t: ConvTile) {
+unsafe fn conv_tile_256<const ROWS: usize, const NV: usize>(t: ConvTile) {
     // SAFETY: the caller upholds this function's contract: every read or
     // write below is at a position it lists (a whole run is read and
     // written with plain loads and stores, a shorter one with masked ones,
@@ -1091,7 +1136,6 @@ unsafe fn conv_tile_256<const NV: usize>(t: ConvTile) {
             ..
         } = t;
         let runs: [super::implicit::PixelRun; NV] = std::array::from_fn(|v| *t.runs.add(v));
-        const ROWS: usize = 4;
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let masks: [__m256i; NV] = std::array::from_fn(|v| {
             _mm256_cmpgt_epi32(_mm256_set1_epi32(runs[v].lanes as i32), lanes)

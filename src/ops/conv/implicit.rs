@@ -17,8 +17,10 @@
 //! Padding reads the planes' zeros, which are multiplied like any pixel, as
 //! in the im2col product (a NaN weight over the padding gives NaN).
 //!
-//! It runs for `f32` where the CPU has AVX-512F or AVX2 + FMA and the output
-//! channels per group come in whole panels of 8 (see [`applies`]). The same
+//! It runs for `f32` where the CPU has AVX-512F or AVX2 + FMA (see
+//! [`applies`]); the output channels are the kernel's rows, 8 at a time
+//! (4 with AVX2), and the last, partial panel takes a tile of fewer rows
+//! and more runs. The same
 //! products compute the input gradient — the transposed conv's forward — by
 //! phase of the input ([`transposed`]), and with AVX-512 the weight
 //! gradient reads the padded input in place too ([`weight_grad`]). im2col +
@@ -28,7 +30,7 @@ use super::Conv2dGeometry;
 use super::im2col::{batch_split, input_block, next_input, output_block, with_scratch, zero_few};
 use super::parallel::{run_jobs, split_by};
 use crate::Float;
-use crate::gemm::implicit::{ImplicitGemm, MAX_TAPS, PANEL, PixelRun, TapGroup, Vectorized};
+use crate::gemm::implicit::{ImplicitGemm, MAX_TAPS, PixelRun, TapGroup, Vectorized};
 use crate::gemm::prepacked::{cast, cast_mut};
 use std::any::TypeId;
 
@@ -202,8 +204,7 @@ impl Vectorized for Fill<'_> {
 
 /// Whether conv2d's forward pass of this geometry takes the implicit GEMM
 /// for element type `T`: `f32` with the kernel available
-/// ([`ImplicitGemm::detect`]), output channels per group a multiple of 8 (the
-/// kernel's rows), a kernel larger than one pixel or a stride or padding (a
+/// ([`ImplicitGemm::detect`]), a kernel larger than one pixel or a stride or padding (a
 /// pointwise conv already reads its input in place), no empty dimension,
 /// strides no longer than the kernel (a longer one leaves phase planes no tap
 /// reads), windows that stay inside the padded input, and planes within
@@ -223,7 +224,6 @@ pub(super) fn applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
         && !geom.is_pointwise()
         && geom.batch > 0
         && geom.in_per_group() > 0
-        && geom.out_per_group().is_multiple_of(PANEL)
         && geom.out_per_group() > 0
         && geom.h.stride <= geom.h.kernel
         && geom.w.stride <= geom.w.kernel
@@ -537,8 +537,8 @@ impl AxisPhases {
 
 /// Whether conv2d's input gradient for this geometry (the transposed conv's
 /// forward) runs by phase as implicit products ([`transposed`]) for element
-/// type `T`: `f32` with a kernel available, input channels per group (the
-/// product's rows) a multiple of 8, not a pointwise conv (whose input
+/// type `T`: `f32` with a kernel available (the input channels per group
+/// are the product's rows), not a pointwise conv (whose input
 /// gradient is one product already), strides no longer than the kernel (a
 /// longer one leaves phases without taps), no empty dimension, and the
 /// padded output gradient within [`plane_budget`].
@@ -550,7 +550,6 @@ pub(super) fn transposed_applies<T: 'static>(geom: &Conv2dGeometry) -> bool {
         && geom.batch > 0
         && geom.out_per_group() > 0
         && geom.in_per_group() > 0
-        && geom.in_per_group().is_multiple_of(PANEL)
         && axis_ok(&geom.h)
         && axis_ok(&geom.w);
     // Only now (strides bounded by the kernel) the phases are worth computing.

@@ -74,11 +74,11 @@
 //!   `winograd`: F(4×4, 3×3), 4× fewer multiplications, on outputs of at
 //!   least 64 4×4 tiles, else F(2×2, 3×3), 2.25× fewer; forward and both
 //!   gradients); else, for an `f32` forward pass on a CPU with AVX-512F or
-//!   AVX2 and output channels per group a multiple of 8, an implicit GEMM that reads
-//!   the input's padded phase planes in place (private module `implicit`),
-//!   which also computes the input gradient (and so the transposed conv's
-//!   forward) by phase of the input when the input channels per group are a
-//!   multiple of 8; else im2col + GEMM (private module `im2col`). All split the batch
+//!   AVX2, an implicit GEMM that reads the input's padded phase planes in
+//!   place (private module `implicit`), which also computes the input
+//!   gradient (and so the transposed conv's forward) by phase of the input,
+//!   and with AVX-512 the weight gradient when the output channels per group
+//!   are a multiple of 16; else im2col + GEMM (private module `im2col`). All split the batch
 //!   between [`gemm::num_threads`](crate::gemm::num_threads) threads; all
 //!   are tested against [`reference`](mod@reference).
 //! - Non-finite values land where the definition puts them. Winograd's
@@ -162,8 +162,8 @@ pub fn winograd_tile(geom: &Conv2dGeometry) -> Option<usize> {
 /// Whether conv2d's forward pass of this geometry, for element type `T`,
 /// runs as an implicit GEMM (the micro-kernel reading the input's padded
 /// phase planes in place, no column matrix): `f32` on a CPU with AVX-512F or
-/// AVX2 + FMA, output channels per group a multiple of 8, not a pointwise
-/// conv, strides within the kernel's span, and not a conv Winograd takes.
+/// AVX2 + FMA, not a pointwise conv, strides within the kernel's span, and
+/// not a conv Winograd takes.
 /// For tests.
 ///
 /// ```
@@ -185,8 +185,8 @@ pub fn implicit_gemm<T: Float>(geom: &Conv2dGeometry) -> bool {
 
 /// Whether conv2d's input gradient for this geometry — the forward pass of
 /// the transposed conv built on it — runs by phase as implicit products
-/// (`f32` on a CPU with AVX-512F or AVX2 + FMA, input channels per group a
-/// multiple of 8, not a pointwise conv, strides within the kernel's span,
+/// (`f32` on a CPU with AVX-512F or AVX2 + FMA, not a pointwise conv,
+/// strides within the kernel's span,
 /// not a conv Winograd takes; a weight that is not finite takes im2col at
 /// run time). For tests.
 ///
@@ -410,10 +410,10 @@ impl<'t, T: Float> Var<'t, T> {
     /// Runs Winograd (F(4×4, 3×3) on outputs of at least 64 4×4 tiles, else
     /// F(2×2, 3×3)) for 3×3, stride-1, undilated convs with padding
     /// ≤ 2 and at least 16 channels per group in and out whose operands are
-    /// all finite; else, for `f32` with AVX-512 or AVX2 and output channels
-    /// per group a multiple of 8, an implicit GEMM reading the padded input
-    /// in place (the input gradient likewise, by phase, when the input
-    /// channels per group are a multiple of 8 and the weights finite); else
+    /// all finite; else, for `f32` with AVX-512 or AVX2, an implicit GEMM
+    /// reading the padded input in place (the input gradient likewise, by
+    /// phase, when the weights are finite, and with AVX-512 the weight
+    /// gradient when the output channels per group are a multiple of 16); else
     /// im2col + GEMM (a 1x1, stride-1, unpadded conv skips im2col); so NaN
     /// and ±∞ come out where the definition puts them. The batch is split between
     /// [`gemm::num_threads`](crate::gemm::num_threads) threads. The backward

@@ -217,7 +217,7 @@ impl<'t, T: Float> Var<'t, T> {
     /// output gradient trading places), so it runs conv2d's fast paths
     /// (Winograd for 3×3 stride-1 kernels with at least 16 channels per group;
     /// the forward by output phase as implicit products for `f32` with
-    /// AVX-512 or AVX2 and output channels per group a multiple of 8; else
+    /// AVX-512 or AVX2; else
     /// im2col + GEMM), split between threads the same way; the
     /// input gradient is skipped when the input needs none. Results agree with
     /// [`reference::conv_transpose2d`](super::reference::conv_transpose2d) to
