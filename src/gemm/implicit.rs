@@ -6,7 +6,7 @@
 //! matrix: the micro-kernel reads the input where it lies.
 //!
 //! It exists for `f32` on x86-64 with AVX-512F (a tile of 8 output channels
-//! × two runs of 16 pixels) or AVX2 + FMA (4 × three runs of 8). With
+//! × three runs of 16 pixels) or AVX2 + FMA (4 × three runs of 8). With
 //! AVX-512 the weight gradient is one too ([`ImplicitGemm::weight_grad`]):
 //! `C = planes-windows · G`, the output gradient `G` pixel-major, each
 //! planes element broadcast against 16 or 32 of its columns.
@@ -246,12 +246,12 @@ impl ImplicitGemm {
         }
         // The loops, the operands checked: the whole blocks of rows of A (8
         // with AVX-512, 4 with AVX2), then the last, partial one; for each,
-        // each tile of runs (2 with AVX-512 — more for a partial block — 3
+        // each tile of runs (3 with AVX-512 — more for a partial block — 3
         // with AVX2), each pass of at most `KC` rows of B, each block.
         #[cfg(target_arch = "x86_64")]
         {
             let (rows, per_tile_runs) = match self.isa {
-                Isa::Avx512(_) => (8, 2),
+                Isa::Avx512(_) => (8, super::x86::tile_runs_512(8)),
                 Isa::Avx2(_) => (4, 3),
             };
             let tail = m % rows;
@@ -592,11 +592,16 @@ mod tests {
                 Some(r)
             })
             .collect();
-        for bias in [None, Some(&bias[..])] {
+        // 17 to 19 runs: every remainder of a tile of 2 or 3 runs.
+        let cases = [None, Some(&bias[..])].into_iter().flat_map(|bias| {
+            let runs = &runs;
+            (runs.len() - 2..=runs.len()).map(move |count| (bias, &runs[..count]))
+        });
+        for (bias, runs) in cases {
             let mut c = vec![f32::NAN; m * ldc];
-            kern.run(&a, m, bias, &b, &offs, &runs, &mut c, ldc, &w);
+            kern.run(&a, m, bias, &b, &offs, runs, &mut c, ldc, &w);
             let mut want = vec![f32::NAN; m * ldc];
-            for r in &runs {
+            for r in runs {
                 for i in 0..m {
                     for t in 0..r.lanes {
                         let dot: f32 = (0..k).map(|p| w[i * k + p] * b[offs[p] + r.b + t]).sum();

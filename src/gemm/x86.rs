@@ -8,9 +8,11 @@
 //! * AVX-512F, `f32`: 8 × 32 register tile, 16 `zmm` accumulators, masked
 //!   edges.
 //! * The implicit-GEMM convolution (`gemm::implicit`), `f32`: the AVX-512
-//!   8 × 32 tile with each B row read from its own offset (two runs of 16
-//!   pixels, masked), an AVX2 4 × 24 tile likewise (three runs of 8), and the
-//!   stride-2 column split of its input planes (AVX-512).
+//!   8 × 48 tile with each B row read from its own offset (three runs of 16
+//!   pixels, masked; fewer rows take more runs), an AVX2 4 × 24 tile
+//!   likewise (three runs of 8), the stride-2 column split of its input
+//!   planes (AVX-512), and with AVX-512 the weight-gradient tile (taps ×
+//!   output channels, the input broadcast) and a 16 × 16 transpose.
 //!
 //! Edge tiles (fewer than `MR` rows or `NR` columns) run a kernel instantiated
 //! for exactly that many rows and for one or two vectors of columns, so no
@@ -952,12 +954,12 @@ pub(super) struct ConvTile {
     pub(super) ldc: usize,
 }
 
-/// Runs of pixels per AVX-512 tile of `rows` rows (1 to 8): two runs for a
-/// whole panel (16 accumulators), more for fewer rows (up to 24), at most
+/// Runs of pixels per AVX-512 tile of `rows` rows (1 to 8): three runs for a
+/// whole panel (24 accumulators), more for fewer rows (up to 24), at most
 /// six (each run's mask takes one of the seven mask registers).
 pub(super) const fn tile_runs_512(rows: usize) -> usize {
     match rows {
-        8 => 2,
+        8 => 3,
         7 => 3,
         5 | 6 => 4,
         _ => 6,
@@ -986,6 +988,7 @@ pub(super) unsafe fn conv_tile_f32_512(t: ConvTile) {
     // instantiation below shares (`MR = rows`, `nruns <= NV`).
     unsafe {
         match (t.rows, t.nruns) {
+            (8, 3) => conv_tile_512::<8, 3>(t),
             (8, 2) => conv_tile_512::<8, 2>(t),
             (8, _) => conv_tile_512::<8, 1>(t),
             (7, _) => conv_tile_512::<7, { tile_runs_512(7) }>(t),
