@@ -719,25 +719,21 @@ mod tests {
         }
     }
 
-    #[test]
-    #[should_panic(expected = "groups' rows overlap")]
-    fn weight_grad_refuses_overlapping_rows() {
+    /// `weight_grad` on zeros: planes of `planes` elements, the `groups`
+    /// with 3 taps, one run of `lanes` pixels `step` apart, 16 columns.
+    fn weight_grad_on_zeros(planes: usize, groups: &[TapGroup], step: usize, lanes: usize) {
         let Some(kern) = ImplicitGemm::detect::<f32>().filter(|k| k.has_weight_grad()) else {
-            panic!("groups' rows overlap (no AVX-512 here)");
+            panic!("no AVX-512 here: groups' rows overlap, reads past the end of the planes");
         };
-        let groups = [TapGroup { off: 0, row: 0 }, TapGroup { off: 0, row: 2 }];
-        let run = PixelRun {
-            b: 0,
-            c: 0,
-            lanes: 1,
-        };
+        let run = PixelRun { b: 0, c: 0, lanes };
+        let g = vec![0.0; 16 * lanes];
         let mut c = vec![0.0; 16 * 8];
         kern.weight_grad(
-            &[0.0; 8],
-            &groups,
+            &vec![0.0; planes],
+            groups,
             3,
-            1,
-            &[0.0; 16],
+            step,
+            &g,
             16,
             16,
             &[run],
@@ -747,31 +743,17 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "groups' rows overlap")]
+    fn weight_grad_refuses_overlapping_rows() {
+        let groups = [TapGroup { off: 0, row: 0 }, TapGroup { off: 0, row: 2 }];
+        weight_grad_on_zeros(8, &groups, 1, 1);
+    }
+
+    #[test]
     #[should_panic(expected = "reads past the end of the planes")]
     fn weight_grad_refuses_a_run_past_the_planes() {
-        let Some(kern) = ImplicitGemm::detect::<f32>().filter(|k| k.has_weight_grad()) else {
-            panic!("reads past the end of the planes (no AVX-512 here)");
-        };
-        let groups = [TapGroup { off: 2, row: 0 }];
         // Pixel 3 at step 2 reads from 2 + 6, taps to 2 + 6 + 2 = 10 > 9.
-        let run = PixelRun {
-            b: 0,
-            c: 0,
-            lanes: 4,
-        };
-        let mut c = vec![0.0; 16 * 3];
-        kern.weight_grad(
-            &[0.0; 9],
-            &groups,
-            3,
-            2,
-            &[0.0; 64],
-            16,
-            16,
-            &[run],
-            &mut c,
-            16,
-        );
+        weight_grad_on_zeros(9, &[TapGroup { off: 2, row: 0 }], 2, 4);
     }
 
     /// Every shape around the 16 × 16 blocks, with a row stride past the width.
