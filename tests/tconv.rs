@@ -265,6 +265,9 @@ const LARGE_CASES: &[Case] = &[
     case([5, 12, 24, 24], 10, (1, 1), (1, 1), (0, 0), (0, 0), (1, 1), 1, true),  // pointwise
     case([2, 4, 21, 18], 4, (3, 2), (1, 2), (2, 1), (1, 2), (2, 3), 4, true),    // depthwise, op ≥ stride
     case([2, 16, 60, 60], 8, (2, 2), (2, 2), (0, 0), (0, 0), (1, 1), 1, true),   // many row blocks
+    // 1x1 with output_padding (allowed below the dilation): the conv behind
+    // it has one more input row than output rows, so it is not pointwise.
+    case([3, 11, 7, 6], 10, (1, 1), (1, 1), (0, 0), (1, 0), (2, 1), 1, true),
 ];
 
 #[test]

@@ -870,8 +870,10 @@ impl Conv2dGeometry {
         self.out_h() * self.out_w()
     }
 
-    /// Whether the conv is pointwise (1x1 kernel, stride 1, no padding): each
-    /// sample's input then already is its im2col matrix, and the fast path skips im2col.
+    /// Whether the conv is pointwise (1x1 kernel, stride 1, no padding, and
+    /// the output as large as the input — a transposed conv's geometry may
+    /// cut its output back): each sample's input then already is its im2col
+    /// matrix, and the fast path skips im2col.
     ///
     /// ```
     /// use tapegrad::conv::{Conv2dGeometry, Conv2dOptions};
@@ -880,7 +882,9 @@ impl Conv2dGeometry {
     /// assert!(!Conv2dGeometry::new(&[1, 2, 4, 4], &[3, 2, 1, 1], None, &opts.padding(1)).is_pointwise());
     /// ```
     pub fn is_pointwise(&self) -> bool {
-        let unit = |a: &AxisGeometry| a.kernel == 1 && a.stride == 1 && a.padding == 0;
+        let unit = |a: &AxisGeometry| {
+            a.kernel == 1 && a.stride == 1 && a.padding == 0 && a.output == a.input
+        };
         unit(&self.h) && unit(&self.w)
     }
 
