@@ -107,7 +107,10 @@ impl ImplicitGemm {
     /// `(8q + r, p)` at `q·8·k + p·8 + r`; the last panel's rows past `m`
     /// are zeros.
     pub(crate) fn pack(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
-        let mut a = vec![0.0; m.next_multiple_of(PANEL) * k];
+        let len = m
+            .checked_next_multiple_of(PANEL)
+            .and_then(|rows| rows.checked_mul(k));
+        let mut a = vec![0.0; len.expect("implicit GEMM: A's size overflows")];
         for (q, panel) in a.chunks_exact_mut(PANEL * k.max(1)).enumerate() {
             for (p, step) in panel.chunks_exact_mut(PANEL).enumerate() {
                 for (r, x) in step.iter_mut().enumerate().take(m - q * PANEL) {
@@ -205,8 +208,11 @@ impl ImplicitGemm {
         ahead: &[f32],
     ) {
         let k = offs.len();
+        // Checked: a product that wrapped would pass the comparison.
         assert!(
-            a.len() == m.next_multiple_of(PANEL) * k,
+            m.checked_next_multiple_of(PANEL)
+                .and_then(|rows| rows.checked_mul(k))
+                .is_some_and(|len| a.len() == len),
             "implicit GEMM: A has {} elements, not {m} × {k} in panels of 8",
             a.len()
         );
@@ -363,7 +369,7 @@ impl ImplicitGemm {
     /// blocks with AVX-512 and the edges one element at a time.
     ///
     /// # Panics
-    /// Without AVX-512, or if either slice is too short.
+    /// Without AVX-512, if `lds < cols`, or if either slice is too short.
     pub(crate) fn transpose(
         self,
         src: &[f32],
@@ -381,7 +387,7 @@ impl ImplicitGemm {
             .and_then(|e| e.checked_add(cols));
         assert!(
             lds >= cols && src_end.is_some_and(|e| e <= src.len()),
-            "transpose: source too short"
+            "transpose: source too short or its row stride below the width"
         );
         assert!(
             rows.checked_mul(cols).is_some_and(|e| e <= dst.len()),
@@ -423,9 +429,10 @@ impl ImplicitGemm {
     ///
     /// # Panics
     /// Without AVX-512 ([`has_weight_grad`](Self::has_weight_grad)); if
-    /// `taps` is not in `1..=MAX_TAPS`, `width` not a multiple of 16, two
-    /// groups' rows overlap, or a group or run reads or writes past the end of
-    /// its slice.
+    /// `taps` is not in `1..=MAX_TAPS`, `width` not a multiple of 16 or
+    /// above `ldc`, two groups' rows overlap, a run is empty, `ldc` exceeds
+    /// C's length, or a group or run reads or writes past the end of its
+    /// slice (all sums checked).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn weight_grad(
         self,
@@ -456,11 +463,12 @@ impl ImplicitGemm {
             "weight_grad: groups' rows overlap"
         );
         let last = rows[rows.len() - 1];
-        let c_end = (last + taps - 1)
-            .checked_mul(ldc)
+        // Checked: a sum that wrapped would pass the comparison.
+        let c_end = (last.checked_add(taps - 1))
+            .and_then(|e| e.checked_mul(ldc))
             .and_then(|e| e.checked_add(width));
         assert!(
-            c_end.is_some_and(|e| e <= c.len()),
+            c_end.is_some_and(|e| e <= c.len()) && ldc <= c.len(),
             "weight_grad: a group writes past the end of C"
         );
         // The planes and g: each run's last pixel, from the furthest group.
@@ -476,8 +484,8 @@ impl ImplicitGemm {
                 b_end.is_some_and(|e| e <= planes.len()),
                 "weight_grad: a run reads past the end of the planes"
             );
-            let g_end = (r.c + r.lanes - 1)
-                .checked_mul(ldg)
+            let g_end = (r.c.checked_add(r.lanes - 1))
+                .and_then(|e| e.checked_mul(ldg))
                 .and_then(|e| e.checked_add(width));
             assert!(
                 g_end.is_some_and(|e| e <= g.len()),
@@ -488,7 +496,8 @@ impl ImplicitGemm {
         {
             use super::x86::{WeightTile, weight_tile_f32_512, weight_tile_groups};
             // A tile's missing groups read the first group's taps and add
-            // into a sink, each into its own part.
+            // into a sink, each into its own part (`ldc` is at most C's
+            // length, checked above, so the product stays small).
             let mut sink = vec![0.0f32; weight_tile_groups(taps, 1) * taps * ldc];
             let base = c.as_mut_ptr();
             for o0 in (0..width).step_by(32) {
@@ -723,7 +732,9 @@ mod tests {
     /// with 3 taps, one run of `lanes` pixels `step` apart, 16 columns.
     fn weight_grad_on_zeros(planes: usize, groups: &[TapGroup], step: usize, lanes: usize) {
         let Some(kern) = ImplicitGemm::detect::<f32>().filter(|k| k.has_weight_grad()) else {
-            panic!("no AVX-512 here: groups' rows overlap, reads past the end of the planes");
+            panic!(
+                "no AVX-512 here: groups' rows overlap, writes past the end of C, reads past the end of the planes"
+            );
         };
         let run = PixelRun { b: 0, c: 0, lanes };
         let g = vec![0.0; 16 * lanes];
@@ -747,6 +758,22 @@ mod tests {
     fn weight_grad_refuses_overlapping_rows() {
         let groups = [TapGroup { off: 0, row: 0 }, TapGroup { off: 0, row: 2 }];
         weight_grad_on_zeros(8, &groups, 1, 1);
+    }
+
+    /// A row near the end of the address space: its last tap's row wraps
+    /// an unchecked sum to a small one.
+    #[test]
+    #[should_panic(expected = "writes past the end of C")]
+    fn weight_grad_refuses_rows_whose_end_wraps() {
+        weight_grad_on_zeros(
+            8,
+            &[TapGroup {
+                off: 0,
+                row: usize::MAX - 1,
+            }],
+            1,
+            1,
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! It runs for `f32` where the CPU has AVX-512F or AVX2 + FMA (see
 //! [`applies`]); the output channels are the kernel's rows, 8 at a time
 //! (4 with AVX2), and the last, partial panel takes a tile of fewer rows
-//! and more runs. The same
+//! (and with AVX-512 more runs). The same
 //! products compute the input gradient — the transposed conv's forward — by
 //! phase of the input ([`transposed`]), and with AVX-512 the weight
 //! gradient reads the padded input in place too ([`weight_grad`]). im2col +

@@ -78,7 +78,7 @@
 //!   place (private module `implicit`), which also computes the input
 //!   gradient (and so the transposed conv's forward) by phase of the input,
 //!   and with AVX-512 the weight gradient when the output channels per group
-//!   are a multiple of 16; else im2col + GEMM (private module `im2col`). All split the batch
+//!   are a multiple of 16 and there is no dilation across; else im2col + GEMM (private module `im2col`). All split the batch
 //!   between [`gemm::num_threads`](crate::gemm::num_threads) threads; all
 //!   are tested against [`reference`](mod@reference).
 //! - Non-finite values land where the definition puts them. Winograd's
@@ -413,7 +413,8 @@ impl<'t, T: Float> Var<'t, T> {
     /// all finite; else, for `f32` with AVX-512 or AVX2, an implicit GEMM
     /// reading the padded input in place (the input gradient likewise, by
     /// phase, when the weights are finite, and with AVX-512 the weight
-    /// gradient when the output channels per group are a multiple of 16); else
+    /// gradient when the output channels per group are a multiple of 16 and
+    /// there is no dilation across); else
     /// im2col + GEMM (a 1x1, stride-1, unpadded conv skips im2col); so NaN
     /// and ±∞ come out where the definition puts them. The batch is split between
     /// [`gemm::num_threads`](crate::gemm::num_threads) threads. The backward
