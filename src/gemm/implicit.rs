@@ -504,16 +504,14 @@ impl ImplicitGemm {
                 let nv = ((width - o0) / 16).min(2);
                 let per = weight_tile_groups(taps, nv);
                 for tile in groups.chunks(per) {
-                    let offs: Vec<usize> = (0..per)
-                        .map(|r| tile.get(r).unwrap_or(&tile[0]).off)
-                        .collect();
-                    let out: Vec<*mut f32> = (0..per)
-                        .map(|r| match tile.get(r) {
-                            // In bounds: row `q.row + taps − 1` ends inside C (checked).
-                            Some(q) => base.wrapping_add(q.row * ldc + o0),
-                            None => sink.as_mut_ptr().wrapping_add(r * taps * ldc + o0),
-                        })
-                        .collect();
+                    // `per` is at most 6 (`weight_tile_groups`).
+                    let offs: [usize; 6] =
+                        std::array::from_fn(|r| tile.get(r).unwrap_or(&tile[0]).off);
+                    let out: [*mut f32; 6] = std::array::from_fn(|r| match tile.get(r) {
+                        // In bounds: row `q.row + taps − 1` ends inside C (checked).
+                        Some(q) => base.wrapping_add(q.row * ldc + o0),
+                        None => sink.as_mut_ptr().wrapping_add(r * taps * ldc + o0),
+                    });
                     let t = WeightTile {
                         planes: planes.as_ptr(),
                         offs: offs.as_ptr(),
@@ -527,7 +525,7 @@ impl ImplicitGemm {
                     };
                     // SAFETY: `has_weight_grad` (asserted) proves AVX-512F.
                     // `per` groups of `taps` in 1..=7 with `nv` 1 or 2 have a
-                    // tile; `offs` and `out` hold `per` entries. Every group's
+                    // tile; `offs` and `out` hold (at least) `per` entries. Every group's
                     // offset is at most `max_off`, and each run was checked
                     // to read the planes below `max_off + taps + b +
                     // (lanes−1)·step` and `g` below `(c + lanes − 1)·ldg +

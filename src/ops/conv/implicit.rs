@@ -28,7 +28,7 @@
 
 use super::Conv2dGeometry;
 use super::im2col::{batch_split, input_block, next_input, output_block, with_scratch, zero_few};
-use super::parallel::{run_jobs, split_by};
+use super::parallel::{BackwardBuffers, run_backward_jobs, run_jobs, split_by};
 use crate::Float;
 use crate::gemm::implicit::{ImplicitGemm, MAX_TAPS, PixelRun, TapGroup, Vectorized};
 use crate::gemm::prepacked::{cast, cast_mut};
@@ -369,7 +369,8 @@ const WEIGHT_GRAD_BLOCK: usize = 16 << 10;
 /// ([`ImplicitGemm::weight_grad`]): tap `(c, ki, kj)` of output pixel `(i,
 /// j)` is padded element `(i·sh + ki·dh, j·sw + kj)`. The products are
 /// im2col's (padding reads zeros). The batch is split between threads as
-/// im2col's is, each chunk summing its own `dWᵀ`, added up in chunk order.
+/// im2col's is, each chunk summing its own `dWᵀ`, added up in chunk order
+/// ([`BackwardBuffers`]), then transposed into `dW`.
 pub(super) fn weight_grad<T: Float>(geom: &Conv2dGeometry, x: &[T], dy: &[T]) -> Vec<T> {
     assert!(
         weight_grad_applies::<T>(geom),
@@ -428,67 +429,52 @@ pub(super) fn weight_grad<T: Float>(geom: &Conv2dGeometry, x: &[T], dy: &[T]) ->
         .collect();
     let plen = planes.len(cg);
     let gt_len = rows_per_block * ow * og;
-    let part = geom.groups * ckk * og;
     let ranges = batch_split(geom);
-    let mut dwt = vec![0.0f32; ranges.len() * part];
-    {
-        let jobs: Vec<_> = ranges.iter().cloned().zip(dwt.chunks_mut(part)).collect();
-        run_jobs(jobs, |(samples, dwt)| {
-            with_scratch(plen + gt_len, |buf: &mut [f32]| {
-                let (pl, gt) = buf.split_at_mut(plen);
-                for n in samples {
-                    for g in 0..geom.groups {
-                        kern.vectorized(Fill {
-                            kern,
-                            p: &planes,
-                            channels: cg,
-                            size: (geom.h.input, geom.w.input),
-                            pad: (geom.h.padding, geom.w.padding),
-                            x: &x[input_block(geom, n, g)],
-                            out: pl,
-                        });
-                        let dyg = &dy[output_block(geom, n, g)];
-                        let dwg = &mut dwt[g * ckk * og..][..ckk * og];
-                        for (p0, runs) in &blocks {
-                            let px = runs.len() * ow;
-                            kern.transpose(&dyg[*p0..], og, px, ohw, gt);
-                            for (taps, groups) in &classes {
-                                kern.weight_grad(
-                                    pl,
-                                    groups,
-                                    *taps,
-                                    geom.w.stride,
-                                    gt,
-                                    og,
-                                    og,
-                                    runs,
-                                    dwg,
-                                    og,
-                                );
-                            }
+    // Each chunk's partial dWᵀ (cleared by its job), summed in chunk order.
+    let mut out = BackwardBuffers::<f32>::new(
+        geom,
+        ranges.len(),
+        [false, true, false],
+        geom.groups * ckk * og,
+    );
+    run_backward_jobs(out.jobs(geom, &ranges), false, |job| {
+        let dwt = job.dw.expect("the weight gradient was asked for");
+        with_scratch(plen + gt_len, |buf: &mut [f32]| {
+            let (pl, gt) = buf.split_at_mut(plen);
+            for n in job.samples.clone() {
+                for g in 0..geom.groups {
+                    kern.vectorized(Fill {
+                        kern,
+                        p: &planes,
+                        channels: cg,
+                        size: (geom.h.input, geom.w.input),
+                        pad: (geom.h.padding, geom.w.padding),
+                        x: &x[input_block(geom, n, g)],
+                        out: pl,
+                    });
+                    let dyg = &dy[output_block(geom, n, g)];
+                    let dwg = &mut dwt[g * ckk * og..][..ckk * og];
+                    for (p0, runs) in &blocks {
+                        let px = runs.len() * ow;
+                        kern.transpose(&dyg[*p0..], og, px, ohw, gt);
+                        for (taps, groups) in &classes {
+                            let step = geom.w.stride;
+                            kern.weight_grad(pl, groups, *taps, step, gt, og, og, runs, dwg, og);
                         }
                     }
                 }
-            })
-        });
-    }
-    // The chunks' sums in chunk order, then dW[g·og + o][k] = dWᵀ_g[k][o].
-    let (total, rest) = dwt.split_at_mut(part);
-    for p in rest.chunks_exact(part) {
-        total.iter_mut().zip(p).for_each(|(a, &b)| *a += b);
-    }
-    let mut dw = vec![T::ZERO; geom.out_channels * ckk];
-    {
-        let dw32 = as_f32_mut(&mut dw);
-        for g in 0..geom.groups {
-            let src = &total[g * ckk * og..][..ckk * og];
-            let dst = &mut dw32[g * og * ckk..][..og * ckk];
-            for (k, row) in src.chunks_exact(og).enumerate() {
-                for (o, &v) in row.iter().enumerate() {
-                    dst[o * ckk + k] = v;
-                }
             }
-        }
+        })
+    });
+    // dW[g·og + o][k] = dWᵀ_g[k][o].
+    let total = out.dw.sum().expect("the weight gradient was asked for");
+    let mut dw = crate::buffer::scratch::<T>(geom.out_channels * ckk);
+    let dw32 = as_f32_mut(&mut dw);
+    for (src, dst) in total
+        .chunks_exact(ckk * og)
+        .zip(dw32.chunks_exact_mut(og * ckk))
+    {
+        kern.transpose(src, ckk, og, og, dst);
     }
     dw
 }
