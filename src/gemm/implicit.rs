@@ -151,32 +151,54 @@ impl ImplicitGemm {
         }
     }
 
-    /// `even[t] = src[2t]` and `odd[t] = src[2t + 1]` for `t < even.len()`
-    /// with AVX-512 two-source permutes (the column split of a stride-2
-    /// conv's phase planes), returning `true`; without AVX-512 it writes
-    /// nothing and returns `false`, and the caller's portable split serves.
+    /// For each row `r < rows` of `n` pairs: `even[r·ld + t] = src[r·lds +
+    /// 2t]` and `odd[r·ld + t] = src[r·lds + 2t + 1]`, `t < n`, with AVX-512
+    /// two-source permutes (the column split of a stride-2 conv's phase
+    /// planes: input rows `lds` apart into plane rows `ld` apart), returning
+    /// `true`; without AVX-512 it writes nothing and returns `false`, and the
+    /// caller's portable split serves.
     ///
     /// # Panics
-    /// If `odd` is not as long as `even` or `src` holds fewer than twice as many.
+    /// If a row reads past the end of `src` or writes past the end of `even`
+    /// or `odd`.
     #[inline(always)]
-    pub(crate) fn deinterleave(self, src: &[f32], even: &mut [f32], odd: &mut [f32]) -> bool {
-        let n = even.len();
+    pub(crate) fn deinterleave(
+        self,
+        src: &[f32],
+        lds: usize,
+        even: &mut [f32],
+        odd: &mut [f32],
+        ld: usize,
+        (rows, n): (usize, usize),
+    ) -> bool {
+        // The end of the last row (checked: a sum that wrapped would pass).
+        let end = |step: usize, len: usize| {
+            rows.checked_sub(1)
+                .map_or(Some(0), |r| r.checked_mul(step)?.checked_add(len))
+        };
+        let fits = |step, len, have: usize| end(step, len).is_some_and(|e| e <= have);
         assert!(
-            odd.len() == n && src.len() >= 2 * n,
-            "deinterleave: lengths"
+            n.checked_mul(2).is_some_and(|n2| fits(lds, n2, src.len()))
+                && fits(ld, n, even.len())
+                && fits(ld, n, odd.len()),
+            "deinterleave: {rows} rows of {n} pairs do not fit"
         );
         #[cfg(target_arch = "x86_64")]
         if let Isa::Avx512(_) = self.isa {
-            // SAFETY: the token proves the CPU has AVX-512F; `src` holds
-            // `2n` elements and `even`, `odd` `n` each (checked).
-            unsafe {
-                super::x86::deinterleave_f32_512(
-                    src.as_ptr(),
-                    even.as_mut_ptr(),
-                    odd.as_mut_ptr(),
-                    n,
-                )
-            };
+            for r in 0..rows {
+                // SAFETY: the token proves the CPU has AVX-512F; row `r`
+                // reads `src[r·lds..r·lds + 2n]` and writes `n` elements of
+                // `even` and `odd` from `r·ld`, inside them (checked above
+                // for the last row, so for every row).
+                unsafe {
+                    super::x86::deinterleave_f32_512(
+                        src.as_ptr().add(r * lds),
+                        even.as_mut_ptr().add(r * ld),
+                        odd.as_mut_ptr().add(r * ld),
+                        n,
+                    )
+                };
+            }
             return true;
         }
         false
@@ -282,7 +304,12 @@ impl ImplicitGemm {
                 if block.is_empty() {
                     continue;
                 }
-                for tile in runs.chunks(nv) {
+                // As many tiles as `nv` runs each need, the runs spread
+                // evenly over them (16 runs in tiles of 3: 3, 3, 3, 3, 2, 2,
+                // not a last tile of one run, which reloads A for little).
+                let ntiles = runs.len().div_ceil(nv);
+                let tile_at = |t: usize| runs.len() * t / ntiles;
+                for tile in (0..ntiles).map(|t| &runs[tile_at(t)..tile_at(t + 1)]) {
                     for pass in 0..passes {
                         let (p0, p1) = (k * pass / passes, k * (pass + 1) / passes);
                         for i0 in block.clone().step_by(mr) {
@@ -633,7 +660,10 @@ mod tests {
         for (kern, _guard) in kernels() {
             let avx512 = kern.run_len() == 16;
             let (mut e, mut o) = ([-1.0; 4], [-1.0; 4]);
-            assert_eq!(kern.deinterleave(&[1.0; 8], &mut e, &mut o), avx512);
+            assert_eq!(
+                kern.deinterleave(&[1.0; 8], 8, &mut e, &mut o, 4, (1, 4)),
+                avx512
+            );
             if avx512 {
                 deinterleave_splits_every_length_with(kern);
             } else {
@@ -643,22 +673,39 @@ mod tests {
     }
 
     fn deinterleave_splits_every_length_with(kern: ImplicitGemm) {
-        let src: Vec<f32> = (0..120).map(|i| i as f32).collect();
-        for n in 0..=55 {
-            let (mut e, mut o) = (vec![-1.0; n + 3], vec![-1.0; n + 3]);
-            assert!(kern.deinterleave(&src[..2 * n], &mut e[..n], &mut o[..n]));
-            for t in 0..n {
+        let src: Vec<f32> = (0..400).map(|i| i as f32).collect();
+        for (rows, n) in (0..=55)
+            .map(|n| (1usize, n))
+            .chain([(0, 5), (2, 16), (3, 17), (4, 7)])
+        {
+            let (lds, ld) = (2 * n + 3, n + 2);
+            // Exactly long enough: the last row ends where the slices end.
+            let last = |step: usize, len: usize| rows.checked_sub(1).map_or(0, |r| r * step + len);
+            let (src_len, len) = (last(lds, 2 * n), last(ld, n));
+            let (mut e, mut o) = (vec![-1.0; len + 3], vec![-1.0; len + 3]);
+            let (ev, od) = (&mut e[..len], &mut o[..len]);
+            assert!(kern.deinterleave(&src[..src_len], lds, ev, od, ld, (rows, n)));
+            for i in 0..len + 3 {
+                let (r, t) = (i / ld, i % ld);
+                let want = |phase| (r < rows && t < n).then(|| src[r * lds + 2 * t + phase]);
                 assert_eq!(
-                    (e[t], o[t]),
-                    (src[2 * t], src[2 * t + 1]),
-                    "n = {n}, t = {t}"
+                    (e[i], o[i]),
+                    (want(0).unwrap_or(-1.0), want(1).unwrap_or(-1.0)),
+                    "{rows} rows of {n}, element {i}"
                 );
             }
-            assert!(
-                e[n..].iter().chain(&o[n..]).all(|&v| v == -1.0),
-                "n = {n}: wrote past the end"
-            );
         }
+    }
+
+    /// A row that does not fit is refused before anything is written.
+    #[test]
+    #[should_panic(expected = "do not fit")]
+    fn deinterleave_refuses_rows_past_the_end() {
+        let Some(kern) = ImplicitGemm::detect::<f32>() else {
+            panic!("do not fit (no implicit-GEMM kernel here)");
+        };
+        let (mut e, mut o) = ([0.0; 10], [0.0; 10]);
+        kern.deinterleave(&[1.0; 30], 12, &mut e, &mut o, 4, (3, 3));
     }
 
     /// The weight-gradient product against the definition, integers so

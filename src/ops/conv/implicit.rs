@@ -27,7 +27,7 @@
 //! GEMM remains the path for everything else.
 
 use super::Conv2dGeometry;
-use super::im2col::{batch_split, input_block, next_input, output_block, with_scratch, zero_few};
+use super::im2col::{batch_split, input_block, next_input, output_block, with_scratch};
 use super::parallel::{BackwardBuffers, run_backward_jobs, run_jobs, split_by};
 use crate::Float;
 use crate::gemm::implicit::{ImplicitGemm, MAX_TAPS, PixelRun, TapGroup, Vectorized};
@@ -104,16 +104,17 @@ impl Planes {
     }
 }
 
-/// Work that writes the planes of group input `x` (`[C/G, H, W]`) into
-/// `out`, every element (zeros in the padding and past it); it runs through
-/// [`ImplicitGemm::vectorized`], compiled with the kernel's instruction set.
+/// Work that writes group input `x` (`[C/G, H, W]`) into its places in the
+/// planes `out`; it runs through [`ImplicitGemm::vectorized`], compiled
+/// with the kernel's instruction set. It writes the input's elements only:
+/// the padding lies at the same places for every sample, so the caller
+/// zeroes the planes once ([`zeroed_planes`]) and they stay zero there.
 /// Input column `s` is padded column `s + pw`: phase `(s + pw) mod sw`,
 /// element `(s + pw) / sw` of its plane row. At stride 2 a row's even
 /// columns go to one plane and its odd ones to the other, in one pass
-/// ([`ImplicitGemm::deinterleave`] with AVX-512, else im2col's split). `x`
-/// has `channels` channels of `ih × iw`; `(ph, pw)` is the padding before
-/// the first row and column (the planes' size sets the padding after the
-/// last).
+/// (all of a phase's rows in one call of [`ImplicitGemm::deinterleave`]
+/// with AVX-512, else im2col's split). `x` has `channels` channels of `ih ×
+/// iw`; `(ph, pw)` is the padding before the first row and column.
 struct Fill<'a> {
     kern: ImplicitGemm,
     p: &'a Planes,
@@ -137,69 +138,64 @@ impl Vectorized for Fill<'_> {
             x,
             out,
         } = self;
-        let (wq, sw, plane) = (p.wq, p.sw, p.plane());
+        let (wq, sh, sw, plane) = (p.wq, p.sh, p.sw, p.plane());
         // Stride 2 across: even input columns land in phase `pw mod 2` from
         // element `pw / 2` on, odd ones in the other phase from `(pw + 1) / 2`.
         let (se, so) = (pw / 2, pw.div_ceil(2));
         let (ne, no) = (iw.div_ceil(2), iw / 2);
-        for c in 0..channels {
-            let xc = &x[c * ih * iw..][..ih * iw];
-            // The plane rows above and below the input: padded row `u·sh + a`
-            // is input row `u·sh + a − ph`.
-            for a in 0..p.sh {
-                let top = ph.saturating_sub(a).div_ceil(p.sh).min(p.hq);
-                let bottom = (ph + ih).saturating_sub(a).div_ceil(p.sh).clamp(top, p.hq);
-                for b in 0..sw {
-                    let pl = &mut out[p.offset(c, a, b)..][..plane];
-                    pl[..top * wq].fill(0.0);
-                    pl[bottom * wq..].fill(0.0);
+        if ih == 0 || iw == 0 {
+            return;
+        }
+        for (c, xc) in x.chunks_exact(ih * iw).take(channels).enumerate() {
+            let chan = &mut out[p.offset(c, 0, 0)..][..sh * sw * plane];
+            for (a, phase) in chan.chunks_exact_mut(sw * plane).enumerate() {
+                // Padded row `u·sh + a` is input row `u·sh + a − ph`: the
+                // first input row of phase `a` and its plane row.
+                let r0 = (a + sh - ph % sh) % sh;
+                let u0 = (r0 + ph) / sh;
+                if r0 >= ih {
+                    continue;
                 }
-            }
-            let (mut a, mut u) = (ph % p.sh, ph / p.sh);
-            for src in xc.chunks_exact(iw) {
-                // Plane row `u` of phase `(a, 0)`; phase `(a, b)` is `b` planes on.
-                let at = p.offset(c, a, 0) + u * wq;
-                if sw == 1 {
-                    let d = &mut out[at..at + wq];
-                    zero_few(&mut d[..pw]);
-                    d[pw..pw + iw].copy_from_slice(src);
-                    zero_few(&mut d[pw + iw..]);
-                } else if sw == 2 {
-                    let (first, second) = out[at..].split_at_mut(plane);
-                    let (p0, p1) = (&mut first[..wq], &mut second[..wq]);
-                    let (even, odd) = if pw % 2 == 0 { (p0, p1) } else { (p1, p0) };
-                    zero_few(&mut even[..se]);
-                    zero_few(&mut odd[..so]);
-                    let (src2, e, o) = (
-                        &src[..2 * no],
-                        &mut even[se..se + no],
-                        &mut odd[so..so + no],
-                    );
-                    if !kern.deinterleave(src2, e, o) {
-                        super::im2col::deinterleave(src2, e, o);
-                    }
-                    if ne > no {
-                        even[se + no] = src[iw - 1];
-                    }
-                    zero_few(&mut even[se + ne..]);
-                    zero_few(&mut odd[so + no..]);
-                } else {
-                    for b in 0..sw {
-                        let d = &mut out[at + b * plane..][..wq];
-                        for (v, x) in d.iter_mut().enumerate() {
-                            // Padded column `v·sw + b` is input column `v·sw + b − pw`.
-                            let s = (v * sw + b).wrapping_sub(pw);
-                            *x = src.get(s).copied().unwrap_or(0.0);
+                let (src, rows) = (&xc[r0 * iw..], (ih - r0).div_ceil(sh));
+                if sw == 2 {
+                    let (p0, p1) = phase.split_at_mut(plane);
+                    let (pe, po) = if pw % 2 == 0 { (p0, p1) } else { (p1, p0) };
+                    let (e, o) = (&mut pe[u0 * wq + se..], &mut po[u0 * wq + so..]);
+                    if !kern.deinterleave(src, sh * iw, e, o, wq, (rows, no)) {
+                        for r in 0..rows {
+                            let (e, o) = (&mut e[r * wq..][..no], &mut o[r * wq..][..no]);
+                            super::im2col::deinterleave(&src[r * sh * iw..][..2 * no], e, o);
                         }
                     }
+                    if ne > no {
+                        for r in 0..rows {
+                            e[r * wq + no] = src[r * sh * iw + iw - 1];
+                        }
+                    }
+                    continue;
                 }
-                a += 1;
-                if a == p.sh {
-                    (a, u) = (0, u + 1);
+                for r in 0..rows {
+                    let (src, row) = (&src[r * sh * iw..][..iw], &mut phase[(u0 + r) * wq..]);
+                    if sw == 1 {
+                        row[pw..pw + iw].copy_from_slice(src);
+                    } else {
+                        for (s, &v) in src.iter().enumerate() {
+                            let col = s + pw;
+                            row[(col % sw) * plane + col / sw] = v;
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// The planes buffer of a job (`len` elements, as [`with_scratch`] gives
+/// it), zeroed once: [`Fill`] then writes each sample's input over the
+/// same places and the padding stays zero.
+fn zeroed_planes(pl: &mut [f32]) -> &mut [f32] {
+    pl.fill(0.0);
+    pl
 }
 
 /// Whether conv2d's forward pass of this geometry takes the implicit GEMM
@@ -302,6 +298,7 @@ pub(super) fn forward<T: Float>(
         let jobs: Vec<_> = ranges.iter().cloned().zip(chunks).collect();
         run_jobs(jobs, |(samples, y)| {
             with_scratch(plen, |pl: &mut [f32]| {
+                let pl = zeroed_planes(pl);
                 for (local, n) in samples.clone().enumerate() {
                     for (g, a) in packed.iter().enumerate() {
                         let xg = &x[input_block(geom, n, g)];
@@ -441,6 +438,7 @@ pub(super) fn weight_grad<T: Float>(geom: &Conv2dGeometry, x: &[T], dy: &[T]) ->
         let dwt = job.dw.expect("the weight gradient was asked for");
         with_scratch(plen + gt_len, |buf: &mut [f32]| {
             let (pl, gt) = buf.split_at_mut(plen);
+            let pl = zeroed_planes(pl);
             for n in job.samples.clone() {
                 for g in 0..geom.groups {
                     kern.vectorized(Fill {
@@ -668,6 +666,7 @@ pub(super) fn transposed<T: Float>(
         run_jobs(jobs, |(samples, dx)| {
             with_scratch(plen + buf_len, |buf: &mut [f32]| {
                 let (pl, pbuf) = buf.split_at_mut(plen);
+                let pl = zeroed_planes(pl);
                 for (local, n) in samples.clone().enumerate() {
                     for gr in 0..geom.groups {
                         let gg = &g[n * out_block + gr * og * oh * ow..][..og * oh * ow];
