@@ -50,7 +50,8 @@ use super::im2col::{
 };
 use super::parallel::{BackwardBuffers, BackwardJob, run_backward_jobs, run_jobs, split_by};
 use crate::Float;
-use crate::gemm::prepacked::{PackedA, gemm_prepacked};
+use crate::gemm::implicit::ImplicitGemm;
+use crate::gemm::prepacked::{PackedA, cast, cast_mut, gemm_prepacked};
 use crate::gemm::switches;
 use crate::simd::multiversion;
 use crate::threads::for_each_job;
@@ -1064,22 +1065,40 @@ fn backward_block<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const SPA
             let rows = p.rows.clone();
             input_transform_simd::<T, W, TILE, SPAN>(t, cin, xs, rows, ld, vs, &mut s.rows);
         }
+        // dU_ξ (cout × cin) += Wd_ξ (cout × nt) · V_ξᵀ (nt × cin). With the
+        // AVX-512 transpose (f32), V_ξᵀ is written out first, so that the
+        // product packs it from whole rows instead of a column at a time.
         let beta = if first { T::ZERO } else { T::ONE };
-        for xi in 0..SPAN * SPAN {
-            // dU_ξ (cout × cin) += Wd_ξ (cout × nt) · V_ξᵀ (nt × cin)
-            let a = MatRef {
-                data: &wd[xi * cout * ld..][..cout * ld],
-                rs: ld,
-                cs: 1,
-            };
-            let b = MatRef {
-                data: &v[xi * cin * ld..][..cin * ld],
-                rs: 1,
-                cs: ld,
-            };
-            let c = &mut du[xi * cout * cin..][..cout * cin];
-            gemm(cout, cin, nt, a, b, beta, c, cin);
-        }
+        let transposer = ImplicitGemm::detect::<T>().filter(|k| k.has_weight_grad());
+        let vt_len = if transposer.is_some() { nt * cin } else { 0 };
+        with_scratch(vt_len, |vt: &mut [T]| {
+            for xi in 0..SPAN * SPAN {
+                let a = MatRef {
+                    data: &wd[xi * cout * ld..][..cout * ld],
+                    rs: ld,
+                    cs: 1,
+                };
+                let vx = &v[xi * cin * ld..][..cin * ld];
+                let b = match transposer {
+                    Some(kern) => {
+                        let src = cast::<T, f32>(vx).expect("f32");
+                        kern.transpose(src, cin, nt, ld, cast_mut(vt).expect("f32"));
+                        MatRef {
+                            data: &*vt,
+                            rs: cin,
+                            cs: 1,
+                        }
+                    }
+                    None => MatRef {
+                        data: vx,
+                        rs: 1,
+                        cs: ld,
+                    },
+                };
+                let c = &mut du[xi * cout * cin..][..cout * cin];
+                gemm(cout, cin, nt, a, b, beta, c, cin);
+            }
+        });
     }
     if let Some((ut, dx, dx_at)) = dx {
         for (xi, ut) in ut.iter().enumerate() {
