@@ -866,7 +866,11 @@ fn transformed_kernels<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, cons
             // Chunk c's kernels (from c · step): their values as 9 planes,
             // then their transforms as xi, planes `step` apart (what lies
             // past a chunk's end in a plane only reaches lanes past it).
-            let mut chunks: Vec<Vec<T>> = (0..n.div_ceil(step)).map(|_| Vec::new()).collect();
+            // Taken here, on the thread that hands them back below, so that
+            // the buffers stay in one thread's pool from call to call.
+            let mut chunks: Vec<Vec<T>> = (0..n.div_ceil(step))
+                .map(|_| crate::buffer::scratch(xi * step))
+                .collect();
             let sw = switches::current();
             for_each_job(chunks.iter_mut().enumerate().collect(), |(c, u)| {
                 let _sw = switches::install(sw);
@@ -878,7 +882,6 @@ fn transformed_kernels<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, cons
                         w9[e * step + j] = v;
                     }
                 }
-                *u = crate::buffer::scratch(xi * step);
                 let mut tmp = crate::buffer::scratch(3 * SPAN * step);
                 kernel_transforms_simd::<T, W, TILE, SPAN>(&w9, step, len, u, &mut tmp);
                 [w9, tmp].into_iter().for_each(crate::buffer::recycle);
@@ -925,7 +928,10 @@ fn weight_grad_from<T: Float, W: Variant<TILE, SPAN>, const TILE: usize, const S
     total: &[T],
 ) -> Vec<T> {
     let (xi, step) = (SPAN * SPAN, kernel_step(n));
-    let mut dw = vec![T::ZERO; groups * n * 9];
+    // Every element is written below. From the pool, not the allocator: a
+    // fresh block this size comes from the OS, and its pages fault in every
+    // step on whichever thread writes them first.
+    let mut dw = crate::buffer::scratch(groups * n * 9);
     for (g, dwg) in dw.chunks_exact_mut(9 * n).enumerate() {
         let dug = &total[g * xi * n..][..xi * n];
         let jobs: Vec<_> = dwg.chunks_mut(9 * step).enumerate().collect();
