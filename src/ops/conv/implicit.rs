@@ -143,6 +143,10 @@ impl Vectorized for Fill<'_> {
         // element `pw / 2` on, odd ones in the other phase from `(pw + 1) / 2`.
         let (se, so) = (pw / 2, pw.div_ceil(2));
         let (ne, no) = (iw.div_ceil(2), iw / 2);
+        assert!(
+            x.len() >= channels * ih * iw,
+            "implicit GEMM: a group input shorter than its channels"
+        );
         if ih == 0 || iw == 0 {
             return;
         }
