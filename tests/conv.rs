@@ -15,6 +15,9 @@ use tapegrad::{Conv2dOptions, Float, Tape, Tensor};
 // helpers
 // ---------------------------------------------------------------------------
 
+/// A conv shape: input, weight and options.
+type ConvCase = ([usize; 4], [usize; 4], Conv2dOptions);
+
 fn randn<T: Float>(shape: &[usize], rng: &mut StdRng) -> Tensor<T> {
     Tensor::randn(shape, rng)
 }
@@ -394,7 +397,7 @@ fn fast_path_matches_reference_at_1_and_2_threads() {
 fn large_shapes_match_reference_at_1_and_2_threads() {
     let opts = Conv2dOptions::default;
     #[rustfmt::skip]
-    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 8] = [
+    let cases: [ConvCase; 8] = [
         ([3, 16, 40, 48], [5, 16, 3, 3], opts().padding(1)),                 // "same": slices
         ([2, 3, 96, 96], [4, 3, 5, 5], opts().padding(2)),                   // small C, 5x5
         ([2, 32, 65, 63], [6, 32, 3, 3], opts().stride(2).padding(1)),       // strided, odd sizes
@@ -429,7 +432,7 @@ fn large_shapes_match_reference_at_1_and_2_threads() {
 fn winograd_shapes_match_reference_at_1_and_2_threads() {
     let opts = Conv2dOptions::default;
     #[rustfmt::skip]
-    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 19] = [
+    let cases: [ConvCase; 19] = [
         ([3, 16, 12, 12], [32, 16, 3, 3], opts().padding(1)),     // mid-like
         ([2, 64, 8, 8], [64, 64, 3, 3], opts().padding(1)),       // deep-like
         ([2, 16, 9, 7], [16, 16, 3, 3], opts().padding(1)),       // odd output: partial tiles
@@ -467,6 +470,21 @@ fn winograd_shapes_match_reference_at_1_and_2_threads() {
     }
 }
 
+/// Asserts that the path predicate `takes` (with a bias) says `want` for
+/// every case; `force_avx2` names the kernel setting in the message.
+fn assert_path(
+    cases: &[ConvCase],
+    takes: fn(&Conv2dGeometry) -> bool,
+    want: bool,
+    force_avx2: bool,
+) {
+    for (xs, ws, o) in cases {
+        let geom = Conv2dGeometry::new(xs, ws, Some(&[ws[0]]), o);
+        let what = format!("{xs:?} {ws:?} {o:?}, AVX2 forced: {force_avx2}");
+        assert_eq!(takes(&geom), want, "{what}");
+    }
+}
+
 /// Shapes of the implicit-GEMM forward (f32; AVX-512 and AVX2): strides 1 to 3,
 /// paddings 0 to 3, dilation, groups, output rows shorter and longer than a
 /// run of 16 pixels (and not whole runs), one input channel, output
@@ -477,7 +495,7 @@ fn winograd_shapes_match_reference_at_1_and_2_threads() {
 fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
     let opts = Conv2dOptions::default;
     #[rustfmt::skip]
-    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 17] = [
+    let cases: [ConvCase; 17] = [
         ([3, 32, 16, 16], [64, 32, 3, 3], opts().stride(2).padding(1)), // strided-like
         ([2, 3, 20, 37], [16, 3, 5, 5], opts().padding(2)),             // wide-like, 37 = 2·16 + 5
         ([2, 1, 28, 28], [8, 1, 3, 3], opts().padding(1)),              // one input channel
@@ -502,11 +520,8 @@ fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
     let fast = cpu::has_avx2_fma();
     for force_avx2 in [false, true] {
         let _avx2 = tapegrad::gemm::force_avx2(force_avx2);
-        for (xs, ws, o) in &cases {
-            let geom = Conv2dGeometry::new(xs, ws, Some(&[ws[0]]), o);
-            let what = format!("{xs:?} {ws:?} {o:?}, AVX2 forced: {force_avx2}");
-            assert_eq!(tapegrad::conv::implicit_gemm::<f32>(&geom), fast, "{what}");
-        }
+        let takes = tapegrad::conv::implicit_gemm::<f32>;
+        assert_path(&cases, takes, fast, force_avx2);
         // A stride past the kernel's span (planes in proportion to the
         // stride) and a pointwise conv take im2col.
         let far = opts().stride((1 << 40, 2));
@@ -558,7 +573,7 @@ fn implicit_gemm_shapes_match_reference_at_1_and_2_threads() {
 fn implicit_weight_grad_shapes_match_reference_at_1_and_2_threads() {
     let opts = Conv2dOptions::default;
     #[rustfmt::skip]
-    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 11] = [
+    let cases: [ConvCase; 11] = [
         ([3, 32, 16, 16], [64, 32, 3, 3], opts().stride(2).padding(1)), // strided-like
         ([2, 3, 20, 37], [16, 3, 5, 5], opts().padding(2)),             // wide-like
         ([2, 16, 17, 17], [32, 16, 4, 4], opts().stride(2).padding(1)), // tconv backward-like
@@ -574,16 +589,8 @@ fn implicit_weight_grad_shapes_match_reference_at_1_and_2_threads() {
     let fast = cpu::has_avx512f();
     for force_avx2 in [false, true] {
         let _avx2 = tapegrad::gemm::force_avx2(force_avx2);
-        for (xs, ws, o) in &cases {
-            let geom = Conv2dGeometry::new(xs, ws, Some(&[ws[0]]), o);
-            let what = format!("{xs:?} {ws:?} {o:?}, AVX2 forced: {force_avx2}");
-            let want = fast && !force_avx2;
-            assert_eq!(
-                tapegrad::conv::implicit_weight_grad::<f32>(&geom),
-                want,
-                "{what}"
-            );
-        }
+        let takes = tapegrad::conv::implicit_weight_grad::<f32>;
+        assert_path(&cases, takes, fast && !force_avx2, force_avx2);
         // Dilation across, 8 output channels, and a pointwise conv take im2col.
         for (ws, o) in [
             ([16, 2, 3, 3], opts().dilation((1, 2))),
@@ -615,7 +622,7 @@ fn implicit_weight_grad_shapes_match_reference_at_1_and_2_threads() {
 fn f32_fast_path_matches_reference_with_avx2_and_portable_kernels() {
     let opts = Conv2dOptions::default;
     #[rustfmt::skip]
-    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 4] = [
+    let cases: [ConvCase; 4] = [
         ([3, 16, 12, 12], [32, 16, 3, 3], opts().padding(1)),          // Winograd
         ([2, 32, 65, 63], [6, 32, 3, 3], opts().stride(2).padding(1)), // im2col, strided
         ([3, 12, 70, 66], [4, 12, 1, 1], opts()),                      // pointwise
@@ -1275,7 +1282,7 @@ fn empty_dimensions_give_empty_results() {
     let mut rng = StdRng::seed_from_u64(96);
     let o = Conv2dOptions::default;
     #[rustfmt::skip]
-    let cases: [([usize; 4], [usize; 4], Conv2dOptions); 7] = [
+    let cases: [ConvCase; 7] = [
         ([0, 2, 5, 5], [3, 2, 3, 3], o().padding(1)),
         ([0, 16, 8, 8], [16, 16, 3, 3], o().padding(1)),   // Winograd's geometry
         ([0, 2, 5, 5], [3, 2, 1, 1], o()),                 // pointwise

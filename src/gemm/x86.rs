@@ -42,19 +42,42 @@ macro_rules! tile_dispatch {
     };
 }
 
-/// Calls the `R × C` instantiation of a dot-product kernel for the given
-/// (rows, columns), one of the listed pairs; `kernel::<V>` as above.
-macro_rules! dot_dispatch {
+/// Calls the `R × C` instantiation of a tile kernel (a dot-product or a
+/// convolution tile) for the given (rows, columns), one of the listed pairs;
+/// `kernel::<V>` as above. `up_to_4x3` lists the AVX2 kernels' tiles: 1 to
+/// 4 rows × 1 to 3 columns.
+macro_rules! pair_dispatch {
+    ($kernel:ident $(::<$v:ty>)?, $shape:expr, up_to_4x3, $args:tt) => {
+        pair_dispatch!(
+            $kernel $(::<$v>)?,
+            $shape,
+            [
+                (4, 3),
+                (4, 2),
+                (4, 1),
+                (3, 3),
+                (3, 2),
+                (3, 1),
+                (2, 3),
+                (2, 2),
+                (2, 1),
+                (1, 3),
+                (1, 2),
+                (1, 1)
+            ],
+            $args
+        )
+    };
     ($kernel:ident::<$v:ty>, $shape:expr, [$(($r:literal, $c:literal)),*], $args:tt) => {
         match $shape {
             $(($r, $c) => $kernel::<$v, $r, $c> $args,)*
-            (r, c) => unreachable!("dot tile {r} × {c}"),
+            (r, c) => unreachable!("no tile of {r} × {c}"),
         }
     };
     ($kernel:ident, $shape:expr, [$(($r:literal, $c:literal)),*], $args:tt) => {
         match $shape {
             $(($r, $c) => $kernel::<$r, $c> $args,)*
-            (r, c) => unreachable!("dot tile {r} × {c}"),
+            (r, c) => unreachable!("no tile of {r} × {c}"),
         }
     };
 }
@@ -162,23 +185,10 @@ impl MicroKernel for Avx2F32 {
         // `R` row pointers and `C` column pointers (`R = a.len()`,
         // `C = b.len()`) and writes `c[r][j]` for `r < R`, `j < C` only.
         unsafe {
-            dot_dispatch!(
+            pair_dispatch!(
                 dot_avx2::<__m256>,
                 (a.len(), b.len()),
-                [
-                    (4, 3),
-                    (4, 2),
-                    (4, 1),
-                    (3, 3),
-                    (3, 2),
-                    (3, 1),
-                    (2, 3),
-                    (2, 2),
-                    (2, 1),
-                    (1, 3),
-                    (1, 2),
-                    (1, 1)
-                ],
+                up_to_4x3,
                 (len, alpha, ap, bp, beta, c)
             )
         }
@@ -237,23 +247,10 @@ impl MicroKernel for Avx2F64 {
         // `R` row pointers and `C` column pointers (`R = a.len()`,
         // `C = b.len()`) and writes `c[r][j]` for `r < R`, `j < C` only.
         unsafe {
-            dot_dispatch!(
+            pair_dispatch!(
                 dot_avx2::<__m256d>,
                 (a.len(), b.len()),
-                [
-                    (4, 3),
-                    (4, 2),
-                    (4, 1),
-                    (3, 3),
-                    (3, 2),
-                    (3, 1),
-                    (2, 3),
-                    (2, 2),
-                    (2, 1),
-                    (1, 3),
-                    (1, 2),
-                    (1, 1)
-                ],
+                up_to_4x3,
                 (len, alpha, ap, bp, beta, c)
             )
         }
@@ -670,7 +667,7 @@ impl MicroKernel for Avx512F32 {
         // row pointers and `C` column pointers (`R = a.len()`, `C = b.len()`)
         // and writes `c[r][j]` for `r < R`, `j < C` only.
         unsafe {
-            dot_dispatch!(
+            pair_dispatch!(
                 dot_f32_512,
                 (a.len(), b.len()),
                 [
@@ -1089,30 +1086,7 @@ unsafe fn conv_tile_512<const MR: usize, const NV: usize>(t: ConvTile) {
 pub(super) unsafe fn conv_tile_f32_256(t: ConvTile) {
     // SAFETY: forwarded: the caller upholds the contract, which the
     // instantiation below shares (`ROWS = rows`, `NV = nruns`).
-    unsafe {
-        macro_rules! tiles {
-            ($(($r:literal, $v:literal)),*) => {
-                match (t.rows, t.nruns) {
-                    $(($r, $v) => conv_tile_256::<$r, $v>(t),)*
-                    _ => unreachable!("no AVX2 tile of {} rows × {} runs", t.rows, t.nruns),
-                }
-            };
-        }
-        tiles!(
-            (4, 3),
-            (4, 2),
-            (4, 1),
-            (3, 3),
-            (3, 2),
-            (3, 1),
-            (2, 3),
-            (2, 2),
-            (2, 1),
-            (1, 3),
-            (1, 2),
-            (1, 1)
-        )
-    }
+    unsafe { pair_dispatch!(conv_tile_256, (t.rows, t.nruns), up_to_4x3, (t)) }
 }
 
 /// [`conv_tile_f32_256`] for `ROWS` rows and `NV` runs.
